@@ -1,0 +1,118 @@
+//! What each subcommand does.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use super::{Cli, Command, OutputArgs, SendArgs, ServeArgs, render};
+use crate::api::{PluginsView, StatusView, TaskView};
+use crate::client::Client;
+use crate::config::Config;
+use crate::daemon::Daemon;
+use crate::task::{Format, Priority, TaskState};
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = Config::resolve(&cli.common.overrides())?;
+    match cli.command {
+        Command::Serve(args) => serve(config, args).await,
+        Command::Send(args) => send(&config, args).await,
+        Command::Status(out) => {
+            let status: StatusView = decode(call(&config, json!({"op": "status"})).await?)?;
+            print(out, &status, render::status)
+        }
+        Command::Plugins(out) => {
+            let plugins: PluginsView = decode(call(&config, json!({"op": "plugins"})).await?)?;
+            print(out, &plugins, render::plugins)
+        }
+        Command::Task(args) => {
+            let task: TaskView =
+                decode(call(&config, json!({"op": "task", "task_id": args.id})).await?)?;
+            print(args.output, &task, render::task)?;
+            Ok(exit_for(&task))
+        }
+    }
+}
+
+async fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    if let Some(workers) = args.workers {
+        config.pool.workers = workers;
+    }
+    let daemon = Daemon::start(&config).await.context("notifyhub could not start")?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    let report = daemon.run(shutdown).await;
+    eprintln!(
+        "notifyhub stopped: {} in-flight task(s) finished, {} cancelled, {} left queued",
+        report.finished, report.cancelled, report.left_queued
+    );
+    Ok(if report.cancelled == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    shutdown.cancel();
+}
+
+async fn send(config: &Config, args: SendArgs) -> anyhow::Result<ExitCode> {
+    let metadata: serde_json::Map<String, Value> =
+        args.metadata.into_iter().map(|(k, v)| (k, json!(v))).collect();
+    let request = json!({
+        "op": "submit",
+        "wait": args.wait,
+        "task": {
+            "platform": args.platform,
+            "target": args.target,
+            "title": args.title,
+            "body": args.body,
+            "format": Format::from(args.format),
+            "priority": Priority::from(args.priority),
+            "metadata": metadata,
+        }
+    });
+    let result = call(config, request).await?;
+    if !args.wait {
+        if args.output.json {
+            println!("{}", serde_json::to_string_pretty(&result)?);
+        } else if let Some(id) = result["task_ids"][0].as_str() {
+            println!("{id}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let task: TaskView = decode(result["tasks"][0].clone())?;
+    print(args.output, &task, render::task)?;
+    Ok(exit_for(&task))
+}
+
+fn exit_for(task: &TaskView) -> ExitCode {
+    if task.state == TaskState::Failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
+
+async fn call(config: &Config, request: Value) -> anyhow::Result<Value> {
+    let mut client = Client::connect(&config.socket).await?;
+    Ok(client.call(request).await?)
+}
+
+fn decode<T: serde::de::DeserializeOwned>(value: Value) -> anyhow::Result<T> {
+    serde_json::from_value(value).context("unexpected answer from the daemon")
+}
+
+fn print<T: serde::Serialize>(
+    out: OutputArgs,
+    value: &T,
+    human: fn(&T) -> String,
+) -> anyhow::Result<ExitCode> {
+    if out.json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        print!("{}", human(value));
+    }
+    Ok(ExitCode::SUCCESS)
+}

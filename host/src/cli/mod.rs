@@ -1,0 +1,162 @@
+//! The `notifyhub` command line: one binary for the daemon and its clients.
+
+mod commands;
+mod render;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub use commands::run;
+
+use crate::config::Overrides;
+use crate::task::{Format, Priority};
+
+/// Deliver notifications through sandboxed WebAssembly plugins.
+///
+/// `notifyhub serve` runs the daemon: it loads every `*.wasm` plugin in the
+/// plugin directory and accepts tasks on a Unix socket. The other commands
+/// talk to a running daemon over that socket.
+#[derive(Debug, Parser)]
+#[command(name = "notifyhub", version, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where things are. Each flag has an environment variable and a config
+/// file key; the flag wins over the variable, which wins over the file.
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// Config file (TOML). Default: $XDG_CONFIG_HOME/notifyhub/config.toml, if it exists.
+    #[arg(long, global = true, env = "NOTIFYHUB_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The daemon's Unix socket. Default: DATA_DIR/notifyhub.sock.
+    #[arg(long, global = true, env = "NOTIFYHUB_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Directory of plugins (*.wasm, each with an optional NAME.toml manifest). Default: DATA_DIR/plugins.
+    #[arg(long, global = true, env = "NOTIFYHUB_PLUGINS", value_name = "DIR")]
+    pub plugins: Option<PathBuf>,
+    /// State directory (socket, compile cache). Default: $XDG_DATA_HOME/notifyhub or ~/.local/share/notifyhub.
+    #[arg(long, global = true, env = "NOTIFYHUB_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl CommonArgs {
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            config: self.config.clone(),
+            data_dir: self.data_dir.clone(),
+            plugins: self.plugins.clone(),
+            socket: self.socket.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground until SIGINT or SIGTERM.
+    Serve(ServeArgs),
+    /// Submit a notification.
+    Send(SendArgs),
+    /// Show the worker pool and its statistics.
+    Status(OutputArgs),
+    /// List loaded plugins and the files that failed to load.
+    Plugins(OutputArgs),
+    /// Show one task and its outcome.
+    Task(TaskArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Number of workers (deliveries in flight). Overrides [pool] workers.
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Platform to deliver to; `notifyhub plugins` lists the loaded ones.
+    #[arg(long, short)]
+    pub platform: String,
+    /// Where to deliver: a webhook URL, chat id or address, as the platform expects.
+    #[arg(long, short)]
+    pub target: String,
+    /// Optional title or subject.
+    #[arg(long)]
+    pub title: Option<String>,
+    /// The message text.
+    #[arg(long, short)]
+    pub body: String,
+    /// How the body is written.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: FormatArg,
+    #[arg(long, value_enum, default_value = "normal")]
+    pub priority: PriorityArg,
+    /// Extra key=value pairs for the plugin (repeatable).
+    #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub metadata: Vec<(String, String)>,
+    /// Wait until the task has been delivered (or has failed) and show the outcome;
+    /// exits non-zero if it failed.
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TaskArgs {
+    /// The task id printed by `send`.
+    pub id: String,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Clone, Copy, Args)]
+pub struct OutputArgs {
+    /// Print the daemon's answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum FormatArg {
+    Text,
+    Markdown,
+    Html,
+}
+
+impl From<FormatArg> for Format {
+    fn from(f: FormatArg) -> Self {
+        match f {
+            FormatArg::Text => Format::Text,
+            FormatArg::Markdown => Format::Markdown,
+            FormatArg::Html => Format::Html,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum PriorityArg {
+    Low,
+    Normal,
+    High,
+}
+
+impl From<PriorityArg> for Priority {
+    fn from(p: PriorityArg) -> Self {
+        match p {
+            PriorityArg::Low => Priority::Low,
+            PriorityArg::Normal => Priority::Normal,
+            PriorityArg::High => Priority::High,
+        }
+    }
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected KEY=VALUE, got `{s}`"))
+}

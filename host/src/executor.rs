@@ -1,0 +1,187 @@
+//! The executor: runs one call into a plugin, safely, and says what happened.
+//!
+//! Each call gets a store from the [`Sandbox`] (memory limiter, epoch
+//! deadline) and an outer tokio timeout slightly longer than the deadline:
+//! epochs only interrupt guest code, so a guest blocked in a host call (an
+//! HTTP request that never answers) is caught by the outer timeout instead.
+//! Traps, timeouts and limit violations become [`Outcome::Failed`] with a
+//! [`FailureClass`] and a reason; the store, and with it the instance, is
+//! dropped after every call, so a trapped instance is never entered again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::{Store, Trap};
+
+use crate::bindings::{PluginPre, wit};
+use crate::registry::LoadedPlugin;
+use crate::sandbox::{HostState, PluginPolicy, Sandbox};
+use crate::task::{FailureClass, Format, Outcome, Priority, Task};
+
+/// How much longer than the epoch deadline the outer timeout waits.
+const OUTER_GRACE: Duration = Duration::from_millis(500);
+/// `describe()` must answer quickly: it does no I/O.
+const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Caps on what a plugin may return.
+const MAX_STATUS_BYTES: usize = 1024;
+const MAX_PROVIDER_ID_BYTES: usize = 256;
+const MAX_ERROR_BYTES: usize = 2048;
+
+/// Calls into plugins.
+pub struct Executor {
+    sandbox: Arc<Sandbox>,
+}
+
+/// Why a call produced no answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct CallFailure {
+    pub class: FailureClass,
+    pub message: String,
+}
+
+impl Executor {
+    pub fn new(sandbox: Arc<Sandbox>) -> Self {
+        Executor { sandbox }
+    }
+
+    pub fn sandbox(&self) -> &Arc<Sandbox> {
+        &self.sandbox
+    }
+
+    /// Delivers `task` through `plugin` in a fresh instance.
+    pub async fn send(&self, plugin: &LoadedPlugin, task: &Task) -> Outcome {
+        let policy = plugin.policy.clone();
+        let timeout = policy.limits.timeout;
+        let mut store = self.sandbox.store(policy, Some(task.id.to_string()));
+        let message = to_wit(task);
+        let result = {
+            let store = &mut store;
+            let call = async {
+                let instance = plugin.pre.instantiate_async(&mut *store).await?;
+                instance.notifyhub_plugin_handler().call_send(&mut *store, &message).await
+            };
+            tokio::time::timeout(timeout + OUTER_GRACE, call).await
+        };
+        match result {
+            Ok(Ok(Ok(receipt))) => Outcome::Delivered {
+                provider_id: receipt.provider_id.map(|id| cap(id, MAX_PROVIDER_ID_BYTES)),
+                status: cap(receipt.status, MAX_STATUS_BYTES),
+            },
+            Ok(Ok(Err(error))) => from_send_error(error),
+            Ok(Err(error)) => {
+                let failure = classify(&error, &store, timeout);
+                Outcome::failed(failure.class, failure.message)
+            }
+            Err(_) => Outcome::failed(FailureClass::TimedOut, blocked_message(timeout)),
+        }
+    }
+
+    /// Instantiates a freshly compiled plugin and asks it to describe itself.
+    pub async fn describe(
+        &self,
+        pre: &PluginPre<HostState>,
+        policy: Arc<PluginPolicy>,
+    ) -> Result<wit::PluginInfo, CallFailure> {
+        let timeout = policy.limits.timeout.min(DESCRIBE_TIMEOUT);
+        let mut store = self.sandbox.store(policy, None);
+        store.set_epoch_deadline(crate::sandbox::deadline_ticks(timeout));
+        let result = {
+            let store = &mut store;
+            let call = async {
+                let instance = pre.instantiate_async(&mut *store).await?;
+                instance.notifyhub_plugin_handler().call_describe(&mut *store).await
+            };
+            tokio::time::timeout(timeout + OUTER_GRACE, call).await
+        };
+        match result {
+            Ok(Ok(info)) => Ok(info),
+            Ok(Err(error)) => Err(classify(&error, &store, timeout)),
+            Err(_) => Err(CallFailure {
+                class: FailureClass::TimedOut,
+                message: blocked_message(timeout),
+            }),
+        }
+    }
+}
+
+fn blocked_message(timeout: Duration) -> String {
+    format!(
+        "the plugin did not answer within its {} deadline (blocked in a host call)",
+        humantime::format_duration(timeout)
+    )
+}
+
+/// Explains a trap or instantiation error.
+fn classify(error: &wasmtime::Error, store: &Store<HostState>, timeout: Duration) -> CallFailure {
+    let (class, message) = if store.data().limiter.exceeded() {
+        (FailureClass::Crashed, "the plugin exceeded its memory limit".to_string())
+    } else {
+        match error.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => (
+                FailureClass::TimedOut,
+                format!(
+                    "the plugin ran past its {} deadline and was interrupted",
+                    humantime::format_duration(timeout)
+                ),
+            ),
+            Some(Trap::StackOverflow) => {
+                (FailureClass::Crashed, "the plugin overflowed its stack".to_string())
+            }
+            Some(trap) => (FailureClass::Crashed, format!("the plugin trapped: {trap}")),
+            None => (FailureClass::Crashed, format!("the plugin failed: {}", root_cause(error))),
+        }
+    };
+    CallFailure { class, message }
+}
+
+fn root_cause(error: &wasmtime::Error) -> String {
+    let chain: Vec<String> = error.chain().map(|e| e.to_string()).collect();
+    cap(chain.join(": "), MAX_ERROR_BYTES)
+}
+
+fn from_send_error(error: wit::SendError) -> Outcome {
+    let (class, message, retry_after_ms) = match error {
+        wit::SendError::Retryable(f) => (FailureClass::Retryable, f.message, f.retry_after_ms),
+        wit::SendError::RateLimited(r) => {
+            (FailureClass::RateLimited, r.message, Some(r.retry_after_ms))
+        }
+        wit::SendError::Permanent(m) => (FailureClass::Permanent, m, None),
+        wit::SendError::Invalid(m) => (FailureClass::Invalid, m, None),
+    };
+    Outcome::Failed { class, message: cap(message, MAX_ERROR_BYTES), retry_after_ms }
+}
+
+fn to_wit(task: &Task) -> wit::Message {
+    wit::Message {
+        task_id: task.id.to_string(),
+        platform: task.platform.clone(),
+        target: task.target.clone(),
+        title: task.title.clone(),
+        body: task.body.clone(),
+        format: match task.format {
+            Format::Text => wit::Format::Text,
+            Format::Markdown => wit::Format::Markdown,
+            Format::Html => wit::Format::Html,
+        },
+        priority: match task.priority {
+            Priority::Low => wit::Priority::Low,
+            Priority::Normal => wit::Priority::Normal,
+            Priority::High => wit::Priority::High,
+        },
+        metadata: task.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    }
+}
+
+/// Cuts a plugin-supplied string to `max` bytes on a character boundary.
+fn cap(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str("… [truncated]");
+    }
+    text
+}

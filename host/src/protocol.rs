@@ -1,0 +1,252 @@
+//! The socket protocol: newline-delimited JSON, decoded once into typed
+//! requests.
+//!
+//! Every request is one JSON object on one line with an `op` and an optional
+//! `id` (any JSON value), which the response echoes. A response is
+//! `{"id":…,"ok":true,"result":{…}}` or
+//! `{"id":…,"ok":false,"error":{"code":"…","message":"…"}}`. Responses on one
+//! connection may arrive out of order when requests wait (`submit` with
+//! `wait: true`); match them by `id`. `docs/protocol.md` has examples.
+//!
+//! This module knows nothing of plugins or queues: it turns bytes into
+//! [`Request`]s and [`Response`]s into bytes.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::task::{Format, Priority};
+
+/// Lines longer than this are rejected with [`ErrorCode::LineTooLong`].
+pub const DEFAULT_MAX_LINE_BYTES: usize = 1 << 20;
+
+/// A decoded request.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Submit one task (`task`) or several (`tasks`).
+    Submit(Submit),
+    /// Look up one task.
+    Task { task_id: String },
+    /// Pool and worker statistics.
+    Status,
+    /// Loaded plugins and load errors.
+    Plugins,
+    Ping,
+}
+
+/// The names of the ops, for error messages.
+pub const OPS: &[&str] = &["submit", "task", "status", "plugins", "ping"];
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Submit {
+    #[serde(default)]
+    task: Option<NewTask>,
+    #[serde(default)]
+    tasks: Option<Vec<NewTask>>,
+    /// Answer only when every submitted task has finished.
+    #[serde(default)]
+    pub wait: bool,
+}
+
+impl Submit {
+    /// The submitted tasks, however they were given.
+    pub fn into_tasks(self) -> Vec<NewTask> {
+        self.task.into_iter().chain(self.tasks.into_iter().flatten()).collect()
+    }
+}
+
+/// A task as a client submits it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewTask {
+    pub platform: String,
+    pub target: String,
+    #[serde(default)]
+    pub title: Option<String>,
+    pub body: String,
+    #[serde(default)]
+    pub format: Format,
+    #[serde(default)]
+    pub priority: Priority,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// What went wrong with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The line is not a JSON object.
+    MalformedJson,
+    /// `op` names no operation.
+    UnknownOp,
+    /// A field is missing, unknown or of the wrong type.
+    InvalidRequest,
+    /// No loaded plugin serves the platform.
+    UnknownPlatform,
+    /// The line exceeds the size limit.
+    LineTooLong,
+    /// The task id is unknown.
+    NotFound,
+    /// The daemon cannot take more work right now; try again later.
+    Busy,
+    /// The daemon is shutting down.
+    ShuttingDown,
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::MalformedJson => "malformed_json",
+            ErrorCode::UnknownOp => "unknown_op",
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::UnknownPlatform => "unknown_platform",
+            ErrorCode::LineTooLong => "line_too_long",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Busy => "busy",
+            ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// An error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{}: {message}", code.as_str())]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ErrorBody {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorBody { code, message: message.into() }
+    }
+}
+
+/// A response line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Value>,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+impl Response {
+    pub fn success(id: Option<Value>, result: impl Serialize) -> Self {
+        match serde_json::to_value(result) {
+            Ok(result) => Response { id, ok: true, result: Some(result), error: None },
+            Err(e) => Self::failure(id, ErrorBody::new(ErrorCode::Internal, e.to_string())),
+        }
+    }
+
+    pub fn failure(id: Option<Value>, error: ErrorBody) -> Self {
+        Response { id, ok: false, result: None, error: Some(error) }
+    }
+
+    /// The response as one line, newline included.
+    pub fn to_line(&self) -> Vec<u8> {
+        let mut line = serde_json::to_vec(self).expect("responses serialize");
+        line.push(b'\n');
+        line
+    }
+}
+
+/// Decodes one line (without its newline). On failure the error carries the
+/// request's `id` when it could be read, so the answer can still echo it.
+pub fn decode(line: &[u8]) -> Result<(Option<Value>, Request), (Option<Value>, ErrorBody)> {
+    let value: Value = serde_json::from_slice(line).map_err(|e| {
+        (None, ErrorBody::new(ErrorCode::MalformedJson, format!("the line is not valid JSON: {e}")))
+    })?;
+    let Value::Object(mut object) = value else {
+        return Err((
+            None,
+            ErrorBody::new(ErrorCode::MalformedJson, "a request must be a JSON object"),
+        ));
+    };
+    let id = object.remove("id");
+    let op = match object.get("op") {
+        Some(Value::String(op)) => op.clone(),
+        Some(_) => {
+            return Err((id, ErrorBody::new(ErrorCode::InvalidRequest, "`op` must be a string")));
+        }
+        None => {
+            return Err((
+                id,
+                ErrorBody::new(ErrorCode::InvalidRequest, "missing field `op`"),
+            ));
+        }
+    };
+    if !OPS.contains(&op.as_str()) {
+        let message = format!("unknown op `{op}`; expected one of: {}", OPS.join(", "));
+        return Err((id, ErrorBody::new(ErrorCode::UnknownOp, message)));
+    }
+    match serde_json::from_value::<Request>(Value::Object(object)) {
+        Ok(request) => Ok((id, request)),
+        Err(e) => Err((id, ErrorBody::new(ErrorCode::InvalidRequest, format!("op `{op}`: {e}")))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn code(line: &str) -> ErrorCode {
+        decode(line.as_bytes()).unwrap_err().1.code
+    }
+
+    #[test]
+    fn decodes_a_submit_with_defaults() {
+        let (id, request) =
+            decode(br#"{"id":7,"op":"submit","task":{"platform":"slack","target":"t","body":"b"}}"#)
+                .unwrap();
+        assert_eq!(id, Some(json!(7)));
+        let Request::Submit(submit) = request else { panic!("not a submit") };
+        assert!(!submit.wait);
+        let tasks = submit.into_tasks();
+        assert_eq!(tasks.len(), 1);
+        assert_eq!(tasks[0].format, Format::Text);
+        assert_eq!(tasks[0].priority, Priority::Normal);
+    }
+
+    #[test]
+    fn classifies_bad_lines() {
+        assert_eq!(code("{not json"), ErrorCode::MalformedJson);
+        assert_eq!(code("[1,2]"), ErrorCode::MalformedJson);
+        assert_eq!(code(r#"{"id":1}"#), ErrorCode::InvalidRequest);
+        assert_eq!(code(r#"{"op":"explode"}"#), ErrorCode::UnknownOp);
+        assert_eq!(code(r#"{"op":"task"}"#), ErrorCode::InvalidRequest);
+        assert_eq!(
+            code(r#"{"op":"submit","task":{"platform":"x","target":"t"}}"#),
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(
+            code(r#"{"op":"submit","task":{"platform":"x","target":"t","body":"b","colour":1}}"#),
+            ErrorCode::InvalidRequest
+        );
+    }
+
+    #[test]
+    fn error_codes_print_as_on_the_wire() {
+        for code in [ErrorCode::MalformedJson, ErrorCode::LineTooLong, ErrorCode::ShuttingDown] {
+            assert_eq!(serde_json::to_value(code).unwrap(), json!(code.as_str()));
+        }
+    }
+
+    #[test]
+    fn echoes_the_id_of_a_bad_request() {
+        let (id, error) = decode(br#"{"id":"abc","op":"nope"}"#).unwrap_err();
+        assert_eq!(id, Some(json!("abc")));
+        assert_eq!(error.code, ErrorCode::UnknownOp);
+    }
+}

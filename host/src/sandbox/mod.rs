@@ -1,0 +1,195 @@
+//! The sandbox: how plugin code is compiled, linked and confined.
+//!
+//! One [`Sandbox`] per daemon owns the wasmtime `Engine` and `Linker`:
+//!
+//! - **Engine.** Cranelift with the pooling instance allocator (instantiation
+//!   costs microseconds, not a fresh `mmap` per task), epoch interruption (a
+//!   background thread ticks every [`EPOCH_TICK`]; each call gets a deadline
+//!   in ticks), and wasmtime's on-disk compilation cache keyed by content and
+//!   engine settings, so a restart does not recompile.
+//! - **Linker.** All of WASI 0.2 is linked, because language runtimes import
+//!   more of it than they use, but the [`HostState`] behind it grants nothing:
+//!   no preopened directories, no environment, no sockets. On top come
+//!   `wasi:http` (through [`http::OutboundHttp`], which enforces the plugin's
+//!   allowlist) and notifyhub's own `host` interface.
+//! - **Limits.** Memory growth past a plugin's cap fails
+//!   ([`limits::MemoryLimiter`]); the epoch deadline stops runaway guest code;
+//!   the executor adds an outer timeout for guests blocked in host calls.
+//!
+//! Only the executor creates stores; everything else sees compiled
+//! [`PluginPre`]s.
+
+pub mod allowlist;
+pub mod http;
+pub mod limits;
+mod state;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::Duration;
+
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+
+pub use self::allowlist::AllowList;
+pub use self::http::HttpClient;
+pub use self::limits::Limits;
+pub use self::state::HostState;
+use crate::bindings::{PluginPre, notifyhub};
+use crate::manifest::PluginConfig;
+
+/// How often the epoch advances; the granularity of call deadlines.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Engine-wide settings.
+#[derive(Debug, Clone)]
+pub struct SandboxSettings {
+    /// Where compiled artifacts are cached; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Instances that may exist at once (pool slots).
+    pub max_instances: u32,
+    /// Largest linear memory any plugin may be granted, in MiB.
+    pub max_memory_mib: u64,
+}
+
+impl Default for SandboxSettings {
+    fn default() -> Self {
+        SandboxSettings { cache_dir: None, max_instances: 1000, max_memory_mib: 1024 }
+    }
+}
+
+/// What a plugin is allowed to do; shared by every call into it.
+#[derive(Debug)]
+pub struct PluginPolicy {
+    pub name: Arc<str>,
+    pub allow: Arc<AllowList>,
+    pub limits: Limits,
+    pub config: PluginConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("cannot configure the wasm engine: {0}")]
+    Engine(wasmtime::Error),
+    #[error("cannot set up the compilation cache in {dir}: {error}")]
+    Cache { dir: PathBuf, error: wasmtime::Error },
+    #[error("cannot link host interfaces: {0}")]
+    Link(wasmtime::Error),
+}
+
+/// The engine, linker and shared HTTP client.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<HostState>,
+    http: HttpClient,
+    ticker: EpochTicker,
+}
+
+impl Sandbox {
+    pub fn new(settings: &SandboxSettings) -> Result<Self, SandboxError> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.wasm_component_model(true);
+
+        let mut pool = PoolingAllocationConfig::default();
+        let slots = settings.max_instances;
+        pool.total_component_instances(slots)
+            .total_core_instances(slots.saturating_mul(4))
+            .total_memories(slots.saturating_mul(2))
+            .total_tables(slots.saturating_mul(4))
+            .max_memories_per_component(8)
+            .max_memory_size((settings.max_memory_mib as usize).saturating_mul(1 << 20));
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+
+        if let Some(dir) = &settings.cache_dir {
+            let cache_err = |error| SandboxError::Cache { dir: dir.clone(), error };
+            let mut cache_config = wasmtime::CacheConfig::new();
+            cache_config.with_directory(dir);
+            let cache = wasmtime::Cache::new(cache_config).map_err(cache_err)?;
+            config.cache(Some(cache));
+        }
+
+        let engine = Engine::new(&config).map_err(SandboxError::Engine)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(SandboxError::Link)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(SandboxError::Link)?;
+        notifyhub::plugin::host::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(SandboxError::Link)?;
+        notifyhub::plugin::types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(SandboxError::Link)?;
+
+        let ticker = EpochTicker::start(engine.clone());
+        Ok(Sandbox { engine, linker, http: HttpClient::new(), ticker })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Compiles a component (or loads it from the cache). CPU-heavy: call it
+    /// from a blocking thread.
+    pub fn compile(&self, bytes: &[u8]) -> wasmtime::Result<Component> {
+        Component::new(&self.engine, bytes)
+    }
+
+    /// Resolves a component's imports against what the host grants and
+    /// checks that it exports the handler interface.
+    pub fn prepare(&self, component: &Component) -> wasmtime::Result<PluginPre<HostState>> {
+        PluginPre::new(self.linker.instantiate_pre(component)?)
+    }
+
+    /// A fresh store for one call into the plugin governed by `policy`.
+    pub(crate) fn store(&self, policy: Arc<PluginPolicy>, task: Option<String>) -> Store<HostState> {
+        let timeout = policy.limits.timeout;
+        let mut store = Store::new(&self.engine, HostState::new(policy, self.http.clone(), task));
+        store.limiter(|state| &mut state.limiter);
+        store.set_epoch_deadline(deadline_ticks(timeout));
+        store.epoch_deadline_trap();
+        store
+    }
+
+    /// Whether the epoch thread is alive (it only stops when the sandbox is dropped).
+    pub fn is_healthy(&self) -> bool {
+        !self.ticker.thread.as_ref().is_some_and(|t| t.is_finished())
+    }
+}
+
+/// Epoch ticks covering `timeout`, rounded up.
+pub fn deadline_ticks(timeout: Duration) -> u64 {
+    (timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64).max(1)
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = thread::Builder::new()
+            .name("notifyhub-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawning the epoch thread");
+        EpochTicker { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! Tasks and their outcomes: the vocabulary every other module speaks.
+//!
+//! A [`Task`] is decoded once from the wire (see `protocol`) and is immutable
+//! afterwards; what happens to it is recorded as a [`TaskState`] and, when it
+//! is finished, an [`Outcome`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A task's id: a UUIDv7, so ids sort by submission time and never collide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TaskId(Uuid);
+
+impl TaskId {
+    pub fn new() -> Self {
+        TaskId(Uuid::now_v7())
+    }
+}
+
+impl Default for TaskId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for TaskId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(TaskId)
+    }
+}
+
+/// How the body is to be read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    #[default]
+    Text,
+    Markdown,
+    Html,
+}
+
+/// How urgent a task is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    Low,
+    #[default]
+    Normal,
+    High,
+}
+
+/// One notification to deliver through the plugin for `platform`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Task {
+    pub id: TaskId,
+    pub platform: String,
+    /// Where to deliver. Often a URL with a credential in it: print it only
+    /// through [`crate::redact::target`].
+    pub target: String,
+    pub title: Option<String>,
+    pub body: String,
+    pub format: Format,
+    pub priority: Priority,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Where a task is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl TaskState {
+    pub fn is_finished(self) -> bool {
+        matches!(self, TaskState::Succeeded | TaskState::Failed)
+    }
+}
+
+/// Why a delivery attempt failed. The first four come from the plugin; the
+/// others are the host's verdict on a plugin that misbehaved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureClass {
+    /// Transient; worth retrying.
+    Retryable,
+    /// The platform asked us to slow down.
+    RateLimited,
+    /// The destination will never accept it.
+    Permanent,
+    /// The message or configuration is wrong.
+    Invalid,
+    /// The plugin trapped or hit a resource limit; its instance is discarded.
+    Crashed,
+    /// The plugin ran past its deadline; its instance is discarded.
+    TimedOut,
+    /// No loaded plugin serves the task's platform.
+    NoPlugin,
+}
+
+/// The result of one delivery attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Outcome {
+    Delivered {
+        provider_id: Option<String>,
+        status: String,
+    },
+    Failed {
+        class: FailureClass,
+        message: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
+    },
+}
+
+impl Outcome {
+    pub fn failed(class: FailureClass, message: impl Into<String>) -> Self {
+        Outcome::Failed { class, message: message.into(), retry_after_ms: None }
+    }
+
+    pub fn is_success(&self) -> bool {
+        matches!(self, Outcome::Delivered { .. })
+    }
+}

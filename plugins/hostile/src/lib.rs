@@ -1,0 +1,55 @@
+//! A deliberately misbehaving plugin for the host's sandbox tests. The
+//! message body picks the misbehaviour; any other body succeeds.
+
+use notifyhub_plugin_sdk::{Message, Plugin, PluginInfo, Receipt, SendError, log};
+
+struct Hostile;
+
+impl Plugin for Hostile {
+    fn describe() -> PluginInfo {
+        PluginInfo {
+            name: "hostile".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            platforms: vec!["hostile".into()],
+            config_keys: vec![],
+            rate_limits: vec![],
+            description: "Traps, loops, hoards memory or floods on request (tests only).".into(),
+        }
+    }
+
+    fn send(message: Message) -> Result<Receipt, SendError> {
+        match message.body.as_str() {
+            "trap" => core::arch::wasm32::unreachable(),
+            "panic" => panic!("the hostile plugin panicked on purpose"),
+            "loop" => loop {
+                core::hint::spin_loop();
+            },
+            "grow-memory" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                }
+            }
+            "recurse" => Ok(Receipt::status(format!("{}", recurse(1)))),
+            "log-flood" => loop {
+                log::info(&"x".repeat(1024));
+            },
+            "huge-receipt" => Ok(Receipt::status("x".repeat(100 << 20))),
+            "read-file" => match std::fs::read("/etc/passwd") {
+                Ok(_) => Err(SendError::invalid("read /etc/passwd")),
+                Err(e) => Err(SendError::permanent(format!("cannot read /etc/passwd: {e}"))),
+            },
+            _ => Ok(Receipt::status("ok")),
+        }
+    }
+}
+
+#[inline(never)]
+#[allow(unconditional_recursion, reason = "overflowing the stack is the point")]
+fn recurse(depth: u64) -> u64 {
+    let frame = [depth; 64];
+    core::hint::black_box(&frame);
+    recurse(depth + 1) + frame[0]
+}
+
+notifyhub_plugin_sdk::export_plugin!(Hostile);

@@ -1,0 +1,263 @@
+//! A small blocking HTTP client over `wasi:http/outgoing-handler`.
+//!
+//! Every request goes through the host, which enforces the plugin's
+//! allowlist, timeouts and response size cap. Transport failures come back
+//! as [`SendError`]s already classified, and [`Response::classify`] maps HTTP
+//! status codes the way most platforms use them, so a plugin only handles
+//! what is special about its platform.
+
+use crate::SendError;
+use crate::bindings::wasi::http::outgoing_handler;
+use crate::bindings::wasi::http::types::{
+    ErrorCode, Fields, IncomingBody, Method, OutgoingBody, OutgoingRequest, Scheme,
+};
+use crate::bindings::wasi::io::streams::StreamError;
+
+/// Responses larger than this are cut off (the host has its own, larger cap).
+const MAX_RESPONSE_BYTES: usize = 1 << 20;
+/// `wasi:io` streams accept at most 4096 bytes per blocking write.
+const WRITE_CHUNK: usize = 4096;
+/// Used when a 429 carries no usable `Retry-After`.
+pub const DEFAULT_RETRY_AFTER_MS: u64 = 1_000;
+
+/// An outgoing request.
+#[derive(Debug, Clone)]
+pub struct Request {
+    method: Method,
+    url: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+/// A response with its whole body read.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    pub fn post(url: &str) -> Self {
+        Self::new(Method::Post, url)
+    }
+
+    pub fn get(url: &str) -> Self {
+        Self::new(Method::Get, url)
+    }
+
+    fn new(method: Method, url: &str) -> Self {
+        Request { method, url: url.to_string(), headers: Vec::new(), body: Vec::new() }
+    }
+
+    pub fn header(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.headers.push((name.to_ascii_lowercase(), value.into()));
+        self
+    }
+
+    /// Sets a JSON body and its `content-type`.
+    pub fn json_body(self, body: impl Into<Vec<u8>>) -> Self {
+        self.body("application/json", body)
+    }
+
+    pub fn body(mut self, content_type: &str, body: impl Into<Vec<u8>>) -> Self {
+        self.body = body.into();
+        self.header("content-type", content_type)
+    }
+
+    /// Sends the request and reads the whole response.
+    pub fn send(self) -> Result<Response, SendError> {
+        let url = Url::parse(&self.url)?;
+        let entries: Vec<(String, Vec<u8>)> = self
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_bytes().to_vec()))
+            .collect();
+        let fields = Fields::from_list(&entries)
+            .map_err(|e| SendError::invalid(format!("invalid request header: {e:?}")))?;
+        let request = OutgoingRequest::new(fields);
+        let scheme = if url.https { Scheme::Https } else { Scheme::Http };
+        let set = request.set_method(&self.method).is_ok()
+            && request.set_scheme(Some(&scheme)).is_ok()
+            && request.set_authority(Some(url.authority)).is_ok()
+            && request.set_path_with_query(Some(url.path_and_query)).is_ok();
+        if !set {
+            return Err(SendError::invalid(format!("invalid request URL {}", url.redacted())));
+        }
+        let body = request.body().expect("the body of a new request is taken once");
+        let response = outgoing_handler::handle(request, None)
+            .map_err(|code| classify_transport(&code, &url))?;
+
+        // A denied or failed request closes the body stream; the response
+        // future then carries the real reason, so a write error is not
+        // reported on its own.
+        if write_body(&body, &self.body).is_ok() {
+            let _ = OutgoingBody::finish(body, None);
+        }
+
+        response.subscribe().block();
+        let incoming = match response.get() {
+            Some(Ok(Ok(incoming))) => incoming,
+            Some(Ok(Err(code))) => return Err(classify_transport(&code, &url)),
+            Some(Err(())) | None => {
+                return Err(SendError::retryable("the HTTP response was lost", None));
+            }
+        };
+        let status = incoming.status();
+        let headers = incoming
+            .headers()
+            .entries()
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), String::from_utf8_lossy(&v).into_owned()))
+            .collect();
+        let body = incoming
+            .consume()
+            .map_err(|()| SendError::retryable("the HTTP response body was already taken", None))
+            .and_then(|b| read_body(b, &url))?;
+        Ok(Response { status, headers, body })
+    }
+}
+
+fn write_body(body: &OutgoingBody, bytes: &[u8]) -> Result<(), StreamError> {
+    let stream = body.write().expect("the body stream is taken once");
+    for chunk in bytes.chunks(WRITE_CHUNK) {
+        stream.blocking_write_and_flush(chunk)?;
+    }
+    Ok(())
+}
+
+fn read_body(body: IncomingBody, url: &Url<'_>) -> Result<Vec<u8>, SendError> {
+    let mut out = Vec::new();
+    {
+        let stream = body
+            .stream()
+            .map_err(|()| SendError::retryable("the HTTP response body was already taken", None))?;
+        loop {
+            match stream.blocking_read(64 * 1024) {
+                Ok(chunk) => {
+                    out.extend_from_slice(&chunk);
+                    if out.len() >= MAX_RESPONSE_BYTES {
+                        out.truncate(MAX_RESPONSE_BYTES);
+                        break;
+                    }
+                }
+                Err(StreamError::Closed) => break,
+                Err(StreamError::LastOperationFailed(e)) => {
+                    return Err(SendError::retryable(
+                        format!("reading the response from {} failed: {}", url.redacted(), e.to_debug_string()),
+                        None,
+                    ));
+                }
+            }
+        }
+    }
+    drop(body);
+    Ok(out)
+}
+
+/// Maps a `wasi:http` error code to a delivery error class.
+fn classify_transport(code: &ErrorCode, url: &Url<'_>) -> SendError {
+    let host = url.redacted();
+    match code {
+        ErrorCode::HttpRequestDenied => SendError::permanent(format!(
+            "the host denied the request to {host}: add it to the plugin's allowed_hosts"
+        )),
+        ErrorCode::HttpRequestUriInvalid | ErrorCode::HttpRequestMethodInvalid => {
+            SendError::invalid(format!("the host rejected the request to {host}: {code:?}"))
+        }
+        other => SendError::retryable(format!("request to {host} failed: {other:?}"), None),
+    }
+}
+
+impl Response {
+    /// The first value of a header (names are compared case-insensitively).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as text (lossy UTF-8).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// `Retry-After` in milliseconds, from delta-seconds (integer or
+    /// fractional); HTTP-date values are not supported and yield `None`.
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        parse_seconds_ms(self.header("retry-after")?)
+    }
+
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// The usual meaning of an unsuccessful status: 429 → rate limited,
+    /// 408/425/5xx → retryable, 401/403/404/410 → permanent, other 4xx →
+    /// invalid. `Ok(())` for 2xx. Plugins check platform-specific bodies first.
+    pub fn classify(&self) -> Result<(), SendError> {
+        let detail = || {
+            let text = self.text();
+            let text = crate::format::truncate(text.trim(), 300);
+            if text.is_empty() { format!("HTTP {}", self.status) } else { format!("HTTP {}: {text}", self.status) }
+        };
+        match self.status {
+            200..=299 => Ok(()),
+            429 => Err(SendError::rate_limited(
+                detail(),
+                self.retry_after_ms().unwrap_or(DEFAULT_RETRY_AFTER_MS),
+            )),
+            408 | 425 | 500..=599 => Err(SendError::retryable(detail(), self.retry_after_ms())),
+            401 | 403 | 404 | 410 => Err(SendError::permanent(detail())),
+            _ => Err(SendError::invalid(detail())),
+        }
+    }
+}
+
+/// Parses delta-seconds like `"2"` or `"64.57"` into milliseconds.
+pub fn parse_seconds_ms(value: &str) -> Option<u64> {
+    let seconds: f64 = value.trim().parse().ok()?;
+    (seconds.is_finite() && seconds >= 0.0).then(|| (seconds * 1000.0).ceil() as u64)
+}
+
+/// The parts of a URL that `wasi:http` needs.
+struct Url<'a> {
+    https: bool,
+    authority: &'a str,
+    path_and_query: &'a str,
+}
+
+impl<'a> Url<'a> {
+    fn parse(url: &'a str) -> Result<Self, SendError> {
+        let (https, rest) = if let Some(rest) = url.strip_prefix("https://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("http://") {
+            (false, rest)
+        } else {
+            return Err(SendError::invalid("the target must be an http:// or https:// URL"));
+        };
+        let split = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, path) = rest.split_at(split);
+        if authority.is_empty() {
+            return Err(SendError::invalid("the target URL has no host"));
+        }
+        let path_and_query = if path.is_empty() { "/" } else { path };
+        Ok(Url { https, authority, path_and_query })
+    }
+
+    /// Scheme and host only: paths of webhook URLs carry credentials.
+    fn redacted(&self) -> String {
+        format!("{}://{}", if self.https { "https" } else { "http" }, self.authority)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_retry_after() {
+        assert_eq!(super::parse_seconds_ms("2"), Some(2000));
+        assert_eq!(super::parse_seconds_ms("64.57"), Some(64570));
+        assert_eq!(super::parse_seconds_ms("soon"), None);
+    }
+}

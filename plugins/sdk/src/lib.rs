@@ -1,0 +1,119 @@
+//! The notifyhub plugin SDK for Rust.
+//!
+//! A notifyhub plugin is a WebAssembly component that targets the
+//! `notifyhub:plugin/plugin` world (`wit/plugin.wit`). This crate wraps the
+//! generated bindings so that a handler is a few dozen lines:
+//!
+//! ```ignore
+//! use notifyhub_plugin_sdk::{http, Message, Plugin, PluginInfo, Receipt, SendError};
+//!
+//! struct Echo;
+//!
+//! impl Plugin for Echo {
+//!     fn describe() -> PluginInfo { /* name, version, platforms, ... */ }
+//!     fn send(message: Message) -> Result<Receipt, SendError> {
+//!         let response = http::Request::post(&message.target).json_body(b"{}").send()?;
+//!         response.into_receipt()
+//!     }
+//! }
+//!
+//! notifyhub_plugin_sdk::export_plugin!(Echo);
+//! ```
+//!
+//! What is here:
+//! - [`http`]: a small blocking client over `wasi:http` that maps transport
+//!   failures and HTTP status codes onto [`SendError`] classes;
+//! - [`format`]: truncation with a visible marker and markdown dialects;
+//! - [`sign`]: HMAC signing schemes used by webhook platforms;
+//! - [`log`] and [`config`]: the host's logging and configuration imports.
+//!
+//! State: the host may reuse an instance for many `send` calls, so anything a
+//! plugin keeps in statics survives between tasks of the same plugin. Keep
+//! caches there if you like, never per-task secrets.
+
+pub mod format;
+pub mod http;
+pub mod sign;
+pub mod time;
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "notifyhub:plugin/plugin",
+        generate_all,
+        pub_export_macro: true,
+        export_macro_name: "export_handler",
+        default_bindings_module: "notifyhub_plugin_sdk::bindings",
+    });
+}
+
+pub use bindings::exports::notifyhub::plugin::handler::Guest as Plugin;
+pub use bindings::notifyhub::plugin::types::{
+    ConfigKey, Failure, Format, Message, PluginInfo, Priority, RateLimit, RateLimitRule, Receipt,
+    SendError,
+};
+
+/// Exports a type implementing [`Plugin`] as the component's handler.
+#[macro_export]
+macro_rules! export_plugin {
+    ($plugin:ident) => {
+        $crate::bindings::export_handler!($plugin with_types_in $crate::bindings);
+    };
+}
+
+/// Reads a configuration value from the plugin's manifest (settings and
+/// secrets). `None` when the operator did not configure it.
+pub fn config(key: &str) -> Option<String> {
+    bindings::notifyhub::plugin::host::get_config(key)
+}
+
+/// Writes to the host's log; lines are tagged with the plugin and task.
+pub mod log {
+    use crate::bindings::notifyhub::plugin::host::{Level, log};
+
+    pub fn debug(message: &str) {
+        log(Level::Debug, message);
+    }
+    pub fn info(message: &str) {
+        log(Level::Info, message);
+    }
+    pub fn warn(message: &str) {
+        log(Level::Warn, message);
+    }
+    pub fn error(message: &str) {
+        log(Level::Error, message);
+    }
+}
+
+impl Receipt {
+    /// A receipt with a status and no provider id.
+    pub fn status(status: impl Into<String>) -> Self {
+        Receipt { provider_id: None, status: status.into() }
+    }
+}
+
+impl SendError {
+    pub fn invalid(message: impl Into<String>) -> Self {
+        SendError::Invalid(message.into())
+    }
+    pub fn permanent(message: impl Into<String>) -> Self {
+        SendError::Permanent(message.into())
+    }
+    pub fn retryable(message: impl Into<String>, retry_after_ms: Option<u64>) -> Self {
+        SendError::Retryable(Failure { message: message.into(), retry_after_ms })
+    }
+    pub fn rate_limited(message: impl Into<String>, retry_after_ms: u64) -> Self {
+        SendError::RateLimited(RateLimit { message: message.into(), retry_after_ms })
+    }
+}
+
+/// Declares a config key for [`PluginInfo::config_keys`].
+pub fn config_key(name: &str, required: bool, secret: bool, description: &str) -> ConfigKey {
+    ConfigKey {
+        name: name.into(),
+        required,
+        secret,
+        description: description.into(),
+    }
+}

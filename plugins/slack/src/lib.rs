@@ -1,0 +1,82 @@
+//! Slack incoming webhooks.
+//!
+//! Text messages are sent as `{"text": …}`; a title turns the message into
+//! Block Kit (a header block plus section blocks). Markdown is converted to
+//! mrkdwn. Limits: header 150 characters, section 3000, 50 blocks; longer
+//! text is truncated with a visible marker. Success is HTTP 200 with the
+//! body `ok`; Slack's error strings (`no_team`, `invalid_payload`, …) are
+//! classified by status.
+
+use notifyhub_plugin_sdk::format::{markdown_to_mrkdwn, truncate};
+use notifyhub_plugin_sdk::{
+    Format, Message, Plugin, PluginInfo, RateLimitRule, Receipt, SendError, http,
+};
+use serde_json::{Value, json};
+
+const HEADER_MAX: usize = 150;
+const SECTION_MAX: usize = 3000;
+/// One block is the header.
+const MAX_SECTIONS: usize = 49;
+
+struct Slack;
+
+impl Plugin for Slack {
+    fn describe() -> PluginInfo {
+        PluginInfo {
+            name: "slack".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            platforms: vec!["slack".into()],
+            config_keys: vec![],
+            rate_limits: vec![RateLimitRule { requests: 1, window_ms: 1_000 }],
+            description: "Slack incoming webhooks (Block Kit for titled messages)".into(),
+        }
+    }
+
+    fn send(message: Message) -> Result<Receipt, SendError> {
+        if !message.target.starts_with("https://") && !message.target.starts_with("http://") {
+            return Err(SendError::invalid("the target must be a Slack incoming-webhook URL"));
+        }
+        let response = http::Request::post(&message.target)
+            .json_body(payload(&message).to_string())
+            .send()?;
+        let text = response.text();
+        if response.status == 200 && text.trim() == "ok" {
+            return Ok(Receipt::status("ok"));
+        }
+        response.classify()?;
+        Err(SendError::retryable(format!("unexpected answer from Slack: HTTP 200 {text:?}"), None))
+    }
+}
+
+fn payload(message: &Message) -> Value {
+    let body = match message.format {
+        Format::Markdown => markdown_to_mrkdwn(&message.body),
+        Format::Text | Format::Html => escape(&message.body),
+    };
+    let Some(title) = &message.title else {
+        return json!({ "text": truncate(&body, SECTION_MAX * MAX_SECTIONS) });
+    };
+    let mut blocks = vec![json!({
+        "type": "header",
+        "text": { "type": "plain_text", "text": truncate(title, HEADER_MAX) }
+    })];
+    let body = truncate(&body, SECTION_MAX * MAX_SECTIONS);
+    let chars: Vec<char> = body.chars().collect();
+    blocks.extend(chars.chunks(SECTION_MAX).map(|chunk| {
+        json!({
+            "type": "section",
+            "text": { "type": "mrkdwn", "text": chunk.iter().collect::<String>() }
+        })
+    }));
+    json!({
+        "text": truncate(&format!("{title}: {body}"), SECTION_MAX),
+        "blocks": blocks,
+    })
+}
+
+/// Slack treats `&`, `<` and `>` as control characters in every text field.
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+notifyhub_plugin_sdk::export_plugin!(Slack);
