@@ -11,8 +11,8 @@ use crate::protocol::{ErrorBody, Response};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot connect to {path}: {source}: is `notifyhub serve` running?")]
-    Connect { path: PathBuf, source: std::io::Error },
+    #[error("cannot connect to {path}: is `notifyhub serve` running? ({error})")]
+    Connect { path: PathBuf, error: std::io::Error },
     #[error("lost the connection to the daemon: {0}")]
     Io(#[from] std::io::Error),
     #[error("the daemon closed the connection")]
@@ -34,7 +34,7 @@ impl Client {
     pub async fn connect(path: &Path) -> Result<Client, ClientError> {
         let stream = UnixStream::connect(path)
             .await
-            .map_err(|source| ClientError::Connect { path: path.into(), source })?;
+            .map_err(|error| ClientError::Connect { path: path.into(), error })?;
         let (read, writer) = stream.into_split();
         Ok(Client { reader: BufReader::new(read), writer, next_id: 1 })
     }

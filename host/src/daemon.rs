@@ -24,8 +24,8 @@ use crate::store::TaskStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot create the data directory {dir}: {source}")]
-    DataDir { dir: PathBuf, source: std::io::Error },
+    #[error("cannot create the data directory {dir}: {error}")]
+    DataDir { dir: PathBuf, error: std::io::Error },
     #[error("the plugin directory {0} does not exist")]
     NoPluginDir(PathBuf),
     #[error(transparent)]
@@ -51,7 +51,7 @@ impl Daemon {
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)
-                .map_err(|source| StartError::DataDir { dir: dir.clone(), source })
+                .map_err(|error| StartError::DataDir { dir: dir.clone(), error })
         };
         mkdir(&config.data_dir)?;
         if config.plugins_is_default {

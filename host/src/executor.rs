@@ -85,7 +85,7 @@ impl Executor {
     ) -> Result<wit::PluginInfo, CallFailure> {
         let timeout = policy.limits.timeout.min(DESCRIBE_TIMEOUT);
         let mut store = self.sandbox.store(policy, None);
-        store.set_epoch_deadline(crate::sandbox::deadline_ticks(timeout));
+        crate::sandbox::arm_deadline(&mut store, timeout);
         let result = {
             let store = &mut store;
             let call = async {

@@ -100,14 +100,14 @@ impl PluginConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    #[error("cannot read manifest {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot read manifest {path}: {error}")]
+    Read { path: PathBuf, error: std::io::Error },
     #[error("invalid manifest {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("secret `{key}`: environment variable {env} is not set")]
     MissingEnv { key: String, env: String },
-    #[error("secret `{key}`: cannot read {file}: {source}")]
-    SecretFile { key: String, file: PathBuf, source: std::io::Error },
+    #[error("secret `{key}`: cannot read {file}: {error}")]
+    SecretFile { key: String, file: PathBuf, error: std::io::Error },
 }
 
 impl Manifest {
@@ -116,7 +116,7 @@ impl Manifest {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Manifest::default()),
-            Err(source) => return Err(ManifestError::Read { path: path.into(), source }),
+            Err(error) => return Err(ManifestError::Read { path: path.into(), error }),
         };
         Self::parse(&text).map_err(|message| ManifestError::Parse { path: path.into(), message })
     }
@@ -134,10 +134,10 @@ impl Manifest {
                     ManifestError::MissingEnv { key: key.clone(), env: env.clone() }
                 })?,
                 SecretSource::File { file } => std::fs::read_to_string(file)
-                    .map_err(|source| ManifestError::SecretFile {
+                    .map_err(|error| ManifestError::SecretFile {
                         key: key.clone(),
                         file: file.clone(),
-                        source,
+                        error,
                     })?
                     .trim_end_matches(['\n', '\r'])
                     .to_string(),
@@ -173,7 +173,11 @@ mod tests {
         assert_eq!(limits.timeout, std::time::Duration::from_secs(5));
         assert_eq!(limits.memory_mib, 64);
         assert_eq!(limits.max_requests, Limits::default().max_requests);
-        assert!(matches!(m.resolve_config(), Err(ManifestError::MissingEnv { .. })));
+        // Secrets resolve in key order: `key` (a file) fails before `token`.
+        assert!(matches!(m.resolve_config(), Err(ManifestError::SecretFile { .. })));
+        let env_only = Manifest::parse("[secrets]\ntoken = { env = \"NOTIFYHUB_TEST_TOKEN_UNSET\" }")
+            .unwrap();
+        assert!(matches!(env_only.resolve_config(), Err(ManifestError::MissingEnv { .. })));
     }
 
     #[test]

@@ -139,10 +139,10 @@ pub struct Registry {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot read the plugin directory {dir}: {source}")]
+#[error("cannot read the plugin directory {dir}: {error}")]
 pub struct RegistryError {
     dir: PathBuf,
-    source: std::io::Error,
+    error: std::io::Error,
 }
 
 impl Registry {
@@ -155,9 +155,9 @@ impl Registry {
     ) -> Result<Registry, RegistryError> {
         let mut paths = Vec::new();
         let entries =
-            std::fs::read_dir(dir).map_err(|source| RegistryError { dir: dir.into(), source })?;
+            std::fs::read_dir(dir).map_err(|error| RegistryError { dir: dir.into(), error })?;
         for entry in entries {
-            let path = entry.map_err(|source| RegistryError { dir: dir.into(), source })?.path();
+            let path = entry.map_err(|error| RegistryError { dir: dir.into(), error })?.path();
             if path.extension().is_some_and(|e| e == "wasm") && path.is_file() {
                 paths.push(path);
             }

@@ -53,10 +53,10 @@ impl Default for ServerConfig {
 pub enum BindError {
     #[error("another notifyhub is already listening on {0}")]
     InUse(PathBuf),
-    #[error("cannot create the socket directory {dir}: {source}")]
-    Dir { dir: PathBuf, source: io::Error },
-    #[error("cannot listen on {path}: {source}")]
-    Listen { path: PathBuf, source: io::Error },
+    #[error("cannot create the socket directory {dir}: {error}")]
+    Dir { dir: PathBuf, error: io::Error },
+    #[error("cannot listen on {path}: {error}")]
+    Listen { path: PathBuf, error: io::Error },
 }
 
 /// A bound listener.
@@ -75,7 +75,7 @@ impl Server {
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)
-                .map_err(|source| BindError::Dir { dir: dir.into(), source })?;
+                .map_err(|error| BindError::Dir { dir: dir.into(), error })?;
         }
         if path.exists() {
             if UnixStream::connect(path).await.is_ok() {
@@ -83,7 +83,7 @@ impl Server {
             }
             let _ = std::fs::remove_file(path);
         }
-        let listen_err = |source| BindError::Listen { path: path.into(), source };
+        let listen_err = |error| BindError::Listen { path: path.into(), error };
         let listener = UnixListener::bind(path).map_err(listen_err)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(listen_err)?;
         Ok(Server { listener, path: path.into(), config })

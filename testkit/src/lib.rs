@@ -1,0 +1,28 @@
+//! Real parts for notifyhub's tests, benchmarks and demo.
+//!
+//! - [`plugins`]: builds the first-party plugins for `wasm32-wasip2` (once per
+//!   process) and finds their `.wasm` files;
+//! - [`daemon`]: runs the real `notifyhub` binary in a temporary directory and
+//!   talks to it over its Unix socket;
+//! - [`receiver`]: an HTTP server on 127.0.0.1 that records what plugins send
+//!   and answers like the platform would;
+//! - [`verify`]: signature checks a platform performs, recomputed from the raw
+//!   request.
+//!
+//! Nothing here imports the host crate: tests drive notifyhub only through
+//! its public interfaces, the socket and the command line.
+
+pub mod daemon;
+pub mod plugins;
+pub mod receiver;
+pub mod verify;
+
+use std::path::PathBuf;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("testkit lives one level below the root")
+        .to_path_buf()
+}

@@ -28,10 +28,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
+};
 
 pub use self::allowlist::AllowList;
 pub use self::http::HttpClient;
@@ -146,8 +148,7 @@ impl Sandbox {
         let timeout = policy.limits.timeout;
         let mut store = Store::new(&self.engine, HostState::new(policy, self.http.clone(), task));
         store.limiter(|state| &mut state.limiter);
-        store.set_epoch_deadline(deadline_ticks(timeout));
-        store.epoch_deadline_trap();
+        arm_deadline(&mut store, timeout);
         store
     }
 
@@ -157,9 +158,22 @@ impl Sandbox {
     }
 }
 
-/// Epoch ticks covering `timeout`, rounded up.
-pub fn deadline_ticks(timeout: Duration) -> u64 {
-    (timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64).max(1)
+/// Gives the next call in `store` `timeout` of wall-clock time.
+///
+/// At every epoch tick the guest yields to the async executor, so a guest
+/// spinning in a loop shares its thread with other tasks instead of holding
+/// it until its deadline; once the deadline has passed, the next tick traps
+/// with `Trap::Interrupt`.
+pub(crate) fn arm_deadline(store: &mut Store<HostState>, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    store.epoch_deadline_callback(move |_| {
+        Ok(if Instant::now() >= deadline {
+            UpdateDeadline::Interrupt
+        } else {
+            UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now()))
+        })
+    });
+    store.set_epoch_deadline(1);
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.

@@ -1,0 +1,235 @@
+//! The real `notifyhub` daemon as a child process in a temporary directory.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+
+use crate::plugins;
+
+/// What to start a daemon with.
+pub struct DaemonBuilder {
+    bin: PathBuf,
+    plugins: Vec<(String, Option<String>)>,
+    files: Vec<(String, Vec<u8>)>,
+    config: Option<String>,
+    env: Vec<(String, String)>,
+}
+
+impl DaemonBuilder {
+    /// Deploys a first-party plugin, with an optional manifest (`NAME.toml`).
+    pub fn plugin(mut self, name: &str, manifest: Option<&str>) -> Self {
+        self.plugins.push((name.into(), manifest.map(str::to_string)));
+        self
+    }
+
+    /// Puts an arbitrary file in the plugin directory (broken plugins, ...).
+    pub fn file(mut self, name: &str, bytes: impl Into<Vec<u8>>) -> Self {
+        self.files.push((name.into(), bytes.into()));
+        self
+    }
+
+    /// The config file's contents.
+    pub fn config(mut self, toml: &str) -> Self {
+        self.config = Some(toml.into());
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Starts the daemon and waits until its socket answers.
+    pub async fn start(self) -> anyhow::Result<Daemon> {
+        let dir = tempfile::Builder::new().prefix("nh-").tempdir()?;
+        let plugin_dir = dir.path().join("plugins");
+        std::fs::create_dir(&plugin_dir)?;
+        for (name, manifest) in &self.plugins {
+            std::fs::copy(plugins::path(name)?, plugin_dir.join(format!("{name}.wasm")))?;
+            if let Some(manifest) = manifest {
+                std::fs::write(plugin_dir.join(format!("{name}.toml")), manifest)?;
+            }
+        }
+        for (name, bytes) in &self.files {
+            std::fs::write(plugin_dir.join(name), bytes)?;
+        }
+        let config = dir.path().join("config.toml");
+        std::fs::write(&config, self.config.as_deref().unwrap_or(""))?;
+        let socket = dir.path().join("notifyhub.sock");
+        let log = dir.path().join("daemon.log");
+        let mut command = Command::new(&self.bin);
+        command
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--plugins")
+            .arg(&plugin_dir)
+            .arg("--socket")
+            .arg(&socket)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.path().join("daemon.out"))?)
+            .stderr(std::fs::File::create(&log)?);
+        for (k, v) in &self.env {
+            command.env(k, v);
+        }
+        let child = command.spawn().with_context(|| format!("starting {}", self.bin.display()))?;
+        let mut daemon = Daemon { dir, child, socket, log, bin: self.bin };
+        daemon.wait_ready(Duration::from_secs(120)).await?;
+        Ok(daemon)
+    }
+}
+
+/// A running daemon; killed when dropped.
+pub struct Daemon {
+    dir: tempfile::TempDir,
+    child: Child,
+    socket: PathBuf,
+    log: PathBuf,
+    bin: PathBuf,
+}
+
+impl Daemon {
+    /// `bin` is the `notifyhub` binary (`env!("CARGO_BIN_EXE_notifyhub")` in tests).
+    pub fn builder(bin: impl Into<PathBuf>) -> DaemonBuilder {
+        DaemonBuilder { bin: bin.into(), plugins: Vec::new(), files: Vec::new(), config: None, env: Vec::new() }
+    }
+
+    async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("the daemon exited during start-up ({status}):\n{}", self.logs());
+            }
+            if UnixStream::connect(&self.socket).await.is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the daemon did not open its socket in {timeout:?}:\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn plugin_dir(&self) -> PathBuf {
+        self.dir.path().join("plugins")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the daemon has logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Everything the daemon wrote to stdout.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.out")).unwrap_or_default()
+    }
+
+    pub async fn connect(&self) -> anyhow::Result<Conn> {
+        Conn::connect(&self.socket).await
+    }
+
+    /// Sends one request on a new connection and returns the response.
+    pub async fn request(&self, request: Value) -> anyhow::Result<Value> {
+        let mut conn = self.connect().await?;
+        conn.send(&request).await?;
+        conn.recv().await
+    }
+
+    /// Runs the `notifyhub` CLI against this daemon.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(&self.bin)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("running the notifyhub CLI")
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(&mut self) -> anyhow::Result<ExitStatus> {
+        let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status()?;
+        if !status.success() {
+            bail!("kill -TERM failed");
+        }
+        Ok(self.child.wait()?)
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A raw connection to the socket.
+pub struct Conn {
+    reader: BufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+}
+
+impl Conn {
+    pub async fn connect(socket: &Path) -> anyhow::Result<Conn> {
+        let (read, writer) = UnixStream::connect(socket).await?.into_split();
+        Ok(Conn { reader: BufReader::new(read), writer })
+    }
+
+    /// Writes bytes as they are (no newline added).
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        self.writer.write_all(bytes).await?;
+        Ok(())
+    }
+
+    /// Writes a request line.
+    pub async fn send(&mut self, request: &Value) -> anyhow::Result<()> {
+        let mut line = serde_json::to_vec(request)?;
+        line.push(b'\n');
+        self.send_raw(&line).await
+    }
+
+    /// Reads one response line (30 s at most).
+    pub async fn recv(&mut self) -> anyhow::Result<Value> {
+        let mut line = String::new();
+        let n = tokio::time::timeout(Duration::from_secs(30), self.reader.read_line(&mut line))
+            .await
+            .context("no response within 30 s")??;
+        if n == 0 {
+            bail!("the daemon closed the connection");
+        }
+        Ok(serde_json::from_str(&line)?)
+    }
+
+    /// Closes the writing half; the daemon sees end of input.
+    pub async fn close_write(&mut self) -> anyhow::Result<()> {
+        self.writer.shutdown().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,166 @@
+//! A local HTTP server that stands in for a platform.
+//!
+//! It listens on 127.0.0.1 on a free port, records every request in full and
+//! answers through a handler the test supplies, so a test can check a request
+//! exactly as the platform would and reply with the platform's success or
+//! error shapes (429 + `Retry-After`, 5xx, errors inside HTTP 200 bodies).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+/// One request as received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+    pub at: Instant,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The body parsed as JSON (`Null` if it is not JSON).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// What the receiver answers.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub fn new(status: u16, body: impl Into<String>) -> Self {
+        Reply { status, headers: Vec::new(), body: body.into(), delay: Duration::ZERO }
+    }
+
+    pub fn json(status: u16, body: serde_json::Value) -> Self {
+        Self::new(status, body.to_string()).header("content-type", "application/json")
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Answers only after `delay`, like a slow platform.
+    pub fn after(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+}
+
+type Handler = Arc<dyn Fn(&Recorded) -> Reply + Send + Sync>;
+
+/// A running receiver; stops when dropped.
+pub struct Receiver {
+    addr: SocketAddr,
+    requests: Arc<Mutex<Vec<Recorded>>>,
+    arrived: Arc<Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    /// Starts a receiver on 127.0.0.1 that answers every request with `handler`.
+    pub async fn start(handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding 127.0.0.1");
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let arrived = Arc::new(Notify::new());
+        let handler: Handler = Arc::new(handler);
+        let (reqs, notify) = (requests.clone(), arrived.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let (handler, reqs, notify) = (handler.clone(), reqs.clone(), notify.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (handler, reqs, notify) = (handler.clone(), reqs.clone(), notify.clone());
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let recorded = Recorded {
+                                method: parts.method.to_string(),
+                                path: parts.uri.path().to_string(),
+                                query: parts.uri.query().map(str::to_string),
+                                headers: parts.headers,
+                                body,
+                                at: Instant::now(),
+                            };
+                            let reply = handler(&recorded);
+                            reqs.lock().unwrap().push(recorded);
+                            notify.notify_waiters();
+                            if !reply.delay.is_zero() {
+                                tokio::time::sleep(reply.delay).await;
+                            }
+                            let mut response = hyper::Response::builder().status(reply.status);
+                            for (k, v) in &reply.headers {
+                                response = response.header(k, v);
+                            }
+                            Ok::<_, Infallible>(response.body(Full::new(Bytes::from(reply.body))).unwrap())
+                        }
+                    });
+                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                });
+            }
+        });
+        Receiver { addr, requests, arrived, task }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// `host:port`, for allowlists.
+    pub fn authority(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// `http://127.0.0.1:PORT{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` requests have arrived.
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Recorded> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = self.arrived.notified();
+            let requests = self.requests();
+            if requests.len() >= n || Instant::now() >= deadline {
+                return requests;
+            }
+            let _ = tokio::time::timeout(deadline - Instant::now(), notified).await;
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,151 @@
+//! The socket protocol under good and bad input: every bad line gets a
+//! clear error and the connection, and the daemon, keep serving.
+
+use notifyhub_testkit::daemon::Daemon;
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_notifyhub");
+
+async fn daemon() -> anyhow::Result<Daemon> {
+    Daemon::builder(BIN).plugin("noop", None).config("[server]\nmax_line_bytes = 4096\n").start().await
+}
+
+#[tokio::test]
+async fn bad_lines_get_error_codes_and_the_connection_stays_usable() -> anyhow::Result<()> {
+    let daemon = daemon().await?;
+    let mut conn = daemon.connect().await?;
+    let cases: &[(&[u8], &str)] = &[
+        (b"{this is not json\n", "malformed_json"),
+        (b"[1, 2, 3]\n", "malformed_json"),
+        (b"\xff\xfe\x00binary\n", "malformed_json"),
+        (br#"{"id": 1}"#, "invalid_request"),
+        (br#"{"op": "explode"}"#, "unknown_op"),
+        (br#"{"op": 42}"#, "invalid_request"),
+        (br#"{"op": "task"}"#, "invalid_request"),
+        (br#"{"op": "task", "task_id": "nope"}"#, "invalid_request"),
+        (br#"{"op": "task", "task_id": "0192f0c1-0000-7000-8000-000000000000"}"#, "not_found"),
+        (br#"{"op": "submit"}"#, "invalid_request"),
+        (br#"{"op": "submit", "task": {"platform": "noop", "target": "t"}}"#, "invalid_request"),
+        (br#"{"op": "submit", "task": {"platform": "noop", "target": "", "body": "b"}}"#, "invalid_request"),
+        (br#"{"op": "submit", "task": {"platform": "pigeon", "target": "t", "body": "b"}}"#, "unknown_platform"),
+        (br#"{"op": "submit", "task": {"platform": "noop", "target": "t", "body": "b", "format": "rtf"}}"#, "invalid_request"),
+    ];
+    for (line, code) in cases {
+        let mut line = line.to_vec();
+        if line.last() != Some(&b'\n') {
+            line.push(b'\n');
+        }
+        conn.send_raw(&line).await?;
+        let response = conn.recv().await?;
+        assert_eq!(response["ok"], false, "{}", String::from_utf8_lossy(&line));
+        assert_eq!(response["error"]["code"], *code, "{}: {response}", String::from_utf8_lossy(&line));
+        assert!(!response["error"]["message"].as_str().unwrap().is_empty());
+    }
+
+    // An oversize line is skipped up to its newline, then the next line works.
+    let mut big = vec![b'x'; 100_000];
+    big.push(b'\n');
+    conn.send_raw(&big).await?;
+    let response = conn.recv().await?;
+    assert_eq!(response["error"]["code"], "line_too_long", "{response}");
+
+    conn.send(&json!({"id": "after", "op": "ping"})).await?;
+    let response = conn.recv().await?;
+    assert_eq!(response, json!({"id": "after", "ok": true, "result": {"pong": true}}));
+    Ok(())
+}
+
+#[tokio::test]
+async fn unknown_platform_errors_name_the_loaded_ones() -> anyhow::Result<()> {
+    let daemon = daemon().await?;
+    let response = daemon
+        .request(json!({"id": 9, "op": "submit", "task": {"platform": "pigeon", "target": "t", "body": "b"}}))
+        .await?;
+    assert_eq!(response["id"], 9);
+    let message = response["error"]["message"].as_str().unwrap();
+    assert!(message.contains("pigeon") && message.contains("noop"), "{message}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_batch_with_one_bad_task_is_rejected_whole() -> anyhow::Result<()> {
+    let daemon = daemon().await?;
+    let response = daemon
+        .request(json!({"op": "submit", "tasks": [
+            {"platform": "noop", "target": "t", "body": "fine"},
+            {"platform": "pigeon", "target": "t", "body": "bad"}
+        ]}))
+        .await?;
+    assert_eq!(response["error"]["code"], "unknown_platform");
+    assert!(response["error"]["message"].as_str().unwrap().starts_with("task 1:"));
+    let status = daemon.request(json!({"op": "status"})).await?;
+    assert_eq!(status["result"]["pool"]["processed"], 0, "nothing of the batch ran");
+    Ok(())
+}
+
+#[tokio::test]
+async fn submit_task_and_status_answer() -> anyhow::Result<()> {
+    let daemon = daemon().await?;
+    let response = daemon
+        .request(json!({"op": "submit", "tasks": [
+            {"platform": "noop", "target": "t", "body": "a"},
+            {"platform": "noop", "target": "t", "body": "b"}
+        ]}))
+        .await?;
+    let ids = response["result"]["task_ids"].as_array().unwrap().clone();
+    assert_eq!(ids.len(), 2);
+    for id in &ids {
+        // Poll until done: without `wait` the submit answers at once.
+        let mut task = json!(null);
+        for _ in 0..200 {
+            task = daemon.request(json!({"op": "task", "task_id": id})).await?["result"].clone();
+            if task["state"] == "succeeded" {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(task["state"], "succeeded", "{task}");
+        assert_eq!(task["outcome"]["provider_id"], *id, "noop echoes the task id");
+    }
+    let status = daemon.request(json!({"op": "status"})).await?["result"].clone();
+    assert_eq!(status["pool"]["processed"], 2);
+    assert_eq!(status["platforms"], json!(["noop"]));
+    let plugins = daemon.request(json!({"op": "plugins"})).await?["result"].clone();
+    assert_eq!(plugins["plugins"][0]["name"], "noop");
+    assert_eq!(plugins["plugins"][0]["digest"].as_str().unwrap().len(), 64);
+    Ok(())
+}
+
+#[tokio::test]
+async fn many_connections_are_served_while_one_misbehaves() -> anyhow::Result<()> {
+    let daemon = daemon().await?;
+    // One client sends half a line and stalls.
+    let mut stalled = daemon.connect().await?;
+    stalled.send_raw(br#"{"op": "pi"#).await?;
+    let mut handles = Vec::new();
+    for i in 0..20 {
+        let socket = daemon.socket().to_path_buf();
+        handles.push(tokio::spawn(async move {
+            let mut conn = notifyhub_testkit::daemon::Conn::connect(&socket).await?;
+            conn.send(&json!({"id": i, "op": "ping"})).await?;
+            anyhow::Ok(conn.recv().await?)
+        }));
+    }
+    for handle in handles {
+        assert_eq!(handle.await??["ok"], true);
+    }
+    // The stalled client finishes its line and gets an answer too.
+    stalled.send_raw(b"ng\"}\n").await?;
+    assert_eq!(stalled.recv().await?["result"]["pong"], true);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_line_without_newline_before_eof_is_still_answered() -> anyhow::Result<()> {
+    let daemon = daemon().await?;
+    let mut conn = daemon.connect().await?;
+    conn.send_raw(br#"{"op":"ping","id":3}"#).await?;
+    conn.close_write().await?;
+    assert_eq!(conn.recv().await?["id"], 3);
+    Ok(())
+}
