@@ -1,1 +1,83 @@
-fn main() {}
+//! Project tasks, run as `cargo xtask <task>`:
+//!
+//! - `plugins`: install the `wasm32-wasip2` target if needed and build every
+//!   plugin;
+//! - `test`: build the plugins, then run every test (host, integration, SDK);
+//! - `demo`: build everything, start the daemon with the `webhook` plugin and
+//!   deliver a signed notification to a local receiver;
+//! - `bench`: build the plugins and run the end-to-end benchmark.
+
+mod demo;
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, bail};
+use notifyhub_testkit::repo_root;
+
+fn main() -> ExitCode {
+    let task = std::env::args().nth(1).unwrap_or_default();
+    let result = match task.as_str() {
+        "plugins" => plugins(),
+        "test" => test(),
+        "demo" => demo::run(),
+        "bench" => bench(),
+        _ => {
+            eprintln!("usage: cargo xtask <plugins|test|demo|bench>");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask {task}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Installs the wasm target (when rustup manages the toolchain) and builds
+/// the plugins.
+fn plugins() -> anyhow::Result<()> {
+    if Command::new("rustup").arg("--version").output().is_ok() {
+        run(Command::new("rustup").args(["target", "add", "wasm32-wasip2"]))?;
+    }
+    let dir = notifyhub_testkit::plugins::build()?;
+    println!("plugins built in {}", dir.display());
+    Ok(())
+}
+
+fn test() -> anyhow::Result<()> {
+    plugins()?;
+    run(cargo().args(["test", "--workspace"]))?;
+    // The SDK's pure helpers (formatting, signing, time) run natively.
+    run(cargo()
+        .current_dir(repo_root().join("plugins"))
+        .args(["test", "-p", "notifyhub-plugin-sdk", "--target", &host_triple()?]))
+}
+
+fn bench() -> anyhow::Result<()> {
+    plugins()?;
+    run(cargo().args(["bench", "-p", "notifyhub", "--bench", "e2e"]))
+}
+
+fn cargo() -> Command {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.current_dir(repo_root());
+    command
+}
+
+fn host_triple() -> anyhow::Result<String> {
+    let out = Command::new("rustc").arg("-vV").output().context("running rustc -vV")?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_string))
+        .context("rustc -vV printed no host triple")
+}
+
+pub(crate) fn run(command: &mut Command) -> anyhow::Result<()> {
+    let status = command.status().with_context(|| format!("running {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed ({status})");
+    }
+    Ok(())
+}

@@ -65,6 +65,7 @@ pub struct OutboundHttp {
     task: Option<String>,
     timeout: Duration,
     max_response_bytes: u64,
+    max_requests: u32,
     requests_left: u32,
 }
 
@@ -73,7 +74,6 @@ impl OutboundHttp {
         client: HttpClient,
         allow: Arc<AllowList>,
         plugin: Arc<str>,
-        task: Option<String>,
         timeout: Duration,
         max_response_bytes: u64,
         max_requests: u32,
@@ -82,11 +82,18 @@ impl OutboundHttp {
             client,
             allow,
             plugin,
-            task,
+            task: None,
             timeout,
             max_response_bytes,
+            max_requests,
             requests_left: max_requests,
         }
+    }
+
+    /// Resets the per-task budget before a call for `task`.
+    pub(crate) fn begin_task(&mut self, task: Option<String>) {
+        self.task = task;
+        self.requests_left = self.max_requests;
     }
 
     fn deny(&self, uri: &http::Uri, reason: &str) -> HttpError {

@@ -143,12 +143,11 @@ impl Sandbox {
         PluginPre::new(self.linker.instantiate_pre(component)?)
     }
 
-    /// A fresh store for one call into the plugin governed by `policy`.
-    pub(crate) fn store(&self, policy: Arc<PluginPolicy>, task: Option<String>) -> Store<HostState> {
-        let timeout = policy.limits.timeout;
-        let mut store = Store::new(&self.engine, HostState::new(policy, self.http.clone(), task));
+    /// A fresh store for an instance of the plugin governed by `policy`.
+    /// Arm its deadline ([`arm_deadline`]) before each call.
+    pub(crate) fn store(&self, policy: Arc<PluginPolicy>) -> Store<HostState> {
+        let mut store = Store::new(&self.engine, HostState::new(policy, self.http.clone()));
         store.limiter(|state| &mut state.limiter);
-        arm_deadline(&mut store, timeout);
         store
     }
 

@@ -31,7 +31,7 @@ pub struct HostState {
 }
 
 impl HostState {
-    pub(crate) fn new(policy: Arc<PluginPolicy>, client: HttpClient, task: Option<String>) -> Self {
+    pub(crate) fn new(policy: Arc<PluginPolicy>, client: HttpClient) -> Self {
         // No preopens, no environment, no arguments, no sockets, empty stdin;
         // stdout and stderr are discarded.
         let wasi = WasiCtx::builder()
@@ -48,16 +48,23 @@ impl HostState {
                 client,
                 policy.allow.clone(),
                 policy.name.clone(),
-                task.clone(),
                 limits.timeout,
                 limits.max_response_bytes(),
                 limits.max_requests,
             ),
             limiter: MemoryLimiter::new(limits.memory_bytes()),
             policy,
-            task,
+            task: None,
             log_lines: 0,
         }
+    }
+
+    /// Resets per-task budgets (log lines, HTTP requests) and tags what the
+    /// plugin logs with `task`. Called before every call into the instance.
+    pub(crate) fn begin_task(&mut self, task: Option<String>) {
+        self.http.begin_task(task.clone());
+        self.task = task;
+        self.log_lines = 0;
     }
 }
 
