@@ -77,7 +77,7 @@ async fn end_to_end() -> anyhow::Result<()> {
     let daemon = Daemon::builder(BIN)
         .plugin("noop", None)
         .plugin("webhook", Some(&manifest))
-        .config("[pool]\nworkers = 64\n")
+        .config("[pool]\nmin_workers = 16\nmax_workers = 64\n")
         .start()
         .await?;
 

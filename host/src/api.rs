@@ -117,8 +117,16 @@ impl Api {
                 self.submit(submit.into_tasks(), wait).await
             }
             Request::Task { task_id } => self.task(&task_id),
-            Request::Status => Ok(to_value(self.status())),
+            Request::Status => Ok(to_value(self.status().await?)),
             Request::Plugins => Ok(to_value(self.plugins())),
+            Request::Scale { min, max } => {
+                let (min, max) = self
+                    .pool
+                    .scale(min, max)
+                    .await
+                    .map_err(|e| ErrorBody::new(ErrorCode::InvalidRequest, e))?;
+                Ok(json!({ "min_workers": min, "max_workers": max }))
+            }
         }
     }
 
@@ -199,13 +207,16 @@ impl Api {
         Ok(to_value(TaskView::from(record)))
     }
 
-    fn status(&self) -> StatusView {
-        StatusView {
+    async fn status(&self) -> Result<StatusView, ErrorBody> {
+        let pool = self.pool.stats().await.ok_or_else(|| {
+            ErrorBody::new(ErrorCode::ShuttingDown, "the worker pool has stopped")
+        })?;
+        Ok(StatusView {
             version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_ms: self.started.elapsed().as_millis() as u64,
             platforms: self.registry.catalog().platforms().iter().map(|p| p.to_string()).collect(),
-            pool: self.pool.stats(),
-        }
+            pool,
+        })
     }
 
     fn plugins(&self) -> PluginsView {

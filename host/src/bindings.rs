@@ -16,6 +16,6 @@ wasmtime::component::bindgen!({
     require_store_data_send: true,
 });
 
-pub use exports::notifyhub::plugin::handler;
-pub use notifyhub::plugin::host::Level;
-pub use notifyhub::plugin::types as wit;
+pub use self::exports::notifyhub::plugin::handler;
+pub use self::notifyhub::plugin::host::Level;
+pub use self::notifyhub::plugin::types as wit;

@@ -7,7 +7,7 @@
 //! socket = "/run/notifyhub/notifyhub.sock"
 //!
 //! [pool]
-//! workers = 64
+//! max_workers = 512
 //!
 //! [server]
 //! max_line_bytes = 1048576
@@ -155,7 +155,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("nh-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("c.toml");
-        std::fs::write(&file, "data_dir = \"/srv/nh\"\nsocket = \"/srv/s.sock\"\n[pool]\nworkers = 8\n")
+        std::fs::write(&file, "data_dir = \"/srv/nh\"\nsocket = \"/srv/s.sock\"\n[pool]\nmax_workers = 8\n")
             .unwrap();
         let overrides = Overrides {
             config: Some(file),
@@ -166,7 +166,7 @@ mod tests {
         assert_eq!(config.socket, PathBuf::from("/tmp/flag.sock"));
         assert_eq!(config.plugins, PathBuf::from("/srv/nh/plugins"));
         assert!(config.plugins_is_default);
-        assert_eq!(config.pool.workers, 8);
+        assert_eq!(config.pool.max_workers, 8);
         assert_eq!(config.pool.queue_capacity, PoolConfig::default().queue_capacity);
         std::fs::remove_dir_all(dir).unwrap();
     }

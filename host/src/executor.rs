@@ -63,6 +63,11 @@ impl Instance {
     pub fn calls(&self) -> u64 {
         self.calls
     }
+
+    /// Linear memory the instance holds, in bytes.
+    pub fn memory_bytes(&self) -> usize {
+        self.store.data().limiter.bytes()
+    }
 }
 
 /// What a call did to its instance.

@@ -33,11 +33,18 @@ pub enum Request {
     Status,
     /// Loaded plugins and load errors.
     Plugins,
+    /// Changes the pool's worker bounds at run time.
+    Scale {
+        #[serde(default)]
+        min: Option<usize>,
+        #[serde(default)]
+        max: Option<usize>,
+    },
     Ping,
 }
 
 /// The names of the ops, for error messages.
-pub const OPS: &[&str] = &["submit", "task", "status", "plugins", "ping"];
+pub const OPS: &[&str] = &["submit", "task", "status", "plugins", "scale", "ping"];
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -108,6 +108,18 @@ impl TaskStore {
         }
     }
 
+    /// Puts a task that was cut off back to `queued`.
+    pub fn requeue(&self, id: TaskId) {
+        if let Some(entry) = self.lock().entries.get_mut(&id) {
+            entry.record.state = TaskState::Queued;
+            entry.record.started_at = None;
+        }
+    }
+
+    pub fn is_finished(&self, id: TaskId) -> bool {
+        self.lock().entries.get(&id).is_some_and(|e| e.record.state.is_finished())
+    }
+
     pub fn get(&self, id: TaskId) -> Option<TaskRecord> {
         self.lock().entries.get(&id).map(|e| e.record.clone())
     }

@@ -27,6 +27,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let plugins: PluginsView = decode(call(&config, json!({"op": "plugins"})).await?)?;
             print(out, &plugins, render::plugins)
         }
+        Command::Scale(args) => {
+            anyhow::ensure!(args.min.is_some() || args.max.is_some(), "give --min, --max or both");
+            let result = call(&config, json!({"op": "scale", "min": args.min, "max": args.max})).await?;
+            if args.output.json {
+                println!("{}", serde_json::to_string_pretty(&result)?);
+            } else {
+                println!("workers: min {} max {}", result["min_workers"], result["max_workers"]);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Task(args) => {
             let task: TaskView =
                 decode(call(&config, json!({"op": "task", "task_id": args.id})).await?)?;
@@ -37,9 +47,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
-    if let Some(workers) = args.workers {
-        config.pool.workers = workers;
+    if let Some(min) = args.min_workers {
+        config.pool.min_workers = min;
     }
+    if let Some(max) = args.max_workers {
+        config.pool.max_workers = max;
+    }
+    if let Some(strategy) = args.strategy {
+        config.pool.strategy = strategy;
+    }
+    config.pool.validate().map_err(|e| anyhow::anyhow!("invalid [pool] settings: {e}"))?;
     let daemon = Daemon::start(&config).await.context("notifyhub could not start")?;
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));

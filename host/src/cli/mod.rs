@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub use commands::run;
 
 use crate::config::Overrides;
+use crate::pool::Strategy;
 use crate::task::{Format, Priority};
 
 /// Deliver notifications through sandboxed WebAssembly plugins.
@@ -67,13 +68,33 @@ pub enum Command {
     Plugins(OutputArgs),
     /// Show one task and its outcome.
     Task(TaskArgs),
+    /// Change the worker pool's bounds while the daemon runs.
+    Scale(ScaleArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Number of workers (deliveries in flight). Overrides [pool] workers.
+    /// Fewest workers kept running. Overrides [pool] min_workers (default 4).
     #[arg(long, value_name = "N")]
-    pub workers: Option<usize>,
+    pub min_workers: Option<usize>,
+    /// Most workers, i.e. deliveries in flight. Overrides [pool] max_workers (default 512).
+    #[arg(long, value_name = "N")]
+    pub max_workers: Option<usize>,
+    /// How tasks are routed to workers: affinity (default), round-robin, least-loaded, weighted.
+    #[arg(long, value_name = "STRATEGY")]
+    pub strategy: Option<Strategy>,
+}
+
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    /// New minimum number of workers.
+    #[arg(long, value_name = "N")]
+    pub min: Option<usize>,
+    /// New maximum number of workers.
+    #[arg(long, value_name = "N")]
+    pub max: Option<usize>,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, Args)]

@@ -37,29 +37,60 @@ pub fn status(s: &StatusView) -> String {
     let pool = &s.pool;
     let _ = writeln!(out, "notifyhub {} up {}s", s.version, s.uptime_ms / 1000);
     let _ = writeln!(out, "platforms  {}", s.platforms.join(", "));
+    let by_state: Vec<String> =
+        pool.workers_by_state.iter().map(|(state, n)| format!("{n} {}", json_name(state))).collect();
     let _ = writeln!(
         out,
-        "pool       {} workers, {} in flight, {} queued, {} processed, {} errors",
-        pool.workers, pool.in_flight, pool.queued, pool.processed, pool.errors
+        "pool       {} workers ({}), bounds {}..{}, strategy {}",
+        pool.workers,
+        by_state.join(", "),
+        pool.min_workers,
+        pool.max_workers,
+        json_name(&pool.strategy)
     );
-    let _ = writeln!(out, "\n{:>6}  {:<10}  {:>9}  {:>6}  current task", "worker", "state", "processed", "errors");
-    for w in pool.per_worker.iter().filter(|w| w.processed > 0 || w.current_task.is_some()) {
+    let queued: Vec<String> = pool.queued_by_platform.iter().map(|(p, n)| format!("{p} {n}")).collect();
+    let _ = writeln!(
+        out,
+        "tasks      {} in flight, {} queued{}, {} processed, {} errors",
+        pool.in_flight,
+        pool.queued,
+        if queued.is_empty() { String::new() } else { format!(" ({})", queued.join(", ")) },
+        pool.processed,
+        pool.errors
+    );
+    let _ = writeln!(
+        out,
+        "warm hits  {:.1}% ({} of {})",
+        pool.warm_hit_rate * 100.0,
+        pool.warm_hits,
+        pool.warm_hits + pool.warm_misses
+    );
+    let _ = writeln!(out, "scaling    {} decisions", pool.scale_events);
+    for e in pool.recent_scale_events.iter().rev().take(3) {
+        let _ = writeln!(out, "           {} {} -> {}: {}", e.at, e.from, e.to, e.reason);
+    }
+    let _ = writeln!(
+        out,
+        "\n{:>6}  {:<13} {:>9} {:>6} {:>9} {:>9} {:>8}  {:<20} current task",
+        "worker", "state", "processed", "errors", "mean ms", "p99 ms", "mem KiB", "warm"
+    );
+    for w in &pool.per_worker {
         let current = match (&w.current_task, &w.current_platform) {
             (Some(id), Some(p)) => format!("{id} ({p})"),
             _ => "-".into(),
         };
         let _ = writeln!(
             out,
-            "{:>6}  {:<10}  {:>9}  {:>6}  {current}",
+            "{:>6}  {:<13} {:>9} {:>6} {:>9.2} {:>9.2} {:>8}  {:<20} {current}",
             w.id,
             json_name(&w.state),
             w.processed,
-            w.errors
+            w.errors,
+            w.mean_ms,
+            w.p99_ms,
+            w.wasm_memory_bytes / 1024,
+            w.warm_plugins.join(","),
         );
-    }
-    let idle = pool.per_worker.iter().filter(|w| w.processed == 0 && w.current_task.is_none()).count();
-    if idle > 0 {
-        let _ = writeln!(out, "({idle} workers have not run a task yet)");
     }
     out
 }

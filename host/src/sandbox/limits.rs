@@ -41,33 +41,44 @@ impl Limits {
     }
 }
 
-/// A `ResourceLimiter` that refuses memory growth past the plugin's cap and
-/// remembers that it did, so a resulting trap can be explained.
+/// A `ResourceLimiter` that refuses memory growth past the plugin's cap,
+/// remembers that it did (so a resulting trap can be explained), and keeps
+/// count of the linear memory the instance holds (wasmtime asks it about
+/// every memory, including its initial size).
 #[derive(Debug)]
 pub struct MemoryLimiter {
     max_bytes: usize,
+    bytes: usize,
     exceeded: bool,
 }
 
 impl MemoryLimiter {
     pub fn new(max_bytes: usize) -> Self {
-        MemoryLimiter { max_bytes, exceeded: false }
+        MemoryLimiter { max_bytes, bytes: 0, exceeded: false }
     }
 
     pub fn exceeded(&self) -> bool {
         self.exceeded
+    }
+
+    /// Linear memory held by the store's instances, in bytes.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         let allowed = desired <= self.max_bytes;
         self.exceeded |= !allowed;
+        if allowed {
+            self.bytes += desired.saturating_sub(current);
+        }
         Ok(allowed)
     }
 

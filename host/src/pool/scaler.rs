@@ -1,0 +1,275 @@
+//! The scaler: a pure policy that turns load samples into scaling decisions.
+//!
+//! Load is `(queued + in flight) / workers`: queued work counts, not only busy
+//! workers, so a backlog is seen before every worker is busy. The scaler
+//! scales up once load has stayed above `target_load` for `scale_up_delay`
+//! (promptly: the delay is short), to as many workers as would bring load
+//! back to the target, in steps of at most `start_batch` per decision
+//! (staged start). It scales down slowly: only after load has stayed below
+//! `scale_down_load` for `scale_down_delay`, and then only as far as the
+//! current demand needs. Idle workers are reaped separately, by the pool,
+//! after `max_idle`. Decisions never leave `[min_workers, max_workers]`.
+//!
+//! The scaler owns no clock: every sample carries its time, so tests drive it
+//! with made-up instants.
+
+use std::time::{Duration, Instant};
+
+/// The knobs the scaler reads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScalerConfig {
+    pub min_workers: usize,
+    pub max_workers: usize,
+    pub target_load: f64,
+    pub scale_down_load: f64,
+    pub scale_up_delay: Duration,
+    pub scale_down_delay: Duration,
+    /// Most workers added by one decision.
+    pub start_batch: usize,
+}
+
+/// What the pool looked like at one instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sample {
+    pub at: Instant,
+    pub queued: usize,
+    pub in_flight: usize,
+    pub workers: usize,
+}
+
+impl Sample {
+    pub fn load(&self) -> f64 {
+        (self.queued + self.in_flight) as f64 / self.workers.max(1) as f64
+    }
+}
+
+/// A scaling decision and why it was taken.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    Hold,
+    Grow { to: usize, reason: String },
+    Shrink { to: usize, reason: String },
+}
+
+/// Remembers how long load has been above or below its thresholds.
+#[derive(Debug, Clone)]
+pub struct Scaler {
+    config: ScalerConfig,
+    above_since: Option<Instant>,
+    below_since: Option<Instant>,
+}
+
+impl Scaler {
+    pub fn new(config: ScalerConfig) -> Self {
+        Scaler { config, above_since: None, below_since: None }
+    }
+
+    pub fn config(&self) -> &ScalerConfig {
+        &self.config
+    }
+
+    /// Changes bounds at run time (`notifyhub scale`).
+    pub fn set_bounds(&mut self, min: usize, max: usize) {
+        self.config.min_workers = min;
+        self.config.max_workers = max.max(min);
+    }
+
+    /// The worker count demand calls for, within bounds.
+    fn wanted(&self, sample: &Sample) -> usize {
+        let demand = (sample.queued + sample.in_flight) as f64;
+        let wanted = (demand / self.config.target_load).ceil() as usize;
+        wanted.clamp(self.config.min_workers.max(1), self.config.max_workers.max(1))
+    }
+
+    pub fn decide(&mut self, sample: &Sample) -> Decision {
+        let c = self.config;
+        // Bounds first: a change of bounds takes effect at once.
+        if sample.workers < c.min_workers {
+            let to = (sample.workers + c.start_batch).min(c.min_workers);
+            return Decision::Grow { to, reason: format!("below min_workers ({})", c.min_workers) };
+        }
+        if sample.workers > c.max_workers {
+            return Decision::Shrink {
+                to: c.max_workers,
+                reason: format!("above max_workers ({})", c.max_workers),
+            };
+        }
+
+        let load = sample.load();
+        if load > c.target_load {
+            self.below_since = None;
+            let since = *self.above_since.get_or_insert(sample.at);
+            let wanted = self.wanted(sample);
+            if sample.at.duration_since(since) >= c.scale_up_delay && wanted > sample.workers {
+                let to = wanted.min(sample.workers + c.start_batch);
+                return Decision::Grow {
+                    to,
+                    reason: format!(
+                        "load {load:.2} above target {:.2} for {:?} ({} queued, {} in flight)",
+                        c.target_load,
+                        sample.at.duration_since(since),
+                        sample.queued,
+                        sample.in_flight
+                    ),
+                };
+            }
+        } else if load < c.scale_down_load {
+            self.above_since = None;
+            let since = *self.below_since.get_or_insert(sample.at);
+            let wanted = self.wanted(sample);
+            if sample.at.duration_since(since) >= c.scale_down_delay && wanted < sample.workers {
+                // Start a new window: the next step down waits again.
+                self.below_since = Some(sample.at);
+                return Decision::Shrink {
+                    to: wanted,
+                    reason: format!(
+                        "load {load:.2} below {:.2} for {:?}",
+                        c.scale_down_load, c.scale_down_delay
+                    ),
+                };
+            }
+        } else {
+            self.above_since = None;
+            self.below_since = None;
+        }
+        Decision::Hold
+    }
+}
+
+/// Which idle workers to reap: those idle for `max_idle` or longer, oldest
+/// first, without going below `min_workers`. `idle_since[i]` is `None` for a
+/// busy worker.
+pub fn reap(
+    idle_since: &[Option<Instant>],
+    now: Instant,
+    max_idle: Duration,
+    min_workers: usize,
+) -> Vec<usize> {
+    let mut candidates: Vec<(usize, Instant)> = idle_since
+        .iter()
+        .enumerate()
+        .filter_map(|(i, since)| since.filter(|s| now.duration_since(*s) >= max_idle).map(|s| (i, s)))
+        .collect();
+    candidates.sort_by_key(|&(_, since)| since);
+    let spare = idle_since.len().saturating_sub(min_workers);
+    candidates.into_iter().take(spare).map(|(i, _)| i).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> ScalerConfig {
+        ScalerConfig {
+            min_workers: 2,
+            max_workers: 100,
+            target_load: 0.7,
+            scale_down_load: 0.35,
+            scale_up_delay: Duration::from_millis(200),
+            scale_down_delay: Duration::from_secs(30),
+            start_batch: 16,
+        }
+    }
+
+    fn sample(at: Instant, queued: usize, in_flight: usize, workers: usize) -> Sample {
+        Sample { at, queued, in_flight, workers }
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn steps_up_after_the_delay_in_staged_batches() {
+        let t0 = Instant::now();
+        let mut s = Scaler::new(config());
+        // Load 50 on 4 workers: above target, but not for long enough yet.
+        assert_eq!(s.decide(&sample(t0, 46, 4, 4)), Decision::Hold);
+        assert_eq!(s.decide(&sample(t0 + ms(100), 46, 4, 4)), Decision::Hold);
+        let Decision::Grow { to, reason } = s.decide(&sample(t0 + ms(200), 46, 4, 4)) else {
+            panic!("expected growth")
+        };
+        assert_eq!(to, 4 + 16, "one staged batch at a time");
+        assert!(reason.contains("above target"), "{reason}");
+        // Still loaded: the next batch follows at once.
+        let Decision::Grow { to, .. } = s.decide(&sample(t0 + ms(250), 30, 20, 20)) else {
+            panic!("expected growth")
+        };
+        assert_eq!(to, 36);
+    }
+
+    #[test]
+    fn grows_only_as_far_as_demand_needs() {
+        let t0 = Instant::now();
+        let mut s = Scaler::new(config());
+        s.decide(&sample(t0, 6, 4, 4));
+        let Decision::Grow { to, .. } = s.decide(&sample(t0 + ms(300), 6, 4, 4)) else {
+            panic!("expected growth")
+        };
+        assert_eq!(to, 15, "10 tasks at target 0.7 need 15 workers");
+    }
+
+    #[test]
+    fn a_short_spike_does_not_scale() {
+        let t0 = Instant::now();
+        let mut s = Scaler::new(config());
+        assert_eq!(s.decide(&sample(t0, 20, 4, 4)), Decision::Hold);
+        // Load drops back between target and scale-down: the window resets.
+        assert_eq!(s.decide(&sample(t0 + ms(100), 0, 2, 4)), Decision::Hold);
+        assert_eq!(s.decide(&sample(t0 + ms(250), 20, 4, 4)), Decision::Hold);
+    }
+
+    #[test]
+    fn steps_down_slowly_with_hysteresis() {
+        let t0 = Instant::now();
+        let mut s = Scaler::new(config());
+        // Load 0.1 on 50 workers.
+        assert_eq!(s.decide(&sample(t0, 0, 5, 50)), Decision::Hold);
+        assert_eq!(s.decide(&sample(t0 + Duration::from_secs(29), 0, 5, 50)), Decision::Hold);
+        let Decision::Shrink { to, .. } = s.decide(&sample(t0 + Duration::from_secs(30), 0, 5, 50))
+        else {
+            panic!("expected shrinking")
+        };
+        assert_eq!(to, 8, "5 in flight at target 0.7 need 8 workers");
+        // Load 0.5 is between the thresholds: hold either way.
+        let t1 = t0 + Duration::from_secs(31);
+        assert_eq!(s.decide(&sample(t1, 0, 4, 8)), Decision::Hold);
+        assert_eq!(s.decide(&sample(t1 + Duration::from_secs(60), 0, 4, 8)), Decision::Hold);
+    }
+
+    #[test]
+    fn never_leaves_the_bounds() {
+        let t0 = Instant::now();
+        let mut s = Scaler::new(config());
+        // Idle: shrinks to min, never below.
+        s.decide(&sample(t0, 0, 0, 10));
+        let Decision::Shrink { to, .. } = s.decide(&sample(t0 + Duration::from_secs(31), 0, 0, 10))
+        else {
+            panic!()
+        };
+        assert_eq!(to, 2);
+        assert_eq!(s.decide(&sample(t0 + Duration::from_secs(99), 0, 0, 2)), Decision::Hold);
+        // Flooded: grows to max, never above.
+        s.decide(&sample(t0, 10_000, 100, 100));
+        assert_eq!(s.decide(&sample(t0 + ms(500), 10_000, 100, 100)), Decision::Hold);
+        // New bounds apply at once, in both directions.
+        s.set_bounds(10, 50);
+        assert!(matches!(s.decide(&sample(t0, 0, 0, 100)), Decision::Shrink { to: 50, .. }));
+        assert!(matches!(s.decide(&sample(t0, 0, 0, 3)), Decision::Grow { to: 10, .. }));
+    }
+
+    #[test]
+    fn reaps_the_longest_idle_down_to_min() {
+        let t0 = Instant::now();
+        let now = t0 + Duration::from_secs(100);
+        let idle = [
+            Some(t0),                           // idle 100 s
+            None,                               // busy
+            Some(t0 + Duration::from_secs(90)), // idle 10 s
+            Some(t0 + Duration::from_secs(20)), // idle 80 s
+        ];
+        assert_eq!(reap(&idle, now, Duration::from_secs(60), 1), vec![0, 3]);
+        assert_eq!(reap(&idle, now, Duration::from_secs(60), 3), vec![0]);
+        assert!(reap(&idle, now, Duration::from_secs(60), 4).is_empty());
+    }
+}

@@ -1,0 +1,107 @@
+//! A worker: runs the tasks the dispatcher assigns, one at a time, on warm
+//! instances where it has them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime};
+
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use super::stats::WorkerMetrics;
+use super::warm::{WarmBudget, WarmCache, WarmLimits};
+use crate::executor::Executor;
+use crate::registry::{LoadedPlugin, Registry};
+use crate::store::TaskStore;
+use crate::task::{Outcome, Task};
+
+/// Tasks for one plugin version, given to one worker.
+pub(super) struct Assignment {
+    pub plugin: Arc<LoadedPlugin>,
+    pub tasks: Vec<Arc<Task>>,
+}
+
+/// What workers tell the dispatcher.
+pub(super) enum Event {
+    /// The worker finished its assignment and is idle, holding these plugin
+    /// versions warm.
+    Idle { worker: u64, warm: Vec<String> },
+    /// The worker's inbox closed and it has stopped.
+    Exited { worker: u64 },
+}
+
+/// What every worker shares.
+pub(super) struct WorkerContext {
+    pub executor: Arc<Executor>,
+    pub registry: Arc<Registry>,
+    pub store: Arc<TaskStore>,
+    pub budget: Arc<WarmBudget>,
+    pub limits: WarmLimits,
+    pub warm_hits: AtomicU64,
+    pub warm_misses: AtomicU64,
+}
+
+pub(super) async fn run(
+    id: u64,
+    mut inbox: mpsc::Receiver<Assignment>,
+    events: mpsc::UnboundedSender<Event>,
+    context: Arc<WorkerContext>,
+    metrics: Arc<WorkerMetrics>,
+) {
+    let mut warm = WarmCache::new(context.limits, context.budget.clone());
+    while let Some(assignment) = inbox.recv().await {
+        warm.evict_stale(&context.registry, Instant::now());
+        for task in &assignment.tasks {
+            let span = tracing::info_span!("task", task = %task.id, platform = %task.platform, worker = id);
+            deliver(&assignment.plugin, task, &mut warm, &context, &metrics).instrument(span).await;
+        }
+        *metrics.warm_plugins.lock().expect("never poisoned") = warm.names();
+        metrics.memory_bytes.store(warm.memory_bytes(), Ordering::Relaxed);
+        if events.send(Event::Idle { worker: id, warm: warm.digests() }).is_err() {
+            break;
+        }
+    }
+    drop(warm);
+    let _ = events.send(Event::Exited { worker: id });
+}
+
+async fn deliver(
+    plugin: &Arc<LoadedPlugin>,
+    task: &Task,
+    warm: &mut WarmCache,
+    context: &WorkerContext,
+    metrics: &WorkerMetrics,
+) {
+    let started = Instant::now();
+    *metrics.current.lock().expect("never poisoned") = Some((task.id, task.platform.clone()));
+    context.store.mark_running(task.id);
+
+    let (instance, was_warm) = match warm.take(&plugin.digest) {
+        Some(instance) => (Ok(instance), true),
+        None => (context.executor.instantiate(plugin.clone()).await, false),
+    };
+    let counter = if was_warm { &context.warm_hits } else { &context.warm_misses };
+    counter.fetch_add(1, Ordering::Relaxed);
+    let outcome = match instance {
+        Ok(mut instance) => {
+            let (outcome, health) = context.executor.call(&mut instance, task).await;
+            warm.put_back(instance, was_warm, health);
+            outcome
+        }
+        Err(failure) => Outcome::failed(failure.class, failure.message),
+    };
+
+    match &outcome {
+        Outcome::Delivered { status, .. } => {
+            tracing::info!(plugin = %plugin.name, status = %status, "delivered")
+        }
+        Outcome::Failed { class, message, .. } => {
+            tracing::warn!(plugin = %plugin.name, ?class, "delivery failed: {message}")
+        }
+    }
+    let success = outcome.is_success();
+    context.store.finish(task.id, outcome, Some(plugin.version_ref()));
+    metrics.record(started.elapsed().as_micros() as u64, success);
+    *metrics.current.lock().expect("never poisoned") = None;
+    *metrics.last_activity.lock().expect("never poisoned") = Some(SystemTime::now());
+}
