@@ -95,6 +95,7 @@ pub async fn load(path: &Path, executor: &Executor, default_limits: Limits) -> R
         config,
     });
     Ok(LoadedPlugin {
+        key: format!("{stem}@{}", &digest[..16]),
         name: info.name.clone(),
         version: info.version.clone(),
         digest,

@@ -20,6 +20,9 @@ use crate::sandbox::{HostState, Limits, PluginPolicy};
 
 /// A compiled, validated plugin version.
 pub struct LoadedPlugin {
+    /// Identifies this loaded version: file stem and digest. Two files with
+    /// the same bytes but different manifests are different plugins.
+    pub key: String,
     pub name: String,
     /// The version `describe()` reported.
     pub version: String,

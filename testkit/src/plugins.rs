@@ -11,7 +11,7 @@ use crate::repo_root;
 /// Plugins operators deploy.
 pub const DEPLOYABLE: &[&str] = &["webhook", "slack", "discord"];
 /// Plugins that exist for tests and benchmarks.
-pub const TEST_ONLY: &[&str] = &["noop", "hostile"];
+pub const TEST_ONLY: &[&str] = &["noop", "hostile", "heavy"];
 
 /// Where `cargo xtask plugins` and [`build`] put the components.
 pub fn out_dir() -> PathBuf {

@@ -8,8 +8,11 @@
 //!   taking turns);
 //! - hands each task to an idle worker chosen by the [`router::Router`]
 //!   (affinity by default), with a batch of further tasks of the same plugin
-//!   only when more are waiting than there are idle workers, so batching never
-//!   delays a task on a quiet system;
+//!   only when more are waiting than there are idle workers (so batching
+//!   never delays a task on a quiet system) and only for plugins whose tasks
+//!   take less than [`BATCH_MAX_TASK_TIME`] (so a batch holds a worker for at
+//!   most `batch_size` × that, and a slow platform cannot hide other
+//!   platforms' tasks behind batches);
 //! - samples load every [`TICK`] and lets the [`scaler::Scaler`] decide;
 //!   reaps workers idle for `max_idle`; replaces workers stuck past their
 //!   tasks' deadlines every `health_check_interval`;
@@ -27,7 +30,7 @@ pub mod stats;
 pub mod warm;
 mod worker;
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -51,6 +54,8 @@ use crate::task::{FailureClass, Outcome, Task, TaskId};
 
 /// How often the dispatcher samples load for the scaler.
 pub const TICK: Duration = Duration::from_millis(50);
+/// Tasks of plugins slower than this on average are never batched.
+pub const BATCH_MAX_TASK_TIME: Duration = Duration::from_millis(2);
 /// Scale events kept for `status`.
 const SCALE_EVENTS_KEPT: usize = 20;
 
@@ -244,6 +249,7 @@ impl Pool {
             scale_events: VecDeque::new(),
             scale_event_count: 0,
             last_health_check: Instant::now(),
+            task_time: HashMap::new(),
         };
         let capacity = dispatcher.capacity;
         tokio::spawn(dispatcher.run(command_rx, event_rx));
@@ -328,6 +334,8 @@ struct Dispatcher {
     scale_events: VecDeque<ScaleEvent>,
     scale_event_count: u64,
     last_health_check: Instant,
+    /// Mean task time per plugin key (exponentially weighted), for batching.
+    task_time: HashMap<String, Duration>,
 }
 
 impl Dispatcher {
@@ -389,7 +397,7 @@ impl Dispatcher {
                     let w = &self.workers[id];
                     Candidate {
                         worker: *id,
-                        warm: w.warm.contains(&plugin.digest),
+                        warm: w.warm.contains(&plugin.key),
                         warm_count: w.warm.len(),
                         processed: w.metrics.processed.load(Ordering::Relaxed),
                         weight: w.weight.unwrap_or_else(|| w.metrics.throughput().max(1.0)),
@@ -399,9 +407,11 @@ impl Dispatcher {
             let chosen = self.router.pick(&candidates).expect("candidates are not empty");
             idle.retain(|id| *id != chosen);
 
-            // Batch only what the other idle workers could not take anyway.
+            // Batch only fast plugins, and only what the other idle workers
+            // could not take anyway.
+            let fast = self.task_time.get(&plugin.key).is_some_and(|t| *t < BATCH_MAX_TASK_TIME);
             let surplus = self.queue.len_of(&task.platform).saturating_sub(idle.len());
-            let extra = surplus.min(self.config.batch_size - 1);
+            let extra = if fast { surplus.min(self.config.batch_size - 1) } else { 0 };
             let platform = task.platform.clone();
             let mut tasks = vec![task];
             tasks.extend((0..extra).map_while(|_| self.queue.pop_platform(&platform)));
@@ -431,7 +441,9 @@ impl Dispatcher {
 
     fn on_event(&mut self, event: Event) {
         match event {
-            Event::Idle { worker, warm } => {
+            Event::Idle { worker, warm, plugin, mean_task } => {
+                let mean = self.task_time.entry(plugin).or_insert(mean_task);
+                *mean = (*mean * 7 + mean_task) / 8;
                 if let Some(w) = self.workers.get_mut(&worker) {
                     w.assigned.clear();
                     w.busy_since = None;

@@ -26,7 +26,7 @@ pub struct WarmLimits {
     pub max_idle: Duration,
 }
 
-/// Counts warm instances per plugin version (by digest) across the pool.
+/// Counts warm instances per plugin version (by key) across the pool.
 #[derive(Debug)]
 pub struct WarmBudget {
     max_per_plugin: usize,
@@ -38,9 +38,9 @@ impl WarmBudget {
         WarmBudget { max_per_plugin, held: Mutex::default() }
     }
 
-    fn acquire(&self, digest: &str) -> bool {
+    fn acquire(&self, key: &str) -> bool {
         let mut held = self.held.lock().expect("never poisoned");
-        let count = held.entry(digest.to_string()).or_insert(0);
+        let count = held.entry(key.to_string()).or_insert(0);
         if *count < self.max_per_plugin {
             *count += 1;
             true
@@ -49,12 +49,12 @@ impl WarmBudget {
         }
     }
 
-    fn release(&self, digest: &str) {
+    fn release(&self, key: &str) {
         let mut held = self.held.lock().expect("never poisoned");
-        if let Some(count) = held.get_mut(digest) {
+        if let Some(count) = held.get_mut(key) {
             *count -= 1;
             if *count == 0 {
-                held.remove(digest);
+                held.remove(key);
             }
         }
     }
@@ -78,10 +78,10 @@ impl WarmCache {
         WarmCache { instances: Vec::new(), limits, budget }
     }
 
-    /// Takes the warm instance of plugin version `digest`, if there is one.
+    /// Takes the warm instance of plugin version `key`, if there is one.
     /// Its budget unit stays with it until [`WarmCache::put_back`].
-    pub fn take(&mut self, digest: &str) -> Option<Instance> {
-        let index = self.instances.iter().position(|w| w.instance.plugin().digest == digest)?;
+    pub fn take(&mut self, key: &str) -> Option<Instance> {
+        let index = self.instances.iter().position(|w| w.instance.plugin().key == key)?;
         Some(self.instances.swap_remove(index).instance)
     }
 
@@ -89,23 +89,23 @@ impl WarmCache {
     /// from [`WarmCache::take`] (and so holds a budget unit). It is kept if
     /// it is healthy and within its limits, else dropped.
     pub fn put_back(&mut self, instance: Instance, was_warm: bool, health: Health) {
-        let digest = instance.plugin().digest.clone();
+        let key = instance.plugin().key.clone();
         let retire = health == Health::Retired
             || instance.calls() >= self.limits.max_uses
             || instance.memory_bytes() > self.limits.max_memory_bytes;
         if retire {
             if was_warm {
-                self.budget.release(&digest);
+                self.budget.release(&key);
             }
             return;
         }
-        if !was_warm && !self.budget.acquire(&digest) {
+        if !was_warm && !self.budget.acquire(&key) {
             return; // the plugin has enough warm instances: this one was one-shot
         }
         if self.instances.len() >= self.limits.max_per_worker {
             if let Some(lru) = self.instances.iter().enumerate().min_by_key(|(_, w)| w.last_used) {
                 let evicted = self.instances.swap_remove(lru.0);
-                self.budget.release(&evicted.instance.plugin().digest);
+                self.budget.release(&evicted.instance.plugin().key);
             }
         }
         self.instances.push(Warm { instance, last_used: Instant::now() });
@@ -126,15 +126,15 @@ impl WarmCache {
                 .is_some_and(|c| Arc::ptr_eq(c, plugin));
             let keep = current && now.duration_since(w.last_used) < max_idle;
             if !keep {
-                budget.release(&plugin.digest);
+                budget.release(&plugin.key);
             }
             keep
         });
     }
 
-    /// Digests of the plugin versions held warm.
-    pub fn digests(&self) -> Vec<String> {
-        self.instances.iter().map(|w| w.instance.plugin().digest.clone()).collect()
+    /// Keys of the plugin versions held warm.
+    pub fn keys(&self) -> Vec<String> {
+        self.instances.iter().map(|w| w.instance.plugin().key.clone()).collect()
     }
 
     /// Names of the plugins held warm.
@@ -151,7 +151,7 @@ impl WarmCache {
 impl Drop for WarmCache {
     fn drop(&mut self) {
         for w in &self.instances {
-            self.budget.release(&w.instance.plugin().digest);
+            self.budget.release(&w.instance.plugin().key);
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
 use tracing::Instrument;
@@ -24,8 +24,9 @@ pub(super) struct Assignment {
 /// What workers tell the dispatcher.
 pub(super) enum Event {
     /// The worker finished its assignment and is idle, holding these plugin
-    /// versions warm.
-    Idle { worker: u64, warm: Vec<String> },
+    /// versions (keys) warm. `mean_task` is how long the assignment's tasks
+    /// took on average.
+    Idle { worker: u64, warm: Vec<String>, plugin: String, mean_task: Duration },
     /// The worker's inbox closed and it has stopped.
     Exited { worker: u64 },
 }
@@ -51,13 +52,20 @@ pub(super) async fn run(
     let mut warm = WarmCache::new(context.limits, context.budget.clone());
     while let Some(assignment) = inbox.recv().await {
         warm.evict_stale(&context.registry, Instant::now());
+        let started = Instant::now();
         for task in &assignment.tasks {
             let span = tracing::info_span!("task", task = %task.id, platform = %task.platform, worker = id);
             deliver(&assignment.plugin, task, &mut warm, &context, &metrics).instrument(span).await;
         }
         *metrics.warm_plugins.lock().expect("never poisoned") = warm.names();
         metrics.memory_bytes.store(warm.memory_bytes(), Ordering::Relaxed);
-        if events.send(Event::Idle { worker: id, warm: warm.digests() }).is_err() {
+        let idle = Event::Idle {
+            worker: id,
+            warm: warm.keys(),
+            plugin: assignment.plugin.key.clone(),
+            mean_task: started.elapsed() / assignment.tasks.len().max(1) as u32,
+        };
+        if events.send(idle).is_err() {
             break;
         }
     }
@@ -76,7 +84,7 @@ async fn deliver(
     *metrics.current.lock().expect("never poisoned") = Some((task.id, task.platform.clone()));
     context.store.mark_running(task.id);
 
-    let (instance, was_warm) = match warm.take(&plugin.digest) {
+    let (instance, was_warm) = match warm.take(&plugin.key) {
         Some(instance) => (Ok(instance), true),
         None => (context.executor.instantiate(plugin.clone()).await, false),
     };
