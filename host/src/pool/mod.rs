@@ -383,8 +383,11 @@ impl Dispatcher {
             .filter(|(_, w)| w.state == WorkerState::Idle)
             .map(|(id, _)| *id)
             .collect();
+        // Platforms whose next task waits for a warm worker this round.
+        let mut deferred = Vec::new();
+        let mut skip = HashSet::new();
         while !idle.is_empty() {
-            let Some(task) = self.queue.pop() else { break };
+            let Some(task) = self.queue.pop_skipping(&skip) else { break };
             let Some(plugin) = self.registry.lookup(&task.platform) else {
                 self.waiting.fetch_sub(1, Ordering::AcqRel);
                 let message = format!("no loaded plugin serves platform `{}`", task.platform);
@@ -404,12 +407,28 @@ impl Dispatcher {
                     }
                 })
                 .collect();
+            // A fast plugin whose warm instances are all busy, and which may
+            // not have more, waits for one of them: it will be free in
+            // microseconds, while a one-shot instance costs its whole
+            // start-up. Slow (I/O-bound) plugins spill to a one-shot instead.
+            let fast = self.task_time.get(&plugin.key).is_some_and(|t| *t < BATCH_MAX_TASK_TIME);
+            if self.router.strategy() == Strategy::Affinity
+                && fast
+                && !candidates.iter().any(|c| c.warm)
+                && self.context.budget.is_full(&plugin.key)
+                && self.workers.values().any(|w| {
+                    w.state == WorkerState::Processing && w.warm.contains(&plugin.key)
+                })
+            {
+                skip.insert(task.platform.clone());
+                deferred.push(task);
+                continue;
+            }
             let chosen = self.router.pick(&candidates).expect("candidates are not empty");
             idle.retain(|id| *id != chosen);
 
             // Batch only fast plugins, and only what the other idle workers
             // could not take anyway.
-            let fast = self.task_time.get(&plugin.key).is_some_and(|t| *t < BATCH_MAX_TASK_TIME);
             let surplus = self.queue.len_of(&task.platform).saturating_sub(idle.len());
             let extra = if fast { surplus.min(self.config.batch_size - 1) } else { 0 };
             let platform = task.platform.clone();
@@ -437,6 +456,7 @@ impl Dispatcher {
                 assignment.tasks.into_iter().rev().for_each(|t| self.queue.push_front(t));
             }
         }
+        deferred.into_iter().rev().for_each(|t| self.queue.push_front(t));
     }
 
     fn on_event(&mut self, event: Event) {

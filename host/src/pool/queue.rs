@@ -6,7 +6,7 @@
 //! platform has its own FIFO and platforms take turns, so a flood of one
 //! platform cannot hold back another platform's task.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use crate::task::{Priority, Task};
@@ -41,9 +41,11 @@ impl Lane {
         if front { queue.push_front(task) } else { queue.push_back(task) }
     }
 
-    /// The next platform's oldest task; that platform goes to the back.
-    fn pop_turn(&mut self) -> Option<Arc<Task>> {
-        let platform = self.turns.pop_front()?;
+    /// The oldest task of the next platform not in `skip`; that platform
+    /// goes to the back.
+    fn pop_turn(&mut self, skip: &HashSet<String>) -> Option<Arc<Task>> {
+        let turn = self.turns.iter().position(|p| !skip.contains(p))?;
+        let platform = self.turns.remove(turn).expect("position is in range");
         let queue = self.queues.get_mut(&platform).expect("turns only name queued platforms");
         let task = queue.pop_front().expect("turns only name non-empty queues");
         if queue.is_empty() {
@@ -91,9 +93,14 @@ impl WaitQueue {
 
     /// The next task by priority pattern and platform turns.
     pub fn pop(&mut self) -> Option<Arc<Task>> {
+        self.pop_skipping(&HashSet::new())
+    }
+
+    /// Like [`WaitQueue::pop`], leaving the platforms in `skip` waiting.
+    pub fn pop_skipping(&mut self, skip: &HashSet<String>) -> Option<Arc<Task>> {
         for step in 0..PATTERN.len() {
             let lane = PATTERN[(self.cursor + step) % PATTERN.len()];
-            if let Some(task) = self.lanes[lane].pop_turn() {
+            if let Some(task) = self.lanes[lane].pop_turn(skip) {
                 self.cursor = (self.cursor + step + 1) % PATTERN.len();
                 self.len -= 1;
                 return Some(task);
@@ -189,6 +196,8 @@ mod tests {
         assert_eq!(q.pop_platform("a").unwrap().id, a.id);
         assert_eq!(q.pop_platform("a").unwrap().priority, Priority::Low);
         assert!(q.pop_platform("a").is_none());
+        let skip: HashSet<String> = ["b".to_string()].into();
+        assert!(q.pop_skipping(&skip).is_none(), "only b is waiting");
         let b = q.pop().unwrap();
         q.push(task("b", Priority::Normal));
         q.push_front(b.clone());

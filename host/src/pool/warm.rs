@@ -38,6 +38,12 @@ impl WarmBudget {
         WarmBudget { max_per_plugin, held: Mutex::default() }
     }
 
+    /// Whether plugin version `key` has all the warm instances it may have.
+    pub fn is_full(&self, key: &str) -> bool {
+        let held = self.held.lock().expect("never poisoned");
+        held.get(key).copied().unwrap_or(0) >= self.max_per_plugin
+    }
+
     fn acquire(&self, key: &str) -> bool {
         let mut held = self.held.lock().expect("never poisoned");
         let count = held.entry(key.to_string()).or_insert(0);
