@@ -178,6 +178,18 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_examples_parse() {
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let config = FileConfig::load(&examples.join("notifyhub.toml")).unwrap();
+        assert_eq!(config.pool, PoolConfig::default(), "the example shows the defaults");
+        config.pool.validate().unwrap();
+        for manifest in std::fs::read_dir(examples.join("plugins")).unwrap() {
+            let path = manifest.unwrap().path();
+            crate::manifest::Manifest::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
+    #[test]
     fn a_named_config_file_must_exist() {
         let overrides =
             Overrides { config: Some("/nonexistent/notifyhub.toml".into()), ..Default::default() };
