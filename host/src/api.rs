@@ -14,6 +14,7 @@ use crate::pool::{EnqueueError, Pool, PoolStats};
 use crate::protocol::{ErrorBody, ErrorCode, NewTask, Request};
 use crate::redact;
 use crate::registry::{PluginInfo, PluginRef, Registry};
+use crate::reload::Reloader;
 use crate::store::{TaskRecord, TaskStore};
 use crate::task::{Format, Outcome, Priority, Task, TaskId, TaskState};
 
@@ -86,6 +87,8 @@ pub struct LoadErrorView {
 pub struct PluginsView {
     pub plugins: Vec<PluginView>,
     pub errors: Vec<LoadErrorView>,
+    /// Compilations since start (from the on-disk cache or not).
+    pub compiles: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -101,12 +104,13 @@ pub struct Api {
     registry: Arc<Registry>,
     store: Arc<TaskStore>,
     pool: Arc<Pool>,
+    reloader: Reloader,
     started: Instant,
 }
 
 impl Api {
-    pub fn new(registry: Arc<Registry>, store: Arc<TaskStore>, pool: Arc<Pool>) -> Self {
-        Api { registry, store, pool, started: Instant::now() }
+    pub fn new(registry: Arc<Registry>, store: Arc<TaskStore>, pool: Arc<Pool>, reloader: Reloader) -> Self {
+        Api { registry, store, pool, reloader, started: Instant::now() }
     }
 
     pub async fn handle(&self, request: Request) -> Result<Value, ErrorBody> {
@@ -119,6 +123,14 @@ impl Api {
             Request::Task { task_id } => self.task(&task_id),
             Request::Status => Ok(to_value(self.status().await?)),
             Request::Plugins => Ok(to_value(self.plugins())),
+            Request::Reload { name } => {
+                let results = self
+                    .reloader
+                    .reload(name)
+                    .await
+                    .map_err(|e| ErrorBody::new(ErrorCode::NotFound, e))?;
+                Ok(json!({ "results": results }))
+            }
             Request::Scale { min, max } => {
                 let (min, max) = self
                     .pool
@@ -223,8 +235,7 @@ impl Api {
         let catalog = self.registry.catalog();
         PluginsView {
             plugins: catalog
-                .plugins
-                .iter()
+                .plugins()
                 .map(|p| PluginView {
                     name: p.name.clone(),
                     version: p.version.clone(),
@@ -237,14 +248,14 @@ impl Api {
                 })
                 .collect(),
             errors: catalog
-                .failures
-                .iter()
+                .failures()
                 .map(|f| LoadErrorView {
                     path: f.path.display().to_string(),
                     error: f.error.clone(),
                     at: rfc3339(f.at),
                 })
                 .collect(),
+            compiles: self.registry.compiles(),
         }
     }
 }

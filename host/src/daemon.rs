@@ -4,7 +4,7 @@
 //! ```text
 //! server ─▶ api ─▶ store + pool ─▶ executor ─▶ sandbox ─▶ plugin
 //!                        ▲
-//!                     registry (plugins by platform)
+//!                     registry (plugins by platform) ◀── reload watcher
 //! ```
 
 use std::os::unix::fs::DirBuilderExt;
@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::executor::Executor;
 use crate::pool::{Pool, ShutdownReport};
 use crate::registry::{Registry, RegistryError};
+use crate::reload::{Reloader, WatchError};
 use crate::sandbox::{Sandbox, SandboxError, SandboxSettings};
 use crate::server::{BindError, Server};
 use crate::store::TaskStore;
@@ -34,6 +35,8 @@ pub enum StartError {
     Registry(#[from] RegistryError),
     #[error(transparent)]
     Bind(#[from] BindError),
+    #[error(transparent)]
+    Watch(#[from] WatchError),
 }
 
 /// A started daemon, listening but not yet serving.
@@ -67,17 +70,19 @@ impl Daemon {
         let catalog = registry.catalog();
         tracing::info!(
             dir = %config.plugins.display(),
-            loaded = catalog.plugins.len(),
-            failed = catalog.failures.len(),
+            loaded = catalog.plugins().count(),
+            failed = catalog.failures().count(),
             platforms = ?catalog.platforms(),
             "plugins loaded"
         );
 
         let store = Arc::new(TaskStore::default());
-        let pool = Arc::new(Pool::start(config.pool.clone(), executor, registry.clone(), store.clone()));
+        let pool =
+            Arc::new(Pool::start(config.pool.clone(), executor.clone(), registry.clone(), store.clone()));
         let server = Server::bind(&config.socket, config.server.clone()).await?;
         tracing::info!(socket = %config.socket.display(), "listening");
-        let api = Arc::new(Api::new(registry, store.clone(), pool.clone()));
+        let reloader = Reloader::start(registry.clone(), executor)?;
+        let api = Arc::new(Api::new(registry, store.clone(), pool.clone(), reloader));
         Ok(Daemon { server, api, pool, store })
     }
 

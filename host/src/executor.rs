@@ -94,7 +94,7 @@ impl Executor {
         let mut store = self.sandbox.store(plugin.policy.clone());
         arm_deadline(&mut store, timeout);
         let result =
-            tokio::time::timeout(timeout + OUTER_GRACE, plugin.pre.instantiate_async(&mut store)).await;
+            tokio::time::timeout(timeout + OUTER_GRACE, plugin.pre().instantiate_async(&mut store)).await;
         match result {
             Ok(Ok(bindings)) => Ok(Instance { store, bindings, plugin, calls: 0 }),
             Ok(Err(error)) => Err(classify(&error, &store, timeout)),

@@ -11,6 +11,7 @@
 //! | [`store`] | accepted tasks and their outcomes |
 //! | [`pool`] | workers that take tasks from the queue |
 //! | [`registry`] / [`loader`] / [`manifest`] | which plugin serves which platform; loading one file |
+//! | [`reload`] | watching the plugin directory and swapping versions in |
 //! | [`executor`] | one safe call into a plugin |
 //! | [`sandbox`] | engine, linker, limits and HTTP policy that confine plugins |
 //! | [`daemon`] | wiring, start-up and shutdown |
@@ -31,6 +32,7 @@ pub mod pool;
 pub mod protocol;
 pub mod redact;
 pub mod registry;
+pub mod reload;
 pub mod sandbox;
 pub mod server;
 pub mod store;

@@ -40,11 +40,16 @@ pub enum Request {
         #[serde(default)]
         max: Option<usize>,
     },
+    /// Reloads one plugin (by file stem) or the whole plugin directory.
+    Reload {
+        #[serde(default)]
+        name: Option<String>,
+    },
     Ping,
 }
 
 /// The names of the ops, for error messages.
-pub const OPS: &[&str] = &["submit", "task", "status", "plugins", "scale", "ping"];
+pub const OPS: &[&str] = &["submit", "task", "status", "plugins", "scale", "reload", "ping"];
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]

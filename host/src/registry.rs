@@ -1,13 +1,16 @@
-//! The registry: which plugin serves which platform, right now.
+//! The registry: which plugin version serves which platform, right now.
 //!
 //! The registry holds an immutable [`Catalog`] behind a lock that is only
-//! taken to clone an `Arc`, so lookups on the task path never wait for a
-//! load. Replacing the catalog is how plugins are added, swapped and
-//! removed: a task that already holds an `Arc<LoadedPlugin>` finishes on that
-//! version while new tasks see the new catalog.
+//! taken to clone or replace an `Arc`, so lookups on the task path never wait
+//! for a load. Every change (a plugin loaded, replaced, removed, a load that
+//! failed) builds a new catalog and swaps it in atomically: a task that
+//! already holds an `Arc<LoadedPlugin>` finishes on that version, and every
+//! task dispatched after the swap sees the new one. A failed load never
+//! replaces a working version; it is recorded beside it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
@@ -15,7 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::bindings::{PluginPre, wit};
 use crate::executor::Executor;
-use crate::loader;
+use crate::loader::{self, Compiled};
+use crate::manifest::Manifest;
 use crate::sandbox::{HostState, Limits, PluginPolicy};
 
 /// A compiled, validated plugin version.
@@ -33,8 +37,17 @@ pub struct LoadedPlugin {
     pub platforms: Vec<String>,
     pub info: PluginInfo,
     pub policy: Arc<PluginPolicy>,
-    pub pre: PluginPre<HostState>,
+    /// The manifest this version was configured with.
+    pub manifest: Manifest,
+    /// The compiled component, reused when only the manifest changes.
+    pub compiled: Compiled,
     pub loaded_at: SystemTime,
+}
+
+impl LoadedPlugin {
+    pub fn pre(&self) -> &PluginPre<HostState> {
+        &self.compiled.pre
+    }
 }
 
 impl LoadedPlugin {
@@ -116,10 +129,10 @@ pub struct LoadFailure {
 }
 
 /// An immutable view of the loaded plugins.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Catalog {
-    pub plugins: Vec<Arc<LoadedPlugin>>,
-    pub failures: Vec<LoadFailure>,
+    plugins: BTreeMap<PathBuf, Arc<LoadedPlugin>>,
+    failures: BTreeMap<PathBuf, LoadFailure>,
     by_platform: HashMap<String, Arc<LoadedPlugin>>,
 }
 
@@ -128,17 +141,71 @@ impl Catalog {
         self.by_platform.get(platform)
     }
 
+    /// The version loaded from `path`.
+    pub fn loaded(&self, path: &Path) -> Option<&Arc<LoadedPlugin>> {
+        self.plugins.get(path)
+    }
+
+    /// Loaded plugins, by file.
+    pub fn plugins(&self) -> impl Iterator<Item = &Arc<LoadedPlugin>> {
+        self.plugins.values()
+    }
+
+    /// Files whose last load failed (an older version may still be loaded).
+    pub fn failures(&self) -> impl Iterator<Item = &LoadFailure> {
+        self.failures.values()
+    }
+
     /// Served platforms, sorted.
     pub fn platforms(&self) -> Vec<&str> {
         let mut names: Vec<&str> = self.by_platform.keys().map(String::as_str).collect();
         names.sort_unstable();
         names
     }
+
+    /// Adds or replaces the version loaded from `plugin.path`. Refused if
+    /// another file serves one of its platforms.
+    fn install(&mut self, plugin: LoadedPlugin) -> Result<(), String> {
+        if let Some(taken) = plugin
+            .platforms
+            .iter()
+            .find(|p| self.by_platform.get(*p).is_some_and(|owner| owner.path != plugin.path))
+        {
+            let owner = &self.by_platform[taken].path;
+            return Err(format!("platform `{taken}` is already served by {}", owner.display()));
+        }
+        self.failures.remove(&plugin.path);
+        self.plugins.insert(plugin.path.clone(), Arc::new(plugin));
+        self.index();
+        Ok(())
+    }
+
+    fn remove(&mut self, path: &Path) -> Option<Arc<LoadedPlugin>> {
+        self.failures.remove(path);
+        let removed = self.plugins.remove(path);
+        self.index();
+        removed
+    }
+
+    fn fail(&mut self, path: PathBuf, error: String) {
+        self.failures.insert(path.clone(), LoadFailure { path, error, at: SystemTime::now() });
+    }
+
+    fn index(&mut self) {
+        self.by_platform = self
+            .plugins
+            .values()
+            .flat_map(|p| p.platforms.iter().map(move |name| (name.clone(), p.clone())))
+            .collect();
+    }
 }
 
 /// The live set of plugins.
 pub struct Registry {
     catalog: RwLock<Arc<Catalog>>,
+    dir: PathBuf,
+    default_limits: Limits,
+    compiles: AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -156,25 +223,62 @@ impl Registry {
         executor: &Executor,
         default_limits: Limits,
     ) -> Result<Registry, RegistryError> {
+        let registry = Registry {
+            catalog: RwLock::new(Arc::new(Catalog::default())),
+            dir: dir.to_path_buf(),
+            default_limits,
+            compiles: AtomicU64::new(0),
+        };
+        for path in registry.plugin_files()? {
+            match registry.compile_and_configure(&path, executor).await {
+                Ok(plugin) => registry.install(plugin),
+                Err(error) => registry.record_failure(&path, error.to_string()),
+            }
+        }
+        Ok(registry)
+    }
+
+    /// The `*.wasm` files in the plugin directory, sorted.
+    pub fn plugin_files(&self) -> Result<Vec<PathBuf>, RegistryError> {
+        let err = |error| RegistryError { dir: self.dir.clone(), error };
         let mut paths = Vec::new();
-        let entries =
-            std::fs::read_dir(dir).map_err(|error| RegistryError { dir: dir.into(), error })?;
-        for entry in entries {
-            let path = entry.map_err(|error| RegistryError { dir: dir.into(), error })?.path();
+        for entry in std::fs::read_dir(&self.dir).map_err(err)? {
+            let path = entry.map_err(err)?.path();
             if path.extension().is_some_and(|e| e == "wasm") && path.is_file() {
                 paths.push(path);
             }
         }
         paths.sort();
+        Ok(paths)
+    }
 
-        let mut catalog = Catalog::default();
-        for path in paths {
-            match loader::load(&path, executor, default_limits).await {
-                Ok(plugin) => catalog.add(plugin),
-                Err(error) => catalog.fail(path, error.to_string()),
-            }
-        }
-        Ok(Registry { catalog: RwLock::new(Arc::new(catalog)) })
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn default_limits(&self) -> Limits {
+        self.default_limits
+    }
+
+    /// Compilations so far (loads from the cache included).
+    pub fn compiles(&self) -> u64 {
+        self.compiles.load(Ordering::Relaxed)
+    }
+
+    /// Reads, compiles and configures the plugin at `path`.
+    pub async fn compile_and_configure(
+        &self,
+        path: &Path,
+        executor: &Executor,
+    ) -> Result<LoadedPlugin, loader::LoadError> {
+        self.compiles.fetch_add(1, Ordering::Relaxed);
+        loader::load(path, executor, self.default_limits).await
+    }
+
+    /// Runs a compilation, counting it.
+    pub async fn count_compile<T>(&self, compile: impl Future<Output = T>) -> T {
+        self.compiles.fetch_add(1, Ordering::Relaxed);
+        compile.await
     }
 
     /// The plugin serving `platform`, if any.
@@ -186,31 +290,43 @@ impl Registry {
     pub fn catalog(&self) -> Arc<Catalog> {
         self.catalog.read().expect("registry lock is never poisoned").clone()
     }
-}
 
-impl Catalog {
-    fn add(&mut self, plugin: LoadedPlugin) {
-        if let Some(taken) = plugin.platforms.iter().find(|p| self.by_platform.contains_key(*p)) {
-            let owner = &self.by_platform[taken].path;
-            let error = format!("platform `{taken}` is already served by {}", owner.display());
-            return self.fail(plugin.path.clone(), error);
-        }
-        tracing::info!(
-            plugin = %plugin.name,
-            version = %plugin.version,
-            digest = &plugin.digest[..12],
-            platforms = ?plugin.platforms,
-            "plugin loaded"
-        );
-        let plugin = Arc::new(plugin);
-        for platform in &plugin.platforms {
-            self.by_platform.insert(platform.clone(), plugin.clone());
-        }
-        self.plugins.push(plugin);
+    fn update<R>(&self, change: impl FnOnce(&mut Catalog) -> R) -> R {
+        let mut guard = self.catalog.write().expect("registry lock is never poisoned");
+        let mut next = Catalog::clone(&guard);
+        let result = change(&mut next);
+        *guard = Arc::new(next);
+        result
     }
 
-    fn fail(&mut self, path: PathBuf, error: String) {
+    /// Swaps in a new version (or a first one). A platform conflict is
+    /// recorded as a failure and changes nothing else.
+    pub fn install(&self, plugin: LoadedPlugin) {
+        let (name, version, digest, platforms, path) = (
+            plugin.name.clone(),
+            plugin.version.clone(),
+            plugin.digest[..12].to_string(),
+            plugin.platforms.clone(),
+            plugin.path.clone(),
+        );
+        match self.update(|c| c.install(plugin)) {
+            Ok(()) => tracing::info!(plugin = %name, %version, %digest, ?platforms, "plugin loaded"),
+            Err(error) => self.record_failure(&path, error),
+        }
+    }
+
+    /// Unloads the plugin from `path`; tasks already running on it finish.
+    pub fn remove(&self, path: &Path) -> Option<Arc<LoadedPlugin>> {
+        let removed = self.update(|c| c.remove(path));
+        if let Some(p) = &removed {
+            tracing::info!(plugin = %p.name, path = %path.display(), "plugin unloaded");
+        }
+        removed
+    }
+
+    /// Records that loading `path` failed; a loaded version keeps serving.
+    pub fn record_failure(&self, path: &Path, error: String) {
         tracing::error!(path = %path.display(), "plugin not loaded: {error}");
-        self.failures.push(LoadFailure { path, error, at: SystemTime::now() });
+        self.update(|c| c.fail(path.to_path_buf(), error));
     }
 }

@@ -11,6 +11,7 @@ use crate::api::{PluginsView, StatusView, TaskView};
 use crate::client::Client;
 use crate::config::Config;
 use crate::daemon::Daemon;
+use crate::reload::{Change, ReloadResult};
 use crate::task::{Format, Priority, TaskState};
 
 /// Runs the parsed command line.
@@ -36,6 +37,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("workers: min {} max {}", result["min_workers"], result["max_workers"]);
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Reload(args) => {
+            let result = call(&config, json!({"op": "reload", "name": args.name})).await?;
+            let results: Vec<ReloadResult> = decode(result["results"].clone())?;
+            print(args.output, &results, render::reload)?;
+            let failed = results.iter().any(|r| matches!(r.change, Change::Failed { .. }));
+            Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
         }
         Command::Task(args) => {
             let task: TaskView =

@@ -70,6 +70,17 @@ pub enum Command {
     Task(TaskArgs),
     /// Change the worker pool's bounds while the daemon runs.
     Scale(ScaleArgs),
+    /// Reload one plugin, or every plugin in the directory (files are also
+    /// picked up automatically when they change).
+    Reload(ReloadArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReloadArgs {
+    /// The plugin's file name without `.wasm`; all plugins when left out.
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, Args)]

@@ -3,6 +3,7 @@
 use std::fmt::Write;
 
 use crate::api::{PluginsView, StatusView, TaskView};
+use crate::reload::{Change, ReloadResult};
 use crate::task::Outcome;
 
 pub fn task(t: &TaskView) -> String {
@@ -116,6 +117,23 @@ pub fn plugins(p: &PluginsView) -> String {
         for e in &p.errors {
             let _ = writeln!(out, "  {} ({}): {}", e.path, e.at, e.error);
         }
+    }
+    out
+}
+
+pub fn reload(results: &Vec<ReloadResult>) -> String {
+    let mut out = String::new();
+    for r in results {
+        let detail = match &r.change {
+            Change::Loaded { name, version, digest } => {
+                format!("loaded {name} {version} ({})", &digest[..12.min(digest.len())])
+            }
+            Change::Reconfigured { name } => format!("{name}: manifest applied"),
+            Change::Unchanged => "unchanged".into(),
+            Change::Unloaded => "unloaded".into(),
+            Change::Failed { error } => format!("failed: {error}"),
+        };
+        let _ = writeln!(out, "{}: {detail}", r.path);
     }
     out
 }
