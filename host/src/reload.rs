@@ -38,7 +38,7 @@ use crate::manifest::Manifest;
 use crate::registry::Registry;
 
 /// How long a file must be quiet before it is loaded.
-pub const DEBOUNCE: Duration = Duration::from_millis(50);
+pub const DEBOUNCE: Duration = Duration::from_millis(30);
 /// The longest a changing file waits before it is loaded anyway.
 pub const MAX_DELAY: Duration = Duration::from_secs(1);
 const BACKOFF_START: Duration = Duration::from_millis(500);
