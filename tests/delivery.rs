@@ -129,7 +129,7 @@ async fn webhook_answers_map_to_error_classes() -> anyhow::Result<()> {
         let (got_class, message, got_retry) = failure(&task);
         assert_eq!(got_class, class, "{path}: {message}");
         assert_eq!(got_retry, retry_after, "{path}");
-        assert_eq!(task["state"], "failed");
+        assert_eq!(task["state"], "dead");
     }
     Ok(())
 }

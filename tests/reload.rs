@@ -35,7 +35,7 @@ async fn until(daemon: &Daemon, check: impl Fn(&Value) -> bool) -> anyhow::Resul
         if check(&view) {
             return Ok(view);
         }
-        anyhow::ensure!(Instant::now() < deadline, "condition not met: {view}");
+        anyhow::ensure!(Instant::now() < deadline, "condition not met: {view}\n{}", daemon.logs());
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

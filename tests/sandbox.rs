@@ -40,7 +40,7 @@ async fn each_misbehaviour_fails_its_task_with_a_clear_reason() -> anyhow::Resul
     ];
     for (body, class, reason) in cases {
         let task = run(&daemon, "hostile", body).await?;
-        assert_eq!(task["state"], "failed", "{body}: {task}");
+        assert_eq!(task["state"], "dead", "{body}: {task}");
         assert_eq!(task["outcome"]["class"], class, "{body}: {task}");
         let message = task["outcome"]["message"].as_str().unwrap();
         assert!(message.contains(reason), "{body}: {message}");
@@ -97,7 +97,7 @@ async fn other_tasks_succeed_while_hostile_ones_run() -> anyhow::Result<()> {
         assert_eq!(task["state"], "succeeded");
     }
     for handle in hostile {
-        assert_eq!(handle.await??["result"]["tasks"][0]["state"], "failed");
+        assert_eq!(handle.await??["result"]["tasks"][0]["state"], "dead");
     }
     // Two cores, three spinning guests: the bound is loose but far below the
     // 1 s the spinning guests take.

@@ -4,18 +4,20 @@
 //! value or an [`ErrorBody`]; the server turns either into a response line.
 //! Result shapes are the `*View` types below, which the CLI decodes too.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::pool::{EnqueueError, Pool, PoolStats};
+use crate::pool::{Pool, PoolStats};
 use crate::protocol::{ErrorBody, ErrorCode, NewTask, Request};
 use crate::redact;
 use crate::registry::{PluginInfo, PluginRef, Registry};
 use crate::reload::Reloader;
-use crate::store::{TaskRecord, TaskStore};
+use crate::scheduler::Scheduler;
+use crate::store::{Accepted, StoreError, Submission, TaskRecord, TaskStore};
 use crate::task::{Format, Outcome, Priority, Task, TaskId, TaskState};
 
 /// Tasks per `submit`.
@@ -41,6 +43,25 @@ pub struct TaskView {
     pub outcome: Option<Outcome>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plugin: Option<PluginRef>,
+    pub attempts: u32,
+    /// When the next attempt may start (scheduled or retrying tasks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<AttemptView>,
+}
+
+/// One attempt as clients see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptView {
+    pub number: u32,
+    pub started_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<PluginRef>,
 }
 
 impl From<TaskRecord> for TaskView {
@@ -58,6 +79,19 @@ impl From<TaskRecord> for TaskView {
             finished_at: r.finished_at.map(rfc3339),
             outcome: r.outcome,
             plugin: r.plugin,
+            attempts: r.attempts,
+            not_before: r.not_before.filter(|_| !r.state.is_finished()).map(rfc3339),
+            history: r
+                .history
+                .into_iter()
+                .map(|a| AttemptView {
+                    number: a.number,
+                    started_at: rfc3339(a.started_at),
+                    ended_at: a.ended_at.map(rfc3339),
+                    outcome: a.outcome,
+                    plugin: a.plugin,
+                })
+                .collect(),
         }
     }
 }
@@ -104,13 +138,20 @@ pub struct Api {
     registry: Arc<Registry>,
     store: Arc<TaskStore>,
     pool: Arc<Pool>,
+    scheduler: Arc<Scheduler>,
     reloader: Reloader,
     started: Instant,
 }
 
 impl Api {
-    pub fn new(registry: Arc<Registry>, store: Arc<TaskStore>, pool: Arc<Pool>, reloader: Reloader) -> Self {
-        Api { registry, store, pool, reloader, started: Instant::now() }
+    pub fn new(
+        registry: Arc<Registry>,
+        store: Arc<TaskStore>,
+        pool: Arc<Pool>,
+        scheduler: Arc<Scheduler>,
+        reloader: Reloader,
+    ) -> Self {
+        Api { registry, store, pool, scheduler, reloader, started: Instant::now() }
     }
 
     pub async fn handle(&self, request: Request) -> Result<Value, ErrorBody> {
@@ -121,6 +162,19 @@ impl Api {
                 self.submit(submit.into_tasks(), wait).await
             }
             Request::Task { task_id } => self.task(&task_id),
+            Request::Tasks { state, platform, limit } => {
+                let state = state
+                    .map(|s| s.parse::<TaskState>())
+                    .transpose()
+                    .map_err(|e| ErrorBody::new(ErrorCode::InvalidRequest, e))?;
+                let records = self
+                    .store
+                    .list(state, platform.as_deref(), limit.unwrap_or(50).min(10_000))
+                    .map_err(internal)?;
+                let views: Vec<TaskView> = records.into_iter().map(TaskView::from).collect();
+                Ok(json!({ "tasks": views }))
+            }
+            Request::Retry { task_id, dead } => self.retry(task_id, dead),
             Request::Status => Ok(to_value(self.status().await?)),
             Request::Plugins => Ok(to_value(self.plugins())),
             Request::Reload { name } => {
@@ -157,9 +211,11 @@ impl Api {
         }
         let catalog = self.registry.catalog();
         let batch = new_tasks.len() > 1;
-        let mut tasks = Vec::with_capacity(new_tasks.len());
+        let now = SystemTime::now();
+        let mut submissions = Vec::with_capacity(new_tasks.len());
         for (index, new) in new_tasks.into_iter().enumerate() {
             let at = |message: String| if batch { format!("task {index}: {message}") } else { message };
+            let invalid = |message: String| ErrorBody::new(ErrorCode::InvalidRequest, at(message));
             if catalog.lookup(&new.platform).is_none() {
                 let known = catalog.platforms().join(", ");
                 return Err(ErrorBody::new(
@@ -168,35 +224,73 @@ impl Api {
                 ));
             }
             if new.target.trim().is_empty() {
-                return Err(ErrorBody::new(ErrorCode::InvalidRequest, at("`target` is empty".into())));
+                return Err(invalid("`target` is empty".into()));
             }
-            tasks.push(Arc::new(Task {
-                id: TaskId::new(),
-                platform: new.platform,
-                target: new.target,
-                title: new.title,
-                body: new.body,
-                format: new.format,
-                priority: new.priority,
-                metadata: new.metadata,
-            }));
+            let not_before = match (&new.deliver_at, &new.delay) {
+                (Some(_), Some(_)) => return Err(invalid("give `deliver_at` or `delay`, not both".into())),
+                (Some(at), None) => Some(humantime::parse_rfc3339_weak(at).map_err(|e| {
+                    invalid(format!("`deliver_at` {at:?} is not an RFC 3339 time: {e}"))
+                })?),
+                (None, Some(delay)) => Some(
+                    now + humantime::parse_duration(delay)
+                        .map_err(|e| invalid(format!("`delay` {delay:?} is not a duration like \"90s\": {e}")))?,
+                ),
+                (None, None) => None,
+            };
+            submissions.push(Submission {
+                task: Arc::new(Task {
+                    id: TaskId::new(),
+                    platform: new.platform,
+                    target: new.target,
+                    title: new.title,
+                    body: new.body,
+                    format: new.format,
+                    priority: new.priority,
+                    metadata: new.metadata,
+                }),
+                not_before: not_before.filter(|t| *t > now),
+                idempotency_key: new.idempotency_key,
+            });
+        }
+        if !self.pool.has_room(submissions.len()) {
+            return Err(ErrorBody::new(ErrorCode::Busy, "the queue is full; try again later"));
         }
 
-        self.store.insert(&tasks);
+        let tasks: HashMap<TaskId, (Arc<Task>, Option<SystemTime>)> =
+            submissions.iter().map(|s| (s.task.id, (s.task.clone(), s.not_before))).collect();
+        let accepted = self.store.submit(submissions).await.map_err(|e| {
+            tracing::error!("submit not accepted: {e}");
+            ErrorBody::new(ErrorCode::Internal, format!("the task could not be stored: {e}"))
+        })?;
         // Subscribe before queueing so a fast delivery cannot be missed.
         let waiters: Vec<_> = if wait {
-            tasks.iter().filter_map(|t| self.store.wait(t.id)).collect()
+            accepted.iter().filter_map(|a| self.store.wait(a.id())).collect()
         } else {
             Vec::new()
         };
-        self.pool.enqueue(&tasks).map_err(|e| match e {
-            EnqueueError::Full(_) => ErrorBody::new(ErrorCode::Busy, e.to_string()),
-            EnqueueError::Closed => ErrorBody::new(ErrorCode::ShuttingDown, e.to_string()),
-        })?;
+        let mut ready = Vec::new();
+        for a in &accepted {
+            let Accepted::New(id) = a else { continue };
+            let (task, not_before) = &tasks[id];
+            match not_before {
+                Some(at) => self.scheduler.schedule(*id, *at),
+                None => ready.push(task.clone()),
+            }
+        }
+        if self.pool.enqueue(&ready).is_err() {
+            // Accepted and durable: the scheduler queues them when there is room.
+            ready.iter().for_each(|t| self.scheduler.schedule(t.id, now));
+        }
 
         if !wait {
-            let ids: Vec<String> = tasks.iter().map(|t| t.id.to_string()).collect();
-            return Ok(json!({ "task_ids": ids }));
+            let ids: Vec<String> = accepted.iter().map(|a| a.id().to_string()).collect();
+            let duplicates: Vec<usize> = accepted
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| matches!(a, Accepted::Duplicate(_)))
+                .map(|(i, _)| i)
+                .collect();
+            return Ok(json!({ "task_ids": ids, "duplicates": duplicates }));
         }
         let mut views = Vec::with_capacity(waiters.len());
         for waiter in waiters {
@@ -215,8 +309,41 @@ impl Api {
         let record = self
             .store
             .get(id)
+            .map_err(internal)?
             .ok_or_else(|| ErrorBody::new(ErrorCode::NotFound, format!("no task {id}")))?;
         Ok(to_value(TaskView::from(record)))
+    }
+
+    fn retry(&self, task_id: Option<String>, dead: bool) -> Result<Value, ErrorBody> {
+        let ids = match (task_id, dead) {
+            (Some(id), false) => vec![id.parse::<TaskId>().map_err(|_| {
+                ErrorBody::new(ErrorCode::InvalidRequest, format!("`{id}` is not a task id (a UUID)"))
+            })?],
+            (None, true) => self.store.dead().map_err(internal)?,
+            _ => {
+                return Err(ErrorBody::new(
+                    ErrorCode::InvalidRequest,
+                    "retry needs `task_id` or `dead: true` (not both)",
+                ));
+            }
+        };
+        let mut requeued = Vec::new();
+        for id in ids {
+            match self.store.retry(id) {
+                Ok(_) => {
+                    self.scheduler.schedule(id, SystemTime::now());
+                    requeued.push(id.to_string());
+                }
+                Err(StoreError::NotFound(_)) => {
+                    return Err(ErrorBody::new(ErrorCode::NotFound, format!("no task {id}")));
+                }
+                Err(e @ StoreError::NotDead { .. }) => {
+                    return Err(ErrorBody::new(ErrorCode::InvalidRequest, e.to_string()));
+                }
+                Err(e) => return Err(internal(e)),
+            }
+        }
+        Ok(json!({ "requeued": requeued }))
     }
 
     async fn status(&self) -> Result<StatusView, ErrorBody> {
@@ -258,6 +385,10 @@ impl Api {
             compiles: self.registry.compiles(),
         }
     }
+}
+
+fn internal(e: StoreError) -> ErrorBody {
+    ErrorBody::new(ErrorCode::Internal, e.to_string())
 }
 
 fn rfc3339(t: SystemTime) -> String {

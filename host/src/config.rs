@@ -26,6 +26,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::pool::PoolConfig;
+use crate::retry::RetryConfig;
+use crate::store::StoreConfig;
 use crate::sandbox::Limits;
 use crate::server::ServerConfig;
 
@@ -42,6 +44,10 @@ pub struct FileConfig {
     pub server: ServerConfig,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub retry: RetryConfig,
 }
 
 /// Values given on the command line or in the environment.
@@ -64,6 +70,8 @@ pub struct Config {
     pub pool: PoolConfig,
     pub server: ServerConfig,
     pub limits: Limits,
+    pub store: StoreConfig,
+    pub retry: RetryConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,7 +113,14 @@ impl Config {
             pool: file.pool,
             server: file.server,
             limits: file.limits,
+            store: file.store,
+            retry: file.retry,
         })
+    }
+
+    /// The durable task store.
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join("tasks.db")
     }
 
     /// Where compiled plugins are cached.

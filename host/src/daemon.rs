@@ -16,12 +16,14 @@ use tokio_util::sync::CancellationToken;
 use crate::api::Api;
 use crate::config::Config;
 use crate::executor::Executor;
-use crate::pool::{Pool, ShutdownReport};
+use crate::pool::{Pool, PoolDeps, ShutdownReport};
+use crate::scheduler::Scheduler;
+use std::time::Duration;
 use crate::registry::{Registry, RegistryError};
 use crate::reload::{Reloader, WatchError};
 use crate::sandbox::{Sandbox, SandboxError, SandboxSettings};
 use crate::server::{BindError, Server};
-use crate::store::TaskStore;
+use crate::store::{StoreError, TaskStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -37,6 +39,8 @@ pub enum StartError {
     Bind(#[from] BindError),
     #[error(transparent)]
     Watch(#[from] WatchError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// A started daemon, listening but not yet serving.
@@ -45,7 +49,11 @@ pub struct Daemon {
     api: Arc<Api>,
     pool: Arc<Pool>,
     store: Arc<TaskStore>,
+    scheduler: Arc<Scheduler>,
 }
+
+/// How often finished tasks past their retention are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 impl Daemon {
     pub async fn start(config: &Config) -> Result<Daemon, StartError> {
@@ -76,24 +84,60 @@ impl Daemon {
             "plugins loaded"
         );
 
-        let store = Arc::new(TaskStore::default());
-        let pool =
-            Arc::new(Pool::start(config.pool.clone(), executor.clone(), registry.clone(), store.clone()));
+        // Watch before the socket opens, so no change made after start-up is missed.
+        let reloader = Reloader::start(registry.clone(), executor.clone())?;
+        let store = Arc::new(TaskStore::open(&config.store_path(), config.store.clone())?);
+        let scheduler = Arc::new(Scheduler::default());
+        let deps = PoolDeps {
+            executor: executor.clone(),
+            registry: registry.clone(),
+            store: store.clone(),
+            scheduler: scheduler.clone(),
+            retry: config.retry.clone(),
+        };
+        let pool = Arc::new(Pool::start(config.pool.clone(), deps));
+        let recovered = store.recover()?;
+        if !recovered.is_empty() {
+            tracing::info!(tasks = recovered.len(), "resuming tasks left unfinished by the last run");
+        }
+        let now = std::time::SystemTime::now();
+        for (task, not_before) in recovered {
+            scheduler.schedule(task.id, not_before.unwrap_or(now));
+        }
+        if store.is_durable() {
+            tracing::info!(path = %config.store_path().display(), "task store open (durable)");
+        } else {
+            tracing::warn!("task store in memory: tasks do not survive a restart");
+        }
         let server = Server::bind(&config.socket, config.server.clone()).await?;
         tracing::info!(socket = %config.socket.display(), "listening");
-        let reloader = Reloader::start(registry.clone(), executor)?;
-        let api = Arc::new(Api::new(registry, store.clone(), pool.clone(), reloader));
-        Ok(Daemon { server, api, pool, store })
+        let api = Arc::new(Api::new(registry, store.clone(), pool.clone(), scheduler.clone(), reloader));
+        Ok(Daemon { server, api, pool, store, scheduler })
     }
 
     /// Serves until `shutdown` is cancelled, then stops accepting, drains
     /// the pool and reports what finished and what was cut off.
     pub async fn run(self, shutdown: CancellationToken) -> ShutdownReport {
         let server = tokio::spawn(self.server.serve(self.api.clone(), shutdown.clone()));
+        let scheduler =
+            tokio::spawn(self.scheduler.clone().run(self.store.clone(), self.pool.clone(), shutdown.clone()));
+        let store = self.store.clone();
+        let pruner = tokio::spawn(async move {
+            let mut every = tokio::time::interval(PRUNE_EVERY);
+            loop {
+                every.tick().await;
+                store.prune();
+            }
+        });
         shutdown.cancelled().await;
         tracing::info!("shutting down");
+        let _ = scheduler.await;
+        pruner.abort();
         let report = self.pool.shutdown().await;
         self.store.abandon_waiters();
+        if let Err(e) = self.store.flush().await {
+            tracing::error!("the task store could not be flushed: {e}");
+        }
         let _ = server.await;
         report
     }

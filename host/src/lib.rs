@@ -8,7 +8,8 @@
 //! | [`server`] | Unix socket accept loop, line framing, per-connection limits |
 //! | [`protocol`] | request/response lines ⇄ typed [`protocol::Request`]s |
 //! | [`api`] | what each operation does |
-//! | [`store`] | accepted tasks and their outcomes |
+//! | [`store`] | accepted tasks, attempts and outcomes; durable in SQLite |
+//! | [`scheduler`] / [`retry`] | when a task may run: `deliver_at`, backoff after a failure |
 //! | [`pool`] | workers that take tasks from the queue |
 //! | [`registry`] / [`loader`] / [`manifest`] | which plugin serves which platform; loading one file |
 //! | [`reload`] | watching the plugin directory and swapping versions in |
@@ -33,6 +34,8 @@ pub mod protocol;
 pub mod redact;
 pub mod registry;
 pub mod reload;
+pub mod retry;
+pub mod scheduler;
 pub mod sandbox;
 pub mod server;
 pub mod store;

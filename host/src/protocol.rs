@@ -27,8 +27,24 @@ pub const DEFAULT_MAX_LINE_BYTES: usize = 1 << 20;
 pub enum Request {
     /// Submit one task (`task`) or several (`tasks`).
     Submit(Submit),
-    /// Look up one task.
+    /// Look up one task, with its attempts.
     Task { task_id: String },
+    /// List tasks, newest first.
+    Tasks {
+        #[serde(default)]
+        state: Option<String>,
+        #[serde(default)]
+        platform: Option<String>,
+        #[serde(default)]
+        limit: Option<usize>,
+    },
+    /// Re-queue a dead task (`task_id`) or every dead task (`dead: true`).
+    Retry {
+        #[serde(default)]
+        task_id: Option<String>,
+        #[serde(default)]
+        dead: bool,
+    },
     /// Pool and worker statistics.
     Status,
     /// Loaded plugins and load errors.
@@ -49,7 +65,8 @@ pub enum Request {
 }
 
 /// The names of the ops, for error messages.
-pub const OPS: &[&str] = &["submit", "task", "status", "plugins", "scale", "reload", "ping"];
+pub const OPS: &[&str] =
+    &["submit", "task", "tasks", "retry", "status", "plugins", "scale", "reload", "ping"];
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -85,6 +102,16 @@ pub struct NewTask {
     pub priority: Priority,
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// A second submit with the same key (within the store's window)
+    /// returns the first task's id and is not delivered again.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    /// Not before this time (RFC 3339).
+    #[serde(default)]
+    pub deliver_at: Option<String>,
+    /// Not before this long from now (`"90s"`, `"5m"`).
+    #[serde(default)]
+    pub delay: Option<String>,
 }
 
 /// What went wrong with a request.

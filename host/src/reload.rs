@@ -103,7 +103,12 @@ impl Reloader {
             .watch(&dir, RecursiveMode::NonRecursive)
             .map_err(|error| WatchError::Watch { dir: dir.clone(), error })?;
         let (requests, request_rx) = mpsc::unbounded_channel();
-        let worker = Watch { registry, executor, pending: HashMap::new(), backoff: HashMap::new() };
+        let mut worker = Watch { registry, executor, pending: HashMap::new(), backoff: HashMap::new() };
+        // Files changed between the initial load and the watch starting are
+        // looked at once more (unchanged files cost a read and a hash).
+        let catalog = worker.registry.catalog();
+        let known = worker.registry.plugin_files().unwrap_or_default();
+        known.into_iter().chain(catalog.plugins().map(|p| p.path.clone())).for_each(|p| worker.note(p));
         tokio::spawn(worker.run(events, request_rx));
         tracing::info!(dir = %dir.display(), "watching the plugin directory for changes");
         Ok(Reloader { requests, _watcher: watcher })

@@ -62,7 +62,7 @@ pub enum Priority {
 }
 
 /// One notification to deliver through the plugin for `platform`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Task {
     pub id: TaskId,
     pub platform: String,
@@ -76,19 +76,47 @@ pub struct Task {
     pub metadata: BTreeMap<String, String>,
 }
 
-/// Where a task is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Where a task is in its life: queued → running → succeeded, or
+/// → retrying → running → … → dead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {
+    /// Waiting for a worker (or for its `deliver_at`).
     Queued,
     Running,
     Succeeded,
-    Failed,
+    /// Failed in a way worth retrying; waiting for its next attempt.
+    Retrying,
+    /// Failed for good: a permanent or invalid error, or out of attempts.
+    Dead,
 }
 
 impl TaskState {
+    pub const ALL: [TaskState; 5] =
+        [TaskState::Queued, TaskState::Running, TaskState::Succeeded, TaskState::Retrying, TaskState::Dead];
+
     pub fn is_finished(self) -> bool {
-        matches!(self, TaskState::Succeeded | TaskState::Failed)
+        matches!(self, TaskState::Succeeded | TaskState::Dead)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Queued => "queued",
+            TaskState::Running => "running",
+            TaskState::Succeeded => "succeeded",
+            TaskState::Retrying => "retrying",
+            TaskState::Dead => "dead",
+        }
+    }
+}
+
+impl FromStr for TaskState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        TaskState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == s)
+            .ok_or_else(|| format!("unknown state `{s}`; expected queued, running, succeeded, retrying or dead"))
     }
 }
 

@@ -17,9 +17,14 @@ pub struct DaemonBuilder {
     bin: PathBuf,
     plugins: Vec<(String, Option<String>)>,
     files: Vec<(String, Vec<u8>)>,
-    config: Option<String>,
+    config: String,
+    retry: String,
     env: Vec<(String, String)>,
 }
+
+/// Unless a test asks for retries ([`DaemonBuilder::retry`]), a failed
+/// attempt is final, so tests see each failure's class at once.
+const NO_RETRIES: &str = "max_attempts = 1\n";
 
 impl DaemonBuilder {
     /// Deploys a first-party plugin, with an optional manifest (`NAME.toml`).
@@ -34,9 +39,16 @@ impl DaemonBuilder {
         self
     }
 
-    /// The config file's contents.
+    /// Config file contents (any tables but `[retry]`).
     pub fn config(mut self, toml: &str) -> Self {
-        self.config = Some(toml.into());
+        self.config.push_str(toml);
+        self.config.push('\n');
+        self
+    }
+
+    /// The body of the config file's `[retry]` table.
+    pub fn retry(mut self, toml: &str) -> Self {
+        self.retry = toml.into();
         self
     }
 
@@ -60,7 +72,7 @@ impl DaemonBuilder {
             std::fs::write(plugin_dir.join(name), bytes)?;
         }
         let config = dir.path().join("config.toml");
-        std::fs::write(&config, self.config.as_deref().unwrap_or(""))?;
+        std::fs::write(&config, format!("{}\n[retry]\n{}", self.config, self.retry))?;
         let socket = dir.path().join("notifyhub.sock");
         let log = dir.path().join("daemon.log");
         let mut command = Command::new(&self.bin);
@@ -101,7 +113,14 @@ pub struct Daemon {
 impl Daemon {
     /// `bin` is the `notifyhub` binary (`env!("CARGO_BIN_EXE_notifyhub")` in tests).
     pub fn builder(bin: impl Into<PathBuf>) -> DaemonBuilder {
-        DaemonBuilder { bin: bin.into(), plugins: Vec::new(), files: Vec::new(), config: None, env: Vec::new() }
+        DaemonBuilder {
+            bin: bin.into(),
+            plugins: Vec::new(),
+            files: Vec::new(),
+            config: String::new(),
+            retry: NO_RETRIES.into(),
+            env: Vec::new(),
+        }
     }
 
     async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {

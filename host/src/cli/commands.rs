@@ -38,6 +38,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Tasks(args) => {
+            let request = json!({"op": "tasks", "state": args.state, "platform": args.platform, "limit": args.limit});
+            let tasks: Vec<TaskView> = decode(call(&config, request).await?["tasks"].clone())?;
+            print(args.output, &tasks, render::tasks)
+        }
+        Command::Retry(args) => {
+            let request = match (&args.id, args.dead) {
+                (Some(id), false) => json!({"op": "retry", "task_id": id}),
+                (None, true) => json!({"op": "retry", "dead": true}),
+                _ => anyhow::bail!("give a task id or --dead"),
+            };
+            let result = call(&config, request).await?;
+            if args.output.json {
+                println!("{}", serde_json::to_string_pretty(&result)?);
+            } else {
+                let ids = result["requeued"].as_array().cloned().unwrap_or_default();
+                println!("re-queued {} task(s)", ids.len());
+                ids.iter().filter_map(|id| id.as_str()).for_each(|id| println!("{id}"));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Reload(args) => {
             let result = call(&config, json!({"op": "reload", "name": args.name})).await?;
             let results: Vec<ReloadResult> = decode(result["results"].clone())?;
@@ -100,6 +121,9 @@ async fn send(config: &Config, args: SendArgs) -> anyhow::Result<ExitCode> {
             "format": Format::from(args.format),
             "priority": Priority::from(args.priority),
             "metadata": metadata,
+            "idempotency_key": args.idempotency_key,
+            "deliver_at": args.deliver_at,
+            "delay": args.delay,
         }
     });
     let result = call(config, request).await?;
@@ -117,7 +141,7 @@ async fn send(config: &Config, args: SendArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn exit_for(task: &TaskView) -> ExitCode {
-    if task.state == TaskState::Failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    if task.state == TaskState::Dead { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
 
 async fn call(config: &Config, request: Value) -> anyhow::Result<Value> {

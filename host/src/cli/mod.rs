@@ -66,8 +66,12 @@ pub enum Command {
     Status(OutputArgs),
     /// List loaded plugins and the files that failed to load.
     Plugins(OutputArgs),
-    /// Show one task and its outcome.
+    /// Show one task, its attempts and its outcome.
     Task(TaskArgs),
+    /// List tasks, newest first (dead letters: --state dead).
+    Tasks(TasksArgs),
+    /// Re-queue a dead task, or every dead task with --dead.
+    Retry(RetryArgs),
     /// Change the worker pool's bounds while the daemon runs.
     Scale(ScaleArgs),
     /// Reload one plugin, or every plugin in the directory (files are also
@@ -130,10 +134,46 @@ pub struct SendArgs {
     /// Extra key=value pairs for the plugin (repeatable).
     #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub metadata: Vec<(String, String)>,
-    /// Wait until the task has been delivered (or has failed) and show the outcome;
-    /// exits non-zero if it failed.
+    /// A key that makes the submit idempotent: a second send with the same key
+    /// (within the store's window) returns the first task and delivers nothing.
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
+    /// Deliver no sooner than this time (RFC 3339, e.g. 2026-12-01T09:00:00Z).
+    #[arg(long, value_name = "TIME", conflicts_with = "delay")]
+    pub deliver_at: Option<String>,
+    /// Deliver no sooner than this long from now (e.g. 90s, 5m, 2h).
+    #[arg(long, value_name = "DURATION")]
+    pub delay: Option<String>,
+    /// Wait until the task has succeeded or is dead (retries included) and show
+    /// the outcome; exits non-zero if it is dead.
     #[arg(long)]
     pub wait: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct TasksArgs {
+    /// Only tasks in this state: queued, running, succeeded, retrying, dead.
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Only tasks for this platform.
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// At most this many (default 50).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RetryArgs {
+    /// The dead task to re-queue.
+    pub id: Option<String>,
+    /// Re-queue every dead task.
+    #[arg(long, conflicts_with = "id")]
+    pub dead: bool,
     #[command(flatten)]
     pub output: OutputArgs,
 }

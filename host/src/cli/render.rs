@@ -19,6 +19,10 @@ pub fn task(t: &TaskView) -> String {
     if let Some(p) = &t.plugin {
         let _ = writeln!(out, "plugin    {} {} ({})", p.name, p.version, p.digest);
     }
+    let _ = writeln!(out, "attempts  {}", t.attempts);
+    if let Some(at) = &t.not_before {
+        let _ = writeln!(out, "next      not before {at}");
+    }
     match &t.outcome {
         Some(Outcome::Delivered { provider_id, status }) => {
             let id = provider_id.as_deref().map(|id| format!(", id {id}")).unwrap_or_default();
@@ -29,6 +33,38 @@ pub fn task(t: &TaskView) -> String {
             let _ = writeln!(out, "outcome   failed ({}): {message}{retry}", json_name(class));
         }
         None => {}
+    }
+    for a in &t.history {
+        let result = match &a.outcome {
+            Some(Outcome::Delivered { status, .. }) => format!("delivered: {status}"),
+            Some(Outcome::Failed { class, message, .. }) => format!("{}: {message}", json_name(class)),
+            None => "running".into(),
+        };
+        let _ = writeln!(out, "  #{:<3} {}  {result}", a.number, a.started_at);
+    }
+    out
+}
+
+pub fn tasks(tasks: &Vec<TaskView>) -> String {
+    let mut out = String::new();
+    for t in tasks {
+        let result = match &t.outcome {
+            Some(Outcome::Delivered { status, .. }) => status.clone(),
+            Some(Outcome::Failed { class, message, .. }) => format!("{}: {message}", json_name(class)),
+            None => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "{}  {:<9}  {:<10}  {:>2}  {}  {result}",
+            t.id,
+            json_name(&t.state),
+            t.platform,
+            t.attempts,
+            t.submitted_at
+        );
+    }
+    if tasks.is_empty() {
+        let _ = writeln!(out, "no tasks");
     }
     out
 }

@@ -48,6 +48,8 @@ use self::stats::WorkerMetrics;
 use self::warm::{WarmBudget, WarmLimits};
 use self::worker::{Assignment, Event, WorkerContext};
 use crate::executor::Executor;
+use crate::retry::RetryConfig;
+use crate::scheduler::Scheduler;
 use crate::registry::Registry;
 use crate::store::TaskStore;
 use crate::task::{FailureClass, Outcome, Task, TaskId};
@@ -201,13 +203,18 @@ pub struct Pool {
     closed: AtomicBool,
 }
 
+/// What the pool works with.
+pub struct PoolDeps {
+    pub executor: Arc<Executor>,
+    pub registry: Arc<Registry>,
+    pub store: Arc<TaskStore>,
+    pub scheduler: Arc<Scheduler>,
+    pub retry: RetryConfig,
+}
+
 impl Pool {
-    pub fn start(
-        config: PoolConfig,
-        executor: Arc<Executor>,
-        registry: Arc<Registry>,
-        store: Arc<TaskStore>,
-    ) -> Self {
+    pub fn start(config: PoolConfig, deps: PoolDeps) -> Self {
+        let PoolDeps { executor, registry, store, scheduler, retry } = deps;
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (events, event_rx) = mpsc::unbounded_channel();
         let waiting = Arc::new(AtomicUsize::new(0));
@@ -222,6 +229,8 @@ impl Pool {
             executor,
             registry: registry.clone(),
             store: store.clone(),
+            scheduler,
+            retry,
             budget: Arc::new(WarmBudget::new(config.max_warm_per_plugin)),
             limits,
             warm_hits: AtomicU64::new(0),
@@ -254,6 +263,11 @@ impl Pool {
         let capacity = dispatcher.capacity;
         tokio::spawn(dispatcher.run(command_rx, event_rx));
         Pool { commands, waiting, capacity, closed: AtomicBool::new(false) }
+    }
+
+    /// Whether the queue has room for `n` more tasks.
+    pub fn has_room(&self, n: usize) -> bool {
+        !self.closed.load(Ordering::Acquire) && self.waiting.load(Ordering::Acquire) + n <= self.capacity
     }
 
     /// Queues tasks. All or nothing: if the queue cannot take every task,
@@ -391,7 +405,8 @@ impl Dispatcher {
             let Some(plugin) = self.registry.lookup(&task.platform) else {
                 self.waiting.fetch_sub(1, Ordering::AcqRel);
                 let message = format!("no loaded plugin serves platform `{}`", task.platform);
-                self.store.finish(task.id, Outcome::failed(FailureClass::NoPlugin, message), None);
+                let attempt = self.store.attempts(task.id) + 1;
+                self.context.finish(&task, attempt, Outcome::failed(FailureClass::NoPlugin, message), None);
                 continue;
             };
             let candidates: Vec<Candidate> = idle
@@ -554,17 +569,28 @@ impl Dispatcher {
             worker.handle.abort();
             self.router.forget(id);
             tracing::error!(worker = id, tasks = worker.assigned.len(), "worker stuck past its deadline; replacing it");
-            for task in worker.assigned {
-                if !self.store.is_finished(task) {
+            for id in worker.assigned {
+                if let Some(task) = self.store.runnable(id).or_else(|| self.running_task(id)) {
                     let outcome = Outcome::failed(
                         FailureClass::TimedOut,
                         "the worker running this task was stuck past its deadline and was replaced",
                     );
-                    self.store.finish(task, outcome, None);
+                    let attempt = self.store.attempts(id).max(1);
+                    self.context.finish(&task, attempt, outcome, None);
                 }
             }
             self.spawn_worker();
         }
+    }
+
+    /// The task behind `id` if it is still running.
+    fn running_task(&self, id: TaskId) -> Option<Arc<Task>> {
+        self.store
+            .get(id)
+            .ok()
+            .flatten()
+            .filter(|r| r.state == crate::task::TaskState::Running)
+            .map(|r| r.task)
     }
 
     /// Up to `n` idle workers, longest idle first.

@@ -11,7 +11,9 @@ use tracing::Instrument;
 use super::stats::WorkerMetrics;
 use super::warm::{WarmBudget, WarmCache, WarmLimits};
 use crate::executor::Executor;
-use crate::registry::{LoadedPlugin, Registry};
+use crate::registry::{LoadedPlugin, PluginRef, Registry};
+use crate::retry::{RetryConfig, Verdict};
+use crate::scheduler::Scheduler;
 use crate::store::TaskStore;
 use crate::task::{Outcome, Task};
 
@@ -36,10 +38,30 @@ pub(super) struct WorkerContext {
     pub executor: Arc<Executor>,
     pub registry: Arc<Registry>,
     pub store: Arc<TaskStore>,
+    pub scheduler: Arc<Scheduler>,
+    pub retry: RetryConfig,
     pub budget: Arc<WarmBudget>,
     pub limits: WarmLimits,
     pub warm_hits: AtomicU64,
     pub warm_misses: AtomicU64,
+}
+
+impl WorkerContext {
+    /// Records an attempt's outcome, decides on a retry and schedules it.
+    pub fn finish(&self, task: &Task, attempt: u32, outcome: Outcome, plugin: Option<PluginRef>) {
+        let verdict = self.retry.decide(&task.platform, &outcome, attempt);
+        self.store.finish(task.id, outcome, plugin, verdict);
+        match verdict {
+            Verdict::Retry { after } => {
+                tracing::info!(task = %task.id, attempt, retry_in = ?after, "will retry");
+                self.scheduler.schedule(task.id, SystemTime::now() + after);
+            }
+            Verdict::Dead if attempt > 1 => {
+                tracing::warn!(task = %task.id, attempt, "task is dead after its last attempt")
+            }
+            _ => {}
+        }
+    }
 }
 
 pub(super) async fn run(
@@ -82,7 +104,7 @@ async fn deliver(
 ) {
     let started = Instant::now();
     *metrics.current.lock().expect("never poisoned") = Some((task.id, task.platform.clone()));
-    context.store.mark_running(task.id);
+    let attempt = context.store.start(task.id);
 
     let (instance, was_warm) = match warm.take(&plugin.key) {
         Some(instance) => (Ok(instance), true),
@@ -108,7 +130,7 @@ async fn deliver(
         }
     }
     let success = outcome.is_success();
-    context.store.finish(task.id, outcome, Some(plugin.version_ref()));
+    context.finish(task, attempt, outcome, Some(plugin.version_ref()));
     metrics.record(started.elapsed().as_micros() as u64, success);
     *metrics.current.lock().expect("never poisoned") = None;
     *metrics.last_activity.lock().expect("never poisoned") = Some(SystemTime::now());

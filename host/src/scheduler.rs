@@ -1,0 +1,80 @@
+//! The scheduler: holds tasks until they may run (a `deliver_at`, a retry's
+//! backoff, a recovered backlog) and then queues them in the pool.
+//!
+//! A min-heap of (due time, task) and one tokio task that sleeps until the
+//! earliest is due. When the pool's queue is full, due tasks wait here and
+//! are offered again shortly, so accepted tasks are never dropped for lack of
+//! queue space.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::pool::Pool;
+use crate::store::TaskStore;
+use crate::task::TaskId;
+
+/// How long due tasks wait before being offered again to a full queue.
+const FULL_QUEUE_PAUSE: Duration = Duration::from_millis(100);
+
+#[derive(Default)]
+pub struct Scheduler {
+    due: Mutex<BinaryHeap<Reverse<(SystemTime, TaskId)>>>,
+    changed: Notify,
+}
+
+impl Scheduler {
+    /// Queues `id` in the pool at `at` (at once if `at` has passed).
+    pub fn schedule(&self, id: TaskId, at: SystemTime) {
+        self.due.lock().expect("never poisoned").push(Reverse((at, id)));
+        self.changed.notify_one();
+    }
+
+    /// Tasks waiting for their time.
+    pub fn len(&self) -> usize {
+        self.due.lock().expect("never poisoned").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Moves due tasks into the pool until `shutdown`.
+    pub async fn run(self: Arc<Self>, store: Arc<TaskStore>, pool: Arc<Pool>, shutdown: CancellationToken) {
+        loop {
+            let next = self.release_due(&store, &pool);
+            let sleep = match next {
+                Some(at) => at.duration_since(SystemTime::now()).unwrap_or_default(),
+                None => Duration::from_secs(3600),
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.changed.notified() => {}
+                _ = tokio::time::sleep(sleep) => {}
+            }
+        }
+    }
+
+    /// Queues every due task; returns when the next one is due.
+    fn release_due(&self, store: &TaskStore, pool: &Pool) -> Option<SystemTime> {
+        let now = SystemTime::now();
+        let mut due = self.due.lock().expect("never poisoned");
+        while let Some(Reverse((at, id))) = due.peek().copied() {
+            if at > now {
+                return Some(at);
+            }
+            due.pop();
+            // A task retried or finished meanwhile is no longer runnable.
+            let Some(task) = store.runnable(id) else { continue };
+            if pool.enqueue(&[task]).is_err() {
+                due.push(Reverse((now + FULL_QUEUE_PAUSE, id)));
+                return Some(now + FULL_QUEUE_PAUSE);
+            }
+        }
+        None
+    }
+}

@@ -1,0 +1,356 @@
+//! The durable journal: tasks and attempts in SQLite, written with group
+//! commit.
+//!
+//! Why SQLite (through `rusqlite`, compiled in): it is the most tested
+//! embedded database there is, its WAL mode with `synchronous = FULL` makes
+//! a commit durable once `COMMIT` returns (the WAL is fsynced), and SQL makes
+//! the inspection commands (`tasks --state dead --platform slack`) one
+//! query each.
+//!
+//! All writes go to one writer thread. It takes every write that is waiting
+//! (up to [`MAX_GROUP`]) and commits them in one transaction, so concurrent
+//! and batched submits share one fsync and durability does not cap
+//! throughput. Writes that must be durable before the caller goes on (new
+//! tasks) carry an acknowledgement that is answered after the commit; state
+//! changes after that (running, finished) do not wait: losing one in a crash
+//! means the task is delivered again (at least once).
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::oneshot;
+
+use super::{Attempt, TaskRecord};
+use crate::registry::PluginRef;
+use crate::task::{Outcome, Task, TaskId, TaskState};
+
+/// Most writes committed in one transaction.
+const MAX_GROUP: usize = 50_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("cannot open the task store {path}: {error}")]
+    Open { path: PathBuf, error: rusqlite::Error },
+    #[error("the task store could not be written: {0}")]
+    Write(String),
+    #[error("the task store could not be read: {0}")]
+    Read(#[from] rusqlite::Error),
+    #[error("the task store's writer has stopped")]
+    Stopped,
+}
+
+/// A change to the journal.
+pub(super) enum Write {
+    Insert { record: TaskRecord, key: Option<String> },
+    Start { id: TaskId, attempt: u32, at: SystemTime },
+    Finish { id: TaskId, state: TaskState, attempt: Attempt, not_before: Option<SystemTime> },
+    Requeue { id: TaskId, not_before: Option<SystemTime>, attempts: u32 },
+    Prune { before: SystemTime },
+}
+
+enum Op {
+    Write(Write),
+    /// Answered once everything sent before it is committed.
+    Sync(oneshot::Sender<Result<(), String>>),
+}
+
+/// The journal: a writer thread and a reading connection.
+pub struct Journal {
+    writes: Mutex<mpsc::Sender<Op>>,
+    reader: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+    PRAGMA journal_mode = WAL;
+    CREATE TABLE IF NOT EXISTS tasks (
+        id TEXT PRIMARY KEY,
+        platform TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        submitted_at INTEGER NOT NULL,
+        not_before INTEGER,
+        finished_at INTEGER,
+        idempotency_key TEXT,
+        task TEXT NOT NULL,
+        outcome TEXT,
+        plugin TEXT
+    );
+    CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, platform, submitted_at);
+    CREATE INDEX IF NOT EXISTS tasks_by_key ON tasks (idempotency_key) WHERE idempotency_key IS NOT NULL;
+    CREATE TABLE IF NOT EXISTS attempts (
+        task_id TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        started_at INTEGER NOT NULL,
+        ended_at INTEGER,
+        outcome TEXT,
+        plugin TEXT,
+        PRIMARY KEY (task_id, n)
+    );
+";
+
+fn open(path: &Path) -> Result<Connection, JournalError> {
+    let err = |error| JournalError::Open { path: path.into(), error };
+    let conn = Connection::open(path).map_err(err)?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
+    conn.execute_batch(SCHEMA).map_err(err)?;
+    // Durable on COMMIT: the WAL is fsynced before COMMIT returns.
+    conn.pragma_update(None, "synchronous", "FULL").map_err(err)?;
+    Ok(conn)
+}
+
+pub(super) fn millis(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn time(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64)
+}
+
+fn json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("store values serialize")
+}
+
+impl Journal {
+    /// Opens (or creates) the store at `path` and starts its writer.
+    pub fn open(path: &Path) -> Result<Journal, JournalError> {
+        let writer = open(path)?;
+        let reader = open(path)?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("notifyhub-store".into())
+            .spawn(move || write_loop(writer, rx))
+            .map_err(|e| JournalError::Write(e.to_string()))?;
+        Ok(Journal { writes: Mutex::new(tx), reader: Mutex::new(reader) })
+    }
+
+    pub(super) fn write(&self, write: Write) {
+        let _ = self.writes.lock().expect("never poisoned").send(Op::Write(write));
+    }
+
+    /// Waits until every write sent so far is durable.
+    pub async fn sync(&self) -> Result<(), JournalError> {
+        let (tx, rx) = oneshot::channel();
+        self.writes
+            .lock()
+            .expect("never poisoned")
+            .send(Op::Sync(tx))
+            .map_err(|_| JournalError::Stopped)?;
+        rx.await.map_err(|_| JournalError::Stopped)?.map_err(JournalError::Write)
+    }
+
+    fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.reader.lock().expect("never poisoned")
+    }
+
+    /// Tasks that were not finished when the daemon stopped.
+    pub(super) fn unfinished(&self) -> Result<Vec<(TaskRecord, Option<String>)>, JournalError> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare(
+            "SELECT task, state, attempts, submitted_at, not_before, idempotency_key FROM tasks
+             WHERE state IN ('queued', 'running', 'retrying') ORDER BY submitted_at",
+        )?;
+        let rows = stmt.query_map([], |row| {
+            let task: String = row.get(0)?;
+            let state: String = row.get(1)?;
+            Ok((task, state, row.get::<_, u32>(2)?, row.get::<_, i64>(3)?, row.get::<_, Option<i64>>(4)?, row.get(5)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (task, state, attempts, submitted, not_before, key) = row?;
+            let Ok(task) = serde_json::from_str::<Task>(&task) else { continue };
+            let mut record = TaskRecord::new(task.into(), time(submitted), not_before.map(time));
+            record.attempts = attempts;
+            record.state = state.parse().unwrap_or(TaskState::Queued);
+            out.push((record, key));
+        }
+        Ok(out)
+    }
+
+    /// Idempotency keys used since `since`.
+    pub(super) fn keys_since(&self, since: SystemTime) -> Result<Vec<(String, TaskId, SystemTime)>, JournalError> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare(
+            "SELECT idempotency_key, id, submitted_at FROM tasks
+             WHERE idempotency_key IS NOT NULL AND submitted_at >= ?1",
+        )?;
+        let rows = stmt.query_map([millis(since)], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, i64>(2)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (key, id, at) = row?;
+            if let Ok(id) = id.parse() {
+                out.push((key, id, time(at)));
+            }
+        }
+        Ok(out)
+    }
+
+    /// One task with its attempts.
+    pub(super) fn get(&self, id: TaskId) -> Result<Option<TaskRecord>, JournalError> {
+        let conn = self.reader();
+        let record = conn
+            .query_row(
+                "SELECT task, state, attempts, submitted_at, not_before, finished_at, outcome, plugin
+                 FROM tasks WHERE id = ?1",
+                [id.to_string()],
+                record_from_row,
+            )
+            .optional()?;
+        let Some(mut record) = record.flatten() else { return Ok(None) };
+        let mut stmt = conn.prepare(
+            "SELECT n, started_at, ended_at, outcome, plugin FROM attempts WHERE task_id = ?1 ORDER BY n",
+        )?;
+        let attempts = stmt.query_map([id.to_string()], |row| {
+            Ok(Attempt {
+                number: row.get(0)?,
+                started_at: time(row.get(1)?),
+                ended_at: row.get::<_, Option<i64>>(2)?.map(time),
+                outcome: row.get::<_, Option<String>>(3)?.and_then(|s| serde_json::from_str(&s).ok()),
+                plugin: row.get::<_, Option<String>>(4)?.and_then(|s| serde_json::from_str(&s).ok()),
+            })
+        })?;
+        record.history = attempts.collect::<Result<_, _>>()?;
+        Ok(Some(record))
+    }
+
+    /// Tasks by state and platform, newest first.
+    pub(super) fn list(
+        &self,
+        state: Option<TaskState>,
+        platform: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<TaskRecord>, JournalError> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare(
+            "SELECT task, state, attempts, submitted_at, not_before, finished_at, outcome, plugin FROM tasks
+             WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR platform = ?2)
+             ORDER BY submitted_at DESC LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(
+            params![state.map(TaskState::as_str), platform, limit as i64],
+            record_from_row,
+        )?;
+        Ok(rows.filter_map(|r| r.ok().flatten()).collect())
+    }
+
+    /// Ids of dead tasks.
+    pub(super) fn dead(&self) -> Result<Vec<TaskId>, JournalError> {
+        let conn = self.reader();
+        let mut stmt = conn.prepare("SELECT id FROM tasks WHERE state = 'dead'")?;
+        let ids = stmt.query_map([], |row| row.get::<_, String>(0))?;
+        Ok(ids.filter_map(|id| id.ok()?.parse().ok()).collect())
+    }
+}
+
+fn record_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Option<TaskRecord>> {
+    let task: String = row.get(0)?;
+    let Ok(task) = serde_json::from_str::<Task>(&task) else { return Ok(None) };
+    let state: String = row.get(1)?;
+    let mut record = TaskRecord::new(task.into(), time(row.get(3)?), row.get::<_, Option<i64>>(4)?.map(time));
+    record.state = state.parse().unwrap_or(TaskState::Queued);
+    record.attempts = row.get(2)?;
+    record.finished_at = row.get::<_, Option<i64>>(5)?.map(time);
+    record.outcome = row.get::<_, Option<String>>(6)?.and_then(|s| serde_json::from_str::<Outcome>(&s).ok());
+    record.plugin = row.get::<_, Option<String>>(7)?.and_then(|s| serde_json::from_str::<PluginRef>(&s).ok());
+    Ok(Some(record))
+}
+
+fn write_loop(mut conn: Connection, ops: mpsc::Receiver<Op>) {
+    while let Ok(first) = ops.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_GROUP {
+            match ops.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let result = commit(&mut conn, &batch).map_err(|e| e.to_string());
+        if let Err(e) = &result {
+            tracing::error!("task store write failed: {e}");
+        }
+        for op in batch {
+            if let Op::Sync(ack) = op {
+                let _ = ack.send(result.clone());
+            }
+        }
+    }
+}
+
+fn commit(conn: &mut Connection, batch: &[Op]) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT OR REPLACE INTO tasks (id, platform, state, attempts, submitted_at, not_before, idempotency_key, task)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        let mut start_task = tx.prepare_cached("UPDATE tasks SET state = 'running', attempts = ?2 WHERE id = ?1")?;
+        let mut start_attempt =
+            tx.prepare_cached("INSERT OR REPLACE INTO attempts (task_id, n, started_at) VALUES (?1, ?2, ?3)")?;
+        let mut finish_task = tx.prepare_cached(
+            "UPDATE tasks SET state = ?2, not_before = ?3, finished_at = ?4, outcome = ?5, plugin = ?6 WHERE id = ?1",
+        )?;
+        let mut finish_attempt = tx.prepare_cached(
+            "INSERT OR REPLACE INTO attempts (task_id, n, started_at, ended_at, outcome, plugin)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        let mut requeue =
+            tx.prepare_cached("UPDATE tasks SET state = 'queued', not_before = ?2, attempts = ?3, finished_at = NULL WHERE id = ?1")?;
+        for op in batch {
+            let Op::Write(write) = op else { continue };
+            match write {
+                Write::Insert { record, key } => {
+                    insert.execute(params![
+                        record.task.id.to_string(),
+                        record.task.platform,
+                        record.state.as_str(),
+                        record.attempts,
+                        millis(record.submitted_at),
+                        record.not_before.map(millis),
+                        key,
+                        json(&*record.task),
+                    ])?;
+                }
+                Write::Start { id, attempt, at } => {
+                    start_task.execute(params![id.to_string(), attempt])?;
+                    start_attempt.execute(params![id.to_string(), attempt, millis(*at)])?;
+                }
+                Write::Finish { id, state, attempt, not_before } => {
+                    let finished = state.is_finished().then(|| attempt.ended_at.map(millis)).flatten();
+                    finish_task.execute(params![
+                        id.to_string(),
+                        state.as_str(),
+                        not_before.map(millis),
+                        finished,
+                        attempt.outcome.as_ref().map(json),
+                        attempt.plugin.as_ref().map(json),
+                    ])?;
+                    finish_attempt.execute(params![
+                        id.to_string(),
+                        attempt.number,
+                        millis(attempt.started_at),
+                        attempt.ended_at.map(millis),
+                        attempt.outcome.as_ref().map(json),
+                        attempt.plugin.as_ref().map(json),
+                    ])?;
+                }
+                Write::Requeue { id, not_before, attempts } => {
+                    requeue.execute(params![id.to_string(), not_before.map(millis), attempts])?;
+                }
+                Write::Prune { before } => {
+                    let before = millis(*before);
+                    tx.execute(
+                        "DELETE FROM attempts WHERE task_id IN (SELECT id FROM tasks
+                         WHERE state IN ('succeeded', 'dead') AND finished_at < ?1)",
+                        [before],
+                    )?;
+                    tx.execute("DELETE FROM tasks WHERE state IN ('succeeded', 'dead') AND finished_at < ?1", [before])?;
+                }
+            }
+        }
+    }
+    tx.commit()
+}
