@@ -95,7 +95,7 @@ impl DaemonBuilder {
             command.env(k, v);
         }
         let child = command.spawn().with_context(|| format!("starting {}", self.bin.display()))?;
-        let mut daemon = Daemon { dir, child, socket, log, bin: self.bin };
+        let mut daemon = Daemon { dir, child, socket, log, bin: self.bin, command, runs: 1 };
         daemon.wait_ready(Duration::from_secs(120)).await?;
         Ok(daemon)
     }
@@ -108,6 +108,9 @@ pub struct Daemon {
     socket: PathBuf,
     log: PathBuf,
     bin: PathBuf,
+    /// How it was started, to start it again on the same directory.
+    command: Command,
+    runs: u32,
 }
 
 impl Daemon {
@@ -194,6 +197,24 @@ impl Daemon {
             bail!("kill -TERM failed");
         }
         Ok(self.child.wait()?)
+    }
+
+    /// Kills the process with SIGKILL, as a crash would.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// Starts the daemon again on the same directory (after `kill` or
+    /// `terminate`); its log continues in a new file.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.runs += 1;
+        self.log = self.dir.path().join(format!("daemon.{}.log", self.runs));
+        self.command.stderr(std::fs::File::create(&self.log)?);
+        self.command.stdout(std::fs::File::create(self.dir.path().join(format!("daemon.{}.out", self.runs)))?);
+        self.child = self.command.spawn()?;
+        self.wait_ready(Duration::from_secs(120)).await
     }
 
     /// Whether the process is still running.
