@@ -57,7 +57,7 @@ fn test() -> anyhow::Result<()> {
 
 fn bench() -> anyhow::Result<()> {
     plugins()?;
-    run(cargo().args(["bench", "-p", "notifyhub", "--bench", "e2e", "--bench", "pool", "--bench", "reload"]))
+    run(cargo().args(["bench", "-p", "notifyhub", "--bench", "e2e", "--bench", "pool", "--bench", "reload", "--bench", "store"]))
 }
 
 fn cargo() -> Command {

@@ -11,9 +11,11 @@
 //! (up to [`MAX_GROUP`]) and commits them in one transaction, so concurrent
 //! and batched submits share one fsync and durability does not cap
 //! throughput. Writes that must be durable before the caller goes on (new
-//! tasks) carry an acknowledgement that is answered after the commit; state
-//! changes after that (running, finished) do not wait: losing one in a crash
-//! means the task is delivered again (at least once).
+//! tasks) carry an acknowledgement that is answered after the commit; an
+//! attempt's outcome does not wait: losing one in a crash means the task is
+//! delivered again (at least once). An attempt is written when it ends,
+//! with its start time; a running task is `queued` on disk, so an attempt cut
+//! off by a crash is simply run again and leaves no record.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -45,7 +47,6 @@ pub enum JournalError {
 /// A change to the journal.
 pub(super) enum Write {
     Insert { record: TaskRecord, key: Option<String> },
-    Start { id: TaskId, attempt: u32, at: SystemTime },
     Finish { id: TaskId, state: TaskState, attempt: Attempt, not_before: Option<SystemTime> },
     Requeue { id: TaskId, not_before: Option<SystemTime>, attempts: u32 },
     Prune { before: SystemTime },
@@ -287,11 +288,9 @@ fn commit(conn: &mut Connection, batch: &[Op]) -> rusqlite::Result<()> {
             "INSERT OR REPLACE INTO tasks (id, platform, state, attempts, submitted_at, not_before, idempotency_key, task)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
-        let mut start_task = tx.prepare_cached("UPDATE tasks SET state = 'running', attempts = ?2 WHERE id = ?1")?;
-        let mut start_attempt =
-            tx.prepare_cached("INSERT OR REPLACE INTO attempts (task_id, n, started_at) VALUES (?1, ?2, ?3)")?;
         let mut finish_task = tx.prepare_cached(
-            "UPDATE tasks SET state = ?2, not_before = ?3, finished_at = ?4, outcome = ?5, plugin = ?6 WHERE id = ?1",
+            "UPDATE tasks SET state = ?2, not_before = ?3, finished_at = ?4, outcome = ?5, plugin = ?6, attempts = ?7
+             WHERE id = ?1",
         )?;
         let mut finish_attempt = tx.prepare_cached(
             "INSERT OR REPLACE INTO attempts (task_id, n, started_at, ended_at, outcome, plugin)
@@ -314,10 +313,6 @@ fn commit(conn: &mut Connection, batch: &[Op]) -> rusqlite::Result<()> {
                         json(&*record.task),
                     ])?;
                 }
-                Write::Start { id, attempt, at } => {
-                    start_task.execute(params![id.to_string(), attempt])?;
-                    start_attempt.execute(params![id.to_string(), attempt, millis(*at)])?;
-                }
                 Write::Finish { id, state, attempt, not_before } => {
                     let finished = state.is_finished().then(|| attempt.ended_at.map(millis)).flatten();
                     finish_task.execute(params![
@@ -327,6 +322,7 @@ fn commit(conn: &mut Connection, batch: &[Op]) -> rusqlite::Result<()> {
                         finished,
                         attempt.outcome.as_ref().map(json),
                         attempt.plugin.as_ref().map(json),
+                        attempt.number,
                     ])?;
                     finish_attempt.execute(params![
                         id.to_string(),

@@ -264,9 +264,7 @@ impl TaskStore {
         r.started_at = Some(now);
         r.attempts += 1;
         r.history.push(Attempt { number: r.attempts, started_at: now, ended_at: None, outcome: None, plugin: None });
-        let attempt = r.attempts;
-        self.write(Write::Start { id, attempt, at: now });
-        attempt
+        r.attempts
     }
 
     /// The attempt number the next [`TaskStore::start`] of `id` will return.

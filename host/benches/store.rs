@@ -1,0 +1,66 @@
+//! Durable vs in-memory throughput: run with `cargo xtask bench`.
+//!
+//! The real daemon with the `noop` plugin; 100,000 tasks submitted over the
+//! socket in batches of 1,000 from 4 connections (each submit acknowledged
+//! only once its batch is durable), then waited for until every task has
+//! been delivered and its outcome recorded. The same run with
+//! `[store] mode = "memory"` is the baseline.
+
+use std::time::{Duration, Instant};
+
+use notifyhub_testkit::daemon::{Conn, Daemon};
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_notifyhub");
+const TASKS: usize = 100_000;
+const BATCH: usize = 1_000;
+const CONNECTIONS: usize = 4;
+
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let memory = run("memory").await?;
+        let durable = run("durable").await?;
+        println!("durable / memory {:>21.2}", durable.1 / memory.1);
+        println!("(acknowledged = the submit answered after fsync; delivered = every task's outcome recorded)");
+        Ok(())
+    })
+}
+
+/// Returns (acknowledged tasks/s, delivered tasks/s).
+async fn run(mode: &str) -> anyhow::Result<(f64, f64)> {
+    let daemon = Daemon::builder(BIN)
+        .plugin("noop", None)
+        .config(&format!("[store]\nmode = \"{mode}\"\n[pool]\nmin_workers = 8\nmax_workers = 64\nqueue_capacity = 200000\n"))
+        .start()
+        .await?;
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let socket = daemon.socket().to_path_buf();
+        clients.push(tokio::spawn(async move {
+            let mut conn = Conn::connect(&socket).await?;
+            let tasks: Vec<Value> = (0..BATCH).map(|_| json!({"platform": "noop", "target": "-", "body": "b"})).collect();
+            for _ in 0..TASKS / BATCH / CONNECTIONS {
+                conn.send(&json!({"op": "submit", "tasks": tasks})).await?;
+                let r = conn.recv().await?;
+                anyhow::ensure!(r["ok"] == true, "{r}");
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for c in clients {
+        c.await??;
+    }
+    let acknowledged = TASKS as f64 / started.elapsed().as_secs_f64();
+    loop {
+        let status = daemon.request(json!({"op": "status"})).await?;
+        if status["result"]["pool"]["processed"].as_u64() >= Some(TASKS as u64) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let delivered = TASKS as f64 / started.elapsed().as_secs_f64();
+    println!("{mode:<8} store: {acknowledged:>9.0} tasks/s acknowledged, {delivered:>9.0} tasks/s delivered ({TASKS} tasks)");
+    Ok((acknowledged, delivered))
+}
