@@ -197,6 +197,8 @@ mod tests {
         let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
         let config = FileConfig::load(&examples.join("notifyhub.toml")).unwrap();
         assert_eq!(config.pool, PoolConfig::default(), "the example shows the defaults");
+        assert_eq!(config.store, StoreConfig::default());
+        assert_eq!(config.retry, RetryConfig::default());
         config.pool.validate().unwrap();
         for manifest in std::fs::read_dir(examples.join("plugins")).unwrap() {
             let path = manifest.unwrap().path();
