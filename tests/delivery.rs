@@ -18,7 +18,9 @@ fn allow(receiver: &Receiver) -> String {
 
 /// Submits one task with `wait: true` and returns the finished task.
 async fn deliver(daemon: &Daemon, task: Value) -> anyhow::Result<Value> {
-    let response = daemon.request(json!({"op": "submit", "wait": true, "task": task})).await?;
+    let response = daemon
+        .request(json!({"op": "submit", "wait": true, "task": task}))
+        .await?;
     ensure!(response["ok"] == true, "submit failed: {response}");
     Ok(response["result"]["tasks"][0].clone())
 }
@@ -42,8 +44,12 @@ fn check_webhook(req: &Recorded) -> Result<(), String> {
         return Err(format!("content-type {:?}", req.header("content-type")));
     }
     let id = req.header("webhook-id").ok_or("no webhook-id")?;
-    let ts = req.header("webhook-timestamp").ok_or("no webhook-timestamp")?;
-    let sig = req.header("webhook-signature").ok_or("no webhook-signature")?;
+    let ts = req
+        .header("webhook-timestamp")
+        .ok_or("no webhook-timestamp")?;
+    let sig = req
+        .header("webhook-signature")
+        .ok_or("no webhook-signature")?;
     verify::standard_webhooks(SECRET, id, ts, sig, &req.body)?;
     let doc = req.json();
     if doc["type"] != "notification.sent" || !doc["data"]["body"].is_string() {
@@ -93,8 +99,14 @@ async fn webhook_delivers_a_signed_standard_webhook() -> anyhow::Result<()> {
     // The secret and the target path never show in the daemon's output.
     let logs = daemon.logs();
     assert!(!logs.contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"));
-    assert!(!logs.contains("/hooks/notify"), "target path leaked into logs");
-    assert!(!task.to_string().contains("/hooks/notify"), "target path leaked: {task}");
+    assert!(
+        !logs.contains("/hooks/notify"),
+        "target path leaked into logs"
+    );
+    assert!(
+        !task.to_string().contains("/hooks/notify"),
+        "target path leaked: {task}"
+    );
     Ok(())
 }
 
@@ -110,7 +122,10 @@ async fn webhook_answers_map_to_error_classes() -> anyhow::Result<()> {
         _ => Reply::new(200, "ok"),
     })
     .await;
-    let daemon = Daemon::builder(BIN).plugin("webhook", Some(&allow(&receiver))).start().await?;
+    let daemon = Daemon::builder(BIN)
+        .plugin("webhook", Some(&allow(&receiver)))
+        .start()
+        .await?;
 
     let cases = [
         ("/429", "rate_limited", Some(7000)),
@@ -138,7 +153,10 @@ async fn webhook_answers_map_to_error_classes() -> anyhow::Result<()> {
 async fn requests_outside_the_allowlist_are_denied_and_logged() -> anyhow::Result<()> {
     let allowed = Receiver::start(|_| Reply::new(200, "ok")).await;
     let forbidden = Receiver::start(|_| Reply::new(200, "ok")).await;
-    let daemon = Daemon::builder(BIN).plugin("webhook", Some(&allow(&allowed))).start().await?;
+    let daemon = Daemon::builder(BIN)
+        .plugin("webhook", Some(&allow(&allowed)))
+        .start()
+        .await?;
 
     let task = deliver(
         &daemon,
@@ -148,12 +166,23 @@ async fn requests_outside_the_allowlist_are_denied_and_logged() -> anyhow::Resul
     let (class, message, _) = failure(&task);
     assert_eq!(class, "permanent");
     assert!(message.contains("denied"), "{message}");
-    assert!(forbidden.requests().is_empty(), "the request reached a host that is not allowed");
-    assert!(daemon.logs().contains("outbound request denied"), "{}", daemon.logs());
+    assert!(
+        forbidden.requests().is_empty(),
+        "the request reached a host that is not allowed"
+    );
+    assert!(
+        daemon.logs().contains("outbound request denied"),
+        "{}",
+        daemon.logs()
+    );
 
     // A plugin without a manifest may reach nothing at all.
     let bare = Daemon::builder(BIN).plugin("webhook", None).start().await?;
-    let task = deliver(&bare, json!({"platform": "webhook", "target": allowed.url("/"), "body": "x"})).await?;
+    let task = deliver(
+        &bare,
+        json!({"platform": "webhook", "target": allowed.url("/"), "body": "x"}),
+    )
+    .await?;
     assert_eq!(failure(&task).0, "permanent");
     assert!(allowed.requests().is_empty());
     Ok(())
@@ -168,24 +197,32 @@ fn check_slack(req: &Recorded) -> Reply {
         return Reply::new(400, "invalid_payload");
     }
     let doc = req.json();
-    let Some(text) = doc["text"].as_str() else { return Reply::new(400, "no_text") };
+    let Some(text) = doc["text"].as_str() else {
+        return Reply::new(400, "no_text");
+    };
     if text.is_empty() {
         return Reply::new(400, "no_text");
     }
     if let Some(blocks) = doc["blocks"].as_array() {
         let header_ok = blocks[0]["type"] == "header"
-            && blocks[0]["text"]["text"].as_str().is_some_and(|t| t.chars().count() <= 150);
+            && blocks[0]["text"]["text"]
+                .as_str()
+                .is_some_and(|t| t.chars().count() <= 150);
         let sections_ok = blocks[1..].iter().all(|b| {
             b["type"] == "section"
                 && b["text"]["type"] == "mrkdwn"
-                && b["text"]["text"].as_str().is_some_and(|t| t.chars().count() <= 3000)
+                && b["text"]["text"]
+                    .as_str()
+                    .is_some_and(|t| t.chars().count() <= 3000)
         });
         if !header_ok || !sections_ok || blocks.len() > 50 {
             return Reply::new(400, "invalid_blocks");
         }
     }
     match req.path.as_str() {
-        "/services/T000/B000/ratelimited" => Reply::new(429, "rate_limited").header("retry-after", "3"),
+        "/services/T000/B000/ratelimited" => {
+            Reply::new(429, "rate_limited").header("retry-after", "3")
+        }
         "/services/T000/B000/gone" => Reply::new(404, "no_team"),
         "/services/T000/B000/flaky" => Reply::new(500, "rollup_error"),
         "/services/T000/B000/weird" => Reply::new(200, "not quite ok"),
@@ -196,7 +233,10 @@ fn check_slack(req: &Recorded) -> Reply {
 #[tokio::test]
 async fn slack_sends_text_and_block_kit_and_classifies_errors() -> anyhow::Result<()> {
     let receiver = Receiver::start(check_slack).await;
-    let daemon = Daemon::builder(BIN).plugin("slack", Some(&allow(&receiver))).start().await?;
+    let daemon = Daemon::builder(BIN)
+        .plugin("slack", Some(&allow(&receiver)))
+        .start()
+        .await?;
     let hook = |name: &str| receiver.url(&format!("/services/T000/B000/{name}"));
 
     let task = deliver(
@@ -207,7 +247,10 @@ async fn slack_sends_text_and_block_kit_and_classifies_errors() -> anyhow::Resul
     .await?;
     assert_eq!(task["state"], "succeeded", "{task}");
     let text = receiver.requests()[0].json();
-    assert_eq!(text, json!({"text": "*deploy* done, see <https://ci/1|log>"}));
+    assert_eq!(
+        text,
+        json!({"text": "*deploy* done, see <https://ci/1|log>"})
+    );
 
     let long_title = "T".repeat(400);
     let task = deliver(
@@ -219,8 +262,16 @@ async fn slack_sends_text_and_block_kit_and_classifies_errors() -> anyhow::Resul
     let blocks = receiver.requests()[1].json();
     let header = blocks["blocks"][0]["text"]["text"].as_str().unwrap();
     assert!(header.ends_with("[truncated]"), "{header}");
-    assert!(blocks["blocks"][1]["text"]["text"].as_str().unwrap().starts_with("b &amp; &lt;c&gt;"));
-    assert!(blocks["blocks"].as_array().unwrap().len() >= 3, "a long body spans several sections");
+    assert!(
+        blocks["blocks"][1]["text"]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("b &amp; &lt;c&gt;")
+    );
+    assert!(
+        blocks["blocks"].as_array().unwrap().len() >= 3,
+        "a long body spans several sections"
+    );
 
     for (name, class, retry) in [
         ("ratelimited", "rate_limited", Some(3000)),
@@ -228,16 +279,26 @@ async fn slack_sends_text_and_block_kit_and_classifies_errors() -> anyhow::Resul
         ("flaky", "retryable", None),
         ("weird", "retryable", None),
     ] {
-        let task = deliver(&daemon, json!({"platform": "slack", "target": hook(name), "body": "x"})).await?;
+        let task = deliver(
+            &daemon,
+            json!({"platform": "slack", "target": hook(name), "body": "x"}),
+        )
+        .await?;
         let (got, message, got_retry) = failure(&task);
-        assert_eq!((got.as_str(), got_retry), (class, retry), "{name}: {message}");
+        assert_eq!(
+            (got.as_str(), got_retry),
+            (class, retry),
+            "{name}: {message}"
+        );
     }
     Ok(())
 }
 
 /// What Discord checks on an execute-webhook call.
 fn check_discord(req: &Recorded) -> Reply {
-    let error = |status, code, message: &str| Reply::json(status, json!({"message": message, "code": code}));
+    let error = |status, code, message: &str| {
+        Reply::json(status, json!({"message": message, "code": code}))
+    };
     if req.method != "POST" || !req.path.starts_with("/api/webhooks/123/") {
         return error(404, 10015, "Unknown Webhook");
     }
@@ -248,11 +309,15 @@ fn check_discord(req: &Recorded) -> Reply {
     if doc["allowed_mentions"] != json!({"parse": []}) {
         return error(400, 50035, "allowed_mentions missing");
     }
-    let content_ok = doc["content"].as_str().is_none_or(|c| c.chars().count() <= 2000);
+    let content_ok = doc["content"]
+        .as_str()
+        .is_none_or(|c| c.chars().count() <= 2000);
     let embeds_ok = doc["embeds"].as_array().is_none_or(|embeds| {
         embeds.iter().all(|e| {
             e["title"].as_str().is_none_or(|t| t.chars().count() <= 256)
-                && e["description"].as_str().is_none_or(|d| d.chars().count() <= 4096)
+                && e["description"]
+                    .as_str()
+                    .is_none_or(|d| d.chars().count() <= 4096)
         })
     });
     if doc["content"].is_null() && doc["embeds"].is_null() {
@@ -268,20 +333,33 @@ fn check_discord(req: &Recorded) -> Reply {
         ),
         "/api/webhooks/123/revoked" => error(401, 50027, "Invalid Webhook Token"),
         "/api/webhooks/123/down" => Reply::new(503, "upstream connect error"),
-        _ => Reply::json(200, json!({"id": "1180000000000000001", "type": 0, "content": doc["content"]})),
+        _ => Reply::json(
+            200,
+            json!({"id": "1180000000000000001", "type": 0, "content": doc["content"]}),
+        ),
     }
 }
 
 #[tokio::test]
 async fn discord_sends_content_and_embeds_and_classifies_errors() -> anyhow::Result<()> {
     let receiver = Receiver::start(check_discord).await;
-    let daemon = Daemon::builder(BIN).plugin("discord", Some(&allow(&receiver))).start().await?;
+    let daemon = Daemon::builder(BIN)
+        .plugin("discord", Some(&allow(&receiver)))
+        .start()
+        .await?;
     let hook = |name: &str| receiver.url(&format!("/api/webhooks/123/{name}"));
 
-    let task = deliver(&daemon, json!({"platform": "discord", "target": hook("tok"), "body": "x".repeat(2500)})).await?;
+    let task = deliver(
+        &daemon,
+        json!({"platform": "discord", "target": hook("tok"), "body": "x".repeat(2500)}),
+    )
+    .await?;
     assert_eq!(task["state"], "succeeded", "{task}");
     assert_eq!(task["outcome"]["provider_id"], "1180000000000000001");
-    let content = receiver.requests()[0].json()["content"].as_str().unwrap().to_string();
+    let content = receiver.requests()[0].json()["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_eq!(content.chars().count(), 2000);
     assert!(content.ends_with("[truncated]"));
 
@@ -292,35 +370,58 @@ async fn discord_sends_content_and_embeds_and_classifies_errors() -> anyhow::Res
     .await?;
     assert_eq!(task["state"], "succeeded", "{task}");
     let embed = &receiver.requests()[1].json()["embeds"][0];
-    assert_eq!((embed["title"].as_str(), embed["description"].as_str()), (Some("Deploy"), Some("done")));
+    assert_eq!(
+        (embed["title"].as_str(), embed["description"].as_str()),
+        (Some("Deploy"), Some("done"))
+    );
 
     for (name, class, retry) in [
         ("limited", "rate_limited", Some(1500)),
         ("revoked", "permanent", None),
         ("down", "retryable", None),
     ] {
-        let task = deliver(&daemon, json!({"platform": "discord", "target": hook(name), "body": "x"})).await?;
+        let task = deliver(
+            &daemon,
+            json!({"platform": "discord", "target": hook(name), "body": "x"}),
+        )
+        .await?;
         let (got, message, got_retry) = failure(&task);
-        assert_eq!((got.as_str(), got_retry), (class, retry), "{name}: {message}");
+        assert_eq!(
+            (got.as_str(), got_retry),
+            (class, retry),
+            "{name}: {message}"
+        );
     }
     Ok(())
 }
 
 #[tokio::test]
 async fn a_batch_is_delivered_concurrently() -> anyhow::Result<()> {
-    let receiver = Receiver::start(|_| Reply::new(200, "ok").after(Duration::from_millis(200))).await;
-    let daemon = Daemon::builder(BIN).plugin("webhook", Some(&allow(&receiver))).start().await?;
+    let receiver =
+        Receiver::start(|_| Reply::new(200, "ok").after(Duration::from_millis(200))).await;
+    let daemon = Daemon::builder(BIN)
+        .plugin("webhook", Some(&allow(&receiver)))
+        .start()
+        .await?;
     let tasks: Vec<Value> = (0..50)
         .map(|i| json!({"platform": "webhook", "target": receiver.url("/"), "body": format!("n{i}")}))
         .collect();
     let started = std::time::Instant::now();
-    let response = daemon.request(json!({"op": "submit", "wait": true, "tasks": tasks})).await?;
+    let response = daemon
+        .request(json!({"op": "submit", "wait": true, "tasks": tasks}))
+        .await?;
     let elapsed = started.elapsed();
     let finished = response["result"]["tasks"].as_array().unwrap();
     assert_eq!(finished.len(), 50);
-    assert!(finished.iter().all(|t| t["state"] == "succeeded"), "{response}");
+    assert!(
+        finished.iter().all(|t| t["state"] == "succeeded"),
+        "{response}"
+    );
     assert_eq!(receiver.requests().len(), 50);
     // 50 tasks of 200 ms each, one after another, would take 10 s.
-    assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}: deliveries were not concurrent");
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "took {elapsed:?}: deliveries were not concurrent"
+    );
     Ok(())
 }

@@ -21,7 +21,9 @@ fn task(receiver: &Receiver, path: &str) -> Value {
 }
 
 async fn deliver(daemon: &Daemon, task: Value) -> anyhow::Result<Value> {
-    let r = daemon.request(json!({"op": "submit", "wait": true, "task": task})).await?;
+    let r = daemon
+        .request(json!({"op": "submit", "wait": true, "task": task}))
+        .await?;
     anyhow::ensure!(r["ok"] == true, "{r}");
     Ok(r["result"]["tasks"][0].clone())
 }
@@ -30,14 +32,17 @@ async fn deliver(daemon: &Daemon, task: Value) -> anyhow::Result<Value> {
 fn counts(requests: &[Recorded]) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
     for r in requests {
-        *counts.entry(r.header("webhook-id").unwrap_or_default().to_string()).or_insert(0) += 1;
+        *counts
+            .entry(r.header("webhook-id").unwrap_or_default().to_string())
+            .or_insert(0) += 1;
     }
     counts
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_load_loses_no_acknowledged_task() -> anyhow::Result<()> {
-    let receiver = Receiver::start(|_| Reply::new(200, "ok").after(Duration::from_millis(20))).await;
+    let receiver =
+        Receiver::start(|_| Reply::new(200, "ok").after(Duration::from_millis(20))).await;
     let mut daemon = Daemon::builder(BIN)
         .plugin("webhook", Some(&allow(&receiver)))
         .config("[pool]\nmin_workers = 64\nmax_workers = 64\n")
@@ -46,16 +51,27 @@ async fn kill_9_mid_load_loses_no_acknowledged_task() -> anyhow::Result<()> {
     let mut acknowledged = Vec::new();
     for _ in 0..10 {
         let tasks: Vec<Value> = (0..500).map(|_| task(&receiver, "/")).collect();
-        let r = daemon.request(json!({"op": "submit", "tasks": tasks})).await?;
+        let r = daemon
+            .request(json!({"op": "submit", "tasks": tasks}))
+            .await?;
         anyhow::ensure!(r["ok"] == true, "{r}");
-        acknowledged.extend(r["result"]["task_ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()));
+        acknowledged.extend(
+            r["result"]["task_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string()),
+        );
     }
     assert_eq!(acknowledged.len(), 5000);
     receiver.wait_for(1500, Duration::from_secs(30)).await;
     let in_flight_bound = 64;
     daemon.kill()?;
     let before_restart = receiver.requests().len();
-    assert!(before_restart < 5000, "the kill came too late to test anything");
+    assert!(
+        before_restart < 5000,
+        "the kill came too late to test anything"
+    );
 
     daemon.restart().await?;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -64,16 +80,29 @@ async fn kill_9_mid_load_loses_no_acknowledged_task() -> anyhow::Result<()> {
         if acknowledged.iter().all(|id| seen.contains_key(id)) {
             break;
         }
-        let missing = acknowledged.iter().filter(|id| !seen.contains_key(*id)).count();
-        anyhow::ensure!(Instant::now() < deadline, "{missing} acknowledged tasks never delivered");
+        let missing = acknowledged
+            .iter()
+            .filter(|id| !seen.contains_key(*id))
+            .count();
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{missing} acknowledged tasks never delivered"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let seen = counts(&receiver.requests());
     let duplicates: usize = seen.values().map(|n| n - 1).sum();
     // In flight at the kill: up to 64 running, plus finishes not yet
     // committed (group commit takes milliseconds): bounded by twice the pool.
-    assert!(duplicates <= 2 * in_flight_bound, "{duplicates} duplicate deliveries");
-    assert!(daemon.logs().contains("resuming tasks left unfinished"), "{}", daemon.logs());
+    assert!(
+        duplicates <= 2 * in_flight_bound,
+        "{duplicates} duplicate deliveries"
+    );
+    assert!(
+        daemon.logs().contains("resuming tasks left unfinished"),
+        "{}",
+        daemon.logs()
+    );
     println!("delivered before the kill: {before_restart}; duplicates after restart: {duplicates}");
     Ok(())
 }
@@ -81,7 +110,10 @@ async fn kill_9_mid_load_loses_no_acknowledged_task() -> anyhow::Result<()> {
 #[tokio::test]
 async fn an_idempotency_key_delivers_once() -> anyhow::Result<()> {
     let receiver = Receiver::start(|_| Reply::new(200, "ok")).await;
-    let daemon = Daemon::builder(BIN).plugin("webhook", Some(&allow(&receiver))).start().await?;
+    let daemon = Daemon::builder(BIN)
+        .plugin("webhook", Some(&allow(&receiver)))
+        .start()
+        .await?;
     let mut t = task(&receiver, "/");
     t["idempotency_key"] = json!("order-42-shipped");
     let first = deliver(&daemon, t.clone()).await?;
@@ -115,7 +147,10 @@ async fn a_429_retry_waits_for_its_retry_after() -> anyhow::Result<()> {
     assert_eq!(done["attempts"], 2);
     let requests = receiver.requests();
     let gap = requests[1].at - requests[0].at;
-    assert!(gap >= Duration::from_secs(1), "retried after {gap:?}, before Retry-After");
+    assert!(
+        gap >= Duration::from_secs(1),
+        "retried after {gap:?}, before Retry-After"
+    );
     Ok(())
 }
 
@@ -136,13 +171,28 @@ async fn server_errors_retry_until_dead_and_retry_brings_them_back() -> anyhow::
         .await?;
 
     let dead = deliver(&daemon, task(&receiver, "/flaky")).await?;
-    assert_eq!((dead["state"].as_str(), dead["attempts"].as_u64()), (Some("dead"), Some(3)), "{dead}");
-    let shown = daemon.request(json!({"op": "task", "task_id": dead["id"]})).await?["result"].clone();
-    assert_eq!(shown["history"].as_array().unwrap().len(), 3, "every attempt is recorded: {shown}");
+    assert_eq!(
+        (dead["state"].as_str(), dead["attempts"].as_u64()),
+        (Some("dead"), Some(3)),
+        "{dead}"
+    );
+    let shown = daemon
+        .request(json!({"op": "task", "task_id": dead["id"]}))
+        .await?["result"]
+        .clone();
+    assert_eq!(
+        shown["history"].as_array().unwrap().len(),
+        3,
+        "every attempt is recorded: {shown}"
+    );
     assert_eq!(shown["history"][2]["outcome"]["class"], "retryable");
 
     let bad = deliver(&daemon, task(&receiver, "/bad")).await?;
-    assert_eq!((bad["state"].as_str(), bad["attempts"].as_u64()), (Some("dead"), Some(1)), "a 400 is not retried");
+    assert_eq!(
+        (bad["state"].as_str(), bad["attempts"].as_u64()),
+        (Some("dead"), Some(1)),
+        "a 400 is not retried"
+    );
 
     let listed = daemon.cli(&["tasks", "--state", "dead", "--json"]);
     let listed: Value = serde_json::from_slice(&listed.stdout)?;
@@ -155,30 +205,47 @@ async fn server_errors_retry_until_dead_and_retry_brings_them_back() -> anyhow::
     let mut state = Value::Null;
     while state != "succeeded" && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        state = daemon.request(json!({"op": "task", "task_id": dead["id"]})).await?["result"]["state"].clone();
+        state = daemon
+            .request(json!({"op": "task", "task_id": dead["id"]}))
+            .await?["result"]["state"]
+            .clone();
     }
     assert_eq!(state, "succeeded");
-    let not_dead = daemon.request(json!({"op": "retry", "task_id": dead["id"]})).await?;
-    assert_eq!(not_dead["error"]["code"], "invalid_request", "only dead tasks can be retried");
+    let not_dead = daemon
+        .request(json!({"op": "retry", "task_id": dead["id"]}))
+        .await?;
+    assert_eq!(
+        not_dead["error"]["code"], "invalid_request",
+        "only dead tasks can be retried"
+    );
     Ok(())
 }
 
 #[tokio::test]
 async fn scheduled_tasks_wait_for_their_time() -> anyhow::Result<()> {
     let receiver = Receiver::start(|_| Reply::new(200, "ok")).await;
-    let daemon = Daemon::builder(BIN).plugin("webhook", Some(&allow(&receiver))).start().await?;
+    let daemon = Daemon::builder(BIN)
+        .plugin("webhook", Some(&allow(&receiver)))
+        .start()
+        .await?;
     let submitted = Instant::now();
     let mut delayed = task(&receiver, "/delay");
     delayed["delay"] = json!("1s");
     let mut at = task(&receiver, "/at");
     let when = SystemTime::now() + Duration::from_millis(1500);
     at["deliver_at"] = json!(humantime::format_rfc3339_millis(when).to_string());
-    daemon.request(json!({"op": "submit", "tasks": [delayed, at]})).await?;
+    daemon
+        .request(json!({"op": "submit", "tasks": [delayed, at]}))
+        .await?;
     let requests = receiver.wait_for(2, Duration::from_secs(10)).await;
     assert_eq!(requests.len(), 2);
     for r in &requests {
         let after = r.at - submitted;
-        let earliest = if r.path == "/delay" { Duration::from_millis(1000) } else { Duration::from_millis(1400) };
+        let earliest = if r.path == "/delay" {
+            Duration::from_millis(1000)
+        } else {
+            Duration::from_millis(1400)
+        };
         assert!(after >= earliest, "{} delivered after {after:?}", r.path);
     }
     let bad = daemon.request(json!({"op": "submit", "task": {"platform": "webhook", "target": "x", "body": "b", "delay": "soon"}})).await?;
@@ -192,7 +259,11 @@ async fn sigterm_with_tasks_in_flight_loses_none() -> anyhow::Result<()> {
     let flag = slow.clone();
     let receiver = Receiver::start(move |_| {
         let reply = Reply::new(200, "ok");
-        if flag.load(Ordering::SeqCst) { reply.after(Duration::from_secs(3)) } else { reply }
+        if flag.load(Ordering::SeqCst) {
+            reply.after(Duration::from_secs(3))
+        } else {
+            reply
+        }
     })
     .await;
     let mut daemon = Daemon::builder(BIN)
@@ -201,8 +272,15 @@ async fn sigterm_with_tasks_in_flight_loses_none() -> anyhow::Result<()> {
         .start()
         .await?;
     let tasks: Vec<Value> = (0..6).map(|_| task(&receiver, "/")).collect();
-    let r = daemon.request(json!({"op": "submit", "tasks": tasks})).await?;
-    let ids: Vec<String> = r["result"]["task_ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().into()).collect();
+    let r = daemon
+        .request(json!({"op": "submit", "tasks": tasks}))
+        .await?;
+    let ids: Vec<String> = r["result"]["task_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().into())
+        .collect();
     receiver.wait_for(2, Duration::from_secs(5)).await;
     daemon.terminate()?;
     assert!(daemon.logs().contains("cancelled: 2"), "{}", daemon.logs());
@@ -215,7 +293,10 @@ async fn sigterm_with_tasks_in_flight_loses_none() -> anyhow::Result<()> {
         if ids.iter().all(|id| seen.contains_key(id)) {
             break;
         }
-        anyhow::ensure!(Instant::now() < deadline, "tasks were lost across the restart: {seen:?}");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "tasks were lost across the restart: {seen:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for id in &ids {
@@ -230,7 +311,10 @@ async fn a_store_that_cannot_be_opened_stops_the_start_with_a_clear_error() -> a
     let dir = std::env::temp_dir().join(format!("nh-badstore-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("data"))?;
     std::fs::create_dir_all(dir.join("plugins"))?;
-    std::fs::write(dir.join("data/tasks.db"), b"this is not a database, just some bytes that fill a header")?;
+    std::fs::write(
+        dir.join("data/tasks.db"),
+        b"this is not a database, just some bytes that fill a header",
+    )?;
     let out = std::process::Command::new(BIN)
         .args(["serve", "--data-dir"])
         .arg(dir.join("data"))
@@ -239,7 +323,10 @@ async fn a_store_that_cannot_be_opened_stops_the_start_with_a_clear_error() -> a
         .output()?;
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("cannot open the task store") && err.contains("tasks.db"), "{err}");
+    assert!(
+        err.contains("cannot open the task store") && err.contains("tasks.db"),
+        "{err}"
+    );
     std::fs::remove_dir_all(dir)?;
     Ok(())
 }

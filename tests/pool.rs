@@ -14,18 +14,25 @@ async fn status(daemon: &Daemon) -> anyhow::Result<Value> {
 }
 
 async fn submit(daemon: &Daemon, tasks: Vec<Value>) -> anyhow::Result<Value> {
-    let response = daemon.request(json!({"op": "submit", "tasks": tasks})).await?;
+    let response = daemon
+        .request(json!({"op": "submit", "tasks": tasks}))
+        .await?;
     anyhow::ensure!(response["ok"] == true, "{response}");
     Ok(response)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_grows_the_pool_and_it_shrinks_back_after() -> anyhow::Result<()> {
-    let receiver = Receiver::start(|_| Reply::new(200, "ok").after(Duration::from_millis(100))).await;
+    let receiver =
+        Receiver::start(|_| Reply::new(200, "ok").after(Duration::from_millis(100))).await;
     let config = "[pool]\nmin_workers = 2\nmax_workers = 64\nscale_up_delay = \"0s\"\n\
                   scale_down_delay = \"300ms\"\nmax_idle = \"500ms\"\n";
     let manifest = format!("allowed_hosts = [\"{}\"]\n", receiver.authority());
-    let daemon = Daemon::builder(BIN).plugin("webhook", Some(&manifest)).config(config).start().await?;
+    let daemon = Daemon::builder(BIN)
+        .plugin("webhook", Some(&manifest))
+        .config(config)
+        .start()
+        .await?;
     assert_eq!(status(&daemon).await?["workers"], 2);
 
     let tasks = (0..600)
@@ -39,7 +46,10 @@ async fn a_burst_grows_the_pool_and_it_shrinks_back_after() -> anyhow::Result<()
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(receiver.requests().len(), 600);
-    assert!(peak >= 48, "the pool peaked at {peak} workers for 600 slow tasks");
+    assert!(
+        peak >= 48,
+        "the pool peaked at {peak} workers for 600 slow tasks"
+    );
 
     let mut workers = u64::MAX;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -49,11 +59,26 @@ async fn a_burst_grows_the_pool_and_it_shrinks_back_after() -> anyhow::Result<()
     }
     assert_eq!(workers, 2, "the pool did not shrink back to min_workers");
     let pool = status(&daemon).await?;
-    let reasons: Vec<&str> =
-        pool["recent_scale_events"].as_array().unwrap().iter().map(|e| e["reason"].as_str().unwrap()).collect();
-    assert!(reasons.iter().any(|r| r.contains("above target")), "{reasons:?}");
-    assert!(reasons.iter().any(|r| r.contains("below") || r.contains("idle")), "{reasons:?}");
-    assert!(daemon.logs().contains("scaling: load"), "scaling decisions are logged with a reason");
+    let reasons: Vec<&str> = pool["recent_scale_events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap())
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("above target")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("below") || r.contains("idle")),
+        "{reasons:?}"
+    );
+    assert!(
+        daemon.logs().contains("scaling: load"),
+        "scaling decisions are logged with a reason"
+    );
     Ok(())
 }
 
@@ -67,7 +92,11 @@ async fn warm_hit_rate(strategy: &str) -> anyhow::Result<f64> {
     let mut builder = Daemon::builder(BIN).config(&config);
     for p in ["p1", "p2", "p3", "p4"] {
         // The same component under four names: four plugins.
-        builder = builder.file(&format!("{p}.wasm"), std::fs::read(notifyhub_testkit::plugins::path("noop")?)?)
+        builder = builder
+            .file(
+                &format!("{p}.wasm"),
+                std::fs::read(notifyhub_testkit::plugins::path("noop")?)?,
+            )
             .file(&format!("{p}.toml"), format!("platforms = [\"{p}\"]\n"));
     }
     let daemon = builder.start().await?;
@@ -82,7 +111,10 @@ async fn warm_hit_rate(strategy: &str) -> anyhow::Result<f64> {
                                   "task": {"platform": platform, "target": "-", "body": "b"}}))
                     .await?;
                 let response = conn.recv().await?;
-                anyhow::ensure!(response["result"]["tasks"][0]["state"] == "succeeded", "{response}");
+                anyhow::ensure!(
+                    response["result"]["tasks"][0]["state"] == "succeeded",
+                    "{response}"
+                );
             }
             anyhow::Ok(())
         }));
@@ -91,7 +123,10 @@ async fn warm_hit_rate(strategy: &str) -> anyhow::Result<f64> {
         client.await??;
     }
     let pool = status(&daemon).await?;
-    assert_eq!(pool["warm_hits"].as_u64().unwrap() + pool["warm_misses"].as_u64().unwrap(), 800);
+    assert_eq!(
+        pool["warm_hits"].as_u64().unwrap() + pool["warm_misses"].as_u64().unwrap(),
+        800
+    );
     Ok(pool["warm_hit_rate"].as_f64().unwrap())
 }
 
@@ -112,7 +147,8 @@ async fn a_flooded_platform_does_not_hold_back_another() -> anyhow::Result<()> {
     // 16 workers, all busy with slow deliveries of a flood of 2,000 tasks
     // (200 ms each, 25 s of work). Another platform's task must not wait for
     // the flood: the stated bound is one slow delivery plus scheduling, 1 s.
-    let receiver = Receiver::start(|_| Reply::new(200, "ok").after(Duration::from_millis(200))).await;
+    let receiver =
+        Receiver::start(|_| Reply::new(200, "ok").after(Duration::from_millis(200))).await;
     let manifest = format!("allowed_hosts = [\"{}\"]\n", receiver.authority());
     let daemon = Daemon::builder(BIN)
         .plugin("webhook", Some(&manifest))
@@ -120,7 +156,9 @@ async fn a_flooded_platform_does_not_hold_back_another() -> anyhow::Result<()> {
         .config("[pool]\nmin_workers = 16\nmax_workers = 16\n")
         .start()
         .await?;
-    let flood = (0..2000).map(|_| json!({"platform": "webhook", "target": receiver.url("/"), "body": "f"})).collect();
+    let flood = (0..2000)
+        .map(|_| json!({"platform": "webhook", "target": receiver.url("/"), "body": "f"}))
+        .collect();
     submit(&daemon, flood).await?;
     receiver.wait_for(16, Duration::from_secs(10)).await;
 
@@ -132,32 +170,48 @@ async fn a_flooded_platform_does_not_hold_back_another() -> anyhow::Result<()> {
             .await?;
         let waited = started.elapsed();
         assert_eq!(response["result"]["tasks"][0]["state"], "succeeded");
-        assert!(waited < Duration::from_secs(1), "a noop task waited {waited:?} behind the flood");
+        assert!(
+            waited < Duration::from_secs(1),
+            "a noop task waited {waited:?} behind the flood"
+        );
     }
     let pool = status(&daemon).await?;
-    assert!(pool["queued_by_platform"]["webhook"].as_u64().unwrap() > 1000, "the flood was still queued");
+    assert!(
+        pool["queued_by_platform"]["webhook"].as_u64().unwrap() > 1000,
+        "the flood was still queued"
+    );
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_finishes_in_flight_tasks() -> anyhow::Result<()> {
-    let receiver = Receiver::start(|_| Reply::new(200, "ok").after(Duration::from_millis(300))).await;
+    let receiver =
+        Receiver::start(|_| Reply::new(200, "ok").after(Duration::from_millis(300))).await;
     let manifest = format!("allowed_hosts = [\"{}\"]\n", receiver.authority());
     let mut daemon = Daemon::builder(BIN)
         .plugin("webhook", Some(&manifest))
         .config("[pool]\nmin_workers = 4\nmax_workers = 4\nshutdown_timeout = \"5s\"\n")
         .start()
         .await?;
-    let tasks = (0..12).map(|_| json!({"platform": "webhook", "target": receiver.url("/"), "body": "x"})).collect();
+    let tasks = (0..12)
+        .map(|_| json!({"platform": "webhook", "target": receiver.url("/"), "body": "x"}))
+        .collect();
     submit(&daemon, tasks).await?;
     receiver.wait_for(4, Duration::from_secs(5)).await;
     let status = daemon.terminate()?;
     assert!(status.success(), "{status}");
     let logs = daemon.logs();
     // Four were in flight; they finished. The other eight stayed queued.
-    assert!(logs.contains("finished: 4") && logs.contains("cancelled: 0"), "{logs}");
+    assert!(
+        logs.contains("finished: 4") && logs.contains("cancelled: 0"),
+        "{logs}"
+    );
     assert!(logs.contains("left_queued: 8"), "{logs}");
-    assert_eq!(receiver.requests().len(), 4, "no new task started during shutdown");
+    assert_eq!(
+        receiver.requests().len(),
+        4,
+        "no new task started during shutdown"
+    );
     Ok(())
 }
 
@@ -170,21 +224,37 @@ async fn shutdown_cancels_what_outlives_the_timeout_and_says_so() -> anyhow::Res
         .config("[pool]\nmin_workers = 3\nmax_workers = 3\nshutdown_timeout = \"300ms\"\n")
         .start()
         .await?;
-    let tasks = (0..3).map(|_| json!({"platform": "webhook", "target": receiver.url("/"), "body": "x"})).collect();
+    let tasks = (0..3)
+        .map(|_| json!({"platform": "webhook", "target": receiver.url("/"), "body": "x"}))
+        .collect();
     submit(&daemon, tasks).await?;
     receiver.wait_for(3, Duration::from_secs(5)).await;
     let started = Instant::now();
     let status = daemon.terminate()?;
-    assert!(started.elapsed() < Duration::from_secs(3), "shutdown did not honour its timeout");
-    assert_eq!(status.code(), Some(1), "a shutdown that cancelled tasks must not report success");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "shutdown did not honour its timeout"
+    );
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "a shutdown that cancelled tasks must not report success"
+    );
     let logs = daemon.logs();
-    assert!(logs.contains("finished: 0") && logs.contains("cancelled: 3"), "{logs}");
+    assert!(
+        logs.contains("finished: 0") && logs.contains("cancelled: 3"),
+        "{logs}"
+    );
     Ok(())
 }
 
 #[tokio::test]
 async fn scale_changes_bounds_at_run_time() -> anyhow::Result<()> {
-    let daemon = Daemon::builder(BIN).plugin("noop", None).config("[pool]\nmin_workers = 2\n").start().await?;
+    let daemon = Daemon::builder(BIN)
+        .plugin("noop", None)
+        .config("[pool]\nmin_workers = 2\n")
+        .start()
+        .await?;
     let out = daemon.cli(&["scale", "--min", "6", "--max", "10"]);
     assert!(out.status.success(), "{out:?}");
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -193,8 +263,13 @@ async fn scale_changes_bounds_at_run_time() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
         pool = status(&daemon).await?;
     }
-    assert_eq!((pool["workers"].as_u64(), pool["max_workers"].as_u64()), (Some(6), Some(10)));
-    let bad = daemon.request(json!({"op": "scale", "min": 5, "max": 1})).await?;
+    assert_eq!(
+        (pool["workers"].as_u64(), pool["max_workers"].as_u64()),
+        (Some(6), Some(10))
+    );
+    let bad = daemon
+        .request(json!({"op": "scale", "min": 5, "max": 1}))
+        .await?;
     assert_eq!(bad["error"]["code"], "invalid_request");
     Ok(())
 }

@@ -7,7 +7,11 @@ use serde_json::json;
 const BIN: &str = env!("CARGO_BIN_EXE_notifyhub");
 
 async fn daemon() -> anyhow::Result<Daemon> {
-    Daemon::builder(BIN).plugin("noop", None).config("[server]\nmax_line_bytes = 4096\n").start().await
+    Daemon::builder(BIN)
+        .plugin("noop", None)
+        .config("[server]\nmax_line_bytes = 4096\n")
+        .start()
+        .await
 }
 
 #[tokio::test]
@@ -38,7 +42,12 @@ async fn bad_lines_get_error_codes_and_the_connection_stays_usable() -> anyhow::
         conn.send_raw(&line).await?;
         let response = conn.recv().await?;
         assert_eq!(response["ok"], false, "{}", String::from_utf8_lossy(&line));
-        assert_eq!(response["error"]["code"], *code, "{}: {response}", String::from_utf8_lossy(&line));
+        assert_eq!(
+            response["error"]["code"],
+            *code,
+            "{}: {response}",
+            String::from_utf8_lossy(&line)
+        );
         assert!(!response["error"]["message"].as_str().unwrap().is_empty());
     }
 
@@ -51,7 +60,10 @@ async fn bad_lines_get_error_codes_and_the_connection_stays_usable() -> anyhow::
 
     conn.send(&json!({"id": "after", "op": "ping"})).await?;
     let response = conn.recv().await?;
-    assert_eq!(response, json!({"id": "after", "ok": true, "result": {"pong": true}}));
+    assert_eq!(
+        response,
+        json!({"id": "after", "ok": true, "result": {"pong": true}})
+    );
     Ok(())
 }
 
@@ -63,7 +75,10 @@ async fn unknown_platform_errors_name_the_loaded_ones() -> anyhow::Result<()> {
         .await?;
     assert_eq!(response["id"], 9);
     let message = response["error"]["message"].as_str().unwrap();
-    assert!(message.contains("pigeon") && message.contains("noop"), "{message}");
+    assert!(
+        message.contains("pigeon") && message.contains("noop"),
+        "{message}"
+    );
     Ok(())
 }
 
@@ -77,9 +92,17 @@ async fn a_batch_with_one_bad_task_is_rejected_whole() -> anyhow::Result<()> {
         ]}))
         .await?;
     assert_eq!(response["error"]["code"], "unknown_platform");
-    assert!(response["error"]["message"].as_str().unwrap().starts_with("task 1:"));
+    assert!(
+        response["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("task 1:")
+    );
     let status = daemon.request(json!({"op": "status"})).await?;
-    assert_eq!(status["result"]["pool"]["processed"], 0, "nothing of the batch ran");
+    assert_eq!(
+        status["result"]["pool"]["processed"], 0,
+        "nothing of the batch ran"
+    );
     Ok(())
 }
 
@@ -105,7 +128,10 @@ async fn submit_task_and_status_answer() -> anyhow::Result<()> {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         assert_eq!(task["state"], "succeeded", "{task}");
-        assert_eq!(task["outcome"]["provider_id"], *id, "noop echoes the task id");
+        assert_eq!(
+            task["outcome"]["provider_id"], *id,
+            "noop echoes the task id"
+        );
     }
     let status = daemon.request(json!({"op": "status"})).await?["result"].clone();
     assert_eq!(status["pool"]["processed"], 2);

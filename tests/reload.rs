@@ -35,17 +35,29 @@ async fn until(daemon: &Daemon, check: impl Fn(&Value) -> bool) -> anyhow::Resul
         if check(&view) {
             return Ok(view);
         }
-        anyhow::ensure!(Instant::now() < deadline, "condition not met: {view}\n{}", daemon.logs());
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "condition not met: {view}\n{}",
+            daemon.logs()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
 fn loaded_name(view: &Value) -> Option<String> {
-    view["plugins"].as_array()?.iter().find(|p| p["platforms"][0] == "swap")?["name"].as_str().map(str::to_string)
+    view["plugins"]
+        .as_array()?
+        .iter()
+        .find(|p| p["platforms"][0] == "swap")?["name"]
+        .as_str()
+        .map(str::to_string)
 }
 
 fn error_for(view: &Value, file: &str) -> Option<String> {
-    view["errors"].as_array()?.iter().find(|e| e["path"].as_str().is_some_and(|p| p.ends_with(file)))?["error"]
+    view["errors"]
+        .as_array()?
+        .iter()
+        .find(|e| e["path"].as_str().is_some_and(|p| p.ends_with(file)))?["error"]
         .as_str()
         .map(str::to_string)
 }
@@ -78,13 +90,18 @@ async fn a_new_version_swaps_in_under_load_without_a_failed_task() -> anyhow::Re
             let mut batches: Vec<(Instant, Vec<Value>)> = Vec::new();
             let started = Instant::now();
             while !stop.load(Ordering::Relaxed) {
-                let tasks: Vec<Value> =
-                    (0..100).map(|_| json!({"platform": "swap", "target": "-", "body": "b"})).collect();
+                let tasks: Vec<Value> = (0..100)
+                    .map(|_| json!({"platform": "swap", "target": "-", "body": "b"}))
+                    .collect();
                 let submitted = Instant::now();
-                conn.send(&json!({"op": "submit", "wait": true, "tasks": tasks})).await?;
+                conn.send(&json!({"op": "submit", "wait": true, "tasks": tasks}))
+                    .await?;
                 let response = conn.recv().await?;
                 anyhow::ensure!(response["ok"] == true, "{response}");
-                batches.push((submitted, response["result"]["tasks"].as_array().unwrap().clone()));
+                batches.push((
+                    submitted,
+                    response["result"]["tasks"].as_array().unwrap().clone(),
+                ));
             }
             let total: usize = batches.iter().map(|(_, b)| b.len()).sum();
             anyhow::Ok((batches, total as f64 / started.elapsed().as_secs_f64()))
@@ -105,12 +122,18 @@ async fn a_new_version_swaps_in_under_load_without_a_failed_task() -> anyhow::Re
             assert_eq!(task["state"], "succeeded", "{task}");
             let name = task["plugin"]["name"].as_str().unwrap().to_string();
             if *submitted > reported {
-                assert_eq!(name, "heavy", "a task submitted after the swap ran on the old version");
+                assert_eq!(
+                    name, "heavy",
+                    "a task submitted after the swap ran on the old version"
+                );
             }
             *seen.entry(name).or_insert(0) += 1;
         }
     }
-    assert!(seen.len() == 2 && seen.keys().all(|n| n == "noop" || n == "heavy"), "{seen:?}");
+    assert!(
+        seen.len() == 2 && seen.keys().all(|n| n == "noop" || n == "heavy"),
+        "{seen:?}"
+    );
     Ok(())
 }
 
@@ -118,25 +141,58 @@ async fn a_new_version_swaps_in_under_load_without_a_failed_task() -> anyhow::Re
 async fn bad_files_never_replace_a_working_version() -> anyhow::Result<()> {
     let daemon = swap_daemon().await?;
     let good = std::fs::read(plugins::path("noop")?)?;
-    let other_world = br#"(component (core module $m (func (export "f"))) (core instance (instantiate $m)))"#;
+    let other_world =
+        br#"(component (core module $m (func (export "f"))) (core instance (instantiate $m)))"#;
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("corrupt", (0..5000u32).map(|i| (i * 7919 % 251) as u8).collect(), "not a valid WebAssembly component"),
-        ("truncated", good[..good.len() / 3].to_vec(), "not a valid WebAssembly component"),
-        ("core module", b"\0asm\x01\0\0\0".to_vec(), "not a valid WebAssembly component"),
-        ("other world", other_world.to_vec(), "does not fit the notifyhub:plugin@0.1 contract"),
+        (
+            "corrupt",
+            (0..5000u32).map(|i| (i * 7919 % 251) as u8).collect(),
+            "not a valid WebAssembly component",
+        ),
+        (
+            "truncated",
+            good[..good.len() / 3].to_vec(),
+            "not a valid WebAssembly component",
+        ),
+        (
+            "core module",
+            b"\0asm\x01\0\0\0".to_vec(),
+            "not a valid WebAssembly component",
+        ),
+        (
+            "other world",
+            other_world.to_vec(),
+            "does not fit the notifyhub:plugin@0.1 contract",
+        ),
     ];
     for (what, bytes, reason) in cases {
         deploy(&daemon.plugin_dir(), "swap.wasm", &bytes)?;
-        let view = until(&daemon, |v| error_for(v, "swap.wasm").is_some_and(|e| e.contains(reason))).await?;
-        assert_eq!(loaded_name(&view).as_deref(), Some("noop"), "{what}: the old version must keep serving");
+        let view = until(&daemon, |v| {
+            error_for(v, "swap.wasm").is_some_and(|e| e.contains(reason))
+        })
+        .await?;
+        assert_eq!(
+            loaded_name(&view).as_deref(),
+            Some("noop"),
+            "{what}: the old version must keep serving"
+        );
         assert_eq!(deliver(&daemon).await?["state"], "succeeded", "{what}");
         let out = daemon.cli(&["plugins"]);
-        assert!(String::from_utf8_lossy(&out.stdout).contains(reason), "{what}: plugins does not show the error");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(reason),
+            "{what}: plugins does not show the error"
+        );
         // The next bad file must not be taken for the same bytes: reload by hand.
-        daemon.request(json!({"op": "reload", "name": "swap"})).await?;
+        daemon
+            .request(json!({"op": "reload", "name": "swap"}))
+            .await?;
     }
     // A fixed file is picked up, and the error is gone.
-    deploy(&daemon.plugin_dir(), "swap.wasm", &std::fs::read(plugins::path("heavy")?)?)?;
+    deploy(
+        &daemon.plugin_dir(),
+        "swap.wasm",
+        &std::fs::read(plugins::path("heavy")?)?,
+    )?;
     let view = until(&daemon, |v| loaded_name(v).as_deref() == Some("heavy")).await?;
     assert!(error_for(&view, "swap.wasm").is_none(), "{view}");
     Ok(())
@@ -152,7 +208,11 @@ async fn delete_and_re_add_unload_and_load_the_plugin() -> anyhow::Result<()> {
         .await?;
     assert_eq!(r["error"]["code"], "unknown_platform", "{r}");
 
-    deploy(&daemon.plugin_dir(), "swap.wasm", &std::fs::read(plugins::path("noop")?)?)?;
+    deploy(
+        &daemon.plugin_dir(),
+        "swap.wasm",
+        &std::fs::read(plugins::path("noop")?)?,
+    )?;
     until(&daemon, |v| loaded_name(v).as_deref() == Some("noop")).await?;
     assert_eq!(deliver(&daemon).await?["state"], "succeeded");
     Ok(())
@@ -162,7 +222,10 @@ async fn delete_and_re_add_unload_and_load_the_plugin() -> anyhow::Result<()> {
 async fn a_storm_of_rewrites_compiles_only_a_few_times() -> anyhow::Result<()> {
     let daemon = swap_daemon().await?;
     let before = plugins_view(&daemon).await?["compiles"].as_u64().unwrap();
-    let versions = [std::fs::read(plugins::path("noop")?)?, std::fs::read(plugins::path("heavy")?)?];
+    let versions = [
+        std::fs::read(plugins::path("noop")?)?,
+        std::fs::read(plugins::path("heavy")?)?,
+    ];
     let path = daemon.plugin_dir().join("swap.wasm");
     let started = Instant::now();
     for i in 0..100 {
@@ -174,8 +237,15 @@ async fn a_storm_of_rewrites_compiles_only_a_few_times() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let view = plugins_view(&daemon).await?;
     let compiles = view["compiles"].as_u64().unwrap() - before;
-    assert!(compiles <= 4, "{compiles} compiles for 100 rewrites in {storm:?}");
-    assert_eq!(loaded_name(&view).as_deref(), Some("heavy"), "the last write wins");
+    assert!(
+        compiles <= 4,
+        "{compiles} compiles for 100 rewrites in {storm:?}"
+    );
+    assert_eq!(
+        loaded_name(&view).as_deref(),
+        Some("heavy"),
+        "the last write wins"
+    );
     assert_eq!(deliver(&daemon).await?["plugin"]["name"], "heavy");
     Ok(())
 }
@@ -185,7 +255,10 @@ async fn a_manifest_change_applies_to_the_next_task_without_recompiling() -> any
     let first = Receiver::start(|_| Reply::new(200, "ok")).await;
     let second = Receiver::start(|_| Reply::new(200, "ok")).await;
     let daemon = Daemon::builder(BIN)
-        .plugin("webhook", Some(&format!("allowed_hosts = [\"{}\"]\n", first.authority())))
+        .plugin(
+            "webhook",
+            Some(&format!("allowed_hosts = [\"{}\"]\n", first.authority())),
+        )
         .start()
         .await?;
     let send = |url: String| {
@@ -197,12 +270,20 @@ async fn a_manifest_change_applies_to_the_next_task_without_recompiling() -> any
             anyhow::Ok(conn.recv().await?["result"]["tasks"][0].clone())
         }
     };
-    assert_eq!(send(second.url("/")).await?["outcome"]["class"], "permanent", "not allowed yet");
+    assert_eq!(
+        send(second.url("/")).await?["outcome"]["class"],
+        "permanent",
+        "not allowed yet"
+    );
     let before = plugins_view(&daemon).await?;
 
     std::fs::write(
         daemon.plugin_dir().join("webhook.toml"),
-        format!("allowed_hosts = [\"{}\", \"{}\"]\n", first.authority(), second.authority()),
+        format!(
+            "allowed_hosts = [\"{}\", \"{}\"]\n",
+            first.authority(),
+            second.authority()
+        ),
     )?;
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut task = send(second.url("/")).await?;
@@ -212,9 +293,19 @@ async fn a_manifest_change_applies_to_the_next_task_without_recompiling() -> any
     }
     assert_eq!(task["state"], "succeeded", "{task}");
     let after = plugins_view(&daemon).await?;
-    assert_eq!(after["compiles"], before["compiles"], "a manifest change must not recompile");
-    assert_eq!(after["plugins"][0]["digest"], before["plugins"][0]["digest"]);
-    assert!(daemon.logs().contains("manifest change applied without recompiling"));
+    assert_eq!(
+        after["compiles"], before["compiles"],
+        "a manifest change must not recompile"
+    );
+    assert_eq!(
+        after["plugins"][0]["digest"],
+        before["plugins"][0]["digest"]
+    );
+    assert!(
+        daemon
+            .logs()
+            .contains("manifest change applied without recompiling")
+    );
     Ok(())
 }
 
@@ -224,12 +315,20 @@ async fn reload_by_hand_reports_what_it_did() -> anyhow::Result<()> {
     let out = daemon.cli(&["reload", "swap"]);
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("unchanged"));
-    let missing = daemon.request(json!({"op": "reload", "name": "nope"})).await?;
+    let missing = daemon
+        .request(json!({"op": "reload", "name": "nope"}))
+        .await?;
     assert_eq!(missing["error"]["code"], "not_found");
     std::fs::write(daemon.plugin_dir().join("swap.wasm"), b"garbage")?;
     let out = daemon.cli(&["reload"]);
     assert_eq!(out.status.code(), Some(1), "a failed reload exits non-zero");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("failed: not a valid WebAssembly component"));
-    assert_eq!(deliver(&daemon).await?["state"], "succeeded", "the old version still serves");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("failed: not a valid WebAssembly component")
+    );
+    assert_eq!(
+        deliver(&daemon).await?["state"],
+        "succeeded",
+        "the old version still serves"
+    );
     Ok(())
 }

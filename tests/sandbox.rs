@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 const BIN: &str = env!("CARGO_BIN_EXE_notifyhub");
 
 /// Short limits keep the suite fast; the defaults are tested by their values.
-const HOSTILE_MANIFEST: &str = "[limits]\ntimeout = \"1s\"\nmemory_mib = 32\nmax_response_kib = 64\nmax_requests = 2\n";
+const HOSTILE_MANIFEST: &str =
+    "[limits]\ntimeout = \"1s\"\nmemory_mib = 32\nmax_response_kib = 64\nmax_requests = 2\n";
 
 async fn hostile_daemon() -> anyhow::Result<Daemon> {
     Daemon::builder(BIN)
@@ -53,19 +54,35 @@ async fn each_misbehaviour_fails_its_task_with_a_clear_reason() -> anyhow::Resul
 #[tokio::test]
 async fn oversized_answers_and_log_floods_are_capped() -> anyhow::Result<()> {
     let daemon = Daemon::builder(BIN)
-        .plugin("hostile", Some("[limits]\ntimeout = \"2s\"\nmemory_mib = 256\n"))
+        .plugin(
+            "hostile",
+            Some("[limits]\ntimeout = \"2s\"\nmemory_mib = 256\n"),
+        )
         .start()
         .await?;
     let task = run(&daemon, "hostile", "huge-receipt").await?;
     let status = task["outcome"]["status"].as_str().unwrap();
-    assert!(status.len() < 2048 && status.ends_with("[truncated]"), "{} bytes", status.len());
+    assert!(
+        status.len() < 2048 && status.ends_with("[truncated]"),
+        "{} bytes",
+        status.len()
+    );
 
     let task = run(&daemon, "hostile", "log-flood").await?;
     assert_eq!(task["outcome"]["class"], "timed_out");
     let logs = daemon.logs();
-    assert!(logs.contains("plugin log limit"), "no marker for dropped log lines");
-    let plugin_lines = logs.lines().filter(|l| l.contains(" plugin: xxxxxxxxxx")).count();
-    assert!((1..=1000).contains(&plugin_lines), "{plugin_lines} plugin log lines kept");
+    assert!(
+        logs.contains("plugin log limit"),
+        "no marker for dropped log lines"
+    );
+    let plugin_lines = logs
+        .lines()
+        .filter(|l| l.contains(" plugin: xxxxxxxxxx"))
+        .count();
+    assert!(
+        (1..=1000).contains(&plugin_lines),
+        "{plugin_lines} plugin log lines kept"
+    );
     Ok(())
 }
 
@@ -114,7 +131,12 @@ async fn broken_plugin_files_are_reported_and_the_rest_serve() -> anyhow::Result
     let core_module = b"\0asm\x01\0\0\0".to_vec();
     let daemon = Daemon::builder(BIN)
         .plugin("noop", None)
-        .file("random.wasm", (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect::<Vec<_>>())
+        .file(
+            "random.wasm",
+            (0..4096u32)
+                .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+                .collect::<Vec<_>>(),
+        )
         .file("truncated.wasm", noop[..noop.len() / 2].to_vec())
         .file("core.wasm", core_module)
         .file("empty.wasm", Vec::new())
@@ -141,7 +163,10 @@ async fn broken_plugin_files_are_reported_and_the_rest_serve() -> anyhow::Result
 
     let out = daemon.cli(&["plugins"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("failed to load") && text.contains("core.wasm"), "{text}");
+    assert!(
+        text.contains("failed to load") && text.contains("core.wasm"),
+        "{text}"
+    );
     Ok(())
 }
 
@@ -149,7 +174,8 @@ async fn broken_plugin_files_are_reported_and_the_rest_serve() -> anyhow::Result
 async fn a_component_of_another_world_is_refused() -> anyhow::Result<()> {
     // The SDK's test vectors prove the plugins; here a valid component that
     // exports nothing notifyhub knows is built from WAT at test time.
-    let wat = r#"(component (core module $m (func (export "f"))) (core instance (instantiate $m)))"#;
+    let wat =
+        r#"(component (core module $m (func (export "f"))) (core instance (instantiate $m)))"#;
     let daemon = Daemon::builder(BIN)
         .plugin("noop", None)
         .file("other.wasm", wat.as_bytes().to_vec())
@@ -157,6 +183,9 @@ async fn a_component_of_another_world_is_refused() -> anyhow::Result<()> {
         .await?;
     let plugins = daemon.request(json!({"op": "plugins"})).await?["result"].clone();
     let error = plugins["errors"][0]["error"].as_str().unwrap();
-    assert!(error.contains("does not fit the notifyhub:plugin@0.1 contract"), "{error}");
+    assert!(
+        error.contains("does not fit the notifyhub:plugin@0.1 contract"),
+        "{error}"
+    );
     Ok(())
 }

@@ -22,7 +22,9 @@ use serde_json::{Value, json};
 const BIN: &str = env!("CARGO_BIN_EXE_notifyhub");
 
 fn main() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         in_process().await?;
         end_to_end().await
@@ -65,9 +67,18 @@ async fn in_process() -> anyhow::Result<()> {
     let warm = started.elapsed() / warm_calls;
 
     println!("in-process call of the noop plugin");
-    println!("  fresh instance per call  {:>8.2} µs   ({fresh_calls} calls)", micros(fresh));
-    println!("  warm instance reused     {:>8.2} µs   ({warm_calls} calls)", micros(warm));
-    println!("  fresh / warm             {:>8.1}x", fresh.as_secs_f64() / warm.as_secs_f64());
+    println!(
+        "  fresh instance per call  {:>8.2} µs   ({fresh_calls} calls)",
+        micros(fresh)
+    );
+    println!(
+        "  warm instance reused     {:>8.2} µs   ({warm_calls} calls)",
+        micros(warm)
+    );
+    println!(
+        "  fresh / warm             {:>8.1}x",
+        fresh.as_secs_f64() / warm.as_secs_f64()
+    );
     Ok(())
 }
 
@@ -84,7 +95,10 @@ async fn end_to_end() -> anyhow::Result<()> {
     println!("\nend to end over the Unix socket (daemon: release build, 64 workers)");
     let noop = run_load(&daemon, "noop", "-", 20_000, 16, 250).await?;
     let webhook = run_load(&daemon, "webhook", &receiver.url("/bench"), 10_000, 16, 125).await?;
-    anyhow::ensure!(receiver.requests().len() >= 10_000, "the receiver missed deliveries");
+    anyhow::ensure!(
+        receiver.requests().len() >= 10_000,
+        "the receiver missed deliveries"
+    );
     println!(
         "  webhook / noop throughput {:>6.2}   (the cost of a real HTTP delivery)",
         webhook / noop
@@ -107,13 +121,15 @@ async fn run_load(
     let mut handles = Vec::new();
     for _ in 0..CONNECTIONS {
         let socket = daemon.socket().to_path_buf();
-        let tasks: Vec<Value> =
-            (0..BATCH).map(|_| json!({"platform": platform, "target": target, "body": "b"})).collect();
+        let tasks: Vec<Value> = (0..BATCH)
+            .map(|_| json!({"platform": platform, "target": target, "body": "b"}))
+            .collect();
         let batches = total / BATCH / CONNECTIONS;
         handles.push(tokio::spawn(async move {
             let mut conn = Conn::connect(&socket).await?;
             for _ in 0..batches {
-                conn.send(&json!({"op": "submit", "wait": true, "tasks": tasks})).await?;
+                conn.send(&json!({"op": "submit", "wait": true, "tasks": tasks}))
+                    .await?;
                 let response = conn.recv().await?;
                 anyhow::ensure!(response["ok"] == true, "{response}");
                 let failed = response["result"]["tasks"]
@@ -144,7 +160,10 @@ async fn run_load(
                 let started = Instant::now();
                 conn.send(&request).await?;
                 let response = conn.recv().await?;
-                anyhow::ensure!(response["result"]["tasks"][0]["state"] == "succeeded", "{response}");
+                anyhow::ensure!(
+                    response["result"]["tasks"][0]["state"] == "succeeded",
+                    "{response}"
+                );
                 latencies.push(started.elapsed());
             }
             anyhow::Ok(latencies)

@@ -26,7 +26,9 @@ use serde_json::{Value, json};
 const BIN: &str = env!("CARGO_BIN_EXE_notifyhub");
 
 fn main() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         heavy_plugin().await?;
         slow_receiver().await?;
@@ -52,10 +54,18 @@ struct Harness {
     store: Arc<TaskStore>,
 }
 
-async fn harness(plugin: &str, config: PoolConfig) -> anyhow::Result<(Harness, Arc<Executor>, Arc<Registry>)> {
+async fn harness(
+    plugin: &str,
+    config: PoolConfig,
+) -> anyhow::Result<(Harness, Arc<Executor>, Arc<Registry>)> {
     let dir = tempdir(plugin)?;
-    std::fs::copy(notifyhub_testkit::plugins::path(plugin)?, dir.join(format!("{plugin}.wasm")))?;
-    let executor = Arc::new(Executor::new(Arc::new(Sandbox::new(&SandboxSettings::default())?)));
+    std::fs::copy(
+        notifyhub_testkit::plugins::path(plugin)?,
+        dir.join(format!("{plugin}.wasm")),
+    )?;
+    let executor = Arc::new(Executor::new(Arc::new(Sandbox::new(
+        &SandboxSettings::default(),
+    )?)));
     let registry = Arc::new(Registry::load_dir(&dir, &executor, Limits::default()).await?);
     let store = Arc::new(TaskStore::default());
     let pool = Pool::start(config, executor.clone(), registry.clone(), store.clone());
@@ -84,7 +94,10 @@ impl Harness {
             if pending.len() >= in_flight || i + 1 == n {
                 while let Some(done) = pending.pop_front() {
                     let record = done.await?;
-                    anyhow::ensure!(record.outcome.is_some_and(|o| o.is_success()), "a task failed");
+                    anyhow::ensure!(
+                        record.outcome.is_some_and(|o| o.is_success()),
+                        "a task failed"
+                    );
                     if pending.len() < in_flight / 2 {
                         break;
                     }
@@ -107,7 +120,10 @@ async fn heavy_plugin() -> anyhow::Result<()> {
         max_warm_per_worker: 1,
         ..PoolConfig::default()
     };
-    let fresh = PoolConfig { max_warm_per_plugin: 0, ..bounded(Strategy::Affinity) };
+    let fresh = PoolConfig {
+        max_warm_per_plugin: 0,
+        ..bounded(Strategy::Affinity)
+    };
     let n = 4000;
     let mut results = Vec::new();
     for (name, config) in [
@@ -121,28 +137,47 @@ async fn heavy_plugin() -> anyhow::Result<()> {
         h.pool.shutdown().await;
         results.push((name, rate));
     }
-    println!("heavy plugin (~1 ms start-up), 16 workers, 4 warm instances at most, 8 tasks in flight");
+    println!(
+        "heavy plugin (~1 ms start-up), 16 workers, 4 warm instances at most, 8 tasks in flight"
+    );
     for (name, rate) in &results {
         println!("  {name:<24} {rate:>10.0} tasks/s");
     }
-    println!("  affinity / fresh         {:>10.1}x", results[0].1 / results[2].1);
-    println!("  affinity / round-robin   {:>10.1}x", results[0].1 / results[1].1);
+    println!(
+        "  affinity / fresh         {:>10.1}x",
+        results[0].1 / results[2].1
+    );
+    println!(
+        "  affinity / round-robin   {:>10.1}x",
+        results[0].1 / results[1].1
+    );
     Ok(())
 }
 
 async fn slow_receiver() -> anyhow::Result<()> {
-    let receiver = Receiver::start(|_| Reply::new(200, "ok").after(Duration::from_millis(100))).await;
+    let receiver =
+        Receiver::start(|_| Reply::new(200, "ok").after(Duration::from_millis(100))).await;
     let manifest = format!("allowed_hosts = [\"{}\"]\n", receiver.authority());
-    let daemon = Daemon::builder(BIN).plugin("webhook", Some(&manifest)).start().await?;
-    let tasks: Vec<Value> =
-        (0..2000).map(|_| json!({"platform": "webhook", "target": receiver.url("/"), "body": "b"})).collect();
+    let daemon = Daemon::builder(BIN)
+        .plugin("webhook", Some(&manifest))
+        .start()
+        .await?;
+    let tasks: Vec<Value> = (0..2000)
+        .map(|_| json!({"platform": "webhook", "target": receiver.url("/"), "body": "b"}))
+        .collect();
     let started = Instant::now();
-    let response = daemon.request(json!({"op": "submit", "wait": true, "tasks": tasks})).await?;
+    let response = daemon
+        .request(json!({"op": "submit", "wait": true, "tasks": tasks}))
+        .await?;
     let elapsed = started.elapsed();
-    let ok = response["result"]["tasks"].as_array().map_or(0, |t| t.iter().filter(|t| t["state"] == "succeeded").count());
+    let ok = response["result"]["tasks"].as_array().map_or(0, |t| {
+        t.iter().filter(|t| t["state"] == "succeeded").count()
+    });
     anyhow::ensure!(ok == 2000, "{ok} of 2000 succeeded");
     let pool = daemon.request(json!({"op": "status"})).await?["result"]["pool"].clone();
-    println!("\n2,000 tasks to a receiver answering after 100 ms (daemon, default pool: 4..512 workers)");
+    println!(
+        "\n2,000 tasks to a receiver answering after 100 ms (daemon, default pool: 4..512 workers)"
+    );
     println!(
         "  all delivered in {:.3} s (target <= 1.5 s); pool grew to {} workers",
         elapsed.as_secs_f64(),
@@ -152,7 +187,11 @@ async fn slow_receiver() -> anyhow::Result<()> {
 }
 
 async fn overhead() -> anyhow::Result<()> {
-    let config = PoolConfig { min_workers: 1, max_workers: 1, ..PoolConfig::default() };
+    let config = PoolConfig {
+        min_workers: 1,
+        max_workers: 1,
+        ..PoolConfig::default()
+    };
     let (h, executor, registry) = harness("noop", config).await?;
     let n = 20_000;
     let mut through_pool = Vec::with_capacity(n);
@@ -186,8 +225,14 @@ async fn overhead() -> anyhow::Result<()> {
     let rate = h.throughput("noop", bulk, 1000).await?;
     let per_task = Duration::from_secs_f64(1.0 / rate);
     println!("\npool overhead, one task at a time on a warm noop instance ({n} tasks)");
-    println!("  through the pool p50     {:>8.2} µs", pool.as_secs_f64() * 1e6);
-    println!("  direct warm call p50     {:>8.2} µs", call.as_secs_f64() * 1e6);
+    println!(
+        "  through the pool p50     {:>8.2} µs",
+        pool.as_secs_f64() * 1e6
+    );
+    println!(
+        "  direct warm call p50     {:>8.2} µs",
+        call.as_secs_f64() * 1e6
+    );
     println!(
         "  pool overhead p50        {:>8.2} µs (one task alone: three cross-thread wake-ups)",
         (pool.saturating_sub(call)).as_secs_f64() * 1e6
@@ -199,4 +244,3 @@ async fn overhead() -> anyhow::Result<()> {
     );
     Ok(())
 }
-

@@ -19,7 +19,9 @@ use serde_json::json;
 const BIN: &str = env!("CARGO_BIN_EXE_notifyhub");
 
 fn main() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(run())
 }
 
@@ -47,7 +49,10 @@ async fn handled_by(conn: &mut Conn) -> anyhow::Result<String> {
     conn.send(&json!({"op": "submit", "wait": true, "task": {"platform": "swap", "target": "-", "body": "b"}}))
         .await?;
     let r = conn.recv().await?;
-    Ok(r["result"]["tasks"][0]["plugin"]["name"].as_str().unwrap_or_default().to_string())
+    Ok(r["result"]["tasks"][0]["plugin"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string())
 }
 
 async fn run() -> anyhow::Result<()> {
@@ -64,12 +69,23 @@ async fn run() -> anyhow::Result<()> {
     for (label, cold) in [("warm compile cache", false), ("cold compile cache", true)] {
         let mut latencies = Vec::new();
         for i in 0..20u64 {
-            let (name, bytes) = if i % 2 == 0 { ("heavy", &heavy) } else { ("noop", &noop) };
-            let bytes = if cold { variant(bytes, i + 100 * u64::from(cold)) } else { bytes.clone() };
+            let (name, bytes) = if i % 2 == 0 {
+                ("heavy", &heavy)
+            } else {
+                ("noop", &noop)
+            };
+            let bytes = if cold {
+                variant(bytes, i + 100 * u64::from(cold))
+            } else {
+                bytes.clone()
+            };
             let written = Instant::now();
             deploy(&daemon.plugin_dir(), &bytes)?;
             while handled_by(&mut conn).await? != name {
-                anyhow::ensure!(written.elapsed() < Duration::from_secs(10), "reload {i} never happened");
+                anyhow::ensure!(
+                    written.elapsed() < Duration::from_secs(10),
+                    "reload {i} never happened"
+                );
             }
             latencies.push(written.elapsed());
         }
@@ -88,11 +104,17 @@ async fn run() -> anyhow::Result<()> {
     for round in 0..3u64 {
         let steady = throughput(&daemon, None).await?;
         let reloading = throughput(&daemon, Some(variant(&noop, 1000 + round))).await?;
-        println!("  steady {steady:>8.0} tasks/s   with one reload {reloading:>8.0} tasks/s   ratio {:.2}", reloading / steady);
+        println!(
+            "  steady {steady:>8.0} tasks/s   with one reload {reloading:>8.0} tasks/s   ratio {:.2}",
+            reloading / steady
+        );
         ratios.push(reloading / steady);
     }
     ratios.sort_by(f64::total_cmp);
-    println!("  median reloading / steady {:>6.2}   (target >= 0.9)", ratios[1]);
+    println!(
+        "  median reloading / steady {:>6.2}   (target >= 0.9)",
+        ratios[1]
+    );
     Ok(())
 }
 
@@ -104,9 +126,12 @@ async fn throughput(daemon: &Daemon, swap: Option<Vec<u8>>) -> anyhow::Result<f6
         let (socket, stop, done) = (daemon.socket().to_path_buf(), stop.clone(), done.clone());
         tokio::spawn(async move {
             let mut conn = Conn::connect(&socket).await?;
-            let tasks: Vec<_> = (0..100).map(|_| json!({"platform": "swap", "target": "-", "body": "b"})).collect();
+            let tasks: Vec<_> = (0..100)
+                .map(|_| json!({"platform": "swap", "target": "-", "body": "b"}))
+                .collect();
             while !stop.load(Ordering::Relaxed) {
-                conn.send(&json!({"op": "submit", "wait": true, "tasks": tasks})).await?;
+                conn.send(&json!({"op": "submit", "wait": true, "tasks": tasks}))
+                    .await?;
                 let r = conn.recv().await?;
                 anyhow::ensure!(r["ok"] == true, "{r}");
                 done.fetch_add(100, Ordering::Relaxed);

@@ -17,7 +17,9 @@ const BATCH: usize = 1_000;
 const CONNECTIONS: usize = 4;
 
 fn main() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let memory = run("memory").await?;
         let durable = run("durable").await?;
@@ -40,7 +42,9 @@ async fn run(mode: &str) -> anyhow::Result<(f64, f64)> {
         let socket = daemon.socket().to_path_buf();
         clients.push(tokio::spawn(async move {
             let mut conn = Conn::connect(&socket).await?;
-            let tasks: Vec<Value> = (0..BATCH).map(|_| json!({"platform": "noop", "target": "-", "body": "b"})).collect();
+            let tasks: Vec<Value> = (0..BATCH)
+                .map(|_| json!({"platform": "noop", "target": "-", "body": "b"}))
+                .collect();
             for _ in 0..TASKS / BATCH / CONNECTIONS {
                 conn.send(&json!({"op": "submit", "tasks": tasks})).await?;
                 let r = conn.recv().await?;
@@ -61,6 +65,8 @@ async fn run(mode: &str) -> anyhow::Result<(f64, f64)> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let delivered = TASKS as f64 / started.elapsed().as_secs_f64();
-    println!("{mode:<8} store: {acknowledged:>9.0} tasks/s acknowledged, {delivered:>9.0} tasks/s delivered ({TASKS} tasks)");
+    println!(
+        "{mode:<8} store: {acknowledged:>9.0} tasks/s acknowledged, {delivered:>9.0} tasks/s delivered ({TASKS} tasks)"
+    );
     Ok((acknowledged, delivered))
 }

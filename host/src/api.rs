@@ -151,7 +151,14 @@ impl Api {
         scheduler: Arc<Scheduler>,
         reloader: Reloader,
     ) -> Self {
-        Api { registry, store, pool, scheduler, reloader, started: Instant::now() }
+        Api {
+            registry,
+            store,
+            pool,
+            scheduler,
+            reloader,
+            started: Instant::now(),
+        }
     }
 
     pub async fn handle(&self, request: Request) -> Result<Value, ErrorBody> {
@@ -162,7 +169,11 @@ impl Api {
                 self.submit(submit.into_tasks(), wait).await
             }
             Request::Task { task_id } => self.task(&task_id),
-            Request::Tasks { state, platform, limit } => {
+            Request::Tasks {
+                state,
+                platform,
+                limit,
+            } => {
                 let state = state
                     .map(|s| s.parse::<TaskState>())
                     .transpose()
@@ -214,26 +225,40 @@ impl Api {
         let now = SystemTime::now();
         let mut submissions = Vec::with_capacity(new_tasks.len());
         for (index, new) in new_tasks.into_iter().enumerate() {
-            let at = |message: String| if batch { format!("task {index}: {message}") } else { message };
+            let at = |message: String| {
+                if batch {
+                    format!("task {index}: {message}")
+                } else {
+                    message
+                }
+            };
             let invalid = |message: String| ErrorBody::new(ErrorCode::InvalidRequest, at(message));
             if catalog.lookup(&new.platform).is_none() {
                 let known = catalog.platforms().join(", ");
                 return Err(ErrorBody::new(
                     ErrorCode::UnknownPlatform,
-                    at(format!("no loaded plugin serves platform `{}` (loaded: {known})", new.platform)),
+                    at(format!(
+                        "no loaded plugin serves platform `{}` (loaded: {known})",
+                        new.platform
+                    )),
                 ));
             }
             if new.target.trim().is_empty() {
                 return Err(invalid("`target` is empty".into()));
             }
             let not_before = match (&new.deliver_at, &new.delay) {
-                (Some(_), Some(_)) => return Err(invalid("give `deliver_at` or `delay`, not both".into())),
+                (Some(_), Some(_)) => {
+                    return Err(invalid("give `deliver_at` or `delay`, not both".into()));
+                }
                 (Some(at), None) => Some(humantime::parse_rfc3339_weak(at).map_err(|e| {
                     invalid(format!("`deliver_at` {at:?} is not an RFC 3339 time: {e}"))
                 })?),
                 (None, Some(delay)) => Some(
-                    now + humantime::parse_duration(delay)
-                        .map_err(|e| invalid(format!("`delay` {delay:?} is not a duration like \"90s\": {e}")))?,
+                    now + humantime::parse_duration(delay).map_err(|e| {
+                        invalid(format!(
+                            "`delay` {delay:?} is not a duration like \"90s\": {e}"
+                        ))
+                    })?,
                 ),
                 (None, None) => None,
             };
@@ -253,18 +278,29 @@ impl Api {
             });
         }
         if !self.pool.has_room(submissions.len()) {
-            return Err(ErrorBody::new(ErrorCode::Busy, "the queue is full; try again later"));
+            return Err(ErrorBody::new(
+                ErrorCode::Busy,
+                "the queue is full; try again later",
+            ));
         }
 
-        let tasks: HashMap<TaskId, (Arc<Task>, Option<SystemTime>)> =
-            submissions.iter().map(|s| (s.task.id, (s.task.clone(), s.not_before))).collect();
+        let tasks: HashMap<TaskId, (Arc<Task>, Option<SystemTime>)> = submissions
+            .iter()
+            .map(|s| (s.task.id, (s.task.clone(), s.not_before)))
+            .collect();
         let accepted = self.store.submit(submissions).await.map_err(|e| {
             tracing::error!("submit not accepted: {e}");
-            ErrorBody::new(ErrorCode::Internal, format!("the task could not be stored: {e}"))
+            ErrorBody::new(
+                ErrorCode::Internal,
+                format!("the task could not be stored: {e}"),
+            )
         })?;
         // Subscribe before queueing so a fast delivery cannot be missed.
         let waiters: Vec<_> = if wait {
-            accepted.iter().filter_map(|a| self.store.wait(a.id())).collect()
+            accepted
+                .iter()
+                .filter_map(|a| self.store.wait(a.id()))
+                .collect()
         } else {
             Vec::new()
         };
@@ -279,7 +315,9 @@ impl Api {
         }
         if self.pool.enqueue(&ready).is_err() {
             // Accepted and durable: the scheduler queues them when there is room.
-            ready.iter().for_each(|t| self.scheduler.schedule(t.id, now));
+            ready
+                .iter()
+                .for_each(|t| self.scheduler.schedule(t.id, now));
         }
 
         if !wait {
@@ -295,7 +333,10 @@ impl Api {
         let mut views = Vec::with_capacity(waiters.len());
         for waiter in waiters {
             let record = waiter.await.map_err(|_| {
-                ErrorBody::new(ErrorCode::ShuttingDown, "the daemon stopped before the task finished")
+                ErrorBody::new(
+                    ErrorCode::ShuttingDown,
+                    "the daemon stopped before the task finished",
+                )
             })?;
             views.push(TaskView::from(record));
         }
@@ -304,7 +345,10 @@ impl Api {
 
     fn task(&self, id: &str) -> Result<Value, ErrorBody> {
         let id: TaskId = id.parse().map_err(|_| {
-            ErrorBody::new(ErrorCode::InvalidRequest, format!("`{id}` is not a task id (a UUID)"))
+            ErrorBody::new(
+                ErrorCode::InvalidRequest,
+                format!("`{id}` is not a task id (a UUID)"),
+            )
         })?;
         let record = self
             .store
@@ -317,7 +361,10 @@ impl Api {
     fn retry(&self, task_id: Option<String>, dead: bool) -> Result<Value, ErrorBody> {
         let ids = match (task_id, dead) {
             (Some(id), false) => vec![id.parse::<TaskId>().map_err(|_| {
-                ErrorBody::new(ErrorCode::InvalidRequest, format!("`{id}` is not a task id (a UUID)"))
+                ErrorBody::new(
+                    ErrorCode::InvalidRequest,
+                    format!("`{id}` is not a task id (a UUID)"),
+                )
             })?],
             (None, true) => self.store.dead().map_err(internal)?,
             _ => {
@@ -353,7 +400,13 @@ impl Api {
         Ok(StatusView {
             version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_ms: self.started.elapsed().as_millis() as u64,
-            platforms: self.registry.catalog().platforms().iter().map(|p| p.to_string()).collect(),
+            platforms: self
+                .registry
+                .catalog()
+                .platforms()
+                .iter()
+                .map(|p| p.to_string())
+                .collect(),
             pool,
         })
     }

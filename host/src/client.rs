@@ -12,7 +12,10 @@ use crate::protocol::{ErrorBody, Response};
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot connect to {path}: is `notifyhub serve` running? ({error})")]
-    Connect { path: PathBuf, error: std::io::Error },
+    Connect {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error("lost the connection to the daemon: {0}")]
     Io(#[from] std::io::Error),
     #[error("the daemon closed the connection")]
@@ -34,9 +37,16 @@ impl Client {
     pub async fn connect(path: &Path) -> Result<Client, ClientError> {
         let stream = UnixStream::connect(path)
             .await
-            .map_err(|error| ClientError::Connect { path: path.into(), error })?;
+            .map_err(|error| ClientError::Connect {
+                path: path.into(),
+                error,
+            })?;
         let (read, writer) = stream.into_split();
-        Ok(Client { reader: BufReader::new(read), writer, next_id: 1 })
+        Ok(Client {
+            reader: BufReader::new(read),
+            writer,
+            next_id: 1,
+        })
     }
 
     /// Sends `request` (an object with an `op`) and returns its `result`.

@@ -27,9 +27,9 @@ use serde::Deserialize;
 
 use crate::pool::PoolConfig;
 use crate::retry::RetryConfig;
-use crate::store::StoreConfig;
 use crate::sandbox::Limits;
 use crate::server::ServerConfig;
+use crate::store::StoreConfig;
 
 /// The config file as written.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -77,7 +77,10 @@ pub struct Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {error}")]
-    Read { path: PathBuf, error: std::io::Error },
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error("invalid config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
 }
@@ -131,9 +134,14 @@ impl Config {
 
 impl FileConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|error| ConfigError::Read { path: path.into(), error })?;
-        Self::parse(&text).map_err(|message| ConfigError::Parse { path: path.into(), message })
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: path.into(),
+            error,
+        })?;
+        Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.into(),
+            message,
+        })
     }
 
     pub fn parse(text: &str) -> Result<Self, String> {
@@ -170,8 +178,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("nh-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("c.toml");
-        std::fs::write(&file, "data_dir = \"/srv/nh\"\nsocket = \"/srv/s.sock\"\n[pool]\nmax_workers = 8\n")
-            .unwrap();
+        std::fs::write(
+            &file,
+            "data_dir = \"/srv/nh\"\nsocket = \"/srv/s.sock\"\n[pool]\nmax_workers = 8\n",
+        )
+        .unwrap();
         let overrides = Overrides {
             config: Some(file),
             socket: Some("/tmp/flag.sock".into()),
@@ -182,7 +193,10 @@ mod tests {
         assert_eq!(config.plugins, PathBuf::from("/srv/nh/plugins"));
         assert!(config.plugins_is_default);
         assert_eq!(config.pool.max_workers, 8);
-        assert_eq!(config.pool.queue_capacity, PoolConfig::default().queue_capacity);
+        assert_eq!(
+            config.pool.queue_capacity,
+            PoolConfig::default().queue_capacity
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 
@@ -196,7 +210,11 @@ mod tests {
     fn the_shipped_examples_parse() {
         let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
         let config = FileConfig::load(&examples.join("notifyhub.toml")).unwrap();
-        assert_eq!(config.pool, PoolConfig::default(), "the example shows the defaults");
+        assert_eq!(
+            config.pool,
+            PoolConfig::default(),
+            "the example shows the defaults"
+        );
         assert_eq!(config.store, StoreConfig::default());
         assert_eq!(config.retry, RetryConfig::default());
         config.pool.validate().unwrap();
@@ -208,8 +226,13 @@ mod tests {
 
     #[test]
     fn a_named_config_file_must_exist() {
-        let overrides =
-            Overrides { config: Some("/nonexistent/notifyhub.toml".into()), ..Default::default() };
-        assert!(matches!(Config::resolve(&overrides), Err(ConfigError::Read { .. })));
+        let overrides = Overrides {
+            config: Some("/nonexistent/notifyhub.toml".into()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            Config::resolve(&overrides),
+            Err(ConfigError::Read { .. })
+        ));
     }
 }

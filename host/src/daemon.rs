@@ -17,13 +17,13 @@ use crate::api::Api;
 use crate::config::Config;
 use crate::executor::Executor;
 use crate::pool::{Pool, PoolDeps, ShutdownReport};
-use crate::scheduler::Scheduler;
-use std::time::Duration;
 use crate::registry::{Registry, RegistryError};
 use crate::reload::{Reloader, WatchError};
 use crate::sandbox::{Sandbox, SandboxError, SandboxSettings};
+use crate::scheduler::Scheduler;
 use crate::server::{BindError, Server};
 use crate::store::{StoreError, TaskStore};
+use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -62,7 +62,10 @@ impl Daemon {
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)
-                .map_err(|error| StartError::DataDir { dir: dir.clone(), error })
+                .map_err(|error| StartError::DataDir {
+                    dir: dir.clone(),
+                    error,
+                })
         };
         mkdir(&config.data_dir)?;
         if config.plugins_is_default {
@@ -71,10 +74,14 @@ impl Daemon {
             return Err(StartError::NoPluginDir(config.plugins.clone()));
         }
 
-        let settings = SandboxSettings { cache_dir: Some(config.cache_dir()), ..Default::default() };
+        let settings = SandboxSettings {
+            cache_dir: Some(config.cache_dir()),
+            ..Default::default()
+        };
         let sandbox = Arc::new(Sandbox::new(&settings)?);
         let executor = Arc::new(Executor::new(sandbox));
-        let registry = Arc::new(Registry::load_dir(&config.plugins, &executor, config.limits).await?);
+        let registry =
+            Arc::new(Registry::load_dir(&config.plugins, &executor, config.limits).await?);
         let catalog = registry.catalog();
         tracing::info!(
             dir = %config.plugins.display(),
@@ -98,7 +105,10 @@ impl Daemon {
         let pool = Arc::new(Pool::start(config.pool.clone(), deps));
         let recovered = store.recover()?;
         if !recovered.is_empty() {
-            tracing::info!(tasks = recovered.len(), "resuming tasks left unfinished by the last run");
+            tracing::info!(
+                tasks = recovered.len(),
+                "resuming tasks left unfinished by the last run"
+            );
         }
         let now = std::time::SystemTime::now();
         for (task, not_before) in recovered {
@@ -111,16 +121,31 @@ impl Daemon {
         }
         let server = Server::bind(&config.socket, config.server.clone()).await?;
         tracing::info!(socket = %config.socket.display(), "listening");
-        let api = Arc::new(Api::new(registry, store.clone(), pool.clone(), scheduler.clone(), reloader));
-        Ok(Daemon { server, api, pool, store, scheduler })
+        let api = Arc::new(Api::new(
+            registry,
+            store.clone(),
+            pool.clone(),
+            scheduler.clone(),
+            reloader,
+        ));
+        Ok(Daemon {
+            server,
+            api,
+            pool,
+            store,
+            scheduler,
+        })
     }
 
     /// Serves until `shutdown` is cancelled, then stops accepting, drains
     /// the pool and reports what finished and what was cut off.
     pub async fn run(self, shutdown: CancellationToken) -> ShutdownReport {
         let server = tokio::spawn(self.server.serve(self.api.clone(), shutdown.clone()));
-        let scheduler =
-            tokio::spawn(self.scheduler.clone().run(self.store.clone(), self.pool.clone(), shutdown.clone()));
+        let scheduler = tokio::spawn(self.scheduler.clone().run(
+            self.store.clone(),
+            self.pool.clone(),
+            shutdown.clone(),
+        ));
         let store = self.store.clone();
         let pruner = tokio::spawn(async move {
             let mut every = tokio::time::interval(PRUNE_EVERY);

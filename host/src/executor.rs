@@ -93,10 +93,18 @@ impl Executor {
         let timeout = plugin.policy.limits.timeout;
         let mut store = self.sandbox.store(plugin.policy.clone());
         arm_deadline(&mut store, timeout);
-        let result =
-            tokio::time::timeout(timeout + OUTER_GRACE, plugin.pre().instantiate_async(&mut store)).await;
+        let result = tokio::time::timeout(
+            timeout + OUTER_GRACE,
+            plugin.pre().instantiate_async(&mut store),
+        )
+        .await;
         match result {
-            Ok(Ok(bindings)) => Ok(Instance { store, bindings, plugin, calls: 0 }),
+            Ok(Ok(bindings)) => Ok(Instance {
+                store,
+                bindings,
+                plugin,
+                calls: 0,
+            }),
             Ok(Err(error)) => Err(classify(&error, &store, timeout)),
             Err(_) => Err(blocked(timeout)),
         }
@@ -110,8 +118,11 @@ impl Executor {
         arm_deadline(store, timeout);
         let message = to_wit(task);
         let handler = instance.bindings.notifyhub_plugin_handler();
-        let result =
-            tokio::time::timeout(timeout + OUTER_GRACE, handler.call_send(&mut *store, &message)).await;
+        let result = tokio::time::timeout(
+            timeout + OUTER_GRACE,
+            handler.call_send(&mut *store, &message),
+        )
+        .await;
         instance.calls += 1;
         let outcome = match result {
             Ok(Ok(Ok(receipt))) => Outcome::Delivered {
@@ -121,11 +132,17 @@ impl Executor {
             Ok(Ok(Err(error))) => from_send_error(error),
             Ok(Err(error)) => {
                 let failure = classify(&error, store, timeout);
-                return (Outcome::failed(failure.class, failure.message), Health::Retired);
+                return (
+                    Outcome::failed(failure.class, failure.message),
+                    Health::Retired,
+                );
             }
             Err(_) => {
                 let failure = blocked(timeout);
-                return (Outcome::failed(failure.class, failure.message), Health::Retired);
+                return (
+                    Outcome::failed(failure.class, failure.message),
+                    Health::Retired,
+                );
             }
         };
         (outcome, Health::Reusable)
@@ -152,7 +169,10 @@ impl Executor {
             let store = &mut store;
             let call = async {
                 let instance = pre.instantiate_async(&mut *store).await?;
-                instance.notifyhub_plugin_handler().call_describe(&mut *store).await
+                instance
+                    .notifyhub_plugin_handler()
+                    .call_describe(&mut *store)
+                    .await
             };
             tokio::time::timeout(timeout + OUTER_GRACE, call).await
         };
@@ -177,7 +197,10 @@ fn blocked(timeout: Duration) -> CallFailure {
 /// Explains a trap or instantiation error.
 fn classify(error: &wasmtime::Error, store: &Store<HostState>, timeout: Duration) -> CallFailure {
     let (class, message) = if store.data().limiter.exceeded() {
-        (FailureClass::Crashed, "the plugin exceeded its memory limit".to_string())
+        (
+            FailureClass::Crashed,
+            "the plugin exceeded its memory limit".to_string(),
+        )
     } else {
         match error.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => (
@@ -187,11 +210,15 @@ fn classify(error: &wasmtime::Error, store: &Store<HostState>, timeout: Duration
                     humantime::format_duration(timeout)
                 ),
             ),
-            Some(Trap::StackOverflow) => {
-                (FailureClass::Crashed, "the plugin overflowed its stack".to_string())
-            }
+            Some(Trap::StackOverflow) => (
+                FailureClass::Crashed,
+                "the plugin overflowed its stack".to_string(),
+            ),
             Some(trap) => (FailureClass::Crashed, format!("the plugin trapped: {trap}")),
-            None => (FailureClass::Crashed, format!("the plugin failed: {}", root_cause(error))),
+            None => (
+                FailureClass::Crashed,
+                format!("the plugin failed: {}", root_cause(error)),
+            ),
         }
     };
     CallFailure { class, message }
@@ -211,7 +238,11 @@ fn from_send_error(error: wit::SendError) -> Outcome {
         wit::SendError::Permanent(m) => (FailureClass::Permanent, m, None),
         wit::SendError::Invalid(m) => (FailureClass::Invalid, m, None),
     };
-    Outcome::Failed { class, message: cap(message, MAX_ERROR_BYTES), retry_after_ms }
+    Outcome::Failed {
+        class,
+        message: cap(message, MAX_ERROR_BYTES),
+        retry_after_ms,
+    }
 }
 
 fn to_wit(task: &Task) -> wit::Message {
@@ -231,7 +262,11 @@ fn to_wit(task: &Task) -> wit::Message {
             Priority::Normal => wit::Priority::Normal,
             Priority::High => wit::Priority::High,
         },
-        metadata: task.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        metadata: task
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
     }
 }
 

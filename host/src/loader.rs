@@ -73,7 +73,11 @@ impl PluginFile {
         }
         let bytes = std::fs::read(path).map_err(LoadError::Read)?;
         let digest = hex(&Sha256::digest(&bytes));
-        Ok(PluginFile { path: path.to_path_buf(), bytes, digest })
+        Ok(PluginFile {
+            path: path.to_path_buf(),
+            bytes,
+            digest,
+        })
     }
 }
 
@@ -94,8 +98,15 @@ pub async fn compile(file: PluginFile, executor: &Executor) -> Result<Compiled, 
         .await
         .expect("the compile task does not panic")
         .map_err(|e| LoadError::Compile(chain(&e)))?;
-    let pre = executor.sandbox().prepare(&component).map_err(|e| LoadError::Contract(chain(&e)))?;
-    Ok(Compiled { path: file.path, digest: file.digest, pre })
+    let pre = executor
+        .sandbox()
+        .prepare(&component)
+        .map_err(|e| LoadError::Contract(chain(&e)))?;
+    Ok(Compiled {
+        path: file.path,
+        digest: file.digest,
+        pre,
+    })
 }
 
 /// Applies `manifest` to a compiled plugin and checks what `describe()` says.
@@ -108,7 +119,12 @@ pub async fn configure(
     let config = manifest.resolve_config()?;
     let allow = AllowList::parse(&manifest.allowed_hosts)?;
     let limits = manifest.limits.unwrap_or(default_limits);
-    let stem = compiled.path.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin").to_string();
+    let stem = compiled
+        .path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("plugin")
+        .to_string();
     let probe = Arc::new(PluginPolicy {
         name: stem.clone().into(),
         allow: Arc::new(AllowList::default()),
@@ -116,12 +132,22 @@ pub async fn configure(
         config: config.clone(),
     });
     let info = PluginInfo::from(
-        executor.describe(&compiled.pre, probe).await.map_err(LoadError::Describe)?,
+        executor
+            .describe(&compiled.pre, probe)
+            .await
+            .map_err(LoadError::Describe)?,
     );
-    if let Some(missing) = info.config_keys.iter().find(|k| k.required && !config.contains(&k.name)) {
+    if let Some(missing) = info
+        .config_keys
+        .iter()
+        .find(|k| k.required && !config.contains(&k.name))
+    {
         return Err(LoadError::MissingConfig(missing.name.clone()));
     }
-    let platforms = manifest.platforms.clone().unwrap_or_else(|| info.platforms.clone());
+    let platforms = manifest
+        .platforms
+        .clone()
+        .unwrap_or_else(|| info.platforms.clone());
     if platforms.is_empty() {
         return Err(LoadError::NoPlatforms);
     }
@@ -148,7 +174,11 @@ pub async fn configure(
 }
 
 /// Loads the plugin at `path` with its manifest.
-pub async fn load(path: &Path, executor: &Executor, default_limits: Limits) -> Result<LoadedPlugin, LoadError> {
+pub async fn load(
+    path: &Path,
+    executor: &Executor,
+    default_limits: Limits,
+) -> Result<LoadedPlugin, LoadError> {
     let file = PluginFile::read(path)?;
     let manifest = Manifest::load(&manifest_path(path))?;
     let compiled = compile(file, executor).await?;
@@ -156,7 +186,11 @@ pub async fn load(path: &Path, executor: &Executor, default_limits: Limits) -> R
 }
 
 fn chain(error: &wasmtime::Error) -> String {
-    error.chain().map(|e| e.to_string()).collect::<Vec<_>>().join(": ")
+    error
+        .chain()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
 }
 
 fn hex(bytes: &[u8]) -> String {

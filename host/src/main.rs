@@ -8,9 +8,15 @@ use tracing_subscriber::EnvFilter;
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     // The daemon logs at info by default; client commands only report problems.
-    let default = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
+    let default = if matches!(cli.command, Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)),
+        )
         .with_writer(std::io::stderr)
         .init();
     match notifyhub::cli::run(cli).await {

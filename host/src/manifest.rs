@@ -101,13 +101,20 @@ impl PluginConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("cannot read manifest {path}: {error}")]
-    Read { path: PathBuf, error: std::io::Error },
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error("invalid manifest {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("secret `{key}`: environment variable {env} is not set")]
     MissingEnv { key: String, env: String },
     #[error("secret `{key}`: cannot read {file}: {error}")]
-    SecretFile { key: String, file: PathBuf, error: std::io::Error },
+    SecretFile {
+        key: String,
+        file: PathBuf,
+        error: std::io::Error,
+    },
 }
 
 impl Manifest {
@@ -116,9 +123,17 @@ impl Manifest {
         let text = match std::fs::read_to_string(path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Manifest::default()),
-            Err(error) => return Err(ManifestError::Read { path: path.into(), error }),
+            Err(error) => {
+                return Err(ManifestError::Read {
+                    path: path.into(),
+                    error,
+                });
+            }
         };
-        Self::parse(&text).map_err(|message| ManifestError::Parse { path: path.into(), message })
+        Self::parse(&text).map_err(|message| ManifestError::Parse {
+            path: path.into(),
+            message,
+        })
     }
 
     pub fn parse(text: &str) -> Result<Self, String> {
@@ -130,9 +145,12 @@ impl Manifest {
         let mut secrets = BTreeMap::new();
         for (key, source) in &self.secrets {
             let value = match source {
-                SecretSource::Env { env } => std::env::var(env).map_err(|_| {
-                    ManifestError::MissingEnv { key: key.clone(), env: env.clone() }
-                })?,
+                SecretSource::Env { env } => {
+                    std::env::var(env).map_err(|_| ManifestError::MissingEnv {
+                        key: key.clone(),
+                        env: env.clone(),
+                    })?
+                }
                 SecretSource::File { file } => std::fs::read_to_string(file)
                     .map_err(|error| ManifestError::SecretFile {
                         key: key.clone(),
@@ -144,7 +162,10 @@ impl Manifest {
             };
             secrets.insert(key.clone(), Secret(value));
         }
-        Ok(PluginConfig { plain: self.config.clone(), secrets })
+        Ok(PluginConfig {
+            plain: self.config.clone(),
+            secrets,
+        })
     }
 }
 
@@ -174,10 +195,16 @@ mod tests {
         assert_eq!(limits.memory_mib, 64);
         assert_eq!(limits.max_requests, Limits::default().max_requests);
         // Secrets resolve in key order: `key` (a file) fails before `token`.
-        assert!(matches!(m.resolve_config(), Err(ManifestError::SecretFile { .. })));
-        let env_only = Manifest::parse("[secrets]\ntoken = { env = \"NOTIFYHUB_TEST_TOKEN_UNSET\" }")
-            .unwrap();
-        assert!(matches!(env_only.resolve_config(), Err(ManifestError::MissingEnv { .. })));
+        assert!(matches!(
+            m.resolve_config(),
+            Err(ManifestError::SecretFile { .. })
+        ));
+        let env_only =
+            Manifest::parse("[secrets]\ntoken = { env = \"NOTIFYHUB_TEST_TOKEN_UNSET\" }").unwrap();
+        assert!(matches!(
+            env_only.resolve_config(),
+            Err(ManifestError::MissingEnv { .. })
+        ));
     }
 
     #[test]

@@ -28,7 +28,9 @@ pub enum Request {
     /// Submit one task (`task`) or several (`tasks`).
     Submit(Submit),
     /// Look up one task, with its attempts.
-    Task { task_id: String },
+    Task {
+        task_id: String,
+    },
     /// List tasks, newest first.
     Tasks {
         #[serde(default)]
@@ -65,8 +67,9 @@ pub enum Request {
 }
 
 /// The names of the ops, for error messages.
-pub const OPS: &[&str] =
-    &["submit", "task", "tasks", "retry", "status", "plugins", "scale", "reload", "ping"];
+pub const OPS: &[&str] = &[
+    "submit", "task", "tasks", "retry", "status", "plugins", "scale", "reload", "ping",
+];
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -83,7 +86,10 @@ pub struct Submit {
 impl Submit {
     /// The submitted tasks, however they were given.
     pub fn into_tasks(self) -> Vec<NewTask> {
-        self.task.into_iter().chain(self.tasks.into_iter().flatten()).collect()
+        self.task
+            .into_iter()
+            .chain(self.tasks.into_iter().flatten())
+            .collect()
     }
 }
 
@@ -164,7 +170,10 @@ pub struct ErrorBody {
 
 impl ErrorBody {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ErrorBody { code, message: message.into() }
+        ErrorBody {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -183,13 +192,23 @@ pub struct Response {
 impl Response {
     pub fn success(id: Option<Value>, result: impl Serialize) -> Self {
         match serde_json::to_value(result) {
-            Ok(result) => Response { id, ok: true, result: Some(result), error: None },
+            Ok(result) => Response {
+                id,
+                ok: true,
+                result: Some(result),
+                error: None,
+            },
             Err(e) => Self::failure(id, ErrorBody::new(ErrorCode::Internal, e.to_string())),
         }
     }
 
     pub fn failure(id: Option<Value>, error: ErrorBody) -> Self {
-        Response { id, ok: false, result: None, error: Some(error) }
+        Response {
+            id,
+            ok: false,
+            result: None,
+            error: Some(error),
+        }
     }
 
     /// The response as one line, newline included.
@@ -204,7 +223,13 @@ impl Response {
 /// request's `id` when it could be read, so the answer can still echo it.
 pub fn decode(line: &[u8]) -> Result<(Option<Value>, Request), (Option<Value>, ErrorBody)> {
     let value: Value = serde_json::from_slice(line).map_err(|e| {
-        (None, ErrorBody::new(ErrorCode::MalformedJson, format!("the line is not valid JSON: {e}")))
+        (
+            None,
+            ErrorBody::new(
+                ErrorCode::MalformedJson,
+                format!("the line is not valid JSON: {e}"),
+            ),
+        )
     })?;
     let Value::Object(mut object) = value else {
         return Err((
@@ -216,7 +241,10 @@ pub fn decode(line: &[u8]) -> Result<(Option<Value>, Request), (Option<Value>, E
     let op = match object.get("op") {
         Some(Value::String(op)) => op.clone(),
         Some(_) => {
-            return Err((id, ErrorBody::new(ErrorCode::InvalidRequest, "`op` must be a string")));
+            return Err((
+                id,
+                ErrorBody::new(ErrorCode::InvalidRequest, "`op` must be a string"),
+            ));
         }
         None => {
             return Err((
@@ -231,7 +259,10 @@ pub fn decode(line: &[u8]) -> Result<(Option<Value>, Request), (Option<Value>, E
     }
     match serde_json::from_value::<Request>(Value::Object(object)) {
         Ok(request) => Ok((id, request)),
-        Err(e) => Err((id, ErrorBody::new(ErrorCode::InvalidRequest, format!("op `{op}`: {e}")))),
+        Err(e) => Err((
+            id,
+            ErrorBody::new(ErrorCode::InvalidRequest, format!("op `{op}`: {e}")),
+        )),
     }
 }
 
@@ -246,11 +277,14 @@ mod tests {
 
     #[test]
     fn decodes_a_submit_with_defaults() {
-        let (id, request) =
-            decode(br#"{"id":7,"op":"submit","task":{"platform":"slack","target":"t","body":"b"}}"#)
-                .unwrap();
+        let (id, request) = decode(
+            br#"{"id":7,"op":"submit","task":{"platform":"slack","target":"t","body":"b"}}"#,
+        )
+        .unwrap();
         assert_eq!(id, Some(json!(7)));
-        let Request::Submit(submit) = request else { panic!("not a submit") };
+        let Request::Submit(submit) = request else {
+            panic!("not a submit")
+        };
         assert!(!submit.wait);
         let tasks = submit.into_tasks();
         assert_eq!(tasks.len(), 1);
@@ -277,7 +311,11 @@ mod tests {
 
     #[test]
     fn error_codes_print_as_on_the_wire() {
-        for code in [ErrorCode::MalformedJson, ErrorCode::LineTooLong, ErrorCode::ShuttingDown] {
+        for code in [
+            ErrorCode::MalformedJson,
+            ErrorCode::LineTooLong,
+            ErrorCode::ShuttingDown,
+        ] {
             assert_eq!(serde_json::to_value(code).unwrap(), json!(code.as_str()));
         }
     }

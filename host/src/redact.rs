@@ -30,8 +30,14 @@ mod tests {
             super::target("https://hooks.slack.com/services/T0/B0/secret"),
             "https://hooks.slack.com/…"
         );
-        assert_eq!(super::target("https://u:pw@example.com?key=abc"), "https://example.com/…");
-        assert_eq!(super::target("http://127.0.0.1:8080"), "http://127.0.0.1:8080");
+        assert_eq!(
+            super::target("https://u:pw@example.com?key=abc"),
+            "https://example.com/…"
+        );
+        assert_eq!(
+            super::target("http://127.0.0.1:8080"),
+            "http://127.0.0.1:8080"
+        );
         assert_eq!(super::target("-100123"), "-100123");
     }
 }

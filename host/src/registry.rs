@@ -113,7 +113,10 @@ impl From<wit::PluginInfo> for PluginInfo {
             rate_limits: info
                 .rate_limits
                 .into_iter()
-                .map(|r| RateLimitRule { requests: r.requests, window_ms: r.window_ms })
+                .map(|r| RateLimitRule {
+                    requests: r.requests,
+                    window_ms: r.window_ms,
+                })
                 .collect(),
             description: info.description,
         }
@@ -166,13 +169,16 @@ impl Catalog {
     /// Adds or replaces the version loaded from `plugin.path`. Refused if
     /// another file serves one of its platforms.
     fn install(&mut self, plugin: LoadedPlugin) -> Result<(), String> {
-        if let Some(taken) = plugin
-            .platforms
-            .iter()
-            .find(|p| self.by_platform.get(*p).is_some_and(|owner| owner.path != plugin.path))
-        {
+        if let Some(taken) = plugin.platforms.iter().find(|p| {
+            self.by_platform
+                .get(*p)
+                .is_some_and(|owner| owner.path != plugin.path)
+        }) {
             let owner = &self.by_platform[taken].path;
-            return Err(format!("platform `{taken}` is already served by {}", owner.display()));
+            return Err(format!(
+                "platform `{taken}` is already served by {}",
+                owner.display()
+            ));
         }
         self.failures.remove(&plugin.path);
         self.plugins.insert(plugin.path.clone(), Arc::new(plugin));
@@ -188,14 +194,25 @@ impl Catalog {
     }
 
     fn fail(&mut self, path: PathBuf, error: String) {
-        self.failures.insert(path.clone(), LoadFailure { path, error, at: SystemTime::now() });
+        self.failures.insert(
+            path.clone(),
+            LoadFailure {
+                path,
+                error,
+                at: SystemTime::now(),
+            },
+        );
     }
 
     fn index(&mut self) {
         self.by_platform = self
             .plugins
             .values()
-            .flat_map(|p| p.platforms.iter().map(move |name| (name.clone(), p.clone())))
+            .flat_map(|p| {
+                p.platforms
+                    .iter()
+                    .map(move |name| (name.clone(), p.clone()))
+            })
             .collect();
     }
 }
@@ -240,7 +257,10 @@ impl Registry {
 
     /// The `*.wasm` files in the plugin directory, sorted.
     pub fn plugin_files(&self) -> Result<Vec<PathBuf>, RegistryError> {
-        let err = |error| RegistryError { dir: self.dir.clone(), error };
+        let err = |error| RegistryError {
+            dir: self.dir.clone(),
+            error,
+        };
         let mut paths = Vec::new();
         for entry in std::fs::read_dir(&self.dir).map_err(err)? {
             let path = entry.map_err(err)?.path();
@@ -288,11 +308,17 @@ impl Registry {
 
     /// The current catalog.
     pub fn catalog(&self) -> Arc<Catalog> {
-        self.catalog.read().expect("registry lock is never poisoned").clone()
+        self.catalog
+            .read()
+            .expect("registry lock is never poisoned")
+            .clone()
     }
 
     fn update<R>(&self, change: impl FnOnce(&mut Catalog) -> R) -> R {
-        let mut guard = self.catalog.write().expect("registry lock is never poisoned");
+        let mut guard = self
+            .catalog
+            .write()
+            .expect("registry lock is never poisoned");
         let mut next = Catalog::clone(&guard);
         let result = change(&mut next);
         *guard = Arc::new(next);
@@ -310,7 +336,9 @@ impl Registry {
             plugin.path.clone(),
         );
         match self.update(|c| c.install(plugin)) {
-            Ok(()) => tracing::info!(plugin = %name, %version, %digest, ?platforms, "plugin loaded"),
+            Ok(()) => {
+                tracing::info!(plugin = %name, %version, %digest, ?platforms, "plugin loaded")
+            }
             Err(error) => self.record_failure(&path, error),
         }
     }

@@ -57,7 +57,11 @@ pub struct ReloadResult {
 #[serde(tag = "change", rename_all = "snake_case")]
 pub enum Change {
     /// A new version (or a first one) is serving.
-    Loaded { name: String, version: String, digest: String },
+    Loaded {
+        name: String,
+        version: String,
+        digest: String,
+    },
     /// Only the manifest changed; it applies from the next task.
     Reconfigured { name: String },
     /// Nothing changed.
@@ -76,7 +80,10 @@ pub enum WatchError {
 
 enum Request {
     /// Reload one plugin (by file stem) or, with `None`, the whole directory.
-    Reload { name: Option<String>, reply: oneshot::Sender<Result<Vec<ReloadResult>, String>> },
+    Reload {
+        name: Option<String>,
+        reply: oneshot::Sender<Result<Vec<ReloadResult>, String>>,
+    },
 }
 
 /// A handle to the running watcher.
@@ -90,28 +97,44 @@ impl Reloader {
     pub fn start(registry: Arc<Registry>, executor: Arc<Executor>) -> Result<Reloader, WatchError> {
         let dir = registry.dir().to_path_buf();
         let (events_tx, events) = mpsc::unbounded_channel::<PathBuf>();
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            match event {
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
                 Ok(event) => event.paths.into_iter().for_each(|p| {
                     let _ = events_tx.send(p);
                 }),
                 Err(e) => tracing::warn!("plugin directory watch error: {e}"),
-            }
-        })
-        .map_err(|error| WatchError::Watch { dir: dir.clone(), error })?;
+            })
+            .map_err(|error| WatchError::Watch {
+                dir: dir.clone(),
+                error,
+            })?;
         watcher
             .watch(&dir, RecursiveMode::NonRecursive)
-            .map_err(|error| WatchError::Watch { dir: dir.clone(), error })?;
+            .map_err(|error| WatchError::Watch {
+                dir: dir.clone(),
+                error,
+            })?;
         let (requests, request_rx) = mpsc::unbounded_channel();
-        let mut worker = Watch { registry, executor, pending: HashMap::new(), backoff: HashMap::new() };
+        let mut worker = Watch {
+            registry,
+            executor,
+            pending: HashMap::new(),
+            backoff: HashMap::new(),
+        };
         // Files changed between the initial load and the watch starting are
         // looked at once more (unchanged files cost a read and a hash).
         let catalog = worker.registry.catalog();
         let known = worker.registry.plugin_files().unwrap_or_default();
-        known.into_iter().chain(catalog.plugins().map(|p| p.path.clone())).for_each(|p| worker.note(p));
+        known
+            .into_iter()
+            .chain(catalog.plugins().map(|p| p.path.clone()))
+            .for_each(|p| worker.note(p));
         tokio::spawn(worker.run(events, request_rx));
         tracing::info!(dir = %dir.display(), "watching the plugin directory for changes");
-        Ok(Reloader { requests, _watcher: watcher })
+        Ok(Reloader {
+            requests,
+            _watcher: watcher,
+        })
     }
 
     /// Reloads one plugin (`name` is its file stem) or the whole directory.
@@ -120,7 +143,8 @@ impl Reloader {
         self.requests
             .send(Request::Reload { name, reply })
             .map_err(|_| "the reload watcher has stopped".to_string())?;
-        rx.await.map_err(|_| "the reload watcher has stopped".to_string())?
+        rx.await
+            .map_err(|_| "the reload watcher has stopped".to_string())?
     }
 }
 
@@ -172,7 +196,13 @@ impl Watch {
             _ => return,
         };
         let now = Instant::now();
-        self.pending.entry(wasm).and_modify(|p| p.last = now).or_insert(Pending { first: now, last: now });
+        self.pending
+            .entry(wasm)
+            .and_modify(|p| p.last = now)
+            .or_insert(Pending {
+                first: now,
+                last: now,
+            });
     }
 
     /// Loads files that have been quiet long enough (and are not backing off).
@@ -182,7 +212,8 @@ impl Watch {
             .pending
             .iter()
             .filter(|(path, p)| {
-                let settled = now.duration_since(p.last) >= DEBOUNCE || now.duration_since(p.first) >= MAX_DELAY;
+                let settled = now.duration_since(p.last) >= DEBOUNCE
+                    || now.duration_since(p.first) >= MAX_DELAY;
                 settled && self.backoff.get(*path).is_none_or(|b| now >= b.until)
             })
             .map(|(path, _)| path.clone())
@@ -215,7 +246,12 @@ impl Watch {
                 };
                 // Loaded plugins whose file is gone are unloaded too.
                 let catalog = self.registry.catalog();
-                paths.extend(catalog.plugins().map(|p| p.path.clone()).filter(|p| !p.exists()));
+                paths.extend(
+                    catalog
+                        .plugins()
+                        .map(|p| p.path.clone())
+                        .filter(|p| !p.exists()),
+                );
                 paths
             }
         };
@@ -238,7 +274,10 @@ impl Watch {
                 self.backoff.remove(path);
             }
         }
-        ReloadResult { path: path.display().to_string(), change }
+        ReloadResult {
+            path: path.display().to_string(),
+            change,
+        }
     }
 
     async fn change(&mut self, path: &Path) -> Change {
@@ -251,11 +290,19 @@ impl Watch {
         }
         let file = match PluginFile::read(path) {
             Ok(file) => file,
-            Err(e) => return Change::Failed { error: e.to_string() },
+            Err(e) => {
+                return Change::Failed {
+                    error: e.to_string(),
+                };
+            }
         };
         let manifest = match Manifest::load(&loader::manifest_path(path)) {
             Ok(m) => m,
-            Err(e) => return Change::Failed { error: e.to_string() },
+            Err(e) => {
+                return Change::Failed {
+                    error: e.to_string(),
+                };
+            }
         };
         let limits = self.registry.default_limits();
 
@@ -263,25 +310,38 @@ impl Watch {
             if current.manifest == manifest {
                 return Change::Unchanged;
             }
-            return match loader::configure(&current.compiled, manifest, &self.executor, limits).await {
+            return match loader::configure(&current.compiled, manifest, &self.executor, limits)
+                .await
+            {
                 Ok(plugin) => {
                     let name = plugin.name.clone();
                     self.registry.install(plugin);
                     tracing::info!(plugin = %name, "manifest change applied without recompiling");
                     Change::Reconfigured { name }
                 }
-                Err(e) => Change::Failed { error: e.to_string() },
+                Err(e) => Change::Failed {
+                    error: e.to_string(),
+                },
             };
         }
-        if let Some((_, error)) =
-            self.backoff.get(path).and_then(|b| b.digest.as_ref()).filter(|(d, _)| *d == file.digest)
+        if let Some((_, error)) = self
+            .backoff
+            .get(path)
+            .and_then(|b| b.digest.as_ref())
+            .filter(|(d, _)| *d == file.digest)
         {
-            return Change::Failed { error: error.clone() };
+            return Change::Failed {
+                error: error.clone(),
+            };
         }
 
         let digest = file.digest.clone();
         let started = Instant::now();
-        let compiled = match self.registry.count_compile(loader::compile(file, &self.executor)).await {
+        let compiled = match self
+            .registry
+            .count_compile(loader::compile(file, &self.executor))
+            .await
+        {
             Ok(compiled) => compiled,
             Err(e) => return self.failed_bytes(path, digest, e.to_string()),
         };
@@ -318,7 +378,9 @@ impl Watch {
             digest: None,
         });
         entry.failures += 1;
-        let delay = BACKOFF_START.saturating_mul(1 << (entry.failures - 1).min(6)).min(BACKOFF_MAX);
+        let delay = BACKOFF_START
+            .saturating_mul(1 << (entry.failures - 1).min(6))
+            .min(BACKOFF_MAX);
         entry.until = Instant::now() + delay;
         let kept = self.registry.catalog().loaded(path).is_some();
         self.registry.record_failure(path, error.to_string());

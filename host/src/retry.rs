@@ -30,7 +30,11 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy { max_attempts: 5, base: Duration::from_secs(1), cap: Duration::from_secs(600) }
+        RetryPolicy {
+            max_attempts: 5,
+            base: Duration::from_secs(1),
+            cap: Duration::from_secs(600),
+        }
     }
 }
 
@@ -51,7 +55,12 @@ pub struct RetryConfig {
 impl Default for RetryConfig {
     fn default() -> Self {
         let d = RetryPolicy::default();
-        RetryConfig { max_attempts: d.max_attempts, base: d.base, cap: d.cap, platforms: BTreeMap::new() }
+        RetryConfig {
+            max_attempts: d.max_attempts,
+            base: d.base,
+            cap: d.cap,
+            platforms: BTreeMap::new(),
+        }
     }
 }
 
@@ -65,31 +74,46 @@ pub enum Verdict {
 
 impl RetryConfig {
     pub fn policy(&self, platform: &str) -> RetryPolicy {
-        self.platforms.get(platform).copied().unwrap_or(RetryPolicy {
-            max_attempts: self.max_attempts,
-            base: self.base,
-            cap: self.cap,
-        })
+        self.platforms
+            .get(platform)
+            .copied()
+            .unwrap_or(RetryPolicy {
+                max_attempts: self.max_attempts,
+                base: self.base,
+                cap: self.cap,
+            })
     }
 
     /// The verdict on attempt number `attempt` (1-based) of a task.
     pub fn decide(&self, platform: &str, outcome: &Outcome, attempt: u32) -> Verdict {
         let (class, retry_after_ms) = match outcome {
             Outcome::Delivered { .. } => return Verdict::Succeeded,
-            Outcome::Failed { class, retry_after_ms, .. } => (*class, *retry_after_ms),
+            Outcome::Failed {
+                class,
+                retry_after_ms,
+                ..
+            } => (*class, *retry_after_ms),
         };
         let retryable = matches!(
             class,
-            FailureClass::Retryable | FailureClass::RateLimited | FailureClass::Crashed | FailureClass::TimedOut
+            FailureClass::Retryable
+                | FailureClass::RateLimited
+                | FailureClass::Crashed
+                | FailureClass::TimedOut
         );
         let policy = self.policy(platform);
         if !retryable || attempt >= policy.max_attempts {
             return Verdict::Dead;
         }
-        let ceiling = policy.base.saturating_mul(1 << (attempt - 1).min(30)).min(policy.cap);
+        let ceiling = policy
+            .base
+            .saturating_mul(1 << (attempt - 1).min(30))
+            .min(policy.cap);
         let jittered = ceiling.mul_f64(fastrand::f64());
         let floor = Duration::from_millis(retry_after_ms.unwrap_or(0));
-        Verdict::Retry { after: jittered.max(floor) }
+        Verdict::Retry {
+            after: jittered.max(floor),
+        }
     }
 }
 
@@ -98,13 +122,21 @@ mod tests {
     use super::*;
 
     fn failed(class: FailureClass, retry_after_ms: Option<u64>) -> Outcome {
-        Outcome::Failed { class, message: "x".into(), retry_after_ms }
+        Outcome::Failed {
+            class,
+            message: "x".into(),
+            retry_after_ms,
+        }
     }
 
     #[test]
     fn permanent_and_invalid_are_never_retried() {
         let c = RetryConfig::default();
-        for class in [FailureClass::Permanent, FailureClass::Invalid, FailureClass::NoPlugin] {
+        for class in [
+            FailureClass::Permanent,
+            FailureClass::Invalid,
+            FailureClass::NoPlugin,
+        ] {
             assert_eq!(c.decide("p", &failed(class, None), 1), Verdict::Dead);
         }
     }
@@ -114,24 +146,36 @@ mod tests {
         let c = RetryConfig::default();
         for attempt in 1..5 {
             for _ in 0..100 {
-                let Verdict::Retry { after } = c.decide("p", &failed(FailureClass::Retryable, None), attempt)
+                let Verdict::Retry { after } =
+                    c.decide("p", &failed(FailureClass::Retryable, None), attempt)
                 else {
                     panic!("attempt {attempt} should be retried")
                 };
-                assert!(after <= Duration::from_secs(1 << (attempt - 1)), "{after:?}");
+                assert!(
+                    after <= Duration::from_secs(1 << (attempt - 1)),
+                    "{after:?}"
+                );
             }
         }
-        let Verdict::Retry { after } = c.decide("p", &failed(FailureClass::RateLimited, Some(7000)), 1) else {
+        let Verdict::Retry { after } =
+            c.decide("p", &failed(FailureClass::RateLimited, Some(7000)), 1)
+        else {
             panic!()
         };
         assert!(after >= Duration::from_secs(7));
-        assert_eq!(c.decide("p", &failed(FailureClass::Retryable, None), 5), Verdict::Dead, "out of attempts");
+        assert_eq!(
+            c.decide("p", &failed(FailureClass::Retryable, None), 5),
+            Verdict::Dead,
+            "out of attempts"
+        );
     }
 
     #[test]
     fn platforms_can_have_their_own_policy() {
-        let c: RetryConfig =
-            toml::from_str("max_attempts = 2\n[platforms.slack]\nmax_attempts = 9\nbase = \"5s\"\n").unwrap();
+        let c: RetryConfig = toml::from_str(
+            "max_attempts = 2\n[platforms.slack]\nmax_attempts = 9\nbase = \"5s\"\n",
+        )
+        .unwrap();
         assert_eq!(c.policy("discord").max_attempts, 2);
         assert_eq!(c.policy("slack").max_attempts, 9);
         assert_eq!(c.policy("slack").base, Duration::from_secs(5));

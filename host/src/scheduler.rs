@@ -30,7 +30,10 @@ pub struct Scheduler {
 impl Scheduler {
     /// Queues `id` in the pool at `at` (at once if `at` has passed).
     pub fn schedule(&self, id: TaskId, at: SystemTime) {
-        self.due.lock().expect("never poisoned").push(Reverse((at, id)));
+        self.due
+            .lock()
+            .expect("never poisoned")
+            .push(Reverse((at, id)));
         self.changed.notify_one();
     }
 
@@ -44,7 +47,12 @@ impl Scheduler {
     }
 
     /// Moves due tasks into the pool until `shutdown`.
-    pub async fn run(self: Arc<Self>, store: Arc<TaskStore>, pool: Arc<Pool>, shutdown: CancellationToken) {
+    pub async fn run(
+        self: Arc<Self>,
+        store: Arc<TaskStore>,
+        pool: Arc<Pool>,
+        shutdown: CancellationToken,
+    ) {
         loop {
             let next = self.release_due(&store, &pool);
             let sleep = match next {
@@ -69,7 +77,9 @@ impl Scheduler {
             }
             due.pop();
             // A task retried or finished meanwhile is no longer runnable.
-            let Some(task) = store.runnable(id) else { continue };
+            let Some(task) = store.runnable(id) else {
+                continue;
+            };
             if pool.enqueue(&[task]).is_err() {
                 due.push(Reverse((now + FULL_QUEUE_PAUSE, id)));
                 return Some(now + FULL_QUEUE_PAUSE);

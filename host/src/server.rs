@@ -75,7 +75,10 @@ impl Server {
                 .recursive(true)
                 .mode(0o700)
                 .create(dir)
-                .map_err(|error| BindError::Dir { dir: dir.into(), error })?;
+                .map_err(|error| BindError::Dir {
+                    dir: dir.into(),
+                    error,
+                })?;
         }
         if path.exists() {
             if UnixStream::connect(path).await.is_ok() {
@@ -83,10 +86,18 @@ impl Server {
             }
             let _ = std::fs::remove_file(path);
         }
-        let listen_err = |error| BindError::Listen { path: path.into(), error };
+        let listen_err = |error| BindError::Listen {
+            path: path.into(),
+            error,
+        };
         let listener = UnixListener::bind(path).map_err(listen_err)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(listen_err)?;
-        Ok(Server { listener, path: path.into(), config })
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(listen_err)?;
+        Ok(Server {
+            listener,
+            path: path.into(),
+            config,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -172,7 +183,11 @@ async fn serve_connection(
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let permit = in_flight.clone().acquire_owned().await.expect("never closed");
+        let permit = in_flight
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
         let (api, tx) = (api.clone(), tx.clone());
         tokio::spawn(async move {
             let response = match protocol::decode(&line) {
@@ -209,7 +224,12 @@ struct LineReader<R> {
 
 impl<R: AsyncRead + Unpin> LineReader<R> {
     fn new(inner: R, max: usize) -> Self {
-        LineReader { inner, buf: Vec::with_capacity(8192), max, eof: false }
+        LineReader {
+            inner,
+            buf: Vec::with_capacity(8192),
+            max,
+            eof: false,
+        }
     }
 
     async fn next_line(&mut self) -> io::Result<Option<Line>> {

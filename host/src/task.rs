@@ -92,8 +92,13 @@ pub enum TaskState {
 }
 
 impl TaskState {
-    pub const ALL: [TaskState; 5] =
-        [TaskState::Queued, TaskState::Running, TaskState::Succeeded, TaskState::Retrying, TaskState::Dead];
+    pub const ALL: [TaskState; 5] = [
+        TaskState::Queued,
+        TaskState::Running,
+        TaskState::Succeeded,
+        TaskState::Retrying,
+        TaskState::Dead,
+    ];
 
     pub fn is_finished(self) -> bool {
         matches!(self, TaskState::Succeeded | TaskState::Dead)
@@ -116,7 +121,11 @@ impl FromStr for TaskState {
         TaskState::ALL
             .into_iter()
             .find(|state| state.as_str() == s)
-            .ok_or_else(|| format!("unknown state `{s}`; expected queued, running, succeeded, retrying or dead"))
+            .ok_or_else(|| {
+                format!(
+                    "unknown state `{s}`; expected queued, running, succeeded, retrying or dead"
+                )
+            })
     }
 }
 
@@ -159,7 +168,11 @@ pub enum Outcome {
 
 impl Outcome {
     pub fn failed(class: FailureClass, message: impl Into<String>) -> Self {
-        Outcome::Failed { class, message: message.into(), retry_after_ms: None }
+        Outcome::Failed {
+            class,
+            message: message.into(),
+            retry_after_ms: None,
+        }
     }
 
     pub fn is_success(&self) -> bool {

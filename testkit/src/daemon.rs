@@ -29,7 +29,8 @@ const NO_RETRIES: &str = "max_attempts = 1\n";
 impl DaemonBuilder {
     /// Deploys a first-party plugin, with an optional manifest (`NAME.toml`).
     pub fn plugin(mut self, name: &str, manifest: Option<&str>) -> Self {
-        self.plugins.push((name.into(), manifest.map(str::to_string)));
+        self.plugins
+            .push((name.into(), manifest.map(str::to_string)));
         self
     }
 
@@ -63,7 +64,10 @@ impl DaemonBuilder {
         let plugin_dir = dir.path().join("plugins");
         std::fs::create_dir(&plugin_dir)?;
         for (name, manifest) in &self.plugins {
-            std::fs::copy(plugins::path(name)?, plugin_dir.join(format!("{name}.wasm")))?;
+            std::fs::copy(
+                plugins::path(name)?,
+                plugin_dir.join(format!("{name}.wasm")),
+            )?;
             if let Some(manifest) = manifest {
                 std::fs::write(plugin_dir.join(format!("{name}.toml")), manifest)?;
             }
@@ -94,8 +98,18 @@ impl DaemonBuilder {
         for (k, v) in &self.env {
             command.env(k, v);
         }
-        let child = command.spawn().with_context(|| format!("starting {}", self.bin.display()))?;
-        let mut daemon = Daemon { dir, child, socket, log, bin: self.bin, command, runs: 1 };
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {}", self.bin.display()))?;
+        let mut daemon = Daemon {
+            dir,
+            child,
+            socket,
+            log,
+            bin: self.bin,
+            command,
+            runs: 1,
+        };
         daemon.wait_ready(Duration::from_secs(120)).await?;
         Ok(daemon)
     }
@@ -130,13 +144,19 @@ impl Daemon {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait()? {
-                bail!("the daemon exited during start-up ({status}):\n{}", self.logs());
+                bail!(
+                    "the daemon exited during start-up ({status}):\n{}",
+                    self.logs()
+                );
             }
             if UnixStream::connect(&self.socket).await.is_ok() {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("the daemon did not open its socket in {timeout:?}:\n{}", self.logs());
+                bail!(
+                    "the daemon did not open its socket in {timeout:?}:\n{}",
+                    self.logs()
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -192,7 +212,10 @@ impl Daemon {
 
     /// Sends SIGTERM and waits for the process to exit.
     pub fn terminate(&mut self) -> anyhow::Result<ExitStatus> {
-        let status = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status()?;
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()?;
         if !status.success() {
             bail!("kill -TERM failed");
         }
@@ -212,7 +235,9 @@ impl Daemon {
         self.runs += 1;
         self.log = self.dir.path().join(format!("daemon.{}.log", self.runs));
         self.command.stderr(std::fs::File::create(&self.log)?);
-        self.command.stdout(std::fs::File::create(self.dir.path().join(format!("daemon.{}.out", self.runs)))?);
+        self.command.stdout(std::fs::File::create(
+            self.dir.path().join(format!("daemon.{}.out", self.runs)),
+        )?);
         self.child = self.command.spawn()?;
         self.wait_ready(Duration::from_secs(120)).await
     }
@@ -239,7 +264,10 @@ pub struct Conn {
 impl Conn {
     pub async fn connect(socket: &Path) -> anyhow::Result<Conn> {
         let (read, writer) = UnixStream::connect(socket).await?.into_split();
-        Ok(Conn { reader: BufReader::new(read), writer })
+        Ok(Conn {
+            reader: BufReader::new(read),
+            writer,
+        })
     }
 
     /// Writes bytes as they are (no newline added).

@@ -51,7 +51,12 @@ pub struct Reply {
 
 impl Reply {
     pub fn new(status: u16, body: impl Into<String>) -> Self {
-        Reply { status, headers: Vec::new(), body: body.into(), delay: Duration::ZERO }
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: body.into(),
+            delay: Duration::ZERO,
+        }
     }
 
     pub fn json(status: u16, body: serde_json::Value) -> Self {
@@ -83,7 +88,9 @@ pub struct Receiver {
 impl Receiver {
     /// Starts a receiver on 127.0.0.1 that answers every request with `handler`.
     pub async fn start(handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binding 127.0.0.1");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("binding 127.0.0.1");
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let arrived = Arc::new(Notify::new());
@@ -91,14 +98,21 @@ impl Receiver {
         let (reqs, notify) = (requests.clone(), arrived.clone());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let (handler, reqs, notify) = (handler.clone(), reqs.clone(), notify.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let (handler, reqs, notify) = (handler.clone(), reqs.clone(), notify.clone());
+                        let (handler, reqs, notify) =
+                            (handler.clone(), reqs.clone(), notify.clone());
                         async move {
                             let (parts, body) = req.into_parts();
-                            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
                             let recorded = Recorded {
                                 method: parts.method.to_string(),
                                 path: parts.uri.path().to_string(),
@@ -117,14 +131,23 @@ impl Receiver {
                             for (k, v) in &reply.headers {
                                 response = response.header(k, v);
                             }
-                            Ok::<_, Infallible>(response.body(Full::new(Bytes::from(reply.body))).unwrap())
+                            Ok::<_, Infallible>(
+                                response.body(Full::new(Bytes::from(reply.body))).unwrap(),
+                            )
                         }
                     });
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
                 });
             }
         });
-        Receiver { addr, requests, arrived, task }
+        Receiver {
+            addr,
+            requests,
+            arrived,
+            task,
+        }
     }
 
     pub fn port(&self) -> u16 {

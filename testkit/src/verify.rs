@@ -15,20 +15,28 @@ pub fn standard_webhooks(
     signature_header: &str,
     body: &[u8],
 ) -> Result<(), String> {
-    let ts: u64 = timestamp.parse().map_err(|_| format!("bad webhook-timestamp {timestamp:?}"))?;
+    let ts: u64 = timestamp
+        .parse()
+        .map_err(|_| format!("bad webhook-timestamp {timestamp:?}"))?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
     if now.abs_diff(ts) > 300 {
-        return Err(format!("webhook-timestamp {ts} is more than 5 minutes from now ({now})"));
+        return Err(format!(
+            "webhook-timestamp {ts} is more than 5 minutes from now ({now})"
+        ));
     }
     let key = BASE64
         .decode(secret.strip_prefix("whsec_").unwrap_or(secret))
         .map_err(|e| format!("secret is not base64: {e}"))?;
     for entry in signature_header.split(' ') {
-        let Some(sig) = entry.strip_prefix("v1,") else { continue };
-        let Ok(sig) = BASE64.decode(sig) else { continue };
+        let Some(sig) = entry.strip_prefix("v1,") else {
+            continue;
+        };
+        let Ok(sig) = BASE64.decode(sig) else {
+            continue;
+        };
         let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
         mac.update(format!("{id}.{ts}.").as_bytes());
         mac.update(body);

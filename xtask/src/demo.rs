@@ -52,18 +52,38 @@ async fn demo(bin: std::path::PathBuf) -> anyhow::Result<()> {
 
     let target = receiver.url("/hooks/demo");
     let args: Vec<String> = [
-        "send", "--platform", "webhook", "--target", &target, "--title", "Hello from notifyhub",
-        "--body", "A WebAssembly plugin delivered this.", "--wait",
+        "send",
+        "--platform",
+        "webhook",
+        "--target",
+        &target,
+        "--title",
+        "Hello from notifyhub",
+        "--body",
+        "A WebAssembly plugin delivered this.",
+        "--wait",
     ]
     .map(String::from)
     .into();
-    let shown: Vec<String> =
-        args.iter().map(|a| if a.contains(' ') { format!("'{a}'") } else { a.clone() }).collect();
+    let shown: Vec<String> = args
+        .iter()
+        .map(|a| {
+            if a.contains(' ') {
+                format!("'{a}'")
+            } else {
+                a.clone()
+            }
+        })
+        .collect();
     println!("\n$ notifyhub {}\n", shown.join(" "));
     let out = tokio::task::spawn_blocking({
         let socket = daemon.socket().to_path_buf();
         move || {
-            std::process::Command::new(&bin).arg("--socket").arg(socket).args(args).output()
+            std::process::Command::new(&bin)
+                .arg("--socket")
+                .arg(socket)
+                .args(args)
+                .output()
         }
     })
     .await??;
@@ -74,7 +94,10 @@ async fn demo(bin: std::path::PathBuf) -> anyhow::Result<()> {
     let Some(request) = requests.first() else {
         anyhow::bail!("the receiver got nothing; daemon log:\n{}", daemon.logs());
     };
-    println!("\nthe receiver got {} {} with a valid webhook-signature:", request.method, request.path);
+    println!(
+        "\nthe receiver got {} {} with a valid webhook-signature:",
+        request.method, request.path
+    );
     println!("{}", serde_json::to_string_pretty(&request.json())?);
     anyhow::ensure!(out.status.success(), "the delivery failed");
     println!("\ndemo finished: the daemon is stopped and its temporary directory removed");

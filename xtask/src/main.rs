@@ -50,14 +50,30 @@ fn test() -> anyhow::Result<()> {
     plugins()?;
     run(cargo().args(["test", "--workspace"]))?;
     // The SDK's pure helpers (formatting, signing, time) run natively.
-    run(cargo()
-        .current_dir(repo_root().join("plugins"))
-        .args(["test", "-p", "notifyhub-plugin-sdk", "--target", &host_triple()?]))
+    run(cargo().current_dir(repo_root().join("plugins")).args([
+        "test",
+        "-p",
+        "notifyhub-plugin-sdk",
+        "--target",
+        &host_triple()?,
+    ]))
 }
 
 fn bench() -> anyhow::Result<()> {
     plugins()?;
-    run(cargo().args(["bench", "-p", "notifyhub", "--bench", "e2e", "--bench", "pool", "--bench", "reload", "--bench", "store"]))
+    run(cargo().args([
+        "bench",
+        "-p",
+        "notifyhub",
+        "--bench",
+        "e2e",
+        "--bench",
+        "pool",
+        "--bench",
+        "reload",
+        "--bench",
+        "store",
+    ]))
 }
 
 fn cargo() -> Command {
@@ -67,7 +83,10 @@ fn cargo() -> Command {
 }
 
 fn host_triple() -> anyhow::Result<String> {
-    let out = Command::new("rustc").arg("-vV").output().context("running rustc -vV")?;
+    let out = Command::new("rustc")
+        .arg("-vV")
+        .output()
+        .context("running rustc -vV")?;
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .find_map(|l| l.strip_prefix("host: ").map(str::to_string))
@@ -75,7 +94,9 @@ fn host_triple() -> anyhow::Result<String> {
 }
 
 pub(crate) fn run(command: &mut Command) -> anyhow::Result<()> {
-    let status = command.status().with_context(|| format!("running {command:?}"))?;
+    let status = command
+        .status()
+        .with_context(|| format!("running {command:?}"))?;
     if !status.success() {
         bail!("{command:?} failed ({status})");
     }

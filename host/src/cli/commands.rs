@@ -29,12 +29,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print(out, &plugins, render::plugins)
         }
         Command::Scale(args) => {
-            anyhow::ensure!(args.min.is_some() || args.max.is_some(), "give --min, --max or both");
-            let result = call(&config, json!({"op": "scale", "min": args.min, "max": args.max})).await?;
+            anyhow::ensure!(
+                args.min.is_some() || args.max.is_some(),
+                "give --min, --max or both"
+            );
+            let result = call(
+                &config,
+                json!({"op": "scale", "min": args.min, "max": args.max}),
+            )
+            .await?;
             if args.output.json {
                 println!("{}", serde_json::to_string_pretty(&result)?);
             } else {
-                println!("workers: min {} max {}", result["min_workers"], result["max_workers"]);
+                println!(
+                    "workers: min {} max {}",
+                    result["min_workers"], result["max_workers"]
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -55,7 +65,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 let ids = result["requeued"].as_array().cloned().unwrap_or_default();
                 println!("re-queued {} task(s)", ids.len());
-                ids.iter().filter_map(|id| id.as_str()).for_each(|id| println!("{id}"));
+                ids.iter()
+                    .filter_map(|id| id.as_str())
+                    .for_each(|id| println!("{id}"));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -63,8 +75,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let result = call(&config, json!({"op": "reload", "name": args.name})).await?;
             let results: Vec<ReloadResult> = decode(result["results"].clone())?;
             print(args.output, &results, render::reload)?;
-            let failed = results.iter().any(|r| matches!(r.change, Change::Failed { .. }));
-            Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+            let failed = results
+                .iter()
+                .any(|r| matches!(r.change, Change::Failed { .. }));
+            Ok(if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Task(args) => {
             let task: TaskView =
@@ -85,8 +103,13 @@ async fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> 
     if let Some(strategy) = args.strategy {
         config.pool.strategy = strategy;
     }
-    config.pool.validate().map_err(|e| anyhow::anyhow!("invalid [pool] settings: {e}"))?;
-    let daemon = Daemon::start(&config).await.context("notifyhub could not start")?;
+    config
+        .pool
+        .validate()
+        .map_err(|e| anyhow::anyhow!("invalid [pool] settings: {e}"))?;
+    let daemon = Daemon::start(&config)
+        .await
+        .context("notifyhub could not start")?;
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     let report = daemon.run(shutdown).await;
@@ -94,7 +117,11 @@ async fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> 
         "notifyhub stopped: {} in-flight task(s) finished, {} cancelled, {} left queued",
         report.finished, report.cancelled, report.left_queued
     );
-    Ok(if report.cancelled == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if report.cancelled == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {
@@ -108,8 +135,11 @@ async fn stop_on_signal(shutdown: CancellationToken) {
 }
 
 async fn send(config: &Config, args: SendArgs) -> anyhow::Result<ExitCode> {
-    let metadata: serde_json::Map<String, Value> =
-        args.metadata.into_iter().map(|(k, v)| (k, json!(v))).collect();
+    let metadata: serde_json::Map<String, Value> = args
+        .metadata
+        .into_iter()
+        .map(|(k, v)| (k, json!(v)))
+        .collect();
     let request = json!({
         "op": "submit",
         "wait": args.wait,
@@ -141,7 +171,11 @@ async fn send(config: &Config, args: SendArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn exit_for(task: &TaskView) -> ExitCode {
-    if task.state == TaskState::Dead { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    if task.state == TaskState::Dead {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 async fn call(config: &Config, request: Value) -> anyhow::Result<Value> {

@@ -24,20 +24,38 @@ pub fn task(t: &TaskView) -> String {
         let _ = writeln!(out, "next      not before {at}");
     }
     match &t.outcome {
-        Some(Outcome::Delivered { provider_id, status }) => {
-            let id = provider_id.as_deref().map(|id| format!(", id {id}")).unwrap_or_default();
+        Some(Outcome::Delivered {
+            provider_id,
+            status,
+        }) => {
+            let id = provider_id
+                .as_deref()
+                .map(|id| format!(", id {id}"))
+                .unwrap_or_default();
             let _ = writeln!(out, "outcome   delivered: {status}{id}");
         }
-        Some(Outcome::Failed { class, message, retry_after_ms }) => {
-            let retry = retry_after_ms.map(|ms| format!(" (retry after {ms} ms)")).unwrap_or_default();
-            let _ = writeln!(out, "outcome   failed ({}): {message}{retry}", json_name(class));
+        Some(Outcome::Failed {
+            class,
+            message,
+            retry_after_ms,
+        }) => {
+            let retry = retry_after_ms
+                .map(|ms| format!(" (retry after {ms} ms)"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "outcome   failed ({}): {message}{retry}",
+                json_name(class)
+            );
         }
         None => {}
     }
     for a in &t.history {
         let result = match &a.outcome {
             Some(Outcome::Delivered { status, .. }) => format!("delivered: {status}"),
-            Some(Outcome::Failed { class, message, .. }) => format!("{}: {message}", json_name(class)),
+            Some(Outcome::Failed { class, message, .. }) => {
+                format!("{}: {message}", json_name(class))
+            }
             None => "running".into(),
         };
         let _ = writeln!(out, "  #{:<3} {}  {result}", a.number, a.started_at);
@@ -50,7 +68,9 @@ pub fn tasks(tasks: &Vec<TaskView>) -> String {
     for t in tasks {
         let result = match &t.outcome {
             Some(Outcome::Delivered { status, .. }) => status.clone(),
-            Some(Outcome::Failed { class, message, .. }) => format!("{}: {message}", json_name(class)),
+            Some(Outcome::Failed { class, message, .. }) => {
+                format!("{}: {message}", json_name(class))
+            }
             None => String::new(),
         };
         let _ = writeln!(
@@ -74,8 +94,11 @@ pub fn status(s: &StatusView) -> String {
     let pool = &s.pool;
     let _ = writeln!(out, "notifyhub {} up {}s", s.version, s.uptime_ms / 1000);
     let _ = writeln!(out, "platforms  {}", s.platforms.join(", "));
-    let by_state: Vec<String> =
-        pool.workers_by_state.iter().map(|(state, n)| format!("{n} {}", json_name(state))).collect();
+    let by_state: Vec<String> = pool
+        .workers_by_state
+        .iter()
+        .map(|(state, n)| format!("{n} {}", json_name(state)))
+        .collect();
     let _ = writeln!(
         out,
         "pool       {} workers ({}), bounds {}..{}, strategy {}",
@@ -85,13 +108,21 @@ pub fn status(s: &StatusView) -> String {
         pool.max_workers,
         json_name(&pool.strategy)
     );
-    let queued: Vec<String> = pool.queued_by_platform.iter().map(|(p, n)| format!("{p} {n}")).collect();
+    let queued: Vec<String> = pool
+        .queued_by_platform
+        .iter()
+        .map(|(p, n)| format!("{p} {n}"))
+        .collect();
     let _ = writeln!(
         out,
         "tasks      {} in flight, {} queued{}, {} processed, {} errors",
         pool.in_flight,
         pool.queued,
-        if queued.is_empty() { String::new() } else { format!(" ({})", queued.join(", ")) },
+        if queued.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", queued.join(", "))
+        },
         pool.processed,
         pool.errors
     );
@@ -104,7 +135,11 @@ pub fn status(s: &StatusView) -> String {
     );
     let _ = writeln!(out, "scaling    {} decisions", pool.scale_events);
     for e in pool.recent_scale_events.iter().rev().take(3) {
-        let _ = writeln!(out, "           {} {} -> {}: {}", e.at, e.from, e.to, e.reason);
+        let _ = writeln!(
+            out,
+            "           {} {} -> {}: {}",
+            e.at, e.from, e.to, e.reason
+        );
     }
     let _ = writeln!(
         out,
@@ -161,8 +196,15 @@ pub fn reload(results: &Vec<ReloadResult>) -> String {
     let mut out = String::new();
     for r in results {
         let detail = match &r.change {
-            Change::Loaded { name, version, digest } => {
-                format!("loaded {name} {version} ({})", &digest[..12.min(digest.len())])
+            Change::Loaded {
+                name,
+                version,
+                digest,
+            } => {
+                format!(
+                    "loaded {name} {version} ({})",
+                    &digest[..12.min(digest.len())]
+                )
             }
             Change::Reconfigured { name } => format!("{name}: manifest applied"),
             Change::Unchanged => "unchanged".into(),

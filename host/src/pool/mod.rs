@@ -39,18 +39,18 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-pub use self::router::Strategy;
-pub use self::stats::{PoolStats, ScaleEvent, WorkerState, WorkerView};
 use self::queue::WaitQueue;
+pub use self::router::Strategy;
 use self::router::{Candidate, Router};
 use self::scaler::{Decision, Sample, Scaler, ScalerConfig};
 use self::stats::WorkerMetrics;
+pub use self::stats::{PoolStats, ScaleEvent, WorkerState, WorkerView};
 use self::warm::{WarmBudget, WarmLimits};
 use self::worker::{Assignment, Event, WorkerContext};
 use crate::executor::Executor;
+use crate::registry::Registry;
 use crate::retry::RetryConfig;
 use crate::scheduler::Scheduler;
-use crate::registry::Registry;
 use crate::store::TaskStore;
 use crate::task::{FailureClass, Outcome, Task, TaskId};
 
@@ -190,7 +190,11 @@ pub struct ShutdownReport {
 enum Command {
     Submit(Vec<Arc<Task>>),
     Stats(oneshot::Sender<PoolStats>),
-    Scale { min: Option<usize>, max: Option<usize>, reply: oneshot::Sender<Result<(usize, usize), String>> },
+    Scale {
+        min: Option<usize>,
+        max: Option<usize>,
+        reply: oneshot::Sender<Result<(usize, usize), String>>,
+    },
     Shutdown(oneshot::Sender<ShutdownReport>),
 }
 
@@ -214,7 +218,13 @@ pub struct PoolDeps {
 
 impl Pool {
     pub fn start(config: PoolConfig, deps: PoolDeps) -> Self {
-        let PoolDeps { executor, registry, store, scheduler, retry } = deps;
+        let PoolDeps {
+            executor,
+            registry,
+            store,
+            scheduler,
+            retry,
+        } = deps;
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (events, event_rx) = mpsc::unbounded_channel();
         let waiting = Arc::new(AtomicUsize::new(0));
@@ -262,12 +272,18 @@ impl Pool {
         };
         let capacity = dispatcher.capacity;
         tokio::spawn(dispatcher.run(command_rx, event_rx));
-        Pool { commands, waiting, capacity, closed: AtomicBool::new(false) }
+        Pool {
+            commands,
+            waiting,
+            capacity,
+            closed: AtomicBool::new(false),
+        }
     }
 
     /// Whether the queue has room for `n` more tasks.
     pub fn has_room(&self, n: usize) -> bool {
-        !self.closed.load(Ordering::Acquire) && self.waiting.load(Ordering::Acquire) + n <= self.capacity
+        !self.closed.load(Ordering::Acquire)
+            && self.waiting.load(Ordering::Acquire) + n <= self.capacity
     }
 
     /// Queues tasks. All or nothing: if the queue cannot take every task,
@@ -282,10 +298,12 @@ impl Pool {
             self.waiting.fetch_sub(n, Ordering::AcqRel);
             return Err(EnqueueError::Full(before));
         }
-        self.commands.send(Command::Submit(tasks.to_vec())).map_err(|_| {
-            self.waiting.fetch_sub(n, Ordering::AcqRel);
-            EnqueueError::Closed
-        })
+        self.commands
+            .send(Command::Submit(tasks.to_vec()))
+            .map_err(|_| {
+                self.waiting.fetch_sub(n, Ordering::AcqRel);
+                EnqueueError::Closed
+            })
     }
 
     pub async fn stats(&self) -> Option<PoolStats> {
@@ -295,7 +313,11 @@ impl Pool {
     }
 
     /// Changes the worker bounds at run time; returns the new (min, max).
-    pub async fn scale(&self, min: Option<usize>, max: Option<usize>) -> Result<(usize, usize), String> {
+    pub async fn scale(
+        &self,
+        min: Option<usize>,
+        max: Option<usize>,
+    ) -> Result<(usize, usize), String> {
         let (reply, rx) = oneshot::channel();
         self.commands
             .send(Command::Scale { min, max, reply })
@@ -309,7 +331,11 @@ impl Pool {
     pub async fn shutdown(&self) -> ShutdownReport {
         self.closed.store(true, Ordering::Release);
         let (tx, rx) = oneshot::channel();
-        let empty = ShutdownReport { finished: 0, cancelled: 0, left_queued: 0 };
+        let empty = ShutdownReport {
+            finished: 0,
+            cancelled: 0,
+            left_queued: 0,
+        };
         if self.commands.send(Command::Shutdown(tx)).is_err() {
             return empty;
         }
@@ -382,7 +408,10 @@ impl Dispatcher {
     }
 
     fn live_workers(&self) -> usize {
-        self.workers.values().filter(|w| w.state != WorkerState::ShuttingDown).count()
+        self.workers
+            .values()
+            .filter(|w| w.state != WorkerState::ShuttingDown)
+            .count()
     }
 
     fn in_flight(&self) -> usize {
@@ -401,12 +430,19 @@ impl Dispatcher {
         let mut deferred = Vec::new();
         let mut skip = HashSet::new();
         while !idle.is_empty() {
-            let Some(task) = self.queue.pop_skipping(&skip) else { break };
+            let Some(task) = self.queue.pop_skipping(&skip) else {
+                break;
+            };
             let Some(plugin) = self.registry.lookup(&task.platform) else {
                 self.waiting.fetch_sub(1, Ordering::AcqRel);
                 let message = format!("no loaded plugin serves platform `{}`", task.platform);
                 let attempt = self.store.attempts(task.id) + 1;
-                self.context.finish(&task, attempt, Outcome::failed(FailureClass::NoPlugin, message), None);
+                self.context.finish(
+                    &task,
+                    attempt,
+                    Outcome::failed(FailureClass::NoPlugin, message),
+                    None,
+                );
                 continue;
             };
             let candidates: Vec<Candidate> = idle
@@ -426,32 +462,46 @@ impl Dispatcher {
             // not have more, waits for one of them: it will be free in
             // microseconds, while a one-shot instance costs its whole
             // start-up. Slow (I/O-bound) plugins spill to a one-shot instead.
-            let fast = self.task_time.get(&plugin.key).is_some_and(|t| *t < BATCH_MAX_TASK_TIME);
+            let fast = self
+                .task_time
+                .get(&plugin.key)
+                .is_some_and(|t| *t < BATCH_MAX_TASK_TIME);
             if self.router.strategy() == Strategy::Affinity
                 && fast
                 && !candidates.iter().any(|c| c.warm)
                 && self.context.budget.is_full(&plugin.key)
-                && self.workers.values().any(|w| {
-                    w.state == WorkerState::Processing && w.warm.contains(&plugin.key)
-                })
+                && self
+                    .workers
+                    .values()
+                    .any(|w| w.state == WorkerState::Processing && w.warm.contains(&plugin.key))
             {
                 skip.insert(task.platform.clone());
                 deferred.push(task);
                 continue;
             }
-            let chosen = self.router.pick(&candidates).expect("candidates are not empty");
+            let chosen = self
+                .router
+                .pick(&candidates)
+                .expect("candidates are not empty");
             idle.retain(|id| *id != chosen);
 
             // Batch only fast plugins, and only what the other idle workers
             // could not take anyway.
             let surplus = self.queue.len_of(&task.platform).saturating_sub(idle.len());
-            let extra = if fast { surplus.min(self.config.batch_size - 1) } else { 0 };
+            let extra = if fast {
+                surplus.min(self.config.batch_size - 1)
+            } else {
+                0
+            };
             let platform = task.platform.clone();
             let mut tasks = vec![task];
             tasks.extend((0..extra).map_while(|_| self.queue.pop_platform(&platform)));
             self.waiting.fetch_sub(tasks.len(), Ordering::AcqRel);
 
-            let worker = self.workers.get_mut(&chosen).expect("chosen from the idle workers");
+            let worker = self
+                .workers
+                .get_mut(&chosen)
+                .expect("chosen from the idle workers");
             worker.state = WorkerState::Processing;
             worker.assigned = tasks.iter().map(|t| t.id).collect();
             worker.busy_since = Some(Instant::now());
@@ -467,16 +517,29 @@ impl Dispatcher {
                 };
                 worker.state = WorkerState::ShuttingDown;
                 worker.assigned.clear();
-                self.waiting.fetch_add(assignment.tasks.len(), Ordering::AcqRel);
-                assignment.tasks.into_iter().rev().for_each(|t| self.queue.push_front(t));
+                self.waiting
+                    .fetch_add(assignment.tasks.len(), Ordering::AcqRel);
+                assignment
+                    .tasks
+                    .into_iter()
+                    .rev()
+                    .for_each(|t| self.queue.push_front(t));
             }
         }
-        deferred.into_iter().rev().for_each(|t| self.queue.push_front(t));
+        deferred
+            .into_iter()
+            .rev()
+            .for_each(|t| self.queue.push_front(t));
     }
 
     fn on_event(&mut self, event: Event) {
         match event {
-            Event::Idle { worker, warm, plugin, mean_task } => {
+            Event::Idle {
+                worker,
+                warm,
+                plugin,
+                mean_task,
+            } => {
                 let mean = self.task_time.entry(plugin).or_insert(mean_task);
                 *mean = (*mean * 7 + mean_task) / 8;
                 if let Some(w) = self.workers.get_mut(&worker) {
@@ -499,7 +562,11 @@ impl Dispatcher {
     fn on_tick(&mut self) {
         let now = Instant::now();
         // Workers become idle once spawned: mark the ones started last tick.
-        for w in self.workers.values_mut().filter(|w| w.state == WorkerState::Starting) {
+        for w in self
+            .workers
+            .values_mut()
+            .filter(|w| w.state == WorkerState::Starting)
+        {
             w.state = WorkerState::Idle;
             w.idle_since = Some(now);
         }
@@ -537,10 +604,24 @@ impl Dispatcher {
             .workers
             .iter()
             .filter(|(_, w)| w.state != WorkerState::ShuttingDown)
-            .map(|(id, w)| (*id, if w.state == WorkerState::Idle { w.idle_since } else { None }))
+            .map(|(id, w)| {
+                (
+                    *id,
+                    if w.state == WorkerState::Idle {
+                        w.idle_since
+                    } else {
+                        None
+                    },
+                )
+            })
             .collect();
         let since: Vec<Option<Instant>> = live.iter().map(|(_, s)| *s).collect();
-        let reaped = scaler::reap(&since, now, self.config.max_idle, self.scaler.config().min_workers);
+        let reaped = scaler::reap(
+            &since,
+            now,
+            self.config.max_idle,
+            self.scaler.config().min_workers,
+        );
         if reaped.is_empty() {
             return;
         }
@@ -548,7 +629,11 @@ impl Dispatcher {
         self.record_scale(
             before,
             before - reaped.len(),
-            format!("{} worker(s) idle for {:?}", reaped.len(), self.config.max_idle),
+            format!(
+                "{} worker(s) idle for {:?}",
+                reaped.len(),
+                self.config.max_idle
+            ),
         );
         for index in reaped {
             self.stop_worker(live[index].0);
@@ -561,14 +646,23 @@ impl Dispatcher {
         let stuck: Vec<u64> = self
             .workers
             .iter()
-            .filter(|(_, w)| w.busy_since.is_some_and(|since| now.duration_since(since) > w.deadline))
+            .filter(|(_, w)| {
+                w.busy_since
+                    .is_some_and(|since| now.duration_since(since) > w.deadline)
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in stuck {
-            let Some(worker) = self.workers.remove(&id) else { continue };
+            let Some(worker) = self.workers.remove(&id) else {
+                continue;
+            };
             worker.handle.abort();
             self.router.forget(id);
-            tracing::error!(worker = id, tasks = worker.assigned.len(), "worker stuck past its deadline; replacing it");
+            tracing::error!(
+                worker = id,
+                tasks = worker.assigned.len(),
+                "worker stuck past its deadline; replacing it"
+            );
             for id in worker.assigned {
                 if let Some(task) = self.store.runnable(id).or_else(|| self.running_task(id)) {
                     let outcome = Outcome::failed(
@@ -650,12 +744,20 @@ impl Dispatcher {
             self.scale_events.pop_front();
         }
         let at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-        self.scale_events.push_back(ScaleEvent { at, from, to, reason });
+        self.scale_events.push_back(ScaleEvent {
+            at,
+            from,
+            to,
+            reason,
+        });
     }
 
     fn scale(&mut self, min: Option<usize>, max: Option<usize>) -> Result<(usize, usize), String> {
         let current = self.scaler.config();
-        let (min, max) = (min.unwrap_or(current.min_workers), max.unwrap_or(current.max_workers));
+        let (min, max) = (
+            min.unwrap_or(current.min_workers),
+            max.unwrap_or(current.max_workers),
+        );
         if max == 0 || min > max {
             return Err(format!("need 0 <= min ({min}) <= max ({max}) and max > 0"));
         }
@@ -690,7 +792,11 @@ impl Dispatcher {
                 }
             }
         }
-        let report = ShutdownReport { finished: in_flight - cancelled, cancelled, left_queued };
+        let report = ShutdownReport {
+            finished: in_flight - cancelled,
+            cancelled,
+            left_queued,
+        };
         tracing::info!(?report, "worker pool stopped");
         report
     }
@@ -700,8 +806,11 @@ impl Dispatcher {
         for w in self.workers.values() {
             *by_state.entry(w.state).or_insert(0) += 1;
         }
-        let per_worker: Vec<WorkerView> =
-            self.workers.iter().map(|(id, w)| w.metrics.view(*id, w.state)).collect();
+        let per_worker: Vec<WorkerView> = self
+            .workers
+            .iter()
+            .map(|(id, w)| w.metrics.view(*id, w.state))
+            .collect();
         let hits = self.context.warm_hits.load(Ordering::Relaxed);
         let misses = self.context.warm_misses.load(Ordering::Relaxed);
         let scaler = self.scaler.config();
@@ -718,7 +827,11 @@ impl Dispatcher {
             errors: per_worker.iter().map(|w| w.errors).sum(),
             warm_hits: hits,
             warm_misses: misses,
-            warm_hit_rate: if hits + misses == 0 { 0.0 } else { hits as f64 / (hits + misses) as f64 },
+            warm_hit_rate: if hits + misses == 0 {
+                0.0
+            } else {
+                hits as f64 / (hits + misses) as f64
+            },
             scale_events: self.scale_event_count,
             recent_scale_events: self.scale_events.iter().cloned().collect(),
             per_worker,

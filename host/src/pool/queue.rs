@@ -38,7 +38,11 @@ impl Lane {
         if queue.is_empty() {
             self.turns.push_back(task.platform.clone());
         }
-        if front { queue.push_front(task) } else { queue.push_back(task) }
+        if front {
+            queue.push_front(task)
+        } else {
+            queue.push_back(task)
+        }
     }
 
     /// The oldest task of the next platform not in `skip`; that platform
@@ -46,7 +50,10 @@ impl Lane {
     fn pop_turn(&mut self, skip: &HashSet<String>) -> Option<Arc<Task>> {
         let turn = self.turns.iter().position(|p| !skip.contains(p))?;
         let platform = self.turns.remove(turn).expect("position is in range");
-        let queue = self.queues.get_mut(&platform).expect("turns only name queued platforms");
+        let queue = self
+            .queues
+            .get_mut(&platform)
+            .expect("turns only name queued platforms");
         let task = queue.pop_front().expect("turns only name non-empty queues");
         if queue.is_empty() {
             self.queues.remove(&platform);
@@ -111,7 +118,10 @@ impl WaitQueue {
 
     /// The next task of `platform`, highest priority first (for batches).
     pub fn pop_platform(&mut self, platform: &str) -> Option<Arc<Task>> {
-        let task = self.lanes.iter_mut().find_map(|lane| lane.pop_platform(platform))?;
+        let task = self
+            .lanes
+            .iter_mut()
+            .find_map(|lane| lane.pop_platform(platform))?;
         self.len -= 1;
         Some(task)
     }
@@ -126,7 +136,11 @@ impl WaitQueue {
 
     /// Waiting tasks of `platform`.
     pub fn len_of(&self, platform: &str) -> usize {
-        self.lanes.iter().filter_map(|l| l.queues.get(platform)).map(VecDeque::len).sum()
+        self.lanes
+            .iter()
+            .filter_map(|l| l.queues.get(platform))
+            .map(VecDeque::len)
+            .sum()
     }
 
     /// Waiting tasks per platform.
@@ -183,7 +197,10 @@ mod tests {
         let picks: Vec<Priority> = (0..7).map(|_| q.pop().unwrap().priority).collect();
         assert_eq!(picks.iter().filter(|p| **p == Priority::High).count(), 4);
         assert_eq!(picks.iter().filter(|p| **p == Priority::Normal).count(), 2);
-        assert!(picks.contains(&Priority::Low), "low priority got no turn: {picks:?}");
+        assert!(
+            picks.contains(&Priority::Low),
+            "low priority got no turn: {picks:?}"
+        );
     }
 
     #[test]

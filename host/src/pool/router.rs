@@ -65,7 +65,11 @@ pub struct Router {
 
 impl Router {
     pub fn new(strategy: Strategy) -> Self {
-        Router { strategy, next: 0, current: HashMap::new() }
+        Router {
+            strategy,
+            next: 0,
+            current: HashMap::new(),
+        }
     }
 
     pub fn strategy(&self) -> Strategy {
@@ -85,13 +89,17 @@ impl Router {
                 .or_else(|| candidates.iter().min_by_key(|c| (c.warm_count, c.worker)))
                 .map(|c| c.worker),
             Strategy::RoundRobin => {
-                let after = candidates.iter().filter(|c| c.worker >= self.next).min_by_key(|c| c.worker);
+                let after = candidates
+                    .iter()
+                    .filter(|c| c.worker >= self.next)
+                    .min_by_key(|c| c.worker);
                 let chosen = after.or_else(|| candidates.iter().min_by_key(|c| c.worker));
                 chosen.map(|c| c.worker)
             }
-            Strategy::LeastLoaded => {
-                candidates.iter().min_by_key(|c| (c.processed, c.worker)).map(|c| c.worker)
-            }
+            Strategy::LeastLoaded => candidates
+                .iter()
+                .min_by_key(|c| (c.processed, c.worker))
+                .map(|c| c.worker),
             Strategy::Weighted => {
                 let total: f64 = candidates.iter().map(|c| c.weight.max(f64::EPSILON)).sum();
                 let mut best: Option<(u64, f64)> = None;
@@ -124,13 +132,23 @@ mod tests {
     use super::*;
 
     fn c(worker: u64, warm: bool, warm_count: usize, processed: u64, weight: f64) -> Candidate {
-        Candidate { worker, warm, warm_count, processed, weight }
+        Candidate {
+            worker,
+            warm,
+            warm_count,
+            processed,
+            weight,
+        }
     }
 
     #[test]
     fn affinity_prefers_warm_then_the_least_warmed() {
         let mut r = Router::new(Strategy::Affinity);
-        let idle = [c(1, false, 0, 9, 1.0), c(2, true, 3, 5, 1.0), c(3, false, 2, 0, 1.0)];
+        let idle = [
+            c(1, false, 0, 9, 1.0),
+            c(2, true, 3, 5, 1.0),
+            c(3, false, 2, 0, 1.0),
+        ];
         assert_eq!(r.pick(&idle), Some(2));
         let cold = [c(1, false, 4, 9, 1.0), c(3, false, 1, 0, 1.0)];
         assert_eq!(r.pick(&cold), Some(3));
@@ -148,7 +166,10 @@ mod tests {
     #[test]
     fn least_loaded_picks_the_least_used() {
         let mut r = Router::new(Strategy::LeastLoaded);
-        assert_eq!(r.pick(&[c(0, true, 1, 10, 1.0), c(1, false, 0, 3, 1.0)]), Some(1));
+        assert_eq!(
+            r.pick(&[c(0, true, 1, 10, 1.0), c(1, false, 0, 3, 1.0)]),
+            Some(1)
+        );
     }
 
     #[test]

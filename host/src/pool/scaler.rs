@@ -61,7 +61,11 @@ pub struct Scaler {
 
 impl Scaler {
     pub fn new(config: ScalerConfig) -> Self {
-        Scaler { config, above_since: None, below_since: None }
+        Scaler {
+            config,
+            above_since: None,
+            below_since: None,
+        }
     }
 
     pub fn config(&self) -> &ScalerConfig {
@@ -78,7 +82,10 @@ impl Scaler {
     fn wanted(&self, sample: &Sample) -> usize {
         let demand = (sample.queued + sample.in_flight) as f64;
         let wanted = (demand / self.config.target_load).ceil() as usize;
-        wanted.clamp(self.config.min_workers.max(1), self.config.max_workers.max(1))
+        wanted.clamp(
+            self.config.min_workers.max(1),
+            self.config.max_workers.max(1),
+        )
     }
 
     pub fn decide(&mut self, sample: &Sample) -> Decision {
@@ -86,7 +93,10 @@ impl Scaler {
         // Bounds first: a change of bounds takes effect at once.
         if sample.workers < c.min_workers {
             let to = (sample.workers + c.start_batch).min(c.min_workers);
-            return Decision::Grow { to, reason: format!("below min_workers ({})", c.min_workers) };
+            return Decision::Grow {
+                to,
+                reason: format!("below min_workers ({})", c.min_workers),
+            };
         }
         if sample.workers > c.max_workers {
             return Decision::Shrink {
@@ -148,7 +158,11 @@ pub fn reap(
     let mut candidates: Vec<(usize, Instant)> = idle_since
         .iter()
         .enumerate()
-        .filter_map(|(i, since)| since.filter(|s| now.duration_since(*s) >= max_idle).map(|s| (i, s)))
+        .filter_map(|(i, since)| {
+            since
+                .filter(|s| now.duration_since(*s) >= max_idle)
+                .map(|s| (i, s))
+        })
         .collect();
     candidates.sort_by_key(|&(_, since)| since);
     let spare = idle_since.len().saturating_sub(min_workers);
@@ -172,7 +186,12 @@ mod tests {
     }
 
     fn sample(at: Instant, queued: usize, in_flight: usize, workers: usize) -> Sample {
-        Sample { at, queued, in_flight, workers }
+        Sample {
+            at,
+            queued,
+            in_flight,
+            workers,
+        }
     }
 
     fn ms(n: u64) -> Duration {
@@ -225,7 +244,10 @@ mod tests {
         let mut s = Scaler::new(config());
         // Load 0.1 on 50 workers.
         assert_eq!(s.decide(&sample(t0, 0, 5, 50)), Decision::Hold);
-        assert_eq!(s.decide(&sample(t0 + Duration::from_secs(29), 0, 5, 50)), Decision::Hold);
+        assert_eq!(
+            s.decide(&sample(t0 + Duration::from_secs(29), 0, 5, 50)),
+            Decision::Hold
+        );
         let Decision::Shrink { to, .. } = s.decide(&sample(t0 + Duration::from_secs(30), 0, 5, 50))
         else {
             panic!("expected shrinking")
@@ -234,7 +256,10 @@ mod tests {
         // Load 0.5 is between the thresholds: hold either way.
         let t1 = t0 + Duration::from_secs(31);
         assert_eq!(s.decide(&sample(t1, 0, 4, 8)), Decision::Hold);
-        assert_eq!(s.decide(&sample(t1 + Duration::from_secs(60), 0, 4, 8)), Decision::Hold);
+        assert_eq!(
+            s.decide(&sample(t1 + Duration::from_secs(60), 0, 4, 8)),
+            Decision::Hold
+        );
     }
 
     #[test]
@@ -248,14 +273,26 @@ mod tests {
             panic!()
         };
         assert_eq!(to, 2);
-        assert_eq!(s.decide(&sample(t0 + Duration::from_secs(99), 0, 0, 2)), Decision::Hold);
+        assert_eq!(
+            s.decide(&sample(t0 + Duration::from_secs(99), 0, 0, 2)),
+            Decision::Hold
+        );
         // Flooded: grows to max, never above.
         s.decide(&sample(t0, 10_000, 100, 100));
-        assert_eq!(s.decide(&sample(t0 + ms(500), 10_000, 100, 100)), Decision::Hold);
+        assert_eq!(
+            s.decide(&sample(t0 + ms(500), 10_000, 100, 100)),
+            Decision::Hold
+        );
         // New bounds apply at once, in both directions.
         s.set_bounds(10, 50);
-        assert!(matches!(s.decide(&sample(t0, 0, 0, 100)), Decision::Shrink { to: 50, .. }));
-        assert!(matches!(s.decide(&sample(t0, 0, 0, 3)), Decision::Grow { to: 10, .. }));
+        assert!(matches!(
+            s.decide(&sample(t0, 0, 0, 100)),
+            Decision::Shrink { to: 50, .. }
+        ));
+        assert!(matches!(
+            s.decide(&sample(t0, 0, 0, 3)),
+            Decision::Grow { to: 10, .. }
+        ));
     }
 
     #[test]

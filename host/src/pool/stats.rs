@@ -65,8 +65,13 @@ impl WorkerMetrics {
 
     pub fn view(&self, id: u64, state: WorkerState) -> WorkerView {
         let current = self.current.lock().expect("never poisoned").clone();
-        let mut durations: Vec<u64> =
-            self.durations_us.lock().expect("never poisoned").iter().copied().collect();
+        let mut durations: Vec<u64> = self
+            .durations_us
+            .lock()
+            .expect("never poisoned")
+            .iter()
+            .copied()
+            .collect();
         durations.sort_unstable();
         let mean_ms = if durations.is_empty() {
             0.0
@@ -102,7 +107,8 @@ impl WorkerMetrics {
     /// Tasks per second over the worker's life (the `weighted` strategy's
     /// default weight).
     pub fn throughput(&self) -> f64 {
-        self.processed.load(Ordering::Relaxed) as f64 / self.started.elapsed().as_secs_f64().max(1e-3)
+        self.processed.load(Ordering::Relaxed) as f64
+            / self.started.elapsed().as_secs_f64().max(1e-3)
     }
 }
 

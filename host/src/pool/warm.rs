@@ -35,7 +35,10 @@ pub struct WarmBudget {
 
 impl WarmBudget {
     pub fn new(max_per_plugin: usize) -> Self {
-        WarmBudget { max_per_plugin, held: Mutex::default() }
+        WarmBudget {
+            max_per_plugin,
+            held: Mutex::default(),
+        }
     }
 
     /// Whether plugin version `key` has all the warm instances it may have.
@@ -81,13 +84,20 @@ pub struct WarmCache {
 
 impl WarmCache {
     pub fn new(limits: WarmLimits, budget: Arc<WarmBudget>) -> Self {
-        WarmCache { instances: Vec::new(), limits, budget }
+        WarmCache {
+            instances: Vec::new(),
+            limits,
+            budget,
+        }
     }
 
     /// Takes the warm instance of plugin version `key`, if there is one.
     /// Its budget unit stays with it until [`WarmCache::put_back`].
     pub fn take(&mut self, key: &str) -> Option<Instance> {
-        let index = self.instances.iter().position(|w| w.instance.plugin().key == key)?;
+        let index = self
+            .instances
+            .iter()
+            .position(|w| w.instance.plugin().key == key)?;
         Some(self.instances.swap_remove(index).instance)
     }
 
@@ -109,12 +119,20 @@ impl WarmCache {
             return; // the plugin has enough warm instances: this one was one-shot
         }
         if self.instances.len() >= self.limits.max_per_worker {
-            if let Some(lru) = self.instances.iter().enumerate().min_by_key(|(_, w)| w.last_used) {
+            if let Some(lru) = self
+                .instances
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, w)| w.last_used)
+            {
                 let evicted = self.instances.swap_remove(lru.0);
                 self.budget.release(&evicted.instance.plugin().key);
             }
         }
-        self.instances.push(Warm { instance, last_used: Instant::now() });
+        self.instances.push(Warm {
+            instance,
+            last_used: Instant::now(),
+        });
     }
 
     /// Retires instances idle too long or of a plugin version the registry
@@ -140,17 +158,26 @@ impl WarmCache {
 
     /// Keys of the plugin versions held warm.
     pub fn keys(&self) -> Vec<String> {
-        self.instances.iter().map(|w| w.instance.plugin().key.clone()).collect()
+        self.instances
+            .iter()
+            .map(|w| w.instance.plugin().key.clone())
+            .collect()
     }
 
     /// Names of the plugins held warm.
     pub fn names(&self) -> Vec<String> {
-        self.instances.iter().map(|w| w.instance.plugin().name.clone()).collect()
+        self.instances
+            .iter()
+            .map(|w| w.instance.plugin().name.clone())
+            .collect()
     }
 
     /// Linear memory held by the warm instances.
     pub fn memory_bytes(&self) -> usize {
-        self.instances.iter().map(|w| w.instance.memory_bytes()).sum()
+        self.instances
+            .iter()
+            .map(|w| w.instance.memory_bytes())
+            .sum()
     }
 }
 

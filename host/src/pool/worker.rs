@@ -28,7 +28,12 @@ pub(super) enum Event {
     /// The worker finished its assignment and is idle, holding these plugin
     /// versions (keys) warm. `mean_task` is how long the assignment's tasks
     /// took on average.
-    Idle { worker: u64, warm: Vec<String>, plugin: String, mean_task: Duration },
+    Idle {
+        worker: u64,
+        warm: Vec<String>,
+        plugin: String,
+        mean_task: Duration,
+    },
     /// The worker's inbox closed and it has stopped.
     Exited { worker: u64 },
 }
@@ -77,10 +82,14 @@ pub(super) async fn run(
         let started = Instant::now();
         for task in &assignment.tasks {
             let span = tracing::info_span!("task", task = %task.id, platform = %task.platform, worker = id);
-            deliver(&assignment.plugin, task, &mut warm, &context, &metrics).instrument(span).await;
+            deliver(&assignment.plugin, task, &mut warm, &context, &metrics)
+                .instrument(span)
+                .await;
         }
         *metrics.warm_plugins.lock().expect("never poisoned") = warm.names();
-        metrics.memory_bytes.store(warm.memory_bytes(), Ordering::Relaxed);
+        metrics
+            .memory_bytes
+            .store(warm.memory_bytes(), Ordering::Relaxed);
         let idle = Event::Idle {
             worker: id,
             warm: warm.keys(),
@@ -110,7 +119,11 @@ async fn deliver(
         Some(instance) => (Ok(instance), true),
         None => (context.executor.instantiate(plugin.clone()).await, false),
     };
-    let counter = if was_warm { &context.warm_hits } else { &context.warm_misses };
+    let counter = if was_warm {
+        &context.warm_hits
+    } else {
+        &context.warm_misses
+    };
     counter.fetch_add(1, Ordering::Relaxed);
     let outcome = match instance {
         Ok(mut instance) => {

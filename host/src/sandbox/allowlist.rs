@@ -14,8 +14,16 @@ use http::Uri;
 enum Rule {
     Any,
     Subdomains(String),
-    Host { host: String, port: Option<u16> },
-    Prefix { scheme: String, host: String, port: u16, path: String },
+    Host {
+        host: String,
+        port: Option<u16>,
+    },
+    Prefix {
+        scheme: String,
+        host: String,
+        port: u16,
+        path: String,
+    },
 }
 
 /// A parsed allowlist.
@@ -34,7 +42,10 @@ pub struct AllowListError {
 
 impl AllowList {
     pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<Self, AllowListError> {
-        let rules = entries.iter().map(|e| parse_rule(e.as_ref())).collect::<Result<_, _>>()?;
+        let rules = entries
+            .iter()
+            .map(|e| parse_rule(e.as_ref()))
+            .collect::<Result<_, _>>()?;
         Ok(AllowList { rules })
     }
 
@@ -49,7 +60,10 @@ impl AllowList {
     /// Whether a request to `uri` is allowed.
     pub fn permits(&self, uri: &Uri) -> bool {
         let Some(host) = uri.host() else { return false };
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
         let https = uri.scheme_str() == Some("https");
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let internal = is_internal(&host);
@@ -57,7 +71,12 @@ impl AllowList {
             Rule::Any => !internal,
             Rule::Subdomains(suffix) => !internal && host.ends_with(suffix.as_str()),
             Rule::Host { host: h, port: p } => *h == host && p.is_none_or(|p| p == port),
-            Rule::Prefix { scheme, host: h, port: p, path } => {
+            Rule::Prefix {
+                scheme,
+                host: h,
+                port: p,
+                path,
+            } => {
                 uri.scheme_str() == Some(scheme.as_str())
                     && *h == host
                     && *p == port
@@ -68,7 +87,10 @@ impl AllowList {
 }
 
 fn parse_rule(entry: &str) -> Result<Rule, AllowListError> {
-    let err = |reason| AllowListError { entry: entry.to_string(), reason };
+    let err = |reason| AllowListError {
+        entry: entry.to_string(),
+        reason,
+    };
     let entry_lc = entry.trim().to_ascii_lowercase();
     if entry_lc.is_empty() {
         return Err(err("empty entry"));
@@ -84,14 +106,27 @@ fn parse_rule(entry: &str) -> Result<Rule, AllowListError> {
     }
     if entry_lc.contains("://") {
         let uri: Uri = entry_lc.parse().map_err(|_| err("not a valid URL"))?;
-        let scheme = uri.scheme_str().ok_or_else(|| err("a URL needs a scheme"))?.to_string();
+        let scheme = uri
+            .scheme_str()
+            .ok_or_else(|| err("a URL needs a scheme"))?
+            .to_string();
         if scheme != "http" && scheme != "https" {
             return Err(err("only http and https URLs are allowed"));
         }
         let host = uri.host().ok_or_else(|| err("a URL needs a host"))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
-        let port = uri.port_u16().unwrap_or(if scheme == "https" { 443 } else { 80 });
-        return Ok(Rule::Prefix { scheme, host, port, path: uri.path().to_string() });
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = uri
+            .port_u16()
+            .unwrap_or(if scheme == "https" { 443 } else { 80 });
+        return Ok(Rule::Prefix {
+            scheme,
+            host,
+            port,
+            path: uri.path().to_string(),
+        });
     }
     if entry_lc.contains(['*', '/']) {
         return Err(err("use *, *.domain, host, host:port or a URL prefix"));
@@ -112,7 +147,9 @@ fn split_host_port(entry: &str) -> Option<(String, Option<u16>)> {
         return Some((host.to_string(), port));
     }
     match entry.rsplit_once(':') {
-        Some((host, port)) if !host.contains(':') => Some((host.to_string(), Some(port.parse().ok()?))),
+        Some((host, port)) if !host.contains(':') => {
+            Some((host.to_string(), Some(port.parse().ok()?)))
+        }
         _ => Some((entry.to_string(), None)),
     }
 }
@@ -131,7 +168,9 @@ fn is_internal(host: &str) -> bool {
                 || ip.is_unspecified()
                 || (ip.segments()[0] & 0xfe00) == 0xfc00
                 || (ip.segments()[0] & 0xffc0) == 0xfe80
-                || ip.to_ipv4_mapped().is_some_and(|v4| is_internal(&v4.to_string()))
+                || ip
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| is_internal(&v4.to_string()))
         }
         Err(_) => false,
     }
@@ -142,7 +181,9 @@ mod tests {
     use super::*;
 
     fn allows(rules: &[&str], url: &str) -> bool {
-        AllowList::parse(rules).unwrap().permits(&url.parse().unwrap())
+        AllowList::parse(rules)
+            .unwrap()
+            .permits(&url.parse().unwrap())
     }
 
     #[test]
@@ -155,12 +196,30 @@ mod tests {
         assert!(allows(&["*"], "https://hooks.slack.com/x"));
         assert!(allows(&["*.slack.com"], "https://hooks.slack.com/x"));
         assert!(!allows(&["*.slack.com"], "https://slack.com.evil.io/x"));
-        assert!(allows(&["hooks.slack.com"], "https://hooks.slack.com:8443/x"));
-        assert!(allows(&["hooks.slack.com:443"], "https://hooks.slack.com/x"));
-        assert!(!allows(&["hooks.slack.com:443"], "http://hooks.slack.com/x"));
-        assert!(allows(&["https://api.x.io/v1/"], "https://api.x.io/v1/send"));
-        assert!(!allows(&["https://api.x.io/v1/"], "https://api.x.io/v2/send"));
-        assert!(!allows(&["https://api.x.io/v1/"], "http://api.x.io/v1/send"));
+        assert!(allows(
+            &["hooks.slack.com"],
+            "https://hooks.slack.com:8443/x"
+        ));
+        assert!(allows(
+            &["hooks.slack.com:443"],
+            "https://hooks.slack.com/x"
+        ));
+        assert!(!allows(
+            &["hooks.slack.com:443"],
+            "http://hooks.slack.com/x"
+        ));
+        assert!(allows(
+            &["https://api.x.io/v1/"],
+            "https://api.x.io/v1/send"
+        ));
+        assert!(!allows(
+            &["https://api.x.io/v1/"],
+            "https://api.x.io/v2/send"
+        ));
+        assert!(!allows(
+            &["https://api.x.io/v1/"],
+            "http://api.x.io/v1/send"
+        ));
     }
 
     #[test]

@@ -156,7 +156,11 @@ struct CappedBody {
 
 impl CappedBody {
     fn new(inner: hyper::body::Incoming, max_bytes: u64) -> Self {
-        CappedBody { inner, remaining: max_bytes, max_bytes }
+        CappedBody {
+            inner,
+            remaining: max_bytes,
+            max_bytes,
+        }
     }
 }
 

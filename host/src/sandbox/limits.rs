@@ -54,7 +54,11 @@ pub struct MemoryLimiter {
 
 impl MemoryLimiter {
     pub fn new(max_bytes: usize) -> Self {
-        MemoryLimiter { max_bytes, bytes: 0, exceeded: false }
+        MemoryLimiter {
+            max_bytes,
+            bytes: 0,
+            exceeded: false,
+        }
     }
 
     pub fn exceeded(&self) -> bool {

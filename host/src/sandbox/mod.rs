@@ -58,7 +58,11 @@ pub struct SandboxSettings {
 
 impl Default for SandboxSettings {
     fn default() -> Self {
-        SandboxSettings { cache_dir: None, max_instances: 1000, max_memory_mib: 1024 }
+        SandboxSettings {
+            cache_dir: None,
+            max_instances: 1000,
+            max_memory_mib: 1024,
+        }
     }
 }
 
@@ -76,7 +80,10 @@ pub enum SandboxError {
     #[error("cannot configure the wasm engine: {0}")]
     Engine(wasmtime::Error),
     #[error("cannot set up the compilation cache in {dir}: {error}")]
-    Cache { dir: PathBuf, error: wasmtime::Error },
+    Cache {
+        dir: PathBuf,
+        error: wasmtime::Error,
+    },
     #[error("cannot link host interfaces: {0}")]
     Link(wasmtime::Error),
 }
@@ -106,7 +113,10 @@ impl Sandbox {
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
 
         if let Some(dir) = &settings.cache_dir {
-            let cache_err = |error| SandboxError::Cache { dir: dir.clone(), error };
+            let cache_err = |error| SandboxError::Cache {
+                dir: dir.clone(),
+                error,
+            };
             let mut cache_config = wasmtime::CacheConfig::new();
             cache_config.with_directory(dir);
             let cache = wasmtime::Cache::new(cache_config).map_err(cache_err)?;
@@ -124,7 +134,12 @@ impl Sandbox {
             .map_err(SandboxError::Link)?;
 
         let ticker = EpochTicker::start(engine.clone());
-        Ok(Sandbox { engine, linker, http: HttpClient::new(), ticker })
+        Ok(Sandbox {
+            engine,
+            linker,
+            http: HttpClient::new(),
+            ticker,
+        })
     }
 
     pub fn engine(&self) -> &Engine {
@@ -194,7 +209,10 @@ impl EpochTicker {
                 }
             })
             .expect("spawning the epoch thread");
-        EpochTicker { stop, thread: Some(thread) }
+        EpochTicker {
+            stop,
+            thread: Some(thread),
+        }
     }
 }
 

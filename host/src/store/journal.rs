@@ -35,7 +35,10 @@ const MAX_GROUP: usize = 50_000;
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     #[error("cannot open the task store {path}: {error}")]
-    Open { path: PathBuf, error: rusqlite::Error },
+    Open {
+        path: PathBuf,
+        error: rusqlite::Error,
+    },
     #[error("the task store could not be written: {0}")]
     Write(String),
     #[error("the task store could not be read: {0}")]
@@ -46,10 +49,24 @@ pub enum JournalError {
 
 /// A change to the journal.
 pub(super) enum Write {
-    Insert { record: TaskRecord, key: Option<String> },
-    Finish { id: TaskId, state: TaskState, attempt: Attempt, not_before: Option<SystemTime> },
-    Requeue { id: TaskId, not_before: Option<SystemTime>, attempts: u32 },
-    Prune { before: SystemTime },
+    Insert {
+        record: TaskRecord,
+        key: Option<String>,
+    },
+    Finish {
+        id: TaskId,
+        state: TaskState,
+        attempt: Attempt,
+        not_before: Option<SystemTime>,
+    },
+    Requeue {
+        id: TaskId,
+        not_before: Option<SystemTime>,
+        attempts: u32,
+    },
+    Prune {
+        before: SystemTime,
+    },
 }
 
 enum Op {
@@ -93,17 +110,22 @@ const SCHEMA: &str = "
 ";
 
 fn open(path: &Path) -> Result<Connection, JournalError> {
-    let err = |error| JournalError::Open { path: path.into(), error };
+    let err = |error| JournalError::Open {
+        path: path.into(),
+        error,
+    };
     let conn = Connection::open(path).map_err(err)?;
     conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
     conn.execute_batch(SCHEMA).map_err(err)?;
     // Durable on COMMIT: the WAL is fsynced before COMMIT returns.
-    conn.pragma_update(None, "synchronous", "FULL").map_err(err)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(err)?;
     Ok(conn)
 }
 
 pub(super) fn millis(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn time(ms: i64) -> SystemTime {
@@ -124,11 +146,18 @@ impl Journal {
             .name("notifyhub-store".into())
             .spawn(move || write_loop(writer, rx))
             .map_err(|e| JournalError::Write(e.to_string()))?;
-        Ok(Journal { writes: Mutex::new(tx), reader: Mutex::new(reader) })
+        Ok(Journal {
+            writes: Mutex::new(tx),
+            reader: Mutex::new(reader),
+        })
     }
 
     pub(super) fn write(&self, write: Write) {
-        let _ = self.writes.lock().expect("never poisoned").send(Op::Write(write));
+        let _ = self
+            .writes
+            .lock()
+            .expect("never poisoned")
+            .send(Op::Write(write));
     }
 
     /// Waits until every write sent so far is durable.
@@ -139,7 +168,9 @@ impl Journal {
             .expect("never poisoned")
             .send(Op::Sync(tx))
             .map_err(|_| JournalError::Stopped)?;
-        rx.await.map_err(|_| JournalError::Stopped)?.map_err(JournalError::Write)
+        rx.await
+            .map_err(|_| JournalError::Stopped)?
+            .map_err(JournalError::Write)
     }
 
     fn reader(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -156,12 +187,21 @@ impl Journal {
         let rows = stmt.query_map([], |row| {
             let task: String = row.get(0)?;
             let state: String = row.get(1)?;
-            Ok((task, state, row.get::<_, u32>(2)?, row.get::<_, i64>(3)?, row.get::<_, Option<i64>>(4)?, row.get(5)?))
+            Ok((
+                task,
+                state,
+                row.get::<_, u32>(2)?,
+                row.get::<_, i64>(3)?,
+                row.get::<_, Option<i64>>(4)?,
+                row.get(5)?,
+            ))
         })?;
         let mut out = Vec::new();
         for row in rows {
             let (task, state, attempts, submitted, not_before, key) = row?;
-            let Ok(task) = serde_json::from_str::<Task>(&task) else { continue };
+            let Ok(task) = serde_json::from_str::<Task>(&task) else {
+                continue;
+            };
             let mut record = TaskRecord::new(task.into(), time(submitted), not_before.map(time));
             record.attempts = attempts;
             record.state = state.parse().unwrap_or(TaskState::Queued);
@@ -171,14 +211,21 @@ impl Journal {
     }
 
     /// Idempotency keys used since `since`.
-    pub(super) fn keys_since(&self, since: SystemTime) -> Result<Vec<(String, TaskId, SystemTime)>, JournalError> {
+    pub(super) fn keys_since(
+        &self,
+        since: SystemTime,
+    ) -> Result<Vec<(String, TaskId, SystemTime)>, JournalError> {
         let conn = self.reader();
         let mut stmt = conn.prepare(
             "SELECT idempotency_key, id, submitted_at FROM tasks
              WHERE idempotency_key IS NOT NULL AND submitted_at >= ?1",
         )?;
         let rows = stmt.query_map([millis(since)], |row| {
-            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, i64>(2)?))
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, i64>(2)?,
+            ))
         })?;
         let mut out = Vec::new();
         for row in rows {
@@ -201,7 +248,9 @@ impl Journal {
                 record_from_row,
             )
             .optional()?;
-        let Some(mut record) = record.flatten() else { return Ok(None) };
+        let Some(mut record) = record.flatten() else {
+            return Ok(None);
+        };
         let mut stmt = conn.prepare(
             "SELECT n, started_at, ended_at, outcome, plugin FROM attempts WHERE task_id = ?1 ORDER BY n",
         )?;
@@ -210,8 +259,12 @@ impl Journal {
                 number: row.get(0)?,
                 started_at: time(row.get(1)?),
                 ended_at: row.get::<_, Option<i64>>(2)?.map(time),
-                outcome: row.get::<_, Option<String>>(3)?.and_then(|s| serde_json::from_str(&s).ok()),
-                plugin: row.get::<_, Option<String>>(4)?.and_then(|s| serde_json::from_str(&s).ok()),
+                outcome: row
+                    .get::<_, Option<String>>(3)?
+                    .and_then(|s| serde_json::from_str(&s).ok()),
+                plugin: row
+                    .get::<_, Option<String>>(4)?
+                    .and_then(|s| serde_json::from_str(&s).ok()),
             })
         })?;
         record.history = attempts.collect::<Result<_, _>>()?;
@@ -249,14 +302,24 @@ impl Journal {
 
 fn record_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Option<TaskRecord>> {
     let task: String = row.get(0)?;
-    let Ok(task) = serde_json::from_str::<Task>(&task) else { return Ok(None) };
+    let Ok(task) = serde_json::from_str::<Task>(&task) else {
+        return Ok(None);
+    };
     let state: String = row.get(1)?;
-    let mut record = TaskRecord::new(task.into(), time(row.get(3)?), row.get::<_, Option<i64>>(4)?.map(time));
+    let mut record = TaskRecord::new(
+        task.into(),
+        time(row.get(3)?),
+        row.get::<_, Option<i64>>(4)?.map(time),
+    );
     record.state = state.parse().unwrap_or(TaskState::Queued);
     record.attempts = row.get(2)?;
     record.finished_at = row.get::<_, Option<i64>>(5)?.map(time);
-    record.outcome = row.get::<_, Option<String>>(6)?.and_then(|s| serde_json::from_str::<Outcome>(&s).ok());
-    record.plugin = row.get::<_, Option<String>>(7)?.and_then(|s| serde_json::from_str::<PluginRef>(&s).ok());
+    record.outcome = row
+        .get::<_, Option<String>>(6)?
+        .and_then(|s| serde_json::from_str::<Outcome>(&s).ok());
+    record.plugin = row
+        .get::<_, Option<String>>(7)?
+        .and_then(|s| serde_json::from_str::<PluginRef>(&s).ok());
     Ok(Some(record))
 }
 
@@ -313,8 +376,16 @@ fn commit(conn: &mut Connection, batch: &[Op]) -> rusqlite::Result<()> {
                         json(&*record.task),
                     ])?;
                 }
-                Write::Finish { id, state, attempt, not_before } => {
-                    let finished = state.is_finished().then(|| attempt.ended_at.map(millis)).flatten();
+                Write::Finish {
+                    id,
+                    state,
+                    attempt,
+                    not_before,
+                } => {
+                    let finished = state
+                        .is_finished()
+                        .then(|| attempt.ended_at.map(millis))
+                        .flatten();
                     finish_task.execute(params![
                         id.to_string(),
                         state.as_str(),
@@ -333,7 +404,11 @@ fn commit(conn: &mut Connection, batch: &[Op]) -> rusqlite::Result<()> {
                         attempt.plugin.as_ref().map(json),
                     ])?;
                 }
-                Write::Requeue { id, not_before, attempts } => {
+                Write::Requeue {
+                    id,
+                    not_before,
+                    attempts,
+                } => {
                     requeue.execute(params![id.to_string(), not_before.map(millis), attempts])?;
                 }
                 Write::Prune { before } => {

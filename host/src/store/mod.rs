@@ -165,14 +165,21 @@ pub struct TaskStore {
 
 impl Default for TaskStore {
     fn default() -> Self {
-        Self::in_memory(StoreConfig { mode: StoreMode::Memory, ..StoreConfig::default() })
+        Self::in_memory(StoreConfig {
+            mode: StoreMode::Memory,
+            ..StoreConfig::default()
+        })
     }
 }
 
 impl TaskStore {
     /// A store that keeps nothing across restarts.
     pub fn in_memory(config: StoreConfig) -> Self {
-        TaskStore { inner: Mutex::default(), journal: None, config }
+        TaskStore {
+            inner: Mutex::default(),
+            journal: None,
+            config,
+        }
     }
 
     /// Opens the store `config` asks for; a durable one lives at `path`.
@@ -181,7 +188,11 @@ impl TaskStore {
             StoreMode::Memory => Ok(Self::in_memory(config)),
             StoreMode::Durable => {
                 let journal = Journal::open(path)?;
-                let store = TaskStore { inner: Mutex::default(), journal: Some(journal), config };
+                let store = TaskStore {
+                    inner: Mutex::default(),
+                    journal: Some(journal),
+                    config,
+                };
                 store.load_keys()?;
                 Ok(store)
             }
@@ -193,7 +204,9 @@ impl TaskStore {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().expect("task store lock is never poisoned")
+        self.inner
+            .lock()
+            .expect("task store lock is never poisoned")
     }
 
     fn write(&self, write: Write) {
@@ -203,7 +216,9 @@ impl TaskStore {
     }
 
     fn load_keys(&self) -> Result<(), StoreError> {
-        let Some(journal) = &self.journal else { return Ok(()) };
+        let Some(journal) = &self.journal else {
+            return Ok(());
+        };
         let since = SystemTime::now() - self.config.idempotency_window;
         let mut inner = self.lock();
         for (key, id, at) in journal.keys_since(since)? {
@@ -224,7 +239,9 @@ impl TaskStore {
             for s in submissions {
                 if let Some(key) = &s.idempotency_key {
                     if let Some((id, at)) = inner.keys.get(key) {
-                        if now.duration_since(*at).unwrap_or_default() < self.config.idempotency_window {
+                        if now.duration_since(*at).unwrap_or_default()
+                            < self.config.idempotency_window
+                        {
                             accepted.push(Accepted::Duplicate(*id));
                             continue;
                         }
@@ -232,8 +249,17 @@ impl TaskStore {
                     inner.keys.insert(key.clone(), (s.task.id, now));
                 }
                 let record = TaskRecord::new(s.task.clone(), now, s.not_before);
-                self.write(Write::Insert { record: record.clone(), key: s.idempotency_key.clone() });
-                inner.entries.insert(s.task.id, Entry { record, waiters: Vec::new() });
+                self.write(Write::Insert {
+                    record: record.clone(),
+                    key: s.idempotency_key.clone(),
+                });
+                inner.entries.insert(
+                    s.task.id,
+                    Entry {
+                        record,
+                        waiters: Vec::new(),
+                    },
+                );
                 added.push((s.task.id, s.idempotency_key));
                 accepted.push(Accepted::New(s.task.id));
             }
@@ -258,25 +284,44 @@ impl TaskStore {
     pub fn start(&self, id: TaskId) -> u32 {
         let now = SystemTime::now();
         let mut inner = self.lock();
-        let Some(entry) = inner.entries.get_mut(&id) else { return 1 };
+        let Some(entry) = inner.entries.get_mut(&id) else {
+            return 1;
+        };
         let r = &mut entry.record;
         r.state = TaskState::Running;
         r.started_at = Some(now);
         r.attempts += 1;
-        r.history.push(Attempt { number: r.attempts, started_at: now, ended_at: None, outcome: None, plugin: None });
+        r.history.push(Attempt {
+            number: r.attempts,
+            started_at: now,
+            ended_at: None,
+            outcome: None,
+            plugin: None,
+        });
         r.attempts
     }
 
     /// The attempt number the next [`TaskStore::start`] of `id` will return.
     pub fn attempts(&self, id: TaskId) -> u32 {
-        self.lock().entries.get(&id).map_or(0, |e| e.record.attempts)
+        self.lock()
+            .entries
+            .get(&id)
+            .map_or(0, |e| e.record.attempts)
     }
 
     /// Records an attempt's outcome and the verdict on it.
-    pub fn finish(&self, id: TaskId, outcome: Outcome, plugin: Option<PluginRef>, verdict: Verdict) {
+    pub fn finish(
+        &self,
+        id: TaskId,
+        outcome: Outcome,
+        plugin: Option<PluginRef>,
+        verdict: Verdict,
+    ) {
         let now = SystemTime::now();
         let mut inner = self.lock();
-        let Some(entry) = inner.entries.get_mut(&id) else { return };
+        let Some(entry) = inner.entries.get_mut(&id) else {
+            return;
+        };
         let r = &mut entry.record;
         let (state, not_before) = match verdict {
             Verdict::Succeeded => (TaskState::Succeeded, None),
@@ -293,13 +338,24 @@ impl TaskStore {
         if r.history.last().is_none_or(|a| a.ended_at.is_some()) {
             // Finished without a start (no plugin): record the attempt anyway.
             r.attempts += 1;
-            r.history.push(Attempt { number: r.attempts, started_at: now, ended_at: None, outcome: None, plugin: None });
+            r.history.push(Attempt {
+                number: r.attempts,
+                started_at: now,
+                ended_at: None,
+                outcome: None,
+                plugin: None,
+            });
         }
         let attempt = r.history.last_mut().expect("just ensured");
         attempt.ended_at = Some(now);
         attempt.outcome = Some(outcome);
         attempt.plugin = plugin;
-        self.write(Write::Finish { id, state, attempt: attempt.clone(), not_before });
+        self.write(Write::Finish {
+            id,
+            state,
+            attempt: attempt.clone(),
+            not_before,
+        });
         if !state.is_finished() {
             return;
         }
@@ -322,7 +378,11 @@ impl TaskStore {
             entry.record.state = TaskState::Queued;
             entry.record.started_at = None;
             let attempts = entry.record.attempts;
-            self.write(Write::Requeue { id, not_before: None, attempts });
+            self.write(Write::Requeue {
+                id,
+                not_before: None,
+                attempts,
+            });
         }
     }
 
@@ -335,12 +395,21 @@ impl TaskStore {
                 None => None,
             };
             let record = record.ok_or(StoreError::NotFound(id))?;
-            inner.entries.insert(id, Entry { record, waiters: Vec::new() });
+            inner.entries.insert(
+                id,
+                Entry {
+                    record,
+                    waiters: Vec::new(),
+                },
+            );
         }
         let entry = inner.entries.get_mut(&id).expect("just ensured");
         let r = &mut entry.record;
         if r.state != TaskState::Dead {
-            return Err(StoreError::NotDead { id, state: r.state.as_str() });
+            return Err(StoreError::NotDead {
+                id,
+                state: r.state.as_str(),
+            });
         }
         r.state = TaskState::Queued;
         r.attempts = 0;
@@ -348,7 +417,11 @@ impl TaskStore {
         r.finished_at = None;
         let task = r.task.clone();
         inner.finished.retain(|f| *f != id);
-        self.write(Write::Requeue { id, not_before: None, attempts: 0 });
+        self.write(Write::Requeue {
+            id,
+            not_before: None,
+            attempts: 0,
+        });
         Ok(task)
     }
 
@@ -370,11 +443,15 @@ impl TaskStore {
     pub fn runnable(&self, id: TaskId) -> Option<Arc<Task>> {
         let inner = self.lock();
         let entry = inner.entries.get(&id)?;
-        matches!(entry.record.state, TaskState::Queued | TaskState::Retrying).then(|| entry.record.task.clone())
+        matches!(entry.record.state, TaskState::Queued | TaskState::Retrying)
+            .then(|| entry.record.task.clone())
     }
 
     pub fn is_finished(&self, id: TaskId) -> bool {
-        self.lock().entries.get(&id).is_some_and(|e| e.record.state.is_finished())
+        self.lock()
+            .entries
+            .get(&id)
+            .is_some_and(|e| e.record.state.is_finished())
     }
 
     pub fn get(&self, id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
@@ -388,7 +465,12 @@ impl TaskStore {
     }
 
     /// Tasks by state and platform, newest first.
-    pub fn list(&self, state: Option<TaskState>, platform: Option<&str>, limit: usize) -> Result<Vec<TaskRecord>, StoreError> {
+    pub fn list(
+        &self,
+        state: Option<TaskState>,
+        platform: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
         if let Some(journal) = &self.journal {
             return Ok(journal.list(state, platform, limit)?);
         }
@@ -397,7 +479,9 @@ impl TaskStore {
             .entries
             .values()
             .map(|e| &e.record)
-            .filter(|r| state.is_none_or(|s| r.state == s) && platform.is_none_or(|p| r.task.platform == p))
+            .filter(|r| {
+                state.is_none_or(|s| r.state == s) && platform.is_none_or(|p| r.task.platform == p)
+            })
             .cloned()
             .collect();
         records.sort_by_key(|r| std::cmp::Reverse(r.submitted_at));
@@ -423,17 +507,29 @@ impl TaskStore {
     /// (interrupted attempts go back to `queued`) and returns them with the
     /// time each may run.
     pub fn recover(&self) -> Result<Vec<(Arc<Task>, Option<SystemTime>)>, StoreError> {
-        let Some(journal) = &self.journal else { return Ok(Vec::new()) };
+        let Some(journal) = &self.journal else {
+            return Ok(Vec::new());
+        };
         let unfinished = journal.unfinished()?;
         let mut inner = self.lock();
         let mut out = Vec::with_capacity(unfinished.len());
         for (mut record, _) in unfinished {
             if record.state == TaskState::Running {
                 record.state = TaskState::Queued;
-                self.write(Write::Requeue { id: record.task.id, not_before: None, attempts: record.attempts });
+                self.write(Write::Requeue {
+                    id: record.task.id,
+                    not_before: None,
+                    attempts: record.attempts,
+                });
             }
             out.push((record.task.clone(), record.not_before));
-            inner.entries.insert(record.task.id, Entry { record, waiters: Vec::new() });
+            inner.entries.insert(
+                record.task.id,
+                Entry {
+                    record,
+                    waiters: Vec::new(),
+                },
+            );
         }
         Ok(out)
     }
@@ -443,8 +539,12 @@ impl TaskStore {
     pub fn prune(&self) {
         let now = SystemTime::now();
         let window = self.config.idempotency_window;
-        self.lock().keys.retain(|_, (_, at)| now.duration_since(*at).unwrap_or_default() < window);
-        self.write(Write::Prune { before: now - self.config.retention });
+        self.lock()
+            .keys
+            .retain(|_, (_, at)| now.duration_since(*at).unwrap_or_default() < window);
+        self.write(Write::Prune {
+            before: now - self.config.retention,
+        });
     }
 
     /// Drops every waiter, so clients waiting on tasks that will not finish

@@ -25,16 +25,25 @@ impl Plugin for Discord {
             version: env!("CARGO_PKG_VERSION").into(),
             platforms: vec!["discord".into()],
             config_keys: vec![],
-            rate_limits: vec![RateLimitRule { requests: 5, window_ms: 5_000 }],
+            rate_limits: vec![RateLimitRule {
+                requests: 5,
+                window_ms: 5_000,
+            }],
             description: "Discord webhooks (embeds for titled messages)".into(),
         }
     }
 
     fn send(message: Message) -> Result<Receipt, SendError> {
         if !message.target.starts_with("https://") && !message.target.starts_with("http://") {
-            return Err(SendError::invalid("the target must be a Discord webhook URL"));
+            return Err(SendError::invalid(
+                "the target must be a Discord webhook URL",
+            ));
         }
-        let separator = if message.target.contains('?') { '&' } else { '?' };
+        let separator = if message.target.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
         let url = format!("{}{separator}wait=true", message.target);
         let response = http::Request::post(&url)
             .json_body(payload(&message).to_string())
@@ -44,15 +53,23 @@ impl Plugin for Discord {
         if response.status == 429 {
             let retry_after = response
                 .retry_after_ms()
-                .or_else(|| answer["retry_after"].as_f64().map(|s| (s * 1000.0).ceil() as u64))
+                .or_else(|| {
+                    answer["retry_after"]
+                        .as_f64()
+                        .map(|s| (s * 1000.0).ceil() as u64)
+                })
                 .unwrap_or(http::DEFAULT_RETRY_AFTER_MS);
             return Err(SendError::rate_limited(
-                answer["message"].as_str().unwrap_or("rate limited").to_string(),
+                answer["message"]
+                    .as_str()
+                    .unwrap_or("rate limited")
+                    .to_string(),
                 retry_after,
             ));
         }
         if !response.is_success() {
-            if let (Some(code), Some(text)) = (answer["code"].as_i64(), answer["message"].as_str()) {
+            if let (Some(code), Some(text)) = (answer["code"].as_i64(), answer["message"].as_str())
+            {
                 let detail = format!("HTTP {} (Discord code {code}): {text}", response.status);
                 return Err(match response.status {
                     401 | 403 | 404 => SendError::permanent(detail),

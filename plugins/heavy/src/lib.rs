@@ -38,7 +38,10 @@ impl Plugin for Heavy {
 
     fn send(message: Message) -> Result<Receipt, SendError> {
         let table = *TABLE.get_or_init(warm_up);
-        Ok(Receipt { provider_id: Some(message.task_id), status: format!("ok {}", table % 10) })
+        Ok(Receipt {
+            provider_id: Some(message.task_id),
+            status: format!("ok {}", table % 10),
+        })
     }
 }
 

@@ -37,7 +37,9 @@ impl Plugin for Hostile {
             "huge-receipt" => Ok(Receipt::status("x".repeat(100 << 20))),
             "read-file" => match std::fs::read("/etc/passwd") {
                 Ok(_) => Err(SendError::invalid("read /etc/passwd")),
-                Err(e) => Err(SendError::permanent(format!("cannot read /etc/passwd: {e}"))),
+                Err(e) => Err(SendError::permanent(format!(
+                    "cannot read /etc/passwd: {e}"
+                ))),
             },
             _ => Ok(Receipt::status("ok")),
         }

@@ -18,7 +18,10 @@ impl Plugin for Noop {
     }
 
     fn send(message: Message) -> Result<Receipt, SendError> {
-        Ok(Receipt { provider_id: Some(message.task_id), status: "ok".into() })
+        Ok(Receipt {
+            provider_id: Some(message.task_id),
+            status: "ok".into(),
+        })
     }
 }
 

@@ -38,7 +38,10 @@ fn mrkdwn_line(line: &str) -> String {
     if (1..=6).contains(&hashes) && trimmed[hashes..].starts_with(' ') {
         return format!("{indent}*{}*", mrkdwn_inline(trimmed[hashes..].trim()));
     }
-    if let Some(item) = trimmed.strip_prefix("- ").or_else(|| trimmed.strip_prefix("* ")) {
+    if let Some(item) = trimmed
+        .strip_prefix("- ")
+        .or_else(|| trimmed.strip_prefix("* "))
+    {
         return format!("{indent}• {}", mrkdwn_inline(item));
     }
     format!("{indent}{}", mrkdwn_inline(trimmed))
@@ -48,14 +51,23 @@ fn mrkdwn_line(line: &str) -> String {
 fn mrkdwn_inline(line: &str) -> String {
     line.split('`')
         .enumerate()
-        .map(|(i, part)| if i % 2 == 1 { part.to_string() } else { mrkdwn_text(part) })
+        .map(|(i, part)| {
+            if i % 2 == 1 {
+                part.to_string()
+            } else {
+                mrkdwn_text(part)
+            }
+        })
         .collect::<Vec<_>>()
         .join("`")
 }
 
 fn mrkdwn_text(text: &str) -> String {
     const BOLD: &str = "\u{1}";
-    let escaped = text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    let escaped = text
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
     let linked = convert_links(&escaped);
     let bolded = linked.replace("**", BOLD).replace("__", BOLD);
     let italic = replace_pairs(&bolded, '*', "_");
@@ -70,7 +82,9 @@ fn convert_links(text: &str) -> String {
     while let Some(open) = rest.find('[') {
         let after = &rest[open + 1..];
         let Some(close) = after.find("](") else { break };
-        let Some(end) = after[close + 2..].find(')') else { break };
+        let Some(end) = after[close + 2..].find(')') else {
+            break;
+        };
         let label = &after[..close];
         let url = &after[close + 2..close + 2 + end];
         out.push_str(&rest[..open]);
@@ -107,7 +121,9 @@ fn replace_pairs(text: &str, marker: char, with: &str) -> String {
 
 /// Escapes text for HTML bodies (Telegram HTML parse mode, e-mail).
 pub fn escape_html(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 #[cfg(test)]
@@ -126,7 +142,10 @@ mod tests {
     fn converts_markdown_to_mrkdwn() {
         assert_eq!(markdown_to_mrkdwn("**bold** and *it*"), "*bold* and _it_");
         assert_eq!(markdown_to_mrkdwn("~~gone~~"), "~gone~");
-        assert_eq!(markdown_to_mrkdwn("see [docs](https://x.io/a)"), "see <https://x.io/a|docs>");
+        assert_eq!(
+            markdown_to_mrkdwn("see [docs](https://x.io/a)"),
+            "see <https://x.io/a|docs>"
+        );
         assert_eq!(markdown_to_mrkdwn("# Title"), "*Title*");
         assert_eq!(markdown_to_mrkdwn("- one\n- two"), "• one\n• two");
         assert_eq!(markdown_to_mrkdwn("a < b & c"), "a &lt; b &amp; c");

@@ -47,7 +47,12 @@ impl Request {
     }
 
     fn new(method: Method, url: &str) -> Self {
-        Request { method, url: url.to_string(), headers: Vec::new(), body: Vec::new() }
+        Request {
+            method,
+            url: url.to_string(),
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
     }
 
     pub fn header(mut self, name: &str, value: impl Into<String>) -> Self {
@@ -76,15 +81,26 @@ impl Request {
         let fields = Fields::from_list(&entries)
             .map_err(|e| SendError::invalid(format!("invalid request header: {e:?}")))?;
         let request = OutgoingRequest::new(fields);
-        let scheme = if url.https { Scheme::Https } else { Scheme::Http };
+        let scheme = if url.https {
+            Scheme::Https
+        } else {
+            Scheme::Http
+        };
         let set = request.set_method(&self.method).is_ok()
             && request.set_scheme(Some(&scheme)).is_ok()
             && request.set_authority(Some(url.authority)).is_ok()
-            && request.set_path_with_query(Some(url.path_and_query)).is_ok();
+            && request
+                .set_path_with_query(Some(url.path_and_query))
+                .is_ok();
         if !set {
-            return Err(SendError::invalid(format!("invalid request URL {}", url.redacted())));
+            return Err(SendError::invalid(format!(
+                "invalid request URL {}",
+                url.redacted()
+            )));
         }
-        let body = request.body().expect("the body of a new request is taken once");
+        let body = request
+            .body()
+            .expect("the body of a new request is taken once");
         let response = outgoing_handler::handle(request, None)
             .map_err(|code| classify_transport(&code, &url))?;
 
@@ -108,13 +124,22 @@ impl Request {
             .headers()
             .entries()
             .into_iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), String::from_utf8_lossy(&v).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.to_ascii_lowercase(),
+                    String::from_utf8_lossy(&v).into_owned(),
+                )
+            })
             .collect();
         let body = incoming
             .consume()
             .map_err(|()| SendError::retryable("the HTTP response body was already taken", None))
             .and_then(|b| read_body(b, &url))?;
-        Ok(Response { status, headers, body })
+        Ok(Response {
+            status,
+            headers,
+            body,
+        })
     }
 }
 
@@ -144,7 +169,11 @@ fn read_body(body: IncomingBody, url: &Url<'_>) -> Result<Vec<u8>, SendError> {
                 Err(StreamError::Closed) => break,
                 Err(StreamError::LastOperationFailed(e)) => {
                     return Err(SendError::retryable(
-                        format!("reading the response from {} failed: {}", url.redacted(), e.to_debug_string()),
+                        format!(
+                            "reading the response from {} failed: {}",
+                            url.redacted(),
+                            e.to_debug_string()
+                        ),
                         None,
                     ));
                 }
@@ -200,7 +229,11 @@ impl Response {
         let detail = || {
             let text = self.text();
             let text = crate::format::truncate(text.trim(), 300);
-            if text.is_empty() { format!("HTTP {}", self.status) } else { format!("HTTP {}: {text}", self.status) }
+            if text.is_empty() {
+                format!("HTTP {}", self.status)
+            } else {
+                format!("HTTP {}: {text}", self.status)
+            }
         };
         match self.status {
             200..=299 => Ok(()),
@@ -235,7 +268,9 @@ impl<'a> Url<'a> {
         } else if let Some(rest) = url.strip_prefix("http://") {
             (false, rest)
         } else {
-            return Err(SendError::invalid("the target must be an http:// or https:// URL"));
+            return Err(SendError::invalid(
+                "the target must be an http:// or https:// URL",
+            ));
         };
         let split = rest.find(['/', '?']).unwrap_or(rest.len());
         let (authority, path) = rest.split_at(split);
@@ -243,12 +278,20 @@ impl<'a> Url<'a> {
             return Err(SendError::invalid("the target URL has no host"));
         }
         let path_and_query = if path.is_empty() { "/" } else { path };
-        Ok(Url { https, authority, path_and_query })
+        Ok(Url {
+            https,
+            authority,
+            path_and_query,
+        })
     }
 
     /// Scheme and host only: paths of webhook URLs carry credentials.
     fn redacted(&self) -> String {
-        format!("{}://{}", if self.https { "https" } else { "http" }, self.authority)
+        format!(
+            "{}://{}",
+            if self.https { "https" } else { "http" },
+            self.authority
+        )
     }
 }
 

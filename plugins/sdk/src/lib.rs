@@ -89,7 +89,10 @@ pub mod log {
 impl Receipt {
     /// A receipt with a status and no provider id.
     pub fn status(status: impl Into<String>) -> Self {
-        Receipt { provider_id: None, status: status.into() }
+        Receipt {
+            provider_id: None,
+            status: status.into(),
+        }
     }
 }
 
@@ -101,10 +104,16 @@ impl SendError {
         SendError::Permanent(message.into())
     }
     pub fn retryable(message: impl Into<String>, retry_after_ms: Option<u64>) -> Self {
-        SendError::Retryable(Failure { message: message.into(), retry_after_ms })
+        SendError::Retryable(Failure {
+            message: message.into(),
+            retry_after_ms,
+        })
     }
     pub fn rate_limited(message: impl Into<String>, retry_after_ms: u64) -> Self {
-        SendError::RateLimited(RateLimit { message: message.into(), retry_after_ms })
+        SendError::RateLimited(RateLimit {
+            message: message.into(),
+            retry_after_ms,
+        })
     }
 }
 

@@ -14,11 +14,16 @@ fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
 /// The `webhook-signature` value of the Standard Webhooks scheme:
 /// `v1,base64(HMAC-SHA256(key, "{id}.{timestamp}.{body}"))`, where the key is
 /// the base64-decoded secret after its `whsec_` prefix.
-pub fn standard_webhooks(secret: &str, id: &str, timestamp: u64, body: &[u8]) -> Result<String, String> {
+pub fn standard_webhooks(
+    secret: &str,
+    id: &str,
+    timestamp: u64,
+    body: &[u8],
+) -> Result<String, String> {
     let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
-    let key = BASE64
-        .decode(encoded)
-        .map_err(|e| format!("signing secret is not base64 (after an optional whsec_ prefix): {e}"))?;
+    let key = BASE64.decode(encoded).map_err(|e| {
+        format!("signing secret is not base64 (after an optional whsec_ prefix): {e}")
+    })?;
     let mut message = format!("{id}.{timestamp}.").into_bytes();
     message.extend_from_slice(body);
     Ok(format!("v1,{}", BASE64.encode(hmac_sha256(&key, &message))))

@@ -27,14 +27,19 @@ impl Plugin for Slack {
             version: env!("CARGO_PKG_VERSION").into(),
             platforms: vec!["slack".into()],
             config_keys: vec![],
-            rate_limits: vec![RateLimitRule { requests: 1, window_ms: 1_000 }],
+            rate_limits: vec![RateLimitRule {
+                requests: 1,
+                window_ms: 1_000,
+            }],
             description: "Slack incoming webhooks (Block Kit for titled messages)".into(),
         }
     }
 
     fn send(message: Message) -> Result<Receipt, SendError> {
         if !message.target.starts_with("https://") && !message.target.starts_with("http://") {
-            return Err(SendError::invalid("the target must be a Slack incoming-webhook URL"));
+            return Err(SendError::invalid(
+                "the target must be a Slack incoming-webhook URL",
+            ));
         }
         let response = http::Request::post(&message.target)
             .json_body(payload(&message).to_string())
@@ -44,7 +49,10 @@ impl Plugin for Slack {
             return Ok(Receipt::status("ok"));
         }
         response.classify()?;
-        Err(SendError::retryable(format!("unexpected answer from Slack: HTTP 200 {text:?}"), None))
+        Err(SendError::retryable(
+            format!("unexpected answer from Slack: HTTP 200 {text:?}"),
+            None,
+        ))
     }
 }
 
@@ -76,7 +84,9 @@ fn payload(message: &Message) -> Value {
 
 /// Slack treats `&`, `<` and `>` as control characters in every text field.
 fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 notifyhub_plugin_sdk::export_plugin!(Slack);

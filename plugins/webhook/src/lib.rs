@@ -35,8 +35,11 @@ impl Plugin for Webhook {
 
     fn send(message: Message) -> Result<Receipt, SendError> {
         let now = time::unix_seconds();
-        let metadata: serde_json::Map<String, serde_json::Value> =
-            message.metadata.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        let metadata: serde_json::Map<String, serde_json::Value> = message
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
         let document = json!({
             "type": "notification.sent",
             "timestamp": time::rfc3339(now),
@@ -69,9 +72,13 @@ impl Plugin for Webhook {
             ))),
             502 | 504 => Err(SendError::rate_limited(
                 format!("HTTP {}: the endpoint asks to throttle", response.status),
-                response.retry_after_ms().unwrap_or(http::DEFAULT_RETRY_AFTER_MS),
+                response
+                    .retry_after_ms()
+                    .unwrap_or(http::DEFAULT_RETRY_AFTER_MS),
             )),
-            _ => response.classify().map(|()| Receipt::status(format!("HTTP {}", response.status))),
+            _ => response
+                .classify()
+                .map(|()| Receipt::status(format!("HTTP {}", response.status))),
         }
     }
 }
