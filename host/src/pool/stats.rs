@@ -37,6 +37,12 @@ pub struct WorkerMetrics {
     durations_us: Mutex<VecDeque<u64>>,
 }
 
+impl Default for WorkerMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl WorkerMetrics {
     pub fn new() -> Self {
         WorkerMetrics {

@@ -118,16 +118,15 @@ impl WarmCache {
         if !was_warm && !self.budget.acquire(&key) {
             return; // the plugin has enough warm instances: this one was one-shot
         }
-        if self.instances.len() >= self.limits.max_per_worker {
-            if let Some(lru) = self
+        if self.instances.len() >= self.limits.max_per_worker
+            && let Some(lru) = self
                 .instances
                 .iter()
                 .enumerate()
                 .min_by_key(|(_, w)| w.last_used)
-            {
-                let evicted = self.instances.swap_remove(lru.0);
-                self.budget.release(&evicted.instance.plugin().key);
-            }
+        {
+            let evicted = self.instances.swap_remove(lru.0);
+            self.budget.release(&evicted.instance.plugin().key);
         }
         self.instances.push(Warm {
             instance,

@@ -70,7 +70,7 @@ pub(super) enum Write {
 }
 
 enum Op {
-    Write(Write),
+    Write(Box<Write>),
     /// Answered once everything sent before it is committed.
     Sync(oneshot::Sender<Result<(), String>>),
 }
@@ -157,7 +157,7 @@ impl Journal {
             .writes
             .lock()
             .expect("never poisoned")
-            .send(Op::Write(write));
+            .send(Op::Write(Box::new(write)));
     }
 
     /// Waits until every write sent so far is durable.
@@ -363,7 +363,7 @@ fn commit(conn: &mut Connection, batch: &[Op]) -> rusqlite::Result<()> {
             tx.prepare_cached("UPDATE tasks SET state = 'queued', not_before = ?2, attempts = ?3, finished_at = NULL WHERE id = ?1")?;
         for op in batch {
             let Op::Write(write) = op else { continue };
-            match write {
+            match write.as_ref() {
                 Write::Insert { record, key } => {
                     insert.execute(params![
                         record.task.id.to_string(),

@@ -111,6 +111,9 @@ impl TaskRecord {
     }
 }
 
+/// A task loaded back at start, with the time it may run.
+pub type Recovered = (Arc<Task>, Option<SystemTime>);
+
 /// A task offered to the store.
 pub struct Submission {
     pub task: Arc<Task>,
@@ -238,13 +241,12 @@ impl TaskStore {
             let mut inner = self.lock();
             for s in submissions {
                 if let Some(key) = &s.idempotency_key {
-                    if let Some((id, at)) = inner.keys.get(key) {
-                        if now.duration_since(*at).unwrap_or_default()
+                    if let Some((id, at)) = inner.keys.get(key)
+                        && now.duration_since(*at).unwrap_or_default()
                             < self.config.idempotency_window
-                        {
-                            accepted.push(Accepted::Duplicate(*id));
-                            continue;
-                        }
+                    {
+                        accepted.push(Accepted::Duplicate(*id));
+                        continue;
                     }
                     inner.keys.insert(key.clone(), (s.task.id, now));
                 }
@@ -264,18 +266,18 @@ impl TaskStore {
                 accepted.push(Accepted::New(s.task.id));
             }
         }
-        if let Some(journal) = &self.journal {
-            if let Err(e) = journal.sync().await {
-                // Not durable, so not accepted: forget them.
-                let mut inner = self.lock();
-                for (id, key) in added {
-                    inner.entries.remove(&id);
-                    if let Some(key) = key {
-                        inner.keys.remove(&key);
-                    }
+        if let Some(journal) = &self.journal
+            && let Err(e) = journal.sync().await
+        {
+            // Not durable, so not accepted: forget them.
+            let mut inner = self.lock();
+            for (id, key) in added {
+                inner.entries.remove(&id);
+                if let Some(key) = key {
+                    inner.keys.remove(&key);
                 }
-                return Err(e.into());
             }
+            return Err(e.into());
         }
         Ok(accepted)
     }
@@ -389,19 +391,16 @@ impl TaskStore {
     /// Brings a dead task back to `queued` with a fresh count of attempts.
     pub fn retry(&self, id: TaskId) -> Result<Arc<Task>, StoreError> {
         let mut inner = self.lock();
-        if !inner.entries.contains_key(&id) {
+        if let std::collections::hash_map::Entry::Vacant(e) = inner.entries.entry(id) {
             let record = match &self.journal {
                 Some(journal) => journal.get(id)?,
                 None => None,
             };
             let record = record.ok_or(StoreError::NotFound(id))?;
-            inner.entries.insert(
-                id,
-                Entry {
-                    record,
-                    waiters: Vec::new(),
-                },
-            );
+            e.insert(Entry {
+                record,
+                waiters: Vec::new(),
+            });
         }
         let entry = inner.entries.get_mut(&id).expect("just ensured");
         let r = &mut entry.record;
@@ -506,7 +505,7 @@ impl TaskStore {
     /// Loads the tasks that were not finished when the daemon last stopped
     /// (interrupted attempts go back to `queued`) and returns them with the
     /// time each may run.
-    pub fn recover(&self) -> Result<Vec<(Arc<Task>, Option<SystemTime>)>, StoreError> {
+    pub fn recover(&self) -> Result<Vec<Recovered>, StoreError> {
         let Some(journal) = &self.journal else {
             return Ok(Vec::new());
         };
