@@ -63,9 +63,14 @@ fn error_for(view: &Value, file: &str) -> Option<String> {
 }
 
 async fn swap_daemon() -> anyhow::Result<Daemon> {
+    swap_daemon_with("").await
+}
+
+async fn swap_daemon_with(config: &str) -> anyhow::Result<Daemon> {
     Daemon::builder(BIN)
         .file("swap.wasm", std::fs::read(plugins::path("noop")?)?)
         .file("swap.toml", "platforms = [\"swap\"]\n")
+        .config(config)
         .start()
         .await
 }
@@ -79,41 +84,50 @@ async fn deliver(daemon: &Daemon) -> anyhow::Result<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_version_swaps_in_under_load_without_a_failed_task() -> anyhow::Result<()> {
-    let daemon = swap_daemon().await?;
+    // The in-memory store keeps a debug build on a busy 2-core machine well
+    // above 1,000 tasks/s; durability is not what this test is about.
+    let daemon = swap_daemon_with("[store]\nmode = \"memory\"\n").await?;
     let v2 = std::fs::read(plugins::path("heavy")?)?;
     let stop = Arc::new(AtomicBool::new(false));
-    // Load: batches of 100 tasks, back to back, each batch waited for.
-    let load = {
-        let (socket, stop) = (daemon.socket().to_path_buf(), stop.clone());
-        tokio::spawn(async move {
-            let mut conn = Conn::connect(&socket).await?;
-            let mut batches: Vec<(Instant, Vec<Value>)> = Vec::new();
-            let started = Instant::now();
-            while !stop.load(Ordering::Relaxed) {
-                let tasks: Vec<Value> = (0..100)
-                    .map(|_| json!({"platform": "swap", "target": "-", "body": "b"}))
-                    .collect();
-                let submitted = Instant::now();
-                conn.send(&json!({"op": "submit", "wait": true, "tasks": tasks}))
-                    .await?;
-                let response = conn.recv().await?;
-                anyhow::ensure!(response["ok"] == true, "{response}");
-                batches.push((
-                    submitted,
-                    response["result"]["tasks"].as_array().unwrap().clone(),
-                ));
-            }
-            let total: usize = batches.iter().map(|(_, b)| b.len()).sum();
-            anyhow::Ok((batches, total as f64 / started.elapsed().as_secs_f64()))
+    // Load: two connections, each sending batches of 200 tasks back to
+    // back, each batch waited for.
+    let loaders: Vec<_> = (0..2)
+        .map(|_| {
+            let (socket, stop) = (daemon.socket().to_path_buf(), stop.clone());
+            tokio::spawn(async move {
+                let mut conn = Conn::connect(&socket).await?;
+                let mut batches: Vec<(Instant, Vec<Value>)> = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let tasks: Vec<Value> = (0..200)
+                        .map(|_| json!({"platform": "swap", "target": "-", "body": "b"}))
+                        .collect();
+                    let submitted = Instant::now();
+                    conn.send(&json!({"op": "submit", "wait": true, "tasks": tasks}))
+                        .await?;
+                    let response = conn.recv().await?;
+                    anyhow::ensure!(response["ok"] == true, "{response}");
+                    batches.push((
+                        submitted,
+                        response["result"]["tasks"].as_array().unwrap().clone(),
+                    ));
+                }
+                anyhow::Ok(batches)
+            })
         })
-    };
+        .collect();
+    let started = Instant::now();
     tokio::time::sleep(Duration::from_millis(500)).await;
     deploy(&daemon.plugin_dir(), "swap.wasm", &v2)?;
     until(&daemon, |v| loaded_name(v).as_deref() == Some("heavy")).await?;
     let reported = Instant::now();
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
-    let (batches, rate) = load.await??;
+    let mut batches = Vec::new();
+    for loader in loaders {
+        batches.extend(loader.await??);
+    }
+    let total: usize = batches.iter().map(|(_, b)| b.len()).sum();
+    let rate = total as f64 / started.elapsed().as_secs_f64();
 
     assert!(rate >= 1000.0, "the load ran at {rate:.0} tasks/s");
     let mut seen = std::collections::BTreeMap::new();
@@ -234,17 +248,13 @@ async fn a_storm_of_rewrites_compiles_only_a_few_times() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(8)).await;
     }
     let storm = started.elapsed();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let view = plugins_view(&daemon).await?;
+    // The last write wins, even if a half-written file failed meanwhile and
+    // the watcher is backing off.
+    let view = until(&daemon, |v| loaded_name(v).as_deref() == Some("heavy")).await?;
     let compiles = view["compiles"].as_u64().unwrap() - before;
     assert!(
         compiles <= 4,
         "{compiles} compiles for 100 rewrites in {storm:?}"
-    );
-    assert_eq!(
-        loaded_name(&view).as_deref(),
-        Some("heavy"),
-        "the last write wins"
     );
     assert_eq!(deliver(&daemon).await?["plugin"]["name"], "heavy");
     Ok(())
