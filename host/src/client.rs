@@ -16,7 +16,7 @@ pub enum ClientError {
         path: PathBuf,
         error: std::io::Error,
     },
-    #[error("lost the connection to the daemon: {0}")]
+    #[error("lost the connection to the daemon")]
     Io(#[from] std::io::Error),
     #[error("the daemon closed the connection")]
     Closed,
@@ -56,14 +56,18 @@ impl Client {
         request["id"] = json!(id);
         let mut line = serde_json::to_vec(&request)?;
         line.push(b'\n');
-        self.writer.write_all(&line).await?;
+        // A daemon that refuses us answers and closes at once: read its
+        // answer even if our write did not get through.
+        let written = self.writer.write_all(&line).await;
         loop {
             let mut answer = String::new();
             if self.reader.read_line(&mut answer).await? == 0 {
+                written?;
                 return Err(ClientError::Closed);
             }
             let response: Response = serde_json::from_str(&answer)?;
-            if response.id != Some(json!(id)) {
+            let refusal = response.id.is_none() && !response.ok;
+            if response.id != Some(json!(id)) && !refusal {
                 continue;
             }
             return match (response.ok, response.result, response.error) {

@@ -140,6 +140,8 @@ pub enum ErrorCode {
     Busy,
     /// The daemon is shutting down.
     ShuttingDown,
+    /// The peer may not use the socket.
+    Forbidden,
     Internal,
 }
 
@@ -155,6 +157,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::Busy => "busy",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::Forbidden => "forbidden",
             ErrorCode::Internal => "internal",
         }
     }

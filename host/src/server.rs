@@ -9,7 +9,7 @@
 //! an error response and the connection stays usable.
 
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,9 +33,15 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Requests in progress per connection.
     pub max_in_flight: usize,
-    /// A connection with no complete request for this long is closed.
+    /// A connection with no complete request for this long is closed, so a
+    /// client that trickles a byte at a time cannot hold a connection.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Users besides the daemon's own that may connect (checked with
+    /// SO_PEERCRED). The socket file is mode 0600 as well.
+    pub allowed_uids: Vec<u32>,
+    /// Groups whose members may connect.
+    pub allowed_gids: Vec<u32>,
 }
 
 impl Default for ServerConfig {
@@ -44,7 +50,9 @@ impl Default for ServerConfig {
             max_line_bytes: protocol::DEFAULT_MAX_LINE_BYTES,
             max_connections: 256,
             max_in_flight: 1024,
-            idle_timeout: Duration::from_secs(300),
+            idle_timeout: Duration::from_secs(60),
+            allowed_uids: Vec::new(),
+            allowed_gids: Vec::new(),
         }
     }
 }
@@ -64,6 +72,8 @@ pub struct Server {
     listener: UnixListener,
     path: PathBuf,
     config: ServerConfig,
+    /// The daemon's own uid: the owner of the socket file it created.
+    owner: u32,
 }
 
 impl Server {
@@ -93,10 +103,12 @@ impl Server {
         let listener = UnixListener::bind(path).map_err(listen_err)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
             .map_err(listen_err)?;
+        let owner = std::fs::metadata(path).map_err(listen_err)?.uid();
         Ok(Server {
             listener,
             path: path.into(),
             config,
+            owner,
         })
     }
 
@@ -125,6 +137,11 @@ impl Server {
                     }
                 },
             };
+            if let Err(refusal) = self.admit(&stream) {
+                tracing::warn!("connection refused: {refusal}");
+                tasks.spawn(refuse(stream, refusal));
+                continue;
+            }
             let (api, config, shutdown) = (api.clone(), config.clone(), shutdown.clone());
             tasks.spawn(async move {
                 if let Err(e) = serve_connection(stream, api, config, shutdown).await {
@@ -138,6 +155,37 @@ impl Server {
         let _ = std::fs::remove_file(&self.path);
         while tasks.join_next().await.is_some() {}
     }
+}
+
+impl Server {
+    /// Checks the peer's credentials: the daemon's own user, or an allowed
+    /// uid or gid.
+    fn admit(&self, stream: &UnixStream) -> Result<(), String> {
+        let cred = stream
+            .peer_cred()
+            .map_err(|e| format!("cannot read peer credentials: {e}"))?;
+        let (uid, gid) = (cred.uid(), cred.gid());
+        if uid == self.owner
+            || self.config.allowed_uids.contains(&uid)
+            || self.config.allowed_gids.contains(&gid)
+        {
+            Ok(())
+        } else {
+            Err(format!(
+                "uid {uid} (gid {gid}) may not use this socket; allow it with [server] allowed_uids or allowed_gids"
+            ))
+        }
+    }
+}
+
+/// Tells a refused peer why, then closes.
+async fn refuse(mut stream: UnixStream, reason: String) {
+    let response = Response::failure(None, ErrorBody::new(ErrorCode::Forbidden, reason));
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        stream.write_all(&response.to_line()),
+    )
+    .await;
 }
 
 async fn serve_connection(

@@ -1,7 +1,8 @@
 //! A deliberately misbehaving plugin for the host's sandbox tests. The
-//! message body picks the misbehaviour; any other body succeeds.
+//! message body picks the misbehaviour (`get URL` fetches a URL, following
+//! redirects); any other body succeeds.
 
-use notifyhub_plugin_sdk::{Message, Plugin, PluginInfo, Receipt, SendError, log};
+use notifyhub_plugin_sdk::{Message, Plugin, PluginInfo, Receipt, SendError, http, log};
 
 struct Hostile;
 
@@ -18,6 +19,9 @@ impl Plugin for Hostile {
     }
 
     fn send(message: Message) -> Result<Receipt, SendError> {
+        if let Some(url) = message.body.strip_prefix("get ") {
+            return get_following_redirects(url);
+        }
         match message.body.as_str() {
             "trap" => core::arch::wasm32::unreachable(),
             "panic" => panic!("the hostile plugin panicked on purpose"),
@@ -44,6 +48,20 @@ impl Plugin for Hostile {
             _ => Ok(Receipt::status("ok")),
         }
     }
+}
+
+/// GETs `url`, following redirects the way an HTTP library would, so the
+/// host's allowlist is tested on every hop.
+fn get_following_redirects(url: &str) -> Result<Receipt, SendError> {
+    let mut url = url.to_string();
+    for _ in 0..5 {
+        let response = http::Request::get(&url).send()?;
+        match (response.status, response.header("location")) {
+            (300..=399, Some(location)) => url = location.to_string(),
+            _ => return response.classify().map(|()| Receipt::status(format!("HTTP {}", response.status))),
+        }
+    }
+    Err(SendError::permanent("too many redirects"))
 }
 
 #[inline(never)]
