@@ -35,6 +35,30 @@ fn failure(task: &Value) -> (String, String, Option<u64>) {
     )
 }
 
+/// Delivers to `target(name)` for each case and checks the failure's class
+/// and retry-after.
+async fn assert_classes(
+    daemon: &Daemon,
+    platform: &str,
+    target: impl Fn(&str) -> String,
+    cases: &[(&str, &str, Option<u64>)],
+) -> anyhow::Result<()> {
+    for (name, class, retry) in cases {
+        let task = deliver(
+            daemon,
+            json!({"platform": platform, "target": target(name), "body": "x"}),
+        )
+        .await?;
+        let (got, message, got_retry) = failure(&task);
+        assert_eq!(
+            (got.as_str(), got_retry),
+            (*class, *retry),
+            "{name}: {message}"
+        );
+    }
+    Ok(())
+}
+
 /// What a Standard Webhooks consumer checks.
 fn check_webhook(req: &Recorded) -> Result<(), String> {
     if req.method != "POST" || req.path != "/hooks/notify" {
@@ -273,25 +297,13 @@ async fn slack_sends_text_and_block_kit_and_classifies_errors() -> anyhow::Resul
         "a long body spans several sections"
     );
 
-    for (name, class, retry) in [
+    let cases = [
         ("ratelimited", "rate_limited", Some(3000)),
         ("gone", "permanent", None),
         ("flaky", "retryable", None),
         ("weird", "retryable", None),
-    ] {
-        let task = deliver(
-            &daemon,
-            json!({"platform": "slack", "target": hook(name), "body": "x"}),
-        )
-        .await?;
-        let (got, message, got_retry) = failure(&task);
-        assert_eq!(
-            (got.as_str(), got_retry),
-            (class, retry),
-            "{name}: {message}"
-        );
-    }
-    Ok(())
+    ];
+    assert_classes(&daemon, "slack", hook, &cases).await
 }
 
 /// What Discord checks on an execute-webhook call.
@@ -375,24 +387,12 @@ async fn discord_sends_content_and_embeds_and_classifies_errors() -> anyhow::Res
         (Some("Deploy"), Some("done"))
     );
 
-    for (name, class, retry) in [
+    let cases = [
         ("limited", "rate_limited", Some(1500)),
         ("revoked", "permanent", None),
         ("down", "retryable", None),
-    ] {
-        let task = deliver(
-            &daemon,
-            json!({"platform": "discord", "target": hook(name), "body": "x"}),
-        )
-        .await?;
-        let (got, message, got_retry) = failure(&task);
-        assert_eq!(
-            (got.as_str(), got_retry),
-            (class, retry),
-            "{name}: {message}"
-        );
-    }
-    Ok(())
+    ];
+    assert_classes(&daemon, "discord", hook, &cases).await
 }
 
 #[tokio::test]

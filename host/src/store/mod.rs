@@ -111,6 +111,21 @@ impl TaskRecord {
     }
 }
 
+impl TaskRecord {
+    /// Counts and records a new attempt starting `at`; returns its number.
+    fn begin_attempt(&mut self, at: SystemTime) -> u32 {
+        self.attempts += 1;
+        self.history.push(Attempt {
+            number: self.attempts,
+            started_at: at,
+            ended_at: None,
+            outcome: None,
+            plugin: None,
+        });
+        self.attempts
+    }
+}
+
 /// A task loaded back at start, with the time it may run.
 pub type Recovered = (Arc<Task>, Option<SystemTime>);
 
@@ -292,18 +307,10 @@ impl TaskStore {
         let r = &mut entry.record;
         r.state = TaskState::Running;
         r.started_at = Some(now);
-        r.attempts += 1;
-        r.history.push(Attempt {
-            number: r.attempts,
-            started_at: now,
-            ended_at: None,
-            outcome: None,
-            plugin: None,
-        });
-        r.attempts
+        r.begin_attempt(now)
     }
 
-    /// The attempt number the next [`TaskStore::start`] of `id` will return.
+    /// Attempts started so far.
     pub fn attempts(&self, id: TaskId) -> u32 {
         self.lock()
             .entries
@@ -339,14 +346,7 @@ impl TaskStore {
         }
         if r.history.last().is_none_or(|a| a.ended_at.is_some()) {
             // Finished without a start (no plugin): record the attempt anyway.
-            r.attempts += 1;
-            r.history.push(Attempt {
-                number: r.attempts,
-                started_at: now,
-                ended_at: None,
-                outcome: None,
-                plugin: None,
-            });
+            r.begin_attempt(now);
         }
         let attempt = r.history.last_mut().expect("just ensured");
         attempt.ended_at = Some(now);
