@@ -37,15 +37,6 @@ impl Scheduler {
         self.changed.notify_one();
     }
 
-    /// Tasks waiting for their time.
-    pub fn len(&self) -> usize {
-        self.due.lock().expect("never poisoned").len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Moves due tasks into the pool until `shutdown`.
     pub async fn run(
         self: Arc<Self>,

@@ -241,11 +241,6 @@ impl Daemon {
         self.child = self.command.spawn()?;
         self.wait_ready(Duration::from_secs(120)).await
     }
-
-    /// Whether the process is still running.
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
 }
 
 impl Drop for Daemon {

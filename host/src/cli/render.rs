@@ -51,13 +51,7 @@ pub fn task(t: &TaskView) -> String {
         None => {}
     }
     for a in &t.history {
-        let result = match &a.outcome {
-            Some(Outcome::Delivered { status, .. }) => format!("delivered: {status}"),
-            Some(Outcome::Failed { class, message, .. }) => {
-                format!("{}: {message}", json_name(class))
-            }
-            None => "running".into(),
-        };
+        let result = a.outcome.as_ref().map_or("running".into(), outcome_text);
         let _ = writeln!(out, "  #{:<3} {}  {result}", a.number, a.started_at);
     }
     out
@@ -66,13 +60,7 @@ pub fn task(t: &TaskView) -> String {
 pub fn tasks(tasks: &Vec<TaskView>) -> String {
     let mut out = String::new();
     for t in tasks {
-        let result = match &t.outcome {
-            Some(Outcome::Delivered { status, .. }) => status.clone(),
-            Some(Outcome::Failed { class, message, .. }) => {
-                format!("{}: {message}", json_name(class))
-            }
-            None => String::new(),
-        };
+        let result = t.outcome.as_ref().map_or(String::new(), outcome_text);
         let _ = writeln!(
             out,
             "{}  {:<9}  {:<10}  {:>2}  {}  {result}",
@@ -214,6 +202,14 @@ pub fn reload(results: &Vec<ReloadResult>) -> String {
         let _ = writeln!(out, "{}: {detail}", r.path);
     }
     out
+}
+
+/// One line for an attempt's outcome.
+fn outcome_text(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Delivered { status, .. } => format!("delivered: {status}"),
+        Outcome::Failed { class, message, .. } => format!("{}: {message}", json_name(class)),
+    }
 }
 
 /// An enum's wire name (`snake_case`).

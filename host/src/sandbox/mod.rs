@@ -93,7 +93,8 @@ pub struct Sandbox {
     engine: Engine,
     linker: Linker<HostState>,
     http: HttpClient,
-    ticker: EpochTicker,
+    /// Held for its `Drop`, which stops the epoch thread.
+    _ticker: EpochTicker,
 }
 
 impl Sandbox {
@@ -138,7 +139,7 @@ impl Sandbox {
             engine,
             linker,
             http: HttpClient::new(),
-            ticker,
+            _ticker: ticker,
         })
     }
 
@@ -164,11 +165,6 @@ impl Sandbox {
         let mut store = Store::new(&self.engine, HostState::new(policy, self.http.clone()));
         store.limiter(|state| &mut state.limiter);
         store
-    }
-
-    /// Whether the epoch thread is alive (it only stops when the sandbox is dropped).
-    pub fn is_healthy(&self) -> bool {
-        !self.ticker.thread.as_ref().is_some_and(|t| t.is_finished())
     }
 }
 
