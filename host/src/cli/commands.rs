@@ -107,11 +107,11 @@ async fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> 
         .pool
         .validate()
         .map_err(|e| anyhow::anyhow!("invalid [pool] settings: {e}"))?;
+    let shutdown = CancellationToken::new();
+    stop_on_signal(shutdown.clone())?;
     let daemon = Daemon::start(&config)
         .await
         .context("notifyhub could not start")?;
-    let shutdown = CancellationToken::new();
-    tokio::spawn(stop_on_signal(shutdown.clone()));
     let report = daemon.run(shutdown).await;
     eprintln!(
         "notifyhub stopped: {} in-flight task(s) finished, {} cancelled, {} left queued",
@@ -124,14 +124,21 @@ async fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> 
     })
 }
 
-async fn stop_on_signal(shutdown: CancellationToken) {
+/// Cancels `shutdown` on the first SIGTERM or SIGINT. The handlers are
+/// installed here, before the socket opens, so a signal that arrives while the
+/// daemon starts is not lost (nor does it kill the process outright).
+fn stop_on_signal(shutdown: CancellationToken) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    shutdown.cancel();
+    let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        shutdown.cancel();
+    });
+    Ok(())
 }
 
 async fn send(config: &Config, args: SendArgs) -> anyhow::Result<ExitCode> {
