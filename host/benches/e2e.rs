@@ -92,7 +92,9 @@ async fn end_to_end() -> anyhow::Result<()> {
         .start()
         .await?;
 
-    println!("\nend to end over the Unix socket (daemon: release build, 64 workers)");
+    println!(
+        "\nend to end over the Unix socket (daemon: release build, 16..64 workers, durable store)"
+    );
     let noop = run_load(&daemon, "noop", "-", 20_000, 16, 250).await?;
     let webhook = run_load(&daemon, "webhook", &receiver.url("/bench"), 10_000, 16, 125).await?;
     anyhow::ensure!(
