@@ -218,6 +218,33 @@ async fn memory_bombs_leave_the_daemon_small() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
+async fn the_host_wide_memory_budget_caps_a_plugin_below_its_own_limit() -> anyhow::Result<()> {
+    let daemon = Daemon::builder(BIN)
+        .plugin(
+            "hostile",
+            Some("[limits]\ntimeout = \"2s\"\nmemory_mib = 512\n"),
+        )
+        .plugin("noop", None)
+        .config("[sandbox]\nmax_guest_memory_mib = 48\n")
+        .start()
+        .await?;
+    let task = run(&daemon, "hostile", "grow-memory").await?;
+    assert_eq!(task["state"], "dead", "{task}");
+    assert!(
+        task["outcome"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("memory limit"),
+        "{task}"
+    );
+    // The budget is given back when the instance goes: others still run.
+    for _ in 0..3 {
+        assert_eq!(run(&daemon, "noop", "x").await?["state"], "succeeded");
+    }
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_100_mb_file_is_refused_and_the_daemon_stays_up() -> anyhow::Result<()> {
     let junk: Vec<u8> = (0..100u32 << 20)
         .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)

@@ -23,7 +23,7 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::pool::PoolConfig;
 use crate::retry::RetryConfig;
@@ -48,6 +48,24 @@ pub struct FileConfig {
     pub store: StoreConfig,
     #[serde(default)]
     pub retry: RetryConfig,
+    #[serde(default)]
+    pub sandbox: SandboxConfig,
+}
+
+/// `[sandbox]`: host-wide limits on plugins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxConfig {
+    /// Guest linear memory all plugin instances together may hold, in MiB.
+    pub max_guest_memory_mib: u64,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            max_guest_memory_mib: 4096,
+        }
+    }
 }
 
 /// Values given on the command line or in the environment.
@@ -72,6 +90,7 @@ pub struct Config {
     pub limits: Limits,
     pub store: StoreConfig,
     pub retry: RetryConfig,
+    pub sandbox: SandboxConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +137,7 @@ impl Config {
             limits: file.limits,
             store: file.store,
             retry: file.retry,
+            sandbox: file.sandbox,
         })
     }
 
@@ -217,6 +237,7 @@ mod tests {
         );
         assert_eq!(config.store, StoreConfig::default());
         assert_eq!(config.retry, RetryConfig::default());
+        assert_eq!(config.sandbox, SandboxConfig::default());
         config.pool.validate().unwrap();
         for manifest in std::fs::read_dir(examples.join("plugins")).unwrap() {
             let path = manifest.unwrap().path();

@@ -76,6 +76,7 @@ impl Daemon {
 
         let settings = SandboxSettings {
             cache_dir: Some(config.cache_dir()),
+            max_total_memory_mib: config.sandbox.max_guest_memory_mib,
             ..Default::default()
         };
         let sandbox = Arc::new(Sandbox::new(&settings)?);

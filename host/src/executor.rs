@@ -20,6 +20,7 @@ use wasmtime::{Store, Trap};
 
 use crate::bindings::{Plugin, PluginPre, wit};
 use crate::registry::LoadedPlugin;
+use crate::sandbox::limits::MemoryCap;
 use crate::sandbox::{HostState, PluginPolicy, Sandbox, arm_deadline};
 use crate::task::{FailureClass, Format, Outcome, Priority, Task};
 
@@ -196,10 +197,14 @@ fn blocked(timeout: Duration) -> CallFailure {
 
 /// Explains a trap or instantiation error.
 fn classify(error: &wasmtime::Error, store: &Store<HostState>, timeout: Duration) -> CallFailure {
-    let (class, message) = if store.data().limiter.exceeded() {
+    let (class, message) = if let Some(cap) = store.data().limiter.exceeded() {
+        let which = match cap {
+            MemoryCap::Plugin => "its own cap (manifest [limits] memory_mib)",
+            MemoryCap::Host => "the host-wide guest memory budget ([sandbox] max_guest_memory_mib)",
+        };
         (
             FailureClass::Crashed,
-            "the plugin exceeded its memory limit".to_string(),
+            format!("the plugin exceeded its memory limit: {which}"),
         )
     } else {
         match error.downcast_ref::<Trap>() {

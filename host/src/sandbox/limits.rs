@@ -1,5 +1,7 @@
 //! Per-plugin resource limits and the store limiter that enforces memory caps.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -41,27 +43,75 @@ impl Limits {
     }
 }
 
-/// A `ResourceLimiter` that refuses memory growth past the plugin's cap,
-/// remembers that it did (so a resulting trap can be explained), and keeps
-/// count of the linear memory the instance holds (wasmtime asks it about
-/// every memory, including its initial size).
+/// The host-wide budget for guest linear memory, shared by every store, so
+/// that many warm instances together cannot exhaust the machine.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    max_bytes: usize,
+    used: AtomicUsize,
+}
+
+impl MemoryBudget {
+    pub fn new(max_bytes: usize) -> Self {
+        MemoryBudget {
+            max_bytes,
+            used: AtomicUsize::new(0),
+        }
+    }
+
+    /// Guest memory held right now, in bytes.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    fn reserve(&self, bytes: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(bytes)
+                    .filter(|total| *total <= self.max_bytes)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+/// A `ResourceLimiter` that refuses memory growth past the plugin's cap or
+/// the host-wide [`MemoryBudget`], remembers that it did (so a resulting
+/// trap can be explained), and keeps count of the linear memory the instance
+/// holds (wasmtime asks it about every memory, including its initial size).
+/// Dropping it (with its store) gives the memory back to the budget.
 #[derive(Debug)]
 pub struct MemoryLimiter {
     max_bytes: usize,
     bytes: usize,
-    exceeded: bool,
+    exceeded: Option<MemoryCap>,
+    budget: Arc<MemoryBudget>,
+}
+
+/// Which cap refused a memory growth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryCap {
+    /// The plugin's own `memory_mib`.
+    Plugin,
+    /// The host-wide guest memory budget.
+    Host,
 }
 
 impl MemoryLimiter {
-    pub fn new(max_bytes: usize) -> Self {
+    pub fn new(max_bytes: usize, budget: Arc<MemoryBudget>) -> Self {
         MemoryLimiter {
             max_bytes,
             bytes: 0,
-            exceeded: false,
+            exceeded: None,
+            budget,
         }
     }
 
-    pub fn exceeded(&self) -> bool {
+    /// The cap that refused a growth, if one did.
+    pub fn exceeded(&self) -> Option<MemoryCap> {
         self.exceeded
     }
 
@@ -78,12 +128,19 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let allowed = desired <= self.max_bytes;
-        self.exceeded |= !allowed;
-        if allowed {
-            self.bytes += desired.saturating_sub(current);
+        let delta = desired.saturating_sub(current);
+        let refused = if desired > self.max_bytes {
+            Some(MemoryCap::Plugin)
+        } else if !self.budget.reserve(delta) {
+            Some(MemoryCap::Host)
+        } else {
+            None
+        };
+        match refused {
+            None => self.bytes += delta,
+            Some(cap) => self.exceeded = Some(cap),
         }
-        Ok(allowed)
+        Ok(refused.is_none())
     }
 
     fn table_growing(
@@ -93,5 +150,38 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
+    }
+}
+
+impl Drop for MemoryLimiter {
+    fn drop(&mut self) {
+        self.budget.release(self.bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmtime::ResourceLimiter;
+
+    #[test]
+    fn the_host_budget_is_shared_and_given_back() {
+        let budget = Arc::new(MemoryBudget::new(100));
+        let mut a = MemoryLimiter::new(80, budget.clone());
+        let mut b = MemoryLimiter::new(80, budget.clone());
+        assert!(a.memory_growing(0, 60, None).unwrap());
+        assert!(
+            !b.memory_growing(0, 60, None).unwrap(),
+            "over the host-wide budget"
+        );
+        assert_eq!(b.exceeded(), Some(MemoryCap::Host));
+        assert!(
+            !a.memory_growing(60, 90, None).unwrap(),
+            "over the plugin's own cap"
+        );
+        assert_eq!(a.exceeded(), Some(MemoryCap::Plugin));
+        drop(a);
+        assert_eq!(budget.used(), 0);
+        assert!(b.memory_growing(0, 60, None).unwrap());
     }
 }

@@ -37,7 +37,7 @@ use wasmtime::{
 
 pub use self::allowlist::AllowList;
 pub use self::http::HttpClient;
-pub use self::limits::Limits;
+pub use self::limits::{Limits, MemoryBudget};
 pub use self::state::HostState;
 use crate::bindings::{PluginPre, notifyhub};
 use crate::manifest::PluginConfig;
@@ -54,6 +54,8 @@ pub struct SandboxSettings {
     pub max_instances: u32,
     /// Largest linear memory any plugin may be granted, in MiB.
     pub max_memory_mib: u64,
+    /// Guest linear memory all instances together may hold, in MiB.
+    pub max_total_memory_mib: u64,
 }
 
 impl Default for SandboxSettings {
@@ -62,6 +64,7 @@ impl Default for SandboxSettings {
             cache_dir: None,
             max_instances: 1000,
             max_memory_mib: 1024,
+            max_total_memory_mib: 4096,
         }
     }
 }
@@ -93,6 +96,7 @@ pub struct Sandbox {
     engine: Engine,
     linker: Linker<HostState>,
     http: HttpClient,
+    memory: Arc<MemoryBudget>,
     /// Held for its `Drop`, which stops the epoch thread.
     _ticker: EpochTicker,
 }
@@ -139,8 +143,16 @@ impl Sandbox {
             engine,
             linker,
             http: HttpClient::new(),
+            memory: Arc::new(MemoryBudget::new(
+                (settings.max_total_memory_mib as usize).saturating_mul(1 << 20),
+            )),
             _ticker: ticker,
         })
+    }
+
+    /// The host-wide guest memory budget.
+    pub fn memory(&self) -> &MemoryBudget {
+        &self.memory
     }
 
     pub fn engine(&self) -> &Engine {
@@ -162,7 +174,10 @@ impl Sandbox {
     /// A fresh store for an instance of the plugin governed by `policy`.
     /// Arm its deadline ([`arm_deadline`]) before each call.
     pub(crate) fn store(&self, policy: Arc<PluginPolicy>) -> Store<HostState> {
-        let mut store = Store::new(&self.engine, HostState::new(policy, self.http.clone()));
+        let mut store = Store::new(
+            &self.engine,
+            HostState::new(policy, self.http.clone(), self.memory.clone()),
+        );
         store.limiter(|state| &mut state.limiter);
         store
     }

@@ -10,7 +10,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::PluginPolicy;
 use super::http::{HttpClient, OutboundHttp};
-use super::limits::MemoryLimiter;
+use super::limits::{MemoryBudget, MemoryLimiter};
 use crate::bindings::{Level, notifyhub};
 
 /// Log lines a plugin may write per call; the rest are dropped with a marker.
@@ -31,7 +31,11 @@ pub struct HostState {
 }
 
 impl HostState {
-    pub(crate) fn new(policy: Arc<PluginPolicy>, client: HttpClient) -> Self {
+    pub(crate) fn new(
+        policy: Arc<PluginPolicy>,
+        client: HttpClient,
+        budget: Arc<MemoryBudget>,
+    ) -> Self {
         // No preopens, no environment, no arguments, no sockets, empty stdin;
         // stdout and stderr are discarded.
         let wasi = WasiCtx::builder()
@@ -52,7 +56,7 @@ impl HostState {
                 limits.max_response_bytes(),
                 limits.max_requests,
             ),
-            limiter: MemoryLimiter::new(limits.memory_bytes()),
+            limiter: MemoryLimiter::new(limits.memory_bytes(), budget),
             policy,
             task: None,
             log_lines: 0,
