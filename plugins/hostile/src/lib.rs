@@ -58,7 +58,11 @@ fn get_following_redirects(url: &str) -> Result<Receipt, SendError> {
         let response = http::Request::get(&url).send()?;
         match (response.status, response.header("location")) {
             (300..=399, Some(location)) => url = location.to_string(),
-            _ => return response.classify().map(|()| Receipt::status(format!("HTTP {}", response.status))),
+            _ => {
+                return response
+                    .classify()
+                    .map(|()| Receipt::status(format!("HTTP {}", response.status)));
+            }
         }
     }
     Err(SendError::permanent("too many redirects"))
