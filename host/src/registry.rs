@@ -291,8 +291,8 @@ impl Registry {
         path: &Path,
         executor: &Executor,
     ) -> Result<LoadedPlugin, loader::LoadError> {
-        self.compiles.fetch_add(1, Ordering::Relaxed);
-        loader::load(path, executor, self.default_limits).await
+        self.count_compile(loader::load(path, executor, self.default_limits))
+            .await
     }
 
     /// Runs a compilation, counting it.

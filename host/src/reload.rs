@@ -360,23 +360,24 @@ impl Watch {
         }
     }
 
-    fn failed_bytes(&mut self, path: &Path, digest: String, error: String) -> Change {
-        let entry = self.backoff.entry(path.to_path_buf()).or_insert(Backoff {
+    /// The backoff record of `path`, created empty on its first failure.
+    fn backoff_of(&mut self, path: &Path) -> &mut Backoff {
+        self.backoff.entry(path.to_path_buf()).or_insert(Backoff {
             failures: 0,
             until: Instant::now(),
             digest: None,
-        });
+        })
+    }
+
+    fn failed_bytes(&mut self, path: &Path, digest: String, error: String) -> Change {
+        let entry = self.backoff_of(path);
         entry.digest = Some((digest, error.clone()));
         Change::Failed { error }
     }
 
     /// Records a failure and pushes the next attempt back.
     fn failed(&mut self, path: &Path, error: &str) {
-        let entry = self.backoff.entry(path.to_path_buf()).or_insert(Backoff {
-            failures: 0,
-            until: Instant::now(),
-            digest: None,
-        });
+        let entry = self.backoff_of(path);
         entry.failures += 1;
         let delay = BACKOFF_START
             .saturating_mul(1 << (entry.failures - 1).min(6))
