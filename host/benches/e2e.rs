@@ -36,6 +36,7 @@ fn task(platform: &str, target: &str) -> Task {
         id: TaskId::new(),
         platform: platform.into(),
         target: target.into(),
+        destination: None,
         title: None,
         body: "benchmark".into(),
         format: Format::Text,
@@ -54,7 +55,7 @@ async fn in_process() -> anyhow::Result<()> {
     let fresh_calls = 5_000;
     let started = Instant::now();
     for _ in 0..fresh_calls {
-        assert!(executor.send(&plugin, &task).await.is_success());
+        assert!(executor.send(&plugin, &task, None).await.is_success());
     }
     let fresh = started.elapsed() / fresh_calls;
 
@@ -62,7 +63,7 @@ async fn in_process() -> anyhow::Result<()> {
     let mut instance = executor.instantiate(plugin.clone()).await?;
     let started = Instant::now();
     for _ in 0..warm_calls {
-        assert!(executor.call(&mut instance, &task).await.0.is_success());
+        assert!(executor.call(&mut instance, &task, None).await.0.is_success());
     }
     let warm = started.elapsed() / warm_calls;
 

@@ -44,6 +44,7 @@ fn task(platform: &str) -> Arc<Task> {
         id: TaskId::new(),
         platform: platform.into(),
         target: "-".into(),
+        destination: None,
         title: None,
         body: "bench".into(),
         format: Format::Text,
@@ -85,6 +86,8 @@ async fn harness(
         store: store.clone(),
         scheduler: Arc::new(Scheduler::default()),
         retry: RetryConfig::default(),
+        destinations: Default::default(),
+        platform_limits: Default::default(),
     };
     let pool = Pool::start(config, deps);
     // Let the staged start bring up min_workers.
@@ -228,7 +231,7 @@ async fn overhead() -> anyhow::Result<()> {
     let mut direct = Vec::with_capacity(n);
     for _ in 0..n {
         let started = Instant::now();
-        executor.call(&mut instance, &t).await;
+        executor.call(&mut instance, &t, None).await;
         direct.push(started.elapsed());
     }
     let p50 = |v: &mut Vec<Duration>| {

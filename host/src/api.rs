@@ -11,6 +11,7 @@ use std::time::{Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::destination::Destinations;
 use crate::pool::{Pool, PoolStats};
 use crate::protocol::{ErrorBody, ErrorCode, NewTask, Request};
 use crate::redact;
@@ -140,6 +141,7 @@ pub struct Api {
     pool: Arc<Pool>,
     scheduler: Arc<Scheduler>,
     reloader: Reloader,
+    destinations: Arc<Destinations>,
     started: Instant,
 }
 
@@ -150,6 +152,7 @@ impl Api {
         pool: Arc<Pool>,
         scheduler: Arc<Scheduler>,
         reloader: Reloader,
+        destinations: Arc<Destinations>,
     ) -> Self {
         Api {
             registry,
@@ -157,6 +160,7 @@ impl Api {
             pool,
             scheduler,
             reloader,
+            destinations,
             started: Instant::now(),
         }
     }
@@ -233,18 +237,20 @@ impl Api {
                 }
             };
             let invalid = |message: String| ErrorBody::new(ErrorCode::InvalidRequest, at(message));
-            if catalog.lookup(&new.platform).is_none() {
-                let known = catalog.platforms().join(", ");
-                return Err(ErrorBody::new(
-                    ErrorCode::UnknownPlatform,
-                    at(format!(
-                        "no loaded plugin serves platform `{}` (loaded: {known})",
-                        new.platform
-                    )),
-                ));
-            }
             if new.target.trim().is_empty() {
                 return Err(invalid("`target` is empty".into()));
+            }
+            let routes = self.routes(&new).map_err(&invalid)?;
+            for (platform, _) in &routes {
+                if catalog.lookup(platform).is_none() {
+                    let known = catalog.platforms().join(", ");
+                    return Err(ErrorBody::new(
+                        ErrorCode::UnknownPlatform,
+                        at(format!(
+                            "no loaded plugin serves platform `{platform}` (loaded: {known})"
+                        )),
+                    ));
+                }
             }
             let not_before = match (&new.deliver_at, &new.delay) {
                 (Some(_), Some(_)) => {
@@ -262,20 +268,35 @@ impl Api {
                 ),
                 (None, None) => None,
             };
-            submissions.push(Submission {
-                task: Arc::new(Task {
-                    id: TaskId::new(),
-                    platform: new.platform,
-                    target: new.target,
-                    title: new.title,
-                    body: new.body,
-                    format: new.format,
-                    priority: new.priority,
-                    metadata: new.metadata,
-                }),
-                not_before: not_before.filter(|t| *t > now),
-                idempotency_key: new.idempotency_key,
-            });
+            let fan_out = routes.len() > 1;
+            for (platform, destination) in routes {
+                // One key per leaf, so a repeated fan-out is recognised leaf by leaf.
+                let idempotency_key = match (&new.idempotency_key, &destination) {
+                    (Some(key), Some(leaf)) if fan_out => Some(format!("{key}#{leaf}")),
+                    (key, _) => key.clone(),
+                };
+                submissions.push(Submission {
+                    task: Arc::new(Task {
+                        id: TaskId::new(),
+                        platform,
+                        target: destination.clone().unwrap_or_else(|| new.target.clone()),
+                        destination,
+                        title: new.title.clone(),
+                        body: new.body.clone(),
+                        format: new.format,
+                        priority: new.priority,
+                        metadata: new.metadata.clone(),
+                    }),
+                    not_before: not_before.filter(|t| *t > now),
+                    idempotency_key,
+                });
+            }
+        }
+        if submissions.len() > MAX_BATCH {
+            return Err(ErrorBody::new(
+                ErrorCode::InvalidRequest,
+                format!("at most {MAX_BATCH} tasks per submit, counting each fan-out leaf"),
+            ));
         }
         if !self.pool.has_room(submissions.len()) {
             return Err(ErrorBody::new(
@@ -341,6 +362,36 @@ impl Api {
             views.push(TaskView::from(record));
         }
         Ok(json!({ "tasks": views }))
+    }
+
+    /// Where a submitted task goes: `(platform, destination)` per delivery.
+    /// A target that names a configured destination is expanded (fan-outs
+    /// included); anything else is a raw target and needs a platform.
+    fn routes(&self, new: &NewTask) -> Result<Vec<(String, Option<String>)>, String> {
+        if !self.destinations.contains(&new.target) {
+            let platform = new.platform.clone().ok_or_else(|| {
+                format!(
+                    "`platform` is missing, and `target` is not a configured destination{}",
+                    self.destinations.names_hint()
+                )
+            })?;
+            return Ok(vec![(platform, None)]);
+        }
+        let routes = self.destinations.expand(&new.target)?;
+        if let Some(platform) = &new.platform {
+            if routes.iter().any(|r| r.platform != *platform) {
+                let platforms: Vec<&str> = routes.iter().map(|r| r.platform.as_str()).collect();
+                return Err(format!(
+                    "destination `{}` delivers to {}, not `{platform}`; leave out `platform`",
+                    new.target,
+                    platforms.join(", ")
+                ));
+            }
+        }
+        Ok(routes
+            .into_iter()
+            .map(|r| (r.platform.clone(), Some(r.name.clone())))
+            .collect())
     }
 
     fn task(&self, id: &str) -> Result<Value, ErrorBody> {

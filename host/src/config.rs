@@ -21,10 +21,12 @@
 //! `--config`/`NOTIFYHUB_CONFIG`) are read by the CLI and passed in as
 //! [`Overrides`].
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::destination::{DestinationSpec, RateRule};
 use crate::pool::PoolConfig;
 use crate::retry::RetryConfig;
 use crate::sandbox::Limits;
@@ -50,6 +52,12 @@ pub struct FileConfig {
     pub retry: RetryConfig,
     #[serde(default)]
     pub sandbox: SandboxConfig,
+    /// `[destinations.NAME]`: named places to deliver to (see `destination`).
+    #[serde(default)]
+    pub destinations: BTreeMap<String, DestinationSpec>,
+    /// `[rate_limits]`: `platform = ["20/1m"]` replaces what its plugin declares.
+    #[serde(default)]
+    pub rate_limits: BTreeMap<String, Vec<String>>,
 }
 
 /// `[sandbox]`: host-wide limits on plugins.
@@ -91,6 +99,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub retry: RetryConfig,
     pub sandbox: SandboxConfig,
+    pub destinations: BTreeMap<String, DestinationSpec>,
+    pub rate_limits: BTreeMap<String, Vec<RateRule>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +112,8 @@ pub enum ConfigError {
     },
     #[error("invalid config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
+    #[error("[rate_limits] {platform}: {message}")]
+    RateLimit { platform: String, message: String },
 }
 
 impl Config {
@@ -123,6 +135,21 @@ impl Config {
             .unwrap_or_else(default_data_dir);
         let plugins = overrides.plugins.clone().or(file.plugins);
         let plugins_is_default = plugins.is_none();
+        let rate_limits = file
+            .rate_limits
+            .iter()
+            .map(|(platform, rules)| {
+                let rules = rules
+                    .iter()
+                    .map(|r| RateRule::parse(r))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|message| ConfigError::RateLimit {
+                        platform: platform.clone(),
+                        message,
+                    })?;
+                Ok((platform.clone(), rules))
+            })
+            .collect::<Result<_, ConfigError>>()?;
         Ok(Config {
             plugins: plugins.unwrap_or_else(|| data_dir.join("plugins")),
             socket: overrides
@@ -138,6 +165,8 @@ impl Config {
             store: file.store,
             retry: file.retry,
             sandbox: file.sandbox,
+            destinations: file.destinations,
+            rate_limits,
         })
     }
 

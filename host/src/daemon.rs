@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::Api;
 use crate::config::Config;
 use crate::executor::Executor;
+use crate::destination::{DestinationError, Destinations};
 use crate::pool::{Pool, PoolDeps, ShutdownReport};
 use crate::registry::{Registry, RegistryError};
 use crate::reload::{Reloader, WatchError};
@@ -41,6 +42,8 @@ pub enum StartError {
     Watch(#[from] WatchError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Destination(#[from] DestinationError),
 }
 
 /// A started daemon, listening but not yet serving.
@@ -96,12 +99,15 @@ impl Daemon {
         let reloader = Reloader::start(registry.clone(), executor.clone())?;
         let store = Arc::new(TaskStore::open(&config.store_path(), config.store.clone())?);
         let scheduler = Arc::new(Scheduler::default());
+        let destinations = Arc::new(Destinations::resolve(&config.destinations)?);
         let deps = PoolDeps {
             executor: executor.clone(),
             registry: registry.clone(),
             store: store.clone(),
             scheduler: scheduler.clone(),
             retry: config.retry.clone(),
+            destinations: destinations.clone(),
+            platform_limits: config.rate_limits.clone(),
         };
         let pool = Arc::new(Pool::start(config.pool.clone(), deps));
         let recovered = store.recover()?;
@@ -128,6 +134,7 @@ impl Daemon {
             pool.clone(),
             scheduler.clone(),
             reloader,
+            destinations,
         ));
         Ok(Daemon {
             server,

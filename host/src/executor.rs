@@ -19,6 +19,7 @@ use std::time::Duration;
 use wasmtime::{Store, Trap};
 
 use crate::bindings::{Plugin, PluginPre, wit};
+use crate::destination::Route;
 use crate::registry::LoadedPlugin;
 use crate::sandbox::limits::MemoryCap;
 use crate::sandbox::{HostState, PluginPolicy, Sandbox, arm_deadline};
@@ -111,13 +112,21 @@ impl Executor {
         }
     }
 
-    /// Delivers `task` through a warm `instance`.
-    pub async fn call(&self, instance: &mut Instance, task: &Task) -> (Outcome, Health) {
+    /// Delivers `task` through a warm `instance`, to `route` when the task
+    /// was submitted to a named destination.
+    pub async fn call(
+        &self,
+        instance: &mut Instance,
+        task: &Task,
+        route: Option<&Route>,
+    ) -> (Outcome, Health) {
         let timeout = instance.plugin.policy.limits.timeout;
         let store = &mut instance.store;
-        store.data_mut().begin_task(Some(task.id.to_string()));
+        store
+            .data_mut()
+            .begin_task(Some(task.id.to_string()), route.map(|r| r.config.clone()));
         arm_deadline(store, timeout);
-        let message = to_wit(task);
+        let message = to_wit(task, route.map_or(task.target.as_str(), Route::target));
         let handler = instance.bindings.notifyhub_plugin_handler();
         let result = tokio::time::timeout(
             timeout + OUTER_GRACE,
@@ -150,9 +159,14 @@ impl Executor {
     }
 
     /// Delivers `task` in a one-shot instance of `plugin`.
-    pub async fn send(&self, plugin: &Arc<LoadedPlugin>, task: &Task) -> Outcome {
+    pub async fn send(
+        &self,
+        plugin: &Arc<LoadedPlugin>,
+        task: &Task,
+        route: Option<&Route>,
+    ) -> Outcome {
         match self.instantiate(plugin.clone()).await {
-            Ok(mut instance) => self.call(&mut instance, task).await.0,
+            Ok(mut instance) => self.call(&mut instance, task, route).await.0,
             Err(failure) => Outcome::failed(failure.class, failure.message),
         }
     }
@@ -250,11 +264,11 @@ fn from_send_error(error: wit::SendError) -> Outcome {
     }
 }
 
-fn to_wit(task: &Task) -> wit::Message {
+fn to_wit(task: &Task, target: &str) -> wit::Message {
     wit::Message {
         task_id: task.id.to_string(),
         platform: task.platform.clone(),
-        target: task.target.clone(),
+        target: target.to_string(),
         title: task.title.clone(),
         body: task.body.clone(),
         format: match task.format {

@@ -26,6 +26,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod destination;
 pub mod executor;
 pub mod loader;
 pub mod manifest;

@@ -97,7 +97,10 @@ impl Submit {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewTask {
-    pub platform: String,
+    /// Required unless `target` names a configured destination.
+    #[serde(default)]
+    pub platform: Option<String>,
+    /// A raw target (webhook URL, chat id, …) or a destination's name.
     pub target: String,
     #[serde(default)]
     pub title: Option<String>,

@@ -69,6 +69,11 @@ pub struct Task {
     /// Where to deliver. Often a URL with a credential in it: print it only
     /// through [`crate::redact::target`].
     pub target: String,
+    /// The configured destination the task was submitted to. `target` is
+    /// then the destination's name; the real target and its secrets are
+    /// looked up for each attempt (see `destination`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
     pub title: Option<String>,
     pub body: String,
     pub format: Format,

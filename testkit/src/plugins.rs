@@ -9,7 +9,10 @@ use anyhow::{Context, bail};
 use crate::repo_root;
 
 /// Plugins operators deploy.
-pub const DEPLOYABLE: &[&str] = &["webhook", "slack", "discord"];
+pub const DEPLOYABLE: &[&str] = &[
+    "webhook", "slack", "discord", "dingtalk", "feishu", "wecom", "telegram", "teams", "pushover",
+    "email",
+];
 /// Plugins that exist for tests and benchmarks.
 pub const TEST_ONLY: &[&str] = &["noop", "hostile", "heavy"];
 

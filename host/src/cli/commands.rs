@@ -167,14 +167,23 @@ async fn send(config: &Config, args: SendArgs) -> anyhow::Result<ExitCode> {
     if !args.wait {
         if args.output.json {
             println!("{}", serde_json::to_string_pretty(&result)?);
-        } else if let Some(id) = result["task_ids"][0].as_str() {
-            println!("{id}");
+        } else {
+            // One id per delivery: a fan-out destination gives several.
+            for id in result["task_ids"].as_array().into_iter().flatten() {
+                println!("{}", id.as_str().unwrap_or_default());
+            }
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let task: TaskView = decode(result["tasks"][0].clone())?;
-    print(args.output, &task, render::task)?;
-    Ok(exit_for(&task))
+    let tasks: Vec<TaskView> = decode(result["tasks"].clone())?;
+    let mut exit = ExitCode::SUCCESS;
+    for task in &tasks {
+        print(args.output, task, render::task)?;
+        if exit_for(task) != ExitCode::SUCCESS {
+            exit = ExitCode::FAILURE;
+        }
+    }
+    Ok(exit)
 }
 
 fn exit_for(task: &TaskView) -> ExitCode {

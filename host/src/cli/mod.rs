@@ -115,9 +115,12 @@ pub struct ScaleArgs {
 #[derive(Debug, Args)]
 pub struct SendArgs {
     /// Platform to deliver to; `notifyhub plugins` lists the loaded ones.
+    /// Not needed when --target names a configured destination.
     #[arg(long, short)]
-    pub platform: String,
-    /// Where to deliver: a webhook URL, chat id or address, as the platform expects.
+    pub platform: Option<String>,
+    /// Where to deliver: a configured destination's name ([destinations.NAME]
+    /// in the config file), or a raw webhook URL, chat id or address, as the
+    /// platform expects.
     #[arg(long, short)]
     pub target: String,
     /// Optional title or subject.

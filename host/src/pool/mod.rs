@@ -16,6 +16,9 @@
 //! - samples load every [`TICK`] and lets the [`scaler::Scaler`] decide;
 //!   reaps workers idle for `max_idle`; replaces workers stuck past their
 //!   tasks' deadlines every `health_check_interval`;
+//! - paces deliveries per destination through the [`pacer::Pacer`]: a task
+//!   over its destination's rate limit waits in that destination's backlog
+//!   without holding a worker;
 //! - answers `status` and `scale`, and runs the shutdown.
 //!
 //! Workers ([`worker`]) are tokio tasks that run one task at a time: a
@@ -23,6 +26,7 @@
 //! Each keeps warm instances ([`warm`]) so the next task for the same plugin
 //! skips instantiation.
 
+pub mod pacer;
 pub mod queue;
 pub mod router;
 pub mod scaler;
@@ -39,6 +43,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use self::pacer::{Pacer, pace_key};
 use self::queue::WaitQueue;
 pub use self::router::Strategy;
 use self::router::{Candidate, Router};
@@ -47,8 +52,9 @@ use self::stats::WorkerMetrics;
 pub use self::stats::{PoolStats, ScaleEvent, WorkerState, WorkerView};
 use self::warm::{WarmBudget, WarmLimits};
 use self::worker::{Assignment, Event, WorkerContext};
+use crate::destination::{Destinations, RateRule};
 use crate::executor::Executor;
-use crate::registry::Registry;
+use crate::registry::{LoadedPlugin, Registry};
 use crate::retry::RetryConfig;
 use crate::scheduler::Scheduler;
 use crate::store::TaskStore;
@@ -214,6 +220,9 @@ pub struct PoolDeps {
     pub store: Arc<TaskStore>,
     pub scheduler: Arc<Scheduler>,
     pub retry: RetryConfig,
+    pub destinations: Arc<Destinations>,
+    /// Per-platform rate limits that replace what plugins declare.
+    pub platform_limits: BTreeMap<String, Vec<RateRule>>,
 }
 
 impl Pool {
@@ -224,6 +233,8 @@ impl Pool {
             store,
             scheduler,
             retry,
+            destinations,
+            platform_limits,
         } = deps;
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (events, event_rx) = mpsc::unbounded_channel();
@@ -241,6 +252,7 @@ impl Pool {
             store: store.clone(),
             scheduler,
             retry,
+            destinations: destinations.clone(),
             budget: Arc::new(WarmBudget::new(config.max_warm_per_plugin)),
             limits,
             warm_hits: AtomicU64::new(0),
@@ -269,6 +281,9 @@ impl Pool {
             scale_event_count: 0,
             last_health_check: Instant::now(),
             task_time: HashMap::new(),
+            pacer: Pacer::default(),
+            destinations,
+            platform_limits,
         };
         let capacity = dispatcher.capacity;
         tokio::spawn(dispatcher.run(command_rx, event_rx));
@@ -376,6 +391,9 @@ struct Dispatcher {
     last_health_check: Instant,
     /// Mean task time per plugin key (exponentially weighted), for batching.
     task_time: HashMap<String, Duration>,
+    pacer: Pacer,
+    destinations: Arc<Destinations>,
+    platform_limits: BTreeMap<String, Vec<RateRule>>,
 }
 
 impl Dispatcher {
@@ -388,6 +406,10 @@ impl Dispatcher {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.on_tick();
         loop {
+            let wake = self
+                .pacer
+                .next_wake(Instant::now())
+                .map(tokio::time::Instant::from_std);
             tokio::select! {
                 command = commands.recv() => match command {
                     Some(Command::Submit(tasks)) => tasks.into_iter().for_each(|t| self.queue.push(t)),
@@ -402,6 +424,7 @@ impl Dispatcher {
                 },
                 Some(event) = events.recv() => self.on_event(event),
                 _ = tick.tick() => self.on_tick(),
+                _ = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => {}
             }
             self.dispatch();
         }
@@ -418,7 +441,64 @@ impl Dispatcher {
         self.workers.values().map(|w| w.assigned.len()).sum()
     }
 
-    /// Gives waiting tasks to idle workers.
+    /// The rate limits `task` is paced under: its destination's, else the
+    /// config's for its platform, else what its plugin declares.
+    fn rules_for(&self, task: &Task, plugin: &LoadedPlugin) -> Vec<RateRule> {
+        let route = task
+            .destination
+            .as_deref()
+            .and_then(|name| self.destinations.route(name));
+        if let Some(rules) = route.and_then(|r| r.rate_limits.clone()) {
+            return rules;
+        }
+        if let Some(rules) = self.platform_limits.get(&task.platform) {
+            return rules.clone();
+        }
+        plugin
+            .info
+            .rate_limits
+            .iter()
+            .filter(|r| r.requests > 0 && r.window_ms > 0)
+            .map(|r| RateRule {
+                requests: r.requests,
+                window: Duration::from_millis(r.window_ms),
+            })
+            .collect()
+    }
+
+    /// Whether `task` may go now; if not, it joins its destination's backlog.
+    fn admit(&mut self, task: &Arc<Task>, plugin: &LoadedPlugin, now: Instant) -> bool {
+        let rules = self.rules_for(task, plugin);
+        if rules.is_empty() && self.pacer.is_empty() {
+            return true;
+        }
+        let key = pace_key(task);
+        if self.pacer.admit(&key, &rules, now) {
+            return true;
+        }
+        self.pacer.hold(key, task.clone(), now);
+        false
+    }
+
+    /// The plugin for `task`, or the task fails as having none.
+    fn plugin_for(&mut self, task: &Task) -> Option<Arc<LoadedPlugin>> {
+        let plugin = self.registry.lookup(&task.platform);
+        if plugin.is_none() {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            let message = format!("no loaded plugin serves platform `{}`", task.platform);
+            let attempt = self.store.attempts(task.id) + 1;
+            self.context.finish(
+                task,
+                attempt,
+                Outcome::failed(FailureClass::NoPlugin, message),
+                None,
+            );
+        }
+        plugin
+    }
+
+    /// Gives waiting tasks to idle workers: first paced tasks whose turn has
+    /// come (they have waited longest), then the queue.
     fn dispatch(&mut self) {
         let mut idle: Vec<u64> = self
             .workers
@@ -426,6 +506,21 @@ impl Dispatcher {
             .filter(|(_, w)| w.state == WorkerState::Idle)
             .map(|(id, _)| *id)
             .collect();
+        let now = Instant::now();
+        while !idle.is_empty() {
+            let Some(task) = self.pacer.pop_ready(now) else {
+                break;
+            };
+            if let Some(plugin) = self.plugin_for(&task) {
+                let candidates = self.candidates(&idle, &plugin);
+                let chosen = self
+                    .router
+                    .pick(&candidates)
+                    .expect("candidates are not empty");
+                idle.retain(|id| *id != chosen);
+                self.assign(chosen, plugin, vec![task]);
+            }
+        }
         // Platforms whose next task waits for a warm worker this round.
         let mut deferred = Vec::new();
         let mut skip = HashSet::new();
@@ -433,31 +528,10 @@ impl Dispatcher {
             let Some(task) = self.queue.pop_skipping(&skip) else {
                 break;
             };
-            let Some(plugin) = self.registry.lookup(&task.platform) else {
-                self.waiting.fetch_sub(1, Ordering::AcqRel);
-                let message = format!("no loaded plugin serves platform `{}`", task.platform);
-                let attempt = self.store.attempts(task.id) + 1;
-                self.context.finish(
-                    &task,
-                    attempt,
-                    Outcome::failed(FailureClass::NoPlugin, message),
-                    None,
-                );
+            let Some(plugin) = self.plugin_for(&task) else {
                 continue;
             };
-            let candidates: Vec<Candidate> = idle
-                .iter()
-                .map(|id| {
-                    let w = &self.workers[id];
-                    Candidate {
-                        worker: *id,
-                        warm: w.warm.contains(&plugin.key),
-                        warm_count: w.warm.len(),
-                        processed: w.metrics.processed.load(Ordering::Relaxed),
-                        weight: w.weight.unwrap_or_else(|| w.metrics.throughput().max(1.0)),
-                    }
-                })
-                .collect();
+            let candidates = self.candidates(&idle, &plugin);
             // A fast plugin whose warm instances are all busy, and which may
             // not have more, waits for one of them: it will be free in
             // microseconds, while a one-shot instance costs its whole
@@ -479,6 +553,9 @@ impl Dispatcher {
                 deferred.push(task);
                 continue;
             }
+            if !self.admit(&task, &plugin, now) {
+                continue;
+            }
             let chosen = self
                 .router
                 .pick(&candidates)
@@ -495,13 +572,44 @@ impl Dispatcher {
             };
             let platform = task.platform.clone();
             let mut tasks = vec![task];
-            tasks.extend((0..extra).map_while(|_| self.queue.pop_platform(&platform)));
-            self.waiting.fetch_sub(tasks.len(), Ordering::AcqRel);
+            while tasks.len() <= extra {
+                let Some(next) = self.queue.pop_platform(&platform) else {
+                    break;
+                };
+                if self.admit(&next, &plugin, now) {
+                    tasks.push(next);
+                }
+            }
+            self.assign(chosen, plugin, tasks);
+        }
+        deferred
+            .into_iter()
+            .rev()
+            .for_each(|t| self.queue.push_front(t));
+    }
 
-            let worker = self
-                .workers
-                .get_mut(&chosen)
-                .expect("chosen from the idle workers");
+    fn candidates(&self, idle: &[u64], plugin: &LoadedPlugin) -> Vec<Candidate> {
+        idle.iter()
+            .map(|id| {
+                let w = &self.workers[id];
+                Candidate {
+                    worker: *id,
+                    warm: w.warm.contains(&plugin.key),
+                    warm_count: w.warm.len(),
+                    processed: w.metrics.processed.load(Ordering::Relaxed),
+                    weight: w.weight.unwrap_or_else(|| w.metrics.throughput().max(1.0)),
+                }
+            })
+            .collect()
+    }
+
+    /// Hands `tasks` to the idle worker `chosen`.
+    fn assign(&mut self, chosen: u64, plugin: Arc<LoadedPlugin>, tasks: Vec<Arc<Task>>) {
+        self.waiting.fetch_sub(tasks.len(), Ordering::AcqRel);
+        let worker = self
+            .workers
+            .get_mut(&chosen)
+            .expect("chosen from the idle workers");
             worker.state = WorkerState::Processing;
             worker.assigned = tasks.iter().map(|t| t.id).collect();
             worker.busy_since = Some(Instant::now());
@@ -525,11 +633,6 @@ impl Dispatcher {
                     .rev()
                     .for_each(|t| self.queue.push_front(t));
             }
-        }
-        deferred
-            .into_iter()
-            .rev()
-            .for_each(|t| self.queue.push_front(t));
     }
 
     fn on_event(&mut self, event: Event) {
@@ -551,6 +654,11 @@ impl Dispatcher {
                         w.idle_since = Some(Instant::now());
                     }
                 }
+            }
+            Event::RateLimited { key, retry_after } => {
+                let now = Instant::now();
+                tracing::info!(destination = %key, ?retry_after, "platform asked to slow down; pausing the destination");
+                self.pacer.pause(key, now + retry_after, now);
             }
             Event::Exited { worker } => {
                 self.workers.remove(&worker);
@@ -593,6 +701,7 @@ impl Dispatcher {
             }
         }
         self.reap_idle(now);
+        self.pacer.forget_quiet(now);
         if now.duration_since(self.last_health_check) >= self.config.health_check_interval {
             self.last_health_check = now;
             self.replace_stuck(now);
@@ -769,7 +878,7 @@ impl Dispatcher {
     }
 
     async fn shutdown(&mut self, events: &mut mpsc::UnboundedReceiver<Event>) -> ShutdownReport {
-        let left_queued = self.queue.len();
+        let left_queued = self.queue.len() + self.pacer.backlog_len();
         let in_flight = self.in_flight();
         tracing::info!(in_flight, left_queued, "worker pool draining");
         let ids: Vec<u64> = self.workers.keys().copied().collect();
@@ -822,6 +931,8 @@ impl Dispatcher {
             workers_by_state: by_state,
             queued: self.queue.len(),
             queued_by_platform: self.queue.depths(),
+            paced: self.pacer.backlog_len(),
+            destinations: self.pacer.views(Instant::now()),
             in_flight: self.in_flight(),
             processed: per_worker.iter().map(|w| w.processed).sum(),
             errors: per_worker.iter().map(|w| w.errors).sum(),

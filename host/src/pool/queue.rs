@@ -165,6 +165,7 @@ mod tests {
             id: TaskId::new(),
             platform: platform.into(),
             target: "t".into(),
+            destination: None,
             title: None,
             body: String::new(),
             format: Format::Text,

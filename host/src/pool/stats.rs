@@ -159,6 +159,12 @@ pub struct PoolStats {
     pub workers_by_state: BTreeMap<WorkerState, usize>,
     pub queued: usize,
     pub queued_by_platform: BTreeMap<String, usize>,
+    /// Tasks waiting for their destination's rate limit.
+    #[serde(default)]
+    pub paced: usize,
+    /// Destinations with a rate limit or pause in force.
+    #[serde(default)]
+    pub destinations: Vec<super::pacer::PaceView>,
     pub in_flight: usize,
     pub processed: u64,
     pub errors: u64,

@@ -10,12 +10,13 @@ use tracing::Instrument;
 
 use super::stats::WorkerMetrics;
 use super::warm::{WarmBudget, WarmCache, WarmLimits};
+use crate::destination::Destinations;
 use crate::executor::Executor;
 use crate::registry::{LoadedPlugin, PluginRef, Registry};
 use crate::retry::{RetryConfig, Verdict};
 use crate::scheduler::Scheduler;
 use crate::store::TaskStore;
-use crate::task::{Outcome, Task};
+use crate::task::{FailureClass, Outcome, Task};
 
 /// Tasks for one plugin version, given to one worker.
 pub(super) struct Assignment {
@@ -34,6 +35,8 @@ pub(super) enum Event {
         plugin: String,
         mean_task: Duration,
     },
+    /// The platform answered "slow down": pause the destination `key`.
+    RateLimited { key: String, retry_after: Duration },
     /// The worker's inbox closed and it has stopped.
     Exited { worker: u64 },
 }
@@ -45,6 +48,7 @@ pub(super) struct WorkerContext {
     pub store: Arc<TaskStore>,
     pub scheduler: Arc<Scheduler>,
     pub retry: RetryConfig,
+    pub destinations: Arc<Destinations>,
     pub budget: Arc<WarmBudget>,
     pub limits: WarmLimits,
     pub warm_hits: AtomicU64,
@@ -82,9 +86,21 @@ pub(super) async fn run(
         let started = Instant::now();
         for task in &assignment.tasks {
             let span = tracing::info_span!("task", task = %task.id, platform = %task.platform, worker = id);
-            deliver(&assignment.plugin, task, &mut warm, &context, &metrics)
+            let outcome = deliver(&assignment.plugin, task, &mut warm, &context, &metrics)
                 .instrument(span)
                 .await;
+            if let Outcome::Failed {
+                class: FailureClass::RateLimited,
+                retry_after_ms,
+                ..
+            } = outcome
+            {
+                let retry_after = Duration::from_millis(retry_after_ms.unwrap_or(1_000));
+                let key = super::pacer::pace_key(task);
+                if events.send(Event::RateLimited { key, retry_after }).is_err() {
+                    break;
+                }
+            }
         }
         *metrics.warm_plugins.lock().expect("never poisoned") = warm.names();
         metrics
@@ -110,7 +126,7 @@ async fn deliver(
     warm: &mut WarmCache,
     context: &WorkerContext,
     metrics: &WorkerMetrics,
-) {
+) -> Outcome {
     let started = Instant::now();
     *metrics.current.lock().expect("never poisoned") = Some((task.id, task.platform.clone()));
     let attempt = context.store.start(task.id);
@@ -125,13 +141,29 @@ async fn deliver(
         &context.warm_misses
     };
     counter.fetch_add(1, Ordering::Relaxed);
-    let outcome = match instance {
-        Ok(mut instance) => {
-            let (outcome, health) = context.executor.call(&mut instance, task).await;
+    let route = match &task.destination {
+        None => Ok(None),
+        Some(name) => context.destinations.route(name).map(Some).ok_or_else(|| {
+            Outcome::failed(
+                FailureClass::Permanent,
+                format!("destination `{name}` is no longer configured"),
+            )
+        }),
+    };
+    let outcome = match (instance, route) {
+        (Ok(mut instance), Ok(route)) => {
+            let (outcome, health) = context
+                .executor
+                .call(&mut instance, task, route.map(|r| &**r))
+                .await;
             warm.put_back(instance, was_warm, health);
             outcome
         }
-        Err(failure) => Outcome::failed(failure.class, failure.message),
+        (Ok(instance), Err(outcome)) => {
+            warm.put_back(instance, was_warm, crate::executor::Health::Reusable);
+            outcome
+        }
+        (Err(failure), _) => Outcome::failed(failure.class, failure.message),
     };
 
     match &outcome {
@@ -143,8 +175,9 @@ async fn deliver(
         }
     }
     let success = outcome.is_success();
-    context.finish(task, attempt, outcome, Some(plugin.version_ref()));
+    context.finish(task, attempt, outcome.clone(), Some(plugin.version_ref()));
     metrics.record(started.elapsed().as_micros() as u64, success);
     *metrics.current.lock().expect("never poisoned") = None;
     *metrics.last_activity.lock().expect("never poisoned") = Some(SystemTime::now());
+    outcome
 }

@@ -12,6 +12,7 @@ use super::PluginPolicy;
 use super::http::{HttpClient, OutboundHttp};
 use super::limits::{MemoryBudget, MemoryLimiter};
 use crate::bindings::{Level, notifyhub};
+use crate::manifest::PluginConfig;
 
 /// Log lines a plugin may write per call; the rest are dropped with a marker.
 const MAX_LOG_LINES: u32 = 1000;
@@ -27,6 +28,8 @@ pub struct HostState {
     pub(crate) limiter: MemoryLimiter,
     policy: Arc<PluginPolicy>,
     task: Option<String>,
+    /// The task's destination settings, read before the plugin's own.
+    overlay: Option<Arc<PluginConfig>>,
     log_lines: u32,
 }
 
@@ -59,15 +62,19 @@ impl HostState {
             limiter: MemoryLimiter::new(limits.memory_bytes(), budget),
             policy,
             task: None,
+            overlay: None,
             log_lines: 0,
         }
     }
 
-    /// Resets per-task budgets (log lines, HTTP requests) and tags what the
-    /// plugin logs with `task`. Called before every call into the instance.
-    pub(crate) fn begin_task(&mut self, task: Option<String>) {
+    /// Resets per-task budgets (log lines, HTTP requests), tags what the
+    /// plugin logs with `task` and lays `overlay` (a destination's settings
+    /// and secrets) over the plugin's configuration. Called before every
+    /// call into the instance.
+    pub(crate) fn begin_task(&mut self, task: Option<String>, overlay: Option<Arc<PluginConfig>>) {
         self.http.begin_task(task.clone());
         self.task = task;
+        self.overlay = overlay;
         self.log_lines = 0;
     }
 }
@@ -127,6 +134,10 @@ impl notifyhub::plugin::host::Host for HostState {
     }
 
     fn get_config(&mut self, key: String) -> Option<String> {
-        self.policy.config.get(&key).map(str::to_string)
+        self.overlay
+            .as_ref()
+            .and_then(|o| o.get(&key))
+            .or_else(|| self.policy.config.get(&key))
+            .map(str::to_string)
     }
 }

@@ -19,6 +19,113 @@ pub fn truncate(text: &str, max_chars: usize) -> String {
     out
 }
 
+/// Cuts `text` to at most `max_bytes` bytes of UTF-8 on a character
+/// boundary, ending with [`TRUNCATION_MARKER`] when anything was cut. For
+/// platforms that count bytes (WeCom, DingTalk, Feishu), where a CJK
+/// character is three.
+pub fn truncate_bytes(text: &str, max_bytes: usize) -> String {
+    if text.len() <= max_bytes {
+        return text.to_string();
+    }
+    let mut cut = max_bytes.saturating_sub(TRUNCATION_MARKER.len());
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}{TRUNCATION_MARKER}", &text[..cut])
+}
+
+/// Converts CommonMark-style markdown to the small HTML subset that
+/// Telegram, Pushover and e-mail clients share: `**b**` → `<b>`, `*i*` →
+/// `<i>`, `~~s~~` → `<s>`, `` `c` `` → `<code>`, `[l](u)` → `<a href>`,
+/// headings → bold lines, `- item` → `• item`; everything else escaped.
+pub fn markdown_to_html(markdown: &str) -> String {
+    markdown
+        .lines()
+        .map(|line| {
+            let trimmed = line.trim_start();
+            let hashes = trimmed.chars().take_while(|&c| c == '#').count();
+            if (1..=6).contains(&hashes) && trimmed[hashes..].starts_with(' ') {
+                return format!("<b>{}</b>", html_inline(trimmed[hashes..].trim()));
+            }
+            if let Some(item) = trimmed
+                .strip_prefix("- ")
+                .or_else(|| trimmed.strip_prefix("* "))
+            {
+                return format!("• {}", html_inline(item));
+            }
+            html_inline(line)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn html_inline(line: &str) -> String {
+    line.split('`')
+        .enumerate()
+        .map(|(i, part)| {
+            if i % 2 == 1 {
+                format!("<code>{}</code>", escape_html(part))
+            } else {
+                html_text(part)
+            }
+        })
+        .collect()
+}
+
+fn html_text(text: &str) -> String {
+    const BOLD: char = '\u{1}';
+    let escaped = escape_html(text);
+    let linked = html_links(&escaped);
+    let bolded = linked.replace("**", "\u{1}").replace("__", "\u{1}");
+    let bolded = replace_pairs_with(&bolded, BOLD, "<b>", "</b>");
+    let italic = replace_pairs_with(&bolded, '*', "<i>", "</i>");
+    let struck = italic.replace("~~", "\u{2}");
+    replace_pairs_with(&struck, '\u{2}', "<s>", "</s>")
+}
+
+/// `[label](url)` → `<a href="url">label</a>` on already-escaped text.
+fn html_links(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(open) = rest.find('[') {
+        let after = &rest[open + 1..];
+        let Some(close) = after.find("](") else { break };
+        let Some(end) = after[close + 2..].find(')') else {
+            break;
+        };
+        let label = &after[..close];
+        let url = after[close + 2..close + 2 + end].replace('"', "&quot;");
+        out.push_str(&rest[..open]);
+        out.push_str(&format!("<a href=\"{url}\">{label}</a>"));
+        rest = &after[close + 2 + end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Like [`replace_pairs`], with distinct opening and closing replacements.
+fn replace_pairs_with(text: &str, marker: char, open: &str, close: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < chars.len() {
+        if chars[i] == marker && chars.get(i + 1).is_some_and(|c| !c.is_whitespace()) {
+            if let Some(len) = chars[i + 1..].iter().position(|&c| c == marker) {
+                if len > 0 && !chars[i + len].is_whitespace() {
+                    out.push_str(open);
+                    out.extend(&chars[i + 1..i + 1 + len]);
+                    out.push_str(close);
+                    i += len + 2;
+                    continue;
+                }
+            }
+        }
+        out.push(chars[i]);
+        i += 1;
+    }
+    out
+}
+
 /// Converts CommonMark-style markdown to Slack's mrkdwn dialect:
 /// `**b**` → `*b*`, `*i*`/`_i_` → `_i_`, `~~s~~` → `~s~`,
 /// `[label](url)` → `<url|label>`, `# Heading` → `*Heading*`, `- item` →
@@ -136,6 +243,23 @@ mod tests {
         let cut = truncate(&"x".repeat(100), 20);
         assert_eq!(cut.chars().count(), 20);
         assert!(cut.ends_with(TRUNCATION_MARKER));
+    }
+
+    #[test]
+    fn truncates_bytes_on_char_boundaries() {
+        let text = "告警".repeat(3000);
+        let cut = truncate_bytes(&text, 4096);
+        assert!(cut.len() <= 4096 && cut.ends_with(TRUNCATION_MARKER));
+        assert_eq!(truncate_bytes("ok", 4096), "ok");
+    }
+
+    #[test]
+    fn converts_markdown_to_html() {
+        assert_eq!(
+            markdown_to_html("# Disk\n**full** on *db1* & `a<b`\n- see [runbook](https://x.io/?a=1&b=2)"),
+            "<b>Disk</b>\n<b>full</b> on <i>db1</i> &amp; <code>a&lt;b</code>\n• see <a href=\"https://x.io/?a=1&amp;b=2\">runbook</a>"
+        );
+        assert_eq!(markdown_to_html("~~old~~ 2 * 3"), "<s>old</s> 2 * 3");
     }
 
     #[test]

@@ -25,12 +25,14 @@
 //!   failures and HTTP status codes onto [`SendError`] classes;
 //! - [`format`]: truncation with a visible marker and markdown dialects;
 //! - [`sign`]: HMAC signing schemes used by webhook platforms;
+//! - [`form`]: `application/x-www-form-urlencoded` bodies and query values;
 //! - [`log`] and [`config`]: the host's logging and configuration imports.
 //!
 //! State: the host may reuse an instance for many `send` calls, so anything a
 //! plugin keeps in statics survives between tasks of the same plugin. Keep
 //! caches there if you like, never per-task secrets.
 
+pub mod form;
 pub mod format;
 pub mod http;
 pub mod sign;

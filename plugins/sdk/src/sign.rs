@@ -36,8 +36,39 @@ pub fn github(secret: &str, body: &[u8]) -> String {
     format!("sha256={hex}")
 }
 
+/// DingTalk's `sign` query value: `urlencode(base64(HMAC-SHA256(key =
+/// secret, message = "{timestamp_ms}\n{secret}")))`.
+pub fn dingtalk(secret: &str, timestamp_ms: u64) -> String {
+    let message = format!("{timestamp_ms}\n{secret}");
+    let signature = BASE64.encode(hmac_sha256(secret.as_bytes(), message.as_bytes()));
+    crate::form::encode_component(&signature)
+}
+
+/// Feishu/Lark's `sign` body field: `base64(HMAC-SHA256(key =
+/// "{timestamp_s}\n{secret}", message = ""))` — the reverse of DingTalk.
+pub fn feishu(secret: &str, timestamp_s: u64) -> String {
+    let key = format!("{timestamp_s}\n{secret}");
+    BASE64.encode(hmac_sha256(key.as_bytes(), b""))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn dingtalk_vector() {
+        assert_eq!(
+            super::dingtalk("SECtest", 1_700_000_000_000),
+            "aZLLrriXgn05YbwaGR7knYsLeJADjr9NwLaNNKpxh4g%3D"
+        );
+    }
+
+    #[test]
+    fn feishu_vector() {
+        assert_eq!(
+            super::feishu("SECtest", 1_700_000_000),
+            "G7XpBpG8NgG02fJOAhX6FRAObIljmFoxVReo8I62pEk="
+        );
+    }
+
     #[test]
     fn standard_webhooks_vector() {
         let sig = super::standard_webhooks(

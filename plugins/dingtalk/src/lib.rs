@@ -1,0 +1,136 @@
+//! DingTalk custom robots (钉钉自定义机器人).
+//!
+//! The target is the robot's webhook URL
+//! (`https://oapi.dingtalk.com/robot/send?access_token=…`). With `secret`
+//! configured (the robot's `SEC…` signing secret), every request carries
+//! `&timestamp=<ms>&sign=<urlencoded base64 HMAC-SHA256>`.
+//!
+//! Plain text goes as `msgtype: text`; a title or markdown goes as `msgtype:
+//! markdown` with the title as the conversation-list preview and as a
+//! heading (DingTalk does not render the title field itself). DingTalk's
+//! markdown is a CommonMark subset, so markdown passes through. `msgUuid`
+//! is the task id, so a retried task is not shown twice. Text is cut to
+//! 18,000 bytes with a visible marker (DingTalk refuses ~20 KB).
+//!
+//! DingTalk answers HTTP 200 for most failures, with `errcode` ≠ 0: the
+//! rate-limit codes (130101, 410100) pause the robot for 10 minutes, which
+//! is how long DingTalk blocks it; every other code is permanent (bad
+//! token, signature, keyword or IP whitelist — retrying cannot help).
+//! Metadata `at_mobiles` (comma-separated) and `at_all = "true"` mention
+//! people.
+
+use notifyhub_plugin_sdk::format::truncate_bytes;
+use notifyhub_plugin_sdk::{
+    Format, Message, Plugin, PluginInfo, RateLimitRule, Receipt, SendError, config, config_key,
+    http, sign, time,
+};
+use serde_json::{Value, json};
+
+const MAX_BYTES: usize = 18_000;
+/// DingTalk blocks a robot for ten minutes once it is over its limit.
+const BLOCKED_MS: u64 = 10 * 60 * 1000;
+const RATE_LIMIT_CODES: [i64; 2] = [130_101, 410_100];
+
+struct DingTalk;
+
+impl Plugin for DingTalk {
+    fn describe() -> PluginInfo {
+        PluginInfo {
+            name: "dingtalk".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            platforms: vec!["dingtalk".into()],
+            config_keys: vec![config_key(
+                "secret",
+                false,
+                true,
+                "the robot's signing secret (SEC…); requests are signed when set",
+            )],
+            rate_limits: vec![RateLimitRule {
+                requests: 20,
+                window_ms: 60_000,
+            }],
+            description: "DingTalk custom robots (signed, markdown, msgUuid de-duplication)"
+                .into(),
+        }
+    }
+
+    fn send(message: Message) -> Result<Receipt, SendError> {
+        if !message.target.starts_with("https://") && !message.target.starts_with("http://") {
+            return Err(SendError::invalid(
+                "the target must be a DingTalk robot webhook URL",
+            ));
+        }
+        let mut url = message.target.clone();
+        if let Some(secret) = config("secret") {
+            let timestamp = time::unix_millis();
+            let separator = if url.contains('?') { '&' } else { '?' };
+            url = format!(
+                "{url}{separator}timestamp={timestamp}&sign={}",
+                sign::dingtalk(&secret, timestamp)
+            );
+        }
+        let response = http::Request::post(&url)
+            .json_body(payload(&message).to_string())
+            .header("content-type", "application/json;charset=utf-8")
+            .send()?;
+        response.classify()?;
+        let answer: Value = serde_json::from_slice(&response.body).map_err(|_| {
+            SendError::retryable(
+                format!("DingTalk answered HTTP {} without JSON", response.status),
+                None,
+            )
+        })?;
+        let code = answer["errcode"].as_i64().unwrap_or(-1);
+        let detail = format!(
+            "DingTalk errcode {code}: {}",
+            answer["errmsg"].as_str().unwrap_or("(no errmsg)")
+        );
+        match code {
+            0 => Ok(Receipt::status("ok")),
+            c if RATE_LIMIT_CODES.contains(&c) => Err(SendError::rate_limited(detail, BLOCKED_MS)),
+            _ => Err(SendError::permanent(detail)),
+        }
+    }
+}
+
+fn payload(message: &Message) -> Value {
+    let mentions: Vec<&str> = metadata(message, "at_mobiles")
+        .map(|m| m.split(',').map(str::trim).filter(|m| !m.is_empty()).collect())
+        .unwrap_or_default();
+    let at = json!({
+        "atMobiles": mentions,
+        "isAtAll": metadata(message, "at_all") == Some("true"),
+    });
+    // A mention only notifies when the text names the number.
+    let tail: String = mentions.iter().map(|m| format!(" @{m}")).collect();
+    let mut document = if message.title.is_none() && message.format == Format::Text {
+        json!({
+            "msgtype": "text",
+            "text": { "content": truncate_bytes(&format!("{}{tail}", message.body), MAX_BYTES) },
+        })
+    } else {
+        let title = message.title.clone().unwrap_or_else(|| first_line(&message.body));
+        let text = format!("#### {title}\n\n{}{tail}", message.body);
+        json!({
+            "msgtype": "markdown",
+            "markdown": { "title": title, "text": truncate_bytes(&text, MAX_BYTES) },
+        })
+    };
+    document["at"] = at;
+    document["msgUuid"] = json!(message.task_id);
+    document
+}
+
+fn metadata<'a>(message: &'a Message, key: &str) -> Option<&'a str> {
+    message
+        .metadata
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+fn first_line(body: &str) -> String {
+    notifyhub_plugin_sdk::format::truncate(body.lines().next().unwrap_or(""), 64)
+}
+
+notifyhub_plugin_sdk::export_plugin!(DingTalk);

@@ -1,0 +1,147 @@
+//! E-mail through SendGrid's v3 Mail Send API.
+//!
+//! The target is one or more recipient addresses, comma-separated (at most
+//! 1000). Config: `api_key` (a secret), `from` (the verified sender
+//! address), optional `from_name`, and `api_url` to override
+//! `https://api.sendgrid.com/v3/mail/send` (e.g. the EU endpoint). The title
+//! is the subject (else the body's first line). Text goes as `text/plain`;
+//! markdown and HTML also as `text/html` (markdown converted), with the plain
+//! text as the alternative.
+//!
+//! Success is 202 Accepted. 401/403 (bad key, unverified sender) are
+//! permanent; 400 and 413 invalid; 429 rate-limited until
+//! `X-RateLimit-Reset` (a Unix time); 5xx retryable.
+
+use notifyhub_plugin_sdk::format::{markdown_to_html, truncate};
+use notifyhub_plugin_sdk::{
+    Format, Message, Plugin, PluginInfo, Receipt, SendError, config, config_key, http, time,
+};
+use serde_json::{Value, json};
+
+const DEFAULT_API: &str = "https://api.sendgrid.com/v3/mail/send";
+const MAX_RECIPIENTS: usize = 1000;
+const SUBJECT_MAX: usize = 200;
+
+struct Email;
+
+impl Plugin for Email {
+    fn describe() -> PluginInfo {
+        PluginInfo {
+            name: "email".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            platforms: vec!["email".into()],
+            config_keys: vec![
+                config_key("api_key", true, true, "SendGrid API key"),
+                config_key("from", true, false, "sender address (verified in SendGrid)"),
+                config_key("from_name", false, false, "sender display name"),
+                config_key("api_url", false, false, "Mail Send endpoint (default SendGrid's)"),
+            ],
+            rate_limits: vec![],
+            description: "E-mail through the SendGrid v3 API".into(),
+        }
+    }
+
+    fn send(message: Message) -> Result<Receipt, SendError> {
+        let key = config("api_key").ok_or_else(|| {
+            SendError::invalid("config key `api_key` is not set (a secret in the manifest)")
+        })?;
+        let from = config("from")
+            .ok_or_else(|| SendError::invalid("config key `from` (sender address) is not set"))?;
+        let recipients: Vec<&str> = message
+            .target
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .collect();
+        if recipients.is_empty() || recipients.iter().any(|a| !a.contains('@')) {
+            return Err(SendError::invalid(
+                "the target must be one or more e-mail addresses, comma-separated",
+            ));
+        }
+        if recipients.len() > MAX_RECIPIENTS {
+            return Err(SendError::invalid(format!(
+                "SendGrid takes at most {MAX_RECIPIENTS} recipients per message"
+            )));
+        }
+        let url = config("api_url").unwrap_or_else(|| DEFAULT_API.into());
+        let response = http::Request::post(&url)
+            .header("authorization", format!("Bearer {key}"))
+            .json_body(document(&message, &recipients, &from).to_string())
+            .send()?;
+        match response.status {
+            202 | 200 => Ok(Receipt {
+                provider_id: response.header("x-message-id").map(str::to_string),
+                status: format!("HTTP {}", response.status),
+            }),
+            429 => {
+                let reset = response
+                    .header("x-ratelimit-reset")
+                    .and_then(|r| r.trim().parse::<u64>().ok())
+                    .map(|at| at.saturating_sub(time::unix_seconds()).max(1) * 1000);
+                Err(SendError::rate_limited(
+                    errors(&response),
+                    reset
+                        .or_else(|| response.retry_after_ms())
+                        .unwrap_or(http::DEFAULT_RETRY_AFTER_MS),
+                ))
+            }
+            413 => Err(SendError::invalid(errors(&response))),
+            _ => {
+                response.classify().map_err(|e| match e {
+                    SendError::Permanent(_) => SendError::permanent(errors(&response)),
+                    SendError::Invalid(_) => SendError::invalid(errors(&response)),
+                    other => other,
+                })?;
+                Err(SendError::retryable(errors(&response), None))
+            }
+        }
+    }
+}
+
+fn document(message: &Message, recipients: &[&str], from: &str) -> Value {
+    let subject = message.title.clone().unwrap_or_else(|| {
+        truncate(message.body.lines().next().unwrap_or("Notification"), SUBJECT_MAX)
+    });
+    let mut content = vec![json!({ "type": "text/plain", "value": message.body })];
+    match message.format {
+        Format::Text => {}
+        Format::Markdown => content.push(json!({
+            "type": "text/html",
+            "value": markdown_to_html(&message.body).replace('\n', "<br>\n"),
+        })),
+        Format::Html => content.push(json!({ "type": "text/html", "value": message.body })),
+    }
+    let mut sender = json!({ "email": from });
+    if let Some(name) = config("from_name") {
+        sender["name"] = json!(name);
+    }
+    json!({
+        "personalizations": [{
+            "to": recipients.iter().map(|a| json!({ "email": a })).collect::<Vec<_>>(),
+        }],
+        "from": sender,
+        "subject": subject,
+        "content": content,
+        "custom_args": { "notifyhub_task_id": message.task_id },
+    })
+}
+
+/// SendGrid's `{"errors":[{"field","message"}]}` as one line.
+fn errors(response: &http::Response) -> String {
+    let answer: Value = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
+    let messages: Vec<String> = answer["errors"]
+        .as_array()
+        .map(|errors| {
+            errors
+                .iter()
+                .map(|e| match e["field"].as_str() {
+                    Some(field) => format!("{field}: {}", e["message"].as_str().unwrap_or("?")),
+                    None => e["message"].as_str().unwrap_or("?").to_string(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    format!("HTTP {}: {}", response.status, messages.join("; "))
+}
+
+notifyhub_plugin_sdk::export_plugin!(Email);

@@ -1,0 +1,100 @@
+//! Microsoft Teams through a Workflows (Power Automate) webhook.
+//!
+//! The target is the workflow's URL ("When a Teams webhook request is
+//! received"); its `sig` query parameter is the credential. The body is an
+//! Adaptive Card (1.4) in a `message` envelope — the old MessageCard format
+//! is not accepted by Workflows. A title becomes a bold, large heading
+//! TextBlock; the body a wrapping TextBlock (Adaptive Cards render a small
+//! markdown subset, so markdown passes through). Text is cut to 20,000
+//! bytes with a marker (Teams refuses ~28 KB with 413).
+//!
+//! Success is 200 or 202 (the flow runs asynchronously, so a card that
+//! fails later is not reported back). 429 is the rate limit (4 requests per
+//! second); 413 and 400 are invalid; 401/403/404 permanent.
+
+use notifyhub_plugin_sdk::format::truncate_bytes;
+use notifyhub_plugin_sdk::{
+    Message, Plugin, PluginInfo, Priority, RateLimitRule, Receipt, SendError, http,
+};
+use serde_json::{Value, json};
+
+const MAX_BYTES: usize = 20_000;
+
+struct Teams;
+
+impl Plugin for Teams {
+    fn describe() -> PluginInfo {
+        PluginInfo {
+            name: "teams".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            platforms: vec!["teams".into()],
+            config_keys: vec![],
+            rate_limits: vec![RateLimitRule {
+                requests: 4,
+                window_ms: 1_000,
+            }],
+            description: "Microsoft Teams Workflows webhooks (Adaptive Cards)".into(),
+        }
+    }
+
+    fn send(message: Message) -> Result<Receipt, SendError> {
+        if !message.target.starts_with("https://") && !message.target.starts_with("http://") {
+            return Err(SendError::invalid(
+                "the target must be a Teams Workflows webhook URL",
+            ));
+        }
+        let response = http::Request::post(&message.target)
+            .json_body(card(&message).to_string())
+            .send()?;
+        match response.status {
+            200 | 202 => Ok(Receipt::status(format!("HTTP {}", response.status))),
+            413 => Err(SendError::invalid("HTTP 413: the card is too large for Teams")),
+            _ => {
+                response.classify()?;
+                Err(SendError::retryable(
+                    format!("unexpected answer from Teams: HTTP {}", response.status),
+                    None,
+                ))
+            }
+        }
+    }
+}
+
+fn card(message: &Message) -> Value {
+    let mut body = Vec::new();
+    if let Some(title) = &message.title {
+        body.push(json!({
+            "type": "TextBlock",
+            "text": title,
+            "weight": "Bolder",
+            "size": "Large",
+            "style": "heading",
+            "wrap": true,
+            "color": match message.priority {
+                Priority::High => "Attention",
+                Priority::Normal | Priority::Low => "Default",
+            },
+        }));
+    }
+    body.push(json!({
+        "type": "TextBlock",
+        "text": truncate_bytes(&message.body, MAX_BYTES),
+        "wrap": true,
+    }));
+    json!({
+        "type": "message",
+        "attachments": [{
+            "contentType": "application/vnd.microsoft.card.adaptive",
+            "contentUrl": null,
+            "content": {
+                "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+                "type": "AdaptiveCard",
+                "version": "1.4",
+                "body": body,
+                "msteams": { "width": "full" },
+            },
+        }],
+    })
+}
+
+notifyhub_plugin_sdk::export_plugin!(Teams);

@@ -1,0 +1,106 @@
+//! WeCom group robots (企业微信群机器人).
+//!
+//! The target is the robot's webhook URL
+//! (`https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=…`); the key is
+//! the credential and WeCom has no signing. Plain text goes as `msgtype:
+//! text` (≤ 2048 bytes); a title or markdown goes as `msgtype: markdown`
+//! (≤ 4096 bytes) with the title as a heading, since WeCom's markdown has no
+//! title field. Over-long text is cut to the byte limit with a marker.
+//! Metadata `mentioned_list` and `mentioned_mobile_list` (comma-separated,
+//! `@all` allowed) mention people in text messages.
+//!
+//! WeCom answers HTTP 200 with `errcode` ≠ 0 for failures: 45009 ("api freq
+//! out of limit") is the rate limit; every other code (93000 invalid
+//! webhook URL, …) is permanent.
+
+use notifyhub_plugin_sdk::format::truncate_bytes;
+use notifyhub_plugin_sdk::{
+    Format, Message, Plugin, PluginInfo, RateLimitRule, Receipt, SendError, http,
+};
+use serde_json::{Value, json};
+
+const TEXT_MAX_BYTES: usize = 2048;
+const MARKDOWN_MAX_BYTES: usize = 4096;
+const RATE_LIMITED: i64 = 45_009;
+/// WeCom counts 20 per minute; wait out a whole window.
+const RATE_LIMIT_WAIT_MS: u64 = 60_000;
+
+struct WeCom;
+
+impl Plugin for WeCom {
+    fn describe() -> PluginInfo {
+        PluginInfo {
+            name: "wecom".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            platforms: vec!["wecom".into()],
+            config_keys: vec![],
+            rate_limits: vec![RateLimitRule {
+                requests: 20,
+                window_ms: 60_000,
+            }],
+            description: "WeCom group robots (text and markdown)".into(),
+        }
+    }
+
+    fn send(message: Message) -> Result<Receipt, SendError> {
+        if !message.target.starts_with("https://") && !message.target.starts_with("http://") {
+            return Err(SendError::invalid(
+                "the target must be a WeCom robot webhook URL",
+            ));
+        }
+        let response = http::Request::post(&message.target)
+            .json_body(payload(&message).to_string())
+            .send()?;
+        response.classify()?;
+        let answer: Value = serde_json::from_slice(&response.body).map_err(|_| {
+            SendError::retryable(
+                format!("WeCom answered HTTP {} without JSON", response.status),
+                None,
+            )
+        })?;
+        let code = answer["errcode"].as_i64().unwrap_or(-1);
+        let detail = format!(
+            "WeCom errcode {code}: {}",
+            answer["errmsg"].as_str().unwrap_or("(no errmsg)")
+        );
+        match code {
+            0 => Ok(Receipt::status("ok")),
+            RATE_LIMITED => Err(SendError::rate_limited(detail, RATE_LIMIT_WAIT_MS)),
+            _ => Err(SendError::permanent(detail)),
+        }
+    }
+}
+
+fn payload(message: &Message) -> Value {
+    if message.title.is_none() && message.format == Format::Text {
+        return json!({
+            "msgtype": "text",
+            "text": {
+                "content": truncate_bytes(&message.body, TEXT_MAX_BYTES),
+                "mentioned_list": list(message, "mentioned_list"),
+                "mentioned_mobile_list": list(message, "mentioned_mobile_list"),
+            },
+        });
+    }
+    let content = match &message.title {
+        Some(title) => format!("# {title}\n{}", message.body),
+        None => message.body.clone(),
+    };
+    json!({
+        "msgtype": "markdown",
+        "markdown": { "content": truncate_bytes(&content, MARKDOWN_MAX_BYTES) },
+    })
+}
+
+fn list(message: &Message, key: &str) -> Vec<String> {
+    message
+        .metadata
+        .iter()
+        .filter(|(k, _)| k == key)
+        .flat_map(|(_, v)| v.split(','))
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+notifyhub_plugin_sdk::export_plugin!(WeCom);
