@@ -63,7 +63,13 @@ async fn in_process() -> anyhow::Result<()> {
     let mut instance = executor.instantiate(plugin.clone()).await?;
     let started = Instant::now();
     for _ in 0..warm_calls {
-        assert!(executor.call(&mut instance, &task, None).await.0.is_success());
+        assert!(
+            executor
+                .call(&mut instance, &task, None)
+                .await
+                .0
+                .is_success()
+        );
     }
     let warm = started.elapsed() / warm_calls;
 

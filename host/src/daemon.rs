@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::Api;
 use crate::config::Config;
-use crate::executor::Executor;
 use crate::destination::{DestinationError, Destinations};
+use crate::executor::Executor;
 use crate::pool::{Pool, PoolDeps, ShutdownReport};
 use crate::registry::{Registry, RegistryError};
 use crate::reload::{Reloader, WatchError};

@@ -161,7 +161,12 @@ impl Destinations {
             }
             let entry = match &spec.fan_out {
                 Some(leaves) => {
-                    if *spec != (DestinationSpec { fan_out: spec.fan_out.clone(), ..Default::default() }) {
+                    if *spec
+                        != (DestinationSpec {
+                            fan_out: spec.fan_out.clone(),
+                            ..Default::default()
+                        })
+                    {
                         return Err(invalid(
                             "a fan-out destination has only `fan_out`; put settings on its members"
                                 .into(),
@@ -334,17 +339,27 @@ mod tests {
             "#,
         ))
         .unwrap();
-        let names: Vec<_> = d.expand("outer").unwrap().iter().map(|r| r.name.clone()).collect();
+        let names: Vec<_> = d
+            .expand("outer")
+            .unwrap()
+            .iter()
+            .map(|r| r.name.clone())
+            .collect();
         assert_eq!(names, ["a", "b"]);
         assert_eq!(d.route("b").unwrap().rate_limits, Some(vec![]));
         assert!(d.route("both").is_none());
 
-        let err = Destinations::resolve(&specs(r#"x = { fan_out = ["y"] }
-            y = { fan_out = ["x"] }"#))
+        let err = Destinations::resolve(&specs(
+            r#"x = { fan_out = ["y"] }
+            y = { fan_out = ["x"] }"#,
+        ))
         .unwrap_err();
         assert!(err.to_string().contains("loop"), "{err}");
         let err = Destinations::resolve(&specs(r#"x = { fan_out = ["nope"] }"#)).unwrap_err();
-        assert!(err.to_string().contains("unknown destination `nope`"), "{err}");
+        assert!(
+            err.to_string().contains("unknown destination `nope`"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -352,10 +367,22 @@ mod tests {
         for (text, expected) in [
             (r#"a = { url = "https://x" }"#, "`platform` is missing"),
             (r#"a = { platform = "slack" }"#, "give one of"),
-            (r#"a = { platform = "slack", url = "u", target = "t" }"#, "only one"),
-            (r#"a = { platform = "slack", url_env = "NOTIFYHUB_UNSET_URL" }"#, "NOTIFYHUB_UNSET_URL"),
-            (r#"a = { platform = "slack", url = "u", rate_limits = ["9"] }"#, "rate limit"),
-            (r#"a = { fan_out = [], platform = "slack" }"#, "only `fan_out`"),
+            (
+                r#"a = { platform = "slack", url = "u", target = "t" }"#,
+                "only one",
+            ),
+            (
+                r#"a = { platform = "slack", url_env = "NOTIFYHUB_UNSET_URL" }"#,
+                "NOTIFYHUB_UNSET_URL",
+            ),
+            (
+                r#"a = { platform = "slack", url = "u", rate_limits = ["9"] }"#,
+                "rate limit",
+            ),
+            (
+                r#"a = { fan_out = [], platform = "slack" }"#,
+                "only `fan_out`",
+            ),
         ] {
             let err = Destinations::resolve(&specs(text)).unwrap_err().to_string();
             assert!(err.contains(expected), "{text}: {err}");
@@ -374,7 +401,10 @@ mod tests {
         assert_eq!(route.config.get("secret"), Some("SEC-very-secret"));
         assert_eq!(route.config.get("keyword"), Some("alert"));
         let printed = format!("{route:?} {d:?}");
-        assert!(!printed.contains("SEC-very") && !printed.contains("tok"), "{printed}");
+        assert!(
+            !printed.contains("SEC-very") && !printed.contains("tok"),
+            "{printed}"
+        );
         assert!(d.secret_values().contains(&"SEC-very-secret"));
     }
 }

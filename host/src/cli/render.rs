@@ -122,14 +122,22 @@ pub fn status(s: &StatusView) -> String {
         pool.warm_hits + pool.warm_misses
     );
     if !pool.destinations.is_empty() {
-        let _ = writeln!(out, "paced      {} task(s) waiting for a rate limit", pool.paced);
+        let _ = writeln!(
+            out,
+            "paced      {} task(s) waiting for a rate limit",
+            pool.paced
+        );
         for d in &pool.destinations {
             let _ = writeln!(
                 out,
                 "           {}: {} left of {}, backlog {}{}",
                 d.destination,
                 d.budget.map_or("-".into(), |b| b.to_string()),
-                if d.rules.is_empty() { "no limit".into() } else { d.rules.join(" and ") },
+                if d.rules.is_empty() {
+                    "no limit".into()
+                } else {
+                    d.rules.join(" and ")
+                },
                 d.backlog,
                 d.paused_for_ms
                     .map(|ms| format!(", paused {:.1}s by the platform", ms as f64 / 1000.0))

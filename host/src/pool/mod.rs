@@ -610,29 +610,29 @@ impl Dispatcher {
             .workers
             .get_mut(&chosen)
             .expect("chosen from the idle workers");
-            worker.state = WorkerState::Processing;
-            worker.assigned = tasks.iter().map(|t| t.id).collect();
-            worker.busy_since = Some(Instant::now());
-            worker.idle_since = None;
-            worker.deadline = (plugin.policy.limits.timeout + Duration::from_secs(1))
-                * tasks.len() as u32
-                + Duration::from_secs(5);
-            let inbox = worker.inbox.as_ref().expect("idle workers have an inbox");
-            if let Err(e) = inbox.try_send(Assignment { plugin, tasks }) {
-                // The worker is gone; its tasks go back to the front.
-                let assignment = match e {
-                    mpsc::error::TrySendError::Full(a) | mpsc::error::TrySendError::Closed(a) => a,
-                };
-                worker.state = WorkerState::ShuttingDown;
-                worker.assigned.clear();
-                self.waiting
-                    .fetch_add(assignment.tasks.len(), Ordering::AcqRel);
-                assignment
-                    .tasks
-                    .into_iter()
-                    .rev()
-                    .for_each(|t| self.queue.push_front(t));
-            }
+        worker.state = WorkerState::Processing;
+        worker.assigned = tasks.iter().map(|t| t.id).collect();
+        worker.busy_since = Some(Instant::now());
+        worker.idle_since = None;
+        worker.deadline = (plugin.policy.limits.timeout + Duration::from_secs(1))
+            * tasks.len() as u32
+            + Duration::from_secs(5);
+        let inbox = worker.inbox.as_ref().expect("idle workers have an inbox");
+        if let Err(e) = inbox.try_send(Assignment { plugin, tasks }) {
+            // The worker is gone; its tasks go back to the front.
+            let assignment = match e {
+                mpsc::error::TrySendError::Full(a) | mpsc::error::TrySendError::Closed(a) => a,
+            };
+            worker.state = WorkerState::ShuttingDown;
+            worker.assigned.clear();
+            self.waiting
+                .fetch_add(assignment.tasks.len(), Ordering::AcqRel);
+            assignment
+                .tasks
+                .into_iter()
+                .rev()
+                .for_each(|t| self.queue.push_front(t));
+        }
     }
 
     fn on_event(&mut self, event: Event) {

@@ -87,7 +87,12 @@ impl Bucket {
 
     fn record(&mut self, now: Instant) {
         self.sent.push_back(now);
-        let keep = self.rules.iter().map(|r| r.requests as usize).max().unwrap_or(0);
+        let keep = self
+            .rules
+            .iter()
+            .map(|r| r.requests as usize)
+            .max()
+            .unwrap_or(0);
         while self.sent.len() > keep {
             self.sent.pop_front();
         }
@@ -285,7 +290,10 @@ mod tests {
         }
         assert!(sent.len() >= 20, "{} sent", sent.len());
         for (i, t) in sent.iter().enumerate() {
-            let in_window = sent[i..].iter().filter(|u| **u - *t < Duration::from_secs(1)).count();
+            let in_window = sent[i..]
+                .iter()
+                .filter(|u| **u - *t < Duration::from_secs(1))
+                .count();
             assert!(in_window <= 5, "{in_window} within 1 s of {:?}", *t - start);
         }
     }
@@ -321,7 +329,10 @@ mod tests {
         pacer.pause("d".into(), later + Duration::from_secs(5), later);
         assert!(pacer.pop_ready(later).is_none());
         assert_eq!(pacer.views(later)[0].paused_for_ms, Some(5000));
-        assert_eq!(pacer.pop_ready(later + Duration::from_secs(5)).unwrap().id, b.id);
+        assert_eq!(
+            pacer.pop_ready(later + Duration::from_secs(5)).unwrap().id,
+            b.id
+        );
     }
 
     #[test]

@@ -97,7 +97,10 @@ pub(super) async fn run(
             {
                 let retry_after = Duration::from_millis(retry_after_ms.unwrap_or(1_000));
                 let key = super::pacer::pace_key(task);
-                if events.send(Event::RateLimited { key, retry_after }).is_err() {
+                if events
+                    .send(Event::RateLimited { key, retry_after })
+                    .is_err()
+                {
                     break;
                 }
             }

@@ -49,8 +49,7 @@ impl Plugin for DingTalk {
                 requests: 20,
                 window_ms: 60_000,
             }],
-            description: "DingTalk custom robots (signed, markdown, msgUuid de-duplication)"
-                .into(),
+            description: "DingTalk custom robots (signed, markdown, msgUuid de-duplication)".into(),
         }
     }
 
@@ -95,7 +94,12 @@ impl Plugin for DingTalk {
 
 fn payload(message: &Message) -> Value {
     let mentions: Vec<&str> = metadata(message, "at_mobiles")
-        .map(|m| m.split(',').map(str::trim).filter(|m| !m.is_empty()).collect())
+        .map(|m| {
+            m.split(',')
+                .map(str::trim)
+                .filter(|m| !m.is_empty())
+                .collect()
+        })
         .unwrap_or_default();
     let at = json!({
         "atMobiles": mentions,
@@ -109,7 +113,10 @@ fn payload(message: &Message) -> Value {
             "text": { "content": truncate_bytes(&format!("{}{tail}", message.body), MAX_BYTES) },
         })
     } else {
-        let title = message.title.clone().unwrap_or_else(|| first_line(&message.body));
+        let title = message
+            .title
+            .clone()
+            .unwrap_or_else(|| first_line(&message.body));
         let text = format!("#### {title}\n\n{}{tail}", message.body);
         json!({
             "msgtype": "markdown",

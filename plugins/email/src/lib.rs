@@ -34,7 +34,12 @@ impl Plugin for Email {
                 config_key("api_key", true, true, "SendGrid API key"),
                 config_key("from", true, false, "sender address (verified in SendGrid)"),
                 config_key("from_name", false, false, "sender display name"),
-                config_key("api_url", false, false, "Mail Send endpoint (default SendGrid's)"),
+                config_key(
+                    "api_url",
+                    false,
+                    false,
+                    "Mail Send endpoint (default SendGrid's)",
+                ),
             ],
             rate_limits: vec![],
             description: "E-mail through the SendGrid v3 API".into(),
@@ -100,7 +105,10 @@ impl Plugin for Email {
 
 fn document(message: &Message, recipients: &[&str], from: &str) -> Value {
     let subject = message.title.clone().unwrap_or_else(|| {
-        truncate(message.body.lines().next().unwrap_or("Notification"), SUBJECT_MAX)
+        truncate(
+            message.body.lines().next().unwrap_or("Notification"),
+            SUBJECT_MAX,
+        )
     });
     let mut content = vec![json!({ "type": "text/plain", "value": message.body })];
     match message.format {

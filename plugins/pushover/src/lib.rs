@@ -36,7 +36,12 @@ impl Plugin for Pushover {
             platforms: vec!["pushover".into()],
             config_keys: vec![
                 config_key("app_token", true, true, "the application's API token"),
-                config_key("api_url", false, false, "messages endpoint (default Pushover's)"),
+                config_key(
+                    "api_url",
+                    false,
+                    false,
+                    "messages endpoint (default Pushover's)",
+                ),
             ],
             rate_limits: vec![],
             description: "Pushover push notifications".into(),
@@ -48,14 +53,15 @@ impl Plugin for Pushover {
             SendError::invalid("config key `app_token` is not set (a secret in the manifest)")
         })?;
         if message.target.trim().is_empty() {
-            return Err(SendError::invalid("the target must be a Pushover user or group key"));
+            return Err(SendError::invalid(
+                "the target must be a Pushover user or group key",
+            ));
         }
         let url = config("api_url").unwrap_or_else(|| DEFAULT_API.into());
-        let body = truncate(&message.body, MESSAGE_MAX);
         let (text, html) = match message.format {
-            Format::Text => (body, None),
-            Format::Markdown => (markdown_to_html(&body), Some("1")),
-            Format::Html => (body, Some("1")),
+            Format::Text => (truncate(&message.body, MESSAGE_MAX), None),
+            Format::Markdown => (fit_html(&message.body), Some("1")),
+            Format::Html => (truncate(&message.body, MESSAGE_MAX), Some("1")),
         };
         let title = message.title.as_deref().map(|t| truncate(t, TITLE_MAX));
         let priority = match message.priority {
@@ -101,7 +107,11 @@ impl Plugin for Pushover {
                     reset.unwrap_or(QUOTA_WAIT_MS),
                 ))
             }
-            400..=499 if errors.iter().any(|e| e.contains("token") || e.contains("user")) => {
+            400..=499
+                if errors
+                    .iter()
+                    .any(|e| e.contains("token") || e.contains("user")) =>
+            {
                 Err(SendError::permanent(detail))
             }
             400 => Err(SendError::invalid(detail)),
@@ -110,6 +120,20 @@ impl Plugin for Pushover {
                 Err(SendError::retryable(detail, None))
             }
         }
+    }
+}
+
+/// Markdown converted to HTML within [`MESSAGE_MAX`] characters: the
+/// source is shortened until its HTML fits, so no tag is cut in half.
+fn fit_html(markdown: &str) -> String {
+    let mut budget = MESSAGE_MAX;
+    loop {
+        let html = markdown_to_html(&truncate(markdown, budget));
+        let over = html.chars().count().saturating_sub(MESSAGE_MAX);
+        if over == 0 || budget <= 1 {
+            return html;
+        }
+        budget = budget.saturating_sub(over).max(1);
     }
 }
 

@@ -28,7 +28,10 @@ pub fn encode<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> String
 mod tests {
     #[test]
     fn encodes_reserved_and_non_ascii() {
-        assert_eq!(super::encode_component("a+b/c=d é"), "a%2Bb%2Fc%3Dd%20%C3%A9");
+        assert_eq!(
+            super::encode_component("a+b/c=d é"),
+            "a%2Bb%2Fc%3Dd%20%C3%A9"
+        );
         assert_eq!(super::encode([("m", "x&y"), ("t", "1")]), "m=x%26y&t=1");
     }
 }

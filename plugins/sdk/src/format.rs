@@ -256,7 +256,9 @@ mod tests {
     #[test]
     fn converts_markdown_to_html() {
         assert_eq!(
-            markdown_to_html("# Disk\n**full** on *db1* & `a<b`\n- see [runbook](https://x.io/?a=1&b=2)"),
+            markdown_to_html(
+                "# Disk\n**full** on *db1* & `a<b`\n- see [runbook](https://x.io/?a=1&b=2)"
+            ),
             "<b>Disk</b>\n<b>full</b> on <i>db1</i> &amp; <code>a&lt;b</code>\n• see <a href=\"https://x.io/?a=1&amp;b=2\">runbook</a>"
         );
         assert_eq!(markdown_to_html("~~old~~ 2 * 3"), "<s>old</s> 2 * 3");

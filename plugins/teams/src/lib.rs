@@ -48,7 +48,9 @@ impl Plugin for Teams {
             .send()?;
         match response.status {
             200 | 202 => Ok(Receipt::status(format!("HTTP {}", response.status))),
-            413 => Err(SendError::invalid("HTTP 413: the card is too large for Teams")),
+            413 => Err(SendError::invalid(
+                "HTTP 413: the card is too large for Teams",
+            )),
             _ => {
                 response.classify()?;
                 Err(SendError::retryable(

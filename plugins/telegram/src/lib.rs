@@ -64,7 +64,9 @@ impl Plugin for Telegram {
         let answer: Value = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
         if answer["ok"] == true {
             return Ok(Receipt {
-                provider_id: answer["result"]["message_id"].as_i64().map(|id| id.to_string()),
+                provider_id: answer["result"]["message_id"]
+                    .as_i64()
+                    .map(|id| id.to_string()),
                 status: "ok".into(),
             });
         }
@@ -113,7 +115,9 @@ fn payload(message: &Message) -> Result<Value, SendError> {
         Some(title) => format!("<b>{}</b>\n{body}", escape_html(title)),
         None => body,
     };
-    let chat_id = chat.parse::<i64>().map_or_else(|_| json!(chat), |id| json!(id));
+    let chat_id = chat
+        .parse::<i64>()
+        .map_or_else(|_| json!(chat), |id| json!(id));
     let mut document = json!({
         "chat_id": chat_id,
         "text": text,
