@@ -22,6 +22,7 @@
 
 pub mod api;
 pub mod bindings;
+pub mod check;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -37,6 +38,7 @@ pub mod registry;
 pub mod reload;
 pub mod retry;
 pub mod sandbox;
+pub mod scaffold;
 pub mod scheduler;
 pub mod server;
 pub mod store;

@@ -4,6 +4,8 @@
 //!   process) and finds their `.wasm` files;
 //! - [`daemon`]: runs the real `notifyhub` binary in a temporary directory and
 //!   talks to it over its Unix socket;
+//! - [`toolchains`]: installs the Python, JavaScript and C plugin toolchains
+//!   on first use;
 //! - [`receiver`]: an HTTP server on 127.0.0.1 that records what plugins send
 //!   and answers like the platform would;
 //! - [`verify`]: signature checks a platform performs, recomputed from the raw
@@ -15,6 +17,7 @@
 pub mod daemon;
 pub mod plugins;
 pub mod receiver;
+pub mod toolchains;
 pub mod verify;
 
 use std::path::PathBuf;

@@ -1,20 +1,62 @@
-//! The first-party plugins, built for `wasm32-wasip2`.
+//! The first-party plugins, in every language, built into one directory.
+//!
+//! One command builds them all (`cargo xtask plugins`, which calls
+//! [`build`]; tests call it too):
+//!
+//! - Rust: `plugins/*/` (a cargo workspace), for `wasm32-wasip2`;
+//! - Python: `plugins/python/NAME/app.py`, with componentize-py;
+//! - JavaScript: `plugins/js/NAME/NAME.js`, with componentize-js;
+//! - C: `plugins/c/NAME/NAME.c`, with wit-bindgen, clang and wasm-tools.
+//!
+//! Toolchains that do not come with Rust are installed on first use under
+//! `plugins/target/toolchains` (see [`crate::toolchains`]). A component is
+//! rebuilt only when a source it depends on (its directory, the language's
+//! helper, `wit/`) is newer than it, because a Python or JavaScript build
+//! takes seconds.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
+use std::time::SystemTime;
 
 use anyhow::{Context, bail};
 
-use crate::repo_root;
+use crate::{repo_root, toolchains};
 
-/// Plugins operators deploy.
+/// Plugins operators deploy, whatever their language.
 pub const DEPLOYABLE: &[&str] = &[
-    "webhook", "slack", "discord", "dingtalk", "feishu", "wecom", "telegram", "teams", "pushover",
+    "webhook",
+    "slack",
+    "discord",
+    "dingtalk",
+    "feishu",
+    "wecom",
+    "telegram",
+    "teams",
+    "pushover",
     "email",
+    "ntfy",
+    "gotify",
+    "mattermost",
 ];
 /// Plugins that exist for tests and benchmarks.
 pub const TEST_ONLY: &[&str] = &["noop", "hostile", "heavy"];
+
+/// The language a plugin is written in, and so how it is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Language {
+    Rust,
+    Python,
+    JavaScript,
+    C,
+}
+
+/// Plugins that are not in the Rust workspace.
+pub const OTHER_LANGUAGES: &[(&str, Language)] = &[
+    ("ntfy", Language::Python),
+    ("gotify", Language::JavaScript),
+    ("mattermost", Language::C),
+];
 
 /// Where `cargo xtask plugins` and [`build`] put the components.
 pub fn out_dir() -> PathBuf {
@@ -40,6 +82,16 @@ pub fn path(name: &str) -> anyhow::Result<PathBuf> {
 }
 
 fn run_build() -> anyhow::Result<PathBuf> {
+    build_rust()?;
+    let out = out_dir();
+    for (name, language) in OTHER_LANGUAGES {
+        build_one(name, *language, &out.join(format!("{name}.wasm")))
+            .with_context(|| format!("building the {language:?} plugin {name}"))?;
+    }
+    Ok(out)
+}
+
+fn build_rust() -> anyhow::Result<()> {
     let root = repo_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
@@ -64,5 +116,85 @@ fn run_build() -> anyhow::Result<PathBuf> {
              `rustup target add wasm32-wasip2`"
         );
     }
-    Ok(out_dir())
+    Ok(())
+}
+
+/// Builds one plugin written in another language, when it is out of date.
+pub fn build_one(name: &str, language: Language, out: &Path) -> anyhow::Result<()> {
+    let root = repo_root();
+    let wit = root.join("wit");
+    let (dir, helper) = match language {
+        Language::Rust => bail!("Rust plugins are built by cargo"),
+        Language::Python => (
+            root.join("plugins/python").join(name),
+            root.join("plugins/python/notifyhub_plugin.py"),
+        ),
+        Language::JavaScript => (
+            root.join("plugins/js").join(name),
+            root.join("plugins/js/notifyhub-plugin.js"),
+        ),
+        Language::C => (
+            root.join("plugins/c").join(name),
+            root.join("plugins/c/notifyhub_plugin.h"),
+        ),
+    };
+    if is_fresh(out, &[&dir, &helper, &wit]) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(out.parent().expect("out has a parent"))?;
+    match language {
+        Language::Rust => unreachable!(),
+        Language::Python => {
+            let helpers = root.join("plugins/python");
+            toolchains::run(
+                Command::new(toolchains::componentize_py()?)
+                    .arg("-d")
+                    .arg(&wit)
+                    .args(["-w", "notifyhub:plugin/plugin", "componentize", "app", "-p"])
+                    .arg(&dir)
+                    .arg("-p")
+                    .arg(&helpers)
+                    .arg("-o")
+                    .arg(out),
+            )
+        }
+        Language::JavaScript => toolchains::run(
+            Command::new("node")
+                .arg(toolchains::componentize_js()?)
+                .arg(dir.join(format!("{name}.js")))
+                .arg("--wit")
+                .arg(&wit)
+                .args(["-n", "notifyhub:plugin/plugin", "-o"])
+                .arg(out),
+        ),
+        Language::C => toolchains::build_c(&dir.join(format!("{name}.c")), &wit, out),
+    }
+}
+
+/// Whether `out` exists and is newer than every file under `sources`.
+fn is_fresh(out: &Path, sources: &[&Path]) -> bool {
+    let Ok(built) = out.metadata().and_then(|m| m.modified()) else {
+        return false;
+    };
+    sources
+        .iter()
+        .all(|s| newest(s).is_some_and(|t| t <= built))
+}
+
+fn newest(path: &Path) -> Option<SystemTime> {
+    let meta = path.metadata().ok()?;
+    if !meta.is_dir() {
+        return meta.modified().ok();
+    }
+    let mut latest = meta.modified().ok()?;
+    for entry in std::fs::read_dir(path).ok()? {
+        let entry = entry.ok()?;
+        let file_name = entry.file_name();
+        let file_name = file_name.to_string_lossy();
+        if file_name.starts_with('.') || file_name == "__pycache__" {
+            continue;
+        }
+        latest = latest.max(newest(&entry.path())?);
+    }
+    Some(latest)
 }

@@ -19,6 +19,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::resolve(&cli.common.overrides())?;
     match cli.command {
         Command::Serve(args) => serve(config, args).await,
+        Command::Check(args) => {
+            let report = crate::check::check(&args.file).await;
+            print(args.output, &report, render::check)?;
+            Ok(if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::New(args) => {
+            let dir = args.dir.unwrap_or_else(|| args.name.clone().into());
+            let created = crate::scaffold::create(&args.name, args.lang, &dir)?;
+            println!("created {} ({} files)", dir.display(), created.len());
+            println!("{}", crate::scaffold::next_steps(args.lang, &dir));
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Send(args) => send(&config, args).await,
         Command::Status(out) => {
             let status: StatusView = decode(call(&config, json!({"op": "status"})).await?)?;

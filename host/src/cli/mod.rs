@@ -77,6 +77,34 @@ pub enum Command {
     /// Reload one plugin, or every plugin in the directory (files are also
     /// picked up automatically when they change).
     Reload(ReloadArgs),
+    /// Check a plugin file against the contract without a daemon: is it a
+    /// component, which contract version, what it imports beyond what the
+    /// host grants, and what describe() says. Exits non-zero on problems.
+    Check(CheckArgs),
+    /// Start a new plugin project: sources, the WIT contract, a build script
+    /// and a test against a local receiver.
+    New(NewArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The plugin file (a `NAME.toml` manifest beside it is read too).
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct NewArgs {
+    /// The plugin's name (lowercase letters, digits and dashes); also its
+    /// platform name and directory.
+    pub name: String,
+    /// The language to write it in.
+    #[arg(long, value_enum, default_value = "rust")]
+    pub lang: crate::scaffold::Language,
+    /// Where to create the project. Default: ./NAME.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

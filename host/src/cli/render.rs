@@ -243,3 +243,64 @@ fn json_name<T: serde::Serialize>(value: &T) -> String {
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default()
 }
+
+pub fn check(r: &crate::check::Report) -> String {
+    use crate::check::Severity;
+    let mut out = String::new();
+    let _ = writeln!(out, "{}: {} ({} bytes)", r.file, r.kind, r.size_bytes);
+    if let Some(version) = &r.contract_version {
+        let _ = writeln!(out, "contract   notifyhub:plugin@{version}");
+    }
+    if !r.imports.is_empty() {
+        let _ = writeln!(out, "imports    {}", r.imports.join("\n           "));
+    }
+    if let Some(info) = &r.info {
+        let _ = writeln!(
+            out,
+            "plugin     {} {}: {}",
+            info.name, info.version, info.description
+        );
+        let _ = writeln!(out, "platforms  {}", info.platforms.join(", "));
+        for key in &info.config_keys {
+            let _ = writeln!(
+                out,
+                "config     {}{}{}: {}",
+                key.name,
+                if key.required { " (required)" } else { "" },
+                if key.secret { " (secret)" } else { "" },
+                key.description
+            );
+        }
+        for rule in &info.rate_limits {
+            let _ = writeln!(
+                out,
+                "rate limit {} per {} ms per destination",
+                rule.requests, rule.window_ms
+            );
+        }
+    }
+    if let (Some(compile), Some(describe)) = (r.compile_ms, r.describe_ms) {
+        let _ = writeln!(
+            out,
+            "timing     compile {compile:.0} ms, instantiate + describe {describe:.1} ms"
+        );
+    }
+    for f in &r.findings {
+        let label = match f.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+            Severity::Note => "note",
+        };
+        let _ = writeln!(out, "{label}: {}", f.message);
+    }
+    let _ = writeln!(
+        out,
+        "{}",
+        if r.ok() {
+            "ok: this host can run the plugin"
+        } else {
+            "not loadable: fix the errors above"
+        }
+    );
+    out
+}

@@ -22,6 +22,7 @@
 pub mod allowlist;
 pub mod http;
 pub mod limits;
+mod output;
 mod state;
 
 use std::path::PathBuf;

@@ -2,7 +2,7 @@
 //! the plugin's HTTP policy, its memory limiter, and the `host` interface
 //! (logging and configuration) that plugins import.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -11,13 +11,47 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use super::PluginPolicy;
 use super::http::{HttpClient, OutboundHttp};
 use super::limits::{MemoryBudget, MemoryLimiter};
+use super::output::{PluginOutput, Stream};
 use crate::bindings::{Level, notifyhub};
 use crate::manifest::PluginConfig;
 
-/// Log lines a plugin may write per call; the rest are dropped with a marker.
+/// Log lines a plugin may write per call (through `host.log`, stdout and
+/// stderr together); the rest are dropped with a marker.
 const MAX_LOG_LINES: u32 = 1000;
 /// Longest log line kept, in bytes.
-const MAX_LOG_LINE_BYTES: usize = 4096;
+pub(super) const MAX_LOG_LINE_BYTES: usize = 4096;
+
+/// The task a store is running and how many lines it has logged: shared by
+/// the `host.log` import and the stdout/stderr pipes.
+#[derive(Debug, Default)]
+pub(super) struct LogBudget {
+    current: Mutex<(Option<String>, u32)>,
+}
+
+impl LogBudget {
+    fn begin(&self, task: Option<String>) {
+        *self.current.lock().expect("never poisoned") = (task, 0);
+    }
+
+    /// The task to tag one more line with, or `None` once the task's budget
+    /// is spent (the first refusal logs a marker).
+    pub(super) fn take(&self, plugin: &str) -> Option<String> {
+        let mut current = self.current.lock().expect("never poisoned");
+        current.1 += 1;
+        let task = current.0.clone().unwrap_or_else(|| "-".into());
+        if current.1 <= MAX_LOG_LINES {
+            return Some(task);
+        }
+        if current.1 == MAX_LOG_LINES + 1 {
+            tracing::warn!(
+                plugin,
+                task,
+                "plugin log limit of {MAX_LOG_LINES} lines reached; further lines dropped"
+            );
+        }
+        None
+    }
+}
 
 /// What one store knows about the plugin and task it runs.
 pub struct HostState {
@@ -27,10 +61,10 @@ pub struct HostState {
     http: OutboundHttp,
     pub(crate) limiter: MemoryLimiter,
     policy: Arc<PluginPolicy>,
-    task: Option<String>,
     /// The task's destination settings, read before the plugin's own.
     overlay: Option<Arc<PluginConfig>>,
-    log_lines: u32,
+    log_budget: Arc<LogBudget>,
+    output: PluginOutput,
 }
 
 impl HostState {
@@ -40,8 +74,12 @@ impl HostState {
         budget: Arc<MemoryBudget>,
     ) -> Self {
         // No preopens, no environment, no arguments, no sockets, empty stdin;
-        // stdout and stderr are discarded.
+        // stdout and stderr become log lines.
+        let log_budget = Arc::new(LogBudget::default());
+        let output = PluginOutput::new(policy.name.clone(), log_budget.clone());
         let wasi = WasiCtx::builder()
+            .stdout(output.stream(Stream::Stdout))
+            .stderr(output.stream(Stream::Stderr))
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
@@ -61,9 +99,9 @@ impl HostState {
             ),
             limiter: MemoryLimiter::new(limits.memory_bytes(), budget),
             policy,
-            task: None,
             overlay: None,
-            log_lines: 0,
+            log_budget,
+            output,
         }
     }
 
@@ -72,10 +110,10 @@ impl HostState {
     /// and secrets) over the plugin's configuration. Called before every
     /// call into the instance.
     pub(crate) fn begin_task(&mut self, task: Option<String>, overlay: Option<Arc<PluginConfig>>) {
+        self.output.flush();
         self.http.begin_task(task.clone());
-        self.task = task;
+        self.log_budget.begin(task);
         self.overlay = overlay;
-        self.log_lines = 0;
     }
 }
 
@@ -102,17 +140,10 @@ impl notifyhub::plugin::types::Host for HostState {}
 
 impl notifyhub::plugin::host::Host for HostState {
     fn log(&mut self, level: Level, message: String) {
-        self.log_lines += 1;
-        if self.log_lines > MAX_LOG_LINES {
-            if self.log_lines == MAX_LOG_LINES + 1 {
-                tracing::warn!(
-                    plugin = %self.policy.name,
-                    task = self.task.as_deref().unwrap_or("-"),
-                    "plugin log limit of {MAX_LOG_LINES} lines reached; further lines dropped"
-                );
-            }
+        let Some(task) = self.log_budget.take(&self.policy.name) else {
             return;
-        }
+        };
+        let task = task.as_str();
         let mut message = message;
         if message.len() > MAX_LOG_LINE_BYTES {
             let mut cut = MAX_LOG_LINE_BYTES;
@@ -123,13 +154,22 @@ impl notifyhub::plugin::host::Host for HostState {
             message.push_str("… [truncated]");
         }
         let plugin = &*self.policy.name;
-        let task = self.task.as_deref().unwrap_or("-");
         match level {
-            Level::Trace => tracing::trace!(target: "plugin", plugin, task, "{message}"),
-            Level::Debug => tracing::debug!(target: "plugin", plugin, task, "{message}"),
-            Level::Info => tracing::info!(target: "plugin", plugin, task, "{message}"),
-            Level::Warn => tracing::warn!(target: "plugin", plugin, task, "{message}"),
-            Level::Error => tracing::error!(target: "plugin", plugin, task, "{message}"),
+            Level::Trace => {
+                tracing::trace!(target: "plugin", plugin = %plugin, task = %task, "{message}")
+            }
+            Level::Debug => {
+                tracing::debug!(target: "plugin", plugin = %plugin, task = %task, "{message}")
+            }
+            Level::Info => {
+                tracing::info!(target: "plugin", plugin = %plugin, task = %task, "{message}")
+            }
+            Level::Warn => {
+                tracing::warn!(target: "plugin", plugin = %plugin, task = %task, "{message}")
+            }
+            Level::Error => {
+                tracing::error!(target: "plugin", plugin = %plugin, task = %task, "{message}")
+            }
         }
     }
 

@@ -1,0 +1,271 @@
+//! Plugins written in Python (ntfy), JavaScript (Gotify) and C
+//! (Mattermost), through the real daemon, against local servers that check
+//! their requests the way the platforms do. Their errors must be classified
+//! like the Rust plugins', and what they print must reach the daemon's log
+//! tagged with the plugin and task — not its stdout.
+
+use notifyhub_testkit::daemon::Daemon;
+use notifyhub_testkit::receiver::{Receiver, Recorded, Reply};
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_notifyhub");
+const NTFY_TOKEN: &str = "tk_ntfy-access-token-secret";
+const GOTIFY_TOKEN: &str = "AgotifyAppToken.secret";
+
+/// ntfy's JSON publishing endpoint is the server root.
+fn ntfy(req: &Recorded) -> Reply {
+    let body = req.json();
+    let error = |status: u16, code: u32, error: &str| {
+        Reply::json(
+            status,
+            json!({"code": code, "http": status, "error": error, "link": "https://ntfy.sh/docs/publish/"}),
+        )
+    };
+    if req.method != "POST"
+        || req.path != "/"
+        || !req
+            .header("content-type")
+            .unwrap_or_default()
+            .starts_with("application/json")
+    {
+        return error(
+            400,
+            40001,
+            "invalid request: expected a JSON message at the root",
+        );
+    }
+    if req.header("authorization") != Some(&format!("Bearer {NTFY_TOKEN}")) {
+        return error(401, 40101, "unauthorized");
+    }
+    let priority = body["priority"].as_u64().unwrap_or(0);
+    if !body["message"].is_string() || !(1..=5).contains(&priority) {
+        return error(400, 40007, "invalid request: message or priority");
+    }
+    match body["topic"].as_str().unwrap_or_default() {
+        "alerts" => Reply::json(
+            200,
+            json!({"id": "sPs71M8A2T", "time": 1700000000, "event": "message",
+            "topic": "alerts", "message": body["message"], "title": body["title"], "priority": priority}),
+        ),
+        "busy" => error(429, 42901, "limit reached: too many requests"),
+        "forbidden" => error(403, 40301, "forbidden"),
+        _ => error(500, 50001, "internal server error"),
+    }
+}
+
+fn gotify(req: &Recorded) -> Reply {
+    let error = |status: u16, name: &str, description: &str| {
+        Reply::json(
+            status,
+            json!({"error": name, "errorCode": status, "errorDescription": description}),
+        )
+    };
+    let server = req
+        .path
+        .trim_end_matches("/message")
+        .trim_start_matches('/');
+    if req.method != "POST" || !req.path.ends_with("/message") {
+        return error(404, "Not Found", "no such route");
+    }
+    if req.header("x-gotify-key") != Some(GOTIFY_TOKEN) || server == "revoked" {
+        return error(
+            401,
+            "Unauthorized",
+            "you need to provide a valid access token or user credentials to access this api",
+        );
+    }
+    let body = req.json();
+    if !body["message"].is_string() || !body["priority"].is_i64() {
+        return error(400, "Bad Request", "Field 'message' is required");
+    }
+    match server {
+        "ok" => Reply::json(
+            200,
+            json!({"id": 25, "appid": 5, "message": body["message"], "title": body["title"],
+            "priority": body["priority"], "date": "2026-11-27T00:00:00Z"}),
+        ),
+        _ => Reply::new(502, "Bad Gateway"),
+    }
+}
+
+/// Mattermost incoming webhooks answer `ok`, or JSON with a status code.
+fn mattermost(req: &Recorded) -> Reply {
+    let body = req.json();
+    let hook = req.path.trim_start_matches("/hooks/");
+    let error = |status: u16, id: &str, message: &str| {
+        Reply::json(
+            status,
+            json!({"id": id, "message": message, "status_code": status}),
+        )
+    };
+    if !req
+        .header("content-type")
+        .unwrap_or_default()
+        .starts_with("application/json")
+        || !body["text"].is_string()
+    {
+        return error(
+            400,
+            "web.incoming_webhook.text.app_error",
+            "No text specified",
+        );
+    }
+    match hook {
+        "ok" => Reply::new(200, "ok"),
+        "busy" => Reply::new(429, "").header("retry-after", "4"),
+        "gone" => error(
+            404,
+            "app.webhooks.get_incoming.app_error",
+            "Unable to find the webhook",
+        ),
+        _ => error(500, "api.context.500", "internal error"),
+    }
+}
+
+fn platform(req: &Recorded) -> Reply {
+    if req.path.starts_with("/hooks/") {
+        mattermost(req)
+    } else if req.path.ends_with("/message") {
+        gotify(req)
+    } else {
+        ntfy(req)
+    }
+}
+
+async fn start(receiver: &Receiver) -> anyhow::Result<Daemon> {
+    let allow = format!("allowed_hosts = [\"{}\"]\n", receiver.authority());
+    Daemon::builder(BIN)
+        .plugin(
+            "ntfy",
+            Some(&format!("{allow}[secrets]\ntoken = {{ env = \"T_NTFY\" }}")),
+        )
+        .plugin(
+            "gotify",
+            Some(&format!(
+                "{allow}[secrets]\napp_token = {{ env = \"T_GOTIFY\" }}"
+            )),
+        )
+        .plugin("mattermost", Some(&allow))
+        .env("T_NTFY", NTFY_TOKEN)
+        .env("T_GOTIFY", GOTIFY_TOKEN)
+        .config("[rate_limits]\nntfy = []\nmattermost = []\n")
+        .start()
+        .await
+}
+
+async fn outcome(daemon: &Daemon, task: Value) -> anyhow::Result<Value> {
+    let response = daemon
+        .request(json!({"op": "submit", "wait": true, "task": task}))
+        .await?;
+    anyhow::ensure!(response["ok"] == true, "submit failed: {response}");
+    Ok(response["result"]["tasks"][0]["outcome"].clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_javascript_and_c_plugins_deliver_and_classify() -> anyhow::Result<()> {
+    let receiver = Receiver::start(platform).await;
+    let daemon = start(&receiver).await?;
+    let cases: Vec<(&str, String, &str, Option<u64>)> = vec![
+        ("ntfy", receiver.url("/alerts"), "delivered", None),
+        ("ntfy", receiver.url("/busy"), "rate_limited", Some(5000)),
+        ("ntfy", receiver.url("/forbidden"), "permanent", None),
+        ("ntfy", receiver.url("/broken"), "retryable", None),
+        ("gotify", receiver.url("/ok"), "delivered", None),
+        ("gotify", receiver.url("/revoked"), "permanent", None),
+        ("gotify", receiver.url("/down"), "retryable", None),
+        ("mattermost", receiver.url("/hooks/ok"), "delivered", None),
+        (
+            "mattermost",
+            receiver.url("/hooks/busy"),
+            "rate_limited",
+            Some(4000),
+        ),
+        ("mattermost", receiver.url("/hooks/gone"), "permanent", None),
+        ("mattermost", receiver.url("/hooks/down"), "retryable", None),
+    ];
+    for (platform, target, class, retry_after) in cases {
+        let outcome = outcome(
+            &daemon,
+            json!({"platform": platform, "target": target, "title": "Disk \"full\"",
+                   "body": "**db1** at 97%\nsee runbook", "format": "markdown", "priority": "high"}),
+        )
+        .await?;
+        let got = if outcome["result"] == "delivered" {
+            "delivered"
+        } else {
+            outcome["class"].as_str().unwrap_or("?")
+        };
+        assert_eq!(got, class, "{platform} {target}: {outcome}");
+        if retry_after.is_some() {
+            assert_eq!(
+                outcome["retry_after_ms"].as_u64(),
+                retry_after,
+                "{platform}: {outcome}"
+            );
+        }
+        if class == "delivered" && platform != "mattermost" {
+            assert!(outcome["provider_id"].is_string(), "{platform}: {outcome}");
+        }
+    }
+
+    // The requests carried what the platforms document.
+    let requests = receiver.requests();
+    let ntfy = requests.iter().find(|r| r.path == "/").unwrap().json();
+    assert_eq!(
+        (
+            ntfy["topic"].clone(),
+            ntfy["title"].clone(),
+            ntfy["priority"].clone(),
+            ntfy["markdown"].clone()
+        ),
+        (
+            json!("alerts"),
+            json!("Disk \"full\""),
+            json!(5),
+            json!(true)
+        )
+    );
+    let gotify = requests
+        .iter()
+        .find(|r| r.path == "/ok/message")
+        .unwrap()
+        .json();
+    assert_eq!(
+        gotify["extras"]["client::display"]["contentType"],
+        "text/markdown"
+    );
+    assert_eq!(gotify["priority"], 8);
+    let mattermost = requests
+        .iter()
+        .find(|r| r.path == "/hooks/ok")
+        .unwrap()
+        .json();
+    assert_eq!(
+        mattermost["text"],
+        "#### Disk \"full\"\n**db1** at 97%\nsee runbook"
+    );
+
+    // What the plugins printed is in the log, tagged; none of it on stdout.
+    let logs = daemon.logs();
+    for (plugin, line) in [
+        ("ntfy", "publishing to topic alerts"),
+        ("gotify", "posting a markdown message"),
+        ("mattermost", "posting to a Mattermost webhook"),
+    ] {
+        let tagged = logs.lines().any(|l| {
+            l.contains(line) && l.contains(&format!("plugin={plugin}")) && l.contains("task=")
+        });
+        assert!(
+            tagged,
+            "no tagged `{line}` from {plugin} in the log:\n{logs}"
+        );
+        assert!(
+            !daemon.stdout().contains(line),
+            "{plugin} printed to the daemon's stdout"
+        );
+    }
+    for secret in [NTFY_TOKEN, GOTIFY_TOKEN] {
+        assert!(!logs.contains(secret), "a secret leaked into the log");
+    }
+    Ok(())
+}
