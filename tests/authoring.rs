@@ -1,1 +1,152 @@
+//! The plugin author's tools: `notifyhub check` and `notifyhub new`.
 
+use std::path::Path;
+use std::process::{Command, Output};
+
+use notifyhub_testkit::daemon::Daemon;
+use notifyhub_testkit::plugins::{self, DEPLOYABLE};
+use notifyhub_testkit::{repo_root, toolchains};
+
+const BIN: &str = env!("CARGO_BIN_EXE_notifyhub");
+
+fn check(file: &Path) -> (bool, String) {
+    let out = Command::new(BIN).arg("check").arg(file).output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn check_accepts_every_first_party_plugin() -> anyhow::Result<()> {
+    for name in DEPLOYABLE {
+        let (ok, out) = check(&plugins::path(name)?);
+        assert!(ok, "{name}:\n{out}");
+        assert!(out.contains("contract   notifyhub:plugin@0.1.0"), "{name}:\n{out}");
+        assert!(out.contains(&format!("platforms  ")), "{name}:\n{out}");
+    }
+    Ok(())
+}
+
+/// Each broken file gets an error that says what is wrong and what to do.
+#[test]
+fn check_explains_what_is_wrong() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let cases: Vec<(&str, Vec<u8>, &[&str])> = vec![
+        ("text", b"hello".to_vec(), &["not a WebAssembly file"]),
+        (
+            "core",
+            wat::parse_str("(module (func (export \"send\")))")?,
+            &["core WebAssembly module, not a component", "wasm32-wasip2"],
+        ),
+        (
+            "other-world",
+            wat::parse_str(
+                r#"(component
+                    (core module $m (func (export "run") (result i32) i32.const 0))
+                    (core instance $i (instantiate $m))
+                    (func $run (result (result)) (canon lift (core func $i "run")))
+                    (instance $cli (export "run" (func $run)))
+                    (export "wasi:cli/run@0.2.0" (instance $cli)))"#,
+            )?,
+            &["does not export `notifyhub:plugin/handler`", "wasi:cli/run@0.2.0"],
+        ),
+        (
+            "next-contract",
+            wat::parse_str(
+                r#"(component
+                    (instance $h)
+                    (export "notifyhub:plugin/handler@0.2.0" (instance $h)))"#,
+            )?,
+            &["built against notifyhub:plugin@0.2.0", "0.1.x"],
+        ),
+        (
+            "foreign-import",
+            wat::parse_str(
+                r#"(component
+                    (import "acme:vault/secrets@1.0.0" (instance))
+                    (instance $h)
+                    (export "notifyhub:plugin/handler@0.1.0" (instance $h)))"#,
+            )?,
+            &["imports acme:vault/secrets@1.0.0, which this host does not provide"],
+        ),
+    ];
+    for (name, bytes, expected) in cases {
+        let file = dir.path().join(format!("{name}.wasm"));
+        std::fs::write(&file, bytes)?;
+        let (ok, out) = check(&file);
+        assert!(!ok, "{name} passed check:\n{out}");
+        for words in expected {
+            assert!(out.contains(words), "{name}: no `{words}` in:\n{out}");
+        }
+    }
+    Ok(())
+}
+
+/// A plugin built against another contract version is refused by the
+/// daemon with a clear error, and the daemon keeps serving the others.
+#[tokio::test]
+async fn the_daemon_refuses_another_contract_version() -> anyhow::Result<()> {
+    let next = wat::parse_str(
+        r#"(component (instance $h) (export "notifyhub:plugin/handler@0.2.0" (instance $h)))"#,
+    )?;
+    let daemon = Daemon::builder(BIN)
+        .plugin("noop", None)
+        .file("future.wasm", next)
+        .start()
+        .await?;
+    let plugins = daemon.request(serde_json::json!({"op": "plugins"})).await?;
+    let errors = plugins["result"]["errors"].to_string();
+    assert!(errors.contains("future.wasm") && errors.contains("notifyhub:plugin"), "{plugins}");
+    assert_eq!(plugins["result"]["plugins"][0]["name"], "noop", "{plugins}");
+    Ok(())
+}
+
+fn run(command: &mut Command) -> Output {
+    let out = command.output().expect("the command runs");
+    assert!(
+        out.status.success(),
+        "{command:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `new` for each language: the project builds with its one command, passes
+/// `check`, and its own test delivers through a real daemon to a local
+/// receiver.
+#[test]
+fn scaffolded_plugins_build_check_and_deliver() -> anyhow::Result<()> {
+    plugins::build()?;
+    let dir = tempfile::tempdir()?;
+    let js = format!("node {}", toolchains::componentize_js()?.display());
+    let py = toolchains::componentize_py()?;
+    for lang in ["rust", "python", "js"] {
+        let name = format!("hello-{lang}");
+        let project = dir.path().join(&name);
+        let out = run(Command::new(BIN)
+            .args(["new", &name, "--lang", lang, "--dir"])
+            .arg(&project));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("./test.sh"));
+        let out = run(Command::new("sh")
+            .arg(project.join("test.sh"))
+            .env("NOTIFYHUB", BIN)
+            .env("COMPONENTIZE_PY", &py)
+            .env("COMPONENTIZE_JS", &js)
+            // Share compiled dependencies between runs of this test.
+            .env("CARGO_TARGET_DIR", repo_root().join("plugins/target/scaffolded"))
+            .env_remove("RUSTFLAGS"));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("ok: this host can run the plugin"), "{lang}:\n{stdout}");
+        assert!(
+            stdout.contains(&format!("ok: {name} delivered to the local receiver")),
+            "{lang}:\n{stdout}"
+        );
+    }
+    Ok(())
+}

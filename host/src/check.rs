@@ -189,36 +189,6 @@ fn contract(report: &mut Report, component: &Component, engine: &wasmtime::Engin
         .map(|(name, _)| name.to_string())
         .collect();
 
-    let handler = report
-        .exports
-        .iter()
-        .find_map(|e| e.strip_prefix(&format!("{CONTRACT}/handler@")))
-        .map(str::to_string);
-    match handler {
-        None => {
-            let exports = if report.exports.is_empty() {
-                "nothing".to_string()
-            } else {
-                report.exports.join(", ")
-            };
-            report.error(format!(
-                "the component does not export `{CONTRACT}/handler`: it targets another world \
-                 (it exports {exports}). Build it for the world `{CONTRACT}/plugin` in wit/plugin.wit"
-            ));
-            return false;
-        }
-        Some(version) => {
-            report.contract_version = Some(version.clone());
-            if !version.starts_with(&format!("{CONTRACT_MAJOR_MINOR}.")) {
-                report.error(format!(
-                    "the component was built against {CONTRACT}@{version}; this host runs \
-                     plugins built against {CONTRACT}@{CONTRACT_MAJOR_MINOR}.x. Rebuild it with \
-                     this host's wit/ directory (see wit/README.md on versions)"
-                ));
-                return false;
-            }
-        }
-    }
     let mut fatal = false;
     let mut notes: Vec<(&'static str, Vec<String>)> = Vec::new();
     for import in report.imports.clone() {
@@ -248,6 +218,36 @@ fn contract(report: &mut Report, component: &Component, engine: &wasmtime::Engin
             Severity::Note,
             format!("imports {}: {note}", names.join(", ")),
         );
+    }
+    let handler = report
+        .exports
+        .iter()
+        .find_map(|e| e.strip_prefix(&format!("{CONTRACT}/handler@")))
+        .map(str::to_string);
+    match handler {
+        None => {
+            let exports = if report.exports.is_empty() {
+                "nothing".to_string()
+            } else {
+                report.exports.join(", ")
+            };
+            report.error(format!(
+                "the component does not export `{CONTRACT}/handler`: it targets another world \
+                 (it exports {exports}). Build it for the world `{CONTRACT}/plugin` in wit/plugin.wit"
+            ));
+            return false;
+        }
+        Some(version) => {
+            report.contract_version = Some(version.clone());
+            if !version.starts_with(&format!("{CONTRACT_MAJOR_MINOR}.")) {
+                report.error(format!(
+                    "the component was built against {CONTRACT}@{version}; this host runs \
+                     plugins built against {CONTRACT}@{CONTRACT_MAJOR_MINOR}.x. Rebuild it with \
+                     this host's wit/ directory (see wit/README.md on versions)"
+                ));
+                return false;
+            }
+        }
     }
     !fatal
 }

@@ -170,11 +170,14 @@ static bool nh_post(const char *url, const char *content_type, const char *body,
                  : rest[host_len] == '?' ? nh_format("/%s", rest + host_len)
                                          : strdup(rest + host_len);
 
-    wasi_http_types_tuple2_field_name_field_value_t header = {
-        .f0 = {(uint8_t *)"content-type", 12},
-        .f1 = {(uint8_t *)content_type, strlen(content_type)},
+    /* A known length spares servers a chunked body. */
+    char length[24];
+    snprintf(length, sizeof length, "%zu", body_len);
+    wasi_http_types_tuple2_field_name_field_value_t header[2] = {
+        {.f0 = {(uint8_t *)"content-type", 12}, .f1 = {(uint8_t *)content_type, strlen(content_type)}},
+        {.f0 = {(uint8_t *)"content-length", 14}, .f1 = {(uint8_t *)length, strlen(length)}},
     };
-    wasi_http_types_list_tuple2_field_name_field_value_t headers = {&header, 1};
+    wasi_http_types_list_tuple2_field_name_field_value_t headers = {header, 2};
     wasi_http_types_own_fields_t fields;
     wasi_http_types_header_error_t header_error;
     if (!wasi_http_types_static_fields_from_list(&headers, &fields, &header_error)) {

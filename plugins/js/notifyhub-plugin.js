@@ -52,7 +52,9 @@ function transport(code, url) {
 export function request(method, url, headers, body = new Uint8Array()) {
   const { scheme, authority, path } = split(url);
   const encoder = new TextEncoder();
-  const fields = Fields.fromList(headers.map(([k, v]) => [k.toLowerCase(), encoder.encode(v)]));
+  // A known length spares servers a chunked body.
+  const all = method === 'GET' ? headers : [...headers, ['content-length', String(body.length)]];
+  const fields = Fields.fromList(all.map(([k, v]) => [k.toLowerCase(), encoder.encode(v)]));
   const outgoing = new OutgoingRequest(fields);
   outgoing.setMethod({ tag: method.toLowerCase() });
   outgoing.setScheme({ tag: scheme === 'https' ? 'HTTPS' : 'HTTP' });

@@ -109,6 +109,8 @@ def _redacted(url: str) -> str:
 def request(method: str, url: str, headers: List[Tuple[str, str]], body: bytes = b"") -> Response:
     """Sends a request and reads the whole response (up to 1 MiB)."""
     scheme, authority, path = _split(url)
+    # A known length spares servers a chunked body.
+    headers = list(headers) + ([("content-length", str(len(body)))] if method != "GET" else [])
     fields = h.Fields.from_list([(k.lower(), v.encode()) for k, v in headers])
     outgoing = h.OutgoingRequest(fields)
     methods = {"GET": h.Method_Get(), "POST": h.Method_Post(), "PUT": h.Method_Put()}

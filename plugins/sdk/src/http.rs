@@ -73,10 +73,15 @@ impl Request {
     /// Sends the request and reads the whole response.
     pub fn send(self) -> Result<Response, SendError> {
         let url = Url::parse(&self.url)?;
+        // A known length spares servers a chunked body, which some
+        // (simple ones among them) do not read.
+        let length = (!matches!(self.method, Method::Get))
+            .then(|| ("content-length".to_string(), self.body.len().to_string().into_bytes()));
         let entries: Vec<(String, Vec<u8>)> = self
             .headers
             .iter()
             .map(|(k, v)| (k.clone(), v.as_bytes().to_vec()))
+            .chain(length)
             .collect();
         let fields = Fields::from_list(&entries)
             .map_err(|e| SendError::invalid(format!("invalid request header: {e:?}")))?;
