@@ -73,6 +73,8 @@ fn bench() -> anyhow::Result<()> {
         "reload",
         "--bench",
         "store",
+        "--bench",
+        "languages",
     ]))
 }
 
