@@ -189,3 +189,29 @@ async fn a_component_of_another_world_is_refused() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The manifest's caps on core instances and table size hold: a plugin that
+/// needs more than its manifest grants is refused at load with the reason,
+/// and the same plugin under the default caps serves.
+#[tokio::test]
+async fn instance_and_table_caps_come_from_the_manifest() -> anyhow::Result<()> {
+    let daemon = Daemon::builder(BIN)
+        .plugin("noop", Some("[limits]\nmax_core_instances = 1\n"))
+        .plugin("slack", Some("[limits]\nmax_table_elements = 1\n"))
+        .plugin("discord", None)
+        .start()
+        .await?;
+    let plugins = daemon.request(json!({"op": "plugins"})).await?;
+    let errors = plugins["result"]["errors"].as_array().cloned().unwrap_or_default();
+    let error_of = |file: &str| {
+        errors
+            .iter()
+            .find(|e| e["path"].as_str().unwrap_or_default().ends_with(file))
+            .map(|e| e["error"].as_str().unwrap_or_default().to_string())
+            .unwrap_or_default()
+    };
+    assert!(error_of("noop.wasm").contains("instance"), "{plugins}");
+    assert!(error_of("slack.wasm").contains("table"), "{plugins}");
+    assert_eq!(plugins["result"]["plugins"][0]["name"], "discord", "{plugins}");
+    Ok(())
+}

@@ -314,3 +314,53 @@ fn tempfile_dir() -> String {
     std::fs::create_dir_all(&dir).unwrap();
     dir.display().to_string()
 }
+
+/// The machine's host name, which `/etc/hosts` maps to a loopback or
+/// private address on this kind of machine.
+fn inward_name() -> String {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let name = name.trim().to_string();
+    let resolved: Vec<std::net::SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), 80))
+        .map(Iterator::collect)
+        .unwrap_or_default();
+    assert!(
+        resolved.iter().any(|a| a.ip().is_loopback()),
+        "this test needs the host name {name:?} to resolve to a loopback address (it resolves to {resolved:?})"
+    );
+    name
+}
+
+/// SSRF: a name that resolves to an internal address is refused when only
+/// a wildcard allows it — after resolution, where the allowlist cannot see
+/// it — and reached when the allowlist names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_resolving_inward_need_an_explicit_rule() -> anyhow::Result<()> {
+    let inside = Receiver::start(|_| Reply::new(200, "internal data")).await;
+    let name = inward_name();
+    let url = format!("http://{name}:{}/admin", inside.port());
+
+    let daemon = Daemon::builder(BIN)
+        .plugin("hostile", Some(&format!("allowed_hosts = [\"*\"]\n{HOSTILE}")))
+        .start()
+        .await?;
+    let task = run(&daemon, "hostile", &format!("get {url}")).await?;
+    assert_eq!(task["outcome"]["class"], "permanent", "{task}");
+    assert!(inside.requests().is_empty(), "the wildcard reached an internal address");
+    assert!(
+        daemon.logs().contains("resolves to an internal address"),
+        "the denial is not logged:\n{}",
+        daemon.logs()
+    );
+
+    let daemon = Daemon::builder(BIN)
+        .plugin(
+            "hostile",
+            Some(&format!("allowed_hosts = [\"{name}:{}\"]\n{HOSTILE}", inside.port())),
+        )
+        .start()
+        .await?;
+    let task = run(&daemon, "hostile", &format!("get {url}")).await?;
+    assert_eq!(task["state"], "succeeded", "{task}");
+    assert_eq!(inside.requests().len(), 1);
+    Ok(())
+}

@@ -4,7 +4,13 @@
 //! port), `host:port`, and URL prefixes such as `https://api.example.com/v1/`.
 //! Loopback and private IP literals (and `localhost`) are reached only through
 //! a rule that names them: `*` and `*.x` never match them, which keeps a
-//! plugin with a broad allowlist from probing the machine it runs on.
+//! plugin with a broad allowlist from probing the machine it runs on. The
+//! same holds for names that *resolve* to such addresses: a request allowed
+//! only by a wildcard is [`Reach::Public`], and the HTTP client then refuses
+//! internal addresses after resolving (see `sandbox::http`), so a public
+//! name pointed at 127.0.0.1 or 10.0.0.5 gets nowhere. A rule that names
+//! the host (`gotify.lan`, `https://ntfy.lan/`) is the operator saying that
+//! this host is meant, wherever it resolves: [`Reach::Any`].
 
 use std::net::IpAddr;
 
@@ -24,6 +30,15 @@ enum Rule {
         port: u16,
         path: String,
     },
+}
+
+/// Which addresses a permitted request may connect to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// Allowed by a wildcard: public addresses only.
+    Public,
+    /// Allowed by a rule that names the host: wherever it resolves.
+    Any,
 }
 
 /// A parsed allowlist.
@@ -59,7 +74,12 @@ impl AllowList {
 
     /// Whether a request to `uri` is allowed.
     pub fn permits(&self, uri: &Uri) -> bool {
-        let Some(host) = uri.host() else { return false };
+        self.reach(uri).is_some()
+    }
+
+    /// Whether a request to `uri` is allowed, and to which addresses.
+    pub fn reach(&self, uri: &Uri) -> Option<Reach> {
+        let host = uri.host()?;
         let host = host
             .trim_start_matches('[')
             .trim_end_matches(']')
@@ -67,9 +87,7 @@ impl AllowList {
         let https = uri.scheme_str() == Some("https");
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let internal = is_internal(&host);
-        self.rules.iter().any(|rule| match rule {
-            Rule::Any => !internal,
-            Rule::Subdomains(suffix) => !internal && host.ends_with(suffix.as_str()),
+        let named = self.rules.iter().any(|rule| match rule {
             Rule::Host { host: h, port: p } => *h == host && p.is_none_or(|p| p == port),
             Rule::Prefix {
                 scheme,
@@ -82,7 +100,18 @@ impl AllowList {
                     && *p == port
                     && uri.path().starts_with(path.as_str())
             }
-        })
+            Rule::Any | Rule::Subdomains(_) => false,
+        });
+        if named {
+            return Some(Reach::Any);
+        }
+        let wildcard = !internal
+            && self.rules.iter().any(|rule| match rule {
+                Rule::Any => true,
+                Rule::Subdomains(suffix) => host.ends_with(suffix.as_str()),
+                Rule::Host { .. } | Rule::Prefix { .. } => false,
+            });
+        wildcard.then_some(Reach::Public)
     }
 }
 
@@ -152,6 +181,11 @@ fn split_host_port(entry: &str) -> Option<(String, Option<u16>)> {
         }
         _ => Some((entry.to_string(), None)),
     }
+}
+
+/// Loopback, private, link-local and unspecified addresses.
+pub(crate) fn is_internal_ip(ip: IpAddr) -> bool {
+    is_internal(&ip.to_string())
 }
 
 /// Loopback, private, link-local and unspecified addresses, and `localhost`.

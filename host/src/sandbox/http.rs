@@ -7,7 +7,15 @@
 //! same platform reuse TCP (and TLS) connections instead of opening one per
 //! request. Redirects are not followed by the host; a plugin that follows one
 //! sends a new request, which is checked again.
+//!
+//! SSRF: a request the allowlist permits only through a wildcard goes
+//! through a client whose resolver drops loopback, private and link-local
+//! addresses ([`PublicResolver`]), so a public-looking name that resolves
+//! inward is refused after resolution, where the allowlist alone cannot
+//! see it. Requests to hosts the allowlist names go through a client that
+//! resolves normally.
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -18,37 +26,98 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use hyper_util::rt::TokioExecutor;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
-use super::allowlist::AllowList;
+use super::allowlist::{AllowList, Reach, is_internal_ip};
 use crate::redact;
 
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+type Connector<R> = hyper_rustls::HttpsConnector<HttpConnector<R>>;
 
-/// The pooled client shared by every plugin call.
+/// The pooled clients shared by every plugin call: one for hosts the
+/// allowlist names, one that reaches public addresses only.
 #[derive(Clone)]
 pub struct HttpClient {
-    client: Client<Connector, WasiBody>,
+    any: Client<Connector<GaiResolver>, WasiBody>,
+    public: Client<Connector<PublicResolver>, WasiBody>,
 }
 
 impl HttpClient {
     pub fn new() -> Self {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(Duration::from_secs(10)));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(64)
-            .build(https);
-        HttpClient { client }
+        HttpClient {
+            any: client(GaiResolver::new()),
+            public: client(PublicResolver(GaiResolver::new())),
+        }
     }
+}
+
+fn client<R>(resolver: R) -> Client<Connector<R>, WasiBody>
+where
+    R: tower_service::Service<Name> + Clone + Send + Sync + 'static,
+    R::Response: Iterator<Item = SocketAddr>,
+    R::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    R::Future: Send,
+{
+    let mut http = HttpConnector::new_with_resolver(resolver);
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(10)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(64)
+        .build(https)
+}
+
+/// Resolves names like the system does, then drops internal addresses.
+#[derive(Clone)]
+pub struct PublicResolver(GaiResolver);
+
+/// A name resolved only to loopback, private or link-local addresses.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} resolves only to internal addresses")]
+pub struct InternalAddress(String);
+
+impl tower_service::Service<Name> for PublicResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let lookup = self.0.call(name.clone());
+        Box::pin(async move {
+            let public: Vec<SocketAddr> = lookup
+                .await?
+                .filter(|addr| !is_internal_ip(addr.ip()))
+                .collect();
+            if public.is_empty() {
+                return Err(InternalAddress(name.as_str().to_string()).into());
+            }
+            Ok(public.into_iter())
+        })
+    }
+}
+
+/// Whether `error` (or what caused it) is an [`InternalAddress`].
+fn is_internal_address(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.is::<InternalAddress>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 impl Default for HttpClient {
@@ -119,28 +188,50 @@ impl WasiHttpHooks for OutboundHttp {
         _fut: IoFuture,
     ) -> SendFuture {
         let uri = request.uri().clone();
-        let verdict = if !self.allow.permits(&uri) {
-            Err(self.deny(&uri, "host not in allowed_hosts"))
-        } else if self.requests_left == 0 {
-            Err(self.deny(&uri, "request budget for this task used up"))
-        } else {
-            self.requests_left -= 1;
-            Ok(())
+        let reach = self.allow.reach(&uri);
+        let verdict = match reach {
+            None => Err(self.deny(&uri, "host not in allowed_hosts")),
+            Some(_) if self.requests_left == 0 => {
+                Err(self.deny(&uri, "request budget for this task used up"))
+            }
+            Some(_) => {
+                self.requests_left -= 1;
+                Ok(())
+            }
         };
-        let client = self.client.client.clone();
+        let client = self.client.clone();
+        let (plugin, task) = (self.plugin.clone(), self.task.clone());
         let max_bytes = self.max_response_bytes;
         let timeout = options
             .and_then(|o| o.first_byte_timeout)
             .map_or(self.timeout, |t| t.min(self.timeout));
         Box::new(async move {
             verdict?;
-            let response = tokio::time::timeout(timeout, client.request(request))
-                .await
-                .map_err(|_| HttpError::ConnectionReadTimeout)?
-                .map_err(|e| {
-                    tracing::debug!(url = %redact::target(&uri.to_string()), "request failed: {e:?}");
-                    if e.is_connect() { HttpError::ConnectionRefused } else { HttpError::HttpProtocolError }
-                })?;
+            let sent = match reach {
+                Some(Reach::Any) => {
+                    tokio::time::timeout(timeout, client.any.request(request)).await
+                }
+                _ => tokio::time::timeout(timeout, client.public.request(request)).await,
+            };
+            let response = sent.map_err(|_| HttpError::ConnectionReadTimeout)?.map_err(|e| {
+                let url = redact::target(&uri.to_string());
+                if is_internal_address(&e) {
+                    tracing::warn!(
+                        plugin = %plugin,
+                        task = task.as_deref().unwrap_or("-"),
+                        url = %url,
+                        "outbound request denied: the host resolves to an internal address \
+                         and only a wildcard allows it (name it in allowed_hosts to allow it)"
+                    );
+                    return HttpError::HttpRequestDenied;
+                }
+                tracing::debug!(url = %url, "request failed: {e:?}");
+                if e.is_connect() {
+                    HttpError::ConnectionRefused
+                } else {
+                    HttpError::HttpProtocolError
+                }
+            })?;
             let response = response.map(|body| CappedBody::new(body, max_bytes).boxed_unsync());
             Ok((response, Box::new(async { Ok(()) }) as IoFuture))
         })

@@ -20,6 +20,15 @@ pub struct Limits {
     pub max_response_kib: u64,
     /// Outbound HTTP requests allowed per task.
     pub max_requests: u32,
+    /// Elements one table may grow to (function references).
+    pub max_table_elements: u32,
+    /// Core instances, tables and memories one plugin instance may create.
+    /// A component is several core instances (an interpreter-based Python or
+    /// JavaScript plugin about ten); the caps stop a component that tries to
+    /// create thousands.
+    pub max_core_instances: u32,
+    pub max_tables: u32,
+    pub max_memories: u32,
 }
 
 impl Default for Limits {
@@ -29,6 +38,10 @@ impl Default for Limits {
             memory_mib: 128,
             max_response_kib: 1024,
             max_requests: 8,
+            max_table_elements: 100_000,
+            max_core_instances: 64,
+            max_tables: 64,
+            max_memories: 16,
         }
     }
 }
@@ -86,6 +99,7 @@ impl MemoryBudget {
 #[derive(Debug)]
 pub struct MemoryLimiter {
     max_bytes: usize,
+    limits: Limits,
     bytes: usize,
     exceeded: Option<MemoryCap>,
     budget: Arc<MemoryBudget>,
@@ -101,9 +115,10 @@ pub enum MemoryCap {
 }
 
 impl MemoryLimiter {
-    pub fn new(max_bytes: usize, budget: Arc<MemoryBudget>) -> Self {
+    pub fn new(limits: Limits, budget: Arc<MemoryBudget>) -> Self {
         MemoryLimiter {
-            max_bytes,
+            max_bytes: limits.memory_bytes(),
+            limits,
             bytes: 0,
             exceeded: None,
             budget,
@@ -149,7 +164,19 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= 100_000)
+        Ok(desired <= self.limits.max_table_elements as usize)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.max_core_instances as usize
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.max_tables as usize
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.max_memories as usize
     }
 }
 
@@ -167,8 +194,14 @@ mod tests {
     #[test]
     fn the_host_budget_is_shared_and_given_back() {
         let budget = Arc::new(MemoryBudget::new(100));
-        let mut a = MemoryLimiter::new(80, budget.clone());
-        let mut b = MemoryLimiter::new(80, budget.clone());
+        let limits = Limits {
+            memory_mib: 0,
+            ..Limits::default()
+        };
+        let mut a = MemoryLimiter::new(limits, budget.clone());
+        let mut b = MemoryLimiter::new(limits, budget.clone());
+        a.max_bytes = 80;
+        b.max_bytes = 80;
         assert!(a.memory_growing(0, 60, None).unwrap());
         assert!(
             !b.memory_growing(0, 60, None).unwrap(),

@@ -97,7 +97,7 @@ impl HostState {
                 limits.max_response_bytes(),
                 limits.max_requests,
             ),
-            limiter: MemoryLimiter::new(limits.memory_bytes(), budget),
+            limiter: MemoryLimiter::new(limits, budget),
             policy,
             overlay: None,
             log_budget,
