@@ -101,7 +101,10 @@ async fn the_daemon_refuses_another_contract_version() -> anyhow::Result<()> {
         .await?;
     let plugins = daemon.request(serde_json::json!({"op": "plugins"})).await?;
     let errors = plugins["result"]["errors"].to_string();
-    assert!(errors.contains("future.wasm") && errors.contains("notifyhub:plugin"), "{plugins}");
+    assert!(
+        errors.contains("future.wasm") && errors.contains("built against notifyhub:plugin@0.2.0"),
+        "{plugins}"
+    );
     assert_eq!(plugins["result"]["plugins"][0]["name"], "noop", "{plugins}");
     Ok(())
 }

@@ -176,6 +176,18 @@ fn kind(bytes: &[u8]) -> &'static str {
     }
 }
 
+/// The contract version `component` was built against, when it exports a
+/// handler of another version than this host's: the loader's explanation
+/// for a plugin that does not link.
+pub fn other_contract_version(component: &Component, engine: &wasmtime::Engine) -> Option<String> {
+    let ty = component.component_type();
+    let version = ty.exports(engine).find_map(|(name, _)| {
+        name.strip_prefix(&format!("{CONTRACT}/handler@"))
+            .map(str::to_string)
+    })?;
+    (!version.starts_with(&format!("{CONTRACT_MAJOR_MINOR}."))).then_some(version)
+}
+
 /// Records imports and exports and checks them against the contract.
 /// `false` when the component cannot be a plugin at all.
 fn contract(report: &mut Report, component: &Component, engine: &wasmtime::Engine) -> bool {

@@ -98,10 +98,16 @@ pub async fn compile(file: PluginFile, executor: &Executor) -> Result<Compiled, 
         .await
         .expect("the compile task does not panic")
         .map_err(|e| LoadError::Compile(chain(&e)))?;
-    let pre = executor
-        .sandbox()
-        .prepare(&component)
-        .map_err(|e| LoadError::Contract(chain(&e)))?;
+    let pre = executor.sandbox().prepare(&component).map_err(|e| {
+        match crate::check::other_contract_version(&component, executor.sandbox().engine()) {
+            Some(version) => LoadError::Contract(format!(
+                "it was built against notifyhub:plugin@{version}; rebuild it with this host's \
+                 wit/ (notifyhub:plugin@{}.x)",
+                crate::check::CONTRACT_MAJOR_MINOR
+            )),
+            None => LoadError::Contract(chain(&e)),
+        }
+    })?;
     Ok(Compiled {
         path: file.path,
         digest: file.digest,

@@ -1,17 +1,18 @@
 //! Project tasks, run as `cargo xtask <task>`:
 //!
 //! - `plugins`: install the `wasm32-wasip2` target if needed and build every
-//!   plugin;
+//!   plugin, in every language (see `notifyhub_testkit::plugins`);
 //! - `test`: build the plugins, then run every test (host, integration, SDK);
 //! - `demo`: build everything, start the daemon with the `webhook` plugin and
 //!   deliver a signed notification to a local receiver;
-//! - `bench`: build the plugins and run the end-to-end benchmark.
+//! - `bench`: build the plugins and run every benchmark.
 
 mod demo;
 
 use std::process::{Command, ExitCode};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
+pub(crate) use notifyhub_testkit::toolchains::run;
 use notifyhub_testkit::repo_root;
 
 fn main() -> ExitCode {
@@ -95,12 +96,3 @@ fn host_triple() -> anyhow::Result<String> {
         .context("rustc -vV printed no host triple")
 }
 
-pub(crate) fn run(command: &mut Command) -> anyhow::Result<()> {
-    let status = command
-        .status()
-        .with_context(|| format!("running {command:?}"))?;
-    if !status.success() {
-        bail!("{command:?} failed ({status})");
-    }
-    Ok(())
-}

@@ -406,9 +406,14 @@ impl Dispatcher {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.on_tick();
         loop {
+            // Only a future turn needs a timer: a backlog whose turn has
+            // come is waiting for a worker, and a worker going idle wakes
+            // the dispatcher anyway.
+            let now = Instant::now();
             let wake = self
                 .pacer
-                .next_wake(Instant::now())
+                .next_wake(now)
+                .filter(|at| *at > now)
                 .map(tokio::time::Instant::from_std);
             tokio::select! {
                 command = commands.recv() => match command {

@@ -72,18 +72,7 @@ impl Plugin for DingTalk {
             .json_body(payload(&message).to_string())
             .header("content-type", "application/json;charset=utf-8")
             .send()?;
-        response.classify()?;
-        let answer: Value = serde_json::from_slice(&response.body).map_err(|_| {
-            SendError::retryable(
-                format!("DingTalk answered HTTP {} without JSON", response.status),
-                None,
-            )
-        })?;
-        let code = answer["errcode"].as_i64().unwrap_or(-1);
-        let detail = format!(
-            "DingTalk errcode {code}: {}",
-            answer["errmsg"].as_str().unwrap_or("(no errmsg)")
-        );
+        let (code, detail) = response.business_code("DingTalk", &["errcode"], &["errmsg"])?;
         match code {
             0 => Ok(Receipt::status("ok")),
             c if RATE_LIMIT_CODES.contains(&c) => Err(SendError::rate_limited(detail, BLOCKED_MS)),

@@ -80,24 +80,12 @@ impl Plugin for Feishu {
         let response = http::Request::post(&message.target)
             .json_body(document.to_string())
             .send()?;
-        let answer: Value = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
-        let code = answer["code"]
-            .as_i64()
-            .or_else(|| answer["StatusCode"].as_i64());
-        let Some(code) = code else {
-            response.classify()?;
-            return Err(SendError::retryable(
-                format!("Feishu answered HTTP {} without a code", response.status),
-                None,
-            ));
-        };
-        let detail = format!(
-            "Feishu code {code}: {}",
-            answer["msg"]
-                .as_str()
-                .or_else(|| answer["StatusMessage"].as_str())
-                .unwrap_or("(no message)")
-        );
+        // Older deployments answer with `StatusCode` / `StatusMessage`.
+        let (code, detail) = response.business_code(
+            "Feishu",
+            &["code", "StatusCode"],
+            &["msg", "StatusMessage"],
+        )?;
         match code {
             0 => Ok(Receipt::status("ok")),
             RATE_LIMITED => Err(SendError::rate_limited(
@@ -105,7 +93,6 @@ impl Plugin for Feishu {
                 response.retry_after_ms().unwrap_or(1_000),
             )),
             BAD_REQUEST => Err(SendError::invalid(detail)),
-            _ if response.status >= 500 => Err(SendError::retryable(detail, None)),
             _ => Err(SendError::permanent(detail)),
         }
     }

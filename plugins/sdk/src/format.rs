@@ -75,7 +75,9 @@ fn html_inline(line: &str) -> String {
 fn html_text(text: &str) -> String {
     const BOLD: char = '\u{1}';
     let escaped = escape_html(text);
-    let linked = html_links(&escaped);
+    let linked = convert_links(&escaped, |label, url| {
+        format!("<a href=\"{}\">{label}</a>", url.replace('"', "&quot;"))
+    });
     let bolded = linked.replace("**", "\u{1}").replace("__", "\u{1}");
     let bolded = replace_pairs_with(&bolded, BOLD, "<b>", "</b>");
     let italic = replace_pairs_with(&bolded, '*', "<i>", "</i>");
@@ -83,27 +85,8 @@ fn html_text(text: &str) -> String {
     replace_pairs_with(&struck, '\u{2}', "<s>", "</s>")
 }
 
-/// `[label](url)` → `<a href="url">label</a>` on already-escaped text.
-fn html_links(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(open) = rest.find('[') {
-        let after = &rest[open + 1..];
-        let Some(close) = after.find("](") else { break };
-        let Some(end) = after[close + 2..].find(')') else {
-            break;
-        };
-        let label = &after[..close];
-        let url = after[close + 2..close + 2 + end].replace('"', "&quot;");
-        out.push_str(&rest[..open]);
-        out.push_str(&format!("<a href=\"{url}\">{label}</a>"));
-        rest = &after[close + 2 + end + 1..];
-    }
-    out.push_str(rest);
-    out
-}
-
-/// Like [`replace_pairs`], with distinct opening and closing replacements.
+/// Replaces matched pairs of `marker` (an emphasis delimiter hugging its
+/// text, like `*word*`) with `open` … `close`; unmatched markers stay.
 fn replace_pairs_with(text: &str, marker: char, open: &str, close: &str) -> String {
     let chars: Vec<char> = text.chars().collect();
     let mut out = String::with_capacity(text.len());
@@ -175,15 +158,15 @@ fn mrkdwn_text(text: &str) -> String {
         .replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;");
-    let linked = convert_links(&escaped);
+    let linked = convert_links(&escaped, |label, url| format!("<{url}|{label}>"));
     let bolded = linked.replace("**", BOLD).replace("__", BOLD);
     let italic = replace_pairs(&bolded, '*', "_");
     let struck = italic.replace("~~", "~");
     struck.replace(BOLD, "*")
 }
 
-/// `[label](url)` → `<url|label>`.
-fn convert_links(text: &str) -> String {
+/// Rewrites each `[label](url)` with `link(label, url)`.
+fn convert_links(text: &str, link: impl Fn(&str, &str) -> String) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(open) = rest.find('[') {
@@ -192,10 +175,8 @@ fn convert_links(text: &str) -> String {
         let Some(end) = after[close + 2..].find(')') else {
             break;
         };
-        let label = &after[..close];
-        let url = &after[close + 2..close + 2 + end];
         out.push_str(&rest[..open]);
-        out.push_str(&format!("<{url}|{label}>"));
+        out.push_str(&link(&after[..close], &after[close + 2..close + 2 + end]));
         rest = &after[close + 2 + end + 1..];
     }
     out.push_str(rest);
@@ -205,25 +186,7 @@ fn convert_links(text: &str) -> String {
 /// Replaces matched pairs of `marker` (an emphasis delimiter hugging its
 /// text, like `*word*`) with `with`; unmatched markers stay as they are.
 fn replace_pairs(text: &str, marker: char, with: &str) -> String {
-    let chars: Vec<char> = text.chars().collect();
-    let mut out = String::with_capacity(text.len());
-    let mut i = 0;
-    while i < chars.len() {
-        if chars[i] == marker && chars.get(i + 1).is_some_and(|c| !c.is_whitespace()) {
-            if let Some(len) = chars[i + 1..].iter().position(|&c| c == marker) {
-                if len > 0 && !chars[i + len].is_whitespace() {
-                    out.push_str(with);
-                    out.extend(&chars[i + 1..i + 1 + len]);
-                    out.push_str(with);
-                    i += len + 2;
-                    continue;
-                }
-            }
-        }
-        out.push(chars[i]);
-        i += 1;
-    }
-    out
+    replace_pairs_with(text, marker, with, with)
 }
 
 /// Escapes text for HTML bodies (Telegram HTML parse mode, e-mail).

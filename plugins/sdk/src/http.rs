@@ -253,6 +253,35 @@ impl Response {
     }
 }
 
+impl Response {
+    /// For platforms that answer HTTP 200 with a business code in a JSON
+    /// body (DingTalk and WeCom `errcode`/`errmsg`, Feishu `code`/`msg`):
+    /// the first of the `code` fields present and a one-line detail naming
+    /// the platform. An unsuccessful status is classified first; a body
+    /// without any of the code fields is a retryable failure.
+    pub fn business_code(
+        &self,
+        platform: &str,
+        code: &[&str],
+        message: &[&str],
+    ) -> Result<(i64, String), SendError> {
+        self.classify()?;
+        let answer: serde_json::Value =
+            serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null);
+        let Some(value) = code.iter().find_map(|field| answer[field].as_i64()) else {
+            return Err(SendError::retryable(
+                format!("{platform} answered HTTP {} without a result code", self.status),
+                None,
+            ));
+        };
+        let text = message
+            .iter()
+            .find_map(|field| answer[field].as_str())
+            .unwrap_or("(no message)");
+        Ok((value, format!("{platform} code {value}: {text}")))
+    }
+}
+
 /// Parses delta-seconds like `"2"` or `"64.57"` into milliseconds.
 pub fn parse_seconds_ms(value: &str) -> Option<u64> {
     let seconds: f64 = value.trim().parse().ok()?;

@@ -51,18 +51,7 @@ impl Plugin for WeCom {
         let response = http::Request::post(&message.target)
             .json_body(payload(&message).to_string())
             .send()?;
-        response.classify()?;
-        let answer: Value = serde_json::from_slice(&response.body).map_err(|_| {
-            SendError::retryable(
-                format!("WeCom answered HTTP {} without JSON", response.status),
-                None,
-            )
-        })?;
-        let code = answer["errcode"].as_i64().unwrap_or(-1);
-        let detail = format!(
-            "WeCom errcode {code}: {}",
-            answer["errmsg"].as_str().unwrap_or("(no errmsg)")
-        );
+        let (code, detail) = response.business_code("WeCom", &["errcode"], &["errmsg"])?;
         match code {
             0 => Ok(Receipt::status("ok")),
             RATE_LIMITED => Err(SendError::rate_limited(detail, RATE_LIMIT_WAIT_MS)),
