@@ -26,8 +26,11 @@ fn check_accepts_every_first_party_plugin() -> anyhow::Result<()> {
     for name in DEPLOYABLE {
         let (ok, out) = check(&plugins::path(name)?);
         assert!(ok, "{name}:\n{out}");
-        assert!(out.contains("contract   notifyhub:plugin@0.1.0"), "{name}:\n{out}");
-        assert!(out.contains(&format!("platforms  ")), "{name}:\n{out}");
+        assert!(
+            out.contains("contract   notifyhub:plugin@0.1.0"),
+            "{name}:\n{out}"
+        );
+        assert!(out.contains("platforms  "), "{name}:\n{out}");
     }
     Ok(())
 }
@@ -53,7 +56,10 @@ fn check_explains_what_is_wrong() -> anyhow::Result<()> {
                     (instance $cli (export "run" (func $run)))
                     (export "wasi:cli/run@0.2.0" (instance $cli)))"#,
             )?,
-            &["does not export `notifyhub:plugin/handler`", "wasi:cli/run@0.2.0"],
+            &[
+                "does not export `notifyhub:plugin/handler`",
+                "wasi:cli/run@0.2.0",
+            ],
         ),
         (
             "next-contract",
@@ -142,10 +148,16 @@ fn scaffolded_plugins_build_check_and_deliver() -> anyhow::Result<()> {
             .env("COMPONENTIZE_PY", &py)
             .env("COMPONENTIZE_JS", &js)
             // Share compiled dependencies between runs of this test.
-            .env("CARGO_TARGET_DIR", repo_root().join("plugins/target/scaffolded"))
+            .env(
+                "CARGO_TARGET_DIR",
+                repo_root().join("plugins/target/scaffolded"),
+            )
             .env_remove("RUSTFLAGS"));
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(stdout.contains("ok: this host can run the plugin"), "{lang}:\n{stdout}");
+        assert!(
+            stdout.contains("ok: this host can run the plugin"),
+            "{lang}:\n{stdout}"
+        );
         assert!(
             stdout.contains(&format!("ok: {name} delivered to the local receiver")),
             "{lang}:\n{stdout}"

@@ -202,7 +202,10 @@ async fn instance_and_table_caps_come_from_the_manifest() -> anyhow::Result<()> 
         .start()
         .await?;
     let plugins = daemon.request(json!({"op": "plugins"})).await?;
-    let errors = plugins["result"]["errors"].as_array().cloned().unwrap_or_default();
+    let errors = plugins["result"]["errors"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let error_of = |file: &str| {
         errors
             .iter()
@@ -212,6 +215,9 @@ async fn instance_and_table_caps_come_from_the_manifest() -> anyhow::Result<()> 
     };
     assert!(error_of("noop.wasm").contains("instance"), "{plugins}");
     assert!(error_of("slack.wasm").contains("table"), "{plugins}");
-    assert_eq!(plugins["result"]["plugins"][0]["name"], "discord", "{plugins}");
+    assert_eq!(
+        plugins["result"]["plugins"][0]["name"], "discord",
+        "{plugins}"
+    );
     Ok(())
 }

@@ -320,9 +320,10 @@ fn tempfile_dir() -> String {
 fn inward_name() -> String {
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     let name = name.trim().to_string();
-    let resolved: Vec<std::net::SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), 80))
-        .map(Iterator::collect)
-        .unwrap_or_default();
+    let resolved: Vec<std::net::SocketAddr> =
+        std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), 80))
+            .map(Iterator::collect)
+            .unwrap_or_default();
     assert!(
         resolved.iter().any(|a| a.ip().is_loopback()),
         "this test needs the host name {name:?} to resolve to a loopback address (it resolves to {resolved:?})"
@@ -340,12 +341,18 @@ async fn names_resolving_inward_need_an_explicit_rule() -> anyhow::Result<()> {
     let url = format!("http://{name}:{}/admin", inside.port());
 
     let daemon = Daemon::builder(BIN)
-        .plugin("hostile", Some(&format!("allowed_hosts = [\"*\"]\n{HOSTILE}")))
+        .plugin(
+            "hostile",
+            Some(&format!("allowed_hosts = [\"*\"]\n{HOSTILE}")),
+        )
         .start()
         .await?;
     let task = run(&daemon, "hostile", &format!("get {url}")).await?;
     assert_eq!(task["outcome"]["class"], "permanent", "{task}");
-    assert!(inside.requests().is_empty(), "the wildcard reached an internal address");
+    assert!(
+        inside.requests().is_empty(),
+        "the wildcard reached an internal address"
+    );
     assert!(
         daemon.logs().contains("resolves to an internal address"),
         "the denial is not logged:\n{}",
@@ -355,7 +362,10 @@ async fn names_resolving_inward_need_an_explicit_rule() -> anyhow::Result<()> {
     let daemon = Daemon::builder(BIN)
         .plugin(
             "hostile",
-            Some(&format!("allowed_hosts = [\"{name}:{}\"]\n{HOSTILE}", inside.port())),
+            Some(&format!(
+                "allowed_hosts = [\"{name}:{}\"]\n{HOSTILE}",
+                inside.port()
+            )),
         )
         .start()
         .await?;

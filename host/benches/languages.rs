@@ -36,10 +36,26 @@ struct Subject {
 }
 
 const SUBJECTS: &[Subject] = &[
-    Subject { language: "Rust", plugin: "webhook", target_path: "/webhook" },
-    Subject { language: "Python", plugin: "ntfy", target_path: "/bench" },
-    Subject { language: "JavaScript", plugin: "gotify", target_path: "/gotify" },
-    Subject { language: "C", plugin: "mattermost", target_path: "/hooks/bench" },
+    Subject {
+        language: "Rust",
+        plugin: "webhook",
+        target_path: "/webhook",
+    },
+    Subject {
+        language: "Python",
+        plugin: "ntfy",
+        target_path: "/bench",
+    },
+    Subject {
+        language: "JavaScript",
+        plugin: "gotify",
+        target_path: "/gotify",
+    },
+    Subject {
+        language: "C",
+        plugin: "mattermost",
+        target_path: "/hooks/bench",
+    },
 ];
 
 #[derive(Debug, Clone, Copy)]
@@ -75,7 +91,15 @@ async fn run() -> anyhow::Result<()> {
     println!("plugin cost by language (one plugin each; Rust is the baseline)\n");
     println!(
         "{:<11} {:<11} {:>8} {:>10} {:>10} {:>12} {:>10} {:>10} {:>12}",
-        "language", "plugin", "size MB", "cold ms", "cached ms", "instance µs", "call µs", "mem MiB", "deliveries/s"
+        "language",
+        "plugin",
+        "size MB",
+        "cold ms",
+        "cached ms",
+        "instance µs",
+        "call µs",
+        "mem MiB",
+        "deliveries/s"
     );
     let mut baseline: Option<Row> = None;
     for subject in SUBJECTS {
@@ -144,7 +168,10 @@ async fn measure(subject: &Subject, receiver: &Receiver) -> anyhow::Result<Row> 
     let plugin = Arc::new(notifyhub::loader::load(&wasm, &executor, Limits::default()).await?);
     let instantiate_us = median(20, || async {
         let started = Instant::now();
-        let instance = executor.instantiate(plugin.clone()).await.expect("instantiates");
+        let instance = executor
+            .instantiate(plugin.clone())
+            .await
+            .expect("instantiates");
         let elapsed = started.elapsed();
         drop(instance);
         elapsed
@@ -158,7 +185,11 @@ async fn measure(subject: &Subject, receiver: &Receiver) -> anyhow::Result<Row> 
         let started = Instant::now();
         let (outcome, _) = executor.call(&mut instance, &rejected, None).await;
         samples.push(started.elapsed());
-        assert!(!outcome.is_success(), "{} accepted a bad target", subject.plugin);
+        assert!(
+            !outcome.is_success(),
+            "{} accepted a bad target",
+            subject.plugin
+        );
     }
     let call_us = micros(middle(&mut samples));
 

@@ -378,15 +378,15 @@ impl Api {
             return Ok(vec![(platform, None)]);
         }
         let routes = self.destinations.expand(&new.target)?;
-        if let Some(platform) = &new.platform {
-            if routes.iter().any(|r| r.platform != *platform) {
-                let platforms: Vec<&str> = routes.iter().map(|r| r.platform.as_str()).collect();
-                return Err(format!(
-                    "destination `{}` delivers to {}, not `{platform}`; leave out `platform`",
-                    new.target,
-                    platforms.join(", ")
-                ));
-            }
+        if let Some(platform) = &new.platform
+            && routes.iter().any(|r| r.platform != *platform)
+        {
+            let platforms: Vec<&str> = routes.iter().map(|r| r.platform.as_str()).collect();
+            return Err(format!(
+                "destination `{}` delivers to {}, not `{platform}`; leave out `platform`",
+                new.target,
+                platforms.join(", ")
+            ));
         }
         Ok(routes
             .into_iter()

@@ -12,8 +12,8 @@ mod demo;
 use std::process::{Command, ExitCode};
 
 use anyhow::Context;
-pub(crate) use notifyhub_testkit::toolchains::run;
 use notifyhub_testkit::repo_root;
+pub(crate) use notifyhub_testkit::toolchains::run;
 
 fn main() -> ExitCode {
     let task = std::env::args().nth(1).unwrap_or_default();
@@ -95,4 +95,3 @@ fn host_triple() -> anyhow::Result<String> {
         .find_map(|l| l.strip_prefix("host: ").map(str::to_string))
         .context("rustc -vV printed no host triple")
 }
-

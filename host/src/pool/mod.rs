@@ -415,7 +415,12 @@ impl Dispatcher {
                 .next_wake(now)
                 .filter(|at| *at > now)
                 .map(tokio::time::Instant::from_std);
+            // Events first: a worker reports a platform's "slow down"
+            // before the task's outcome is visible to anyone, so by the time
+            // a caller can react (a submit, a `status`), the pause is here.
             tokio::select! {
+                biased;
+                Some(event) = events.recv() => self.on_event(event),
                 command = commands.recv() => match command {
                     Some(Command::Submit(tasks)) => tasks.into_iter().for_each(|t| self.queue.push(t)),
                     Some(Command::Stats(reply)) => { let _ = reply.send(self.stats()); }
@@ -427,7 +432,6 @@ impl Dispatcher {
                     }
                     None => return,
                 },
-                Some(event) = events.recv() => self.on_event(event),
                 _ = tick.tick() => self.on_tick(),
                 _ = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => {}
             }

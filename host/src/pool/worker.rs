@@ -86,24 +86,16 @@ pub(super) async fn run(
         let started = Instant::now();
         for task in &assignment.tasks {
             let span = tracing::info_span!("task", task = %task.id, platform = %task.platform, worker = id);
-            let outcome = deliver(&assignment.plugin, task, &mut warm, &context, &metrics)
-                .instrument(span)
-                .await;
-            if let Outcome::Failed {
-                class: FailureClass::RateLimited,
-                retry_after_ms,
-                ..
-            } = outcome
-            {
-                let retry_after = Duration::from_millis(retry_after_ms.unwrap_or(1_000));
-                let key = super::pacer::pace_key(task);
-                if events
-                    .send(Event::RateLimited { key, retry_after })
-                    .is_err()
-                {
-                    break;
-                }
-            }
+            deliver(
+                &assignment.plugin,
+                task,
+                &mut warm,
+                &context,
+                &metrics,
+                &events,
+            )
+            .instrument(span)
+            .await;
         }
         *metrics.warm_plugins.lock().expect("never poisoned") = warm.names();
         metrics
@@ -129,7 +121,8 @@ async fn deliver(
     warm: &mut WarmCache,
     context: &WorkerContext,
     metrics: &WorkerMetrics,
-) -> Outcome {
+    events: &mpsc::UnboundedSender<Event>,
+) {
     let started = Instant::now();
     *metrics.current.lock().expect("never poisoned") = Some((task.id, task.platform.clone()));
     let attempt = context.store.start(task.id);
@@ -177,10 +170,21 @@ async fn deliver(
             tracing::warn!(plugin = %plugin.name, ?class, "delivery failed: {message}")
         }
     }
+    // The pause goes to the dispatcher before the outcome is recorded (and
+    // waiters answered), so no one can see the outcome and beat the pause.
+    if let Outcome::Failed {
+        class: FailureClass::RateLimited,
+        retry_after_ms,
+        ..
+    } = &outcome
+    {
+        let retry_after = Duration::from_millis(retry_after_ms.unwrap_or(1_000));
+        let key = super::pacer::pace_key(task);
+        let _ = events.send(Event::RateLimited { key, retry_after });
+    }
     let success = outcome.is_success();
-    context.finish(task, attempt, outcome.clone(), Some(plugin.version_ref()));
+    context.finish(task, attempt, outcome, Some(plugin.version_ref()));
     metrics.record(started.elapsed().as_micros() as u64, success);
     *metrics.current.lock().expect("never poisoned") = None;
     *metrics.last_activity.lock().expect("never poisoned") = Some(SystemTime::now());
-    outcome
 }

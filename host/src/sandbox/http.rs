@@ -213,25 +213,27 @@ impl WasiHttpHooks for OutboundHttp {
                 }
                 _ => tokio::time::timeout(timeout, client.public.request(request)).await,
             };
-            let response = sent.map_err(|_| HttpError::ConnectionReadTimeout)?.map_err(|e| {
-                let url = redact::target(&uri.to_string());
-                if is_internal_address(&e) {
-                    tracing::warn!(
-                        plugin = %plugin,
-                        task = task.as_deref().unwrap_or("-"),
-                        url = %url,
-                        "outbound request denied: the host resolves to an internal address \
-                         and only a wildcard allows it (name it in allowed_hosts to allow it)"
-                    );
-                    return HttpError::HttpRequestDenied;
-                }
-                tracing::debug!(url = %url, "request failed: {e:?}");
-                if e.is_connect() {
-                    HttpError::ConnectionRefused
-                } else {
-                    HttpError::HttpProtocolError
-                }
-            })?;
+            let response = sent
+                .map_err(|_| HttpError::ConnectionReadTimeout)?
+                .map_err(|e| {
+                    let url = redact::target(&uri.to_string());
+                    if is_internal_address(&e) {
+                        tracing::warn!(
+                            plugin = %plugin,
+                            task = task.as_deref().unwrap_or("-"),
+                            url = %url,
+                            "outbound request denied: the host resolves to an internal address \
+                             and only a wildcard allows it (name it in allowed_hosts to allow it)"
+                        );
+                        return HttpError::HttpRequestDenied;
+                    }
+                    tracing::debug!(url = %url, "request failed: {e:?}");
+                    if e.is_connect() {
+                        HttpError::ConnectionRefused
+                    } else {
+                        HttpError::HttpProtocolError
+                    }
+                })?;
             let response = response.map(|body| CappedBody::new(body, max_bytes).boxed_unsync());
             Ok((response, Box::new(async { Ok(()) }) as IoFuture))
         })

@@ -81,11 +81,8 @@ impl Plugin for Feishu {
             .json_body(document.to_string())
             .send()?;
         // Older deployments answer with `StatusCode` / `StatusMessage`.
-        let (code, detail) = response.business_code(
-            "Feishu",
-            &["code", "StatusCode"],
-            &["msg", "StatusMessage"],
-        )?;
+        let (code, detail) =
+            response.business_code("Feishu", &["code", "StatusCode"], &["msg", "StatusMessage"])?;
         match code {
             0 => Ok(Receipt::status("ok")),
             RATE_LIMITED => Err(SendError::rate_limited(

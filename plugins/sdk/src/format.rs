@@ -92,16 +92,17 @@ fn replace_pairs_with(text: &str, marker: char, open: &str, close: &str) -> Stri
     let mut out = String::with_capacity(text.len());
     let mut i = 0;
     while i < chars.len() {
-        if chars[i] == marker && chars.get(i + 1).is_some_and(|c| !c.is_whitespace()) {
-            if let Some(len) = chars[i + 1..].iter().position(|&c| c == marker) {
-                if len > 0 && !chars[i + len].is_whitespace() {
-                    out.push_str(open);
-                    out.extend(&chars[i + 1..i + 1 + len]);
-                    out.push_str(close);
-                    i += len + 2;
-                    continue;
-                }
-            }
+        if chars[i] == marker
+            && chars.get(i + 1).is_some_and(|c| !c.is_whitespace())
+            && let Some(len) = chars[i + 1..].iter().position(|&c| c == marker)
+            && len > 0
+            && !chars[i + len].is_whitespace()
+        {
+            out.push_str(open);
+            out.extend(&chars[i + 1..i + 1 + len]);
+            out.push_str(close);
+            i += len + 2;
+            continue;
         }
         out.push(chars[i]);
         i += 1;

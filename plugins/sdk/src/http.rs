@@ -75,8 +75,12 @@ impl Request {
         let url = Url::parse(&self.url)?;
         // A known length spares servers a chunked body, which some
         // (simple ones among them) do not read.
-        let length = (!matches!(self.method, Method::Get))
-            .then(|| ("content-length".to_string(), self.body.len().to_string().into_bytes()));
+        let length = (!matches!(self.method, Method::Get)).then(|| {
+            (
+                "content-length".to_string(),
+                self.body.len().to_string().into_bytes(),
+            )
+        });
         let entries: Vec<(String, Vec<u8>)> = self
             .headers
             .iter()
@@ -270,7 +274,10 @@ impl Response {
             serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null);
         let Some(value) = code.iter().find_map(|field| answer[field].as_i64()) else {
             return Err(SendError::retryable(
-                format!("{platform} answered HTTP {} without a result code", self.status),
+                format!(
+                    "{platform} answered HTTP {} without a result code",
+                    self.status
+                ),
                 None,
             ));
         };
