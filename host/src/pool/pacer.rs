@@ -216,14 +216,6 @@ impl Pacer {
         self.buckets.values().map(|b| b.backlog.len()).sum()
     }
 
-    /// Every backlogged task, for a shutdown report.
-    pub fn drain(&mut self) -> Vec<Arc<Task>> {
-        self.buckets
-            .values_mut()
-            .flat_map(|b| b.backlog.drain(..))
-            .collect()
-    }
-
     /// Forgets destinations with nothing going on.
     pub fn forget_quiet(&mut self, now: Instant) {
         self.buckets.retain(|_, b| !b.is_quiet(now));
