@@ -158,8 +158,12 @@ pub fn build_one(name: &str, language: Language, out: &Path) -> anyhow::Result<(
                     .arg(out),
             )
         }
+        // componentize-js lets the module see only the files under its
+        // working directory, so run it where the plugin and the shared
+        // helper both are, whatever directory the build was started from.
         Language::JavaScript => toolchains::run(
             Command::new("node")
+                .current_dir(root.join("plugins/js"))
                 .arg(toolchains::componentize_js()?)
                 .arg(dir.join(format!("{name}.js")))
                 .arg("--wit")
