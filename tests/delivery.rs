@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use anyhow::ensure;
 use notifyhub_testkit::daemon::Daemon;
 use notifyhub_testkit::receiver::{Receiver, Recorded, Reply};
 use notifyhub_testkit::verify;
@@ -17,14 +16,6 @@ fn allow(receiver: &Receiver) -> String {
 }
 
 /// Submits one task with `wait: true` and returns the finished task.
-async fn deliver(daemon: &Daemon, task: Value) -> anyhow::Result<Value> {
-    let response = daemon
-        .request(json!({"op": "submit", "wait": true, "task": task}))
-        .await?;
-    ensure!(response["ok"] == true, "submit failed: {response}");
-    Ok(response["result"]["tasks"][0].clone())
-}
-
 fn failure(task: &Value) -> (String, String, Option<u64>) {
     let outcome = &task["outcome"];
     assert_eq!(outcome["result"], "failed", "expected a failure: {task}");
@@ -44,11 +35,9 @@ async fn assert_classes(
     cases: &[(&str, &str, Option<u64>)],
 ) -> anyhow::Result<()> {
     for (name, class, retry) in cases {
-        let task = deliver(
-            daemon,
-            json!({"platform": platform, "target": target(name), "body": "x"}),
-        )
-        .await?;
+        let task = daemon
+            .deliver(json!({"platform": platform, "target": target(name), "body": "x"}))
+            .await?;
         let (got, message, got_retry) = failure(&task);
         assert_eq!(
             (got.as_str(), got_retry),
@@ -99,13 +88,13 @@ async fn webhook_delivers_a_signed_standard_webhook() -> anyhow::Result<()> {
         .start()
         .await?;
 
-    let task = deliver(
-        &daemon,
-        json!({"platform": "webhook", "target": receiver.url("/hooks/notify"),
+    let task = daemon
+        .deliver(
+            json!({"platform": "webhook", "target": receiver.url("/hooks/notify"),
                "title": "Disk full", "body": "/var is at 98%", "priority": "high",
                "metadata": {"host": "db1"}}),
-    )
-    .await?;
+        )
+        .await?;
     assert_eq!(task["state"], "succeeded", "{task}");
     assert_eq!(task["outcome"]["status"], "HTTP 204");
     assert_eq!(task["plugin"]["name"], "webhook");
@@ -160,11 +149,9 @@ async fn webhook_answers_map_to_error_classes() -> anyhow::Result<()> {
         ("/301", "permanent", None),
     ];
     for (path, class, retry_after) in cases {
-        let task = deliver(
-            &daemon,
-            json!({"platform": "webhook", "target": receiver.url(path), "body": "x"}),
-        )
-        .await?;
+        let task = daemon
+            .deliver(json!({"platform": "webhook", "target": receiver.url(path), "body": "x"}))
+            .await?;
         let (got_class, message, got_retry) = failure(&task);
         assert_eq!(got_class, class, "{path}: {message}");
         assert_eq!(got_retry, retry_after, "{path}");
@@ -182,11 +169,9 @@ async fn requests_outside_the_allowlist_are_denied_and_logged() -> anyhow::Resul
         .start()
         .await?;
 
-    let task = deliver(
-        &daemon,
-        json!({"platform": "webhook", "target": forbidden.url("/x"), "body": "x"}),
-    )
-    .await?;
+    let task = daemon
+        .deliver(json!({"platform": "webhook", "target": forbidden.url("/x"), "body": "x"}))
+        .await?;
     let (class, message, _) = failure(&task);
     assert_eq!(class, "permanent");
     assert!(message.contains("denied"), "{message}");
@@ -202,11 +187,9 @@ async fn requests_outside_the_allowlist_are_denied_and_logged() -> anyhow::Resul
 
     // A plugin without a manifest may reach nothing at all.
     let bare = Daemon::builder(BIN).plugin("webhook", None).start().await?;
-    let task = deliver(
-        &bare,
-        json!({"platform": "webhook", "target": allowed.url("/"), "body": "x"}),
-    )
-    .await?;
+    let task = bare
+        .deliver(json!({"platform": "webhook", "target": allowed.url("/"), "body": "x"}))
+        .await?;
     assert_eq!(failure(&task).0, "permanent");
     assert!(allowed.requests().is_empty());
     Ok(())
@@ -263,9 +246,7 @@ async fn slack_sends_text_and_block_kit_and_classifies_errors() -> anyhow::Resul
         .await?;
     let hook = |name: &str| receiver.url(&format!("/services/T000/B000/{name}"));
 
-    let task = deliver(
-        &daemon,
-        json!({"platform": "slack", "target": hook("xyz"), "body": "**deploy** done, see [log](https://ci/1)",
+    let task = daemon.deliver(json!({"platform": "slack", "target": hook("xyz"), "body": "**deploy** done, see [log](https://ci/1)",
                "format": "markdown"}),
     )
     .await?;
@@ -277,9 +258,7 @@ async fn slack_sends_text_and_block_kit_and_classifies_errors() -> anyhow::Resul
     );
 
     let long_title = "T".repeat(400);
-    let task = deliver(
-        &daemon,
-        json!({"platform": "slack", "target": hook("xyz"), "title": long_title, "body": "b & <c>".repeat(1000)}),
+    let task = daemon.deliver(json!({"platform": "slack", "target": hook("xyz"), "title": long_title, "body": "b & <c>".repeat(1000)}),
     )
     .await?;
     assert_eq!(task["state"], "succeeded", "{task}");
@@ -361,11 +340,9 @@ async fn discord_sends_content_and_embeds_and_classifies_errors() -> anyhow::Res
         .await?;
     let hook = |name: &str| receiver.url(&format!("/api/webhooks/123/{name}"));
 
-    let task = deliver(
-        &daemon,
-        json!({"platform": "discord", "target": hook("tok"), "body": "x".repeat(2500)}),
-    )
-    .await?;
+    let task = daemon
+        .deliver(json!({"platform": "discord", "target": hook("tok"), "body": "x".repeat(2500)}))
+        .await?;
     assert_eq!(task["state"], "succeeded", "{task}");
     assert_eq!(task["outcome"]["provider_id"], "1180000000000000001");
     let content = receiver.requests()[0].json()["content"]
@@ -375,9 +352,7 @@ async fn discord_sends_content_and_embeds_and_classifies_errors() -> anyhow::Res
     assert_eq!(content.chars().count(), 2000);
     assert!(content.ends_with("[truncated]"));
 
-    let task = deliver(
-        &daemon,
-        json!({"platform": "discord", "target": hook("tok"), "title": "Deploy", "body": "done", "priority": "high"}),
+    let task = daemon.deliver(json!({"platform": "discord", "target": hook("tok"), "title": "Deploy", "body": "done", "priority": "high"}),
     )
     .await?;
     assert_eq!(task["state"], "succeeded", "{task}");

@@ -20,14 +20,6 @@ fn task(receiver: &Receiver, path: &str) -> Value {
     json!({"platform": "webhook", "target": receiver.url(path), "body": "b"})
 }
 
-async fn deliver(daemon: &Daemon, task: Value) -> anyhow::Result<Value> {
-    let r = daemon
-        .request(json!({"op": "submit", "wait": true, "task": task}))
-        .await?;
-    anyhow::ensure!(r["ok"] == true, "{r}");
-    Ok(r["result"]["tasks"][0].clone())
-}
-
 /// Deliveries per task id (the webhook plugin sends the id as `webhook-id`).
 fn counts(requests: &[Recorded]) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
@@ -116,7 +108,7 @@ async fn an_idempotency_key_delivers_once() -> anyhow::Result<()> {
         .await?;
     let mut t = task(&receiver, "/");
     t["idempotency_key"] = json!("order-42-shipped");
-    let first = deliver(&daemon, t.clone()).await?;
+    let first = daemon.deliver(t.clone()).await?;
     let second = daemon.request(json!({"op": "submit", "task": t})).await?;
     assert_eq!(second["result"]["task_ids"][0], first["id"]);
     assert_eq!(second["result"]["duplicates"], json!([0]));
@@ -142,7 +134,7 @@ async fn a_429_retry_waits_for_its_retry_after() -> anyhow::Result<()> {
         .retry("max_attempts = 3\nbase = \"10ms\"\n")
         .start()
         .await?;
-    let done = deliver(&daemon, task(&receiver, "/")).await?;
+    let done = daemon.deliver(task(&receiver, "/")).await?;
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(done["attempts"], 2);
     let requests = receiver.requests();
@@ -170,7 +162,7 @@ async fn server_errors_retry_until_dead_and_retry_brings_them_back() -> anyhow::
         .start()
         .await?;
 
-    let dead = deliver(&daemon, task(&receiver, "/flaky")).await?;
+    let dead = daemon.deliver(task(&receiver, "/flaky")).await?;
     assert_eq!(
         (dead["state"].as_str(), dead["attempts"].as_u64()),
         (Some("dead"), Some(3)),
@@ -187,7 +179,7 @@ async fn server_errors_retry_until_dead_and_retry_brings_them_back() -> anyhow::
     );
     assert_eq!(shown["history"][2]["outcome"]["class"], "retryable");
 
-    let bad = deliver(&daemon, task(&receiver, "/bad")).await?;
+    let bad = daemon.deliver(task(&receiver, "/bad")).await?;
     assert_eq!(
         (bad["state"].as_str(), bad["attempts"].as_u64()),
         (Some("dead"), Some(1)),

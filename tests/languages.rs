@@ -6,7 +6,7 @@
 
 use notifyhub_testkit::daemon::Daemon;
 use notifyhub_testkit::receiver::{Receiver, Recorded, Reply};
-use serde_json::{Value, json};
+use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_notifyhub");
 const NTFY_TOKEN: &str = "tk_ntfy-access-token-secret";
@@ -153,14 +153,6 @@ async fn start(receiver: &Receiver) -> anyhow::Result<Daemon> {
         .await
 }
 
-async fn outcome(daemon: &Daemon, task: Value) -> anyhow::Result<Value> {
-    let response = daemon
-        .request(json!({"op": "submit", "wait": true, "task": task}))
-        .await?;
-    anyhow::ensure!(response["ok"] == true, "submit failed: {response}");
-    Ok(response["result"]["tasks"][0]["outcome"].clone())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_javascript_and_c_plugins_deliver_and_classify() -> anyhow::Result<()> {
     let receiver = Receiver::start(platform).await;
@@ -184,12 +176,11 @@ async fn python_javascript_and_c_plugins_deliver_and_classify() -> anyhow::Resul
         ("mattermost", receiver.url("/hooks/down"), "retryable", None),
     ];
     for (platform, target, class, retry_after) in cases {
-        let outcome = outcome(
-            &daemon,
-            json!({"platform": platform, "target": target, "title": "Disk \"full\"",
+        let outcome = daemon.deliver(json!({"platform": platform, "target": target, "title": "Disk \"full\"",
                    "body": "**db1** at 97%\nsee runbook", "format": "markdown", "priority": "high"}),
         )
-        .await?;
+        .await?["outcome"]
+            .clone();
         let got = if outcome["result"] == "delivered" {
             "delivered"
         } else {

@@ -7,7 +7,6 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::ensure;
 use notifyhub_testkit::daemon::Daemon;
 use notifyhub_testkit::receiver::{Receiver, Recorded, Reply};
 use notifyhub_testkit::verify;
@@ -384,17 +383,9 @@ async fn start(receiver: &Receiver) -> anyhow::Result<Daemon> {
         .await
 }
 
-async fn deliver(daemon: &Daemon, task: Value) -> anyhow::Result<Value> {
-    let response = daemon
-        .request(json!({"op": "submit", "wait": true, "task": task}))
-        .await?;
-    ensure!(response["ok"] == true, "submit failed: {response}");
-    Ok(response["result"]["tasks"][0].clone())
-}
-
 /// Delivers and returns `(class, retry_after_ms)`, or `("delivered", None)`.
 async fn outcome(daemon: &Daemon, task: Value) -> anyhow::Result<(String, Option<u64>, String)> {
-    let done = deliver(daemon, task).await?;
+    let done = daemon.deliver(task).await?;
     let outcome = &done["outcome"];
     Ok(if outcome["result"] == "delivered" {
         ("delivered".into(), None, outcome["status"].to_string())
@@ -565,13 +556,13 @@ async fn requests_carry_what_each_platform_documents() -> anyhow::Result<()> {
     let long = "告警 ".repeat(3000);
 
     // DingTalk: markdown with the title as preview and heading; msgUuid is the task id.
-    let done = deliver(
-        &daemon,
-        json!({"platform": "dingtalk", "target": receiver.url("/robot/send?access_token=ok"),
+    let done = daemon
+        .deliver(
+            json!({"platform": "dingtalk", "target": receiver.url("/robot/send?access_token=ok"),
                "title": "Disk full", "body": "**db1**", "format": "markdown",
                "metadata": {"at_mobiles": "13800000000"}}),
-    )
-    .await?;
+        )
+        .await?;
     let req = receiver.requests().pop().unwrap().json();
     assert_eq!(req["msgtype"], "markdown");
     assert_eq!(req["markdown"]["title"], "Disk full");
@@ -591,7 +582,7 @@ async fn requests_carry_what_each_platform_documents() -> anyhow::Result<()> {
     assert_eq!(req["msgUuid"], done["id"]);
 
     // WeCom: over-long text is cut to 2048 bytes with a visible marker.
-    deliver(&daemon, json!({"platform": "wecom", "target": receiver.url("/cgi-bin/webhook/send?key=ok"), "body": long})).await?;
+    daemon.deliver(json!({"platform": "wecom", "target": receiver.url("/cgi-bin/webhook/send?key=ok"), "body": long})).await?;
     let req = receiver.requests().pop().unwrap().json();
     let content = req["text"]["content"].as_str().unwrap();
     assert!(
@@ -601,14 +592,14 @@ async fn requests_carry_what_each_platform_documents() -> anyhow::Result<()> {
     );
 
     // Feishu: a titled text is a post; markdown is a card with a markdown element.
-    deliver(&daemon, json!({"platform": "feishu", "target": receiver.url("/open-apis/bot/v2/hook/ok"), "title": "T", "body": "a\nb"})).await?;
+    daemon.deliver(json!({"platform": "feishu", "target": receiver.url("/open-apis/bot/v2/hook/ok"), "title": "T", "body": "a\nb"})).await?;
     let req = receiver.requests().pop().unwrap().json();
     assert_eq!(req["content"]["post"]["zh_cn"]["title"], "T");
     assert_eq!(
         req["content"]["post"]["zh_cn"]["content"][1][0]["text"],
         "b"
     );
-    deliver(&daemon, json!({"platform": "feishu", "target": receiver.url("/open-apis/bot/v2/hook/ok"), "body": "**b**", "format": "markdown"})).await?;
+    daemon.deliver(json!({"platform": "feishu", "target": receiver.url("/open-apis/bot/v2/hook/ok"), "body": "**b**", "format": "markdown"})).await?;
     let req = receiver.requests().pop().unwrap().json();
     assert_eq!(
         req["card"]["elements"][0],
@@ -616,7 +607,7 @@ async fn requests_carry_what_each_platform_documents() -> anyhow::Result<()> {
     );
 
     // Telegram: HTML with escaping; the title bold; a topic from `chat:topic`.
-    deliver(&daemon, json!({"platform": "telegram", "target": "-1001:77", "title": "A<B", "body": "x & **y**", "format": "markdown"})).await?;
+    daemon.deliver(json!({"platform": "telegram", "target": "-1001:77", "title": "A<B", "body": "x & **y**", "format": "markdown"})).await?;
     let req = receiver.requests().pop().unwrap().json();
     assert_eq!(req["text"], "<b>A&lt;B</b>\nx &amp; <b>y</b>");
     assert_eq!(
@@ -625,7 +616,7 @@ async fn requests_carry_what_each_platform_documents() -> anyhow::Result<()> {
     );
 
     // Teams: an Adaptive Card with a heading TextBlock.
-    deliver(&daemon, json!({"platform": "teams", "target": receiver.url("/workflows/ok/x?sig=SIGSECRET"), "title": "T", "body": "b", "priority": "high"})).await?;
+    daemon.deliver(json!({"platform": "teams", "target": receiver.url("/workflows/ok/x?sig=SIGSECRET"), "title": "T", "body": "b", "priority": "high"})).await?;
     let req = receiver.requests().pop().unwrap().json();
     let body = &req["attachments"][0]["content"]["body"];
     assert_eq!(
@@ -638,14 +629,14 @@ async fn requests_carry_what_each_platform_documents() -> anyhow::Result<()> {
     );
 
     // Pushover: form fields; markdown as html=1; message cut to 1024 characters.
-    let done = deliver(&daemon, json!({"platform": "pushover", "target": "uok", "title": "T", "body": format!("**x** {long}"), "format": "markdown"})).await?;
+    let done = daemon.deliver(json!({"platform": "pushover", "target": "uok", "title": "T", "body": format!("**x** {long}"), "format": "markdown"})).await?;
     assert_eq!(done["outcome"]["provider_id"], "5042853c-402d-4a18");
     let req = receiver.requests().pop().unwrap();
     assert_eq!(form(&req, "html").as_deref(), Some("1"));
     assert!(form(&req, "message").unwrap().starts_with("<b>x</b>"));
 
     // E-mail: subject from the title, plain and HTML parts, several recipients.
-    deliver(&daemon, json!({"platform": "email", "target": "ops@example.org, dev@example.org", "title": "Disk", "body": "**x**", "format": "markdown"})).await?;
+    daemon.deliver(json!({"platform": "email", "target": "ops@example.org, dev@example.org", "title": "Disk", "body": "**x**", "format": "markdown"})).await?;
     let req = receiver.requests().pop().unwrap().json();
     assert_eq!(req["subject"], "Disk");
     assert_eq!(

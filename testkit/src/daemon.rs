@@ -199,6 +199,16 @@ impl Daemon {
         conn.recv().await
     }
 
+    /// Submits one task with `wait: true` and returns it once it has
+    /// succeeded or is dead, as the `task` op shows it.
+    pub async fn deliver(&self, task: Value) -> anyhow::Result<Value> {
+        let response = self
+            .request(serde_json::json!({"op": "submit", "wait": true, "task": task}))
+            .await?;
+        anyhow::ensure!(response["ok"] == true, "submit failed: {response}");
+        Ok(response["result"]["tasks"][0].clone())
+    }
+
     /// Runs the `notifyhub` CLI against this daemon.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(&self.bin)
