@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use notifyhub::executor::Executor;
-use notifyhub::registry::LoadedPlugin;
+use notifyhub::plugin::LoadedPlugin;
 use notifyhub::sandbox::{Limits, Sandbox, SandboxSettings};
 use notifyhub::task::{Format, Priority, Task, TaskId};
 use notifyhub_testkit::receiver::{Receiver, Reply};

@@ -17,9 +17,8 @@ use std::time::{Duration, Instant};
 use notifyhub::executor::Executor;
 use notifyhub::pool::{Pool, PoolConfig, PoolDeps, Strategy};
 use notifyhub::registry::Registry;
-use notifyhub::retry::RetryConfig;
+use notifyhub::pool::retry::RetryConfig;
 use notifyhub::sandbox::{Limits, Sandbox, SandboxSettings};
-use notifyhub::scheduler::Scheduler;
 use notifyhub::store::{Submission, TaskStore};
 use notifyhub::task::{Format, Priority, Task, TaskId};
 use notifyhub_testkit::daemon::Daemon;
@@ -78,13 +77,13 @@ async fn harness(
     let executor = Arc::new(Executor::new(Arc::new(Sandbox::new(
         &SandboxSettings::default(),
     )?)));
-    let registry = Arc::new(Registry::load_dir(&dir, &executor, Limits::default()).await?);
+    let registry = Arc::new(Registry::new(&dir));
+    notifyhub::reload::load_all(registry.clone(), executor.clone(), Limits::default()).await;
     let store = Arc::new(TaskStore::default());
     let deps = PoolDeps {
         executor: executor.clone(),
         registry: registry.clone(),
         store: store.clone(),
-        scheduler: Arc::new(Scheduler::default()),
         retry: RetryConfig::default(),
         destinations: Default::default(),
         platform_limits: Default::default(),
@@ -110,7 +109,7 @@ impl Harness {
             let t = task(platform);
             self.store.submit(vec![submission(&t)]).await?;
             let done = self.store.wait(t.id).expect("just inserted");
-            self.pool.enqueue(&[t])?;
+            self.pool.enqueue(&[t]);
             pending.push_back(done);
             if pending.len() >= in_flight || i + 1 == n {
                 while let Some(done) = pending.pop_front() {
@@ -221,7 +220,7 @@ async fn overhead() -> anyhow::Result<()> {
         let started = Instant::now();
         h.store.submit(vec![submission(&t)]).await?;
         let done = h.store.wait(t.id).expect("just inserted");
-        h.pool.enqueue(&[t])?;
+        h.pool.enqueue(&[t]);
         done.await?;
         through_pool.push(started.elapsed());
     }

@@ -1,69 +1,31 @@
 //! The daemon's operations: what each protocol request does.
 //!
-//! [`Api::handle`] takes a decoded [`Request`] and returns the `result`
-//! value or an [`ErrorBody`]; the server turns either into a response line.
-//! Result shapes are the `*View` types below, which the CLI decodes too.
+//! [`Api::handle`] takes a decoded [`Request`] (every value in it already
+//! checked by `protocol`) and returns the `result` value or an
+//! [`ErrorBody`]; the server turns either into a response line. Result
+//! shapes are the views in `protocol::views`, which the CLI decodes too.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::destination::Destinations;
-use crate::pool::{Pool, PoolStats};
-use crate::protocol::{ErrorBody, ErrorCode, NewTask, Request};
+use crate::pool::Pool;
+use crate::protocol::{
+    AttemptView, ErrorBody, ErrorCode, ListLimit, LoadErrorView, NewTask, PluginView, PluginsView,
+    Request, StatusView, TaskView, format_time,
+};
 use crate::redact;
-use crate::registry::{PluginInfo, PluginRef, Registry};
+use crate::registry::Registry;
 use crate::reload::Reloader;
-use crate::scheduler::Scheduler;
 use crate::store::{Accepted, StoreError, Submission, TaskRecord, TaskStore};
-use crate::task::{Format, Outcome, Priority, Task, TaskId, TaskState};
+use crate::task::{PlatformName, Task, TaskId};
 
 /// Tasks per `submit`.
 pub const MAX_BATCH: usize = 10_000;
-
-/// A task as clients see it: the target is redacted.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TaskView {
-    pub id: String,
-    pub platform: String,
-    pub target: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub title: Option<String>,
-    pub format: Format,
-    pub priority: Priority,
-    pub state: TaskState,
-    pub submitted_at: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub started_at: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub finished_at: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outcome: Option<Outcome>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub plugin: Option<PluginRef>,
-    pub attempts: u32,
-    /// When the next attempt may start (scheduled or retrying tasks).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub not_before: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub history: Vec<AttemptView>,
-}
-
-/// One attempt as clients see it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AttemptView {
-    pub number: u32,
-    pub started_at: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ended_at: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outcome: Option<Outcome>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub plugin: Option<PluginRef>,
-}
 
 impl From<TaskRecord> for TaskView {
     fn from(r: TaskRecord) -> Self {
@@ -75,20 +37,20 @@ impl From<TaskRecord> for TaskView {
             format: r.task.format,
             priority: r.task.priority,
             state: r.state,
-            submitted_at: rfc3339(r.submitted_at),
-            started_at: r.started_at.map(rfc3339),
-            finished_at: r.finished_at.map(rfc3339),
+            submitted_at: format_time(r.submitted_at),
+            started_at: r.started_at.map(format_time),
+            finished_at: r.finished_at.map(format_time),
             outcome: r.outcome,
             plugin: r.plugin,
             attempts: r.attempts,
-            not_before: r.not_before.filter(|_| !r.state.is_finished()).map(rfc3339),
+            not_before: r.not_before.filter(|_| !r.state.is_finished()).map(format_time),
             history: r
                 .history
                 .into_iter()
                 .map(|a| AttemptView {
                     number: a.number,
-                    started_at: rfc3339(a.started_at),
-                    ended_at: a.ended_at.map(rfc3339),
+                    started_at: format_time(a.started_at),
+                    ended_at: a.ended_at.map(format_time),
                     outcome: a.outcome,
                     plugin: a.plugin,
                 })
@@ -97,49 +59,11 @@ impl From<TaskRecord> for TaskView {
     }
 }
 
-/// A loaded plugin as `plugins` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PluginView {
-    pub name: String,
-    pub version: String,
-    pub digest: String,
-    pub path: String,
-    pub platforms: Vec<String>,
-    pub allowed_hosts: usize,
-    pub loaded_at: String,
-    pub info: PluginInfo,
-}
-
-/// A plugin file that failed to load.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LoadErrorView {
-    pub path: String,
-    pub error: String,
-    pub at: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PluginsView {
-    pub plugins: Vec<PluginView>,
-    pub errors: Vec<LoadErrorView>,
-    /// Compilations since start (from the on-disk cache or not).
-    pub compiles: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StatusView {
-    pub version: String,
-    pub uptime_ms: u64,
-    pub platforms: Vec<String>,
-    pub pool: PoolStats,
-}
-
 /// Everything an operation may touch.
 pub struct Api {
     registry: Arc<Registry>,
     store: Arc<TaskStore>,
     pool: Arc<Pool>,
-    scheduler: Arc<Scheduler>,
     reloader: Reloader,
     destinations: Arc<Destinations>,
     started: Instant,
@@ -150,7 +74,6 @@ impl Api {
         registry: Arc<Registry>,
         store: Arc<TaskStore>,
         pool: Arc<Pool>,
-        scheduler: Arc<Scheduler>,
         reloader: Reloader,
         destinations: Arc<Destinations>,
     ) -> Self {
@@ -158,7 +81,6 @@ impl Api {
             registry,
             store,
             pool,
-            scheduler,
             reloader,
             destinations,
             started: Instant::now(),
@@ -172,24 +94,22 @@ impl Api {
                 let wait = submit.wait;
                 self.submit(submit.into_tasks(), wait).await
             }
-            Request::Task { task_id } => self.task(&task_id),
+            Request::Task { task_id } => self.task(task_id).await,
             Request::Tasks {
                 state,
                 platform,
                 limit,
             } => {
-                let state = state
-                    .map(|s| s.parse::<TaskState>())
-                    .transpose()
-                    .map_err(|e| ErrorBody::new(ErrorCode::InvalidRequest, e))?;
+                let limit = limit.unwrap_or(ListLimit::DEFAULT).get();
                 let records = self
                     .store
-                    .list(state, platform.as_deref(), limit.unwrap_or(50).min(10_000))
-                    .map_err(internal)?;
+                    .list(state, platform.map(String::from), limit)
+                    .await
+                    .map_err(store_error)?;
                 let views: Vec<TaskView> = records.into_iter().map(TaskView::from).collect();
                 Ok(json!({ "tasks": views }))
             }
-            Request::Retry { task_id, dead } => self.retry(task_id, dead),
+            Request::Retry { task_id, dead } => self.retry(task_id, dead).await,
             Request::Status => Ok(to_value(self.status().await?)),
             Request::Plugins => Ok(to_value(self.plugins())),
             Request::Reload { name } => {
@@ -225,6 +145,10 @@ impl Api {
             ));
         }
         let catalog = self.registry.catalog();
+        // Until the plugins present at start have loaded, a platform nobody
+        // serves yet may be served in a moment: such tasks are accepted and
+        // wait (the dispatcher parks them).
+        let loading = !self.registry.is_ready();
         let batch = new_tasks.len() > 1;
         let now = SystemTime::now();
         let mut submissions = Vec::with_capacity(new_tasks.len());
@@ -242,7 +166,7 @@ impl Api {
             }
             let routes = self.routes(&new).map_err(&invalid)?;
             for (platform, _) in &routes {
-                if catalog.lookup(platform).is_none() {
+                if catalog.lookup(platform).is_none() && !loading {
                     let known = catalog.platforms().join(", ");
                     return Err(ErrorBody::new(
                         ErrorCode::UnknownPlatform,
@@ -252,20 +176,12 @@ impl Api {
                     ));
                 }
             }
-            let not_before = match (&new.deliver_at, &new.delay) {
+            let not_before = match (new.deliver_at, new.delay) {
                 (Some(_), Some(_)) => {
                     return Err(invalid("give `deliver_at` or `delay`, not both".into()));
                 }
-                (Some(at), None) => Some(humantime::parse_rfc3339_weak(at).map_err(|e| {
-                    invalid(format!("`deliver_at` {at:?} is not an RFC 3339 time: {e}"))
-                })?),
-                (None, Some(delay)) => Some(
-                    now + humantime::parse_duration(delay).map_err(|e| {
-                        invalid(format!(
-                            "`delay` {delay:?} is not a duration like \"90s\": {e}"
-                        ))
-                    })?,
-                ),
+                (Some(at), None) => Some(at.get()),
+                (None, Some(delay)) => Some(now + delay.get()),
                 (None, None) => None,
             };
             let fan_out = routes.len() > 1;
@@ -278,7 +194,7 @@ impl Api {
                 submissions.push(Submission {
                     task: Arc::new(Task {
                         id: TaskId::new(),
-                        platform,
+                        platform: platform.into(),
                         target: destination.clone().unwrap_or_else(|| new.target.clone()),
                         destination,
                         title: new.title.clone(),
@@ -311,10 +227,7 @@ impl Api {
             .collect();
         let accepted = self.store.submit(submissions).await.map_err(|e| {
             tracing::error!("submit not accepted: {e}");
-            ErrorBody::new(
-                ErrorCode::Internal,
-                format!("the task could not be stored: {e}"),
-            )
+            store_error(e)
         })?;
         // Subscribe before queueing so a fast delivery cannot be missed.
         let waiters: Vec<_> = if wait {
@@ -330,16 +243,11 @@ impl Api {
             let Accepted::New(id) = a else { continue };
             let (task, not_before) = &tasks[id];
             match not_before {
-                Some(at) => self.scheduler.schedule(*id, *at),
+                Some(at) => self.pool.schedule(*id, *at),
                 None => ready.push(task.clone()),
             }
         }
-        if self.pool.enqueue(&ready).is_err() {
-            // Accepted and durable: the scheduler queues them when there is room.
-            ready
-                .iter()
-                .for_each(|t| self.scheduler.schedule(t.id, now));
-        }
+        self.pool.enqueue(&ready);
 
         if !wait {
             let ids: Vec<String> = accepted.iter().map(|a| a.id().to_string()).collect();
@@ -367,7 +275,7 @@ impl Api {
     /// Where a submitted task goes: `(platform, destination)` per delivery.
     /// A target that names a configured destination is expanded (fan-outs
     /// included); anything else is a raw target and needs a platform.
-    fn routes(&self, new: &NewTask) -> Result<Vec<(String, Option<String>)>, String> {
+    fn routes(&self, new: &NewTask) -> Result<Vec<(PlatformName, Option<String>)>, String> {
         if !self.destinations.contains(&new.target) {
             let platform = new.platform.clone().ok_or_else(|| {
                 format!(
@@ -379,7 +287,7 @@ impl Api {
         }
         let routes = self.destinations.expand(&new.target)?;
         if let Some(platform) = &new.platform
-            && routes.iter().any(|r| r.platform != *platform)
+            && routes.iter().any(|r| *platform != r.platform)
         {
             let platforms: Vec<&str> = routes.iter().map(|r| r.platform.as_str()).collect();
             return Err(format!(
@@ -388,36 +296,26 @@ impl Api {
                 platforms.join(", ")
             ));
         }
-        Ok(routes
+        routes
             .into_iter()
-            .map(|r| (r.platform.clone(), Some(r.name.clone())))
-            .collect())
+            .map(|r| Ok((r.platform.parse()?, Some(r.name.clone()))))
+            .collect()
     }
 
-    fn task(&self, id: &str) -> Result<Value, ErrorBody> {
-        let id: TaskId = id.parse().map_err(|_| {
-            ErrorBody::new(
-                ErrorCode::InvalidRequest,
-                format!("`{id}` is not a task id (a UUID)"),
-            )
-        })?;
+    async fn task(&self, id: TaskId) -> Result<Value, ErrorBody> {
         let record = self
             .store
             .get(id)
-            .map_err(internal)?
+            .await
+            .map_err(store_error)?
             .ok_or_else(|| ErrorBody::new(ErrorCode::NotFound, format!("no task {id}")))?;
         Ok(to_value(TaskView::from(record)))
     }
 
-    fn retry(&self, task_id: Option<String>, dead: bool) -> Result<Value, ErrorBody> {
+    async fn retry(&self, task_id: Option<TaskId>, dead: bool) -> Result<Value, ErrorBody> {
         let ids = match (task_id, dead) {
-            (Some(id), false) => vec![id.parse::<TaskId>().map_err(|_| {
-                ErrorBody::new(
-                    ErrorCode::InvalidRequest,
-                    format!("`{id}` is not a task id (a UUID)"),
-                )
-            })?],
-            (None, true) => self.store.dead().map_err(internal)?,
+            (Some(id), false) => vec![id],
+            (None, true) => self.store.dead().await.map_err(store_error)?,
             _ => {
                 return Err(ErrorBody::new(
                     ErrorCode::InvalidRequest,
@@ -427,9 +325,9 @@ impl Api {
         };
         let mut requeued = Vec::new();
         for id in ids {
-            match self.store.retry(id) {
+            match self.store.retry(id).await {
                 Ok(_) => {
-                    self.scheduler.schedule(id, SystemTime::now());
+                    self.pool.schedule(id, SystemTime::now());
                     requeued.push(id.to_string());
                 }
                 Err(StoreError::NotFound(_)) => {
@@ -438,7 +336,7 @@ impl Api {
                 Err(e @ StoreError::NotDead { .. }) => {
                     return Err(ErrorBody::new(ErrorCode::InvalidRequest, e.to_string()));
                 }
-                Err(e) => return Err(internal(e)),
+                Err(e) => return Err(store_error(e)),
             }
         }
         Ok(json!({ "requeued": requeued }))
@@ -458,6 +356,13 @@ impl Api {
                 .iter()
                 .map(|p| p.to_string())
                 .collect(),
+            plugins_ready: self.registry.is_ready(),
+            plugins_loading: self
+                .registry
+                .catalog()
+                .loading()
+                .map(|p| p.display().to_string())
+                .collect(),
             pool,
         })
     }
@@ -472,9 +377,9 @@ impl Api {
                     version: p.version.clone(),
                     digest: p.digest.clone(),
                     path: p.path.display().to_string(),
-                    platforms: p.platforms.clone(),
+                    platforms: p.platforms.iter().map(|p| p.to_string()).collect(),
                     allowed_hosts: p.policy.allow.len(),
-                    loaded_at: rfc3339(p.loaded_at),
+                    loaded_at: format_time(p.loaded_at),
                     info: p.info.clone(),
                 })
                 .collect(),
@@ -483,22 +388,28 @@ impl Api {
                 .map(|f| LoadErrorView {
                     path: f.path.display().to_string(),
                     error: f.error.clone(),
-                    at: rfc3339(f.at),
+                    at: format_time(f.at),
                 })
+                .collect(),
+            loading: catalog
+                .loading()
+                .map(|p| p.display().to_string())
                 .collect(),
             compiles: self.registry.compiles(),
         }
     }
 }
 
-fn internal(e: StoreError) -> ErrorBody {
-    ErrorBody::new(ErrorCode::Internal, e.to_string())
-}
-
-fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
+/// A store failure as clients see it: `unavailable` (retry later) when
+/// the store cannot be written, `internal` otherwise.
+fn store_error(e: StoreError) -> ErrorBody {
+    let code = match e {
+        StoreError::Unavailable(_) => ErrorCode::Unavailable,
+        _ => ErrorCode::Internal,
+    };
+    ErrorBody::new(code, format!("the task store: {e}"))
 }
 
 fn to_value(value: impl Serialize) -> Value {
-    serde_json::to_value(value).expect("views serialize")
+    serde_json::to_value(value).unwrap_or_else(|e| json!({ "unrenderable": e.to_string() }))
 }

@@ -9,7 +9,7 @@
 //! rest meaningless. A [`Report`] holds the findings; the CLI prints it and
 //! exits non-zero when any finding is an [`Severity::Error`].
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,14 +18,11 @@ use wasmtime::component::Component;
 
 use crate::bindings::PluginPre;
 use crate::executor::Executor;
-use crate::loader::{self, PluginFile};
+use crate::loader::{self, CONTRACT, CONTRACT_MAJOR_MINOR, PluginFile};
 use crate::manifest::Manifest;
-use crate::registry::PluginInfo;
+use crate::plugin::PluginInfo;
 use crate::sandbox::{AllowList, HostState, PluginPolicy, Sandbox, SandboxSettings};
 
-/// The contract this host speaks.
-pub const CONTRACT: &str = "notifyhub:plugin";
-pub const CONTRACT_MAJOR_MINOR: &str = "0.1";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -92,12 +89,14 @@ fn grant(interface: &str) -> Result<Option<&'static str>, ()> {
 }
 
 /// Checks the file at `path` (with the manifest beside it, if any).
-pub async fn check(path: &Path) -> Report {
+/// Checks the plugin at `path`. With a `cache_dir`, the compiled code is
+/// cached there, where a daemon with the same data directory finds it.
+pub async fn check(path: &Path, cache_dir: Option<PathBuf>) -> Report {
     let mut report = Report {
         file: path.display().to_string(),
         ..Report::default()
     };
-    let file = match PluginFile::read(path) {
+    let file = match PluginFile::read_async(path).await {
         Ok(file) => file,
         Err(e) => {
             report.error(e.to_string());
@@ -123,6 +122,7 @@ pub async fn check(path: &Path) -> Report {
     }
 
     let settings = SandboxSettings {
+        cache_dir,
         max_instances: 16,
         ..SandboxSettings::default()
     };
@@ -174,18 +174,6 @@ fn kind(bytes: &[u8]) -> &'static str {
         [1, 0] => "component",
         _ => "not WebAssembly",
     }
-}
-
-/// The contract version `component` was built against, when it exports a
-/// handler of another version than this host's: the loader's explanation
-/// for a plugin that does not link.
-pub fn other_contract_version(component: &Component, engine: &wasmtime::Engine) -> Option<String> {
-    let ty = component.component_type();
-    let version = ty.exports(engine).find_map(|(name, _)| {
-        name.strip_prefix(&format!("{CONTRACT}/handler@"))
-            .map(str::to_string)
-    })?;
-    (!version.starts_with(&format!("{CONTRACT_MAJOR_MINOR}."))).then_some(version)
 }
 
 /// Records imports and exports and checks them against the contract.
@@ -272,7 +260,7 @@ async fn describe(
     sandbox: Arc<Sandbox>,
 ) {
     let executor = Executor::new(sandbox);
-    let manifest = match Manifest::load(&loader::manifest_path(path)) {
+    let manifest = match Manifest::load_async(&loader::manifest_path(path)).await {
         Ok(manifest) => manifest,
         Err(e) => {
             report.error(e.to_string());
@@ -296,26 +284,22 @@ async fn describe(
     });
     let started = Instant::now();
     let info = match executor.describe(pre, policy).await {
-        Ok(info) => PluginInfo::from(info),
+        Ok(info) => info,
         Err(failure) => {
             report.error(format!("describe() failed: {failure}"));
             return;
         }
     };
     report.describe_ms = Some(ms(started.elapsed()));
-    if info.name.trim().is_empty() {
-        report.error("describe() returns an empty name");
-    }
-    if info.platforms.is_empty() {
-        report.error("describe() lists no platforms: tasks could never be routed to it");
-    }
-    for rule in &info.rate_limits {
-        if rule.requests == 0 || rule.window_ms == 0 {
-            report.error(format!(
-                "describe() declares the rate limit {} per {} ms; both must be positive",
-                rule.requests, rule.window_ms
-            ));
+    let info = match PluginInfo::decode(info) {
+        Ok(info) => info,
+        Err(e) => {
+            report.error(format!("describe() is refused: {e}"));
+            return;
         }
+    };
+    if info.platforms.is_empty() && manifest.platforms.is_none() {
+        report.error("describe() lists no platforms: tasks could never be routed to it");
     }
     for key in info.config_keys.iter().filter(|k| k.required) {
         if !config.contains(&key.name) {

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::destination::{DestinationSpec, RateRule};
 use crate::pool::PoolConfig;
-use crate::retry::RetryConfig;
+use crate::pool::retry::RetryConfig;
 use crate::sandbox::Limits;
 use crate::server::ServerConfig;
 use crate::store::StoreConfig;
@@ -112,6 +112,11 @@ pub enum ConfigError {
     },
     #[error("invalid config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
+    #[error("cannot resolve the path {path} against the working directory: {error}")]
+    Path {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error("[rate_limits] {platform}: {message}")]
     RateLimit { platform: String, message: String },
 }
@@ -150,13 +155,14 @@ impl Config {
                 Ok((platform.clone(), rules))
             })
             .collect::<Result<_, ConfigError>>()?;
+        // Relative paths are taken against the working directory, once, here
+        // (the compile cache, for one, needs an absolute path).
+        let data_dir = absolute(data_dir)?;
+        let plugins = plugins.map(absolute).transpose()?;
+        let socket = overrides.socket.clone().or(file.socket).map(absolute).transpose()?;
         Ok(Config {
             plugins: plugins.unwrap_or_else(|| data_dir.join("plugins")),
-            socket: overrides
-                .socket
-                .clone()
-                .or(file.socket)
-                .unwrap_or_else(|| data_dir.join("notifyhub.sock")),
+            socket: socket.unwrap_or_else(|| data_dir.join("notifyhub.sock")),
             data_dir,
             plugins_is_default,
             pool: file.pool,
@@ -196,6 +202,10 @@ impl FileConfig {
     pub fn parse(text: &str) -> Result<Self, String> {
         toml::from_str(text).map_err(|e| e.to_string())
     }
+}
+
+fn absolute(path: PathBuf) -> Result<PathBuf, ConfigError> {
+    std::path::absolute(&path).map_err(|error| ConfigError::Path { path, error })
 }
 
 /// `$XDG_DATA_HOME/notifyhub`, else `~/.local/share/notifyhub`, else

@@ -10,6 +10,7 @@
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -18,13 +19,11 @@ use crate::config::Config;
 use crate::destination::{DestinationError, Destinations};
 use crate::executor::Executor;
 use crate::pool::{Pool, PoolDeps, ShutdownReport};
-use crate::registry::{Registry, RegistryError};
+use crate::registry::Registry;
 use crate::reload::{Reloader, WatchError};
 use crate::sandbox::{Sandbox, SandboxError, SandboxSettings};
-use crate::scheduler::Scheduler;
 use crate::server::{BindError, Server};
 use crate::store::{StoreError, TaskStore};
-use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -34,8 +33,6 @@ pub enum StartError {
     NoPluginDir(PathBuf),
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
-    #[error(transparent)]
-    Registry(#[from] RegistryError),
     #[error(transparent)]
     Bind(#[from] BindError),
     #[error(transparent)]
@@ -52,13 +49,17 @@ pub struct Daemon {
     api: Arc<Api>,
     pool: Arc<Pool>,
     store: Arc<TaskStore>,
-    scheduler: Arc<Scheduler>,
+    registry: Arc<Registry>,
 }
 
 /// How often finished tasks past their retention are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 impl Daemon {
+    /// Opens the store, binds the socket and starts loading plugins in the
+    /// background: the socket answers before any plugin has compiled, and a
+    /// task for a platform whose plugin is still loading is accepted and
+    /// waits for it.
     pub async fn start(config: &Config) -> Result<Daemon, StartError> {
         let mkdir = |dir: &PathBuf| {
             std::fs::DirBuilder::new()
@@ -84,33 +85,28 @@ impl Daemon {
         };
         let sandbox = Arc::new(Sandbox::new(&settings)?);
         let executor = Arc::new(Executor::new(sandbox));
-        let registry =
-            Arc::new(Registry::load_dir(&config.plugins, &executor, config.limits).await?);
-        let catalog = registry.catalog();
-        tracing::info!(
-            dir = %config.plugins.display(),
-            loaded = catalog.plugins().count(),
-            failed = catalog.failures().count(),
-            platforms = ?catalog.platforms(),
-            "plugins loaded"
-        );
+        let registry = Arc::new(Registry::new(&config.plugins));
 
-        // Watch before the socket opens, so no change made after start-up is missed.
-        let reloader = Reloader::start(registry.clone(), executor.clone())?;
-        let store = Arc::new(TaskStore::open(&config.store_path(), config.store.clone())?);
-        let scheduler = Arc::new(Scheduler::default());
+        let (path, store_config) = (config.store_path(), config.store.clone());
+        let store = tokio::task::spawn_blocking(move || TaskStore::open(&path, store_config))
+            .await
+            .map_err(|e| {
+                StoreError::Journal(crate::store::JournalError::Write(format!(
+                    "opening the store failed: {e}"
+                )))
+            })??;
+        let store = Arc::new(store);
         let destinations = Arc::new(Destinations::resolve(&config.destinations)?);
         let deps = PoolDeps {
             executor: executor.clone(),
             registry: registry.clone(),
             store: store.clone(),
-            scheduler: scheduler.clone(),
             retry: config.retry.clone(),
             destinations: destinations.clone(),
             platform_limits: config.rate_limits.clone(),
         };
         let pool = Arc::new(Pool::start(config.pool.clone(), deps));
-        let recovered = store.recover()?;
+        let recovered = store.recover().await?;
         if !recovered.is_empty() {
             tracing::info!(
                 tasks = recovered.len(),
@@ -119,7 +115,7 @@ impl Daemon {
         }
         let now = std::time::SystemTime::now();
         for (task, not_before) in recovered {
-            scheduler.schedule(task.id, not_before.unwrap_or(now));
+            pool.schedule(task.id, not_before.unwrap_or(now));
         }
         if store.is_durable() {
             tracing::info!(path = %config.store_path().display(), "task store open (durable)");
@@ -128,11 +124,13 @@ impl Daemon {
         }
         let server = Server::bind(&config.socket, config.server.clone()).await?;
         tracing::info!(socket = %config.socket.display(), "listening");
+        // The watcher starts before the plugins are listed, so no change made
+        // during start-up is missed; it then loads them in the background.
+        let reloader = Reloader::start(registry.clone(), executor.clone(), config.limits)?;
         let api = Arc::new(Api::new(
-            registry,
+            registry.clone(),
             store.clone(),
             pool.clone(),
-            scheduler.clone(),
             reloader,
             destinations,
         ));
@@ -141,19 +139,26 @@ impl Daemon {
             api,
             pool,
             store,
-            scheduler,
+            registry,
         })
     }
 
     /// Serves until `shutdown` is cancelled, then stops accepting, drains
-    /// the pool and reports what finished and what was cut off.
+    /// the pool and reports what finished and what was cut off. Tells
+    /// systemd (when `NOTIFY_SOCKET` is set) that it is ready once the
+    /// plugins present at start have loaded.
     pub async fn run(self, shutdown: CancellationToken) -> ShutdownReport {
         let server = tokio::spawn(self.server.serve(self.api.clone(), shutdown.clone()));
-        let scheduler = tokio::spawn(self.scheduler.clone().run(
-            self.store.clone(),
-            self.pool.clone(),
-            shutdown.clone(),
-        ));
+        let registry = self.registry.clone();
+        let ready = tokio::spawn(async move {
+            registry.wait_ready().await;
+            if std::env::var_os("NOTIFY_SOCKET").is_some()
+                && let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready])
+            {
+                tracing::warn!("could not tell systemd that the daemon is ready: {e}");
+            }
+            tracing::info!("ready: every plugin present at start has been loaded or refused");
+        });
         let store = self.store.clone();
         let pruner = tokio::spawn(async move {
             let mut every = tokio::time::interval(PRUNE_EVERY);
@@ -164,8 +169,8 @@ impl Daemon {
         });
         shutdown.cancelled().await;
         tracing::info!("shutting down");
-        let _ = scheduler.await;
         pruner.abort();
+        ready.abort();
         let report = self.pool.shutdown().await;
         self.store.abandon_waiters();
         if let Err(e) = self.store.flush().await {

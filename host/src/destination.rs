@@ -33,7 +33,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::manifest::{Manifest, PluginConfig, SecretSource};
+use crate::manifest::{Manifest, SecretSource};
+use crate::sandbox::{PluginConfig, Secret};
 
 /// At most this many leaves behind one fan-out (after expansion).
 const MAX_FAN_OUT: usize = 32;
@@ -104,7 +105,7 @@ impl fmt::Display for RateRule {
 pub struct Route {
     pub name: String,
     pub platform: String,
-    target: crate::manifest::Secret,
+    target: Secret,
     /// Settings and secrets laid over the plugin's own for this destination.
     pub config: Arc<PluginConfig>,
     /// `None`: use what the plugin declares.
@@ -287,7 +288,7 @@ fn route(name: &str, spec: &DestinationSpec) -> Result<Route, String> {
     Ok(Route {
         name: name.to_string(),
         platform,
-        target: crate::manifest::Secret::new(target),
+        target: Secret::new(target),
         config: Arc::new(config),
         rate_limits,
     })

@@ -20,7 +20,8 @@ use wasmtime::{Store, Trap};
 
 use crate::bindings::{Plugin, PluginPre, wit};
 use crate::destination::Route;
-use crate::registry::LoadedPlugin;
+use crate::plugin::LoadedPlugin;
+use crate::protocol::MAX_RETRY_AFTER;
 use crate::sandbox::limits::MemoryCap;
 use crate::sandbox::{HostState, PluginPolicy, Sandbox, arm_deadline};
 use crate::task::{FailureClass, Format, Outcome, Priority, Task};
@@ -257,10 +258,13 @@ fn from_send_error(error: wit::SendError) -> Outcome {
         wit::SendError::Permanent(m) => (FailureClass::Permanent, m, None),
         wit::SendError::Invalid(m) => (FailureClass::Invalid, m, None),
     };
+    // A retry-after is foreign input (from the platform, through the
+    // plugin): it enters the host here, bounded.
+    let most = MAX_RETRY_AFTER.as_millis() as u64;
     Outcome::Failed {
         class,
         message: cap(message, MAX_ERROR_BYTES),
-        retry_after_ms,
+        retry_after_ms: retry_after_ms.map(|ms| ms.min(most)),
     }
 }
 

@@ -6,17 +6,22 @@
 //! | module | what it is for |
 //! |---|---|
 //! | [`server`] | Unix socket accept loop, line framing, per-connection limits |
-//! | [`protocol`] | request/response lines ⇄ typed [`protocol::Request`]s |
+//! | [`protocol`] | request/response lines ⇄ typed [`protocol::Request`]s; bounded values; answer views |
 //! | [`api`] | what each operation does |
 //! | [`store`] | accepted tasks, attempts and outcomes; durable in SQLite |
-//! | [`scheduler`] / [`retry`] | when a task may run: `deliver_at`, backoff after a failure |
-//! | [`pool`] | workers that take tasks from the queue |
-//! | [`registry`] / [`loader`] / [`manifest`] | which plugin serves which platform; loading one file |
-//! | [`reload`] | watching the plugin directory and swapping versions in |
+//! | [`pool`] | workers, routing, scaling, pacing; [`pool::scheduler`] (when a task may run), [`pool::retry`] (the policy), [`pool::lifecycle`] (what happens after an attempt) |
+//! | [`plugin`] | a loaded plugin's identity and its checked `describe()` |
+//! | [`registry`] | which plugin serves which platform, right now |
+//! | [`loader`] / [`manifest`] | reading, compiling and configuring one plugin file |
+//! | [`reload`] | loading the plugin directory at start and swapping versions in |
 //! | [`executor`] | one safe call into a plugin |
 //! | [`sandbox`] | engine, linker, limits and HTTP policy that confine plugins |
+//! | [`destination`] | named destinations and their secrets |
+//! | [`task`] | the vocabulary: tasks, states, outcomes, platform names |
 //! | [`daemon`] | wiring, start-up and shutdown |
 //! | [`config`], [`cli`], [`client`] | the operator's side |
+//! | [`check`], [`scaffold`] | `notifyhub check` and `notifyhub new`, for plugin authors |
+//! | [`bindings`], [`redact`] | the WIT bindings; redaction of targets in output |
 //!
 //! `docs/architecture.md` has the picture.
 
@@ -31,15 +36,14 @@ pub mod destination;
 pub mod executor;
 pub mod loader;
 pub mod manifest;
+pub mod plugin;
 pub mod pool;
 pub mod protocol;
 pub mod redact;
 pub mod registry;
 pub mod reload;
-pub mod retry;
 pub mod sandbox;
 pub mod scaffold;
-pub mod scheduler;
 pub mod server;
 pub mod store;
 pub mod task;

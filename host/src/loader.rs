@@ -9,19 +9,27 @@
 //! [`configure`] applies a manifest to it and asks the plugin to describe
 //! itself.
 
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
+use wasmtime::component::Component;
 
-use crate::bindings::PluginPre;
 use crate::executor::{CallFailure, Executor};
 use crate::manifest::{Manifest, ManifestError};
-use crate::registry::{LoadedPlugin, PluginInfo};
+use crate::plugin::{Compiled, InfoError, LoadedPlugin, PluginInfo};
 use crate::sandbox::allowlist::AllowListError;
-use crate::sandbox::{AllowList, HostState, Limits, PluginPolicy};
+use crate::sandbox::{AllowList, Limits, PluginPolicy};
+use crate::task::PlatformName;
+
+/// The contract this host speaks.
+pub const CONTRACT: &str = "notifyhub:plugin";
+pub const CONTRACT_MAJOR_MINOR: &str = "0.1";
 
 /// Plugin files larger than this are refused before compiling.
 pub const MAX_PLUGIN_BYTES: u64 = 128 << 20;
@@ -34,8 +42,10 @@ static GENERATION: AtomicU64 = AtomicU64::new(0);
 pub enum LoadError {
     #[error("cannot read the file: {0}")]
     Read(std::io::Error),
-    #[error("the file is {size} bytes; plugins may be at most {MAX_PLUGIN_BYTES} bytes")]
-    TooLarge { size: u64 },
+    #[error("not a regular file ({0}): only regular files are plugins")]
+    NotRegular(&'static str),
+    #[error("the file is more than {MAX_PLUGIN_BYTES} bytes, the most a plugin may be")]
+    TooLarge,
     #[error(transparent)]
     Manifest(#[from] ManifestError),
     #[error("manifest: {0}")]
@@ -46,8 +56,12 @@ pub enum LoadError {
     Contract(String),
     #[error("describe() failed: {0}")]
     Describe(CallFailure),
+    #[error("describe() is refused: {0}")]
+    Info(#[from] InfoError),
     #[error("describe() names no platforms")]
     NoPlatforms,
+    #[error("the manifest's `platforms`: {0}")]
+    ManifestPlatforms(InfoError),
     #[error("required config key `{0}` is not set in the manifest")]
     MissingConfig(String),
 }
@@ -66,12 +80,32 @@ pub struct PluginFile {
 }
 
 impl PluginFile {
+    /// Reads a plugin file. Blocking: call it off the async threads.
+    ///
+    /// Only a regular file (or a link to one) is read, opened without
+    /// blocking (a FIFO swapped in after the check cannot hang the open),
+    /// checked again on the open handle, and read through a cap: a file
+    /// that grows past [`MAX_PLUGIN_BYTES`] while it is read is refused, not
+    /// read to its end.
     pub fn read(path: &Path) -> Result<Self, LoadError> {
-        let size = std::fs::metadata(path).map_err(LoadError::Read)?.len();
-        if size > MAX_PLUGIN_BYTES {
-            return Err(LoadError::TooLarge { size });
+        regular(&std::fs::metadata(path).map_err(LoadError::Read)?)?;
+        let file = File::options()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(LoadError::Read)?;
+        let metadata = file.metadata().map_err(LoadError::Read)?;
+        regular(&metadata)?;
+        if metadata.len() > MAX_PLUGIN_BYTES {
+            return Err(LoadError::TooLarge);
         }
-        let bytes = std::fs::read(path).map_err(LoadError::Read)?;
+        let mut bytes = Vec::with_capacity(metadata.len() as usize);
+        file.take(MAX_PLUGIN_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(LoadError::Read)?;
+        if bytes.len() as u64 > MAX_PLUGIN_BYTES {
+            return Err(LoadError::TooLarge);
+        }
         let digest = hex(&Sha256::digest(&bytes));
         Ok(PluginFile {
             path: path.to_path_buf(),
@@ -79,14 +113,50 @@ impl PluginFile {
             digest,
         })
     }
+
+    /// [`PluginFile::read`] on the blocking pool.
+    pub async fn read_async(path: &Path) -> Result<Self, LoadError> {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || Self::read(&path))
+            .await
+            .unwrap_or_else(|e| Err(LoadError::Read(std::io::Error::other(e))))
+    }
 }
 
-/// A compiled component, linked against what the host grants.
-#[derive(Clone)]
-pub struct Compiled {
-    pub path: PathBuf,
-    pub digest: String,
-    pub pre: PluginPre<HostState>,
+fn regular(metadata: &std::fs::Metadata) -> Result<(), LoadError> {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = metadata.file_type();
+    if kind.is_file() {
+        return Ok(());
+    }
+    Err(LoadError::NotRegular(if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "not a file"
+    }))
+}
+
+/// The `*.wasm` regular files in `dir`, sorted. Blocking.
+pub fn plugin_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut paths = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "wasm")
+            && std::fs::metadata(&path).is_ok_and(|m| m.is_file())
+        {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    Ok(paths)
 }
 
 /// Compiles (or takes from the cache) and links a plugin file, off the
@@ -96,14 +166,14 @@ pub async fn compile(file: PluginFile, executor: &Executor) -> Result<Compiled, 
     let bytes = file.bytes;
     let component = tokio::task::spawn_blocking(move || sandbox.compile(&bytes))
         .await
-        .expect("the compile task does not panic")
+        .map_err(|e| LoadError::Compile(format!("the compiler failed: {e}")))?
         .map_err(|e| LoadError::Compile(chain(&e)))?;
     let pre = executor.sandbox().prepare(&component).map_err(|e| {
-        match crate::check::other_contract_version(&component, executor.sandbox().engine()) {
+        match other_contract_version(&component, executor.sandbox().engine()) {
             Some(version) => LoadError::Contract(format!(
                 "it was built against notifyhub:plugin@{version}; rebuild it with this host's \
                  wit/ (notifyhub:plugin@{}.x)",
-                crate::check::CONTRACT_MAJOR_MINOR
+                CONTRACT_MAJOR_MINOR
             )),
             None => LoadError::Contract(chain(&e)),
         }
@@ -137,12 +207,12 @@ pub async fn configure(
         limits,
         config: config.clone(),
     });
-    let info = PluginInfo::from(
+    let info = PluginInfo::decode(
         executor
             .describe(&compiled.pre, probe)
             .await
             .map_err(LoadError::Describe)?,
-    );
+    )?;
     if let Some(missing) = info
         .config_keys
         .iter()
@@ -150,10 +220,12 @@ pub async fn configure(
     {
         return Err(LoadError::MissingConfig(missing.name.clone()));
     }
-    let platforms = manifest
-        .platforms
-        .clone()
-        .unwrap_or_else(|| info.platforms.clone());
+    let platforms: Vec<PlatformName> = match &manifest.platforms {
+        Some(names) => {
+            crate::plugin::platform_list(names.clone()).map_err(LoadError::ManifestPlatforms)?
+        }
+        None => info.platforms.clone(),
+    };
     if platforms.is_empty() {
         return Err(LoadError::NoPlatforms);
     }
@@ -179,14 +251,26 @@ pub async fn configure(
     })
 }
 
+/// The contract version `component` was built against, when it exports a
+/// handler of another version than this host's: the explanation for a
+/// plugin that does not link.
+pub fn other_contract_version(component: &Component, engine: &wasmtime::Engine) -> Option<String> {
+    let ty = component.component_type();
+    let version = ty.exports(engine).find_map(|(name, _)| {
+        name.strip_prefix(&format!("{CONTRACT}/handler@"))
+            .map(str::to_string)
+    })?;
+    (!version.starts_with(&format!("{CONTRACT_MAJOR_MINOR}."))).then_some(version)
+}
+
 /// Loads the plugin at `path` with its manifest.
 pub async fn load(
     path: &Path,
     executor: &Executor,
     default_limits: Limits,
 ) -> Result<LoadedPlugin, LoadError> {
-    let file = PluginFile::read(path)?;
-    let manifest = Manifest::load(&manifest_path(path))?;
+    let file = PluginFile::read_async(path).await?;
+    let manifest = Manifest::load_async(&manifest_path(path)).await?;
     let compiled = compile(file, executor).await?;
     configure(&compiled, manifest, executor, default_limits).await
 }

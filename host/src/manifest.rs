@@ -16,16 +16,19 @@
 //! memory_mib = 64
 //! ```
 //!
-//! Secrets are resolved when the plugin is loaded and held as [`Secret`]s,
+//! Secrets are resolved when the plugin is loaded and held as
+//! [`Secret`](crate::sandbox::policy::Secret)s,
 //! whose `Debug` and `Display` print `[redacted]`.
 
 use std::collections::BTreeMap;
-use std::fmt;
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 use crate::sandbox::Limits;
+use crate::sandbox::policy::{PluginConfig, Secret};
 
 /// A manifest as written.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -51,57 +54,6 @@ pub enum SecretSource {
     File { file: PathBuf },
 }
 
-/// A secret value. It can be read, but never printed by accident.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: String) -> Self {
-        Secret(value)
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-/// A plugin's configuration after secrets were resolved.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PluginConfig {
-    plain: BTreeMap<String, String>,
-    secrets: BTreeMap<String, Secret>,
-}
-
-impl PluginConfig {
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.secrets
-            .get(key)
-            .map(Secret::expose)
-            .or_else(|| self.plain.get(key).map(String::as_str))
-    }
-
-    pub fn contains(&self, key: &str) -> bool {
-        self.get(key).is_some()
-    }
-
-    /// Every secret value, for redaction checks.
-    pub fn secret_values(&self) -> impl Iterator<Item = &str> {
-        self.secrets.values().map(Secret::expose)
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("cannot read manifest {path}: {error}")]
@@ -121,23 +73,58 @@ pub enum ManifestError {
     },
 }
 
+/// The largest manifest read; a longer file is refused.
+pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+
 impl Manifest {
-    /// Reads `path` if it exists; a missing manifest is an empty one.
+    /// Reads `path` if it exists; a missing manifest is an empty one. Only a
+    /// regular file of at most [`MAX_MANIFEST_BYTES`] is read. Blocking.
     pub fn load(path: &Path) -> Result<Self, ManifestError> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Manifest::default()),
-            Err(error) => {
-                return Err(ManifestError::Read {
-                    path: path.into(),
-                    error,
-                });
-            }
+        let read_err = |error| ManifestError::Read {
+            path: path.into(),
+            error,
         };
+        match std::fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Manifest::default()),
+            Err(error) => return Err(read_err(error)),
+            Ok(m) if !m.is_file() => {
+                return Err(read_err(std::io::Error::other(
+                    "not a regular file; only a regular file can be a manifest",
+                )));
+            }
+            Ok(_) => {}
+        }
+        let file = std::fs::File::options()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(read_err)?;
+        let mut text = String::new();
+        file.take(MAX_MANIFEST_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(read_err)?;
+        if text.len() as u64 > MAX_MANIFEST_BYTES {
+            return Err(read_err(std::io::Error::other(format!(
+                "more than {MAX_MANIFEST_BYTES} bytes"
+            ))));
+        }
         Self::parse(&text).map_err(|message| ManifestError::Parse {
             path: path.into(),
             message,
         })
+    }
+
+    /// [`Manifest::load`] on the blocking pool.
+    pub async fn load_async(path: &Path) -> Result<Self, ManifestError> {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || Self::load(&path))
+            .await
+            .unwrap_or_else(|e| {
+                Err(ManifestError::Parse {
+                    path: PathBuf::new(),
+                    message: e.to_string(),
+                })
+            })
     }
 
     pub fn parse(text: &str) -> Result<Self, String> {
@@ -164,12 +151,9 @@ impl Manifest {
                     .trim_end_matches(['\n', '\r'])
                     .to_string(),
             };
-            secrets.insert(key.clone(), Secret(value));
+            secrets.insert(key.clone(), Secret::new(value));
         }
-        Ok(PluginConfig {
-            plain: self.config.clone(),
-            secrets,
-        })
+        Ok(PluginConfig::new(self.config.clone(), secrets))
     }
 }
 
@@ -217,9 +201,4 @@ mod tests {
         assert!(Manifest::parse("[secrets]\ntoken = \"plain\"").is_err());
     }
 
-    #[test]
-    fn secrets_do_not_print() {
-        let s = Secret("hunter2".into());
-        assert_eq!(format!("{s} {s:?}"), "[redacted] [redacted]");
-    }
 }

@@ -3,7 +3,7 @@
 //! Webhook URLs carry their token in the path (Slack, Discord) or the query
 //! (DingTalk `access_token`, WeCom `key`), so a target is shown as its scheme
 //! and host only. Secrets never reach this module: they are held in
-//! [`crate::manifest::Secret`], whose `Debug` prints nothing.
+//! [`crate::sandbox::Secret`], whose `Debug` prints nothing.
 
 /// `https://hooks.slack.com/services/T/B/X` → `https://hooks.slack.com/…`.
 /// Targets that are not URLs (chat ids, addresses) are shown as they are.

@@ -8,120 +8,15 @@
 //! task dispatched after the swap sees the new one. A failed load never
 //! replaces a working version; it is recorded beside it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
-use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
-use crate::bindings::{PluginPre, wit};
-use crate::executor::Executor;
-use crate::loader::{self, Compiled};
-use crate::manifest::Manifest;
-use crate::sandbox::{HostState, Limits, PluginPolicy};
-
-/// A compiled, validated plugin version.
-pub struct LoadedPlugin {
-    /// Identifies this loaded version: file stem and digest. Two files with
-    /// the same bytes but different manifests are different plugins.
-    pub key: String,
-    pub name: String,
-    /// The version `describe()` reported.
-    pub version: String,
-    /// SHA-256 of the file's bytes, hex.
-    pub digest: String,
-    pub path: PathBuf,
-    /// Platforms routed to this plugin.
-    pub platforms: Vec<String>,
-    pub info: PluginInfo,
-    pub policy: Arc<PluginPolicy>,
-    /// The manifest this version was configured with.
-    pub manifest: Manifest,
-    /// The compiled component, reused when only the manifest changes.
-    pub compiled: Compiled,
-    pub loaded_at: SystemTime,
-}
-
-impl LoadedPlugin {
-    pub fn pre(&self) -> &PluginPre<HostState> {
-        &self.compiled.pre
-    }
-}
-
-impl LoadedPlugin {
-    /// `name@version (digest prefix)`, recorded with each task outcome.
-    pub fn version_ref(&self) -> PluginRef {
-        PluginRef {
-            name: self.name.clone(),
-            version: self.version.clone(),
-            digest: self.digest[..12].to_string(),
-        }
-    }
-}
-
-/// Which plugin version handled a task.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PluginRef {
-    pub name: String,
-    pub version: String,
-    pub digest: String,
-}
-
-/// What `describe()` said, in host types.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PluginInfo {
-    pub name: String,
-    pub version: String,
-    pub platforms: Vec<String>,
-    pub config_keys: Vec<ConfigKey>,
-    pub rate_limits: Vec<RateLimitRule>,
-    pub description: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ConfigKey {
-    pub name: String,
-    pub required: bool,
-    pub secret: bool,
-    pub description: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RateLimitRule {
-    pub requests: u32,
-    pub window_ms: u64,
-}
-
-impl From<wit::PluginInfo> for PluginInfo {
-    fn from(info: wit::PluginInfo) -> Self {
-        PluginInfo {
-            name: info.name,
-            version: info.version,
-            platforms: info.platforms,
-            config_keys: info
-                .config_keys
-                .into_iter()
-                .map(|k| ConfigKey {
-                    name: k.name,
-                    required: k.required,
-                    secret: k.secret,
-                    description: k.description,
-                })
-                .collect(),
-            rate_limits: info
-                .rate_limits
-                .into_iter()
-                .map(|r| RateLimitRule {
-                    requests: r.requests,
-                    window_ms: r.window_ms,
-                })
-                .collect(),
-            description: info.description,
-        }
-    }
-}
+use crate::plugin::LoadedPlugin;
 
 /// A file that could not be loaded, and why.
 #[derive(Debug, Clone)]
@@ -136,6 +31,8 @@ pub struct LoadFailure {
 pub struct Catalog {
     plugins: BTreeMap<PathBuf, Arc<LoadedPlugin>>,
     failures: BTreeMap<PathBuf, LoadFailure>,
+    /// Files whose first load is under way.
+    loading: BTreeSet<PathBuf>,
     by_platform: HashMap<String, Arc<LoadedPlugin>>,
 }
 
@@ -159,6 +56,11 @@ impl Catalog {
         self.failures.values()
     }
 
+    /// Files whose first load is under way.
+    pub fn loading(&self) -> impl Iterator<Item = &PathBuf> {
+        self.loading.iter()
+    }
+
     /// Served platforms, sorted.
     pub fn platforms(&self) -> Vec<&str> {
         let mut names: Vec<&str> = self.by_platform.keys().map(String::as_str).collect();
@@ -171,16 +73,17 @@ impl Catalog {
     fn install(&mut self, plugin: LoadedPlugin) -> Result<(), String> {
         if let Some(taken) = plugin.platforms.iter().find(|p| {
             self.by_platform
-                .get(*p)
+                .get(p.as_str())
                 .is_some_and(|owner| owner.path != plugin.path)
         }) {
-            let owner = &self.by_platform[taken].path;
+            let owner = &self.by_platform[taken.as_str()].path;
             return Err(format!(
                 "platform `{taken}` is already served by {}",
                 owner.display()
             ));
         }
         self.failures.remove(&plugin.path);
+        self.loading.remove(&plugin.path);
         self.plugins.insert(plugin.path.clone(), Arc::new(plugin));
         self.index();
         Ok(())
@@ -188,12 +91,14 @@ impl Catalog {
 
     fn remove(&mut self, path: &Path) -> Option<Arc<LoadedPlugin>> {
         self.failures.remove(path);
+        self.loading.remove(path);
         let removed = self.plugins.remove(path);
         self.index();
         removed
     }
 
     fn fail(&mut self, path: PathBuf, error: String) {
+        self.loading.remove(&path);
         self.failures.insert(
             path.clone(),
             LoadFailure {
@@ -211,7 +116,7 @@ impl Catalog {
             .flat_map(|p| {
                 p.platforms
                     .iter()
-                    .map(move |name| (name.clone(), p.clone()))
+                    .map(move |name| (name.to_string(), p.clone()))
             })
             .collect();
     }
@@ -221,78 +126,46 @@ impl Catalog {
 pub struct Registry {
     catalog: RwLock<Arc<Catalog>>,
     dir: PathBuf,
-    default_limits: Limits,
     compiles: AtomicU64,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("cannot read the plugin directory {dir}: {error}")]
-pub struct RegistryError {
-    dir: PathBuf,
-    error: std::io::Error,
+    /// `true` once every file present at start-up has been tried.
+    ready: watch::Sender<bool>,
 }
 
 impl Registry {
-    /// Loads every `*.wasm` in `dir`. Files that fail are reported in the
-    /// catalog's failures and logged; they do not stop the others.
-    pub async fn load_dir(
-        dir: &Path,
-        executor: &Executor,
-        default_limits: Limits,
-    ) -> Result<Registry, RegistryError> {
-        let registry = Registry {
+    /// An empty registry for the plugins in `dir`; the reload watcher
+    /// fills it (see `reload`).
+    pub fn new(dir: &Path) -> Registry {
+        Registry {
             catalog: RwLock::new(Arc::new(Catalog::default())),
             dir: dir.to_path_buf(),
-            default_limits,
             compiles: AtomicU64::new(0),
-        };
-        for path in registry.plugin_files()? {
-            match registry.compile_and_configure(&path, executor).await {
-                Ok(plugin) => registry.install(plugin),
-                Err(error) => registry.record_failure(&path, error.to_string()),
-            }
+            ready: watch::Sender::new(false),
         }
-        Ok(registry)
-    }
-
-    /// The `*.wasm` files in the plugin directory, sorted.
-    pub fn plugin_files(&self) -> Result<Vec<PathBuf>, RegistryError> {
-        let err = |error| RegistryError {
-            dir: self.dir.clone(),
-            error,
-        };
-        let mut paths = Vec::new();
-        for entry in std::fs::read_dir(&self.dir).map_err(err)? {
-            let path = entry.map_err(err)?.path();
-            if path.extension().is_some_and(|e| e == "wasm") && path.is_file() {
-                paths.push(path);
-            }
-        }
-        paths.sort();
-        Ok(paths)
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    pub fn default_limits(&self) -> Limits {
-        self.default_limits
+    /// Whether the files present at start-up have all been tried. Until
+    /// then a task for an unknown platform may be for a plugin still loading.
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    /// Waits until [`Registry::is_ready`].
+    pub async fn wait_ready(&self) {
+        let mut ready = self.ready.subscribe();
+        let _ = ready.wait_for(|r| *r).await;
+    }
+
+    pub(crate) fn mark_ready(&self) {
+        self.ready.send_replace(true);
     }
 
     /// Compilations so far (loads from the cache included).
     pub fn compiles(&self) -> u64 {
         self.compiles.load(Ordering::Relaxed)
-    }
-
-    /// Reads, compiles and configures the plugin at `path`.
-    pub async fn compile_and_configure(
-        &self,
-        path: &Path,
-        executor: &Executor,
-    ) -> Result<LoadedPlugin, loader::LoadError> {
-        self.count_compile(loader::load(path, executor, self.default_limits))
-            .await
     }
 
     /// Runs a compilation, counting it.
@@ -325,9 +198,15 @@ impl Registry {
         result
     }
 
+    /// Shows `paths` as loading (their first load is under way).
+    pub fn begin_loading(&self, paths: &[PathBuf]) {
+        self.update(|c| c.loading.extend(paths.iter().cloned()));
+    }
+
     /// Swaps in a new version (or a first one). A platform conflict is
-    /// recorded as a failure and changes nothing else.
-    pub fn install(&self, plugin: LoadedPlugin) {
+    /// refused: it is recorded as a failure, changes nothing else, and is
+    /// returned so the caller can say so.
+    pub fn install(&self, plugin: LoadedPlugin) -> Result<(), String> {
         let (name, version, digest, platforms, path) = (
             plugin.name.clone(),
             plugin.version.clone(),
@@ -337,9 +216,13 @@ impl Registry {
         );
         match self.update(|c| c.install(plugin)) {
             Ok(()) => {
-                tracing::info!(plugin = %name, %version, %digest, ?platforms, "plugin loaded")
+                tracing::info!(plugin = %name, %version, %digest, ?platforms, "plugin loaded");
+                Ok(())
             }
-            Err(error) => self.record_failure(&path, error),
+            Err(error) => {
+                self.record_failure(&path, error.clone());
+                Err(error)
+            }
         }
     }
 

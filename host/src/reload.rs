@@ -1,7 +1,13 @@
 //! The reload watcher: picks up plugin files as operators change them.
 //!
+//! At start the watcher loads every plugin file present, several at once
+//! (bounded by the cores), while the socket already answers; the registry
+//! shows them as loading until each is in or has failed, and is marked
+//! ready when all have been tried.
+//!
 //! A `notify` watcher on the plugin directory reports every create, write,
-//! rename and delete of `*.wasm` files and their `*.toml` manifests. Events
+//! rename and delete of `*.wasm` files and their `*.toml` manifests (reads
+//! are not changes: the watcher's own reads must not wake it again). Events
 //! are debounced per plugin: a file is looked at only once it has been quiet
 //! for [`DEBOUNCE`] (editors and build tools write in several steps), or
 //! after [`MAX_DELAY`] if it never goes quiet. Then:
@@ -16,9 +22,12 @@
 //!   for its platforms get `unknown_platform`, and tasks still queued for it
 //!   fail with `no_plugin`;
 //! - a file that fails keeps the old version serving; the error is logged
-//!   and shown by `plugins`. A file that keeps failing backs off (0.5 s,
-//!   doubling to 30 s between attempts), and the same failing bytes are never
-//!   compiled twice in a row.
+//!   and shown by `plugins`. A file that could not be read backs off (0.5 s,
+//!   doubling to 30 s between attempts). A file that was read and refused
+//!   (it does not compile, describe() is out of bounds, it claims a platform
+//!   another file serves) is not tried again until its bytes or manifest
+//!   change, another plugin is unloaded or replaced (a conflict may be
+//!   gone), or an operator asks with `reload`.
 //!
 //! All changes to the registry go through this one task, so loads never
 //! race each other; `reload` requests from the socket are queued here too.
@@ -29,13 +38,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use notify::{RecursiveMode, Watcher};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::executor::Executor;
 use crate::loader::{self, PluginFile};
 use crate::manifest::Manifest;
+use crate::plugin::PluginName;
+use crate::protocol::{Change, ReloadResult};
 use crate::registry::Registry;
+use crate::sandbox::Limits;
 
 /// How long a file must be quiet before it is loaded.
 pub const DEBOUNCE: Duration = Duration::from_millis(30);
@@ -44,33 +55,6 @@ pub const MAX_DELAY: Duration = Duration::from_secs(1);
 const BACKOFF_START: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const POLL: Duration = Duration::from_millis(10);
-
-/// What a reload did to one file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReloadResult {
-    pub path: String,
-    #[serde(flatten)]
-    pub change: Change,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "change", rename_all = "snake_case")]
-pub enum Change {
-    /// A new version (or a first one) is serving.
-    Loaded {
-        name: String,
-        version: String,
-        digest: String,
-    },
-    /// Only the manifest changed; it applies from the next task.
-    Reconfigured { name: String },
-    /// Nothing changed.
-    Unchanged,
-    /// The file is gone and its plugin unloaded.
-    Unloaded,
-    /// The file could not be loaded; any older version keeps serving.
-    Failed { error: String },
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
@@ -81,9 +65,25 @@ pub enum WatchError {
 enum Request {
     /// Reload one plugin (by file stem) or, with `None`, the whole directory.
     Reload {
-        name: Option<String>,
+        name: Option<PluginName>,
         reply: oneshot::Sender<Result<Vec<ReloadResult>, String>>,
     },
+}
+
+/// Loads every plugin file in the registry's directory, as `serve` does at
+/// start, and returns when all have been tried; without a watcher (for
+/// embedding and benchmarks).
+pub async fn load_all(registry: Arc<Registry>, executor: Arc<Executor>, default_limits: Limits) {
+    Watch {
+        registry,
+        executor,
+        default_limits,
+        pending: HashMap::new(),
+        backoff: HashMap::new(),
+        refused: HashMap::new(),
+    }
+    .initial_load()
+    .await
 }
 
 /// A handle to the running watcher.
@@ -93,15 +93,21 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// Starts watching the registry's directory.
-    pub fn start(registry: Arc<Registry>, executor: Arc<Executor>) -> Result<Reloader, WatchError> {
+    /// Starts watching the registry's directory, then loads the plugins in
+    /// it in the background.
+    pub fn start(
+        registry: Arc<Registry>,
+        executor: Arc<Executor>,
+        default_limits: Limits,
+    ) -> Result<Reloader, WatchError> {
         let dir = registry.dir().to_path_buf();
         let (events_tx, events) = mpsc::unbounded_channel::<PathBuf>();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-                Ok(event) => event.paths.into_iter().for_each(|p| {
+                Ok(event) if is_change(&event.kind) => event.paths.into_iter().for_each(|p| {
                     let _ = events_tx.send(p);
                 }),
+                Ok(_) => {}
                 Err(e) => tracing::warn!("plugin directory watch error: {e}"),
             })
             .map_err(|error| WatchError::Watch {
@@ -115,21 +121,19 @@ impl Reloader {
                 error,
             })?;
         let (requests, request_rx) = mpsc::unbounded_channel();
-        let mut worker = Watch {
+        let worker = Watch {
             registry,
             executor,
+            default_limits,
             pending: HashMap::new(),
             backoff: HashMap::new(),
+            refused: HashMap::new(),
         };
-        // Files changed between the initial load and the watch starting are
-        // looked at once more (unchanged files cost a read and a hash).
-        let catalog = worker.registry.catalog();
-        let known = worker.registry.plugin_files().unwrap_or_default();
-        known
-            .into_iter()
-            .chain(catalog.plugins().map(|p| p.path.clone()))
-            .for_each(|p| worker.note(p));
-        tokio::spawn(worker.run(events, request_rx));
+        tokio::spawn(async move {
+            let mut worker = worker;
+            worker.initial_load().await;
+            worker.run(events, request_rx).await
+        });
         tracing::info!(dir = %dir.display(), "watching the plugin directory for changes");
         Ok(Reloader {
             requests,
@@ -138,7 +142,7 @@ impl Reloader {
     }
 
     /// Reloads one plugin (`name` is its file stem) or the whole directory.
-    pub async fn reload(&self, name: Option<String>) -> Result<Vec<ReloadResult>, String> {
+    pub async fn reload(&self, name: Option<PluginName>) -> Result<Vec<ReloadResult>, String> {
         let (reply, rx) = oneshot::channel();
         self.requests
             .send(Request::Reload { name, reply })
@@ -148,29 +152,128 @@ impl Reloader {
     }
 }
 
+/// Whether a watch event changes a file (a read or an open does not).
+fn is_change(kind: &notify::EventKind) -> bool {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        EventKind::Create(_) | EventKind::Remove(_) | EventKind::Modify(_) => {
+            !matches!(kind, EventKind::Modify(notify::event::ModifyKind::Metadata(_)))
+        }
+        // Written and closed: the end of a write.
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        _ => false,
+    }
+}
+
+/// A file that was read and refused, with what it was read as: the same
+/// bytes and manifest are not tried again.
+struct Refusal {
+    digest: String,
+    manifest: Manifest,
+    error: String,
+}
+
 /// A file's change waiting to settle.
 struct Pending {
     first: Instant,
     last: Instant,
 }
 
-/// Repeated failures of one file.
+/// Repeated read failures of one file.
 struct Backoff {
     failures: u32,
     until: Instant,
-    /// The bytes that failed last and why; the same bytes are not compiled again.
-    digest: Option<(String, String)>,
 }
 
 struct Watch {
     registry: Arc<Registry>,
     executor: Arc<Executor>,
+    default_limits: Limits,
     /// Plugin files (`.wasm` paths) with unsettled changes.
     pending: HashMap<PathBuf, Pending>,
     backoff: HashMap<PathBuf, Backoff>,
+    refused: HashMap<PathBuf, Refusal>,
 }
 
 impl Watch {
+    /// Loads every plugin file present at start, as many at once as there
+    /// are cores, each installed as soon as it is ready; then marks the
+    /// registry ready.
+    async fn initial_load(&mut self) {
+        let dir = self.registry.dir().to_path_buf();
+        let paths = match tokio::task::spawn_blocking(move || loader::plugin_files(&dir)).await {
+            Ok(Ok(paths)) => paths,
+            Ok(Err(e)) => {
+                tracing::error!(dir = %self.registry.dir().display(), "cannot list the plugin directory: {e}");
+                Vec::new()
+            }
+            Err(e) => {
+                tracing::error!("listing the plugin directory failed: {e}");
+                Vec::new()
+            }
+        };
+        let started = Instant::now();
+        self.registry.begin_loading(&paths);
+        let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let permits = Arc::new(tokio::sync::Semaphore::new(parallel));
+        let mut loads = tokio::task::JoinSet::new();
+        for path in paths {
+            let (executor, limits, permits) =
+                (self.executor.clone(), self.default_limits, permits.clone());
+            let registry = self.registry.clone();
+            loads.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                let file = PluginFile::read_async(&path).await;
+                let manifest = Manifest::load_async(&loader::manifest_path(&path)).await;
+                let loaded = match (file, manifest) {
+                    (Ok(file), Ok(manifest)) => {
+                        let digest = file.digest.clone();
+                        let result = registry
+                            .count_compile(async {
+                                let compiled = loader::compile(file, &executor).await?;
+                                loader::configure(&compiled, manifest.clone(), &executor, limits)
+                                    .await
+                            })
+                            .await;
+                        Ok((digest, manifest, result))
+                    }
+                    (Err(e), _) => Err(e.to_string()),
+                    (_, Err(e)) => Err(e.to_string()),
+                };
+                (path, loaded)
+            });
+        }
+        let mut loaded = 0;
+        while let Some(joined) = loads.join_next().await {
+            let Ok((path, result)) = joined else { continue };
+            match result {
+                Ok((digest, manifest, Ok(plugin))) => match self.registry.install(plugin) {
+                    Ok(()) => loaded += 1,
+                    Err(error) => self.refuse(&path, digest, manifest, error),
+                },
+                Ok((digest, manifest, Err(e))) => {
+                    self.registry.record_failure(&path, e.to_string());
+                    self.refuse(&path, digest, manifest, e.to_string());
+                }
+                Err(error) => {
+                    self.registry.record_failure(&path, error.clone());
+                    self.back_off(&path);
+                    self.note(path);
+                }
+            }
+        }
+        let catalog = self.registry.catalog();
+        tracing::info!(
+            loaded,
+            failed = catalog.failures().count(),
+            platforms = ?catalog.platforms(),
+            took = ?started.elapsed(),
+            "plugins loaded"
+        );
+        self.registry.mark_ready();
+    }
+
     async fn run(
         mut self,
         mut events: mpsc::UnboundedReceiver<PathBuf>,
@@ -228,8 +331,9 @@ impl Watch {
         let Request::Reload { name, reply } = request;
         let paths = match name {
             Some(name) => {
-                let path = self.registry.dir().join(format!("{name}.wasm"));
-                let known = path.exists() || self.registry.catalog().loaded(&path).is_some();
+                let path = name.file_in(self.registry.dir());
+                let known = tokio::fs::symlink_metadata(&path).await.is_ok()
+                    || self.registry.catalog().loaded(&path).is_some();
                 if !known {
                     let _ = reply.send(Err(format!("no plugin file {}", path.display())));
                     return;
@@ -237,8 +341,17 @@ impl Watch {
                 vec![path]
             }
             None => {
-                let mut paths = match self.registry.plugin_files() {
-                    Ok(paths) => paths,
+                let dir = self.registry.dir().to_path_buf();
+                let listed = tokio::task::spawn_blocking(move || loader::plugin_files(&dir)).await;
+                let mut paths = match listed {
+                    Ok(Ok(paths)) => paths,
+                    Ok(Err(e)) => {
+                        let _ = reply.send(Err(format!(
+                            "cannot read the plugin directory {}: {e}",
+                            self.registry.dir().display()
+                        )));
+                        return;
+                    }
                     Err(e) => {
                         let _ = reply.send(Err(e.to_string()));
                         return;
@@ -246,19 +359,19 @@ impl Watch {
                 };
                 // Loaded plugins whose file is gone are unloaded too.
                 let catalog = self.registry.catalog();
-                paths.extend(
-                    catalog
-                        .plugins()
-                        .map(|p| p.path.clone())
-                        .filter(|p| !p.exists()),
-                );
+                for loaded in catalog.plugins() {
+                    if tokio::fs::symlink_metadata(&loaded.path).await.is_err() {
+                        paths.push(loaded.path.clone());
+                    }
+                }
                 paths
             }
         };
         let mut results = Vec::new();
         for path in paths {
-            // A manual reload is a retry: forget the backoff.
+            // A manual reload is a retry: forget the backoff and the refusal.
             self.backoff.remove(&path);
+            self.refused.remove(&path);
             self.pending.remove(&path);
             results.push(self.apply(&path).await);
         }
@@ -268,10 +381,14 @@ impl Watch {
     /// Brings the registry in line with the file at `path`.
     async fn apply(&mut self, path: &Path) -> ReloadResult {
         let change = self.change(path).await;
-        match &change {
-            Change::Failed { error } => self.failed(path, error),
-            _ => {
-                self.backoff.remove(path);
+        if matches!(change, Change::Loaded { .. } | Change::Reconfigured { .. } | Change::Unloaded)
+        {
+            // The platforms served changed: a file refused for a conflict
+            // may fit now. Each gets one more try.
+            for (refused, _) in std::mem::take(&mut self.refused) {
+                if refused.as_path() != path {
+                    self.note(refused);
+                }
             }
         }
         ReloadResult {
@@ -282,114 +399,124 @@ impl Watch {
 
     async fn change(&mut self, path: &Path) -> Change {
         let current = self.registry.catalog().loaded(path).cloned();
-        if !path.exists() {
+        if tokio::fs::symlink_metadata(path).await.is_err() {
+            self.refused.remove(path);
+            self.backoff.remove(path);
             return match self.registry.remove(path) {
                 Some(_) => Change::Unloaded,
                 None => Change::Unchanged,
             };
         }
-        let file = match PluginFile::read(path) {
-            Ok(file) => file,
-            Err(e) => {
-                return Change::Failed {
-                    error: e.to_string(),
-                };
-            }
-        };
-        let manifest = match Manifest::load(&loader::manifest_path(path)) {
-            Ok(m) => m,
-            Err(e) => {
-                return Change::Failed {
-                    error: e.to_string(),
-                };
-            }
-        };
-        let limits = self.registry.default_limits();
-
-        if let Some(current) = current.filter(|c| c.digest == file.digest) {
-            if current.manifest == manifest {
-                return Change::Unchanged;
-            }
-            return match loader::configure(&current.compiled, manifest, &self.executor, limits)
+        let read = async {
+            let file = PluginFile::read_async(path).await.map_err(|e| e.to_string())?;
+            let manifest = Manifest::load_async(&loader::manifest_path(path))
                 .await
-            {
-                Ok(plugin) => {
-                    let name = plugin.name.clone();
-                    self.registry.install(plugin);
-                    tracing::info!(plugin = %name, "manifest change applied without recompiling");
-                    Change::Reconfigured { name }
-                }
-                Err(e) => Change::Failed {
-                    error: e.to_string(),
-                },
-            };
-        }
-        if let Some((_, error)) = self
-            .backoff
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((file, manifest))
+        };
+        let (file, manifest) = match read.await {
+            Ok(read) => read,
+            Err(error) => {
+                self.registry.record_failure(path, error.clone());
+                self.back_off(path);
+                return Change::Failed { error };
+            }
+        };
+        self.backoff.remove(path);
+        if let Some(refusal) = self
+            .refused
             .get(path)
-            .and_then(|b| b.digest.as_ref())
-            .filter(|(d, _)| *d == file.digest)
+            .filter(|r| r.digest == file.digest && r.manifest == manifest)
         {
             return Change::Failed {
-                error: error.clone(),
+                error: refusal.error.clone(),
             };
         }
-
+        let limits = self.default_limits;
         let digest = file.digest.clone();
         let started = Instant::now();
-        let compiled = match self
-            .registry
-            .count_compile(loader::compile(file, &self.executor))
-            .await
-        {
-            Ok(compiled) => compiled,
-            Err(e) => return self.failed_bytes(path, digest, e.to_string()),
+        let configured = match current.filter(|c| c.digest == file.digest) {
+            Some(current) if current.manifest == manifest => return Change::Unchanged,
+            Some(current) => {
+                loader::configure(&current.compiled, manifest.clone(), &self.executor, limits)
+                    .await
+                    .map(|plugin| (plugin, true))
+            }
+            None => {
+                let executor = self.executor.clone();
+                let manifest = manifest.clone();
+                self.registry
+                    .count_compile(async {
+                        let compiled = loader::compile(file, &executor).await?;
+                        loader::configure(&compiled, manifest, &executor, limits).await
+                    })
+                    .await
+                    .map(|plugin| (plugin, false))
+            }
         };
-        match loader::configure(&compiled, manifest, &self.executor, limits).await {
-            Ok(plugin) => {
-                let change = Change::Loaded {
-                    name: plugin.name.clone(),
-                    version: plugin.version.clone(),
-                    digest: plugin.digest.clone(),
-                };
-                tracing::info!(path = %path.display(), took = ?started.elapsed(), "new plugin version validated; swapping it in");
-                self.registry.install(plugin);
+        let (plugin, reconfigured) = match configured {
+            Ok(configured) => configured,
+            Err(e) => {
+                let error = e.to_string();
+                self.registry.record_failure(path, error.clone());
+                self.refuse(path, digest, manifest, error.clone());
+                return Change::Failed { error };
+            }
+        };
+        let change = if reconfigured {
+            Change::Reconfigured {
+                name: plugin.name.clone(),
+            }
+        } else {
+            Change::Loaded {
+                name: plugin.name.clone(),
+                version: plugin.version.clone(),
+                digest: plugin.digest.clone(),
+            }
+        };
+        match self.registry.install(plugin) {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), took = ?started.elapsed(), ?change, "plugin change applied");
+                self.refused.remove(path);
                 change
             }
-            Err(e) => self.failed_bytes(path, digest, e.to_string()),
+            Err(error) => {
+                self.refuse(path, digest, manifest, error.clone());
+                Change::Failed { error }
+            }
         }
     }
 
-    /// The backoff record of `path`, created empty on its first failure.
-    fn backoff_of(&mut self, path: &Path) -> &mut Backoff {
-        self.backoff.entry(path.to_path_buf()).or_insert(Backoff {
+    /// Remembers that these bytes and this manifest were refused.
+    fn refuse(&mut self, path: &Path, digest: String, manifest: Manifest, error: String) {
+        let kept = self.registry.catalog().loaded(path).is_some();
+        tracing::warn!(
+            path = %path.display(),
+            "plugin refused{}; not tried again until the file or its manifest changes",
+            if kept { " (the previous version keeps serving)" } else { "" }
+        );
+        self.refused.insert(
+            path.to_path_buf(),
+            Refusal {
+                digest,
+                manifest,
+                error,
+            },
+        );
+    }
+
+    /// Pushes the next attempt at a file that could not be read back.
+    fn back_off(&mut self, path: &Path) {
+        let entry = self.backoff.entry(path.to_path_buf()).or_insert(Backoff {
             failures: 0,
             until: Instant::now(),
-            digest: None,
-        })
-    }
-
-    fn failed_bytes(&mut self, path: &Path, digest: String, error: String) -> Change {
-        let entry = self.backoff_of(path);
-        entry.digest = Some((digest, error.clone()));
-        Change::Failed { error }
-    }
-
-    /// Records a failure and pushes the next attempt back.
-    fn failed(&mut self, path: &Path, error: &str) {
-        let entry = self.backoff_of(path);
+        });
         entry.failures += 1;
         let delay = BACKOFF_START
             .saturating_mul(1 << (entry.failures - 1).min(6))
             .min(BACKOFF_MAX);
         entry.until = Instant::now() + delay;
-        let kept = self.registry.catalog().loaded(path).is_some();
-        self.registry.record_failure(path, error.to_string());
-        tracing::warn!(
-            path = %path.display(),
-            retry_in = ?delay,
-            "reload failed{}",
-            if kept { "; the previous version keeps serving" } else { "" }
-        );
+        tracing::warn!(path = %path.display(), retry_in = ?delay, "plugin file could not be read");
+        self.note(path.to_path_buf());
     }
 }

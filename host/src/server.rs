@@ -1,12 +1,25 @@
 //! The socket server: accepts connections on a Unix socket and answers
 //! newline-delimited JSON requests.
 //!
-//! Each connection has a reader, which splits lines (rejecting those over the
-//! size limit without losing its place in the stream), and a writer, which
-//! sends responses as requests complete. Requests on one connection run
-//! concurrently up to [`ServerConfig::max_in_flight`], so a `submit` that
-//! waits for delivery does not hold up a `status` behind it. A bad line gets
-//! an error response and the connection stays usable.
+//! Each connection has a reader, which frames lines with tokio-util's
+//! `LinesCodec` (a line over the size limit is skipped to its newline and
+//! answered `line_too_long`, so the stream stays in step), and a writer,
+//! which sends responses as requests complete. Requests on one connection
+//! run concurrently up to [`ServerConfig::max_in_flight`], so a `submit`
+//! that waits for delivery does not hold up a `status` behind it. A bad line
+//! gets an error response and the connection stays usable.
+//!
+//! Bounds, and what happens at each:
+//! - connections: at most `max_connections` are served; one more is
+//!   answered `busy` and closed at once (it never waits unanswered);
+//! - requests per connection: at most `max_in_flight` run; the reader stops
+//!   reading until one finishes (back-pressure through the socket);
+//! - answers per connection: at most [`ANSWERS_BUFFERED`] wait for a slow
+//!   reader; requests then wait for room;
+//! - a connection with no complete line for `idle_timeout` is closed.
+//!
+//! A request handler that panics is answered `internal` and logged; the
+//! connection and the daemon go on.
 
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
@@ -14,14 +27,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, mpsc};
+use tokio_util::codec::{Decoder, FramedRead, LinesCodec, LinesCodecError};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::Api;
 use crate::protocol::{self, ErrorBody, ErrorCode, Response};
+
+/// Answers waiting for a slow reader, per connection.
+pub const ANSWERS_BUFFERED: usize = 64;
 
 /// Socket settings (`[server]` in the config file).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,7 +47,7 @@ use crate::protocol::{self, ErrorBody, ErrorCode, Response};
 pub struct ServerConfig {
     /// Longest accepted request line, in bytes.
     pub max_line_bytes: usize,
-    /// Connections served at once; more wait in the accept backlog.
+    /// Connections served at once; one more is answered `busy` and closed.
     pub max_connections: usize,
     /// Requests in progress per connection.
     pub max_in_flight: usize,
@@ -123,10 +141,6 @@ impl Server {
         let config = Arc::new(self.config.clone());
         let mut tasks = tokio::task::JoinSet::new();
         loop {
-            let permit = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                permit = connections.clone().acquire_owned() => permit.expect("never closed"),
-            };
             let stream = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 accepted = self.listener.accept() => match accepted {
@@ -137,11 +151,20 @@ impl Server {
                     }
                 },
             };
+            while tasks.try_join_next().is_some() {}
             if let Err(refusal) = self.admit(&stream) {
                 tracing::warn!("connection refused: {refusal}");
-                tasks.spawn(refuse(stream, refusal));
+                tasks.spawn(refuse(stream, ErrorBody::new(ErrorCode::Forbidden, refusal)));
                 continue;
             }
+            let Ok(permit) = connections.clone().try_acquire_owned() else {
+                let busy = format!(
+                    "the daemon serves at most {} connections at once ([server] max_connections); try again later",
+                    self.config.max_connections
+                );
+                tasks.spawn(refuse(stream, ErrorBody::new(ErrorCode::Busy, busy)));
+                continue;
+            };
             let (api, config, shutdown) = (api.clone(), config.clone(), shutdown.clone());
             tasks.spawn(async move {
                 if let Err(e) = serve_connection(stream, api, config, shutdown).await {
@@ -149,7 +172,6 @@ impl Server {
                 }
                 drop(permit);
             });
-            while tasks.try_join_next().is_some() {}
         }
         drop(self.listener);
         let _ = std::fs::remove_file(&self.path);
@@ -179,8 +201,8 @@ impl Server {
 }
 
 /// Tells a refused peer why, then closes.
-async fn refuse(mut stream: UnixStream, reason: String) {
-    let response = Response::failure(None, ErrorBody::new(ErrorCode::Forbidden, reason));
+async fn refuse(mut stream: UnixStream, error: ErrorBody) {
+    let response = Response::failure(None, error);
     let _ = tokio::time::timeout(
         Duration::from_secs(1),
         stream.write_all(&response.to_line()),
@@ -195,7 +217,7 @@ async fn serve_connection(
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(ANSWERS_BUFFERED);
     let writer = tokio::spawn(async move {
         while let Some(line) = rx.recv().await {
             if write.write_all(&line).await.is_err() {
@@ -205,30 +227,26 @@ async fn serve_connection(
     });
 
     let in_flight = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
-    let mut lines = LineReader::new(read, config.max_line_bytes);
+    let mut lines = FramedRead::new(read, RequestLines::new(config.max_line_bytes));
     loop {
         let next = tokio::select! {
             _ = shutdown.cancelled() => break,
-            next = tokio::time::timeout(config.idle_timeout, lines.next_line()) => next,
+            next = tokio::time::timeout(config.idle_timeout, lines.next()) => next,
         };
         let line = match next {
             Err(_) => break, // idle
-            Ok(Ok(Some(line))) => line,
-            Ok(Ok(None)) => break,
-            Ok(Err(e)) => return Err(e),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(e),
+            Ok(Some(Ok(line))) => line,
         };
         let line = match line {
             Line::Complete(line) => line,
-            Line::TooLong(len) => {
-                let error = ErrorBody::new(
-                    ErrorCode::LineTooLong,
-                    format!("the line exceeds {len} bytes; it was discarded"),
-                );
+            Line::Rejected(error) => {
                 let _ = tx.send(Response::failure(None, error).to_line()).await;
                 continue;
             }
         };
-        if line.iter().all(u8::is_ascii_whitespace) {
+        if line.trim().is_empty() {
             continue;
         }
         let permit = in_flight
@@ -238,13 +256,7 @@ async fn serve_connection(
             .expect("never closed");
         let (api, tx) = (api.clone(), tx.clone());
         tokio::spawn(async move {
-            let response = match protocol::decode(&line) {
-                Ok((id, request)) => match api.handle(request).await {
-                    Ok(result) => Response::success(id, result),
-                    Err(error) => Response::failure(id, error),
-                },
-                Err((id, error)) => Response::failure(id, error),
-            };
+            let response = answer(&api, line.as_bytes()).await;
             let _ = tx.send(response.to_line()).await;
             drop(permit);
         });
@@ -254,68 +266,89 @@ async fn serve_connection(
     Ok(())
 }
 
+/// Decodes and handles one request line. A panic in the handler is caught
+/// here and answered `internal`.
+async fn answer(api: &Api, line: &[u8]) -> Response {
+    let (id, request) = match protocol::decode(line) {
+        Ok(decoded) => decoded,
+        Err((id, error)) => return Response::failure(id, error),
+    };
+    let op = request.op();
+    match std::panic::AssertUnwindSafe(api.handle(request))
+        .catch_unwind()
+        .await
+    {
+        Ok(Ok(result)) => Response::success(id, result),
+        Ok(Err(error)) => Response::failure(id, error),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("a panic");
+            tracing::error!(op, "request handler panicked: {what}");
+            Response::failure(
+                id,
+                ErrorBody::new(
+                    ErrorCode::Internal,
+                    format!("the daemon failed while handling this request ({what}); this is a bug, and it was logged"),
+                ),
+            )
+        }
+    }
+}
+
+/// A framed request line, or why the line was refused.
 enum Line {
-    Complete(Vec<u8>),
-    /// A line longer than the limit was skipped.
-    TooLong(usize),
+    Complete(String),
+    Rejected(ErrorBody),
 }
 
-/// Splits a byte stream into lines of at most `max` bytes. An oversize line
-/// is skipped up to its newline and reported once, so the stream stays in
-/// step and the connection stays usable.
-struct LineReader<R> {
-    inner: R,
-    buf: Vec<u8>,
+/// `LinesCodec` with a length limit, whose per-line errors (too long, not
+/// UTF-8) become answers instead of ending the stream.
+struct RequestLines {
+    inner: LinesCodec,
     max: usize,
-    eof: bool,
 }
 
-impl<R: AsyncRead + Unpin> LineReader<R> {
-    fn new(inner: R, max: usize) -> Self {
-        LineReader {
-            inner,
-            buf: Vec::with_capacity(8192),
+impl RequestLines {
+    fn new(max: usize) -> Self {
+        RequestLines {
+            inner: LinesCodec::new_with_max_length(max),
             max,
-            eof: false,
         }
     }
 
-    async fn next_line(&mut self) -> io::Result<Option<Line>> {
-        let mut skipping = false;
-        let mut scanned = 0;
-        loop {
-            if let Some(pos) = self.buf[scanned..].iter().position(|&b| b == b'\n') {
-                let end = scanned + pos;
-                let mut line: Vec<u8> = self.buf.drain(..=end).collect();
-                line.pop();
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-                return Ok(Some(if skipping || line.len() > self.max {
-                    Line::TooLong(self.max)
-                } else {
-                    Line::Complete(line)
-                }));
+    fn map(&self, decoded: Result<Option<String>, LinesCodecError>) -> io::Result<Option<Line>> {
+        match decoded {
+            Ok(line) => Ok(line.map(Line::Complete)),
+            Err(LinesCodecError::MaxLineLengthExceeded) => Ok(Some(Line::Rejected(ErrorBody::new(
+                ErrorCode::LineTooLong,
+                format!("the line exceeds {} bytes; it was discarded", self.max),
+            )))),
+            Err(LinesCodecError::Io(e)) if e.kind() == io::ErrorKind::InvalidData => {
+                Ok(Some(Line::Rejected(ErrorBody::new(
+                    ErrorCode::MalformedJson,
+                    "the line is not valid UTF-8",
+                ))))
             }
-            if self.buf.len() > self.max {
-                skipping = true;
-                self.buf.clear();
-            }
-            scanned = self.buf.len();
-            if self.eof {
-                return Ok(match (self.buf.is_empty(), skipping) {
-                    (_, true) => Some(Line::TooLong(self.max)),
-                    (true, false) => None,
-                    (false, false) => Some(Line::Complete(std::mem::take(&mut self.buf))),
-                });
-            }
-            let mut chunk = [0u8; 16 * 1024];
-            let n = self.inner.read(&mut chunk).await?;
-            if n == 0 {
-                self.eof = true;
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
+            Err(LinesCodecError::Io(e)) => Err(e),
         }
+    }
+}
+
+impl Decoder for RequestLines {
+    type Item = Line;
+    type Error = io::Error;
+
+    fn decode(&mut self, buf: &mut bytes::BytesMut) -> io::Result<Option<Line>> {
+        let decoded = self.inner.decode(buf);
+        self.map(decoded)
+    }
+
+    fn decode_eof(&mut self, buf: &mut bytes::BytesMut) -> io::Result<Option<Line>> {
+        let decoded = self.inner.decode_eof(buf);
+        self.map(decoded)
     }
 }
 
@@ -324,12 +357,12 @@ mod tests {
     use super::*;
 
     async fn lines(input: &[u8], max: usize) -> Vec<String> {
-        let mut reader = LineReader::new(input, max);
+        let mut framed = FramedRead::new(input, RequestLines::new(max));
         let mut out = Vec::new();
-        while let Some(line) = reader.next_line().await.unwrap() {
-            out.push(match line {
-                Line::Complete(l) => String::from_utf8(l).unwrap(),
-                Line::TooLong(_) => "<too long>".into(),
+        while let Some(line) = framed.next().await {
+            out.push(match line.unwrap() {
+                Line::Complete(l) => l,
+                Line::Rejected(e) => format!("<{}>", e.code.as_str()),
             });
         }
         out
@@ -339,7 +372,11 @@ mod tests {
     async fn splits_lines_and_skips_oversize_ones() {
         assert_eq!(lines(b"a\nbb\r\nc", 10).await, ["a", "bb", "c"]);
         let long = format!("{}\nok\n", "x".repeat(50_000));
-        assert_eq!(lines(long.as_bytes(), 100).await, ["<too long>", "ok"]);
-        assert_eq!(lines(&[b'y'; 300], 100).await, ["<too long>"]);
+        assert_eq!(lines(long.as_bytes(), 100).await, ["<line_too_long>", "ok"]);
+        assert_eq!(lines(&[b'y'; 300], 100).await, ["<line_too_long>"]);
+        assert_eq!(
+            lines(b"\xff\xfe\nok\n", 100).await,
+            ["<malformed_json>", "ok"]
+        );
     }
 }

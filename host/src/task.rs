@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -38,6 +39,85 @@ impl FromStr for TaskId {
     type Err = uuid::Error;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Uuid::parse_str(s).map(TaskId)
+    }
+}
+
+/// A platform's name: a short lower-case token (`[a-z0-9][a-z0-9_-]{0,31}`),
+/// so it is safe in logs, metric labels, file names and broker subjects.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct PlatformName(String);
+
+impl PlatformName {
+    pub const MAX_LEN: usize = 32;
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for PlatformName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let valid = (1..=Self::MAX_LEN).contains(&s.len())
+            && s.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && s
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if valid {
+            Ok(PlatformName(s.to_string()))
+        } else {
+            let shown: String = s.chars().take(40).collect();
+            Err(format!(
+                "`{}` is not a platform name (1 to {} of a-z, 0-9, `-` and `_`, starting with a letter or digit)",
+                shown.escape_debug(),
+                Self::MAX_LEN
+            ))
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for PlatformName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Display for PlatformName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::ops::Deref for PlatformName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for PlatformName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<str> for PlatformName {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<String> for PlatformName {
+    fn eq(&self, other: &String) -> bool {
+        &self.0 == other
+    }
+}
+
+impl From<PlatformName> for String {
+    fn from(p: PlatformName) -> String {
+        p.0
     }
 }
 
@@ -183,4 +263,12 @@ impl Outcome {
     pub fn is_success(&self) -> bool {
         matches!(self, Outcome::Delivered { .. })
     }
+}
+
+/// What to do with a task after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Succeeded,
+    Retry { after: Duration },
+    Dead,
 }

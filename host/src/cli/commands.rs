@@ -7,11 +7,10 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::{Cli, Command, OutputArgs, SendArgs, ServeArgs, render};
-use crate::api::{PluginsView, StatusView, TaskView};
+use crate::protocol::{Change, PluginsView, ReloadResult, StatusView, TaskView};
 use crate::client::Client;
 use crate::config::Config;
 use crate::daemon::Daemon;
-use crate::reload::{Change, ReloadResult};
 use crate::task::{Format, Priority, TaskState};
 
 /// Runs the parsed command line.
@@ -20,7 +19,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve(config, args).await,
         Command::Check(args) => {
-            let report = crate::check::check(&args.file).await;
+            let report = crate::check::check(&args.file, Some(config.cache_dir())).await;
             print(args.output, &report, render::check)?;
             Ok(if report.ok() {
                 ExitCode::SUCCESS
@@ -101,10 +100,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Task(args) => {
+            // Showing a dead task is not a failure: only `send --wait`
+            // reports a task's fate through its exit code.
             let task: TaskView =
                 decode(call(&config, json!({"op": "task", "task_id": args.id})).await?)?;
-            print(args.output, &task, render::task)?;
-            Ok(exit_for(&task))
+            print(args.output, &task, render::task)
         }
     }
 }

@@ -148,8 +148,9 @@ pub struct SendArgs {
     pub platform: Option<String>,
     /// Where to deliver: a configured destination's name ([destinations.NAME]
     /// in the config file), or a raw webhook URL, chat id or address, as the
-    /// platform expects.
-    #[arg(long, short)]
+    /// platform expects. May start with `-` (a Telegram group chat id such as
+    /// -1001234567890).
+    #[arg(long, short, allow_hyphen_values = true)]
     pub target: String,
     /// Optional title or subject.
     #[arg(long)]

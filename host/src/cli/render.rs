@@ -2,8 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::api::{PluginsView, StatusView, TaskView};
-use crate::reload::{Change, ReloadResult};
+use crate::protocol::{Change, PluginsView, ReloadResult, StatusView, TaskView};
 use crate::task::Outcome;
 
 pub fn task(t: &TaskView) -> String {

@@ -27,10 +27,13 @@
 //! skips instantiation.
 
 mod dispatcher;
+pub mod lifecycle;
 pub mod pacer;
 pub mod queue;
+pub mod retry;
 pub mod router;
 pub mod scaler;
+pub mod scheduler;
 pub mod stats;
 pub mod warm;
 mod worker;
@@ -38,24 +41,27 @@ mod worker;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use self::dispatcher::{Command, Dispatcher};
+use self::lifecycle::Lifecycle;
+use self::retry::RetryConfig;
 pub use self::router::Strategy;
 use self::scaler::ScalerConfig;
+use self::scheduler::Scheduler;
 pub use self::stats::{PoolStats, ScaleEvent, WorkerState, WorkerView};
 use self::warm::{WarmBudget, WarmLimits};
 use self::worker::WorkerContext;
 use crate::destination::{Destinations, RateRule};
 use crate::executor::Executor;
+use crate::protocol::{MAX_WORKERS, WorkerCount};
 use crate::registry::Registry;
-use crate::retry::RetryConfig;
-use crate::scheduler::Scheduler;
 use crate::store::TaskStore;
-use crate::task::Task;
+use crate::task::{Task, TaskId};
 
 /// How often the dispatcher samples load for the scaler.
 pub const TICK: Duration = Duration::from_millis(50);
@@ -138,12 +144,7 @@ impl Default for PoolConfig {
 impl PoolConfig {
     /// Checks values that would make the pool misbehave.
     pub fn validate(&self) -> Result<(), String> {
-        if self.max_workers == 0 || self.min_workers > self.max_workers {
-            return Err(format!(
-                "need 0 <= min_workers ({}) <= max_workers ({}) and max_workers > 0",
-                self.min_workers, self.max_workers
-            ));
-        }
+        check_bounds(self.min_workers, self.max_workers)?;
         if !(self.scale_down_load < self.target_load && self.scale_down_load >= 0.0) {
             return Err(format!(
                 "need 0 <= scale_down_load ({}) < target_load ({})",
@@ -169,6 +170,17 @@ impl PoolConfig {
     }
 }
 
+/// The worker bounds every pool keeps: `min <= max`, `1 <= max <=`
+/// [`MAX_WORKERS`].
+fn check_bounds(min: usize, max: usize) -> Result<(), String> {
+    if max == 0 || min > max || max > MAX_WORKERS {
+        return Err(format!(
+            "need 0 <= min ({min}) <= max ({max}) and 1 <= max <= {MAX_WORKERS}"
+        ));
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum EnqueueError {
     #[error("the queue is full ({0} tasks waiting); try again later")]
@@ -188,86 +200,19 @@ pub struct ShutdownReport {
     pub left_queued: usize,
 }
 
-/// A handle to the running pool.
-pub struct Pool {
+/// The door into the dispatcher's queue, shared by submits and the
+/// scheduler. Its bound is the queue's capacity: `waiting` counts every task
+/// sent and not yet given to a worker, and a send that would pass
+/// `capacity` is refused whole, so the unbounded command channel behind it
+/// never holds more than `capacity` tasks.
+pub struct Intake {
     commands: mpsc::UnboundedSender<Command>,
-    /// Tasks submitted and not yet given to a worker.
     waiting: Arc<AtomicUsize>,
     capacity: usize,
     closed: AtomicBool,
 }
 
-/// What the pool works with.
-pub struct PoolDeps {
-    pub executor: Arc<Executor>,
-    pub registry: Arc<Registry>,
-    pub store: Arc<TaskStore>,
-    pub scheduler: Arc<Scheduler>,
-    pub retry: RetryConfig,
-    pub destinations: Arc<Destinations>,
-    /// Per-platform rate limits that replace what plugins declare.
-    pub platform_limits: BTreeMap<String, Vec<RateRule>>,
-}
-
-impl Pool {
-    pub fn start(config: PoolConfig, deps: PoolDeps) -> Self {
-        let PoolDeps {
-            executor,
-            registry,
-            store,
-            scheduler,
-            retry,
-            destinations,
-            platform_limits,
-        } = deps;
-        let (commands, command_rx) = mpsc::unbounded_channel();
-        let (events, event_rx) = mpsc::unbounded_channel();
-        let waiting = Arc::new(AtomicUsize::new(0));
-        let limits = WarmLimits {
-            max_per_worker: config.max_warm_per_worker,
-            max_per_plugin: config.max_warm_per_plugin,
-            max_uses: config.warm_max_uses,
-            max_memory_bytes: config.warm_max_memory_mib.saturating_mul(1 << 20),
-            max_idle: config.warm_max_idle,
-        };
-        let context = Arc::new(WorkerContext {
-            executor,
-            registry: registry.clone(),
-            store: store.clone(),
-            scheduler,
-            retry,
-            destinations: destinations.clone(),
-            budget: Arc::new(WarmBudget::new(config.max_warm_per_plugin)),
-            limits,
-            warm_hits: AtomicU64::new(0),
-            warm_misses: AtomicU64::new(0),
-        });
-        tracing::info!(
-            min = config.min_workers,
-            max = config.max_workers,
-            strategy = ?config.strategy,
-            "worker pool starting"
-        );
-        let dispatcher = Dispatcher::new(
-            config,
-            context,
-            registry,
-            store,
-            waiting.clone(),
-            events,
-            destinations,
-            platform_limits,
-        );
-        let capacity = dispatcher.capacity();
-        tokio::spawn(dispatcher.run(command_rx, event_rx));
-        Pool {
-            commands,
-            waiting,
-            capacity,
-            closed: AtomicBool::new(false),
-        }
-    }
-
+impl Intake {
     /// Whether the queue has room for `n` more tasks.
     pub fn has_room(&self, n: usize) -> bool {
         !self.closed.load(Ordering::Acquire)
@@ -293,22 +238,131 @@ impl Pool {
                 EnqueueError::Closed
             })
     }
+}
+
+/// A handle to the running pool.
+pub struct Pool {
+    intake: Arc<Intake>,
+    scheduler: Arc<Scheduler>,
+    /// Stops the scheduler.
+    stop: CancellationToken,
+}
+
+/// What the pool works with.
+pub struct PoolDeps {
+    pub executor: Arc<Executor>,
+    pub registry: Arc<Registry>,
+    pub store: Arc<TaskStore>,
+    pub retry: RetryConfig,
+    pub destinations: Arc<Destinations>,
+    /// Per-platform rate limits that replace what plugins declare.
+    pub platform_limits: BTreeMap<String, Vec<RateRule>>,
+}
+
+impl Pool {
+    pub fn start(config: PoolConfig, deps: PoolDeps) -> Self {
+        let PoolDeps {
+            executor,
+            registry,
+            store,
+            retry,
+            destinations,
+            platform_limits,
+        } = deps;
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let (events, event_rx) = mpsc::unbounded_channel();
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let scheduler = Arc::new(Scheduler::default());
+        let lifecycle = Arc::new(Lifecycle::new(store.clone(), retry, scheduler.clone()));
+        let limits = WarmLimits {
+            max_per_worker: config.max_warm_per_worker,
+            max_per_plugin: config.max_warm_per_plugin,
+            max_uses: config.warm_max_uses,
+            max_memory_bytes: config.warm_max_memory_mib.saturating_mul(1 << 20),
+            max_idle: config.warm_max_idle,
+        };
+        let context = Arc::new(WorkerContext {
+            executor,
+            registry: registry.clone(),
+            lifecycle: lifecycle.clone(),
+            destinations: destinations.clone(),
+            budget: Arc::new(WarmBudget::new(config.max_warm_per_plugin)),
+            limits,
+            warm_hits: AtomicU64::new(0),
+            warm_misses: AtomicU64::new(0),
+        });
+        tracing::info!(
+            min = config.min_workers,
+            max = config.max_workers,
+            strategy = ?config.strategy,
+            "worker pool starting"
+        );
+        let capacity = config.queue_capacity;
+        let dispatcher = Dispatcher::new(
+            config,
+            context,
+            registry,
+            lifecycle,
+            waiting.clone(),
+            events,
+            destinations,
+            platform_limits,
+        );
+        tokio::spawn(dispatcher.run(command_rx, event_rx));
+        let intake = Arc::new(Intake {
+            commands,
+            waiting,
+            capacity,
+            closed: AtomicBool::new(false),
+        });
+        let stop = CancellationToken::new();
+        tokio::spawn(scheduler.clone().run(store, intake.clone(), stop.clone()));
+        Pool {
+            intake,
+            scheduler,
+            stop,
+        }
+    }
+
+    /// Whether the queue has room for `n` more tasks.
+    pub fn has_room(&self, n: usize) -> bool {
+        self.intake.has_room(n)
+    }
+
+    /// Queues tasks that may run now; if the queue is full they wait in the
+    /// scheduler (they are accepted and durable already).
+    pub fn enqueue(&self, tasks: &[Arc<Task>]) {
+        if self.intake.enqueue(tasks).is_err() {
+            let now = SystemTime::now();
+            tasks.iter().for_each(|t| self.scheduler.schedule(t.id, now));
+        }
+    }
+
+    /// Queues the task `id` at `at` (at once if `at` has passed).
+    pub fn schedule(&self, id: TaskId, at: SystemTime) {
+        self.scheduler.schedule(id, at);
+    }
 
     pub async fn stats(&self) -> Option<PoolStats> {
         let (tx, rx) = oneshot::channel();
-        self.commands.send(Command::Stats(tx)).ok()?;
+        self.intake.commands.send(Command::Stats(tx)).ok()?;
         rx.await.ok()
     }
 
     /// Changes the worker bounds at run time; returns the new (min, max).
     pub async fn scale(
         &self,
-        min: Option<usize>,
-        max: Option<usize>,
+        min: Option<WorkerCount>,
+        max: Option<WorkerCount>,
     ) -> Result<(usize, usize), String> {
         let (reply, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Scale { min, max, reply })
+        self.intake
+            .commands
+            .send(Command::Scale {
+                min: min.map(WorkerCount::get),
+                max: max.map(WorkerCount::get),
+                reply,
+            })
             .map_err(|_| "the pool has stopped".to_string())?;
         rx.await.map_err(|_| "the pool has stopped".to_string())?
     }
@@ -317,14 +371,15 @@ impl Pool {
     /// `shutdown_timeout`, then cancels the rest and puts them back in the
     /// queue. Waiting tasks stay queued.
     pub async fn shutdown(&self) -> ShutdownReport {
-        self.closed.store(true, Ordering::Release);
+        self.stop.cancel();
+        self.intake.closed.store(true, Ordering::Release);
         let (tx, rx) = oneshot::channel();
         let empty = ShutdownReport {
             finished: 0,
             cancelled: 0,
             left_queued: 0,
         };
-        if self.commands.send(Command::Shutdown(tx)).is_err() {
+        if self.intake.commands.send(Command::Shutdown(tx)).is_err() {
             return empty;
         }
         rx.await.unwrap_or(empty)

@@ -8,14 +8,13 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+use super::lifecycle::{self, Lifecycle};
 use super::stats::WorkerMetrics;
 use super::warm::{WarmBudget, WarmCache, WarmLimits};
 use crate::destination::Destinations;
 use crate::executor::Executor;
-use crate::registry::{LoadedPlugin, PluginRef, Registry};
-use crate::retry::{RetryConfig, Verdict};
-use crate::scheduler::Scheduler;
-use crate::store::TaskStore;
+use crate::plugin::LoadedPlugin;
+use crate::registry::Registry;
 use crate::task::{FailureClass, Outcome, Task};
 
 /// Tasks for one plugin version, given to one worker.
@@ -45,32 +44,12 @@ pub(super) enum Event {
 pub(super) struct WorkerContext {
     pub executor: Arc<Executor>,
     pub registry: Arc<Registry>,
-    pub store: Arc<TaskStore>,
-    pub scheduler: Arc<Scheduler>,
-    pub retry: RetryConfig,
+    pub lifecycle: Arc<Lifecycle>,
     pub destinations: Arc<Destinations>,
     pub budget: Arc<WarmBudget>,
     pub limits: WarmLimits,
     pub warm_hits: AtomicU64,
     pub warm_misses: AtomicU64,
-}
-
-impl WorkerContext {
-    /// Records an attempt's outcome, decides on a retry and schedules it.
-    pub fn finish(&self, task: &Task, attempt: u32, outcome: Outcome, plugin: Option<PluginRef>) {
-        let verdict = self.retry.decide(&task.platform, &outcome, attempt);
-        self.store.finish(task.id, outcome, plugin, verdict);
-        match verdict {
-            Verdict::Retry { after } => {
-                tracing::info!(task = %task.id, attempt, retry_in = ?after, "will retry");
-                self.scheduler.schedule(task.id, SystemTime::now() + after);
-            }
-            Verdict::Dead if attempt > 1 => {
-                tracing::warn!(task = %task.id, attempt, "task is dead after its last attempt")
-            }
-            _ => {}
-        }
-    }
 }
 
 pub(super) async fn run(
@@ -125,7 +104,7 @@ async fn deliver(
 ) {
     let started = Instant::now();
     *metrics.current.lock().expect("never poisoned") = Some((task.id, task.platform.clone()));
-    let attempt = context.store.start(task.id);
+    let attempt = context.lifecycle.store().start(task.id);
 
     let (instance, was_warm) = match warm.take(&plugin.key) {
         Some(instance) => (Ok(instance), true),
@@ -172,18 +151,14 @@ async fn deliver(
     }
     // The pause goes to the dispatcher before the outcome is recorded (and
     // waiters answered), so no one can see the outcome and beat the pause.
-    if let Outcome::Failed {
-        class: FailureClass::RateLimited,
-        retry_after_ms,
-        ..
-    } = &outcome
-    {
-        let retry_after = Duration::from_millis(retry_after_ms.unwrap_or(1_000));
+    if let Some(retry_after) = lifecycle::pause(&outcome) {
         let key = super::pacer::pace_key(task);
         let _ = events.send(Event::RateLimited { key, retry_after });
     }
     let success = outcome.is_success();
-    context.finish(task, attempt, outcome, Some(plugin.version_ref()));
+    context
+        .lifecycle
+        .finish(task, attempt, outcome, Some(plugin.version_ref()));
     metrics.record(started.elapsed().as_micros() as u64, success);
     *metrics.current.lock().expect("never poisoned") = None;
     *metrics.last_activity.lock().expect("never poisoned") = Some(SystemTime::now());

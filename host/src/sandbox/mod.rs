@@ -23,6 +23,7 @@ pub mod allowlist;
 pub mod http;
 pub mod limits;
 mod output;
+pub mod policy;
 mod state;
 
 use std::path::PathBuf;
@@ -39,9 +40,9 @@ use wasmtime::{
 pub use self::allowlist::AllowList;
 pub use self::http::HttpClient;
 pub use self::limits::{Limits, MemoryBudget};
+pub use self::policy::{PluginConfig, PluginPolicy, Secret};
 pub use self::state::HostState;
 use crate::bindings::{PluginPre, notifyhub};
-use crate::manifest::PluginConfig;
 
 /// How often the epoch advances; the granularity of call deadlines.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -68,15 +69,6 @@ impl Default for SandboxSettings {
             max_total_memory_mib: 4096,
         }
     }
-}
-
-/// What a plugin is allowed to do; shared by every call into it.
-#[derive(Debug)]
-pub struct PluginPolicy {
-    pub name: Arc<str>,
-    pub allow: Arc<AllowList>,
-    pub limits: Limits,
-    pub config: PluginConfig,
 }
 
 #[derive(Debug, thiserror::Error)]

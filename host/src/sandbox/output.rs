@@ -14,7 +14,44 @@ use bytes::Bytes;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
-use super::state::{LogBudget, MAX_LOG_LINE_BYTES};
+
+/// Log lines a plugin may write per call (through `host.log`, stdout and
+/// stderr together); the rest are dropped with a marker.
+const MAX_LOG_LINES: u32 = 1000;
+/// Longest log line kept, in bytes.
+pub(super) const MAX_LOG_LINE_BYTES: usize = 4096;
+
+/// The task a store is running and how many lines it has logged: shared by
+/// the `host.log` import and the stdout/stderr pipes.
+#[derive(Debug, Default)]
+pub(super) struct LogBudget {
+    current: Mutex<(Option<String>, u32)>,
+}
+
+impl LogBudget {
+    pub(super) fn begin(&self, task: Option<String>) {
+        *self.current.lock().expect("never poisoned") = (task, 0);
+    }
+
+    /// The task to tag one more line with, or `None` once the task's budget
+    /// is spent (the first refusal logs a marker).
+    pub(super) fn take(&self, plugin: &str) -> Option<String> {
+        let mut current = self.current.lock().expect("never poisoned");
+        current.1 += 1;
+        let task = current.0.clone().unwrap_or_else(|| "-".into());
+        if current.1 <= MAX_LOG_LINES {
+            return Some(task);
+        }
+        if current.1 == MAX_LOG_LINES + 1 {
+            tracing::warn!(
+                plugin,
+                task,
+                "plugin log limit of {MAX_LOG_LINES} lines reached; further lines dropped"
+            );
+        }
+        None
+    }
+}
 
 /// Which stream a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 //! the plugin's HTTP policy, its memory limiter, and the `host` interface
 //! (logging and configuration) that plugins import.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -11,47 +11,9 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use super::PluginPolicy;
 use super::http::{HttpClient, OutboundHttp};
 use super::limits::{MemoryBudget, MemoryLimiter};
-use super::output::{PluginOutput, Stream};
+use super::output::{LogBudget, MAX_LOG_LINE_BYTES, PluginOutput, Stream};
 use crate::bindings::{Level, notifyhub};
-use crate::manifest::PluginConfig;
-
-/// Log lines a plugin may write per call (through `host.log`, stdout and
-/// stderr together); the rest are dropped with a marker.
-const MAX_LOG_LINES: u32 = 1000;
-/// Longest log line kept, in bytes.
-pub(super) const MAX_LOG_LINE_BYTES: usize = 4096;
-
-/// The task a store is running and how many lines it has logged: shared by
-/// the `host.log` import and the stdout/stderr pipes.
-#[derive(Debug, Default)]
-pub(super) struct LogBudget {
-    current: Mutex<(Option<String>, u32)>,
-}
-
-impl LogBudget {
-    fn begin(&self, task: Option<String>) {
-        *self.current.lock().expect("never poisoned") = (task, 0);
-    }
-
-    /// The task to tag one more line with, or `None` once the task's budget
-    /// is spent (the first refusal logs a marker).
-    pub(super) fn take(&self, plugin: &str) -> Option<String> {
-        let mut current = self.current.lock().expect("never poisoned");
-        current.1 += 1;
-        let task = current.0.clone().unwrap_or_else(|| "-".into());
-        if current.1 <= MAX_LOG_LINES {
-            return Some(task);
-        }
-        if current.1 == MAX_LOG_LINES + 1 {
-            tracing::warn!(
-                plugin,
-                task,
-                "plugin log limit of {MAX_LOG_LINES} lines reached; further lines dropped"
-            );
-        }
-        None
-    }
-}
+use super::policy::PluginConfig;
 
 /// What one store knows about the plugin and task it runs.
 pub struct HostState {

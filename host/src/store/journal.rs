@@ -10,27 +10,41 @@
 //! All writes go to one writer thread. It takes every write that is waiting
 //! (up to [`MAX_GROUP`]) and commits them in one transaction, so concurrent
 //! and batched submits share one fsync and durability does not cap
-//! throughput. Writes that must be durable before the caller goes on (new
-//! tasks) carry an acknowledgement that is answered after the commit; an
-//! attempt's outcome does not wait: losing one in a crash means the task is
-//! delivered again (at least once). An attempt is written when it ends,
-//! with its start time; a running task is `queued` on disk, so an attempt cut
-//! off by a crash is simply run again and leaves no record.
+//! throughput. A submit's rows travel in one [`Op::Submit`] with its
+//! acknowledgement, so they are always in the same transaction as the
+//! answer: the acknowledgement says whether *that* transaction committed,
+//! and a failed commit fails every submit in it. An attempt's outcome does
+//! not wait: losing one in a crash (or a failed commit) means the task is
+//! delivered again (at least once). An attempt is written when it ends, with
+//! its start time; a running task is `queued` on disk, so an attempt cut off
+//! by a crash is simply run again and leaves no record.
+//!
+//! After a failed commit the journal is *unavailable*: [`Journal::health`]
+//! says why, and the store refuses new submits with that reason instead of
+//! queueing them behind writes that are failing. While unavailable, the
+//! writer probes with a one-row write every [`PROBE_EVERY`]; the first write
+//! that commits (a probe, or an outcome) makes it available again.
+//!
+//! Attempts are history: rows are only ever added (`INSERT OR IGNORE`, keyed
+//! by task and number, and numbers only go up, across restarts and revivals
+//! by `retry` too).
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use super::{Attempt, TaskRecord};
-use crate::registry::PluginRef;
+use crate::plugin::PluginRef;
 use crate::task::{Outcome, Task, TaskId, TaskState};
 
 /// Most writes committed in one transaction.
 const MAX_GROUP: usize = 50_000;
+/// How often an unavailable journal tries a write of its own.
+pub const PROBE_EVERY: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -45,14 +59,18 @@ pub enum JournalError {
     Read(#[from] rusqlite::Error),
     #[error("the task store's writer has stopped")]
     Stopped,
+    #[error("the task store cannot be written ({0}); no new tasks are accepted until a write succeeds")]
+    Unavailable(String),
+}
+
+/// A new task's row.
+pub(super) struct Insert {
+    pub record: TaskRecord,
+    pub key: Option<String>,
 }
 
 /// A change to the journal.
 pub(super) enum Write {
-    Insert {
-        record: TaskRecord,
-        key: Option<String>,
-    },
     Finish {
         id: TaskId,
         state: TaskState,
@@ -62,7 +80,11 @@ pub(super) enum Write {
     Requeue {
         id: TaskId,
         not_before: Option<SystemTime>,
-        attempts: u32,
+    },
+    /// A dead task brought back by `retry`: its attempts so far stay.
+    Revive {
+        id: TaskId,
+        revived_at: u32,
     },
     Prune {
         before: SystemTime,
@@ -71,14 +93,41 @@ pub(super) enum Write {
 
 enum Op {
     Write(Box<Write>),
+    /// New tasks, answered once the transaction holding them has committed
+    /// (or has failed).
+    Submit {
+        inserts: Vec<Insert>,
+        ack: oneshot::Sender<Result<(), String>>,
+    },
     /// Answered once everything sent before it is committed.
     Sync(oneshot::Sender<Result<(), String>>),
 }
 
+/// Whether the last commit succeeded, shared by the writer and the store.
+#[derive(Debug, Default)]
+struct Health {
+    failure: Mutex<Option<String>>,
+}
+
+impl Health {
+    fn set(&self, result: &Result<(), String>) {
+        let mut failure = self.failure.lock().expect("never poisoned");
+        match (result, failure.is_some()) {
+            (Ok(()), true) => {
+                tracing::info!("the task store can be written again; accepting tasks");
+                *failure = None;
+            }
+            (Err(e), _) => *failure = Some(e.clone()),
+            (Ok(()), false) => {}
+        }
+    }
+}
+
 /// The journal: a writer thread and a reading connection.
 pub struct Journal {
-    writes: Mutex<mpsc::Sender<Op>>,
+    writes: mpsc::Sender<Op>,
     reader: Mutex<Connection>,
+    health: Arc<Health>,
 }
 
 const SCHEMA: &str = "
@@ -94,7 +143,8 @@ const SCHEMA: &str = "
         idempotency_key TEXT,
         task TEXT NOT NULL,
         outcome TEXT,
-        plugin TEXT
+        plugin TEXT,
+        revived_at INTEGER NOT NULL DEFAULT 0
     );
     CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, platform, submitted_at);
     CREATE INDEX IF NOT EXISTS tasks_by_key ON tasks (idempotency_key) WHERE idempotency_key IS NOT NULL;
@@ -107,6 +157,7 @@ const SCHEMA: &str = "
         plugin TEXT,
         PRIMARY KEY (task_id, n)
     );
+    CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
 ";
 
 fn open(path: &Path) -> Result<Connection, JournalError> {
@@ -117,6 +168,15 @@ fn open(path: &Path) -> Result<Connection, JournalError> {
     let conn = Connection::open(path).map_err(err)?;
     conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
     conn.execute_batch(SCHEMA).map_err(err)?;
+    // Stores made before `retry` kept history had no `revived_at`.
+    let has_revived: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('tasks') WHERE name = 'revived_at'")
+        .and_then(|mut s| s.exists([]))
+        .map_err(err)?;
+    if !has_revived {
+        conn.execute_batch("ALTER TABLE tasks ADD COLUMN revived_at INTEGER NOT NULL DEFAULT 0")
+            .map_err(err)?;
+    }
     // Durable on COMMIT: the WAL is fsynced before COMMIT returns.
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(err)?;
@@ -142,30 +202,48 @@ impl Journal {
         let writer = open(path)?;
         let reader = open(path)?;
         let (tx, rx) = mpsc::channel();
+        let health = Arc::new(Health::default());
+        let writer_health = health.clone();
         std::thread::Builder::new()
             .name("notifyhub-store".into())
-            .spawn(move || write_loop(writer, rx))
+            .spawn(move || write_loop(writer, rx, &writer_health))
             .map_err(|e| JournalError::Write(e.to_string()))?;
         Ok(Journal {
-            writes: Mutex::new(tx),
+            writes: tx,
             reader: Mutex::new(reader),
+            health,
         })
     }
 
     pub(super) fn write(&self, write: Write) {
-        let _ = self
-            .writes
-            .lock()
-            .expect("never poisoned")
-            .send(Op::Write(Box::new(write)));
+        let _ = self.writes.send(Op::Write(Box::new(write)));
+    }
+
+    /// `Err` with the reason while the last commit failed.
+    pub fn health(&self) -> Result<(), JournalError> {
+        match &*self.health.failure.lock().expect("never poisoned") {
+            None => Ok(()),
+            Some(e) => Err(JournalError::Unavailable(e.clone())),
+        }
+    }
+
+    /// Writes new tasks; returns once the transaction that holds them has
+    /// committed. Refused at once while the journal is unavailable.
+    pub(super) async fn submit(&self, inserts: Vec<Insert>) -> Result<(), JournalError> {
+        self.health()?;
+        let (ack, rx) = oneshot::channel();
+        self.writes
+            .send(Op::Submit { inserts, ack })
+            .map_err(|_| JournalError::Stopped)?;
+        rx.await
+            .map_err(|_| JournalError::Stopped)?
+            .map_err(JournalError::Unavailable)
     }
 
     /// Waits until every write sent so far is durable.
     pub async fn sync(&self) -> Result<(), JournalError> {
         let (tx, rx) = oneshot::channel();
         self.writes
-            .lock()
-            .expect("never poisoned")
             .send(Op::Sync(tx))
             .map_err(|_| JournalError::Stopped)?;
         rx.await
@@ -181,7 +259,7 @@ impl Journal {
     pub(super) fn unfinished(&self) -> Result<Vec<(TaskRecord, Option<String>)>, JournalError> {
         let conn = self.reader();
         let mut stmt = conn.prepare(
-            "SELECT task, state, attempts, submitted_at, not_before, idempotency_key FROM tasks
+            "SELECT task, state, attempts, submitted_at, not_before, idempotency_key, revived_at FROM tasks
              WHERE state IN ('queued', 'running', 'retrying') ORDER BY submitted_at",
         )?;
         let rows = stmt.query_map([], |row| {
@@ -194,16 +272,18 @@ impl Journal {
                 row.get::<_, i64>(3)?,
                 row.get::<_, Option<i64>>(4)?,
                 row.get(5)?,
+                row.get::<_, u32>(6)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (task, state, attempts, submitted, not_before, key) = row?;
+            let (task, state, attempts, submitted, not_before, key, revived_at) = row?;
             let Ok(task) = serde_json::from_str::<Task>(&task) else {
                 continue;
             };
             let mut record = TaskRecord::new(task.into(), time(submitted), not_before.map(time));
             record.attempts = attempts;
+            record.revived_at = revived_at;
             record.state = state.parse().unwrap_or(TaskState::Queued);
             out.push((record, key));
         }
@@ -242,7 +322,7 @@ impl Journal {
         let conn = self.reader();
         let record = conn
             .query_row(
-                "SELECT task, state, attempts, submitted_at, not_before, finished_at, outcome, plugin
+                "SELECT task, state, attempts, submitted_at, not_before, finished_at, outcome, plugin, revived_at
                  FROM tasks WHERE id = ?1",
                 [id.to_string()],
                 record_from_row,
@@ -280,7 +360,7 @@ impl Journal {
     ) -> Result<Vec<TaskRecord>, JournalError> {
         let conn = self.reader();
         let mut stmt = conn.prepare(
-            "SELECT task, state, attempts, submitted_at, not_before, finished_at, outcome, plugin FROM tasks
+            "SELECT task, state, attempts, submitted_at, not_before, finished_at, outcome, plugin, revived_at FROM tasks
              WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR platform = ?2)
              ORDER BY submitted_at DESC LIMIT ?3",
         )?;
@@ -320,11 +400,28 @@ fn record_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Option<TaskRecor
     record.plugin = row
         .get::<_, Option<String>>(7)?
         .and_then(|s| serde_json::from_str::<PluginRef>(&s).ok());
+    record.revived_at = row.get(8)?;
     Ok(Some(record))
 }
 
-fn write_loop(mut conn: Connection, ops: mpsc::Receiver<Op>) {
-    while let Ok(first) = ops.recv() {
+fn write_loop(mut conn: Connection, ops: mpsc::Receiver<Op>, health: &Health) {
+    loop {
+        let unavailable = health.failure.lock().expect("never poisoned").is_some();
+        let first = if unavailable {
+            match ops.recv_timeout(PROBE_EVERY) {
+                Ok(op) => op,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    health.set(&probe(&mut conn).map_err(|e| e.to_string()));
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        } else {
+            match ops.recv() {
+                Ok(op) => op,
+                Err(_) => return,
+            }
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_GROUP {
             match ops.try_recv() {
@@ -334,48 +431,80 @@ fn write_loop(mut conn: Connection, ops: mpsc::Receiver<Op>) {
         }
         let result = commit(&mut conn, &batch).map_err(|e| e.to_string());
         if let Err(e) = &result {
-            tracing::error!("task store write failed: {e}");
+            let submits = batch
+                .iter()
+                .filter(|op| matches!(op, Op::Submit { .. }))
+                .count();
+            tracing::error!(
+                failed_submits = submits,
+                "task store write failed: {e}; refusing new tasks until a write succeeds"
+            );
         }
+        health.set(&result);
         for op in batch {
-            if let Op::Sync(ack) = op {
-                let _ = ack.send(result.clone());
+            match op {
+                Op::Submit { ack, .. } | Op::Sync(ack) => {
+                    let _ = ack.send(result.clone());
+                }
+                Op::Write(_) => {}
             }
         }
     }
+}
+
+/// A one-row write: does the store take writes again?
+fn probe(conn: &mut Connection) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO meta (k, v) VALUES ('probe', 1) ON CONFLICT(k) DO UPDATE SET v = v + 1",
+        [],
+    )
+    .map(|_| ())
 }
 
 fn commit(conn: &mut Connection, batch: &[Op]) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
         let mut insert = tx.prepare_cached(
-            "INSERT OR REPLACE INTO tasks (id, platform, state, attempts, submitted_at, not_before, idempotency_key, task)
+            "INSERT INTO tasks (id, platform, state, attempts, submitted_at, not_before, idempotency_key, task)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
         let mut finish_task = tx.prepare_cached(
-            "UPDATE tasks SET state = ?2, not_before = ?3, finished_at = ?4, outcome = ?5, plugin = ?6, attempts = ?7
+            "UPDATE tasks SET state = ?2, not_before = ?3, finished_at = ?4, outcome = ?5, plugin = ?6, attempts = MAX(attempts, ?7)
              WHERE id = ?1",
         )?;
+        // History is only ever added to.
         let mut finish_attempt = tx.prepare_cached(
-            "INSERT OR REPLACE INTO attempts (task_id, n, started_at, ended_at, outcome, plugin)
+            "INSERT OR IGNORE INTO attempts (task_id, n, started_at, ended_at, outcome, plugin)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
-        let mut requeue =
-            tx.prepare_cached("UPDATE tasks SET state = 'queued', not_before = ?2, attempts = ?3, finished_at = NULL WHERE id = ?1")?;
+        let mut requeue = tx.prepare_cached(
+            "UPDATE tasks SET state = 'queued', not_before = ?2, finished_at = NULL WHERE id = ?1",
+        )?;
+        let mut revive = tx.prepare_cached(
+            "UPDATE tasks SET state = 'queued', not_before = NULL, finished_at = NULL, revived_at = ?2
+             WHERE id = ?1",
+        )?;
         for op in batch {
-            let Op::Write(write) = op else { continue };
-            match write.as_ref() {
-                Write::Insert { record, key } => {
-                    insert.execute(params![
-                        record.task.id.to_string(),
-                        record.task.platform,
-                        record.state.as_str(),
-                        record.attempts,
-                        millis(record.submitted_at),
-                        record.not_before.map(millis),
-                        key,
-                        json(&*record.task),
-                    ])?;
+            let write = match op {
+                Op::Write(write) => write.as_ref(),
+                Op::Submit { inserts, .. } => {
+                    for Insert { record, key } in inserts {
+                        insert.execute(params![
+                            record.task.id.to_string(),
+                            record.task.platform,
+                            record.state.as_str(),
+                            record.attempts,
+                            millis(record.submitted_at),
+                            record.not_before.map(millis),
+                            key,
+                            json(&*record.task),
+                        ])?;
+                    }
+                    continue;
                 }
+                Op::Sync(_) => continue,
+            };
+            match write {
                 Write::Finish {
                     id,
                     state,
@@ -404,12 +533,11 @@ fn commit(conn: &mut Connection, batch: &[Op]) -> rusqlite::Result<()> {
                         attempt.plugin.as_ref().map(json),
                     ])?;
                 }
-                Write::Requeue {
-                    id,
-                    not_before,
-                    attempts,
-                } => {
-                    requeue.execute(params![id.to_string(), not_before.map(millis), attempts])?;
+                Write::Requeue { id, not_before } => {
+                    requeue.execute(params![id.to_string(), not_before.map(millis)])?;
+                }
+                Write::Revive { id, revived_at } => {
+                    revive.execute(params![id.to_string(), revived_at])?;
                 }
                 Write::Prune { before } => {
                     let before = millis(*before);

@@ -10,6 +10,12 @@
 //!
 //! Finished tasks stay in memory up to a cap (then only in the journal) and
 //! are pruned from the journal after `retention`.
+//!
+//! Nothing here blocks an async thread: reads of the journal (a task no
+//! longer in memory, a listing) run on the blocking pool, and writes go to
+//! the journal's own thread. A submit is answered from the transaction that
+//! holds its rows; while the journal cannot be written, submits are refused
+//! with [`StoreError::Unavailable`] (see `journal`).
 
 pub mod journal;
 
@@ -22,10 +28,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 pub use self::journal::JournalError;
-use self::journal::{Journal, Write};
-use crate::registry::PluginRef;
-use crate::retry::Verdict;
-use crate::task::{Outcome, Task, TaskId, TaskState};
+use self::journal::{Insert, Journal, Write};
+use crate::plugin::PluginRef;
+use crate::task::{Outcome, Task, TaskId, TaskState, Verdict};
 
 /// `[store]` in the config file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,10 +93,17 @@ pub struct TaskRecord {
     pub outcome: Option<Outcome>,
     /// The plugin version that handled the last attempt.
     pub plugin: Option<PluginRef>,
-    /// Attempts started.
+    /// Attempts started, over the task's whole life: numbers only go up.
     pub attempts: u32,
+    /// `attempts` when `retry` last brought the task back from the dead: the
+    /// retry policy counts the attempts since then.
+    pub revived_at: u32,
     /// Attempts in order (may be empty for records read in bulk).
     pub history: Vec<Attempt>,
+    /// Whether `history` holds every attempt. A task loaded back at start
+    /// carries only the attempts of this run; `get` adds the earlier ones
+    /// from the journal.
+    history_complete: bool,
 }
 
 impl TaskRecord {
@@ -106,7 +118,9 @@ impl TaskRecord {
             outcome: None,
             plugin: None,
             attempts: 0,
+            revived_at: 0,
             history: Vec::new(),
+            history_complete: true,
         }
     }
 }
@@ -124,6 +138,16 @@ impl TaskRecord {
         });
         self.attempts
     }
+}
+
+/// Where a task's attempts stand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttemptCount {
+    /// The number of the attempt (over the task's life, from 1).
+    pub number: u32,
+    /// Its number since the task was last revived by `retry` (from 1): what
+    /// the retry policy counts.
+    pub in_round: u32,
 }
 
 /// A task loaded back at start, with the time it may run.
@@ -154,8 +178,11 @@ impl Accepted {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// Nothing was accepted; the store may take tasks again later.
+    #[error("{0}")]
+    Unavailable(JournalError),
     #[error(transparent)]
-    Journal(#[from] JournalError),
+    Journal(JournalError),
     #[error("no task {0}")]
     NotFound(TaskId),
     #[error("task {id} is {state}, not dead; only dead tasks can be retried")]
@@ -177,8 +204,29 @@ struct Inner {
 /// The task store.
 pub struct TaskStore {
     inner: Mutex<Inner>,
-    journal: Option<Journal>,
+    journal: Option<Arc<Journal>>,
     config: StoreConfig,
+}
+
+impl From<JournalError> for StoreError {
+    fn from(e: JournalError) -> Self {
+        match e {
+            JournalError::Unavailable(_) | JournalError::Write(_) => StoreError::Unavailable(e),
+            other => StoreError::Journal(other),
+        }
+    }
+}
+
+/// Runs a journal read on the blocking pool.
+async fn read<T: Send + 'static>(
+    journal: &Arc<Journal>,
+    f: impl FnOnce(&Journal) -> Result<T, JournalError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let journal = journal.clone();
+    tokio::task::spawn_blocking(move || f(&journal))
+        .await
+        .map_err(|e| StoreError::Journal(JournalError::Write(format!("a store read failed: {e}"))))?
+        .map_err(StoreError::from)
 }
 
 impl Default for TaskStore {
@@ -208,7 +256,7 @@ impl TaskStore {
                 let journal = Journal::open(path)?;
                 let store = TaskStore {
                     inner: Mutex::default(),
-                    journal: Some(journal),
+                    journal: Some(Arc::new(journal)),
                     config,
                 };
                 store.load_keys()?;
@@ -247,11 +295,16 @@ impl TaskStore {
 
     /// Records new tasks as queued; returns once they are durable. A task
     /// whose idempotency key was used within the window is not recorded
-    /// again: its answer is the first task's id.
+    /// again: its answer is the first task's id. Refused as a whole, with
+    /// nothing recorded, when the journal cannot be written.
     pub async fn submit(&self, submissions: Vec<Submission>) -> Result<Vec<Accepted>, StoreError> {
+        if let Some(journal) = &self.journal {
+            journal.health()?;
+        }
         let now = SystemTime::now();
         let mut accepted = Vec::with_capacity(submissions.len());
         let mut added = Vec::new();
+        let mut inserts = Vec::new();
         {
             let mut inner = self.lock();
             for s in submissions {
@@ -266,10 +319,12 @@ impl TaskStore {
                     inner.keys.insert(key.clone(), (s.task.id, now));
                 }
                 let record = TaskRecord::new(s.task.clone(), now, s.not_before);
-                self.write(Write::Insert {
-                    record: record.clone(),
-                    key: s.idempotency_key.clone(),
-                });
+                if self.journal.is_some() {
+                    inserts.push(Insert {
+                        record: record.clone(),
+                        key: s.idempotency_key.clone(),
+                    });
+                }
                 inner.entries.insert(
                     s.task.id,
                     Entry {
@@ -282,7 +337,8 @@ impl TaskStore {
             }
         }
         if let Some(journal) = &self.journal
-            && let Err(e) = journal.sync().await
+            && !inserts.is_empty()
+            && let Err(e) = journal.submit(inserts).await
         {
             // Not durable, so not accepted: forget them.
             let mut inner = self.lock();
@@ -298,24 +354,42 @@ impl TaskStore {
     }
 
     /// Marks an attempt as started; returns its number.
-    pub fn start(&self, id: TaskId) -> u32 {
+    pub fn start(&self, id: TaskId) -> AttemptCount {
         let now = SystemTime::now();
         let mut inner = self.lock();
         let Some(entry) = inner.entries.get_mut(&id) else {
-            return 1;
+            return AttemptCount {
+                number: 1,
+                in_round: 1,
+            };
         };
         let r = &mut entry.record;
         r.state = TaskState::Running;
         r.started_at = Some(now);
-        r.begin_attempt(now)
+        let number = r.begin_attempt(now);
+        AttemptCount {
+            number,
+            in_round: number.saturating_sub(r.revived_at),
+        }
     }
 
-    /// Attempts started so far.
-    pub fn attempts(&self, id: TaskId) -> u32 {
-        self.lock()
+    /// The count the next attempt of `id` would have (for outcomes decided
+    /// without running the plugin).
+    pub fn next_attempt(&self, id: TaskId) -> AttemptCount {
+        let inner = self.lock();
+        let (attempts, revived_at) = inner
             .entries
             .get(&id)
-            .map_or(0, |e| e.record.attempts)
+            .map_or((0, 0), |e| (e.record.attempts, e.record.revived_at));
+        AttemptCount {
+            number: attempts + 1,
+            in_round: attempts + 1 - revived_at.min(attempts),
+        }
+    }
+
+    /// The record of `id` if it is in memory (tasks not finished always are).
+    pub fn cached(&self, id: TaskId) -> Option<TaskRecord> {
+        self.lock().entries.get(&id).map(|e| e.record.clone())
     }
 
     /// Records an attempt's outcome and the verdict on it.
@@ -379,30 +453,31 @@ impl TaskStore {
         if let Some(entry) = inner.entries.get_mut(&id) {
             entry.record.state = TaskState::Queued;
             entry.record.started_at = None;
-            let attempts = entry.record.attempts;
             self.write(Write::Requeue {
                 id,
                 not_before: None,
-                attempts,
             });
         }
     }
 
-    /// Brings a dead task back to `queued` with a fresh count of attempts.
-    pub fn retry(&self, id: TaskId) -> Result<Arc<Task>, StoreError> {
+    /// Brings a dead task back to `queued`. Its attempts stay in its
+    /// history; the retry policy counts afresh from here.
+    pub async fn retry(&self, id: TaskId) -> Result<Arc<Task>, StoreError> {
+        let in_memory = self.lock().entries.contains_key(&id);
+        let on_disk = match (&self.journal, in_memory) {
+            (Some(journal), false) => read(journal, move |j| j.get(id)).await?,
+            _ => None,
+        };
         let mut inner = self.lock();
-        if let std::collections::hash_map::Entry::Vacant(e) = inner.entries.entry(id) {
-            let record = match &self.journal {
-                Some(journal) => journal.get(id)?,
-                None => None,
-            };
-            let record = record.ok_or(StoreError::NotFound(id))?;
+        if let (std::collections::hash_map::Entry::Vacant(e), Some(record)) =
+            (inner.entries.entry(id), on_disk)
+        {
             e.insert(Entry {
                 record,
                 waiters: Vec::new(),
             });
         }
-        let entry = inner.entries.get_mut(&id).expect("just ensured");
+        let entry = inner.entries.get_mut(&id).ok_or(StoreError::NotFound(id))?;
         let r = &mut entry.record;
         if r.state != TaskState::Dead {
             return Err(StoreError::NotDead {
@@ -411,23 +486,19 @@ impl TaskStore {
             });
         }
         r.state = TaskState::Queued;
-        r.attempts = 0;
+        r.revived_at = r.attempts;
         r.not_before = None;
         r.finished_at = None;
-        let task = r.task.clone();
+        let (task, revived_at) = (r.task.clone(), r.revived_at);
         inner.finished.retain(|f| *f != id);
-        self.write(Write::Requeue {
-            id,
-            not_before: None,
-            attempts: 0,
-        });
+        self.write(Write::Revive { id, revived_at });
         Ok(task)
     }
 
     /// Ids of every dead task.
-    pub fn dead(&self) -> Result<Vec<TaskId>, StoreError> {
+    pub async fn dead(&self) -> Result<Vec<TaskId>, StoreError> {
         match &self.journal {
-            Some(journal) => Ok(journal.dead()?),
+            Some(journal) => read(journal, |j| j.dead()).await,
             None => Ok(self
                 .lock()
                 .entries
@@ -453,25 +524,37 @@ impl TaskStore {
             .is_some_and(|e| e.record.state.is_finished())
     }
 
-    pub fn get(&self, id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
-        if let Some(entry) = self.lock().entries.get(&id) {
-            return Ok(Some(entry.record.clone()));
+    /// One task with all its attempts: from memory, else from the journal,
+    /// or both for a task loaded back at start.
+    pub async fn get(&self, id: TaskId) -> Result<Option<TaskRecord>, StoreError> {
+        let cached = self.cached(id);
+        let Some(journal) = &self.journal else {
+            return Ok(cached);
+        };
+        if let Some(record) = cached.as_ref().filter(|r| r.history_complete) {
+            return Ok(Some(record.clone()));
         }
-        match &self.journal {
-            Some(journal) => Ok(journal.get(id)?),
-            None => Ok(None),
-        }
+        let stored = read(journal, move |j| j.get(id)).await?;
+        Ok(match (cached, stored) {
+            (Some(mut live), Some(stored)) => {
+                let known = stored.history.last().map_or(0, |a| a.number);
+                let newer = live.history.drain(..).filter(|a| a.number > known);
+                live.history = stored.history.into_iter().chain(newer).collect();
+                Some(live)
+            }
+            (live, stored) => live.or(stored),
+        })
     }
 
     /// Tasks by state and platform, newest first.
-    pub fn list(
+    pub async fn list(
         &self,
         state: Option<TaskState>,
-        platform: Option<&str>,
+        platform: Option<String>,
         limit: usize,
     ) -> Result<Vec<TaskRecord>, StoreError> {
         if let Some(journal) = &self.journal {
-            return Ok(journal.list(state, platform, limit)?);
+            return read(journal, move |j| j.list(state, platform.as_deref(), limit)).await;
         }
         let inner = self.lock();
         let mut records: Vec<TaskRecord> = inner
@@ -479,7 +562,8 @@ impl TaskStore {
             .values()
             .map(|e| &e.record)
             .filter(|r| {
-                state.is_none_or(|s| r.state == s) && platform.is_none_or(|p| r.task.platform == p)
+                state.is_none_or(|s| r.state == s)
+                    && platform.as_deref().is_none_or(|p| r.task.platform == p)
             })
             .cloned()
             .collect();
@@ -505,20 +589,20 @@ impl TaskStore {
     /// Loads the tasks that were not finished when the daemon last stopped
     /// (interrupted attempts go back to `queued`) and returns them with the
     /// time each may run.
-    pub fn recover(&self) -> Result<Vec<Recovered>, StoreError> {
+    pub async fn recover(&self) -> Result<Vec<Recovered>, StoreError> {
         let Some(journal) = &self.journal else {
             return Ok(Vec::new());
         };
-        let unfinished = journal.unfinished()?;
+        let unfinished = read(journal, |j| j.unfinished()).await?;
         let mut inner = self.lock();
         let mut out = Vec::with_capacity(unfinished.len());
         for (mut record, _) in unfinished {
+            record.history_complete = record.attempts == 0;
             if record.state == TaskState::Running {
                 record.state = TaskState::Queued;
                 self.write(Write::Requeue {
                     id: record.task.id,
                     not_before: None,
-                    attempts: record.attempts,
                 });
             }
             out.push((record.task.clone(), record.not_before));

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::task::Verdict;
 use crate::task::{FailureClass, Outcome};
 
 /// Retries for one platform.
@@ -64,14 +65,6 @@ impl Default for RetryConfig {
     }
 }
 
-/// What to do with a task after an attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    Succeeded,
-    Retry { after: Duration },
-    Dead,
-}
-
 impl RetryConfig {
     pub fn policy(&self, platform: &str) -> RetryPolicy {
         self.platforms
@@ -84,7 +77,8 @@ impl RetryConfig {
             })
     }
 
-    /// The verdict on attempt number `attempt` (1-based) of a task.
+    /// The verdict on attempt number `attempt` (1-based, counted since the
+    /// task was last revived) of a task.
     pub fn decide(&self, platform: &str, outcome: &Outcome, attempt: u32) -> Verdict {
         let (class, retry_after_ms) = match outcome {
             Outcome::Delivered { .. } => return Verdict::Succeeded,

@@ -8,15 +8,33 @@
 //! connection may arrive out of order when requests wait (`submit` with
 //! `wait: true`); match them by `id`. `docs/protocol.md` has examples.
 //!
-//! This module knows nothing of plugins or queues: it turns bytes into
-//! [`Request`]s and [`Response`]s into bytes.
+//! This module knows nothing of queues or plugins' code: it turns bytes
+//! into [`Request`]s and [`Response`]s into bytes. Every value is decoded
+//! here, once, into a type that bounds it — task ids, states, platform and
+//! plugin names, delays and times ([`values`]) — so an operation never parses
+//! a string again and never sees a value it cannot store and render. The
+//! line itself is parsed strictly ([`json`]): an object that names a key twice
+//! is refused. The answers' shapes are in [`views`].
+
+pub mod json;
+pub mod values;
+pub mod views;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::task::{Format, Priority};
+pub use self::values::{
+    Delay, DeliverAt, ListLimit, MAX_LIST_LIMIT, MAX_RETRY_AFTER, MAX_SCHEDULE_AHEAD,
+    MAX_WORKERS, WorkerCount, clamp_retry_after, format_time,
+};
+pub use self::views::{
+    AttemptView, Change, LoadErrorView, PluginView, PluginsView, ReloadResult, StatusView,
+    TaskView,
+};
+use crate::plugin::PluginName;
+use crate::task::{Format, PlatformName, Priority, TaskId, TaskState};
 
 /// Lines longer than this are rejected with [`ErrorCode::LineTooLong`].
 pub const DEFAULT_MAX_LINE_BYTES: usize = 1 << 20;
@@ -29,21 +47,21 @@ pub enum Request {
     Submit(Submit),
     /// Look up one task, with its attempts.
     Task {
-        task_id: String,
+        task_id: TaskId,
     },
     /// List tasks, newest first.
     Tasks {
         #[serde(default)]
-        state: Option<String>,
+        state: Option<TaskState>,
         #[serde(default)]
-        platform: Option<String>,
+        platform: Option<PlatformName>,
         #[serde(default)]
-        limit: Option<usize>,
+        limit: Option<ListLimit>,
     },
     /// Re-queue a dead task (`task_id`) or every dead task (`dead: true`).
     Retry {
         #[serde(default)]
-        task_id: Option<String>,
+        task_id: Option<TaskId>,
         #[serde(default)]
         dead: bool,
     },
@@ -54,16 +72,33 @@ pub enum Request {
     /// Changes the pool's worker bounds at run time.
     Scale {
         #[serde(default)]
-        min: Option<usize>,
+        min: Option<WorkerCount>,
         #[serde(default)]
-        max: Option<usize>,
+        max: Option<WorkerCount>,
     },
     /// Reloads one plugin (by file stem) or the whole plugin directory.
     Reload {
         #[serde(default)]
-        name: Option<String>,
+        name: Option<PluginName>,
     },
     Ping,
+}
+
+impl Request {
+    /// The op's name, as on the wire.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::Submit(_) => "submit",
+            Request::Task { .. } => "task",
+            Request::Tasks { .. } => "tasks",
+            Request::Retry { .. } => "retry",
+            Request::Status => "status",
+            Request::Plugins => "plugins",
+            Request::Scale { .. } => "scale",
+            Request::Reload { .. } => "reload",
+            Request::Ping => "ping",
+        }
+    }
 }
 
 /// The names of the ops, for error messages.
@@ -99,7 +134,7 @@ impl Submit {
 pub struct NewTask {
     /// Required unless `target` names a configured destination.
     #[serde(default)]
-    pub platform: Option<String>,
+    pub platform: Option<PlatformName>,
     /// A raw target (webhook URL, chat id, …) or a destination's name.
     pub target: String,
     #[serde(default)]
@@ -117,10 +152,10 @@ pub struct NewTask {
     pub idempotency_key: Option<String>,
     /// Not before this time (RFC 3339).
     #[serde(default)]
-    pub deliver_at: Option<String>,
+    pub deliver_at: Option<DeliverAt>,
     /// Not before this long from now (`"90s"`, `"5m"`).
     #[serde(default)]
-    pub delay: Option<String>,
+    pub delay: Option<Delay>,
 }
 
 /// What went wrong with a request.
@@ -145,6 +180,10 @@ pub enum ErrorCode {
     ShuttingDown,
     /// The peer may not use the socket.
     Forbidden,
+    /// The task store cannot be written (a full disk, say); nothing was
+    /// accepted. Retry later.
+    Unavailable,
+    /// A bug in the daemon; the request may or may not have taken effect.
     Internal,
 }
 
@@ -161,6 +200,7 @@ impl ErrorCode {
             ErrorCode::Busy => "busy",
             ErrorCode::ShuttingDown => "shutting_down",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
         }
     }
@@ -228,7 +268,7 @@ impl Response {
 /// Decodes one line (without its newline). On failure the error carries the
 /// request's `id` when it could be read, so the answer can still echo it.
 pub fn decode(line: &[u8]) -> Result<(Option<Value>, Request), (Option<Value>, ErrorBody)> {
-    let value: Value = serde_json::from_slice(line).map_err(|e| {
+    let value: Value = json::parse(line).map_err(|e| {
         (
             None,
             ErrorBody::new(
@@ -305,6 +345,24 @@ mod tests {
         assert_eq!(code(r#"{"id":1}"#), ErrorCode::InvalidRequest);
         assert_eq!(code(r#"{"op":"explode"}"#), ErrorCode::UnknownOp);
         assert_eq!(code(r#"{"op":"task"}"#), ErrorCode::InvalidRequest);
+        assert_eq!(code(r#"{"op":"task","task_id":"nope"}"#), ErrorCode::InvalidRequest);
+        assert_eq!(
+            code(r#"{"op":"reload","name":"../x/evil"}"#),
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(
+            code(r#"{"op":"scale","min":1000000000000,"max":1000000000000}"#),
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(
+            code(r#"{"op":"submit","task":{"platform":"x","target":"t","body":"b","delay":"18446744073709551615s"}}"#),
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(
+            code(r#"{"op":"submit","task":{"platform":"x","target":"t","body":"a","body":"b"}}"#),
+            ErrorCode::MalformedJson
+        );
+        assert_eq!(code(r#"{"op":"tasks","state":"zombie"}"#), ErrorCode::InvalidRequest);
         assert_eq!(
             code(r#"{"op":"submit","task":{"platform":"x","target":"t"}}"#),
             ErrorCode::InvalidRequest

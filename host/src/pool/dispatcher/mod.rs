@@ -4,27 +4,38 @@
 //! scale, shutdown) and events from workers (idle, rate-limited, exited),
 //! and after each one gives waiting tasks to idle workers. Owning
 //! everything in one task means scheduling needs no locks; the price is
-//! that nothing here may block.
+//! that nothing here may block (it reads the store's memory, never its
+//! disk). Dispatching lives here; the workers' lifecycle in [`workers`],
+//! the `status` snapshot in [`report`].
+//!
+//! A task for a platform that no plugin serves *while the plugins present
+//! at start are still loading* is parked, not failed: once the registry is
+//! ready it is queued again and either finds its plugin or fails as having
+//! none.
+
+mod report;
+mod workers;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use super::lifecycle::Lifecycle;
 use super::pacer::{Pacer, pace_key};
 use super::queue::WaitQueue;
 use super::router::{Candidate, Router};
-use super::scaler::{self, Decision, Sample, Scaler};
-use super::stats::{PoolStats, ScaleEvent, WorkerMetrics, WorkerState, WorkerView};
-use super::worker::{self, Assignment, Event, WorkerContext};
+use super::scaler::Scaler;
+use super::stats::{PoolStats, ScaleEvent, WorkerMetrics, WorkerState};
+use super::worker::{Assignment, Event, WorkerContext};
 use super::{BATCH_MAX_TASK_TIME, PoolConfig, ShutdownReport, Strategy, TICK};
 use crate::destination::{Destinations, RateRule};
-use crate::registry::{LoadedPlugin, Registry};
-use crate::store::TaskStore;
-use crate::task::{FailureClass, Outcome, Task, TaskId};
+use crate::plugin::LoadedPlugin;
+use crate::registry::Registry;
+use crate::task::{FailureClass, Task, TaskId};
 
 /// Scale events kept for `status`.
 const SCALE_EVENTS_KEPT: usize = 20;
@@ -60,15 +71,16 @@ pub(super) struct Dispatcher {
     config: PoolConfig,
     scaler: Scaler,
     router: Router,
-    capacity: usize,
     queue: WaitQueue,
     workers: BTreeMap<u64, WorkerEntry>,
     next_id: u64,
     events: mpsc::UnboundedSender<Event>,
     context: Arc<WorkerContext>,
     registry: Arc<Registry>,
-    store: Arc<TaskStore>,
+    lifecycle: Arc<Lifecycle>,
     waiting: Arc<AtomicUsize>,
+    /// Tasks whose platform may be served by a plugin still loading.
+    parked: Vec<Arc<Task>>,
     scale_events: VecDeque<ScaleEvent>,
     scale_event_count: u64,
     last_health_check: Instant,
@@ -85,7 +97,7 @@ impl Dispatcher {
         config: PoolConfig,
         context: Arc<WorkerContext>,
         registry: Arc<Registry>,
-        store: Arc<TaskStore>,
+        lifecycle: Arc<Lifecycle>,
         waiting: Arc<AtomicUsize>,
         events: mpsc::UnboundedSender<Event>,
         destinations: Arc<Destinations>,
@@ -94,7 +106,6 @@ impl Dispatcher {
         Dispatcher {
             scaler: Scaler::new(config.scaler()),
             router: Router::new(config.strategy),
-            capacity: config.queue_capacity,
             config,
             queue: WaitQueue::default(),
             workers: BTreeMap::new(),
@@ -102,8 +113,9 @@ impl Dispatcher {
             events,
             context,
             registry,
-            store,
+            lifecycle,
             waiting,
+            parked: Vec::new(),
             scale_events: VecDeque::new(),
             scale_event_count: 0,
             last_health_check: Instant::now(),
@@ -112,10 +124,6 @@ impl Dispatcher {
             destinations,
             platform_limits,
         }
-    }
-
-    pub(super) fn capacity(&self) -> usize {
-        self.capacity
     }
 
     pub(super) async fn run(
@@ -210,19 +218,19 @@ impl Dispatcher {
         false
     }
 
-    /// The plugin for `task`, or the task fails as having none.
-    fn plugin_for(&mut self, task: &Task) -> Option<Arc<LoadedPlugin>> {
+    /// The plugin for `task`. Without one, the task is parked while the
+    /// start-up load is under way, and fails as having none after it.
+    fn plugin_for(&mut self, task: &Arc<Task>) -> Option<Arc<LoadedPlugin>> {
         let plugin = self.registry.lookup(&task.platform);
         if plugin.is_none() {
+            if !self.registry.is_ready() {
+                self.parked.push(task.clone());
+                return None;
+            }
             self.waiting.fetch_sub(1, Ordering::AcqRel);
             let message = format!("no loaded plugin serves platform `{}`", task.platform);
-            let attempt = self.store.attempts(task.id) + 1;
-            self.context.finish(
-                task,
-                attempt,
-                Outcome::failed(FailureClass::NoPlugin, message),
-                None,
-            );
+            self.lifecycle
+                .fail_unrun(task, FailureClass::NoPlugin, message);
         }
         plugin
     }
@@ -397,285 +405,4 @@ impl Dispatcher {
         }
     }
 
-    fn on_tick(&mut self) {
-        let now = Instant::now();
-        // Workers become idle once spawned: mark the ones started last tick.
-        for w in self
-            .workers
-            .values_mut()
-            .filter(|w| w.state == WorkerState::Starting)
-        {
-            w.state = WorkerState::Idle;
-            w.idle_since = Some(now);
-        }
-        let sample = Sample {
-            at: now,
-            queued: self.queue.len(),
-            in_flight: self.in_flight(),
-            workers: self.live_workers(),
-        };
-        match self.scaler.decide(&sample) {
-            Decision::Hold => {}
-            Decision::Grow { to, reason } => {
-                self.record_scale(sample.workers, to, reason);
-                for _ in sample.workers..to {
-                    self.spawn_worker();
-                }
-            }
-            Decision::Shrink { to, reason } => {
-                let victims = self.idle_longest(sample.workers - to);
-                if !victims.is_empty() {
-                    self.record_scale(sample.workers, sample.workers - victims.len(), reason);
-                    victims.into_iter().for_each(|id| self.stop_worker(id));
-                }
-            }
-        }
-        self.reap_idle(now);
-        self.pacer.forget_quiet(now);
-        if now.duration_since(self.last_health_check) >= self.config.health_check_interval {
-            self.last_health_check = now;
-            self.replace_stuck(now);
-        }
-    }
-
-    fn reap_idle(&mut self, now: Instant) {
-        let live: Vec<(u64, Option<Instant>)> = self
-            .workers
-            .iter()
-            .filter(|(_, w)| w.state != WorkerState::ShuttingDown)
-            .map(|(id, w)| {
-                (
-                    *id,
-                    if w.state == WorkerState::Idle {
-                        w.idle_since
-                    } else {
-                        None
-                    },
-                )
-            })
-            .collect();
-        let since: Vec<Option<Instant>> = live.iter().map(|(_, s)| *s).collect();
-        let reaped = scaler::reap(
-            &since,
-            now,
-            self.config.max_idle,
-            self.scaler.config().min_workers,
-        );
-        if reaped.is_empty() {
-            return;
-        }
-        let before = live.len();
-        self.record_scale(
-            before,
-            before - reaped.len(),
-            format!(
-                "{} worker(s) idle for {:?}",
-                reaped.len(),
-                self.config.max_idle
-            ),
-        );
-        for index in reaped {
-            self.stop_worker(live[index].0);
-        }
-    }
-
-    /// A worker busy far past its tasks' deadlines is stuck: its tasks fail,
-    /// it is aborted and replaced.
-    fn replace_stuck(&mut self, now: Instant) {
-        let stuck: Vec<u64> = self
-            .workers
-            .iter()
-            .filter(|(_, w)| {
-                w.busy_since
-                    .is_some_and(|since| now.duration_since(since) > w.deadline)
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        for id in stuck {
-            let Some(worker) = self.workers.remove(&id) else {
-                continue;
-            };
-            worker.handle.abort();
-            self.router.forget(id);
-            tracing::error!(
-                worker = id,
-                tasks = worker.assigned.len(),
-                "worker stuck past its deadline; replacing it"
-            );
-            for id in worker.assigned {
-                if let Some(task) = self.store.runnable(id).or_else(|| self.running_task(id)) {
-                    let outcome = Outcome::failed(
-                        FailureClass::TimedOut,
-                        "the worker running this task was stuck past its deadline and was replaced",
-                    );
-                    let attempt = self.store.attempts(id).max(1);
-                    self.context.finish(&task, attempt, outcome, None);
-                }
-            }
-            self.spawn_worker();
-        }
-    }
-
-    /// The task behind `id` if it is still running.
-    fn running_task(&self, id: TaskId) -> Option<Arc<Task>> {
-        self.store
-            .get(id)
-            .ok()
-            .flatten()
-            .filter(|r| r.state == crate::task::TaskState::Running)
-            .map(|r| r.task)
-    }
-
-    /// Up to `n` idle workers, longest idle first.
-    fn idle_longest(&self, n: usize) -> Vec<u64> {
-        let mut idle: Vec<(u64, Instant)> = self
-            .workers
-            .iter()
-            .filter(|(_, w)| w.state == WorkerState::Idle)
-            .filter_map(|(id, w)| w.idle_since.map(|s| (*id, s)))
-            .collect();
-        idle.sort_by_key(|&(_, since)| since);
-        idle.into_iter().take(n).map(|(id, _)| id).collect()
-    }
-
-    fn spawn_worker(&mut self) {
-        let id = self.next_id;
-        self.next_id += 1;
-        let (inbox, inbox_rx) = mpsc::channel(1);
-        let metrics = Arc::new(WorkerMetrics::new());
-        let handle = tokio::spawn(worker::run(
-            id,
-            inbox_rx,
-            self.events.clone(),
-            self.context.clone(),
-            metrics.clone(),
-        ));
-        let weight = self.config.weights.get(id as usize).copied();
-        self.workers.insert(
-            id,
-            WorkerEntry {
-                inbox: Some(inbox),
-                handle,
-                metrics,
-                state: WorkerState::Starting,
-                assigned: Vec::new(),
-                busy_since: None,
-                idle_since: None,
-                deadline: Duration::ZERO,
-                warm: HashSet::new(),
-                weight,
-            },
-        );
-    }
-
-    /// Closes a worker's inbox; it exits when its current task is done.
-    fn stop_worker(&mut self, id: u64) {
-        if let Some(w) = self.workers.get_mut(&id) {
-            w.inbox = None;
-            w.state = WorkerState::ShuttingDown;
-        }
-    }
-
-    fn record_scale(&mut self, from: usize, to: usize, reason: String) {
-        tracing::info!(from, to, "scaling: {reason}");
-        self.scale_event_count += 1;
-        if self.scale_events.len() == SCALE_EVENTS_KEPT {
-            self.scale_events.pop_front();
-        }
-        let at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-        self.scale_events.push_back(ScaleEvent {
-            at,
-            from,
-            to,
-            reason,
-        });
-    }
-
-    fn scale(&mut self, min: Option<usize>, max: Option<usize>) -> Result<(usize, usize), String> {
-        let current = self.scaler.config();
-        let (min, max) = (
-            min.unwrap_or(current.min_workers),
-            max.unwrap_or(current.max_workers),
-        );
-        if max == 0 || min > max {
-            return Err(format!("need 0 <= min ({min}) <= max ({max}) and max > 0"));
-        }
-        tracing::info!(min, max, "manual scaling: new worker bounds");
-        self.scaler.set_bounds(min, max);
-        self.config.min_workers = min;
-        self.config.max_workers = max;
-        Ok((min, max))
-    }
-
-    async fn shutdown(&mut self, events: &mut mpsc::UnboundedReceiver<Event>) -> ShutdownReport {
-        let left_queued = self.queue.len() + self.pacer.backlog_len();
-        let in_flight = self.in_flight();
-        tracing::info!(in_flight, left_queued, "worker pool draining");
-        let ids: Vec<u64> = self.workers.keys().copied().collect();
-        ids.into_iter().for_each(|id| self.stop_worker(id));
-
-        let deadline = tokio::time::Instant::now() + self.config.shutdown_timeout;
-        while !self.workers.is_empty() {
-            match tokio::time::timeout_at(deadline, events.recv()).await {
-                Ok(Some(event)) => self.on_event(event),
-                Ok(None) | Err(_) => break,
-            }
-        }
-        let mut cancelled = 0;
-        for (_, worker) in std::mem::take(&mut self.workers) {
-            worker.handle.abort();
-            for task in worker.assigned {
-                if !self.store.is_finished(task) {
-                    self.store.requeue(task);
-                    cancelled += 1;
-                }
-            }
-        }
-        let report = ShutdownReport {
-            finished: in_flight - cancelled,
-            cancelled,
-            left_queued,
-        };
-        tracing::info!(?report, "worker pool stopped");
-        report
-    }
-
-    fn stats(&self) -> PoolStats {
-        let mut by_state = BTreeMap::new();
-        for w in self.workers.values() {
-            *by_state.entry(w.state).or_insert(0) += 1;
-        }
-        let per_worker: Vec<WorkerView> = self
-            .workers
-            .iter()
-            .map(|(id, w)| w.metrics.view(*id, w.state))
-            .collect();
-        let hits = self.context.warm_hits.load(Ordering::Relaxed);
-        let misses = self.context.warm_misses.load(Ordering::Relaxed);
-        let scaler = self.scaler.config();
-        PoolStats {
-            strategy: self.router.strategy(),
-            min_workers: scaler.min_workers,
-            max_workers: scaler.max_workers,
-            workers: self.live_workers(),
-            workers_by_state: by_state,
-            queued: self.queue.len(),
-            queued_by_platform: self.queue.depths(),
-            paced: self.pacer.backlog_len(),
-            destinations: self.pacer.views(Instant::now()),
-            in_flight: self.in_flight(),
-            processed: per_worker.iter().map(|w| w.processed).sum(),
-            errors: per_worker.iter().map(|w| w.errors).sum(),
-            warm_hits: hits,
-            warm_misses: misses,
-            warm_hit_rate: if hits + misses == 0 {
-                0.0
-            } else {
-                hits as f64 / (hits + misses) as f64
-            },
-            scale_events: self.scale_event_count,
-            recent_scale_events: self.scale_events.iter().cloned().collect(),
-            per_worker,
-        }
-    }
 }

@@ -2,9 +2,10 @@
 //! backoff, a recovered backlog) and then queues them in the pool.
 //!
 //! A min-heap of (due time, task) and one tokio task that sleeps until the
-//! earliest is due. When the pool's queue is full, due tasks wait here and
-//! are offered again shortly, so accepted tasks are never dropped for lack of
-//! queue space.
+//! earliest is due, then hands due tasks to the dispatcher through the
+//! pool's [`Intake`] (the same door submits use). When the pool's queue is
+//! full, due tasks wait here and are offered again shortly, so accepted
+//! tasks are never dropped for lack of queue space.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -14,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::pool::Pool;
+use super::Intake;
 use crate::store::TaskStore;
 use crate::task::TaskId;
 
@@ -41,7 +42,7 @@ impl Scheduler {
     pub async fn run(
         self: Arc<Self>,
         store: Arc<TaskStore>,
-        pool: Arc<Pool>,
+        pool: Arc<Intake>,
         shutdown: CancellationToken,
     ) {
         loop {
@@ -59,7 +60,7 @@ impl Scheduler {
     }
 
     /// Queues every due task; returns when the next one is due.
-    fn release_due(&self, store: &TaskStore, pool: &Pool) -> Option<SystemTime> {
+    fn release_due(&self, store: &TaskStore, pool: &Intake) -> Option<SystemTime> {
         let now = SystemTime::now();
         let mut due = self.due.lock().expect("never poisoned");
         while let Some(Reverse((at, id))) = due.peek().copied() {

@@ -1,0 +1,123 @@
+//! What happens after an attempt: the one place that decides a task's fate.
+//!
+//! Every path that ends an attempt — a worker that ran the plugin, the
+//! dispatcher finding no plugin for a platform, a stuck worker replaced —
+//! comes here, so the rules hold the same way for all of them:
+//!
+//! 1. the outcome is classified by the [`RetryConfig`] into a [`Verdict`]:
+//!    succeeded, retry after a backoff, or dead. Attempts are counted since
+//!    the task was last revived by `retry`, so a revived task gets a full
+//!    set of attempts while its history keeps every earlier one;
+//! 2. a wait that came from outside (a platform's `Retry-After`, a plugin's
+//!    `retry_after_ms`) was clamped to [`MAX_RETRY_AFTER`] where it entered
+//!    the host (the executor); [`pause`] clamps again, so no path can pause a
+//!    destination or schedule a retry beyond it;
+//! 3. the outcome is recorded in the store (which answers anyone waiting);
+//! 4. a retry is handed to the scheduler.
+//!
+//! A rate-limited outcome also pauses its destination; the worker reports
+//! that pause to the dispatcher *before* calling [`Lifecycle::finish`], so
+//! nobody can see the outcome and beat the pause.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::retry::{RetryConfig, Verdict};
+use super::scheduler::Scheduler;
+use crate::plugin::PluginRef;
+use crate::protocol::{MAX_RETRY_AFTER, clamp_retry_after};
+use crate::store::{AttemptCount, TaskStore};
+use crate::task::{FailureClass, Outcome, Task};
+
+/// How long a destination pauses after "slow down" without a retry-after.
+pub const DEFAULT_PAUSE: Duration = Duration::from_secs(1);
+
+/// Ends attempts.
+pub struct Lifecycle {
+    store: Arc<TaskStore>,
+    retry: RetryConfig,
+    scheduler: Arc<Scheduler>,
+}
+
+impl Lifecycle {
+    pub fn new(store: Arc<TaskStore>, retry: RetryConfig, scheduler: Arc<Scheduler>) -> Self {
+        Lifecycle {
+            store,
+            retry,
+            scheduler,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<TaskStore> {
+        &self.store
+    }
+
+    /// Records the outcome of `attempt` of `task`, decides on a retry and
+    /// schedules it.
+    pub fn finish(
+        &self,
+        task: &Task,
+        attempt: AttemptCount,
+        outcome: Outcome,
+        plugin: Option<PluginRef>,
+    ) -> Verdict {
+        let verdict = match self
+            .retry
+            .decide(&task.platform, &outcome, attempt.in_round)
+        {
+            Verdict::Retry { after } => Verdict::Retry {
+                after: after.min(self.retry.policy(&task.platform).cap.max(MAX_RETRY_AFTER)),
+            },
+            other => other,
+        };
+        self.store.finish(task.id, outcome, plugin, verdict);
+        match verdict {
+            Verdict::Retry { after } => {
+                tracing::info!(task = %task.id, attempt = attempt.number, retry_in = ?after, "will retry");
+                self.scheduler.schedule(task.id, SystemTime::now() + after);
+            }
+            Verdict::Dead if attempt.in_round > 1 => {
+                tracing::warn!(task = %task.id, attempt = attempt.number, "task is dead after its last attempt")
+            }
+            _ => {}
+        }
+        verdict
+    }
+
+    /// Fails an attempt that never reached the plugin (no plugin for the
+    /// platform, a worker replaced while stuck).
+    pub fn fail_unrun(&self, task: &Task, class: FailureClass, message: String) -> Verdict {
+        let attempt = self.store.next_attempt(task.id);
+        self.finish(task, attempt, Outcome::failed(class, message), None)
+    }
+}
+
+/// How long a rate-limited outcome pauses its destination, at most
+/// [`MAX_RETRY_AFTER`]; `None` for other outcomes.
+pub fn pause(outcome: &Outcome) -> Option<Duration> {
+    match outcome {
+        Outcome::Failed {
+            class: FailureClass::RateLimited,
+            retry_after_ms,
+            ..
+        } => Some(retry_after_ms.map_or(DEFAULT_PAUSE, clamp_retry_after)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pauses_are_bounded() {
+        let limited = |ms| Outcome::Failed {
+            class: FailureClass::RateLimited,
+            message: "slow down".into(),
+            retry_after_ms: ms,
+        };
+        assert_eq!(pause(&limited(Some(u64::MAX))), Some(MAX_RETRY_AFTER));
+        assert_eq!(pause(&limited(None)), Some(DEFAULT_PAUSE));
+        assert_eq!(pause(&Outcome::failed(FailureClass::Retryable, "x")), None);
+    }
+}

@@ -1,0 +1,130 @@
+//! The `result` of each operation, as the daemon sends it and the CLI (or
+//! any client) decodes it.
+//!
+//! Targets are redacted before they get here; times are RFC 3339 strings made
+//! by [`format_time`](super::format_time), which cannot fail.
+
+use serde::{Deserialize, Serialize};
+
+use crate::plugin::{PluginInfo, PluginRef};
+use crate::pool::PoolStats;
+use crate::task::{Format, Outcome, Priority, TaskState};
+
+/// A task as clients see it: the target is redacted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskView {
+    pub id: String,
+    pub platform: String,
+    pub target: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    pub format: Format,
+    pub priority: Priority,
+    pub state: TaskState,
+    pub submitted_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<PluginRef>,
+    pub attempts: u32,
+    /// When the next attempt may start (scheduled or retrying tasks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<AttemptView>,
+}
+
+/// One attempt as clients see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptView {
+    pub number: u32,
+    pub started_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<PluginRef>,
+}
+
+/// A loaded plugin as `plugins` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PluginView {
+    pub name: String,
+    pub version: String,
+    pub digest: String,
+    pub path: String,
+    pub platforms: Vec<String>,
+    pub allowed_hosts: usize,
+    pub loaded_at: String,
+    pub info: PluginInfo,
+}
+
+/// A plugin file that failed to load.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoadErrorView {
+    pub path: String,
+    pub error: String,
+    pub at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PluginsView {
+    pub plugins: Vec<PluginView>,
+    pub errors: Vec<LoadErrorView>,
+    /// Files whose first load is still under way (at start-up).
+    #[serde(default)]
+    pub loading: Vec<String>,
+    /// Compilations since start (from the on-disk cache or not).
+    pub compiles: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusView {
+    pub version: String,
+    pub uptime_ms: u64,
+    pub platforms: Vec<String>,
+    /// `false` while the plugins present at start-up are still loading;
+    /// tasks for their platforms are accepted and wait meanwhile.
+    #[serde(default = "yes")]
+    pub plugins_ready: bool,
+    /// Files whose first load is still under way.
+    #[serde(default)]
+    pub plugins_loading: Vec<String>,
+    pub pool: PoolStats,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// What a reload did to one file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadResult {
+    pub path: String,
+    #[serde(flatten)]
+    pub change: Change,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "change", rename_all = "snake_case")]
+pub enum Change {
+    /// A new version (or a first one) is serving.
+    Loaded {
+        name: String,
+        version: String,
+        digest: String,
+    },
+    /// Only the manifest changed; it applies from the next task.
+    Reconfigured { name: String },
+    /// Nothing changed.
+    Unchanged,
+    /// The file is gone and its plugin unloaded.
+    Unloaded,
+    /// The file could not be loaded; any older version keeps serving.
+    Failed { error: String },
+}
