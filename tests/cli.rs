@@ -86,7 +86,7 @@ async fn send_wait_task_status_and_plugins() -> anyhow::Result<()> {
     assert_eq!(id.len(), 36, "send prints the task id: {id}");
     receiver
         .wait_for(3, std::time::Duration::from_secs(10))
-        .await;
+        .await?;
     let mut shown = String::new();
     for _ in 0..100 {
         shown = stdout(&daemon.cli(&["task", &id]));

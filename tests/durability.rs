@@ -56,7 +56,7 @@ async fn kill_9_mid_load_loses_no_acknowledged_task() -> anyhow::Result<()> {
         );
     }
     assert_eq!(acknowledged.len(), 5000);
-    receiver.wait_for(1500, Duration::from_secs(30)).await;
+    receiver.wait_for(1500, Duration::from_secs(30)).await?;
     let in_flight_bound = 64;
     daemon.kill()?;
     let before_restart = receiver.requests().len();
@@ -229,7 +229,7 @@ async fn scheduled_tasks_wait_for_their_time() -> anyhow::Result<()> {
     daemon
         .request(json!({"op": "submit", "tasks": [delayed, at]}))
         .await?;
-    let requests = receiver.wait_for(2, Duration::from_secs(10)).await;
+    let requests = receiver.wait_for(2, Duration::from_secs(10)).await?;
     assert_eq!(requests.len(), 2);
     for r in &requests {
         let after = r.at - submitted;
@@ -273,7 +273,7 @@ async fn sigterm_with_tasks_in_flight_loses_none() -> anyhow::Result<()> {
         .iter()
         .map(|v| v.as_str().unwrap().into())
         .collect();
-    receiver.wait_for(2, Duration::from_secs(5)).await;
+    receiver.wait_for(2, Duration::from_secs(5)).await?;
     daemon.terminate()?;
     assert!(daemon.logs().contains("cancelled: 2"), "{}", daemon.logs());
 

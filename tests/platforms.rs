@@ -696,7 +696,7 @@ fan_out = ["ops-dingtalk", "ops-wecom"]
     // The signed DingTalk request used the destination's secret (the
     // receiver checks the signature), and the stored tasks name only the
     // destination.
-    let requests = receiver.wait_for(2, Duration::from_secs(5)).await;
+    let requests = receiver.wait_for(2, Duration::from_secs(5)).await?;
     assert!(requests.iter().any(|r| r.path == "/robot/send"));
     let out = daemon.cli(&[
         "send",

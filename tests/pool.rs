@@ -160,20 +160,16 @@ async fn a_flooded_platform_does_not_hold_back_another() -> anyhow::Result<()> {
         .map(|_| json!({"platform": "webhook", "target": receiver.url("/"), "body": "f"}))
         .collect();
     submit(&daemon, flood).await?;
-    receiver.wait_for(16, Duration::from_secs(10)).await;
+    receiver.wait_for(16, Duration::from_secs(10)).await?;
 
+    // Each noop task finishes while the flood is still queued (checked
+    // below): it did not wait behind it.
     for _ in 0..3 {
-        let started = Instant::now();
         let response = daemon
             .request(json!({"op": "submit", "wait": true,
                             "task": {"platform": "noop", "target": "-", "body": "urgent"}}))
             .await?;
-        let waited = started.elapsed();
         assert_eq!(response["result"]["tasks"][0]["state"], "succeeded");
-        assert!(
-            waited < Duration::from_secs(1),
-            "a noop task waited {waited:?} behind the flood"
-        );
     }
     let pool = status(&daemon).await?;
     assert!(
@@ -197,7 +193,7 @@ async fn graceful_shutdown_finishes_in_flight_tasks() -> anyhow::Result<()> {
         .map(|_| json!({"platform": "webhook", "target": receiver.url("/"), "body": "x"}))
         .collect();
     submit(&daemon, tasks).await?;
-    receiver.wait_for(4, Duration::from_secs(5)).await;
+    receiver.wait_for(4, Duration::from_secs(5)).await?;
     let status = daemon.terminate()?;
     assert!(status.success(), "{status}");
     let logs = daemon.logs();
@@ -228,13 +224,10 @@ async fn shutdown_cancels_what_outlives_the_timeout_and_says_so() -> anyhow::Res
         .map(|_| json!({"platform": "webhook", "target": receiver.url("/"), "body": "x"}))
         .collect();
     submit(&daemon, tasks).await?;
-    receiver.wait_for(3, Duration::from_secs(5)).await;
-    let started = Instant::now();
+    receiver.wait_for(3, Duration::from_secs(5)).await?;
+    // The receiver holds each delivery for 5 s; a shutdown that honours its
+    // 300 ms timeout cancels all three (exit 1, reported below).
     let status = daemon.terminate()?;
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "shutdown did not honour its timeout"
-    );
     assert_eq!(
         status.code(),
         Some(1),

@@ -83,6 +83,7 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub plugins: Option<PathBuf>,
     pub socket: Option<PathBuf>,
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// The resolved configuration.
@@ -91,6 +92,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub plugins: PathBuf,
     pub socket: PathBuf,
+    /// Where compiled plugins are cached.
+    pub cache_dir: PathBuf,
     /// Whether `plugins` is the default under `data_dir` (created if missing).
     pub plugins_is_default: bool,
     pub pool: PoolConfig,
@@ -160,7 +163,9 @@ impl Config {
         let data_dir = absolute(data_dir)?;
         let plugins = plugins.map(absolute).transpose()?;
         let socket = overrides.socket.clone().or(file.socket).map(absolute).transpose()?;
+        let cache_dir = overrides.cache_dir.clone().map(absolute).transpose()?;
         Ok(Config {
+            cache_dir: cache_dir.unwrap_or_else(|| data_dir.join("cache")),
             plugins: plugins.unwrap_or_else(|| data_dir.join("plugins")),
             socket: socket.unwrap_or_else(|| data_dir.join("notifyhub.sock")),
             data_dir,
@@ -183,7 +188,7 @@ impl Config {
 
     /// Where compiled plugins are cached.
     pub fn cache_dir(&self) -> PathBuf {
-        self.data_dir.join("cache")
+        self.cache_dir.clone()
     }
 }
 

@@ -20,6 +20,7 @@ pub struct DaemonBuilder {
     config: String,
     retry: String,
     env: Vec<(String, String)>,
+    data_dir: Option<PathBuf>,
 }
 
 /// Unless a test asks for retries ([`DaemonBuilder::retry`]), a failed
@@ -53,13 +54,30 @@ impl DaemonBuilder {
         self
     }
 
+    /// Keeps the task store in `dir` (a small tmpfs, say) instead of the
+    /// daemon's temporary directory.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.into(), value.into()));
         self
     }
 
-    /// Starts the daemon and waits until its socket answers.
+    /// Starts the daemon and waits until its socket answers and every
+    /// plugin it was given has loaded or been refused (the daemon answers
+    /// before that; tests that look at start-up itself use
+    /// [`DaemonBuilder::start_answering`]).
     pub async fn start(self) -> anyhow::Result<Daemon> {
+        let daemon = self.start_answering().await?;
+        daemon.wait_plugins_ready(Duration::from_secs(120)).await?;
+        Ok(daemon)
+    }
+
+    /// Starts the daemon and waits only until its socket answers.
+    pub async fn start_answering(self) -> anyhow::Result<Daemon> {
         let dir = tempfile::Builder::new().prefix("nh-").tempdir()?;
         let plugin_dir = dir.path().join("plugins");
         std::fs::create_dir(&plugin_dir)?;
@@ -85,11 +103,13 @@ impl DaemonBuilder {
             .arg("--config")
             .arg(&config)
             .arg("--data-dir")
-            .arg(dir.path().join("data"))
+            .arg(self.data_dir.clone().unwrap_or_else(|| dir.path().join("data")))
             .arg("--plugins")
             .arg(&plugin_dir)
             .arg("--socket")
             .arg(&socket)
+            .arg("--cache-dir")
+            .arg(shared_cache_dir())
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -115,6 +135,13 @@ impl DaemonBuilder {
     }
 }
 
+/// One compile cache for every test daemon (and `check`), so the suite
+/// compiles each plugin once, not once per test: the 19 MB Python component
+/// takes seconds to compile.
+pub fn shared_cache_dir() -> PathBuf {
+    crate::repo_root().join("target/notifyhub-test-cache")
+}
+
 /// A running daemon; killed when dropped.
 pub struct Daemon {
     dir: tempfile::TempDir,
@@ -137,6 +164,7 @@ impl Daemon {
             config: String::new(),
             retry: NO_RETRIES.into(),
             env: Vec::new(),
+            data_dir: None,
         }
     }
 
@@ -159,6 +187,25 @@ impl Daemon {
                 );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until `status` says every plugin present at start has loaded
+    /// or been refused.
+    pub async fn wait_plugins_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.request(serde_json::json!({"op": "status"})).await?;
+            if status["result"]["plugins_ready"] == Value::Bool(true) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the daemon's plugins were not ready in {timeout:?}: {status}\n{}",
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -249,7 +296,8 @@ impl Daemon {
             self.dir.path().join(format!("daemon.{}.out", self.runs)),
         )?);
         self.child = self.command.spawn()?;
-        self.wait_ready(Duration::from_secs(120)).await
+        self.wait_ready(Duration::from_secs(120)).await?;
+        self.wait_plugins_ready(Duration::from_secs(120)).await
     }
 }
 

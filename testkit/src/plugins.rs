@@ -81,8 +81,19 @@ pub fn path(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// Builds one Rust plugin and nothing else (what the demo needs: no
+/// Python, JavaScript or C toolchain); returns its path.
+pub fn build_rust_plugin(name: &str) -> anyhow::Result<PathBuf> {
+    build_rust(&["-p", name])?;
+    let path = out_dir().join(format!("{name}.wasm"));
+    if !path.is_file() {
+        bail!("plugin {name} was not built at {}", path.display());
+    }
+    Ok(path)
+}
+
 fn run_build() -> anyhow::Result<PathBuf> {
-    build_rust()?;
+    build_rust(&[])?;
     let out = out_dir();
     for (name, language) in OTHER_LANGUAGES {
         build_one(name, *language, &out.join(format!("{name}.wasm")))
@@ -91,7 +102,7 @@ fn run_build() -> anyhow::Result<PathBuf> {
     Ok(out)
 }
 
-fn build_rust() -> anyhow::Result<()> {
+fn build_rust(only: &[&str]) -> anyhow::Result<()> {
     let root = repo_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
@@ -104,6 +115,7 @@ fn build_rust() -> anyhow::Result<()> {
             "--target-dir",
         ])
         .arg(root.join("plugins/target"))
+        .args(only)
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("CARGO_TARGET_DIR")

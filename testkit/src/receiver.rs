@@ -168,14 +168,21 @@ impl Receiver {
         self.requests.lock().unwrap().clone()
     }
 
-    /// Waits until at least `n` requests have arrived.
-    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Recorded> {
+    /// Waits until at least `n` requests have arrived; an error (which
+    /// fails the test) if they have not within `timeout`.
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> anyhow::Result<Vec<Recorded>> {
         let deadline = Instant::now() + timeout;
         loop {
             let notified = self.arrived.notified();
             let requests = self.requests();
-            if requests.len() >= n || Instant::now() >= deadline {
-                return requests;
+            if requests.len() >= n {
+                return Ok(requests);
+            }
+            if Instant::now() >= deadline {
+                anyhow::bail!(
+                    "expected {n} requests at the receiver within {timeout:?}, {} arrived",
+                    requests.len()
+                );
             }
             let _ = tokio::time::timeout(deadline - Instant::now(), notified).await;
         }

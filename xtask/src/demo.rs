@@ -10,19 +10,22 @@ use notifyhub_testkit::daemon::Daemon;
 use notifyhub_testkit::receiver::{Receiver, Reply};
 use notifyhub_testkit::{repo_root, verify};
 
-use crate::{cargo, plugins, run as run_command};
+use crate::{cargo, rust_target, run as run_command};
 
 /// A demo-only signing secret (Standard Webhooks' own test vector).
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
+/// Builds only what the demo uses (the Rust `webhook` plugin and the
+/// daemon), so it runs on a machine with nothing but rustup.
 pub fn run() -> anyhow::Result<()> {
-    plugins()?;
+    rust_target()?;
+    let webhook = notifyhub_testkit::plugins::build_rust_plugin("webhook")?;
     run_command(cargo().args(["build", "--release", "-p", "notifyhub"]))?;
     let bin = repo_root().join("target/release/notifyhub");
-    tokio::runtime::Runtime::new()?.block_on(demo(bin))
+    tokio::runtime::Runtime::new()?.block_on(demo(bin, std::fs::read(webhook)?))
 }
 
-async fn demo(bin: std::path::PathBuf) -> anyhow::Result<()> {
+async fn demo(bin: std::path::PathBuf, webhook: Vec<u8>) -> anyhow::Result<()> {
     let receiver = Receiver::start(|req| {
         let header = |name| req.header(name).unwrap_or_default();
         match verify::standard_webhooks(
@@ -44,7 +47,8 @@ async fn demo(bin: std::path::PathBuf) -> anyhow::Result<()> {
         receiver.authority()
     );
     let daemon = Daemon::builder(&bin)
-        .plugin("webhook", Some(&manifest))
+        .file("webhook.wasm", webhook)
+        .file("webhook.toml", manifest)
         .env("DEMO_WEBHOOK_SECRET", SECRET)
         .start()
         .await?;
@@ -90,7 +94,7 @@ async fn demo(bin: std::path::PathBuf) -> anyhow::Result<()> {
     print!("{}", String::from_utf8_lossy(&out.stdout));
     eprint!("{}", String::from_utf8_lossy(&out.stderr));
 
-    let requests = receiver.wait_for(1, Duration::from_secs(5)).await;
+    let requests = receiver.wait_for(1, Duration::from_secs(5)).await?;
     let Some(request) = requests.first() else {
         anyhow::bail!("the receiver got nothing; daemon log:\n{}", daemon.logs());
     };

@@ -3,8 +3,8 @@
 //! - `plugins`: install the `wasm32-wasip2` target if needed and build every
 //!   plugin, in every language (see `notifyhub_testkit::plugins`);
 //! - `test`: build the plugins, then run every test (host, integration, SDK);
-//! - `demo`: build everything, start the daemon with the `webhook` plugin and
-//!   deliver a signed notification to a local receiver;
+//! - `demo`: build the daemon and the `webhook` plugin (nothing else), start
+//!   the daemon with it and deliver a signed notification to a local receiver;
 //! - `bench`: build the plugins and run every benchmark.
 
 mod demo;
@@ -36,12 +36,17 @@ fn main() -> ExitCode {
     }
 }
 
-/// Installs the wasm target (when rustup manages the toolchain) and builds
-/// the plugins.
-fn plugins() -> anyhow::Result<()> {
+/// Installs the wasm target when rustup manages the toolchain.
+fn rust_target() -> anyhow::Result<()> {
     if Command::new("rustup").arg("--version").output().is_ok() {
         run(Command::new("rustup").args(["target", "add", "wasm32-wasip2"]))?;
     }
+    Ok(())
+}
+
+/// Installs the wasm target and builds every plugin.
+fn plugins() -> anyhow::Result<()> {
+    rust_target()?;
     let dir = notifyhub_testkit::plugins::build()?;
     println!("plugins built in {}", dir.display());
     Ok(())

@@ -40,9 +40,12 @@ pub struct CommonArgs {
     /// Directory of plugins (*.wasm, each with an optional NAME.toml manifest). Default: DATA_DIR/plugins.
     #[arg(long, global = true, env = "NOTIFYHUB_PLUGINS", value_name = "DIR")]
     pub plugins: Option<PathBuf>,
-    /// State directory (socket, compile cache). Default: $XDG_DATA_HOME/notifyhub or ~/.local/share/notifyhub.
+    /// State directory (socket, task store, compile cache). Default: $XDG_DATA_HOME/notifyhub or ~/.local/share/notifyhub.
     #[arg(long, global = true, env = "NOTIFYHUB_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Where compiled plugins are cached (shared by `serve` and `check`). Default: DATA_DIR/cache.
+    #[arg(long, global = true, env = "NOTIFYHUB_CACHE_DIR", value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl CommonArgs {
@@ -52,6 +55,7 @@ impl CommonArgs {
             data_dir: self.data_dir.clone(),
             plugins: self.plugins.clone(),
             socket: self.socket.clone(),
+            cache_dir: self.cache_dir.clone(),
         }
     }
 }

@@ -155,11 +155,12 @@ async fn deliver(
         let key = super::pacer::pace_key(task);
         let _ = events.send(Event::RateLimited { key, retry_after });
     }
-    let success = outcome.is_success();
+    // Counted before the outcome is recorded: whoever sees the task
+    // finished also sees it counted in `status`.
+    metrics.record(started.elapsed().as_micros() as u64, outcome.is_success());
+    *metrics.current.lock().expect("never poisoned") = None;
+    *metrics.last_activity.lock().expect("never poisoned") = Some(SystemTime::now());
     context
         .lifecycle
         .finish(task, attempt, outcome, Some(plugin.version_ref()));
-    metrics.record(started.elapsed().as_micros() as u64, success);
-    *metrics.current.lock().expect("never poisoned") = None;
-    *metrics.last_activity.lock().expect("never poisoned") = Some(SystemTime::now());
 }

@@ -53,11 +53,7 @@ impl Plugin for Discord {
         if response.status == 429 {
             let retry_after = response
                 .retry_after_ms()
-                .or_else(|| {
-                    answer["retry_after"]
-                        .as_f64()
-                        .map(|s| (s * 1000.0).ceil() as u64)
-                })
+                .or_else(|| answer["retry_after"].as_f64().and_then(http::seconds_ms))
                 .unwrap_or(http::DEFAULT_RETRY_AFTER_MS);
             return Err(SendError::rate_limited(
                 answer["message"]

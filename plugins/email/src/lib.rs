@@ -82,7 +82,7 @@ impl Plugin for Email {
                 let reset = response
                     .header("x-ratelimit-reset")
                     .and_then(|r| r.trim().parse::<u64>().ok())
-                    .map(|at| at.saturating_sub(time::unix_seconds()).max(1) * 1000);
+                    .map(http::until_unix_ms);
                 Err(SendError::rate_limited(
                     errors(&response),
                     reset

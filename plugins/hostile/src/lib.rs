@@ -1,21 +1,33 @@
 //! A deliberately misbehaving plugin for the host's sandbox tests. The
 //! message body picks the misbehaviour (`get URL` fetches a URL, following
-//! redirects); any other body succeeds.
+//! redirects); any other body succeeds. The manifest's `describe` setting
+//! makes `describe()` misbehave instead (`spin`, `huge`, `many`,
+//! `unprintable`), and `platform` names the platform it claims.
 
-use notifyhub_plugin_sdk::{Message, Plugin, PluginInfo, Receipt, SendError, http, log};
+use notifyhub_plugin_sdk::{Message, Plugin, PluginInfo, Receipt, SendError, config, http, log};
 
 struct Hostile;
 
 impl Plugin for Hostile {
     fn describe() -> PluginInfo {
-        PluginInfo {
+        let mut info = PluginInfo {
             name: "hostile".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            platforms: vec!["hostile".into()],
+            platforms: vec![config("platform").unwrap_or_else(|| "hostile".into())],
             config_keys: vec![],
             rate_limits: vec![],
             description: "Traps, loops, hoards memory or floods on request (tests only).".into(),
+        };
+        match config("describe").as_deref() {
+            Some("spin") => loop {
+                core::hint::spin_loop();
+            },
+            Some("huge") => info.description = "x".repeat(100 << 20),
+            Some("many") => info.platforms = (0..10_000).map(|i| format!("p{i}")).collect(),
+            Some("unprintable") => info.platforms = vec!["bad\nname\u{202e}\0".into()],
+            _ => {}
         }
+        info
     }
 
     fn send(message: Message) -> Result<Receipt, SendError> {

@@ -101,7 +101,7 @@ impl Plugin for Pushover {
                 let reset = response
                     .header("x-limit-app-reset")
                     .and_then(|r| r.trim().parse::<u64>().ok())
-                    .map(|at| at.saturating_sub(time::unix_seconds()).max(1) * 1000);
+                    .map(http::until_unix_ms);
                 Err(SendError::rate_limited(
                     format!("{detail} (monthly quota spent)"),
                     reset.unwrap_or(QUOTA_WAIT_MS),

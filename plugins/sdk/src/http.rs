@@ -289,10 +289,32 @@ impl Response {
     }
 }
 
-/// Parses delta-seconds like `"2"` or `"64.57"` into milliseconds.
+/// The longest wait a platform can ask for and get: a `Retry-After` (or
+/// reset time, or `retry_after` in a body) beyond it counts as this. The
+/// host applies the same bound.
+pub const MAX_RETRY_AFTER_MS: u64 = 3_600_000;
+
+/// Parses delta-seconds like `"2"` or `"64.57"` into milliseconds, at most
+/// [`MAX_RETRY_AFTER_MS`] (`"1e30"` is an hour, not 10^30 s).
 pub fn parse_seconds_ms(value: &str) -> Option<u64> {
-    let seconds: f64 = value.trim().parse().ok()?;
-    (seconds.is_finite() && seconds >= 0.0).then(|| (seconds * 1000.0).ceil() as u64)
+    seconds_ms(value.trim().parse().ok()?)
+}
+
+/// Seconds (from a header or a JSON body) as milliseconds, at most
+/// [`MAX_RETRY_AFTER_MS`]; `None` for a negative or non-finite number.
+pub fn seconds_ms(seconds: f64) -> Option<u64> {
+    (seconds.is_finite() && seconds >= 0.0)
+        .then(|| (seconds * 1000.0).ceil().min(MAX_RETRY_AFTER_MS as f64) as u64)
+}
+
+/// Milliseconds from now until a Unix time in seconds (a rate-limit reset
+/// header), at least one second and at most [`MAX_RETRY_AFTER_MS`].
+pub fn until_unix_ms(reset_unix_seconds: u64) -> u64 {
+    reset_unix_seconds
+        .saturating_sub(crate::time::unix_seconds())
+        .max(1)
+        .saturating_mul(1000)
+        .min(MAX_RETRY_AFTER_MS)
 }
 
 /// The parts of a URL that `wasi:http` needs.
@@ -343,5 +365,10 @@ mod tests {
         assert_eq!(super::parse_seconds_ms("2"), Some(2000));
         assert_eq!(super::parse_seconds_ms("64.57"), Some(64570));
         assert_eq!(super::parse_seconds_ms("soon"), None);
+        assert_eq!(super::parse_seconds_ms("1e30"), Some(super::MAX_RETRY_AFTER_MS));
+        assert_eq!(super::parse_seconds_ms("-5"), None);
+        assert_eq!(super::parse_seconds_ms("inf"), None);
+        assert_eq!(super::until_unix_ms(u64::MAX), super::MAX_RETRY_AFTER_MS);
+        assert_eq!(super::until_unix_ms(0), 1000);
     }
 }

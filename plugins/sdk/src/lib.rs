@@ -105,16 +105,18 @@ impl SendError {
     pub fn permanent(message: impl Into<String>) -> Self {
         SendError::Permanent(message.into())
     }
+    /// A transient failure; the wait is capped at [`http::MAX_RETRY_AFTER_MS`].
     pub fn retryable(message: impl Into<String>, retry_after_ms: Option<u64>) -> Self {
         SendError::Retryable(Failure {
             message: message.into(),
-            retry_after_ms,
+            retry_after_ms: retry_after_ms.map(|ms| ms.min(http::MAX_RETRY_AFTER_MS)),
         })
     }
+    /// "Slow down"; the wait is capped at [`http::MAX_RETRY_AFTER_MS`].
     pub fn rate_limited(message: impl Into<String>, retry_after_ms: u64) -> Self {
         SendError::RateLimited(RateLimit {
             message: message.into(),
-            retry_after_ms,
+            retry_after_ms: retry_after_ms.min(http::MAX_RETRY_AFTER_MS),
         })
     }
 }

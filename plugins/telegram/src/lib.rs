@@ -79,8 +79,8 @@ impl Plugin for Telegram {
             429 => Err(SendError::rate_limited(
                 detail,
                 answer["parameters"]["retry_after"]
-                    .as_u64()
-                    .map(|s| s * 1000)
+                    .as_f64()
+                    .and_then(http::seconds_ms)
                     .or_else(|| response.retry_after_ms())
                     .unwrap_or(http::DEFAULT_RETRY_AFTER_MS),
             )),
