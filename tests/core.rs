@@ -87,8 +87,17 @@ async fn reload_cannot_load_a_file_outside_the_plugin_directory() -> anyhow::Res
         notifyhub_testkit::plugins::path("webhook")?,
         outside.join("evil.wasm"),
     )?;
-    for name in ["../x/evil", "/etc/passwd", "..", "a/b", "a\u{0}b", ".hidden"] {
-        let r = daemon.request(json!({"op": "reload", "name": name})).await?;
+    for name in [
+        "../x/evil",
+        "/etc/passwd",
+        "..",
+        "a/b",
+        "a\u{0}b",
+        ".hidden",
+    ] {
+        let r = daemon
+            .request(json!({"op": "reload", "name": name}))
+            .await?;
         anyhow::ensure!(r["ok"] == false, "{name:?} was accepted: {r}");
         anyhow::ensure!(r["error"]["code"] == "invalid_request", "{name:?}: {r}");
     }
@@ -117,7 +126,9 @@ async fn retrying_a_dead_task_keeps_its_history_across_restarts() -> anyhow::Res
     let id = task["id"].as_str().unwrap().to_string();
     anyhow::ensure!(attempt_numbers(&task) == [1], "{task}");
 
-    let r = daemon.request(json!({"op": "retry", "task_id": id})).await?;
+    let r = daemon
+        .request(json!({"op": "retry", "task_id": id}))
+        .await?;
     anyhow::ensure!(r["ok"] == true, "{r}");
     let task = task_until(&daemon, &id, Duration::from_secs(20), |t| {
         dead(t) && attempt_numbers(t).len() == 2
@@ -130,7 +141,9 @@ async fn retrying_a_dead_task_keeps_its_history_across_restarts() -> anyhow::Res
     let task = task_until(&daemon, &id, Duration::from_secs(20), dead).await?;
     anyhow::ensure!(attempt_numbers(&task) == [1, 2], "after a restart: {task}");
 
-    let r = daemon.request(json!({"op": "retry", "task_id": id})).await?;
+    let r = daemon
+        .request(json!({"op": "retry", "task_id": id}))
+        .await?;
     anyhow::ensure!(r["ok"] == true, "{r}");
     let task = task_until(&daemon, &id, Duration::from_secs(20), |t| {
         dead(t) && attempt_numbers(t).len() == 3
@@ -151,7 +164,11 @@ impl Tmpfs {
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(dir)
             .status()?;
-        anyhow::ensure!(status.success(), "mounting a tmpfs on {} failed", dir.display());
+        anyhow::ensure!(
+            status.success(),
+            "mounting a tmpfs on {} failed",
+            dir.display()
+        );
         Ok(Tmpfs(dir.to_path_buf()))
     }
 }
@@ -184,7 +201,9 @@ async fn a_full_disk_refuses_submits_and_loses_no_acknowledged_task() -> anyhow:
         let tasks: Vec<Value> = (0..4)
             .map(|_| json!({"platform": "noop", "target": "t", "body": body, "delay": "1h"}))
             .collect();
-        let r = daemon.request(json!({"op": "submit", "tasks": tasks})).await?;
+        let r = daemon
+            .request(json!({"op": "submit", "tasks": tasks}))
+            .await?;
         if r["ok"] == true {
             acknowledged.extend(
                 r["result"]["task_ids"]
@@ -200,7 +219,10 @@ async fn a_full_disk_refuses_submits_and_loses_no_acknowledged_task() -> anyhow:
     }
     let refused = refused.ok_or_else(|| anyhow::anyhow!("the disk never filled up"))?;
     anyhow::ensure!(refused["error"]["code"] == "unavailable", "{refused}");
-    anyhow::ensure!(!acknowledged.is_empty(), "nothing was accepted before the disk filled");
+    anyhow::ensure!(
+        !acknowledged.is_empty(),
+        "nothing was accepted before the disk filled"
+    );
     // While the disk is full, new submits are refused with the same code.
     let again = daemon
         .request(json!({"op": "submit", "task": {"platform": "noop", "target": "t", "body": body}}))
@@ -241,7 +263,10 @@ async fn the_socket_answers_while_plugins_load_and_tasks_wait_for_them() -> anyh
     // A plugin whose describe() spins until its 3 s deadline keeps the
     // start-up load busy for that long.
     let daemon = Daemon::builder(BIN)
-        .plugin("hostile", Some("[config]\ndescribe = \"spin\"\n[limits]\ntimeout = \"3s\"\n"))
+        .plugin(
+            "hostile",
+            Some("[config]\ndescribe = \"spin\"\n[limits]\ntimeout = \"3s\"\n"),
+        )
         .plugin("noop", None)
         .start_answering()
         .await?;
@@ -260,17 +285,24 @@ async fn the_socket_answers_while_plugins_load_and_tasks_wait_for_them() -> anyh
         .await?;
     anyhow::ensure!(r["ok"] == true, "{r}");
     anyhow::ensure!(r["result"]["tasks"][0]["state"] == "succeeded", "{r}");
-    anyhow::ensure!(r["result"]["tasks"][1]["outcome"]["class"] == "no_plugin", "{r}");
+    anyhow::ensure!(
+        r["result"]["tasks"][1]["outcome"]["class"] == "no_plugin",
+        "{r}"
+    );
 
     daemon.wait_plugins_ready(Duration::from_secs(60)).await?;
     let plugins = daemon.request(json!({"op": "plugins"})).await?;
     anyhow::ensure!(
-        plugins["result"]["errors"].to_string().contains("describe()"),
+        plugins["result"]["errors"]
+            .to_string()
+            .contains("describe()"),
         "{plugins}"
     );
     // After start-up, an unknown platform is refused at once again.
     let r = daemon
-        .request(json!({"op": "submit", "task": {"platform": "nosuch", "target": "t", "body": "b"}}))
+        .request(
+            json!({"op": "submit", "task": {"platform": "nosuch", "target": "t", "body": "b"}}),
+        )
         .await?;
     anyhow::ensure!(r["error"]["code"] == "unknown_platform", "{r}");
     Ok(())
@@ -285,7 +317,11 @@ async fn the_cli_takes_hyphen_targets_and_shows_dead_tasks_without_failing() -> 
         .start()
         .await?;
     let out = daemon.cli(&["send", "-p", "noop", "-t", "-1001234567890", "-b", "hi"]);
-    anyhow::ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let dead = daemon
         .deliver(json!({"platform": "webhook", "target": receiver.url("/"), "body": "b"}))

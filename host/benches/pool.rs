@@ -15,9 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use notifyhub::executor::Executor;
+use notifyhub::pool::retry::RetryConfig;
 use notifyhub::pool::{Pool, PoolConfig, PoolDeps, Strategy};
 use notifyhub::registry::Registry;
-use notifyhub::pool::retry::RetryConfig;
 use notifyhub::sandbox::{Limits, Sandbox, SandboxSettings};
 use notifyhub::store::{Submission, TaskStore};
 use notifyhub::task::{Format, Priority, Task, TaskId};

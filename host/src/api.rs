@@ -43,7 +43,10 @@ impl From<TaskRecord> for TaskView {
             outcome: r.outcome,
             plugin: r.plugin,
             attempts: r.attempts,
-            not_before: r.not_before.filter(|_| !r.state.is_finished()).map(format_time),
+            not_before: r
+                .not_before
+                .filter(|_| !r.state.is_finished())
+                .map(format_time),
             history: r
                 .history
                 .into_iter()
@@ -391,10 +394,7 @@ impl Api {
                     at: format_time(f.at),
                 })
                 .collect(),
-            loading: catalog
-                .loading()
-                .map(|p| p.display().to_string())
-                .collect(),
+            loading: catalog.loading().map(|p| p.display().to_string()).collect(),
             compiles: self.registry.compiles(),
         }
     }

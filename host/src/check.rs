@@ -23,7 +23,6 @@ use crate::manifest::Manifest;
 use crate::plugin::PluginInfo;
 use crate::sandbox::{AllowList, HostState, PluginPolicy, Sandbox, SandboxSettings};
 
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {

@@ -162,7 +162,12 @@ impl Config {
         // (the compile cache, for one, needs an absolute path).
         let data_dir = absolute(data_dir)?;
         let plugins = plugins.map(absolute).transpose()?;
-        let socket = overrides.socket.clone().or(file.socket).map(absolute).transpose()?;
+        let socket = overrides
+            .socket
+            .clone()
+            .or(file.socket)
+            .map(absolute)
+            .transpose()?;
         let cache_dir = overrides.cache_dir.clone().map(absolute).transpose()?;
         Ok(Config {
             cache_dir: cache_dir.unwrap_or_else(|| data_dir.join("cache")),

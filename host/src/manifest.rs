@@ -200,5 +200,4 @@ mod tests {
         assert!(Manifest::parse("allowed_host = []").is_err());
         assert!(Manifest::parse("[secrets]\ntoken = \"plain\"").is_err());
     }
-
 }

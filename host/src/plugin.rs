@@ -56,8 +56,7 @@ impl std::str::FromStr for PluginName {
         let valid = (1..=Self::MAX_LEN).contains(&s.len())
             && !s.starts_with('.')
             && !s.contains("..")
-            && s
-                .bytes()
+            && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
         if valid {
             Ok(PluginName(s.to_string()))
@@ -314,7 +313,16 @@ mod tests {
 
     #[test]
     fn plugin_names_stay_in_the_directory() {
-        for bad in ["", "../x/evil", "..", ".hidden", "a/b", "a\0b", "a\\b", "x..y"] {
+        for bad in [
+            "",
+            "../x/evil",
+            "..",
+            ".hidden",
+            "a/b",
+            "a\0b",
+            "a\\b",
+            "x..y",
+        ] {
             assert!(bad.parse::<PluginName>().is_err(), "{bad:?}");
         }
         let ok: PluginName = "slack-v2.beta_1".parse().unwrap();
@@ -342,7 +350,11 @@ mod tests {
             vec!["dup".into(), "dup".into()],
             (0..10_000).map(|i| format!("p{i}")).collect(),
         ] {
-            assert!(PluginInfo::decode(info(platforms.clone())).is_err(), "{:.80?}", platforms);
+            assert!(
+                PluginInfo::decode(info(platforms.clone())).is_err(),
+                "{:.80?}",
+                platforms
+            );
         }
         let mut long = info(vec!["p".into()]);
         long.description = "x".repeat(100 << 20);

@@ -157,9 +157,10 @@ fn is_change(kind: &notify::EventKind) -> bool {
     use notify::EventKind;
     use notify::event::{AccessKind, AccessMode};
     match kind {
-        EventKind::Create(_) | EventKind::Remove(_) | EventKind::Modify(_) => {
-            !matches!(kind, EventKind::Modify(notify::event::ModifyKind::Metadata(_)))
-        }
+        EventKind::Create(_) | EventKind::Remove(_) | EventKind::Modify(_) => !matches!(
+            kind,
+            EventKind::Modify(notify::event::ModifyKind::Metadata(_))
+        ),
         // Written and closed: the end of a write.
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
         _ => false,
@@ -381,8 +382,10 @@ impl Watch {
     /// Brings the registry in line with the file at `path`.
     async fn apply(&mut self, path: &Path) -> ReloadResult {
         let change = self.change(path).await;
-        if matches!(change, Change::Loaded { .. } | Change::Reconfigured { .. } | Change::Unloaded)
-        {
+        if matches!(
+            change,
+            Change::Loaded { .. } | Change::Reconfigured { .. } | Change::Unloaded
+        ) {
             // The platforms served changed: a file refused for a conflict
             // may fit now. Each gets one more try.
             for (refused, _) in std::mem::take(&mut self.refused) {
@@ -408,7 +411,9 @@ impl Watch {
             };
         }
         let read = async {
-            let file = PluginFile::read_async(path).await.map_err(|e| e.to_string())?;
+            let file = PluginFile::read_async(path)
+                .await
+                .map_err(|e| e.to_string())?;
             let manifest = Manifest::load_async(&loader::manifest_path(path))
                 .await
                 .map_err(|e| e.to_string())?;
@@ -476,7 +481,11 @@ impl Watch {
         };
         match self.registry.install(plugin) {
             Ok(()) => {
-                tracing::info!(path = %path.display(), took = ?started.elapsed(), ?change, "plugin change applied");
+                if reconfigured {
+                    tracing::info!(path = %path.display(), "manifest change applied without recompiling");
+                } else {
+                    tracing::info!(path = %path.display(), took = ?started.elapsed(), "new plugin version validated and swapped in");
+                }
                 self.refused.remove(path);
                 change
             }

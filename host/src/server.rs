@@ -154,7 +154,10 @@ impl Server {
             while tasks.try_join_next().is_some() {}
             if let Err(refusal) = self.admit(&stream) {
                 tracing::warn!("connection refused: {refusal}");
-                tasks.spawn(refuse(stream, ErrorBody::new(ErrorCode::Forbidden, refusal)));
+                tasks.spawn(refuse(
+                    stream,
+                    ErrorBody::new(ErrorCode::Forbidden, refusal),
+                ));
                 continue;
             }
             let Ok(permit) = connections.clone().try_acquire_owned() else {
@@ -291,7 +294,9 @@ async fn answer(api: &Api, line: &[u8]) -> Response {
                 id,
                 ErrorBody::new(
                     ErrorCode::Internal,
-                    format!("the daemon failed while handling this request ({what}); this is a bug, and it was logged"),
+                    format!(
+                        "the daemon failed while handling this request ({what}); this is a bug, and it was logged"
+                    ),
                 ),
             )
         }
@@ -322,10 +327,12 @@ impl RequestLines {
     fn map(&self, decoded: Result<Option<String>, LinesCodecError>) -> io::Result<Option<Line>> {
         match decoded {
             Ok(line) => Ok(line.map(Line::Complete)),
-            Err(LinesCodecError::MaxLineLengthExceeded) => Ok(Some(Line::Rejected(ErrorBody::new(
-                ErrorCode::LineTooLong,
-                format!("the line exceeds {} bytes; it was discarded", self.max),
-            )))),
+            Err(LinesCodecError::MaxLineLengthExceeded) => {
+                Ok(Some(Line::Rejected(ErrorBody::new(
+                    ErrorCode::LineTooLong,
+                    format!("the line exceeds {} bytes; it was discarded", self.max),
+                ))))
+            }
             Err(LinesCodecError::Io(e)) if e.kind() == io::ErrorKind::InvalidData => {
                 Ok(Some(Line::Rejected(ErrorBody::new(
                     ErrorCode::MalformedJson,

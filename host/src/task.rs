@@ -60,9 +60,10 @@ impl FromStr for PlatformName {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let valid = (1..=Self::MAX_LEN).contains(&s.len())
-            && s.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-            && s
-                .bytes()
+            && s.bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && s.bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
         if valid {
             Ok(PlatformName(s.to_string()))

@@ -103,7 +103,11 @@ impl DaemonBuilder {
             .arg("--config")
             .arg(&config)
             .arg("--data-dir")
-            .arg(self.data_dir.clone().unwrap_or_else(|| dir.path().join("data")))
+            .arg(
+                self.data_dir
+                    .clone()
+                    .unwrap_or_else(|| dir.path().join("data")),
+            )
             .arg("--plugins")
             .arg(&plugin_dir)
             .arg("--socket")

@@ -10,7 +10,7 @@ use notifyhub_testkit::daemon::Daemon;
 use notifyhub_testkit::receiver::{Receiver, Reply};
 use notifyhub_testkit::{repo_root, verify};
 
-use crate::{cargo, rust_target, run as run_command};
+use crate::{cargo, run as run_command, rust_target};
 
 /// A demo-only signing secret (Standard Webhooks' own test vector).
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";

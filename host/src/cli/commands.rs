@@ -7,10 +7,10 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::{Cli, Command, OutputArgs, SendArgs, ServeArgs, render};
-use crate::protocol::{Change, PluginsView, ReloadResult, StatusView, TaskView};
 use crate::client::Client;
 use crate::config::Config;
 use crate::daemon::Daemon;
+use crate::protocol::{Change, PluginsView, ReloadResult, StatusView, TaskView};
 use crate::task::{Format, Priority, TaskState};
 
 /// Runs the parsed command line.

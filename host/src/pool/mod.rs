@@ -334,7 +334,9 @@ impl Pool {
     pub fn enqueue(&self, tasks: &[Arc<Task>]) {
         if self.intake.enqueue(tasks).is_err() {
             let now = SystemTime::now();
-            tasks.iter().for_each(|t| self.scheduler.schedule(t.id, now));
+            tasks
+                .iter()
+                .for_each(|t| self.scheduler.schedule(t.id, now));
         }
     }
 

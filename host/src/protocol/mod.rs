@@ -26,12 +26,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use self::values::{
-    Delay, DeliverAt, ListLimit, MAX_LIST_LIMIT, MAX_RETRY_AFTER, MAX_SCHEDULE_AHEAD,
-    MAX_WORKERS, WorkerCount, clamp_retry_after, format_time,
+    Delay, DeliverAt, ListLimit, MAX_LIST_LIMIT, MAX_RETRY_AFTER, MAX_SCHEDULE_AHEAD, MAX_WORKERS,
+    WorkerCount, clamp_retry_after, format_time,
 };
 pub use self::views::{
-    AttemptView, Change, LoadErrorView, PluginView, PluginsView, ReloadResult, StatusView,
-    TaskView,
+    AttemptView, Change, LoadErrorView, PluginView, PluginsView, ReloadResult, StatusView, TaskView,
 };
 use crate::plugin::PluginName;
 use crate::task::{Format, PlatformName, Priority, TaskId, TaskState};
@@ -345,7 +344,10 @@ mod tests {
         assert_eq!(code(r#"{"id":1}"#), ErrorCode::InvalidRequest);
         assert_eq!(code(r#"{"op":"explode"}"#), ErrorCode::UnknownOp);
         assert_eq!(code(r#"{"op":"task"}"#), ErrorCode::InvalidRequest);
-        assert_eq!(code(r#"{"op":"task","task_id":"nope"}"#), ErrorCode::InvalidRequest);
+        assert_eq!(
+            code(r#"{"op":"task","task_id":"nope"}"#),
+            ErrorCode::InvalidRequest
+        );
         assert_eq!(
             code(r#"{"op":"reload","name":"../x/evil"}"#),
             ErrorCode::InvalidRequest
@@ -355,14 +357,19 @@ mod tests {
             ErrorCode::InvalidRequest
         );
         assert_eq!(
-            code(r#"{"op":"submit","task":{"platform":"x","target":"t","body":"b","delay":"18446744073709551615s"}}"#),
+            code(
+                r#"{"op":"submit","task":{"platform":"x","target":"t","body":"b","delay":"18446744073709551615s"}}"#
+            ),
             ErrorCode::InvalidRequest
         );
         assert_eq!(
             code(r#"{"op":"submit","task":{"platform":"x","target":"t","body":"a","body":"b"}}"#),
             ErrorCode::MalformedJson
         );
-        assert_eq!(code(r#"{"op":"tasks","state":"zombie"}"#), ErrorCode::InvalidRequest);
+        assert_eq!(
+            code(r#"{"op":"tasks","state":"zombie"}"#),
+            ErrorCode::InvalidRequest
+        );
         assert_eq!(
             code(r#"{"op":"submit","task":{"platform":"x","target":"t"}}"#),
             ErrorCode::InvalidRequest

@@ -177,7 +177,10 @@ mod tests {
     fn bounds_delays_and_times() {
         assert!("18446744073709551615s".parse::<Delay>().is_err());
         assert!("600000000000s".parse::<Delay>().is_err());
-        assert_eq!("90s".parse::<Delay>().unwrap().get(), Duration::from_secs(90));
+        assert_eq!(
+            "90s".parse::<Delay>().unwrap().get(),
+            Duration::from_secs(90)
+        );
         assert!("+20000-01-01T00:00:00Z".parse::<DeliverAt>().is_err());
         assert!("2200-01-01T00:00:00Z".parse::<DeliverAt>().is_err());
         assert!("2020-01-01T00:00:00Z".parse::<DeliverAt>().is_ok());

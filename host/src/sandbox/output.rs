@@ -14,7 +14,6 @@ use bytes::Bytes;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
-
 /// Log lines a plugin may write per call (through `host.log`, stdout and
 /// stderr together); the rest are dropped with a marker.
 const MAX_LOG_LINES: u32 = 1000;

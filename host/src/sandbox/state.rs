@@ -12,8 +12,8 @@ use super::PluginPolicy;
 use super::http::{HttpClient, OutboundHttp};
 use super::limits::{MemoryBudget, MemoryLimiter};
 use super::output::{LogBudget, MAX_LOG_LINE_BYTES, PluginOutput, Stream};
-use crate::bindings::{Level, notifyhub};
 use super::policy::PluginConfig;
+use crate::bindings::{Level, notifyhub};
 
 /// What one store knows about the plugin and task it runs.
 pub struct HostState {

@@ -59,7 +59,9 @@ pub enum JournalError {
     Read(#[from] rusqlite::Error),
     #[error("the task store's writer has stopped")]
     Stopped,
-    #[error("the task store cannot be written ({0}); no new tasks are accepted until a write succeeds")]
+    #[error(
+        "the task store cannot be written ({0}); no new tasks are accepted until a write succeeds"
+    )]
     Unavailable(String),
 }
 

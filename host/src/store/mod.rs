@@ -387,6 +387,16 @@ impl TaskStore {
         }
     }
 
+    /// The count of the attempt `id` is running, if it is running.
+    pub fn running_attempt(&self, id: TaskId) -> Option<AttemptCount> {
+        let inner = self.lock();
+        let r = &inner.entries.get(&id)?.record;
+        (r.state == TaskState::Running).then(|| AttemptCount {
+            number: r.attempts,
+            in_round: r.attempts.saturating_sub(r.revived_at).max(1),
+        })
+    }
+
     /// The record of `id` if it is in memory (tasks not finished always are).
     pub fn cached(&self, id: TaskId) -> Option<TaskRecord> {
         self.lock().entries.get(&id).map(|e| e.record.clone())

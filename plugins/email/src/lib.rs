@@ -14,7 +14,7 @@
 
 use notifyhub_plugin_sdk::format::{markdown_to_html, truncate};
 use notifyhub_plugin_sdk::{
-    Format, Message, Plugin, PluginInfo, Receipt, SendError, config, config_key, http, time,
+    Format, Message, Plugin, PluginInfo, Receipt, SendError, config, config_key, http,
 };
 use serde_json::{Value, json};
 

@@ -16,7 +16,7 @@
 use notifyhub_plugin_sdk::format::{markdown_to_html, truncate};
 use notifyhub_plugin_sdk::{
     Format, Message, Plugin, PluginInfo, Priority, Receipt, SendError, config, config_key, form,
-    http, time,
+    http,
 };
 use serde_json::Value;
 

@@ -365,7 +365,10 @@ mod tests {
         assert_eq!(super::parse_seconds_ms("2"), Some(2000));
         assert_eq!(super::parse_seconds_ms("64.57"), Some(64570));
         assert_eq!(super::parse_seconds_ms("soon"), None);
-        assert_eq!(super::parse_seconds_ms("1e30"), Some(super::MAX_RETRY_AFTER_MS));
+        assert_eq!(
+            super::parse_seconds_ms("1e30"),
+            Some(super::MAX_RETRY_AFTER_MS)
+        );
         assert_eq!(super::parse_seconds_ms("-5"), None);
         assert_eq!(super::parse_seconds_ms("inf"), None);
         assert_eq!(super::until_unix_ms(u64::MAX), super::MAX_RETRY_AFTER_MS);

@@ -404,5 +404,4 @@ impl Dispatcher {
             }
         }
     }
-
 }

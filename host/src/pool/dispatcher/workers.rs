@@ -2,22 +2,19 @@
 //! stopping idle ones, replacing stuck ones, changing the bounds, and the
 //! shutdown that drains them.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
 
-use super::Dispatcher;
+use super::{Dispatcher, SCALE_EVENTS_KEPT, WorkerEntry};
+use crate::pool::ShutdownReport;
 use crate::pool::scaler::{self, Decision, Sample};
 use crate::pool::stats::{ScaleEvent, WorkerMetrics, WorkerState};
 use crate::pool::worker::{self, Event};
-use crate::pool::ShutdownReport;
 use crate::protocol::format_time;
-use crate::store::AttemptCount;
-use crate::task::{FailureClass, Outcome, Task, TaskId, TaskState};
-use std::collections::HashSet;
-
-use super::{SCALE_EVENTS_KEPT, WorkerEntry};
+use crate::task::{FailureClass, Outcome, Task, TaskId};
 
 impl Dispatcher {
     pub(super) fn on_tick(&mut self) {
@@ -26,7 +23,10 @@ impl Dispatcher {
             // The plugins present at start have all been tried: tasks that
             // waited for one go back to the queue (and fail as having no
             // plugin if theirs did not load).
-            tracing::info!(tasks = self.parked.len(), "plugins loaded; queueing the tasks that waited for them");
+            tracing::info!(
+                tasks = self.parked.len(),
+                "plugins loaded; queueing the tasks that waited for them"
+            );
             std::mem::take(&mut self.parked)
                 .into_iter()
                 .for_each(|t| self.queue.push(t));
@@ -142,15 +142,7 @@ impl Dispatcher {
                     );
                     let store = self.lifecycle.store();
                     let attempt = store
-                        .cached(id)
-                        .filter(|r| r.state == TaskState::Running)
-                        .map(|_| {
-                            let next = store.next_attempt(id);
-                            AttemptCount {
-                                number: next.number - 1,
-                                in_round: next.in_round.saturating_sub(1).max(1),
-                            }
-                        })
+                        .running_attempt(id)
                         .unwrap_or_else(|| store.next_attempt(id));
                     self.lifecycle.finish(&task, attempt, outcome, None);
                 }
@@ -234,7 +226,11 @@ impl Dispatcher {
         });
     }
 
-    pub(super) fn scale(&mut self, min: Option<usize>, max: Option<usize>) -> Result<(usize, usize), String> {
+    pub(super) fn scale(
+        &mut self,
+        min: Option<usize>,
+        max: Option<usize>,
+    ) -> Result<(usize, usize), String> {
         let current = self.scaler.config();
         let (min, max) = (
             min.unwrap_or(current.min_workers),
@@ -248,7 +244,10 @@ impl Dispatcher {
         Ok((min, max))
     }
 
-    pub(super) async fn shutdown(&mut self, events: &mut mpsc::UnboundedReceiver<Event>) -> ShutdownReport {
+    pub(super) async fn shutdown(
+        &mut self,
+        events: &mut mpsc::UnboundedReceiver<Event>,
+    ) -> ShutdownReport {
         let left_queued = self.queue.len() + self.pacer.backlog_len();
         let in_flight = self.in_flight();
         tracing::info!(in_flight, left_queued, "worker pool draining");
