@@ -342,3 +342,26 @@ async fn the_cli_takes_hyphen_targets_and_shows_dead_tasks_without_failing() -> 
     anyhow::ensure!(!out.status.success(), "send --wait of a dead task exited 0");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_tells_systemd_it_is_ready_once_plugins_have_loaded() -> anyhow::Result<()> {
+    // A datagram socket standing in for systemd's notify socket.
+    let dir = tempfile::Builder::new().prefix("nh-notify-").tempdir()?;
+    let path = dir.path().join("notify.sock");
+    let systemd = tokio::net::UnixDatagram::bind(&path)?;
+    let daemon = Daemon::builder(BIN)
+        .plugin("noop", None)
+        .env("NOTIFY_SOCKET", path.to_str().unwrap())
+        .start()
+        .await?;
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(60), systemd.recv(&mut buf))
+        .await
+        .map_err(|_| anyhow::anyhow!("no notification from the daemon:\n{}", daemon.logs()))??;
+    let message = String::from_utf8_lossy(&buf[..n]).to_string();
+    anyhow::ensure!(message.contains("READY=1"), "{message:?}");
+    // By then, the plugin serves.
+    let status = daemon.request(json!({"op": "status"})).await?;
+    anyhow::ensure!(status["result"]["plugins_ready"] == true, "{status}");
+    Ok(())
+}

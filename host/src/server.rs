@@ -277,18 +277,10 @@ async fn answer(api: &Api, line: &[u8]) -> Response {
         Err((id, error)) => return Response::failure(id, error),
     };
     let op = request.op();
-    match std::panic::AssertUnwindSafe(api.handle(request))
-        .catch_unwind()
-        .await
-    {
+    match caught(api.handle(request)).await {
         Ok(Ok(result)) => Response::success(id, result),
         Ok(Err(error)) => Response::failure(id, error),
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| panic.downcast_ref::<&str>().copied())
-                .unwrap_or("a panic");
+        Err(what) => {
             tracing::error!(op, "request handler panicked: {what}");
             Response::failure(
                 id,
@@ -301,6 +293,20 @@ async fn answer(api: &Api, line: &[u8]) -> Response {
             )
         }
     }
+}
+
+/// Runs `work`, turning a panic into its message.
+async fn caught<T>(work: impl Future<Output = T>) -> Result<T, String> {
+    std::panic::AssertUnwindSafe(work)
+        .catch_unwind()
+        .await
+        .map_err(|panic| {
+            panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "a panic".into())
+        })
 }
 
 /// A framed request line, or why the line was refused.
@@ -373,6 +379,16 @@ mod tests {
             });
         }
         out
+    }
+
+    #[tokio::test]
+    async fn a_panic_becomes_its_message() {
+        assert_eq!(caught(async { 7 }).await, Ok(7));
+        let boom = caught(async {
+            let n: Option<u32> = None;
+            n.expect("stored time out of range")
+        });
+        assert_eq!(boom.await, Err("stored time out of range".to_string()));
     }
 
     #[tokio::test]
