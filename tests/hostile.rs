@@ -63,7 +63,7 @@ async fn describe_is_checked_like_any_foreign_input() -> anyhow::Result<()> {
     let hostile = notifyhub_testkit::plugins::path("hostile")?;
     let dir = daemon.plugin_dir();
     for (name, mode, expected) in [
-        ("huge", "huge", "description"),
+        ("huge", "huge", "more than 1024 KiB"),
         ("many", "many", "platforms"),
         ("unprintable", "unprintable", "platform"),
     ] {
@@ -275,4 +275,36 @@ async fn a_relative_data_dir_is_taken_from_the_working_directory() -> anyhow::Re
         "no compile cache under ./data"
     );
     Ok(())
+}
+
+/// Peak resident memory of a process, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_output_is_not_copied_into_the_daemon() -> anyhow::Result<()> {
+    let daemon = Daemon::builder(BIN)
+        .plugin("noop", None)
+        .plugin("hostile", Some("[limits]\ntimeout = \"5s\"\nmemory_mib = 1024\n"))
+        .start()
+        .await?;
+    noop_delivers(&daemon).await?;
+    let before = peak_rss_kib(daemon.pid());
+    let task = daemon
+        .deliver(json!({"platform": "hostile", "target": "t", "body": "huge-receipt"}))
+        .await?;
+    anyhow::ensure!(task["outcome"]["class"] == "crashed", "{task}");
+    let grown_mib = (peak_rss_kib(daemon.pid()) - before) / 1024;
+    // The guest built a 100 MiB string in its own memory (which lives in
+    // the daemon's address space); the host copied at most 1 MiB of it.
+    // Copying it all would have added another 100 MiB.
+    anyhow::ensure!(grown_mib < 160, "the daemon's peak grew by {grown_mib} MiB");
+    noop_delivers(&daemon).await?;
+    no_panics(&daemon)
 }

@@ -60,13 +60,19 @@ async fn oversized_answers_and_log_floods_are_capped() -> anyhow::Result<()> {
         )
         .start()
         .await?;
-    let task = run(&daemon, "hostile", "huge-receipt").await?;
+    // Up to the transfer cap, a long status is cut to 1 KiB...
+    let task = run(&daemon, "hostile", "big-receipt").await?;
     let status = task["outcome"]["status"].as_str().unwrap();
     assert!(
         status.len() < 2048 && status.ends_with("[truncated]"),
         "{} bytes",
         status.len()
     );
+    // ...beyond it, the host refuses to copy it at all.
+    let task = run(&daemon, "hostile", "huge-receipt").await?;
+    assert_eq!(task["outcome"]["class"], "crashed", "{task}");
+    let message = task["outcome"]["message"].as_str().unwrap();
+    assert!(message.contains("more than 1024 KiB"), "{message}");
 
     let task = run(&daemon, "hostile", "log-flood").await?;
     assert_eq!(task["outcome"]["class"], "timed_out");

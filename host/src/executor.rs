@@ -23,7 +23,7 @@ use crate::destination::Route;
 use crate::plugin::LoadedPlugin;
 use crate::protocol::MAX_RETRY_AFTER;
 use crate::sandbox::limits::MemoryCap;
-use crate::sandbox::{HostState, PluginPolicy, Sandbox, arm_deadline};
+use crate::sandbox::{HostState, MAX_GUEST_TRANSFER_BYTES, PluginPolicy, Sandbox, arm_deadline};
 use crate::task::{FailureClass, Format, Outcome, Priority, Task};
 
 /// How much longer than the epoch deadline the outer timeout waits.
@@ -235,6 +235,14 @@ fn classify(error: &wasmtime::Error, store: &Store<HostState>, timeout: Duration
                 "the plugin overflowed its stack".to_string(),
             ),
             Some(trap) => (FailureClass::Crashed, format!("the plugin trapped: {trap}")),
+            None if root_cause(error).contains("fuel allocated for hostcalls") => (
+                FailureClass::Crashed,
+                format!(
+                    "the plugin handed the host more than {} KiB in one call (a receipt, an error, \
+                     a description or a log line that large); the host copies at most that much",
+                    MAX_GUEST_TRANSFER_BYTES >> 10
+                ),
+            ),
             None => (
                 FailureClass::Crashed,
                 format!("the plugin failed: {}", root_cause(error)),

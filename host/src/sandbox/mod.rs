@@ -44,6 +44,15 @@ pub use self::policy::{PluginConfig, PluginPolicy, Secret};
 pub use self::state::HostState;
 use crate::bindings::{PluginPre, notifyhub};
 
+/// The most a guest may hand the host in one call (a returned receipt or
+/// error, a log line, one stream write), in bytes. Wasmtime copies a lifted
+/// string or list into host memory before the host sees it; this bound
+/// (wasmtime's "hostcall fuel", 128 MiB by default) keeps that copy small
+/// whatever a plugin returns. The host then keeps far less (a receipt's
+/// status: 1 KiB). Legitimate transfers are far below it: the plugin SDKs
+/// write bodies 4 KiB at a time.
+pub const MAX_GUEST_TRANSFER_BYTES: usize = 1 << 20;
+
 /// How often the epoch advances; the granularity of call deadlines.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
@@ -172,6 +181,7 @@ impl Sandbox {
             HostState::new(policy, self.http.clone(), self.memory.clone()),
         );
         store.limiter(|state| &mut state.limiter);
+        store.set_hostcall_fuel(MAX_GUEST_TRANSFER_BYTES);
         store
     }
 }

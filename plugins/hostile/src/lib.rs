@@ -51,6 +51,7 @@ impl Plugin for Hostile {
                 log::info(&"x".repeat(1024));
             },
             "huge-receipt" => Ok(Receipt::status("x".repeat(100 << 20))),
+            "big-receipt" => Ok(Receipt::status("x".repeat(512 << 10))),
             "read-file" => match std::fs::read("/etc/passwd") {
                 Ok(_) => Err(SendError::invalid("read /etc/passwd")),
                 Err(e) => Err(SendError::permanent(format!(
