@@ -7,7 +7,7 @@
 
 use notifyhub::config::FileConfig;
 use notifyhub::manifest::Manifest;
-use notifyhub::protocol::{self, Request};
+use notifyhub::protocol::{self, MAX_SCHEDULE_AHEAD, MAX_WORKERS, Request};
 use proptest::prelude::*;
 
 /// Strings that look like JSON requests, so the fuzzer gets past the parser.
@@ -81,5 +81,35 @@ proptest! {
     fn manifests_and_configs_never_panic(text in "[\\[\\]a-z_=\"{}., 0-9\n]{0,200}") {
         let _ = Manifest::parse(&text);
         let _ = FileConfig::parse(&text);
+    }
+
+    #[test]
+    fn decoded_schedules_are_bounded(n in any::<u64>(), unit in "(ns|ms|s|m|h|d|w|y)", year in 0u32..30_000) {
+        let delay = format!("{n}{unit}");
+        let at = format!("{year:04}-06-01T00:00:00Z");
+        for task in [
+            serde_json::json!({"platform": "p", "target": "t", "body": "b", "delay": delay}),
+            serde_json::json!({"platform": "p", "target": "t", "body": "b", "deliver_at": at}),
+        ] {
+            let line = serde_json::json!({"op": "submit", "task": task}).to_string();
+            if let Ok((_, Request::Submit(submit))) = protocol::decode(line.as_bytes()) {
+                let latest = std::time::SystemTime::now() + MAX_SCHEDULE_AHEAD;
+                for t in submit.into_tasks() {
+                    prop_assert!(t.delay.is_none_or(|d| d.get() <= MAX_SCHEDULE_AHEAD));
+                    prop_assert!(t.deliver_at.is_none_or(|a| a.get() <= latest));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_config_that_validates_has_bounded_pools(min in any::<u64>(), max in any::<u64>()) {
+        let text = format!("[pool]\nmin_workers = {}\nmax_workers = {}\n", min % (1 << 40), max % (1 << 40));
+        if let Ok(config) = FileConfig::parse(&text)
+            && config.pool.validate().is_ok()
+        {
+            prop_assert!(config.pool.max_workers <= MAX_WORKERS);
+            prop_assert!(config.pool.min_workers <= config.pool.max_workers);
+        }
     }
 }
