@@ -9,8 +9,11 @@
 //! markdown` with the title as the conversation-list preview and as a
 //! heading (DingTalk does not render the title field itself). DingTalk's
 //! markdown is a CommonMark subset, so markdown passes through. `msgUuid`
-//! is the task id, so a retried task is not shown twice. Text is cut to
-//! 18,000 bytes with a visible marker (DingTalk refuses ~20 KB).
+//! is the task id, so a retried task is not shown twice. HTML becomes plain
+//! text. The whole request is budgeted: the body is cut with a visible
+//! marker until the JSON is at most 18,000 bytes (DingTalk refuses ~20 KB),
+//! and mentions and the heading are never cut. The preview title is one
+//! line of at most 64 characters, never empty.
 //!
 //! DingTalk answers HTTP 200 for most failures, with `errcode` ≠ 0: the
 //! rate-limit codes (130101, 410100) pause the robot for 10 minutes, which
@@ -19,14 +22,15 @@
 //! Metadata `at_mobiles` (comma-separated) and `at_all = "true"` mention
 //! people.
 
-use notifyhub_plugin_sdk::format::truncate_bytes;
+use notifyhub_plugin_sdk::format::{truncate, truncate_bytes};
 use notifyhub_plugin_sdk::{
     Format, Message, Plugin, PluginInfo, RateLimitRule, Receipt, SendError, config, config_key,
-    http, sign, time,
+    fit, html, http, sign, time,
 };
-use serde_json::{Value, json};
+use serde_json::json;
 
 const MAX_BYTES: usize = 18_000;
+const TITLE_MAX: usize = 64;
 /// DingTalk blocks a robot for ten minutes once it is over its limit.
 const BLOCKED_MS: u64 = 10 * 60 * 1000;
 const RATE_LIMIT_CODES: [i64; 2] = [130_101, 410_100];
@@ -69,7 +73,7 @@ impl Plugin for DingTalk {
             );
         }
         let response = http::Request::post(&url)
-            .json_body(payload(&message).to_string())
+            .json_body(payload(&message))
             .header("content-type", "application/json;charset=utf-8")
             .send()?;
         let (code, detail) = response.business_code("DingTalk", &["errcode"], &["errmsg"])?;
@@ -81,7 +85,8 @@ impl Plugin for DingTalk {
     }
 }
 
-fn payload(message: &Message) -> Value {
+/// The request body.
+fn payload(message: &Message) -> String {
     let mentions: Vec<&str> = metadata(message, "at_mobiles")
         .map(|m| {
             m.split(',')
@@ -96,25 +101,40 @@ fn payload(message: &Message) -> Value {
     });
     // A mention only notifies when the text names the number.
     let tail: String = mentions.iter().map(|m| format!(" @{m}")).collect();
-    let mut document = if message.title.is_none() && message.format == Format::Text {
-        json!({
-            "msgtype": "text",
-            "text": { "content": truncate_bytes(&format!("{}{tail}", message.body), MAX_BYTES) },
-        })
-    } else {
-        let title = message
-            .title
-            .clone()
-            .unwrap_or_else(|| first_line(&message.body));
-        let text = format!("#### {title}\n\n{}{tail}", message.body);
-        json!({
-            "msgtype": "markdown",
-            "markdown": { "title": title, "text": truncate_bytes(&text, MAX_BYTES) },
-        })
+    let body = match message.format {
+        Format::Html => html::to_text(&message.body),
+        Format::Text | Format::Markdown => message.body.clone(),
     };
-    document["at"] = at;
-    document["msgUuid"] = json!(message.task_id);
-    document
+    let body = if body.trim().is_empty() {
+        "(empty message)".to_string()
+    } else {
+        body
+    };
+    let plain = message.title.is_none() && message.format == Format::Text;
+    let title = [message.title.as_deref().unwrap_or_default()]
+        .into_iter()
+        .chain(body.lines())
+        .map(|l| {
+            l.chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect::<String>()
+        })
+        .map(|l| l.trim().to_string())
+        .find(|l| !l.is_empty())
+        .map_or_else(|| "Notification".to_string(), |l| truncate(&l, TITLE_MAX));
+    let request = fit::largest(MAX_BYTES, body.len(), |budget| {
+        let body = truncate_bytes(&body, budget);
+        let mut document = if plain {
+            json!({ "msgtype": "text", "text": { "content": format!("{body}{tail}") } })
+        } else {
+            let text = format!("#### {title}\n\n{body}{tail}");
+            json!({ "msgtype": "markdown", "markdown": { "title": title, "text": text } })
+        };
+        document["at"] = at.clone();
+        document["msgUuid"] = json!(message.task_id);
+        document.to_string()
+    });
+    request
 }
 
 fn metadata<'a>(message: &'a Message, key: &str) -> Option<&'a str> {
@@ -123,10 +143,6 @@ fn metadata<'a>(message: &'a Message, key: &str) -> Option<&'a str> {
         .iter()
         .find(|(k, _)| k == key)
         .map(|(_, v)| v.as_str())
-}
-
-fn first_line(body: &str) -> String {
-    notifyhub_plugin_sdk::format::truncate(body.lines().next().unwrap_or(""), 64)
 }
 
 notifyhub_plugin_sdk::export_plugin!(DingTalk);

@@ -8,7 +8,7 @@
 
 use notifyhub_plugin_sdk::format::truncate;
 use notifyhub_plugin_sdk::{
-    Message, Plugin, PluginInfo, Priority, RateLimitRule, Receipt, SendError, http,
+    Format, Message, Plugin, PluginInfo, Priority, RateLimitRule, Receipt, SendError, html, http,
 };
 use serde_json::{Value, json};
 
@@ -84,15 +84,26 @@ impl Plugin for Discord {
 
 fn payload(message: &Message) -> Value {
     let no_mentions = json!({ "parse": [] });
-    match &message.title {
+    // Discord renders its own markdown; HTML would show as tags.
+    let body = match message.format {
+        Format::Html => html::to_text(&message.body),
+        Format::Text | Format::Markdown => message.body.clone(),
+    };
+    // Discord refuses an empty message.
+    let body = if body.trim().is_empty() {
+        "(empty message)".to_string()
+    } else {
+        body
+    };
+    match message.title.as_deref().filter(|t| !t.trim().is_empty()) {
         None => json!({
-            "content": truncate(&message.body, CONTENT_MAX),
+            "content": truncate(&body, CONTENT_MAX),
             "allowed_mentions": no_mentions,
         }),
         Some(title) => json!({
             "embeds": [{
                 "title": truncate(title, TITLE_MAX),
-                "description": truncate(&message.body, DESCRIPTION_MAX),
+                "description": truncate(&body, DESCRIPTION_MAX),
                 "color": colour(message.priority),
             }],
             "allowed_mentions": no_mentions,

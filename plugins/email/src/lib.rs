@@ -4,9 +4,12 @@
 //! 1000). Config: `api_key` (a secret), `from` (the verified sender
 //! address), optional `from_name`, and `api_url` to override
 //! `https://api.sendgrid.com/v3/mail/send` (e.g. the EU endpoint). The title
-//! is the subject (else the body's first line). Text goes as `text/plain`;
-//! markdown and HTML also as `text/html` (markdown converted), with the plain
-//! text as the alternative.
+//! is the subject, else the body's first non-blank line, else
+//! "Notification" (SendGrid refuses an empty subject); line breaks and
+//! control characters in it become spaces. Text goes as `text/plain`;
+//! markdown and HTML also as `text/html` (markdown converted, HTML reduced to
+//! a safe subset: no scripts, styles or event handlers), with the plain text
+//! as the alternative. An empty body is sent as "(empty message)".
 //!
 //! Success is 202 Accepted. 401/403 (bad key, unverified sender) are
 //! permanent; 400 and 413 invalid; 429 rate-limited until
@@ -14,7 +17,7 @@
 
 use notifyhub_plugin_sdk::format::{markdown_to_html, truncate};
 use notifyhub_plugin_sdk::{
-    Format, Message, Plugin, PluginInfo, Receipt, SendError, config, config_key, http,
+    Format, Message, Plugin, PluginInfo, Receipt, SendError, config, config_key, html, http,
 };
 use serde_json::{Value, json};
 
@@ -104,20 +107,33 @@ impl Plugin for Email {
 }
 
 fn document(message: &Message, recipients: &[&str], from: &str) -> Value {
-    let subject = message.title.clone().unwrap_or_else(|| {
-        truncate(
-            message.body.lines().next().unwrap_or("Notification"),
-            SUBJECT_MAX,
-        )
-    });
-    let mut content = vec![json!({ "type": "text/plain", "value": message.body })];
+    let plain = match message.format {
+        Format::Html => html::to_text(&message.body),
+        Format::Text | Format::Markdown => message.body.clone(),
+    };
+    let plain = if plain.trim().is_empty() {
+        "(empty message)".to_string()
+    } else {
+        plain
+    };
+    let subject = [message.title.as_deref().unwrap_or_default()]
+        .into_iter()
+        .chain(plain.lines())
+        .map(one_line)
+        .find(|line| !line.is_empty())
+        .unwrap_or_else(|| "Notification".into());
+    let subject = truncate(&subject, SUBJECT_MAX);
+    let mut content = vec![json!({ "type": "text/plain", "value": plain })];
     match message.format {
         Format::Text => {}
         Format::Markdown => content.push(json!({
             "type": "text/html",
             "value": markdown_to_html(&message.body).replace('\n', "<br>\n"),
         })),
-        Format::Html => content.push(json!({ "type": "text/html", "value": message.body })),
+        Format::Html => content.push(json!({
+            "type": "text/html",
+            "value": html::sanitize(&message.body, &html::EMAIL),
+        })),
     }
     let mut sender = json!({ "email": from });
     if let Some(name) = config("from_name") {
@@ -132,6 +148,16 @@ fn document(message: &Message, recipients: &[&str], from: &str) -> Value {
         "content": content,
         "custom_args": { "notifyhub_task_id": message.task_id },
     })
+}
+
+/// `text` on one line: control characters (line breaks included) become
+/// spaces, and the ends are trimmed.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>()
+        .trim()
+        .to_string()
 }
 
 /// SendGrid's `{"errors":[{"field","message"}]}` as one line.

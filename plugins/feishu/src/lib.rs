@@ -9,22 +9,28 @@
 //! Forms: plain text → `msg_type: text`; text with a title → `post` (rich
 //! text with a title); markdown → an `interactive` card with the title as
 //! its header and the body in a `markdown` element, because Feishu renders
-//! markdown only inside cards. Text is cut to 18,000 bytes with a marker
-//! (Feishu refuses bodies over 20 KB).
+//! markdown only inside cards. HTML becomes plain text. The size is
+//! budgeted on the encoded request, signature included: the body text is cut
+//! with a marker until the JSON is at most [`MAX_REQUEST_BYTES`] (Feishu
+//! refuses bodies over 20 KB; a `post` adds structure per line, so a cut on
+//! the text alone is not enough). `<at …>` in user text is defused (a
+//! zero-width space after the `<`), so a message cannot mention everyone.
 //!
 //! Feishu answers HTTP 200 with `code` ≠ 0 for failures (older deployments
 //! use `StatusCode`): 11232 is its rate limit; 9499 a bad request; every
 //! other code (19021 signature or clock, 19022 IP, 19024 keyword, 19001
 //! token) is permanent.
 
-use notifyhub_plugin_sdk::format::truncate_bytes;
+use notifyhub_plugin_sdk::format::{truncate, truncate_bytes};
 use notifyhub_plugin_sdk::{
     Format, Message, Plugin, PluginInfo, Priority, RateLimitRule, Receipt, SendError, config,
-    config_key, http, sign, time,
+    config_key, fit, html, http, sign, time,
 };
 use serde_json::{Value, json};
 
-const MAX_BYTES: usize = 18_000;
+/// Feishu's 20 KB request limit, with a margin.
+const MAX_REQUEST_BYTES: usize = 19_500;
+const TITLE_MAX_CHARS: usize = 200;
 const RATE_LIMITED: i64 = 11_232;
 const BAD_REQUEST: i64 = 9_499;
 
@@ -71,14 +77,29 @@ impl Plugin for Feishu {
                 "the target must be a Feishu or Lark bot webhook URL",
             ));
         }
-        let mut document = payload(&message);
-        if let Some(secret) = config("secret") {
+        let signature = config("secret").map(|secret| {
             let timestamp = time::unix_seconds();
-            document["timestamp"] = json!(timestamp.to_string());
-            document["sign"] = json!(sign::feishu(&secret, timestamp));
-        }
+            (timestamp.to_string(), sign::feishu(&secret, timestamp))
+        });
+        let text = match message.format {
+            Format::Html => html::to_text(&message.body),
+            Format::Text | Format::Markdown => message.body.clone(),
+        };
+        let text = defuse(if text.trim().is_empty() {
+            "(empty message)"
+        } else {
+            &text
+        });
+        let request = fit::largest(MAX_REQUEST_BYTES, text.len(), |budget| {
+            let mut document = payload(&message, &truncate_bytes(&text, budget));
+            if let Some((timestamp, sign)) = &signature {
+                document["timestamp"] = json!(timestamp);
+                document["sign"] = json!(sign);
+            }
+            document.to_string()
+        });
         let response = http::Request::post(&message.target)
-            .json_body(document.to_string())
+            .json_body(request)
             .send()?;
         // Older deployments answer with `StatusCode` / `StatusMessage`.
         let (code, detail) =
@@ -95,16 +116,20 @@ impl Plugin for Feishu {
     }
 }
 
-fn payload(message: &Message) -> Value {
-    let body = truncate_bytes(&message.body, MAX_BYTES);
-    match (&message.title, message.format) {
-        (_, Format::Markdown) => json!({
+fn payload(message: &Message, body: &str) -> Value {
+    let title = message
+        .title
+        .as_deref()
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| defuse(&truncate(t, TITLE_MAX_CHARS)));
+    match (title, message.format) {
+        (title, Format::Markdown) => json!({
             "msg_type": "interactive",
             "card": {
                 "header": {
                     "title": {
                         "tag": "plain_text",
-                        "content": message.title.clone().unwrap_or_else(|| "Notification".into()),
+                        "content": title.unwrap_or_else(|| "Notification".into()),
                     },
                     "template": template(message.priority),
                 },
@@ -124,6 +149,22 @@ fn payload(message: &Message) -> Value {
             })
         }
     }
+}
+
+/// Breaks `<at …>` mentions in user text with a zero-width space, so that
+/// `<at user_id="all">` shows as text instead of notifying everyone.
+fn defuse(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('<') {
+        out.push_str(&rest[..=at]);
+        rest = &rest[at + 1..];
+        if rest.len() >= 2 && rest[..2].eq_ignore_ascii_case("at") {
+            out.push('\u{200B}');
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn template(priority: Priority) -> &'static str {

@@ -13,10 +13,11 @@
 //! quota is spent: it is rate-limited until `X-Limit-App-Reset` (a Unix
 //! time), not retried sooner.
 
+use notifyhub_plugin_sdk::fit::Units;
 use notifyhub_plugin_sdk::format::{markdown_to_html, truncate};
 use notifyhub_plugin_sdk::{
     Format, Message, Plugin, PluginInfo, Priority, Receipt, SendError, config, config_key, form,
-    http,
+    html, http,
 };
 use serde_json::Value;
 
@@ -60,10 +61,20 @@ impl Plugin for Pushover {
         let url = config("api_url").unwrap_or_else(|| DEFAULT_API.into());
         let (text, html) = match message.format {
             Format::Text => (truncate(&message.body, MESSAGE_MAX), None),
-            Format::Markdown => (fit_html(&message.body), Some("1")),
-            Format::Html => (truncate(&message.body, MESSAGE_MAX), Some("1")),
+            Format::Markdown => (fit_html(&markdown_to_html(&message.body)), Some("1")),
+            Format::Html => (fit_html(&message.body), Some("1")),
         };
-        let title = message.title.as_deref().map(|t| truncate(t, TITLE_MAX));
+        // Pushover refuses an empty message.
+        let text = if text.trim().is_empty() {
+            "(empty message)".to_string()
+        } else {
+            text
+        };
+        let title = message
+            .title
+            .as_deref()
+            .filter(|t| !t.trim().is_empty())
+            .map(|t| truncate(t, TITLE_MAX));
         let priority = match message.priority {
             Priority::Low => "-1",
             Priority::Normal => "0",
@@ -123,18 +134,14 @@ impl Plugin for Pushover {
     }
 }
 
-/// Markdown converted to HTML within [`MESSAGE_MAX`] characters: the
-/// source is shortened until its HTML fits, so no tag is cut in half.
-fn fit_html(markdown: &str) -> String {
-    let mut budget = MESSAGE_MAX;
-    loop {
-        let html = markdown_to_html(&truncate(markdown, budget));
-        let over = html.chars().count().saturating_sub(MESSAGE_MAX);
-        if over == 0 || budget <= 1 {
-            return html;
-        }
-        budget = budget.saturating_sub(over).max(1);
-    }
+/// HTML reduced to Pushover's subset and cut to [`MESSAGE_MAX`]
+/// characters without breaking a tag or an entity.
+fn fit_html(input: &str) -> String {
+    html::cut(
+        &html::sanitize(input, &html::PUSHOVER),
+        MESSAGE_MAX,
+        Units::Chars,
+    )
 }
 
 notifyhub_plugin_sdk::export_plugin!(Pushover);

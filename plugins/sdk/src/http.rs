@@ -55,8 +55,13 @@ impl Request {
         }
     }
 
+    /// Sets a header, replacing any earlier value of the same name: a
+    /// request never carries one header twice (platforms such as DingTalk
+    /// refuse two `Content-Type`s).
     pub fn header(mut self, name: &str, value: impl Into<String>) -> Self {
-        self.headers.push((name.to_ascii_lowercase(), value.into()));
+        let name = name.to_ascii_lowercase();
+        self.headers.retain(|(n, _)| *n != name);
+        self.headers.push((name, value.into()));
         self
     }
 

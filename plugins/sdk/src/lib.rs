@@ -32,9 +32,12 @@
 //! plugin keeps in statics survives between tasks of the same plugin. Keep
 //! caches there if you like, never per-task secrets.
 
+pub mod fit;
 pub mod form;
 pub mod format;
+pub mod html;
 pub mod http;
+pub mod mrkdwn;
 pub mod sign;
 pub mod time;
 

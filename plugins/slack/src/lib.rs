@@ -2,14 +2,17 @@
 //!
 //! Text messages are sent as `{"text": …}`; a title turns the message into
 //! Block Kit (a header block plus section blocks). Markdown is converted to
-//! mrkdwn. Limits: header 150 characters, section 3000, 50 blocks; longer
-//! text is truncated with a visible marker. Success is HTTP 200 with the
+//! mrkdwn, HTML to plain text; every user field that Slack parses (the body,
+//! and the title in the top-level fallback `text`) is escaped, so `<!channel>`
+//! in a title pings nobody. Limits: header 150 characters, section 3000, 50
+//! blocks; longer text is cut at a safe point (never inside an entity or a
+//! `<url|label>` link) with a visible marker. Success is HTTP 200 with the
 //! body `ok`; Slack's error strings (`no_team`, `invalid_payload`, …) are
 //! classified by status.
 
 use notifyhub_plugin_sdk::format::{markdown_to_mrkdwn, truncate};
 use notifyhub_plugin_sdk::{
-    Format, Message, Plugin, PluginInfo, RateLimitRule, Receipt, SendError, http,
+    Format, Message, Plugin, PluginInfo, RateLimitRule, Receipt, SendError, html, http, mrkdwn,
 };
 use serde_json::{Value, json};
 
@@ -59,34 +62,32 @@ impl Plugin for Slack {
 fn payload(message: &Message) -> Value {
     let body = match message.format {
         Format::Markdown => markdown_to_mrkdwn(&message.body),
-        Format::Text | Format::Html => escape(&message.body),
+        Format::Text => mrkdwn::escape(&message.body),
+        Format::Html => mrkdwn::escape(&html::to_text(&message.body)),
     };
-    let Some(title) = &message.title else {
-        return json!({ "text": truncate(&body, SECTION_MAX * MAX_SECTIONS) });
+    let body = if body.trim().is_empty() {
+        "(empty message)".to_string()
+    } else {
+        body
     };
+    let body = mrkdwn::cut(&body, SECTION_MAX * MAX_SECTIONS);
+    let Some(title) = message.title.as_deref().filter(|t| !t.trim().is_empty()) else {
+        return json!({ "text": body });
+    };
+    // A header block is plain_text: Slack shows it as written.
     let mut blocks = vec![json!({
         "type": "header",
         "text": { "type": "plain_text", "text": truncate(title, HEADER_MAX) }
     })];
-    let body = truncate(&body, SECTION_MAX * MAX_SECTIONS);
-    let chars: Vec<char> = body.chars().collect();
-    blocks.extend(chars.chunks(SECTION_MAX).map(|chunk| {
-        json!({
-            "type": "section",
-            "text": { "type": "mrkdwn", "text": chunk.iter().collect::<String>() }
-        })
-    }));
+    blocks.extend(
+        mrkdwn::split(&body, SECTION_MAX)
+            .into_iter()
+            .map(|piece| json!({ "type": "section", "text": { "type": "mrkdwn", "text": piece } })),
+    );
     json!({
-        "text": truncate(&format!("{title}: {body}"), SECTION_MAX),
+        "text": mrkdwn::cut(&format!("{}: {body}", mrkdwn::escape(title)), SECTION_MAX),
         "blocks": blocks,
     })
-}
-
-/// Slack treats `&`, `<` and `>` as control characters in every text field.
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }
 
 notifyhub_plugin_sdk::export_plugin!(Slack);

@@ -5,20 +5,27 @@
 //! Adaptive Card (1.4) in a `message` envelope — the old MessageCard format
 //! is not accepted by Workflows. A title becomes a bold, large heading
 //! TextBlock; the body a wrapping TextBlock (Adaptive Cards render a small
-//! markdown subset, so markdown passes through). Text is cut to 20,000
-//! bytes with a marker (Teams refuses ~28 KB with 413).
+//! markdown subset, so markdown passes through; HTML becomes plain text).
+//! The size is budgeted on the encoded request: title and body are cut with
+//! a marker until the whole JSON body is at most [`MAX_REQUEST_BYTES`]
+//! (Teams refuses about 28 KB with 413; some tenants less).
 //!
 //! Success is 200 or 202 (the flow runs asynchronously, so a card that
 //! fails later is not reported back). 429 is the rate limit (4 requests per
 //! second); 413 and 400 are invalid; 401/403/404 permanent.
 
-use notifyhub_plugin_sdk::format::truncate_bytes;
+use notifyhub_plugin_sdk::format::truncate;
 use notifyhub_plugin_sdk::{
-    Message, Plugin, PluginInfo, Priority, RateLimitRule, Receipt, SendError, http,
+    Format, Message, Plugin, PluginInfo, Priority, RateLimitRule, Receipt, SendError, fit, html,
+    http,
 };
 use serde_json::{Value, json};
 
-const MAX_BYTES: usize = 20_000;
+/// The most a request body may be: below Teams' ~28 KB, with room for the
+/// envelope's growth in transit.
+const MAX_REQUEST_BYTES: usize = 24 * 1024;
+/// A title longer than this is cut first: it is a heading.
+const TITLE_MAX_CHARS: usize = 400;
 
 struct Teams;
 
@@ -44,7 +51,7 @@ impl Plugin for Teams {
             ));
         }
         let response = http::Request::post(&message.target)
-            .json_body(card(&message).to_string())
+            .json_body(request(&message))
             .send()?;
         match response.status {
             200 | 202 => Ok(Receipt::status(format!("HTTP {}", response.status))),
@@ -62,9 +69,31 @@ impl Plugin for Teams {
     }
 }
 
-fn card(message: &Message) -> Value {
+/// The request body, with the body text cut until the whole fits.
+fn request(message: &Message) -> String {
+    let text = match message.format {
+        Format::Html => html::to_text(&message.body),
+        Format::Text | Format::Markdown => message.body.clone(),
+    };
+    let text = if text.trim().is_empty() {
+        "(empty message)".to_string()
+    } else {
+        text
+    };
+    let title = message
+        .title
+        .as_deref()
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| truncate(t, TITLE_MAX_CHARS));
+    let chars = text.chars().count();
+    fit::largest(MAX_REQUEST_BYTES, chars, |budget| {
+        card(message, title.as_deref(), &truncate(&text, budget)).to_string()
+    })
+}
+
+fn card(message: &Message, title: Option<&str>, text: &str) -> Value {
     let mut body = Vec::new();
-    if let Some(title) = &message.title {
+    if let Some(title) = title {
         body.push(json!({
             "type": "TextBlock",
             "text": title,
@@ -80,7 +109,7 @@ fn card(message: &Message) -> Value {
     }
     body.push(json!({
         "type": "TextBlock",
-        "text": truncate_bytes(&message.body, MAX_BYTES),
+        "text": text,
         "wrap": true,
     }));
     json!({

@@ -8,19 +8,24 @@
 //! server.
 //!
 //! Text is escaped for HTML; markdown is converted to Telegram's HTML
-//! subset; HTML passes through. A title becomes a bold first line. Telegram
-//! takes 1–4096 characters after entity parsing, so the text is cut to that
-//! before it is marked up. Link previews are off.
+//! subset; HTML is reduced to that subset (`<script>`, `<div>` and other
+//! tags Telegram refuses are dropped, unclosed tags closed). A title becomes
+//! a bold first line, cut to a quarter of the limit. Telegram takes 1–4096
+//! characters (UTF-16 code units) after entity parsing; the marked-up text
+//! is cut to 4096 of them as written — so the parsed text is shorter still
+//! — never inside a tag or an entity, with open tags closed. An empty
+//! message is sent as "(empty message)". Link previews are off.
 //!
 //! Answers: `{"ok":true,"result":{"message_id":…}}`; a 429 carries
 //! `parameters.retry_after` (seconds); 401 (bad token) and 403 (bot
 //! blocked or kicked) are permanent; 400 (bad chat id, bad markup) is
 //! invalid.
 
-use notifyhub_plugin_sdk::format::{escape_html, markdown_to_html, truncate};
+use notifyhub_plugin_sdk::fit::Units;
+use notifyhub_plugin_sdk::format::{markdown_to_html, truncate};
 use notifyhub_plugin_sdk::{
     Format, Message, Plugin, PluginInfo, Priority, RateLimitRule, Receipt, SendError, config,
-    config_key, http,
+    config_key, html, http,
 };
 use serde_json::{Value, json};
 
@@ -104,17 +109,24 @@ fn payload(message: &Message) -> Result<Value, SendError> {
             "the target must be a chat id or @channel",
         ));
     }
-    let title_chars = message.title.as_ref().map_or(0, |t| t.chars().count() + 1);
-    let body = truncate(&message.body, MAX_CHARS.saturating_sub(title_chars).max(1));
     let body = match message.format {
-        Format::Text => escape_html(&body),
-        Format::Markdown => markdown_to_html(&body),
-        Format::Html => body,
+        Format::Text => html::escape(&message.body),
+        Format::Markdown => html::sanitize(&markdown_to_html(&message.body), &html::TELEGRAM),
+        Format::Html => html::sanitize(&message.body, &html::TELEGRAM),
     };
-    let text = match &message.title {
-        Some(title) => format!("<b>{}</b>\n{body}", escape_html(title)),
+    let body = if html::to_text(&body).trim().is_empty() {
+        "(empty message)".to_string()
+    } else {
+        body
+    };
+    let text = match message.title.as_deref().filter(|t| !t.trim().is_empty()) {
+        Some(title) => format!(
+            "<b>{}</b>\n{body}",
+            html::escape(&truncate(title, MAX_CHARS / 4))
+        ),
         None => body,
     };
+    let text = html::cut(&text, MAX_CHARS, Units::Utf16);
     let chat_id = chat
         .parse::<i64>()
         .map_or_else(|_| json!(chat), |id| json!(id));

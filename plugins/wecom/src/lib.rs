@@ -15,7 +15,7 @@
 
 use notifyhub_plugin_sdk::format::truncate_bytes;
 use notifyhub_plugin_sdk::{
-    Format, Message, Plugin, PluginInfo, RateLimitRule, Receipt, SendError, http,
+    Format, Message, Plugin, PluginInfo, RateLimitRule, Receipt, SendError, html, http,
 };
 use serde_json::{Value, json};
 
@@ -61,23 +61,43 @@ impl Plugin for WeCom {
 }
 
 fn payload(message: &Message) -> Value {
-    if message.title.is_none() && message.format == Format::Text {
+    let body = match message.format {
+        Format::Html => html::to_text(&message.body),
+        Format::Text | Format::Markdown => message.body.clone(),
+    };
+    // WeCom refuses an empty text; `<@userid>` in markdown would mention.
+    let body = if body.trim().is_empty() {
+        "(empty message)".to_string()
+    } else {
+        body.replace("<@", "<\u{200B}@")
+    };
+    let title = message.title.as_deref().filter(|t| !t.trim().is_empty());
+    if title.is_none() && message.format == Format::Text {
         return json!({
             "msgtype": "text",
             "text": {
-                "content": truncate_bytes(&message.body, TEXT_MAX_BYTES),
+                "content": truncate_bytes(&body, TEXT_MAX_BYTES),
                 "mentioned_list": list(message, "mentioned_list"),
                 "mentioned_mobile_list": list(message, "mentioned_mobile_list"),
             },
         });
     }
-    let content = match &message.title {
-        Some(title) => format!("# {title}\n{}", message.body),
-        None => message.body.clone(),
-    };
+    // The heading is one line, at most a quarter of the limit; the body
+    // takes the rest.
+    let heading = title.map_or_else(String::new, |t| {
+        let line: String = t
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        format!(
+            "# {}\n",
+            truncate_bytes(line.trim(), MARKDOWN_MAX_BYTES / 4).replace("<@", "<\u{200B}@")
+        )
+    });
+    let body = truncate_bytes(&body, MARKDOWN_MAX_BYTES - heading.len());
     json!({
         "msgtype": "markdown",
-        "markdown": { "content": truncate_bytes(&content, MARKDOWN_MAX_BYTES) },
+        "markdown": { "content": format!("{heading}{body}") },
     })
 }
 
