@@ -291,7 +291,10 @@ fn peak_rss_kib(pid: u32) -> u64 {
 async fn a_huge_output_is_not_copied_into_the_daemon() -> anyhow::Result<()> {
     let daemon = Daemon::builder(BIN)
         .plugin("noop", None)
-        .plugin("hostile", Some("[limits]\ntimeout = \"5s\"\nmemory_mib = 1024\n"))
+        .plugin(
+            "hostile",
+            Some("[limits]\ntimeout = \"5s\"\nmemory_mib = 1024\n"),
+        )
         .start()
         .await?;
     noop_delivers(&daemon).await?;

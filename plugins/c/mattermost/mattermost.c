@@ -11,6 +11,8 @@
  * 401/403/404 (a deleted or disabled webhook) are permanent; 400 invalid;
  * 5xx retryable.
  */
+#include <ctype.h>
+#include <strings.h>
 #include "notifyhub_plugin.h"
 
 #define MAX_TEXT_BYTES 16000
@@ -32,18 +34,49 @@ void exports_notifyhub_plugin_handler_describe(exports_notifyhub_plugin_handler_
     plugin_string_dup(&ret->description, "Mattermost incoming webhooks (C plugin)");
 }
 
+/* Appends user text, breaking @channel, @all and @here with a zero-width
+ * space after the `@`: Mattermost would otherwise notify everyone in the
+ * channel because a message said so. */
+static void put_defused(nh_buf *buf, const char *text, size_t len) {
+    static const char *const pings[] = {"channel", "all", "here"};
+    for (size_t i = 0; i < len; i++) {
+        nh_buf_put(buf, text + i, 1);
+        if (text[i] != '@') continue;
+        for (size_t p = 0; p < sizeof pings / sizeof pings[0]; p++) {
+            size_t n = strlen(pings[p]);
+            if (len - i - 1 >= n && strncasecmp(text + i + 1, pings[p], n) == 0) {
+                nh_buf_str(buf, "\xE2\x80\x8B");
+                break;
+            }
+        }
+    }
+}
+
+/* Whether the text holds anything but white space. */
+static bool has_text(const uint8_t *text, size_t len) {
+    for (size_t i = 0; i < len; i++) {
+        if (!isspace(text[i])) return true;
+    }
+    return false;
+}
+
 bool exports_notifyhub_plugin_handler_send(exports_notifyhub_plugin_handler_message_t *message,
                                            exports_notifyhub_plugin_handler_receipt_t *ret,
                                            exports_notifyhub_plugin_handler_send_error_t *err) {
     char *url = strndup((const char *)message->target.ptr, message->target.len);
     nh_buf text = {0};
     nh_buf_str(&text, "");
-    if (message->title.is_some) {
+    if (message->title.is_some && has_text(message->title.val.ptr, message->title.val.len)) {
         nh_buf_str(&text, "#### ");
-        nh_buf_put(&text, (const char *)message->title.val.ptr, message->title.val.len);
+        put_defused(&text, (const char *)message->title.val.ptr, message->title.val.len);
         nh_buf_str(&text, "\n");
     }
-    nh_buf_put(&text, (const char *)message->body.ptr, message->body.len);
+    if (has_text(message->body.ptr, message->body.len)) {
+        put_defused(&text, (const char *)message->body.ptr, message->body.len);
+    } else {
+        /* Mattermost refuses an empty text. */
+        nh_buf_str(&text, "(empty message)");
+    }
     if (text.len > MAX_TEXT_BYTES) {
         size_t cut = MAX_TEXT_BYTES - 20;
         while (cut > 0 && ((unsigned char)text.data[cut] & 0xC0) == 0x80) cut--;

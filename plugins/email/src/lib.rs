@@ -130,10 +130,15 @@ fn document(message: &Message, recipients: &[&str], from: &str) -> Value {
             "type": "text/html",
             "value": markdown_to_html(&message.body).replace('\n', "<br>\n"),
         })),
-        Format::Html => content.push(json!({
-            "type": "text/html",
-            "value": html::sanitize(&message.body, &html::EMAIL),
-        })),
+        Format::Html => {
+            let safe = html::sanitize(&message.body, &html::EMAIL);
+            let safe = if html::to_text(&safe).trim().is_empty() {
+                html::escape(&plain)
+            } else {
+                safe
+            };
+            content.push(json!({ "type": "text/html", "value": safe }))
+        }
     }
     let mut sender = json!({ "email": from });
     if let Some(name) = config("from_name") {

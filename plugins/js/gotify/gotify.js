@@ -34,11 +34,14 @@ export const handler = {
     if (!/^https?:\/\/[^/]+/.test(message.target)) {
       invalid("the target must be the Gotify server's URL");
     }
+    // Gotify refuses an empty message ("Field 'message' is required").
     const document = {
-      message: message.body,
+      message: message.body.trim() ? message.body : '(empty message)',
       priority: PRIORITIES[message.priority] ?? 5,
     };
-    if (message.title !== undefined && message.title !== null) document.title = message.title;
+    if (message.title !== undefined && message.title !== null && message.title.trim()) {
+      document.title = message.title;
+    }
     if (message.format === 'markdown') {
       document.extras = { 'client::display': { contentType: 'text/markdown' } };
     }

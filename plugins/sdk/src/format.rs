@@ -166,7 +166,9 @@ fn mrkdwn_text(text: &str) -> String {
     struck.replace(BOLD, "*")
 }
 
-/// Rewrites each `[label](url)` with `link(label, url)`.
+/// Rewrites each `[label](url)` with `link(label, url)` when the URL is
+/// one a notification may link to (`http`, `https`, `mailto`); any other
+/// (`javascript:`, `data:`, …) is left as the text it was written as.
 fn convert_links(text: &str, link: impl Fn(&str, &str) -> String) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -176,12 +178,26 @@ fn convert_links(text: &str, link: impl Fn(&str, &str) -> String) -> String {
         let Some(end) = after[close + 2..].find(')') else {
             break;
         };
+        let (label, url) = (&after[..close], &after[close + 2..close + 2 + end]);
         out.push_str(&rest[..open]);
-        out.push_str(&link(&after[..close], &after[close + 2..close + 2 + end]));
+        if linkable(url) {
+            out.push_str(&link(label, url));
+        } else {
+            out.push_str(&rest[open..open + 1 + close + 2 + end + 1]);
+        }
         rest = &after[close + 2 + end + 1..];
     }
     out.push_str(rest);
     out
+}
+
+/// Whether a markdown link's URL may become a link.
+fn linkable(url: &str) -> bool {
+    let lower = url.trim().to_ascii_lowercase();
+    ["http://", "https://", "mailto:"]
+        .iter()
+        .any(|scheme| lower.starts_with(scheme))
+        && !url.contains(['<', '>', '|', '"'])
 }
 
 /// Replaces matched pairs of `marker` (an emphasis delimiter hugging its
@@ -240,5 +256,13 @@ mod tests {
         assert_eq!(markdown_to_mrkdwn("- one\n- two"), "• one\n• two");
         assert_eq!(markdown_to_mrkdwn("a < b & c"), "a &lt; b &amp; c");
         assert_eq!(markdown_to_mrkdwn("`**raw**`"), "`**raw**`");
+        assert_eq!(
+            markdown_to_mrkdwn("[x](javascript:alert(1))"),
+            "[x](javascript:alert(1))"
+        );
+        assert_eq!(
+            markdown_to_html("[x](data:text/html,1)"),
+            "[x](data:text/html,1)"
+        );
     }
 }

@@ -1,0 +1,641 @@
+//! Platform conformance: every platform, the same hostile inputs, every
+//! format. One local server plays all platforms and judges each request by
+//! that platform's published rules (size, escaping, allowed tags, required
+//! fields, single headers, mentions); a request that breaks one is answered
+//! the way the platform would refuse it, and recorded. Adding a platform
+//! means adding one row to [`PLATFORMS`].
+
+use std::sync::{Arc, Mutex};
+
+use notifyhub_testkit::daemon::Daemon;
+use notifyhub_testkit::receiver::{Receiver, Recorded, Reply};
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_notifyhub");
+
+/// What arrived and what was wrong with it, for the report.
+type Violations = Arc<Mutex<Vec<String>>>;
+
+/// One platform: how it is deployed, where its requests go, and the rules
+/// its API applies to them.
+struct Platform {
+    name: &'static str,
+    /// Manifest lines beyond the allowlist (`{base}` is the receiver's URL).
+    manifest: &'static str,
+    target: fn(&Receiver) -> String,
+    /// Which requests are this platform's.
+    path: fn(&str) -> bool,
+    check: fn(&Recorded) -> Result<(), String>,
+    /// The platform's success answer.
+    ok: fn() -> Reply,
+}
+
+const PLATFORMS: &[Platform] = &[
+    Platform {
+        name: "slack",
+        manifest: "",
+        target: |r| r.url("/services/T0/B0/secret"),
+        path: |p| p.starts_with("/services/"),
+        check: slack,
+        ok: || Reply::new(200, "ok"),
+    },
+    Platform {
+        name: "discord",
+        manifest: "",
+        target: |r| r.url("/api/webhooks/1/token"),
+        path: |p| p.starts_with("/api/webhooks/"),
+        check: discord,
+        ok: || Reply::json(200, json!({"id": "1"})),
+    },
+    Platform {
+        name: "webhook",
+        manifest: "",
+        target: |r| r.url("/hook"),
+        path: |p| p == "/hook",
+        check: webhook,
+        ok: || Reply::new(200, "ok"),
+    },
+    Platform {
+        name: "dingtalk",
+        manifest: "",
+        target: |r| r.url("/robot/send?access_token=t"),
+        path: |p| p == "/robot/send",
+        check: dingtalk,
+        ok: || Reply::json(200, json!({"errcode": 0, "errmsg": "ok"})),
+    },
+    Platform {
+        name: "feishu",
+        manifest: "",
+        target: |r| r.url("/open-apis/bot/v2/hook/t"),
+        path: |p| p.starts_with("/open-apis/"),
+        check: feishu,
+        ok: || Reply::json(200, json!({"code": 0, "msg": "success", "data": {}})),
+    },
+    Platform {
+        name: "wecom",
+        manifest: "",
+        target: |r| r.url("/cgi-bin/webhook/send?key=k"),
+        path: |p| p == "/cgi-bin/webhook/send",
+        check: wecom,
+        ok: || Reply::json(200, json!({"errcode": 0, "errmsg": "ok"})),
+    },
+    Platform {
+        name: "telegram",
+        manifest: "[config]\napi_base = \"{base}\"\nbot_token = \"1:tok\"\n",
+        target: |_| "-1001".into(),
+        path: |p| p.starts_with("/bot"),
+        check: telegram,
+        ok: || Reply::json(200, json!({"ok": true, "result": {"message_id": 1}})),
+    },
+    Platform {
+        name: "teams",
+        manifest: "",
+        target: |r| r.url("/workflows/w/triggers/manual/paths/invoke?sig=s"),
+        path: |p| p.starts_with("/workflows/"),
+        check: teams,
+        ok: || Reply::new(202, ""),
+    },
+    Platform {
+        name: "pushover",
+        manifest: "[config]\napi_url = \"{base}/1/messages.json\"\napp_token = \"a\"\n",
+        target: |_| "user-key".into(),
+        path: |p| p == "/1/messages.json",
+        check: pushover,
+        ok: || Reply::json(200, json!({"status": 1, "request": "r"})),
+    },
+    Platform {
+        name: "email",
+        manifest: "[config]\napi_url = \"{base}/v3/mail/send\"\nfrom = \"a@example.com\"\napi_key = \"k\"\n",
+        target: |_| "ops@example.org".into(),
+        path: |p| p == "/v3/mail/send",
+        check: sendgrid,
+        ok: || Reply::new(202, ""),
+    },
+    Platform {
+        name: "ntfy",
+        manifest: "",
+        target: |r| r.url("/ntfy/alerts"),
+        path: |p| p == "/ntfy/" || p == "/ntfy",
+        check: ntfy,
+        ok: || Reply::json(200, json!({"id": "n1", "event": "message"})),
+    },
+    Platform {
+        name: "gotify",
+        manifest: "[config]\napp_token = \"g\"\n",
+        target: |r| r.url("/gotify"),
+        path: |p| p == "/gotify/message",
+        check: gotify,
+        ok: || Reply::json(200, json!({"id": 1})),
+    },
+    Platform {
+        name: "mattermost",
+        manifest: "",
+        target: |r| r.url("/hooks/m"),
+        path: |p| p.starts_with("/hooks/"),
+        check: mattermost,
+        ok: || Reply::new(200, "ok"),
+    },
+];
+
+/// The same hostile inputs for every platform: `(label, title, body)`.
+fn inputs() -> Vec<(&'static str, Option<String>, String)> {
+    let mentions = "<!channel> <!here> <@U024BE7LH> @everyone @here @all @channel <at user_id=\"all\">所有人</at> <@all>";
+    let injection = "<script>alert(1)</script><div><b>bold</div> <i>open **md** [link](javascript:alert(1)) &amp; &lt; < > & &bogus; <a href=\"https://x.io/?a=1&b=2\">ok</a>";
+    vec![
+        ("long body", Some("Deploy".into()), "x".repeat(10_000)),
+        ("long body, no title", None, "word ".repeat(2_000)),
+        ("long title", Some("T".repeat(5_000)), "body".into()),
+        (
+            "cjk and emoji",
+            Some("告警 😀".into()),
+            "磁盘已满😀 ".repeat(1_500),
+        ),
+        ("mentions", Some(mentions.into()), mentions.into()),
+        ("injection", Some(injection.into()), injection.repeat(40)),
+        (
+            "control characters",
+            Some("a\u{0}b\u{1b}[31mc\u{7f}\r\nd".into()),
+            "x\u{0}y\u{1b}[0m\u{8}z".into(),
+        ),
+        ("newlines only", None, "\n\n\n".into()),
+        (
+            "empty title",
+            Some(String::new()),
+            "\nfirst line after a newline".into(),
+        ),
+        (
+            "a thousand lines",
+            Some("Log".into()),
+            (0..1000).map(|i| format!("line {i}\n")).collect(),
+        ),
+        (
+            "entities at the cut",
+            Some("&<>".into()),
+            "&<>".repeat(4000),
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_platform_gets_requests_it_accepts_whatever_the_input() -> anyhow::Result<()> {
+    let violations: Violations = Arc::default();
+    let seen = violations.clone();
+    let receiver = Receiver::start(move |req| {
+        let Some(platform) = PLATFORMS.iter().find(|p| (p.path)(&req.path)) else {
+            return Reply::new(404, "no such platform");
+        };
+        let checked = single_headers(req).and_then(|()| (platform.check)(req));
+        match checked {
+            Ok(()) => (platform.ok)(),
+            Err(reason) => {
+                seen.lock()
+                    .unwrap()
+                    .push(format!("{}: {reason}", platform.name));
+                Reply::new(400, reason)
+            }
+        }
+    })
+    .await;
+    let base = receiver.url("");
+    let base = base.trim_end_matches('/');
+    let allow = format!("allowed_hosts = [\"{}\"]\n", receiver.authority());
+    let mut builder = Daemon::builder(BIN);
+    let mut unpaced = String::from("[rate_limits]\n");
+    for p in PLATFORMS {
+        let manifest = format!("{allow}{}", p.manifest.replace("{base}", base));
+        builder = builder.plugin(p.name, Some(&manifest));
+        unpaced.push_str(&format!("{} = []\n", p.name));
+    }
+    let daemon = builder.config(&unpaced).start().await?;
+
+    let mut failures = Vec::new();
+    let mut cases = 0;
+    for p in PLATFORMS {
+        let mut tasks = Vec::new();
+        let mut labels = Vec::new();
+        for (label, title, body) in inputs() {
+            for format in ["text", "markdown", "html"] {
+                let mut task = json!({"platform": p.name, "target": (p.target)(&receiver), "body": body, "format": format});
+                if let Some(title) = &title {
+                    task["title"] = json!(title);
+                }
+                tasks.push(task);
+                labels.push(format!("{label} ({format})"));
+            }
+        }
+        cases += tasks.len();
+        let r = daemon
+            .request(json!({"op": "submit", "wait": true, "tasks": tasks}))
+            .await?;
+        anyhow::ensure!(r["ok"] == true, "{}: {r}", p.name);
+        for (task, label) in r["result"]["tasks"].as_array().unwrap().iter().zip(&labels) {
+            if task["state"] != "succeeded" {
+                failures.push(format!("{} / {label}: {}", p.name, task["outcome"]));
+            }
+        }
+    }
+    let broken = violations.lock().unwrap().clone();
+    anyhow::ensure!(
+        failures.is_empty() && broken.is_empty(),
+        "{} of {cases} deliveries failed:\n{}\nrules broken:\n{}",
+        failures.len(),
+        failures.join("\n"),
+        broken.join("\n")
+    );
+    anyhow::ensure!(
+        receiver.requests().len() >= cases,
+        "not every case reached the receiver"
+    );
+    Ok(())
+}
+
+// ---- rules shared by platforms ----
+
+/// No header appears twice (DingTalk refuses two `Content-Type`s).
+fn single_headers(req: &Recorded) -> Result<(), String> {
+    for name in req.headers.keys() {
+        let n = req.headers.get_all(name).iter().count();
+        if n > 1 {
+            return Err(format!("header {name} sent {n} times"));
+        }
+    }
+    Ok(())
+}
+
+fn json_body(req: &Recorded) -> Result<Value, String> {
+    let ct = req.header("content-type").unwrap_or_default();
+    if !ct.starts_with("application/json") {
+        return Err(format!("content-type {ct:?}"));
+    }
+    serde_json::from_slice(&req.body).map_err(|e| format!("body is not JSON: {e}"))
+}
+
+fn at_most(what: &str, len: usize, max: usize) -> Result<(), String> {
+    if len > max {
+        return Err(format!("{what} is {len}, over the limit of {max}"));
+    }
+    Ok(())
+}
+
+fn non_empty(what: &str, text: &str) -> Result<(), String> {
+    if text.trim().is_empty() {
+        return Err(format!("{what} is empty"));
+    }
+    Ok(())
+}
+
+fn string<'a>(value: &'a Value, what: &str) -> Result<&'a str, String> {
+    value.as_str().ok_or_else(|| format!("{what} is missing"))
+}
+
+/// Slack mrkdwn: no raw mention or link constructs beyond the links the
+/// plugin made from markdown (`<http…|…>`), and every entity whole.
+fn mrkdwn_safe(what: &str, text: &str) -> Result<(), String> {
+    let mut rest = text;
+    while let Some(open) = rest.find('<') {
+        let after = &rest[open + 1..];
+        let close = after
+            .find('>')
+            .ok_or_else(|| format!("{what}: unclosed `<`"))?;
+        let inner = &after[..close];
+        if !(inner.starts_with("http://") || inner.starts_with("https://")) {
+            return Err(format!("{what}: raw construct <{inner}>"));
+        }
+        rest = &after[close + 1..];
+    }
+    entities_whole(what, text)
+}
+
+/// Every `&` starts a whole entity.
+fn entities_whole(what: &str, text: &str) -> Result<(), String> {
+    for (i, _) in text.match_indices('&') {
+        let tail = &text[i..];
+        let end = tail.find(';').filter(|e| *e <= 10);
+        let ok = end.is_some_and(|e| {
+            let name = &tail[1..e];
+            matches!(name, "amp" | "lt" | "gt" | "quot")
+                || name.strip_prefix('#').is_some_and(|n| !n.is_empty())
+        });
+        if !ok {
+            return Err(format!(
+                "{what}: bare or cut entity at {:?}",
+                &tail[..tail.len().min(12)]
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// HTML limited to `allowed` tags, properly nested and closed, with no raw
+/// `<` or `&` outside tags and entities.
+fn html_subset(what: &str, html: &str, allowed: &[&str]) -> Result<(), String> {
+    let mut open: Vec<String> = Vec::new();
+    let mut rest = html;
+    let mut text = String::new();
+    while let Some(lt) = rest.find('<') {
+        text.push_str(&rest[..lt]);
+        let after = &rest[lt + 1..];
+        let gt = after
+            .find('>')
+            .ok_or_else(|| format!("{what}: unclosed tag"))?;
+        let tag = &after[..gt];
+        let (closing, name) = match tag.strip_prefix('/') {
+            Some(n) => (true, n),
+            None => (false, tag),
+        };
+        let name = name
+            .split([' ', '\t'])
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        if !allowed.contains(&name.as_str()) {
+            return Err(format!("{what}: tag <{tag}> is not allowed"));
+        }
+        if closing {
+            if open.pop().as_deref() != Some(name.as_str()) {
+                return Err(format!("{what}: </{name}> closes nothing open"));
+            }
+        } else {
+            open.push(name);
+        }
+        rest = &after[gt + 1..];
+    }
+    text.push_str(rest);
+    if !open.is_empty() {
+        return Err(format!("{what}: left open: {open:?}"));
+    }
+    if text.contains('>') {
+        return Err(format!("{what}: raw `>` in text"));
+    }
+    entities_whole(what, &text)
+}
+
+const TELEGRAM_TAGS: &[&str] = &[
+    "b",
+    "strong",
+    "i",
+    "em",
+    "u",
+    "ins",
+    "s",
+    "strike",
+    "del",
+    "a",
+    "code",
+    "pre",
+    "blockquote",
+    "tg-spoiler",
+];
+
+// ---- one rule set per platform ----
+
+fn slack(req: &Recorded) -> Result<(), String> {
+    let body = json_body(req)?;
+    let text = string(&body["text"], "text")?;
+    non_empty("text", text)?;
+    mrkdwn_safe("text", text)?;
+    at_most("text (characters)", text.chars().count(), 40_000)?;
+    if let Some(blocks) = body["blocks"].as_array() {
+        at_most("blocks", blocks.len(), 50)?;
+        for block in blocks {
+            let t = string(&block["text"]["text"], "block text")?;
+            non_empty("block text", t)?;
+            match block["type"].as_str() {
+                Some("header") => at_most("header (characters)", t.chars().count(), 150)?,
+                Some("section") => {
+                    at_most("section (characters)", t.chars().count(), 3000)?;
+                    mrkdwn_safe("section", t)?;
+                }
+                other => return Err(format!("unexpected block {other:?}")),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn discord(req: &Recorded) -> Result<(), String> {
+    let body = json_body(req)?;
+    if body["allowed_mentions"]["parse"] != json!([]) {
+        return Err("mentions are not disabled".into());
+    }
+    match body["embeds"].as_array() {
+        Some(embeds) => {
+            let e = &embeds[0];
+            let title = string(&e["title"], "embed title")?;
+            let description = string(&e["description"], "embed description")?;
+            at_most("embed title", title.chars().count(), 256)?;
+            at_most("embed description", description.chars().count(), 4096)?;
+            at_most(
+                "embed total",
+                title.chars().count() + description.chars().count(),
+                6000,
+            )
+        }
+        None => {
+            let content = string(&body["content"], "content")?;
+            non_empty("content", content)?;
+            at_most("content", content.chars().count(), 2000)
+        }
+    }
+}
+
+fn webhook(req: &Recorded) -> Result<(), String> {
+    json_body(req)?;
+    for h in ["webhook-id", "webhook-timestamp"] {
+        req.header(h).ok_or_else(|| format!("no {h}"))?;
+    }
+    Ok(())
+}
+
+fn dingtalk(req: &Recorded) -> Result<(), String> {
+    if req.header("content-type") != Some("application/json;charset=utf-8") {
+        return Err(format!("content-type {:?}", req.header("content-type")));
+    }
+    at_most("body (bytes)", req.body.len(), 20_000)?;
+    let body: Value = serde_json::from_slice(&req.body).map_err(|e| e.to_string())?;
+    match body["msgtype"].as_str() {
+        Some("text") => non_empty(
+            "text.content",
+            string(&body["text"]["content"], "text.content")?,
+        ),
+        Some("markdown") => {
+            let title = string(&body["markdown"]["title"], "markdown.title")?;
+            non_empty("markdown.title", title)?;
+            if title.contains(['\n', '\r']) {
+                return Err("markdown.title spans lines".into());
+            }
+            non_empty(
+                "markdown.text",
+                string(&body["markdown"]["text"], "markdown.text")?,
+            )
+        }
+        other => Err(format!("msgtype {other:?}")),
+    }
+}
+
+fn feishu(req: &Recorded) -> Result<(), String> {
+    let body = json_body(req)?;
+    at_most("body (bytes)", req.body.len(), 20 * 1024)?;
+    let raw = String::from_utf8_lossy(&req.body);
+    if raw.contains("<at ") || raw.contains("<at>") {
+        return Err("an <at> mention from user text".into());
+    }
+    match body["msg_type"].as_str() {
+        Some("text") => non_empty("text", string(&body["content"]["text"], "content.text")?),
+        Some("post") => {
+            let post = body["content"]["post"].as_object().ok_or("no post")?;
+            let (_, locale) = post.iter().next().ok_or("post has no locale")?;
+            string(&locale["title"], "post title")?;
+            let content = locale["content"].as_array().ok_or("post without content")?;
+            if content.is_empty() {
+                return Err("post content is empty".into());
+            }
+            Ok(())
+        }
+        Some("interactive") => {
+            let content = string(&body["card"]["elements"][0]["content"], "card markdown")?;
+            non_empty("card markdown", content)
+        }
+        other => Err(format!("msg_type {other:?}")),
+    }
+}
+
+fn wecom(req: &Recorded) -> Result<(), String> {
+    let body = json_body(req)?;
+    let (content, max) = match body["msgtype"].as_str() {
+        Some("text") => (string(&body["text"]["content"], "text.content")?, 2048),
+        Some("markdown") => (
+            string(&body["markdown"]["content"], "markdown.content")?,
+            4096,
+        ),
+        other => return Err(format!("msgtype {other:?}")),
+    };
+    non_empty("content", content)?;
+    if content.contains("<@") {
+        return Err("a <@…> mention from user text".into());
+    }
+    at_most("content (bytes)", content.len(), max)
+}
+
+fn telegram(req: &Recorded) -> Result<(), String> {
+    let body = json_body(req)?;
+    if body["parse_mode"] != "HTML" {
+        return Err(format!("parse_mode {}", body["parse_mode"]));
+    }
+    let text = string(&body["text"], "text")?;
+    non_empty("text", text)?;
+    at_most("text (UTF-16 units)", text.encode_utf16().count(), 4096)?;
+    html_subset("text", text, TELEGRAM_TAGS)
+}
+
+fn teams(req: &Recorded) -> Result<(), String> {
+    let body = json_body(req)?;
+    at_most("body (bytes)", req.body.len(), 28 * 1024)?;
+    let blocks = body["attachments"][0]["content"]["body"]
+        .as_array()
+        .ok_or("no card body")?;
+    for block in blocks {
+        non_empty("TextBlock", string(&block["text"], "TextBlock text")?)?;
+    }
+    Ok(())
+}
+
+fn form(req: &Recorded, key: &str) -> Option<String> {
+    let body = String::from_utf8_lossy(&req.body).into_owned();
+    body.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            out.push(u8::from_str_radix(&text[i + 1..i + 3], 16).unwrap_or(b'?'));
+            i += 3;
+        } else {
+            out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn pushover(req: &Recorded) -> Result<(), String> {
+    if req.header("content-type") != Some("application/x-www-form-urlencoded") {
+        return Err("content-type must be a form".into());
+    }
+    let message = form(req, "message").unwrap_or_default();
+    non_empty("message", &message)?;
+    at_most("message (characters)", message.chars().count(), 1024)?;
+    if let Some(title) = form(req, "title") {
+        at_most("title (characters)", title.chars().count(), 250)?;
+    }
+    if form(req, "html").as_deref() == Some("1") {
+        html_subset("message", &message, &["b", "i", "u", "a", "font"])?;
+    }
+    Ok(())
+}
+
+fn sendgrid(req: &Recorded) -> Result<(), String> {
+    let body = json_body(req)?;
+    let subject = string(&body["subject"], "subject")?;
+    if subject.trim().is_empty() {
+        return Err("The subject is required".into());
+    }
+    if subject.contains(['\n', '\r']) {
+        return Err("the subject spans lines".into());
+    }
+    let content = body["content"].as_array().ok_or("no content")?;
+    for part in content {
+        non_empty("content value", string(&part["value"], "content value")?)?;
+        if part["type"] == "text/html" {
+            let html = part["value"]
+                .as_str()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            let active = [
+                "<script",
+                "href=\"javascript:",
+                " onclick=",
+                " onerror=",
+                "<iframe",
+            ];
+            if let Some(found) = active.iter().find(|a| html.contains(*a)) {
+                return Err(format!("active content ({found}) in the HTML part"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn ntfy(req: &Recorded) -> Result<(), String> {
+    let body = json_body(req)?;
+    let message = body["message"].as_str().unwrap_or_default();
+    // Longer messages would become attachments.
+    at_most("message (bytes)", message.len(), 4096)
+}
+
+fn gotify(req: &Recorded) -> Result<(), String> {
+    let body = json_body(req)?;
+    non_empty(
+        "message (Field 'message' is required)",
+        string(&body["message"], "message")?,
+    )
+}
+
+fn mattermost(req: &Recorded) -> Result<(), String> {
+    let body = json_body(req)?;
+    let text = string(&body["text"], "text")?;
+    non_empty("text", text)?;
+    at_most("text (characters)", text.chars().count(), 16_383)?;
+    for ping in ["@channel", "@all", "@here"] {
+        if text.contains(ping) {
+            return Err(format!("{ping} from user text would notify everyone"));
+        }
+    }
+    Ok(())
+}
