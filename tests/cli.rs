@@ -188,3 +188,107 @@ fn tempfile_dir() -> String {
     std::fs::create_dir_all(&dir).unwrap();
     dir.display().to_string()
 }
+
+/// `notifyhub try` on a copy of a first-party plugin with a manifest.
+fn try_plugin(
+    plugin: &str,
+    manifest: &str,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> anyhow::Result<(std::process::ExitStatus, serde_json::Value)> {
+    let dir = tempfile::Builder::new().prefix("nh-try-").tempdir()?;
+    std::fs::copy(
+        notifyhub_testkit::plugins::path(plugin)?,
+        dir.path().join(format!("{plugin}.wasm")),
+    )?;
+    std::fs::write(dir.path().join(format!("{plugin}.toml")), manifest)?;
+    let out = std::process::Command::new(BIN)
+        .arg("--cache-dir")
+        .arg(notifyhub_testkit::daemon::shared_cache_dir())
+        .arg("try")
+        .arg(dir.path().join(format!("{plugin}.wasm")))
+        .args(args)
+        .arg("--json")
+        .envs(env.iter().copied())
+        .output()?;
+    let report = serde_json::from_slice(&out.stdout).map_err(|e| {
+        anyhow::anyhow!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    Ok((out.status, report))
+}
+
+#[test]
+fn try_shows_the_request_and_classifies_a_canned_answer() -> anyhow::Result<()> {
+    let secret = "SECsecret-that-must-not-show";
+    let manifest =
+        "allowed_hosts = [\"oapi.dingtalk.com\"]\n[secrets]\nsecret = { env = \"T_TRY_DING\" }\n";
+    let target = "https://oapi.dingtalk.com/robot/send?access_token=tok";
+    let (status, report) = try_plugin(
+        "dingtalk",
+        manifest,
+        &[("T_TRY_DING", secret)],
+        &[
+            "-t",
+            target,
+            "--title",
+            "Deploy",
+            "-b",
+            "done",
+            "--answer-body",
+            r#"{"errcode":310000,"errmsg":"keywords not in content"}"#,
+        ],
+    )?;
+    assert!(!status.success(), "a refused message exits non-zero");
+    assert_eq!(report["outcome"]["class"], "permanent", "{report}");
+    let request = &report["requests"][0];
+    assert_eq!(request["method"], "POST");
+    let headers = request["headers"].as_array().unwrap();
+    let content_types = headers.iter().filter(|h| h[0] == "content-type").count();
+    assert_eq!(content_types, 1, "{headers:?}");
+    let body: serde_json::Value = serde_json::from_str(request["body"].as_str().unwrap())?;
+    assert_eq!(body["msgtype"], "markdown");
+    assert!(
+        !report.to_string().contains(secret),
+        "the secret was shown: {report}"
+    );
+    assert!(request["denied_in_daemon"].is_null(), "{request}");
+
+    // 429 with a Retry-After, through the webhook plugin; its host is not in
+    // the manifest, which `try` points out.
+    let (status, report) = try_plugin(
+        "webhook",
+        "allowed_hosts = [\"example.org\"]\n",
+        &[],
+        &[
+            "-t",
+            "https://hooks.example.com/x",
+            "-b",
+            "hi",
+            "--answer",
+            "429",
+            "--answer-header",
+            "Retry-After:5",
+        ],
+    )?;
+    assert!(!status.success());
+    assert_eq!(report["outcome"]["class"], "rate_limited", "{report}");
+    assert_eq!(report["outcome"]["retry_after_ms"], 5000, "{report}");
+    assert!(
+        report["requests"][0]["denied_in_daemon"].is_string(),
+        "{report}"
+    );
+
+    let (status, report) = try_plugin(
+        "webhook",
+        "",
+        &[],
+        &["-t", "https://hooks.example.com/x", "-b", "hi"],
+    )?;
+    assert!(status.success(), "{report}");
+    assert_eq!(report["outcome"]["result"], "delivered");
+    Ok(())
+}

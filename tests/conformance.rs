@@ -249,6 +249,39 @@ async fn every_platform_gets_requests_it_accepts_whatever_the_input() -> anyhow:
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_shipped_plugin_has_an_example_manifest_naming_every_key_it_reads()
+-> anyhow::Result<()> {
+    // Required keys set as in the conformance run; nothing is delivered.
+    let mut builder = Daemon::builder(BIN);
+    for p in PLATFORMS {
+        let manifest = p.manifest.replace("{base}", "http://127.0.0.1:9");
+        builder = builder.plugin(p.name, Some(&manifest));
+    }
+    let daemon = builder.start().await?;
+    let plugins = daemon.request(json!({"op": "plugins"})).await?;
+    let loaded = plugins["result"]["plugins"].as_array().unwrap();
+    anyhow::ensure!(loaded.len() == PLATFORMS.len(), "{plugins}");
+    let examples = notifyhub_testkit::repo_root().join("examples/plugins");
+    for plugin in loaded {
+        let name = plugin["name"].as_str().unwrap();
+        let path = examples.join(format!("{name}.toml"));
+        let manifest = std::fs::read_to_string(&path)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        for key in plugin["info"]["config_keys"].as_array().unwrap() {
+            let key = key["name"].as_str().unwrap();
+            anyhow::ensure!(
+                manifest
+                    .lines()
+                    .any(|l| l.trim_start_matches("# ").starts_with(&format!("{key} "))),
+                "{} does not show the key `{key}`",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 // ---- rules shared by platforms ----
 
 /// No header appears twice (DingTalk refuses two `Content-Type`s).

@@ -20,7 +20,7 @@
 //! | [`task`] | the vocabulary: tasks, states, outcomes, platform names |
 //! | [`daemon`] | wiring, start-up and shutdown |
 //! | [`config`], [`cli`], [`client`] | the operator's side |
-//! | [`check`], [`scaffold`] | `notifyhub check` and `notifyhub new`, for plugin authors |
+//! | [`check`], [`scaffold`], [`trial`] | `notifyhub check`, `notifyhub new` and `notifyhub try`, for plugin authors |
 //! | [`bindings`], [`redact`] | the WIT bindings; redaction of targets in output |
 //!
 //! `docs/architecture.md` has the picture.
@@ -47,3 +47,4 @@ pub mod scaffold;
 pub mod server;
 pub mod store;
 pub mod task;
+pub mod trial;

@@ -34,6 +34,31 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", crate::scaffold::next_steps(args.lang, &dir));
             Ok(ExitCode::SUCCESS)
         }
+        Command::Try(args) => {
+            let message = crate::trial::TrialMessage {
+                platform: args.platform,
+                target: args.target,
+                title: args.title,
+                body: args.body,
+                format: args.format.into(),
+                priority: args.priority.into(),
+                metadata: args.metadata.into_iter().collect(),
+            };
+            let answer = crate::sandbox::recorder::CannedAnswer {
+                status: args.answer,
+                headers: args.answer_header,
+                body: args.answer_body.into_bytes().into(),
+            };
+            let report = crate::trial::run(&args.file, message, answer, Some(config.cache_dir()))
+                .await
+                .with_context(|| format!("trying {}", args.file.display()))?;
+            print(args.output, &report, render::trial)?;
+            Ok(if report.outcome.is_success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
         Command::Send(args) => send(&config, args).await,
         Command::Status(out) => {
             let status: StatusView = decode(call(&config, json!({"op": "status"})).await?)?;

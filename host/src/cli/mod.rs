@@ -88,6 +88,50 @@ pub enum Command {
     /// Start a new plugin project: sources, the WIT contract, a build script
     /// and a test against a local receiver.
     New(NewArgs),
+    /// Run a plugin once on a message, without a daemon and without the
+    /// network: prints the exact requests it would send (secrets redacted,
+    /// bodies pretty-printed) and how it classifies a canned answer. Exits 0
+    /// when the plugin reports the message delivered, 1 otherwise.
+    Try(TryArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TryArgs {
+    /// The plugin file (a `NAME.toml` manifest beside it is read too).
+    pub file: PathBuf,
+    /// Which of the plugin's platforms to try. Default: its first.
+    #[arg(long, short)]
+    pub platform: Option<String>,
+    /// Where the message goes, as the platform expects it (webhook URL, chat
+    /// id, address). May start with `-`.
+    #[arg(long, short, allow_hyphen_values = true)]
+    pub target: String,
+    /// Optional title or subject.
+    #[arg(long)]
+    pub title: Option<String>,
+    /// The message text.
+    #[arg(long, short)]
+    pub body: String,
+    /// How the body is written.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: FormatArg,
+    #[arg(long, value_enum, default_value = "normal")]
+    pub priority: PriorityArg,
+    /// Extra key=value pairs for the plugin (repeatable).
+    #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub metadata: Vec<(String, String)>,
+    /// The status every request is answered with.
+    #[arg(long, value_name = "STATUS", default_value_t = 200,
+          value_parser = clap::value_parser!(u16).range(100..=599))]
+    pub answer: u16,
+    /// A header of the answer, as `Name:value` (repeatable), e.g. `Retry-After:5`.
+    #[arg(long, value_name = "NAME:VALUE", value_parser = parse_header)]
+    pub answer_header: Vec<(String, String)>,
+    /// The body of the answer, e.g. '{"errcode":310000}'.
+    #[arg(long, value_name = "BODY", default_value = "")]
+    pub answer_body: String,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, Args)]
@@ -261,6 +305,17 @@ impl From<PriorityArg> for Priority {
             PriorityArg::High => Priority::High,
         }
     }
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    let (name, value) = s
+        .split_once(':')
+        .ok_or_else(|| format!("expected NAME:VALUE, got `{s}`"))?;
+    let name = name.trim();
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Err(format!("`{name}` is not a header name"));
+    }
+    Ok((name.to_string(), value.trim().to_string()))
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {

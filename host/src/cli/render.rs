@@ -231,7 +231,16 @@ pub fn reload(results: &Vec<ReloadResult>) -> String {
 fn outcome_text(outcome: &Outcome) -> String {
     match outcome {
         Outcome::Delivered { status, .. } => format!("delivered: {status}"),
-        Outcome::Failed { class, message, .. } => format!("{}: {message}", json_name(class)),
+        Outcome::Failed {
+            class,
+            message,
+            retry_after_ms,
+        } => {
+            let retry = retry_after_ms
+                .map(|ms| format!(" (retry after {ms} ms)"))
+                .unwrap_or_default();
+            format!("{}: {message}{retry}", json_name(class))
+        }
     }
 }
 
@@ -301,5 +310,42 @@ pub fn check(r: &crate::check::Report) -> String {
             "not loadable: fix the errors above"
         }
     );
+    out
+}
+
+pub fn trial(r: &crate::trial::TrialReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "plugin    {} {} (platform {})",
+        r.plugin, r.version, r.platform
+    );
+    if r.requests.is_empty() {
+        let _ = writeln!(out, "requests  none");
+    }
+    for (i, req) in r.requests.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "\nrequest {}: {} {}  ({} bytes)",
+            i + 1,
+            req.method,
+            req.url,
+            req.body_bytes
+        );
+        for (name, value) in &req.headers {
+            let _ = writeln!(out, "  {name}: {value}");
+        }
+        if !req.body.is_empty() {
+            let _ = writeln!(out);
+            for line in req.body.lines() {
+                let _ = writeln!(out, "  {line}");
+            }
+        }
+        if let Some(denied) = &req.denied_in_daemon {
+            let _ = writeln!(out, "  note: {denied}");
+        }
+        let _ = writeln!(out, "  answered with HTTP {} (canned)", r.answer_status);
+    }
+    let _ = writeln!(out, "\noutcome   {}", outcome_text(&r.outcome));
     out
 }

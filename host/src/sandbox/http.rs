@@ -31,7 +31,11 @@ use hyper_util::rt::TokioExecutor;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 use super::allowlist::{AllowList, Reach, is_internal_ip};
+use super::recorder::Recorder;
 use crate::redact;
+
+/// The largest request body a [`Recorder`] keeps.
+const MAX_RECORDED_BODY: usize = 16 << 20;
 
 type Connector<R> = hyper_rustls::HttpsConnector<HttpConnector<R>>;
 
@@ -126,9 +130,18 @@ impl Default for HttpClient {
     }
 }
 
+/// Where plugins' requests go.
+#[derive(Clone)]
+pub enum Transport {
+    /// Out to the network, through the pooled clients.
+    Network(HttpClient),
+    /// Nowhere: recorded and answered with a canned response (`notifyhub try`).
+    Recorder(Arc<Recorder>),
+}
+
 /// Per-call HTTP policy: the `WasiHttpHooks` of one plugin store.
 pub struct OutboundHttp {
-    client: HttpClient,
+    transport: Transport,
     allow: Arc<AllowList>,
     plugin: Arc<str>,
     task: Option<String>,
@@ -140,7 +153,7 @@ pub struct OutboundHttp {
 
 impl OutboundHttp {
     pub fn new(
-        client: HttpClient,
+        transport: Transport,
         allow: Arc<AllowList>,
         plugin: Arc<str>,
         timeout: Duration,
@@ -148,7 +161,7 @@ impl OutboundHttp {
         max_requests: u32,
     ) -> Self {
         OutboundHttp {
-            client,
+            transport,
             allow,
             plugin,
             task: None,
@@ -199,7 +212,17 @@ impl WasiHttpHooks for OutboundHttp {
                 Ok(())
             }
         };
-        let client = self.client.clone();
+        let client = match &self.transport {
+            Transport::Network(client) => client.clone(),
+            Transport::Recorder(recorder) => {
+                let recorder = recorder.clone();
+                return Box::new(async move {
+                    verdict?;
+                    let response = recorder.answer(request, MAX_RECORDED_BODY).await?;
+                    Ok((response, Box::new(async { Ok(()) }) as IoFuture))
+                });
+            }
+        };
         let (plugin, task) = (self.plugin.clone(), self.task.clone());
         let max_bytes = self.max_response_bytes;
         let timeout = options

@@ -24,6 +24,7 @@ pub mod http;
 pub mod limits;
 mod output;
 pub mod policy;
+pub mod recorder;
 mod state;
 
 use std::path::PathBuf;
@@ -38,7 +39,7 @@ use wasmtime::{
 };
 
 pub use self::allowlist::AllowList;
-pub use self::http::HttpClient;
+pub use self::http::{HttpClient, Transport};
 pub use self::limits::{Limits, MemoryBudget};
 pub use self::policy::{PluginConfig, PluginPolicy, Secret};
 pub use self::state::HostState;
@@ -57,7 +58,7 @@ pub const MAX_GUEST_TRANSFER_BYTES: usize = 1 << 20;
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Engine-wide settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SandboxSettings {
     /// Where compiled artifacts are cached; `None` disables the cache.
     pub cache_dir: Option<PathBuf>,
@@ -67,6 +68,8 @@ pub struct SandboxSettings {
     pub max_memory_mib: u64,
     /// Guest linear memory all instances together may hold, in MiB.
     pub max_total_memory_mib: u64,
+    /// Where plugins' requests go; `None` is the network.
+    pub transport: Option<Transport>,
 }
 
 impl Default for SandboxSettings {
@@ -76,6 +79,7 @@ impl Default for SandboxSettings {
             max_instances: 1000,
             max_memory_mib: 1024,
             max_total_memory_mib: 4096,
+            transport: None,
         }
     }
 }
@@ -97,7 +101,7 @@ pub enum SandboxError {
 pub struct Sandbox {
     engine: Engine,
     linker: Linker<HostState>,
-    http: HttpClient,
+    http: Transport,
     memory: Arc<MemoryBudget>,
     /// Held for its `Drop`, which stops the epoch thread.
     _ticker: EpochTicker,
@@ -144,7 +148,10 @@ impl Sandbox {
         Ok(Sandbox {
             engine,
             linker,
-            http: HttpClient::new(),
+            http: settings
+                .transport
+                .clone()
+                .unwrap_or_else(|| Transport::Network(HttpClient::new())),
             memory: Arc::new(MemoryBudget::new(
                 (settings.max_total_memory_mib as usize).saturating_mul(1 << 20),
             )),

@@ -9,7 +9,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::PluginPolicy;
-use super::http::{HttpClient, OutboundHttp};
+use super::http::{OutboundHttp, Transport};
 use super::limits::{MemoryBudget, MemoryLimiter};
 use super::output::{LogBudget, MAX_LOG_LINE_BYTES, PluginOutput, Stream};
 use super::policy::PluginConfig;
@@ -32,7 +32,7 @@ pub struct HostState {
 impl HostState {
     pub(crate) fn new(
         policy: Arc<PluginPolicy>,
-        client: HttpClient,
+        transport: Transport,
         budget: Arc<MemoryBudget>,
     ) -> Self {
         // No preopens, no environment, no arguments, no sockets, empty stdin;
@@ -52,7 +52,7 @@ impl HostState {
             http_ctx: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             http: OutboundHttp::new(
-                client,
+                transport,
                 policy.allow.clone(),
                 policy.name.clone(),
                 limits.timeout,
