@@ -81,6 +81,8 @@ fn bench() -> anyhow::Result<()> {
         "store",
         "--bench",
         "languages",
+        "--bench",
+        "scaling",
     ]))
 }
 

@@ -26,8 +26,10 @@
 //! Each keeps warm instances ([`warm`]) so the next task for the same plugin
 //! skips instantiation.
 
+pub mod cpu;
 mod dispatcher;
 pub mod lifecycle;
+pub mod limit;
 pub mod pacer;
 pub mod queue;
 pub mod retry;

@@ -10,10 +10,20 @@
 //! current demand needs. Idle workers are reaped separately, by the pool,
 //! after `max_idle`. Decisions never leave `[min_workers, max_workers]`.
 //!
+//! Above both sits the adaptive [`ConcurrencyLimit`](super::limit): growth
+//! never passes it, and when it falls below the pool's size the scaler
+//! shrinks to it at once. Growth is staged: at most `start_batch` workers,
+//! and at most as many as there already are (doubling), per decision, so a
+//! burst of CPU-bound work does not overshoot by hundreds before the first
+//! measurement.
+//!
 //! The scaler owns no clock: every sample carries its time, so tests drive it
 //! with made-up instants.
 
 use std::time::{Duration, Instant};
+
+use super::cpu::CpuTimes;
+use super::limit::{ConcurrencyLimit, Reading};
 
 /// The knobs the scaler reads.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -35,6 +45,10 @@ pub struct Sample {
     pub queued: usize,
     pub in_flight: usize,
     pub workers: usize,
+    /// Tasks finished since the pool started.
+    pub completed: u64,
+    /// The machine's CPU counters, where they can be read.
+    pub cpu: Option<CpuTimes>,
 }
 
 impl Sample {
@@ -57,15 +71,23 @@ pub struct Scaler {
     config: ScalerConfig,
     above_since: Option<Instant>,
     below_since: Option<Instant>,
+    limit: ConcurrencyLimit,
 }
 
 impl Scaler {
     pub fn new(config: ScalerConfig) -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Scaler {
             config,
             above_since: None,
             below_since: None,
+            limit: ConcurrencyLimit::new(config.min_workers, config.max_workers, cores),
         }
+    }
+
+    /// The adaptive limit on workers, when it is below `max_workers`.
+    pub fn adaptive_limit(&self) -> Option<usize> {
+        self.limit.is_adaptive().then(|| self.limit.get())
     }
 
     pub fn config(&self) -> &ScalerConfig {
@@ -76,13 +98,14 @@ impl Scaler {
     pub fn set_bounds(&mut self, min: usize, max: usize) {
         self.config.min_workers = min;
         self.config.max_workers = max.max(min);
+        self.limit.set_bounds(min, max);
     }
 
     /// The worker count demand calls for, within bounds.
     fn wanted(&self, sample: &Sample) -> usize {
         let demand = (sample.queued + sample.in_flight) as f64;
         let wanted = (demand / self.config.target_load).ceil() as usize;
-        wanted.clamp(
+        wanted.min(self.limit.get()).clamp(
             self.config.min_workers.max(1),
             self.config.max_workers.max(1),
         )
@@ -105,22 +128,44 @@ impl Scaler {
             };
         }
 
+        let change = self.limit.observe(Reading {
+            at: sample.at,
+            completed: sample.completed,
+            cpu: sample.cpu,
+            workers: sample.workers,
+            backlog: sample.queued > 0,
+        });
+        let limit = self.limit.get();
+        if sample.workers > limit.max(c.min_workers) {
+            let reason = change.map_or_else(
+                || format!("above the adaptive limit of {limit}"),
+                |c| c.reason,
+            );
+            return Decision::Shrink {
+                to: limit.max(c.min_workers),
+                reason,
+            };
+        }
         let load = sample.load();
         if load > c.target_load {
             self.below_since = None;
             let since = *self.above_since.get_or_insert(sample.at);
             let wanted = self.wanted(sample);
             if sample.at.duration_since(since) >= c.scale_up_delay && wanted > sample.workers {
-                let to = wanted.min(sample.workers + c.start_batch);
+                let step = c.start_batch.min(sample.workers.max(1));
+                let to = wanted.min(sample.workers + step);
                 return Decision::Grow {
                     to,
-                    reason: format!(
-                        "load {load:.2} above target {:.2} for {:?} ({} queued, {} in flight)",
-                        c.target_load,
-                        sample.at.duration_since(since),
-                        sample.queued,
-                        sample.in_flight
-                    ),
+                    reason: match change {
+                        Some(change) => change.reason,
+                        None => format!(
+                            "load {load:.2} above target {:.2} for {:?} ({} queued, {} in flight)",
+                            c.target_load,
+                            sample.at.duration_since(since),
+                            sample.queued,
+                            sample.in_flight
+                        ),
+                    },
                 };
             }
         } else if load < c.scale_down_load {
@@ -191,6 +236,8 @@ mod tests {
             queued,
             in_flight,
             workers,
+            completed: 0,
+            cpu: None,
         }
     }
 
@@ -208,9 +255,9 @@ mod tests {
         let Decision::Grow { to, reason } = s.decide(&sample(t0 + ms(200), 46, 4, 4)) else {
             panic!("expected growth")
         };
-        assert_eq!(to, 4 + 16, "one staged batch at a time");
+        assert_eq!(to, 4 + 4, "one staged step at a time, doubling at most");
         assert!(reason.contains("above target"), "{reason}");
-        // Still loaded: the next batch follows at once.
+        // Still loaded: the next step follows at once, at most start_batch.
         let Decision::Grow { to, .. } = s.decide(&sample(t0 + ms(250), 30, 20, 20)) else {
             panic!("expected growth")
         };
@@ -221,8 +268,8 @@ mod tests {
     fn grows_only_as_far_as_demand_needs() {
         let t0 = Instant::now();
         let mut s = Scaler::new(config());
-        s.decide(&sample(t0, 6, 4, 4));
-        let Decision::Grow { to, .. } = s.decide(&sample(t0 + ms(300), 6, 4, 4)) else {
+        s.decide(&sample(t0, 6, 4, 12));
+        let Decision::Grow { to, .. } = s.decide(&sample(t0 + ms(300), 6, 4, 12)) else {
             panic!("expected growth")
         };
         assert_eq!(to, 15, "10 tasks at target 0.7 need 15 workers");

@@ -154,6 +154,10 @@ pub struct ScaleEvent {
 pub struct PoolStats {
     pub strategy: Strategy,
     pub min_workers: usize,
+    /// The adaptive concurrency limit, when measurements put it below
+    /// `max_workers` (see `pool::limit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_limit: Option<usize>,
     pub max_workers: usize,
     pub workers: usize,
     pub workers_by_state: BTreeMap<WorkerState, usize>,

@@ -72,9 +72,12 @@ where
         .https_or_http()
         .enable_http1()
         .wrap_connector(http);
+    // Keep an idle connection for every delivery that may be in flight to
+    // one host: with fewer, a pool running more workers than that closes
+    // and reopens connections on every burst.
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(64)
+        .pool_max_idle_per_host(crate::protocol::MAX_WORKERS)
         .build(https)
 }
 

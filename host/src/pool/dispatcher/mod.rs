@@ -81,6 +81,8 @@ pub(super) struct Dispatcher {
     waiting: Arc<AtomicUsize>,
     /// Tasks whose platform may be served by a plugin still loading.
     parked: Vec<Arc<Task>>,
+    /// Tasks finished since the pool started (for the adaptive limit).
+    completed: u64,
     scale_events: VecDeque<ScaleEvent>,
     scale_event_count: u64,
     last_health_check: Instant,
@@ -116,6 +118,7 @@ impl Dispatcher {
             lifecycle,
             waiting,
             parked: Vec::new(),
+            completed: 0,
             scale_events: VecDeque::new(),
             scale_event_count: 0,
             last_health_check: Instant::now(),
@@ -384,6 +387,7 @@ impl Dispatcher {
                 let mean = self.task_time.entry(plugin).or_insert(mean_task);
                 *mean = (*mean * 7 + mean_task) / 8;
                 if let Some(w) = self.workers.get_mut(&worker) {
+                    self.completed += w.assigned.len() as u64;
                     w.assigned.clear();
                     w.busy_since = None;
                     w.warm = warm.into_iter().collect();

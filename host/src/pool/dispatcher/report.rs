@@ -25,6 +25,7 @@ impl Dispatcher {
         PoolStats {
             strategy: self.router.strategy(),
             min_workers: scaler.min_workers,
+            concurrency_limit: self.scaler.adaptive_limit(),
             max_workers: scaler.max_workers,
             workers: self.live_workers(),
             workers_by_state: by_state,

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 
 use super::{Dispatcher, SCALE_EVENTS_KEPT, WorkerEntry};
 use crate::pool::ShutdownReport;
+use crate::pool::cpu::CpuTimes;
 use crate::pool::scaler::{self, Decision, Sample};
 use crate::pool::stats::{ScaleEvent, WorkerMetrics, WorkerState};
 use crate::pool::worker::{self, Event};
@@ -45,6 +46,8 @@ impl Dispatcher {
             queued: self.queue.len(),
             in_flight: self.in_flight(),
             workers: self.live_workers(),
+            completed: self.completed,
+            cpu: CpuTimes::now(),
         };
         match self.scaler.decide(&sample) {
             Decision::Hold => {}
@@ -55,7 +58,7 @@ impl Dispatcher {
                 }
             }
             Decision::Shrink { to, reason } => {
-                let victims = self.idle_longest(sample.workers - to);
+                let victims = self.longest_idle_then_busy(sample.workers - to);
                 if !victims.is_empty() {
                     self.record_scale(sample.workers, sample.workers - victims.len(), reason);
                     victims.into_iter().for_each(|id| self.stop_worker(id));
@@ -159,6 +162,19 @@ impl Dispatcher {
             .cached(id)
             .filter(|r| !r.state.is_finished())
             .map(|r| r.task)
+    }
+
+    /// Up to `n` workers to stop: idle ones first (longest idle first), then
+    /// busy ones, which stop after their current assignment.
+    fn longest_idle_then_busy(&self, n: usize) -> Vec<u64> {
+        let mut victims = self.idle_longest(n);
+        let busy = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.state == WorkerState::Processing)
+            .map(|(id, _)| *id);
+        victims.extend(busy.take(n - victims.len()));
+        victims
     }
 
     /// Up to `n` idle workers, longest idle first.

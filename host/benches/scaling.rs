@@ -1,0 +1,119 @@
+//! Does the default pool find the right concurrency by itself? Run with
+//! `cargo bench -p notifyhub --bench scaling` (or `cargo xtask bench`).
+//!
+//! The same deliveries through the real daemon (release build) with the
+//! default `[pool]` and with hand-tuned `max_workers`, in one run:
+//!
+//! 1. 20,000 webhook deliveries to a local receiver that answers at once
+//!    (CPU-bound on this machine: few workers are best);
+//! 2. 2,000 webhook deliveries to a receiver that answers after 100 ms
+//!    (I/O-bound: hundreds in flight are best).
+//!
+//! It prints deliveries/s for each config, and the default's ratio to the
+//! best hand-tuned one (the goal is ≥ 0.9), plus the workers the default
+//! pool ended with. Numbers vary on a noisy 2-core machine; compare ratios
+//! within one run.
+
+use std::time::{Duration, Instant};
+
+use notifyhub_testkit::daemon::{Conn, Daemon};
+use notifyhub_testkit::receiver::{Receiver, Reply};
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_notifyhub");
+
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        println!("default [pool] vs hand-tuned max_workers (daemon: release build, durable store)");
+        compare(
+            "fast receiver, 20,000 deliveries",
+            Duration::ZERO,
+            20_000,
+            &[16, 64, 512],
+        )
+        .await?;
+        compare(
+            "100 ms receiver, 2,000 deliveries",
+            Duration::from_millis(100),
+            2_000,
+            &[64, 512, 1024],
+        )
+        .await
+    })
+}
+
+async fn compare(
+    label: &str,
+    delay: Duration,
+    total: usize,
+    tuned: &[usize],
+) -> anyhow::Result<()> {
+    println!("\n{label}");
+    let (default, workers) = run(delay, total, None).await?;
+    println!(
+        "  default            {default:>9.0} deliveries/s   (pool ended with {workers} workers)"
+    );
+    let mut best = 0f64;
+    for &max in tuned {
+        let (rate, _) = run(delay, total, Some(max)).await?;
+        println!("  max_workers {max:<6} {rate:>9.0} deliveries/s");
+        best = best.max(rate);
+    }
+    println!(
+        "  default / best hand-tuned  {:.2}   (goal ≥ 0.90)",
+        default / best
+    );
+    Ok(())
+}
+
+/// Delivers `total` webhooks; returns deliveries/s and the workers at the end.
+async fn run(
+    delay: Duration,
+    total: usize,
+    max_workers: Option<usize>,
+) -> anyhow::Result<(f64, u64)> {
+    let receiver = Receiver::start(move |_| Reply::new(204, "").after(delay)).await;
+    let manifest = format!("allowed_hosts = [\"{}\"]\n", receiver.authority());
+    let mut builder = Daemon::builder(BIN).plugin("webhook", Some(&manifest));
+    if let Some(max) = max_workers {
+        builder = builder.config(&format!(
+            "[pool]\nmin_workers = {}\nmax_workers = {max}\n",
+            max.min(4)
+        ));
+    }
+    let daemon = builder.start().await?;
+    const CONNECTIONS: usize = 4;
+    let batch = (total / CONNECTIONS / 10).max(1);
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let socket = daemon.socket().to_path_buf();
+        let tasks: Vec<Value> = (0..batch)
+            .map(|_| json!({"platform": "webhook", "target": receiver.url("/b"), "body": "b"}))
+            .collect();
+        let batches = total / batch / CONNECTIONS;
+        handles.push(tokio::spawn(async move {
+            let mut conn = Conn::connect(&socket).await?;
+            // Every batch in flight at once: the pool sees the whole load.
+            for _ in 0..batches {
+                conn.send(&json!({"op": "submit", "wait": true, "tasks": tasks}))
+                    .await?;
+            }
+            for _ in 0..batches {
+                let response = conn.recv().await?;
+                anyhow::ensure!(response["ok"] == true, "{response}");
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for handle in handles {
+        handle.await??;
+    }
+    let rate = total as f64 / started.elapsed().as_secs_f64();
+    let status = daemon.request(json!({"op": "status"})).await?;
+    let workers = status["result"]["pool"]["workers"].as_u64().unwrap_or(0);
+    Ok((rate, workers))
+}

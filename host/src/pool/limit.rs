@@ -1,0 +1,339 @@
+//! The adaptive concurrency limit: how many workers actually help.
+//!
+//! Load thresholds alone grow the pool to whatever the backlog asks for.
+//! That is right when deliveries wait on the network (a platform that takes
+//! 100 ms to answer: hundreds in flight finish hundreds of times sooner) and
+//! wrong when they are bound by this machine's CPU (a local receiver that
+//! answers at once: past a few workers per core, more only add instances,
+//! connections and contention — measured: 512 workers ran a quarter of what
+//! 16 did). The limit tells the two apart by watching, in windows of
+//! [`WINDOW`], while tasks are waiting:
+//!
+//! - **CPU left idle** (machine-wide busy below [`SATURATED`]): workers are
+//!   waiting, not computing, so the limit is open — the pool grows with the
+//!   backlog up to `max_workers`;
+//! - **CPU saturated**: it climbs — from two workers per core, by half again
+//!   each window — for as long as each step raises completed tasks per
+//!   second by at least [`GAIN`]. The first step that does not is undone,
+//!   and the limit settles there for [`SETTLE`] before it probes again.
+//!
+//! This is hill climbing on throughput gated by a saturation signal, the
+//! way TCP Vegas and Netflix's gradient limiter grow while the measured
+//! rate (or latency) says the extra concurrency is used, and back off when
+//! it says it is queueing (docs/architecture.md lists the sources). Every
+//! change comes with its reason, which the pool logs and `status` shows.
+//! The limit owns no clock: windows carry their instants, so tests drive it
+//! with made-up ones.
+
+use std::time::{Duration, Instant};
+
+use super::cpu::CpuTimes;
+
+/// How long one measurement lasts.
+pub const WINDOW: Duration = Duration::from_millis(150);
+/// Machine-wide CPU busy fraction from which more workers cannot help.
+pub const SATURATED: f64 = 0.85;
+/// The throughput gain a step up must bring to be kept.
+pub const GAIN: f64 = 1.05;
+/// How long a settled limit holds before it probes upward again.
+pub const SETTLE: Duration = Duration::from_secs(10);
+
+/// What the pool looked like when a window closed or opened.
+#[derive(Debug, Clone, Copy)]
+pub struct Reading {
+    pub at: Instant,
+    /// Tasks finished since the pool started.
+    pub completed: u64,
+    pub cpu: Option<CpuTimes>,
+    pub workers: usize,
+    /// Whether tasks were waiting for a worker.
+    pub backlog: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum State {
+    /// Bounded by demand and `max_workers` only.
+    Open,
+    /// Raising the limit step by step; the last step's size and rate.
+    Climbing { previous: Option<(usize, f64)> },
+    /// Found; probing again after `until`.
+    Settled { until: Instant },
+}
+
+/// A changed limit, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    pub limit: usize,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConcurrencyLimit {
+    min: usize,
+    max: usize,
+    cores: usize,
+    limit: usize,
+    state: State,
+    window: Option<Reading>,
+    /// Whether every reading since the window opened had a backlog.
+    backlogged: bool,
+}
+
+impl ConcurrencyLimit {
+    pub fn new(min: usize, max: usize, cores: usize) -> Self {
+        ConcurrencyLimit {
+            min: min.max(1),
+            max: max.max(1),
+            cores: cores.max(1),
+            limit: max.max(1),
+            state: State::Open,
+            window: None,
+            backlogged: true,
+        }
+    }
+
+    /// The current limit on workers.
+    pub fn get(&self) -> usize {
+        self.limit
+    }
+
+    /// Whether the limit is below `max_workers` because of what it measured.
+    pub fn is_adaptive(&self) -> bool {
+        self.state != State::Open
+    }
+
+    pub fn set_bounds(&mut self, min: usize, max: usize) {
+        self.min = min.max(1);
+        self.max = max.max(self.min);
+        self.limit = self.limit.clamp(self.min, self.max);
+        if self.state == State::Open {
+            self.limit = self.max;
+        }
+    }
+
+    fn step_up(&self, from: usize) -> usize {
+        (from + (from / 2).max(2)).min(self.max)
+    }
+
+    /// Takes a reading; returns a new limit when a window closed with one.
+    pub fn observe(&mut self, now: Reading) -> Option<Change> {
+        self.backlogged &= now.backlog;
+        let start = *self.window.get_or_insert(now);
+        if now.at.duration_since(start.at) < WINDOW {
+            return None;
+        }
+        let backlogged = std::mem::replace(&mut self.backlogged, now.backlog);
+        self.window = Some(now);
+        // With nothing waiting, throughput measures demand, not capacity.
+        if !backlogged {
+            return None;
+        }
+        let elapsed = now.at.duration_since(start.at).as_secs_f64();
+        let rate = now.completed.saturating_sub(start.completed) as f64 / elapsed;
+        let busy = now.cpu.zip(start.cpu).and_then(|(n, s)| n.busy_since(s));
+        let saturated = busy.is_some_and(|b| b >= SATURATED);
+        let percent = busy.map_or("?".to_string(), |b| format!("{:.0}%", b * 100.0));
+        if !saturated {
+            if self.state == State::Open {
+                return None;
+            }
+            self.state = State::Open;
+            return self.change(
+                self.max,
+                format!("CPU {percent} busy with tasks waiting: the work waits on I/O, so concurrency follows demand"),
+            );
+        }
+        match self.state {
+            State::Open => {
+                self.state = State::Climbing { previous: None };
+                let start = (self.cores * 2).clamp(self.min, self.max);
+                self.change(
+                    start,
+                    format!("CPU {percent} busy with tasks waiting: finding how many workers help, from {start}"),
+                )
+            }
+            State::Settled { until } if now.at >= until => {
+                self.state = State::Climbing {
+                    previous: Some((self.limit, rate)),
+                };
+                let up = self.step_up(self.limit);
+                self.change(
+                    up,
+                    format!(
+                        "probing: {} workers ran {rate:.0} tasks/s; trying {up}",
+                        self.limit
+                    ),
+                )
+            }
+            State::Settled { .. } => None,
+            // Not at the limit yet (workers starting or draining): no verdict.
+            State::Climbing { .. } if now.workers != self.limit || start.workers != self.limit => {
+                None
+            }
+            State::Climbing { previous } => match previous {
+                Some((size, before)) if rate < before * GAIN => {
+                    self.state = State::Settled {
+                        until: now.at + SETTLE,
+                    };
+                    self.change(
+                        size,
+                        format!(
+                            "{} workers ran {rate:.0} tasks/s, no more than {size} did ({before:.0}/s): settling at {size}",
+                            self.limit
+                        ),
+                    )
+                }
+                _ if self.limit >= self.max => None,
+                _ => {
+                    self.state = State::Climbing {
+                        previous: Some((self.limit, rate)),
+                    };
+                    let up = self.step_up(self.limit);
+                    self.change(
+                        up,
+                        format!("{} workers ran {rate:.0} tasks/s; trying {up}", self.limit),
+                    )
+                }
+            },
+        }
+    }
+
+    fn change(&mut self, limit: usize, reason: String) -> Option<Change> {
+        let limit = limit.clamp(self.min, self.max);
+        if limit == self.limit {
+            return None;
+        }
+        self.limit = limit;
+        Some(Change { limit, reason })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Readings 150 ms apart; `rate(workers)` tasks/s, CPU `busy`.
+    struct Run {
+        at: Instant,
+        completed: u64,
+        busy: u64,
+        total: u64,
+    }
+
+    impl Run {
+        fn new() -> Self {
+            Run {
+                at: Instant::now(),
+                completed: 0,
+                busy: 0,
+                total: 0,
+            }
+        }
+
+        fn reading(&mut self, workers: usize, rate: f64, busy: f64, backlog: bool) -> Reading {
+            self.at += WINDOW;
+            self.completed += (rate * WINDOW.as_secs_f64()) as u64;
+            self.total += 1000;
+            self.busy += (busy * 1000.0) as u64;
+            Reading {
+                at: self.at,
+                completed: self.completed,
+                cpu: Some(CpuTimes {
+                    busy: self.busy,
+                    total: self.total,
+                }),
+                workers,
+                backlog,
+            }
+        }
+    }
+
+    /// CPU-bound: throughput rises to 12 workers, then stays flat.
+    fn cpu_bound(workers: usize) -> f64 {
+        (workers.min(12) * 1000) as f64
+    }
+
+    #[test]
+    fn stays_open_while_cpu_is_idle() {
+        let mut limit = ConcurrencyLimit::new(4, 512, 2);
+        let mut run = Run::new();
+        for w in [4, 8, 64, 256] {
+            assert_eq!(
+                limit.observe(run.reading(w, w as f64 * 10.0, 0.2, true)),
+                None
+            );
+        }
+        assert_eq!(limit.get(), 512);
+    }
+
+    #[test]
+    fn climbs_while_throughput_rises_and_settles_where_it_stops() {
+        let mut limit = ConcurrencyLimit::new(4, 512, 2);
+        let mut run = Run::new();
+        limit.observe(run.reading(64, 3000.0, 0.99, true));
+        let first = limit
+            .observe(run.reading(64, 3000.0, 0.99, true))
+            .expect("saturated");
+        assert_eq!(first.limit, 4, "{}", first.reason);
+        // The pool follows the limit; each window runs at it.
+        let mut workers = limit.get();
+        for _ in 0..20 {
+            limit.observe(run.reading(workers, cpu_bound(workers), 0.99, true));
+            workers = limit.get();
+        }
+        assert!(
+            (12..=18).contains(&limit.get()),
+            "settled at {} workers",
+            limit.get()
+        );
+        assert!(limit.is_adaptive());
+    }
+
+    #[test]
+    fn opens_again_when_the_work_turns_to_waiting() {
+        let mut limit = ConcurrencyLimit::new(4, 512, 2);
+        let mut run = Run::new();
+        limit.observe(run.reading(64, 3000.0, 0.99, true));
+        limit.observe(run.reading(64, 3000.0, 0.99, true));
+        assert_eq!(limit.get(), 4);
+        let change = limit
+            .observe(run.reading(4, 40.0, 0.1, true))
+            .expect("opens");
+        assert_eq!(change.limit, 512, "{}", change.reason);
+        assert!(!limit.is_adaptive());
+    }
+
+    #[test]
+    fn learns_nothing_without_a_backlog() {
+        let mut limit = ConcurrencyLimit::new(4, 512, 2);
+        let mut run = Run::new();
+        for _ in 0..5 {
+            assert_eq!(limit.observe(run.reading(8, 100.0, 0.99, false)), None);
+        }
+        assert_eq!(limit.get(), 512);
+    }
+
+    #[test]
+    fn probes_again_after_settling() {
+        let mut limit = ConcurrencyLimit::new(4, 512, 2);
+        let mut run = Run::new();
+        limit.observe(run.reading(64, 3000.0, 0.99, true));
+        limit.observe(run.reading(64, 3000.0, 0.99, true));
+        let mut workers = limit.get();
+        for _ in 0..20 {
+            limit.observe(run.reading(workers, cpu_bound(workers), 0.99, true));
+            workers = limit.get();
+        }
+        let settled = limit.get();
+        let mut probed = false;
+        for _ in 0..(SETTLE.as_millis() / WINDOW.as_millis() + 2) {
+            if let Some(change) =
+                limit.observe(run.reading(workers, cpu_bound(workers), 0.99, true))
+            {
+                probed |= change.limit > settled;
+            }
+            workers = limit.get();
+        }
+        assert!(probed, "never probed above {settled}");
+    }
+}
