@@ -81,6 +81,8 @@ type Handler = Arc<dyn Fn(&Recorded) -> Reply + Send + Sync>;
 pub struct Receiver {
     addr: SocketAddr,
     requests: Arc<Mutex<Vec<Recorded>>>,
+    /// TCP connections accepted so far.
+    connections: Arc<std::sync::atomic::AtomicU64>,
     arrived: Arc<Notify>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -96,11 +98,14 @@ impl Receiver {
         let arrived = Arc::new(Notify::new());
         let handler: Handler = Arc::new(handler);
         let (reqs, notify) = (requests.clone(), arrived.clone());
+        let connections = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let accepted = connections.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let (handler, reqs, notify) = (handler.clone(), reqs.clone(), notify.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
@@ -145,9 +150,15 @@ impl Receiver {
         Receiver {
             addr,
             requests,
+            connections,
             arrived,
             task,
         }
+    }
+
+    /// TCP connections accepted so far (connection reuse is measured by it).
+    pub fn connections(&self) -> u64 {
+        self.connections.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn port(&self) -> u16 {
