@@ -54,14 +54,19 @@ async fn compare(
     tuned: &[usize],
 ) -> anyhow::Result<()> {
     println!("\n{label}");
-    let (default, workers) = run(delay, total, None).await?;
+    let (default, workers, connections) = run(delay, total, None).await?;
+    let per_k = |c: u64| c as f64 * 1000.0 / total as f64;
     println!(
-        "  default            {default:>9.0} deliveries/s   (pool ended with {workers} workers)"
+        "  default            {default:>9.0} deliveries/s  {:>7.1} connections per 1,000  (pool ended with {workers} workers)",
+        per_k(connections)
     );
     let mut best = 0f64;
     for &max in tuned {
-        let (rate, _) = run(delay, total, Some(max)).await?;
-        println!("  max_workers {max:<6} {rate:>9.0} deliveries/s");
+        let (rate, _, connections) = run(delay, total, Some(max)).await?;
+        println!(
+            "  max_workers {max:<6} {rate:>9.0} deliveries/s  {:>7.1} connections per 1,000",
+            per_k(connections)
+        );
         best = best.max(rate);
     }
     println!(
