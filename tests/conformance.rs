@@ -573,41 +573,17 @@ fn teams(req: &Recorded) -> Result<(), String> {
     Ok(())
 }
 
-fn form(req: &Recorded, key: &str) -> Option<String> {
-    let body = String::from_utf8_lossy(&req.body).into_owned();
-    body.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=')?;
-        (k == key).then(|| percent_decode(v))
-    })
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            out.push(u8::from_str_radix(&text[i + 1..i + 3], 16).unwrap_or(b'?'));
-            i += 3;
-        } else {
-            out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 fn pushover(req: &Recorded) -> Result<(), String> {
     if req.header("content-type") != Some("application/x-www-form-urlencoded") {
         return Err("content-type must be a form".into());
     }
-    let message = form(req, "message").unwrap_or_default();
+    let message = req.form("message").unwrap_or_default();
     non_empty("message", &message)?;
     at_most("message (characters)", message.chars().count(), 1024)?;
-    if let Some(title) = form(req, "title") {
+    if let Some(title) = req.form("title") {
         at_most("title (characters)", title.chars().count(), 250)?;
     }
-    if form(req, "html").as_deref() == Some("1") {
+    if req.form("html").as_deref() == Some("1") {
         html_subset("message", &message, &["b", "i", "u", "a", "font"])?;
     }
     Ok(())

@@ -40,31 +40,7 @@ fn scenario(req: &Recorded) -> String {
     if let Some(to) = body["personalizations"][0]["to"][0]["email"].as_str() {
         return to.split('@').next().unwrap_or_default().to_string();
     }
-    form(req, "user").unwrap_or_default()
-}
-
-fn form(req: &Recorded, key: &str) -> Option<String> {
-    let body = String::from_utf8_lossy(&req.body).into_owned();
-    body.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=')?;
-        (k == key).then(|| percent_decode(v))
-    })
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            out.push(u8::from_str_radix(&text[i + 1..i + 3], 16).unwrap_or(b'?'));
-            i += 3;
-        } else {
-            out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    req.form("user").unwrap_or_default()
 }
 
 fn json_content(req: &Recorded) -> Result<(), String> {
@@ -254,10 +230,10 @@ fn pushover(req: &Recorded) -> Reply {
     if req.header("content-type") != Some("application/x-www-form-urlencoded") {
         return fail(400, "content-type must be a form");
     }
-    if form(req, "token").as_deref() != Some(PUSHOVER_TOKEN) {
+    if req.form("token").as_deref() != Some(PUSHOVER_TOKEN) {
         return fail(400, "application token is invalid");
     }
-    let message = form(req, "message").unwrap_or_default();
+    let message = req.form("message").unwrap_or_default();
     if message.is_empty() || message.chars().count() > 1024 {
         return fail(
             400,
@@ -632,8 +608,8 @@ async fn requests_carry_what_each_platform_documents() -> anyhow::Result<()> {
     let done = daemon.deliver(json!({"platform": "pushover", "target": "uok", "title": "T", "body": format!("**x** {long}"), "format": "markdown"})).await?;
     assert_eq!(done["outcome"]["provider_id"], "5042853c-402d-4a18");
     let req = receiver.requests().pop().unwrap();
-    assert_eq!(form(&req, "html").as_deref(), Some("1"));
-    assert!(form(&req, "message").unwrap().starts_with("<b>x</b>"));
+    assert_eq!(req.form("html").as_deref(), Some("1"));
+    assert!(req.form("message").unwrap().starts_with("<b>x</b>"));
 
     // E-mail: subject from the title, plain and HTML parts, several recipients.
     daemon.deliver(json!({"platform": "email", "target": "ops@example.org, dev@example.org", "title": "Disk", "body": "**x**", "format": "markdown"})).await?;

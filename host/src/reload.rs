@@ -74,16 +74,9 @@ enum Request {
 /// start, and returns when all have been tried; without a watcher (for
 /// embedding and benchmarks).
 pub async fn load_all(registry: Arc<Registry>, executor: Arc<Executor>, default_limits: Limits) {
-    Watch {
-        registry,
-        executor,
-        default_limits,
-        pending: HashMap::new(),
-        backoff: HashMap::new(),
-        refused: HashMap::new(),
-    }
-    .initial_load()
-    .await
+    Watch::new(registry, executor, default_limits)
+        .initial_load()
+        .await
 }
 
 /// A handle to the running watcher.
@@ -121,14 +114,7 @@ impl Reloader {
                 error,
             })?;
         let (requests, request_rx) = mpsc::unbounded_channel();
-        let worker = Watch {
-            registry,
-            executor,
-            default_limits,
-            pending: HashMap::new(),
-            backoff: HashMap::new(),
-            refused: HashMap::new(),
-        };
+        let worker = Watch::new(registry, executor, default_limits);
         tokio::spawn(async move {
             let mut worker = worker;
             worker.initial_load().await;
@@ -198,6 +184,17 @@ struct Watch {
 }
 
 impl Watch {
+    fn new(registry: Arc<Registry>, executor: Arc<Executor>, default_limits: Limits) -> Self {
+        Watch {
+            registry,
+            executor,
+            default_limits,
+            pending: HashMap::new(),
+            backoff: HashMap::new(),
+            refused: HashMap::new(),
+        }
+    }
+
     /// Loads every plugin file present at start, as many at once as there
     /// are cores, each installed as soon as it is ready; then marks the
     /// registry ready.

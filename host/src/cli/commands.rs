@@ -35,14 +35,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Try(args) => {
+            let m = args.message;
             let message = crate::trial::TrialMessage {
                 platform: args.platform,
                 target: args.target,
-                title: args.title,
-                body: args.body,
-                format: args.format.into(),
-                priority: args.priority.into(),
-                metadata: args.metadata.into_iter().collect(),
+                title: m.title,
+                body: m.body,
+                format: m.format.into(),
+                priority: m.priority.into(),
+                metadata: m.metadata.into_iter().collect(),
             };
             let answer = crate::sandbox::recorder::CannedAnswer {
                 status: args.answer,
@@ -183,21 +184,19 @@ fn stop_on_signal(shutdown: CancellationToken) -> anyhow::Result<()> {
 }
 
 async fn send(config: &Config, args: SendArgs) -> anyhow::Result<ExitCode> {
-    let metadata: serde_json::Map<String, Value> = args
-        .metadata
-        .into_iter()
-        .map(|(k, v)| (k, json!(v)))
-        .collect();
+    let m = args.message;
+    let metadata: serde_json::Map<String, Value> =
+        m.metadata.into_iter().map(|(k, v)| (k, json!(v))).collect();
     let request = json!({
         "op": "submit",
         "wait": args.wait,
         "task": {
             "platform": args.platform,
             "target": args.target,
-            "title": args.title,
-            "body": args.body,
-            "format": Format::from(args.format),
-            "priority": Priority::from(args.priority),
+            "title": m.title,
+            "body": m.body,
+            "format": Format::from(m.format),
+            "priority": Priority::from(m.priority),
             "metadata": metadata,
             "idempotency_key": args.idempotency_key,
             "deliver_at": args.deliver_at,

@@ -106,20 +106,8 @@ pub struct TryArgs {
     /// id, address). May start with `-`.
     #[arg(long, short, allow_hyphen_values = true)]
     pub target: String,
-    /// Optional title or subject.
-    #[arg(long)]
-    pub title: Option<String>,
-    /// The message text.
-    #[arg(long, short)]
-    pub body: String,
-    /// How the body is written.
-    #[arg(long, value_enum, default_value = "text")]
-    pub format: FormatArg,
-    #[arg(long, value_enum, default_value = "normal")]
-    pub priority: PriorityArg,
-    /// Extra key=value pairs for the plugin (repeatable).
-    #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_key_value)]
-    pub metadata: Vec<(String, String)>,
+    #[command(flatten)]
+    pub message: MessageArgs,
     /// The status every request is answered with.
     #[arg(long, value_name = "STATUS", default_value_t = 200,
           value_parser = clap::value_parser!(u16).range(100..=599))]
@@ -188,18 +176,9 @@ pub struct ScaleArgs {
     pub output: OutputArgs,
 }
 
+/// The message itself, as `send` and `try` take it.
 #[derive(Debug, Args)]
-pub struct SendArgs {
-    /// Platform to deliver to; `notifyhub plugins` lists the loaded ones.
-    /// Not needed when --target names a configured destination.
-    #[arg(long, short)]
-    pub platform: Option<String>,
-    /// Where to deliver: a configured destination's name ([destinations.NAME]
-    /// in the config file), or a raw webhook URL, chat id or address, as the
-    /// platform expects. May start with `-` (a Telegram group chat id such as
-    /// -1001234567890).
-    #[arg(long, short, allow_hyphen_values = true)]
-    pub target: String,
+pub struct MessageArgs {
     /// Optional title or subject.
     #[arg(long)]
     pub title: Option<String>,
@@ -214,6 +193,22 @@ pub struct SendArgs {
     /// Extra key=value pairs for the plugin (repeatable).
     #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub metadata: Vec<(String, String)>,
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// Platform to deliver to; `notifyhub plugins` lists the loaded ones.
+    /// Not needed when --target names a configured destination.
+    #[arg(long, short)]
+    pub platform: Option<String>,
+    /// Where to deliver: a configured destination's name ([destinations.NAME]
+    /// in the config file), or a raw webhook URL, chat id or address, as the
+    /// platform expects. May start with `-` (a Telegram group chat id such as
+    /// -1001234567890).
+    #[arg(long, short, allow_hyphen_values = true)]
+    pub target: String,
+    #[command(flatten)]
+    pub message: MessageArgs,
     /// A key that makes the submit idempotent: a second send with the same key
     /// (within the store's window) returns the first task and delivers nothing.
     #[arg(long, value_name = "KEY")]

@@ -22,10 +22,10 @@
 //! Metadata `at_mobiles` (comma-separated) and `at_all = "true"` mention
 //! people.
 
-use notifyhub_plugin_sdk::format::{truncate, truncate_bytes};
+use notifyhub_plugin_sdk::format::{plain_body, truncate, truncate_bytes};
 use notifyhub_plugin_sdk::{
     Format, Message, Plugin, PluginInfo, RateLimitRule, Receipt, SendError, config, config_key,
-    fit, html, http, sign, time,
+    fit, http, sign, time,
 };
 use serde_json::json;
 
@@ -101,15 +101,7 @@ fn payload(message: &Message) -> String {
     });
     // A mention only notifies when the text names the number.
     let tail: String = mentions.iter().map(|m| format!(" @{m}")).collect();
-    let body = match message.format {
-        Format::Html => html::to_text(&message.body),
-        Format::Text | Format::Markdown => message.body.clone(),
-    };
-    let body = if body.trim().is_empty() {
-        "(empty message)".to_string()
-    } else {
-        body
-    };
+    let body = plain_body(message);
     let plain = message.title.is_none() && message.format == Format::Text;
     let title = [message.title.as_deref().unwrap_or_default()]
         .into_iter()

@@ -6,9 +6,9 @@
 //! success is HTTP 200 with the created message, whose id becomes the
 //! receipt's provider id. Mentions are disabled (`allowed_mentions`).
 
-use notifyhub_plugin_sdk::format::truncate;
+use notifyhub_plugin_sdk::format::{plain_body, truncate};
 use notifyhub_plugin_sdk::{
-    Format, Message, Plugin, PluginInfo, Priority, RateLimitRule, Receipt, SendError, html, http,
+    Message, Plugin, PluginInfo, Priority, RateLimitRule, Receipt, SendError, http,
 };
 use serde_json::{Value, json};
 
@@ -84,17 +84,9 @@ impl Plugin for Discord {
 
 fn payload(message: &Message) -> Value {
     let no_mentions = json!({ "parse": [] });
-    // Discord renders its own markdown; HTML would show as tags.
-    let body = match message.format {
-        Format::Html => html::to_text(&message.body),
-        Format::Text | Format::Markdown => message.body.clone(),
-    };
-    // Discord refuses an empty message.
-    let body = if body.trim().is_empty() {
-        "(empty message)".to_string()
-    } else {
-        body
-    };
+    // Discord renders its own markdown, refuses an empty message and
+    // would show HTML as tags.
+    let body = plain_body(message);
     match message.title.as_deref().filter(|t| !t.trim().is_empty()) {
         None => json!({
             "content": truncate(&body, CONTENT_MAX),

@@ -15,7 +15,7 @@
 //! permanent; 400 and 413 invalid; 429 rate-limited until
 //! `X-RateLimit-Reset` (a Unix time); 5xx retryable.
 
-use notifyhub_plugin_sdk::format::{markdown_to_html, truncate};
+use notifyhub_plugin_sdk::format::{markdown_to_html, plain_body, truncate};
 use notifyhub_plugin_sdk::{
     Format, Message, Plugin, PluginInfo, Receipt, SendError, config, config_key, html, http,
 };
@@ -107,15 +107,7 @@ impl Plugin for Email {
 }
 
 fn document(message: &Message, recipients: &[&str], from: &str) -> Value {
-    let plain = match message.format {
-        Format::Html => html::to_text(&message.body),
-        Format::Text | Format::Markdown => message.body.clone(),
-    };
-    let plain = if plain.trim().is_empty() {
-        "(empty message)".to_string()
-    } else {
-        plain
-    };
+    let plain = plain_body(message);
     let subject = [message.title.as_deref().unwrap_or_default()]
         .into_iter()
         .chain(plain.lines())

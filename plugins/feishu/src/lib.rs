@@ -21,10 +21,10 @@
 //! other code (19021 signature or clock, 19022 IP, 19024 keyword, 19001
 //! token) is permanent.
 
-use notifyhub_plugin_sdk::format::{truncate, truncate_bytes};
+use notifyhub_plugin_sdk::format::{plain_body, truncate, truncate_bytes};
 use notifyhub_plugin_sdk::{
     Format, Message, Plugin, PluginInfo, Priority, RateLimitRule, Receipt, SendError, config,
-    config_key, fit, html, http, sign, time,
+    config_key, fit, http, sign, time,
 };
 use serde_json::{Value, json};
 
@@ -81,15 +81,7 @@ impl Plugin for Feishu {
             let timestamp = time::unix_seconds();
             (timestamp.to_string(), sign::feishu(&secret, timestamp))
         });
-        let text = match message.format {
-            Format::Html => html::to_text(&message.body),
-            Format::Text | Format::Markdown => message.body.clone(),
-        };
-        let text = defuse(if text.trim().is_empty() {
-            "(empty message)"
-        } else {
-            &text
-        });
+        let text = defuse(&plain_body(&message));
         let request = fit::largest(MAX_REQUEST_BYTES, text.len(), |budget| {
             let mut document = payload(&message, &truncate_bytes(&text, budget));
             if let Some((timestamp, sign)) = &signature {

@@ -14,7 +14,7 @@
 //! time), not retried sooner.
 
 use notifyhub_plugin_sdk::fit::Units;
-use notifyhub_plugin_sdk::format::{markdown_to_html, truncate};
+use notifyhub_plugin_sdk::format::{markdown_to_html, or_placeholder, truncate};
 use notifyhub_plugin_sdk::{
     Format, Message, Plugin, PluginInfo, Priority, Receipt, SendError, config, config_key, form,
     html, http,
@@ -65,11 +65,7 @@ impl Plugin for Pushover {
             Format::Html => (fit_html(&message.body), Some("1")),
         };
         // Pushover refuses an empty message.
-        let text = if text.trim().is_empty() {
-            "(empty message)".to_string()
-        } else {
-            text
-        };
+        let text = or_placeholder(text);
         let title = message
             .title
             .as_deref()

@@ -7,6 +7,28 @@
 /// Appended to text that was cut to fit a platform's limit.
 pub const TRUNCATION_MARKER: &str = "… [truncated]";
 
+/// Sent instead of a body with no visible text, for platforms that refuse
+/// an empty message.
+pub const EMPTY_BODY: &str = "(empty message)";
+
+/// `text`, or [`EMPTY_BODY`] when it has nothing but white space.
+pub fn or_placeholder(text: String) -> String {
+    if text.trim().is_empty() {
+        EMPTY_BODY.to_string()
+    } else {
+        text
+    }
+}
+
+/// The body as plain text for platforms without HTML (HTML bodies lose
+/// their tags), never empty.
+pub fn plain_body(message: &crate::Message) -> String {
+    or_placeholder(match message.format {
+        crate::Format::Html => crate::html::to_text(&message.body),
+        crate::Format::Text | crate::Format::Markdown => message.body.clone(),
+    })
+}
+
 /// Cuts `text` to at most `max_chars` characters (Unicode scalar values),
 /// ending with [`TRUNCATION_MARKER`] when anything was cut.
 pub fn truncate(text: &str, max_chars: usize) -> String {

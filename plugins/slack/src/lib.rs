@@ -10,7 +10,7 @@
 //! body `ok`; Slack's error strings (`no_team`, `invalid_payload`, …) are
 //! classified by status.
 
-use notifyhub_plugin_sdk::format::{markdown_to_mrkdwn, truncate};
+use notifyhub_plugin_sdk::format::{markdown_to_mrkdwn, or_placeholder, truncate};
 use notifyhub_plugin_sdk::{
     Format, Message, Plugin, PluginInfo, RateLimitRule, Receipt, SendError, html, http, mrkdwn,
 };
@@ -65,11 +65,7 @@ fn payload(message: &Message) -> Value {
         Format::Text => mrkdwn::escape(&message.body),
         Format::Html => mrkdwn::escape(&html::to_text(&message.body)),
     };
-    let body = if body.trim().is_empty() {
-        "(empty message)".to_string()
-    } else {
-        body
-    };
+    let body = or_placeholder(body);
     let body = mrkdwn::cut(&body, SECTION_MAX * MAX_SECTIONS);
     let Some(title) = message.title.as_deref().filter(|t| !t.trim().is_empty()) else {
         return json!({ "text": body });

@@ -14,10 +14,9 @@
 //! fails later is not reported back). 429 is the rate limit (4 requests per
 //! second); 413 and 400 are invalid; 401/403/404 permanent.
 
-use notifyhub_plugin_sdk::format::truncate;
+use notifyhub_plugin_sdk::format::{plain_body, truncate};
 use notifyhub_plugin_sdk::{
-    Format, Message, Plugin, PluginInfo, Priority, RateLimitRule, Receipt, SendError, fit, html,
-    http,
+    Message, Plugin, PluginInfo, Priority, RateLimitRule, Receipt, SendError, fit, http,
 };
 use serde_json::{Value, json};
 
@@ -71,15 +70,7 @@ impl Plugin for Teams {
 
 /// The request body, with the body text cut until the whole fits.
 fn request(message: &Message) -> String {
-    let text = match message.format {
-        Format::Html => html::to_text(&message.body),
-        Format::Text | Format::Markdown => message.body.clone(),
-    };
-    let text = if text.trim().is_empty() {
-        "(empty message)".to_string()
-    } else {
-        text
-    };
+    let text = plain_body(message);
     let title = message
         .title
         .as_deref()

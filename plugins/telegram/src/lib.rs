@@ -22,7 +22,7 @@
 //! invalid.
 
 use notifyhub_plugin_sdk::fit::Units;
-use notifyhub_plugin_sdk::format::{markdown_to_html, truncate};
+use notifyhub_plugin_sdk::format::{EMPTY_BODY, markdown_to_html, truncate};
 use notifyhub_plugin_sdk::{
     Format, Message, Plugin, PluginInfo, Priority, RateLimitRule, Receipt, SendError, config,
     config_key, html, http,
@@ -115,7 +115,7 @@ fn payload(message: &Message) -> Result<Value, SendError> {
         Format::Html => html::sanitize(&message.body, &html::TELEGRAM),
     };
     let body = if html::to_text(&body).trim().is_empty() {
-        "(empty message)".to_string()
+        EMPTY_BODY.to_string()
     } else {
         body
     };

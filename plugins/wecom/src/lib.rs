@@ -13,9 +13,9 @@
 //! out of limit") is the rate limit; every other code (93000 invalid
 //! webhook URL, …) is permanent.
 
-use notifyhub_plugin_sdk::format::truncate_bytes;
+use notifyhub_plugin_sdk::format::{plain_body, truncate_bytes};
 use notifyhub_plugin_sdk::{
-    Format, Message, Plugin, PluginInfo, RateLimitRule, Receipt, SendError, html, http,
+    Format, Message, Plugin, PluginInfo, RateLimitRule, Receipt, SendError, http,
 };
 use serde_json::{Value, json};
 
@@ -61,16 +61,8 @@ impl Plugin for WeCom {
 }
 
 fn payload(message: &Message) -> Value {
-    let body = match message.format {
-        Format::Html => html::to_text(&message.body),
-        Format::Text | Format::Markdown => message.body.clone(),
-    };
     // WeCom refuses an empty text; `<@userid>` in markdown would mention.
-    let body = if body.trim().is_empty() {
-        "(empty message)".to_string()
-    } else {
-        body.replace("<@", "<\u{200B}@")
-    };
+    let body = plain_body(message).replace("<@", "<\u{200B}@");
     let title = message.title.as_deref().filter(|t| !t.trim().is_empty());
     if title.is_none() && message.format == Format::Text {
         return json!({
