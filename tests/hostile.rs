@@ -277,16 +277,6 @@ async fn a_relative_data_dir_is_taken_from_the_working_directory() -> anyhow::Re
     Ok(())
 }
 
-/// Peak resident memory of a process, in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_output_is_not_copied_into_the_daemon() -> anyhow::Result<()> {
     let daemon = Daemon::builder(BIN)
@@ -298,12 +288,12 @@ async fn a_huge_output_is_not_copied_into_the_daemon() -> anyhow::Result<()> {
         .start()
         .await?;
     noop_delivers(&daemon).await?;
-    let before = peak_rss_kib(daemon.pid());
+    let before = daemon.memory_kib("VmHWM")?;
     let task = daemon
         .deliver(json!({"platform": "hostile", "target": "t", "body": "huge-receipt"}))
         .await?;
     anyhow::ensure!(task["outcome"]["class"] == "crashed", "{task}");
-    let grown_mib = (peak_rss_kib(daemon.pid()) - before) / 1024;
+    let grown_mib = (daemon.memory_kib("VmHWM")? - before) / 1024;
     // The guest built a 100 MiB string in its own memory (which lives in
     // the daemon's address space); the host copied at most 1 MiB of it.
     // Copying it all would have added another 100 MiB.

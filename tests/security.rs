@@ -177,15 +177,6 @@ async fn a_request_that_never_answers_is_cut_at_the_deadline() -> anyhow::Result
     Ok(())
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 #[tokio::test]
 async fn memory_bombs_leave_the_daemon_small() -> anyhow::Result<()> {
     let daemon = Daemon::builder(BIN)
@@ -203,7 +194,7 @@ async fn memory_bombs_leave_the_daemon_small() -> anyhow::Result<()> {
     // would be cut to size (see the sandbox tests).
     let task = run(&daemon, "hostile", "huge-receipt").await?;
     assert_eq!(task["state"], "dead", "{task}");
-    let rss = rss_kib(daemon.pid());
+    let rss = daemon.memory_kib("VmRSS")?;
     assert!(
         rss < 400 * 1024,
         "the daemon holds {} MiB after memory bombs",

@@ -225,6 +225,17 @@ impl Daemon {
         self.dir.path().join("plugins")
     }
 
+    /// A memory figure of the daemon's process from `/proc/PID/status`, in
+    /// KiB: `VmRSS` (resident now) or `VmHWM` (the peak).
+    pub fn memory_kib(&self, field: &str) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .with_context(|| format!("no {field} in /proc/{}/status", self.pid()))
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
