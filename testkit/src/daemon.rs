@@ -21,6 +21,7 @@ pub struct DaemonBuilder {
     retry: String,
     env: Vec<(String, String)>,
     data_dir: Option<PathBuf>,
+    cache_dir: Option<PathBuf>,
 }
 
 /// Unless a test asks for retries ([`DaemonBuilder::retry`]), a failed
@@ -58,6 +59,13 @@ impl DaemonBuilder {
     /// daemon's temporary directory.
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// Compiles into `dir` instead of the suite's shared compile cache (a
+    /// cold start).
+    pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cache_dir = Some(dir.into());
         self
     }
 
@@ -113,7 +121,7 @@ impl DaemonBuilder {
             .arg("--socket")
             .arg(&socket)
             .arg("--cache-dir")
-            .arg(shared_cache_dir())
+            .arg(self.cache_dir.clone().unwrap_or_else(shared_cache_dir))
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -169,6 +177,7 @@ impl Daemon {
             retry: NO_RETRIES.into(),
             env: Vec::new(),
             data_dir: None,
+            cache_dir: None,
         }
     }
 

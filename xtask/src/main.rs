@@ -83,6 +83,8 @@ fn bench() -> anyhow::Result<()> {
         "languages",
         "--bench",
         "scaling",
+        "--bench",
+        "startup",
     ]))
 }
 

@@ -1,0 +1,76 @@
+//! Start-up with every shipped plugin: `cargo bench -p notifyhub --bench startup`.
+//!
+//! Starts the real daemon (release build) with the 13 first-party platform
+//! plugins, first on an empty compile cache (cold), then twice on the cache
+//! the first run filled (warm), and prints the time until the socket
+//! answers and until every plugin serves (`status` says `plugins_ready`).
+//! Goals for a warm cache: ≤ 100 ms to answering, ≤ 300 ms until every
+//! plugin serves.
+
+use std::time::{Duration, Instant};
+
+use notifyhub_testkit::daemon::{Conn, Daemon};
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_notifyhub");
+const PLUGINS: &[&str] = &[
+    "webhook", "slack", "discord", "dingtalk", "feishu", "wecom", "telegram", "teams", "pushover",
+    "email", "ntfy", "gotify", "mattermost",
+];
+/// Required keys, so every plugin loads.
+fn manifest(plugin: &str) -> &'static str {
+    match plugin {
+        "telegram" => "[config]\nbot_token = \"t\"\n",
+        "pushover" => "[config]\napp_token = \"t\"\n",
+        "email" => "[config]\napi_key = \"k\"\nfrom = \"a@example.com\"\n",
+        "gotify" => "[config]\napp_token = \"t\"\n",
+        _ => "",
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let cache = tempfile::Builder::new().prefix("nh-startup-cache-").tempdir()?;
+        println!("start-up with {} plugins (daemon: release build)", PLUGINS.len());
+        for run in ["cold cache", "warm cache", "warm cache"] {
+            let (answering, serving) = start(cache.path()).await?;
+            println!(
+                "  {run:<11} socket answers after {:>8.1} ms   every plugin serves after {:>8.1} ms",
+                ms(answering),
+                ms(serving)
+            );
+        }
+        anyhow::Ok(())
+    })
+}
+
+async fn start(cache: &std::path::Path) -> anyhow::Result<(Duration, Duration)> {
+    let mut builder = Daemon::builder(BIN).cache_dir(cache);
+    for plugin in PLUGINS {
+        builder = builder.plugin(plugin, Some(manifest(plugin)));
+    }
+    // Time from spawning the process, measured by the builder's own wait.
+    let started = Instant::now();
+    let daemon = builder.start_answering().await?;
+    let answering = started.elapsed();
+    loop {
+        let mut conn = Conn::connect(daemon.socket()).await?;
+        conn.send(&json!({"op": "status"})).await?;
+        let status = conn.recv().await?;
+        if status["result"]["plugins_ready"] == true {
+            anyhow::ensure!(
+                status["result"]["platforms"].as_array().map_or(0, Vec::len) >= PLUGINS.len(),
+                "not every plugin loaded: {status}"
+            );
+            return Ok((answering, started.elapsed()));
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
