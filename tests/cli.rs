@@ -292,3 +292,35 @@ fn try_shows_the_request_and_classifies_a_canned_answer() -> anyhow::Result<()> 
     assert_eq!(report["outcome"]["result"], "delivered");
     Ok(())
 }
+
+#[test]
+fn completions_and_man_pages_come_from_the_cli_definition() -> anyhow::Result<()> {
+    let run = |args: &[&str]| std::process::Command::new(BIN).args(args).output();
+    for (shell, marker) in [
+        ("bash", "_notifyhub()"),
+        ("zsh", "#compdef notifyhub"),
+        ("fish", "complete -c notifyhub"),
+    ] {
+        let out = run(&["completions", shell])?;
+        assert!(out.status.success(), "{shell}");
+        let script = String::from_utf8(out.stdout)?;
+        assert!(script.contains(marker), "{shell}: {script:.200}");
+        assert!(
+            script.contains("try") && script.contains("serve"),
+            "{shell} lacks subcommands"
+        );
+    }
+    let out = run(&["man"])?;
+    let page = String::from_utf8(out.stdout)?;
+    assert!(
+        page.contains(".TH notifyhub 1") && page.contains("serve"),
+        "{page:.300}"
+    );
+    let dir = tempfile::tempdir()?;
+    let out = run(&["man", "--dir", dir.path().to_str().unwrap()])?;
+    assert!(out.status.success());
+    for page in ["notifyhub.1", "notifyhub-serve.1", "notifyhub-try.1"] {
+        assert!(dir.path().join(page).is_file(), "{page} not written");
+    }
+    Ok(())
+}

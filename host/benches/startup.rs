@@ -14,8 +14,19 @@ use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_notifyhub");
 const PLUGINS: &[&str] = &[
-    "webhook", "slack", "discord", "dingtalk", "feishu", "wecom", "telegram", "teams", "pushover",
-    "email", "ntfy", "gotify", "mattermost",
+    "webhook",
+    "slack",
+    "discord",
+    "dingtalk",
+    "feishu",
+    "wecom",
+    "telegram",
+    "teams",
+    "pushover",
+    "email",
+    "ntfy",
+    "gotify",
+    "mattermost",
 ];
 /// Required keys, so every plugin loads.
 fn manifest(plugin: &str) -> &'static str {

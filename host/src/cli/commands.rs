@@ -15,8 +15,34 @@ use crate::task::{Format, Priority, TaskState};
 
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // Generated from the CLI definition itself, so they never drift.
+    match &cli.command {
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            // Into a buffer first: clap_complete panics on a closed pipe.
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut command, "notifyhub", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Man { dir } => {
+            let command = <Cli as clap::CommandFactory>::command();
+            match dir {
+                Some(dir) => {
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
+                    clap_mangen::generate_to(command, dir)
+                        .with_context(|| format!("writing man pages to {}", dir.display()))?;
+                }
+                None => clap_mangen::Man::new(command).render(&mut std::io::stdout())?,
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
     let config = Config::resolve(&cli.common.overrides())?;
     match cli.command {
+        Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
         Command::Serve(args) => serve(config, args).await,
         Command::Check(args) => {
             let report = crate::check::check(&args.file, Some(config.cache_dir())).await;

@@ -93,6 +93,20 @@ pub enum Command {
     /// bodies pretty-printed) and how it classifies a canned answer. Exits 0
     /// when the plugin reports the message delivered, 1 otherwise.
     Try(TryArgs),
+    /// Print a shell completion script, e.g.
+    /// `notifyhub completions bash > ~/.local/share/bash-completion/completions/notifyhub`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g.
+    /// `notifyhub man > ~/.local/share/man/man1/notifyhub.1`; with --dir,
+    /// write one page per subcommand there.
+    Man {
+        /// Write notifyhub.1 and notifyhub-COMMAND.1 into this directory.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]

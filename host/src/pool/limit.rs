@@ -284,7 +284,11 @@ mod tests {
             limit.observe(run.reading(workers, cpu_bound(workers), 0.99, true));
             workers = limit.get();
         }
-        assert_eq!(limit.get(), 16, "the first size that runs everything it can");
+        assert_eq!(
+            limit.get(),
+            16,
+            "the first size that runs everything it can"
+        );
         assert!(limit.is_adaptive());
     }
 
