@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
@@ -15,13 +16,13 @@ use serde_json::{Value, json};
 use crate::destination::Destinations;
 use crate::pool::Pool;
 use crate::protocol::{
-    AttemptView, ErrorBody, ErrorCode, ListLimit, LoadErrorView, NewTask, PluginView, PluginsView,
-    Request, StatusView, TaskView, format_time,
+    AttemptView, ErrorBody, ErrorCode, EventView, ListLimit, LoadErrorView, NewTask, PluginView,
+    PluginsView, Request, StatusView, TaskView, WatchFilter, WatchLine, format_time,
 };
 use crate::redact;
 use crate::registry::Registry;
 use crate::reload::Reloader;
-use crate::store::{Accepted, StoreError, Submission, TaskRecord, TaskStore};
+use crate::store::{Accepted, StoreError, Submission, TaskEvent, TaskRecord, TaskStore};
 use crate::task::{PlatformName, Task, TaskId};
 
 /// Tasks per `submit`.
@@ -62,6 +63,57 @@ impl From<TaskRecord> for TaskView {
     }
 }
 
+/// Watchers at once, across connections; one more is answered `busy`.
+pub const MAX_WATCHERS: usize = 64;
+
+/// A `watch` in progress: filtered task events as protocol lines.
+pub struct Watch {
+    events: tokio::sync::broadcast::Receiver<TaskEvent>,
+    filter: WatchFilter,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Watch {
+    /// The next line to stream: a matching event, or a count of events
+    /// dropped because this watcher fell behind. `None` once the store is
+    /// gone.
+    pub async fn next(&mut self) -> Option<WatchLine> {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            match self.events.recv().await {
+                Ok(event) if self.matches(&event) => {
+                    return Some(WatchLine::Event(EventView {
+                        task_id: event.task.id.to_string(),
+                        platform: event.task.platform.clone(),
+                        destination: event.task.destination.clone(),
+                        state: event.state,
+                        attempt: event.attempt,
+                        at: format_time(event.at),
+                        outcome: event.outcome,
+                    }));
+                }
+                Ok(_) => continue,
+                Err(RecvError::Lagged(n)) => {
+                    self.dropped.fetch_add(n, Ordering::Relaxed);
+                    return Some(WatchLine::Dropped(n));
+                }
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    }
+
+    fn matches(&self, event: &TaskEvent) -> bool {
+        let f = &self.filter;
+        f.state.is_none_or(|s| s == event.state)
+            && f.platform
+                .as_ref()
+                .is_none_or(|p| *p == event.task.platform)
+            && f.destination
+                .as_ref()
+                .is_none_or(|d| event.task.destination.as_ref() == Some(d))
+    }
+}
+
 /// Everything an operation may touch.
 pub struct Api {
     registry: Arc<Registry>,
@@ -70,6 +122,7 @@ pub struct Api {
     reloader: Reloader,
     destinations: Arc<Destinations>,
     started: Instant,
+    watch_dropped: Arc<AtomicU64>,
 }
 
 impl Api {
@@ -87,12 +140,32 @@ impl Api {
             reloader,
             destinations,
             started: Instant::now(),
+            watch_dropped: Arc::default(),
         }
+    }
+
+    /// Starts a `watch`; `busy` when [`MAX_WATCHERS`] are watching already.
+    pub fn watch(&self, filter: WatchFilter) -> Result<Watch, ErrorBody> {
+        if self.store.watchers() >= MAX_WATCHERS {
+            return Err(ErrorBody::new(
+                ErrorCode::Busy,
+                format!("at most {MAX_WATCHERS} watchers at once"),
+            ));
+        }
+        Ok(Watch {
+            events: self.store.subscribe(),
+            filter,
+            dropped: self.watch_dropped.clone(),
+        })
     }
 
     pub async fn handle(&self, request: Request) -> Result<Value, ErrorBody> {
         match request {
             Request::Ping => Ok(json!({ "pong": true })),
+            Request::Watch(_) => Err(ErrorBody::new(
+                ErrorCode::InvalidRequest,
+                "`watch` streams; it is answered by the connection, not as one request",
+            )),
             Request::Submit(submit) => {
                 let wait = submit.wait;
                 self.submit(submit.into_tasks(), wait).await
@@ -360,6 +433,8 @@ impl Api {
                 .map(|p| p.to_string())
                 .collect(),
             plugins_ready: self.registry.is_ready(),
+            watchers: self.store.watchers(),
+            watch_dropped: self.watch_dropped.load(Ordering::Relaxed),
             plugins_loading: self
                 .registry
                 .catalog()

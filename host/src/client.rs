@@ -78,4 +78,29 @@ impl Client {
             };
         }
     }
+
+    /// The next `result` on this connection that answers request `id`
+    /// (after [`Client::call`] started a stream such as `watch`).
+    pub async fn next_result(&mut self, id: u64) -> Result<Value, ClientError> {
+        loop {
+            let mut answer = String::new();
+            if self.reader.read_line(&mut answer).await? == 0 {
+                return Err(ClientError::Closed);
+            }
+            let response: Response = serde_json::from_str(&answer)?;
+            if response.id != Some(json!(id)) {
+                continue;
+            }
+            return match (response.ok, response.result, response.error) {
+                (true, result, _) => Ok(result.unwrap_or(Value::Null)),
+                (false, _, Some(error)) => Err(ClientError::Daemon(error)),
+                (false, _, None) => Err(ClientError::Closed),
+            };
+        }
+    }
+
+    /// The id the last [`Client::call`] used.
+    pub fn last_id(&self) -> u64 {
+        self.next_id - 1
+    }
 }

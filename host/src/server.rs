@@ -35,8 +35,8 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::codec::{Decoder, FramedRead, LinesCodec, LinesCodecError};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::Api;
-use crate::protocol::{self, ErrorBody, ErrorCode, Response};
+use crate::api::{Api, Watch};
+use crate::protocol::{self, ErrorBody, ErrorCode, Request, Response};
 
 /// Answers waiting for a slow reader, per connection.
 pub const ANSWERS_BUFFERED: usize = 64;
@@ -231,12 +231,17 @@ async fn serve_connection(
 
     let in_flight = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
     let mut lines = FramedRead::new(read, RequestLines::new(config.max_line_bytes));
+    // Streams of `watch` on this connection: while one runs, a client that
+    // sends nothing is not idle, and when the connection ends, they end.
+    let watching = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let closed = CancellationToken::new();
     loop {
         let next = tokio::select! {
             _ = shutdown.cancelled() => break,
             next = tokio::time::timeout(config.idle_timeout, lines.next()) => next,
         };
         let line = match next {
+            Err(_) if watching.load(std::sync::atomic::Ordering::Acquire) > 0 => continue,
             Err(_) => break, // idle
             Ok(None) => break,
             Ok(Some(Err(e))) => return Err(e),
@@ -252,6 +257,29 @@ async fn serve_connection(
         if line.trim().is_empty() {
             continue;
         }
+        let (id, request) = match protocol::decode(line.as_bytes()) {
+            Ok(decoded) => decoded,
+            Err((id, error)) => {
+                let _ = tx.send(Response::failure(id, error).to_line()).await;
+                continue;
+            }
+        };
+        if let Request::Watch(filter) = request {
+            match api.watch(filter) {
+                Ok(watch) => {
+                    watching.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                    let (tx, closed, watching) = (tx.clone(), closed.clone(), watching.clone());
+                    tokio::spawn(async move {
+                        stream_events(watch, id, &tx, &closed).await;
+                        watching.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                    });
+                }
+                Err(error) => {
+                    let _ = tx.send(Response::failure(id, error).to_line()).await;
+                }
+            }
+            continue;
+        }
         let permit = in_flight
             .clone()
             .acquire_owned()
@@ -259,23 +287,51 @@ async fn serve_connection(
             .expect("never closed");
         let (api, tx) = (api.clone(), tx.clone());
         tokio::spawn(async move {
-            let response = answer(&api, line.as_bytes()).await;
+            let response = answer(&api, id, request).await;
             let _ = tx.send(response.to_line()).await;
             drop(permit);
         });
     }
+    closed.cancel();
     drop(tx);
     let _ = writer.await;
     Ok(())
 }
 
-/// Decodes and handles one request line. A panic in the handler is caught
-/// here and answered `internal`.
-async fn answer(api: &Api, line: &[u8]) -> Response {
-    let (id, request) = match protocol::decode(line) {
-        Ok(decoded) => decoded,
-        Err((id, error)) => return Response::failure(id, error),
-    };
+/// Streams a `watch`: first `{"watching": true}`, then one line per event
+/// (or per run of dropped events), each with the request's id, until the
+/// connection closes. A slow reader makes `tx.send` wait, so this watcher
+/// falls behind in the store's event buffer and loses the oldest events it
+/// has not read, not the delivery speed (see `store::events`).
+async fn stream_events(
+    mut watch: Watch,
+    id: Option<serde_json::Value>,
+    tx: &mpsc::Sender<Vec<u8>>,
+    closed: &CancellationToken,
+) {
+    let first = Response::success(id.clone(), serde_json::json!({ "watching": true }));
+    if tx.send(first.to_line()).await.is_err() {
+        return;
+    }
+    loop {
+        let line = tokio::select! {
+            _ = closed.cancelled() => return,
+            line = watch.next() => line,
+        };
+        let Some(line) = line else { return };
+        if tx
+            .send(Response::success(id.clone(), line).to_line())
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Handles one decoded request. A panic in the handler is caught here and
+/// answered `internal`.
+async fn answer(api: &Api, id: Option<serde_json::Value>, request: Request) -> Response {
     let op = request.op();
     match caught(api.handle(request)).await {
         Ok(Ok(result)) => Response::success(id, result),

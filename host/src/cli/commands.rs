@@ -10,7 +10,7 @@ use super::{Cli, Command, OutputArgs, SendArgs, ServeArgs, render};
 use crate::client::Client;
 use crate::config::Config;
 use crate::daemon::Daemon;
-use crate::protocol::{Change, PluginsView, ReloadResult, StatusView, TaskView};
+use crate::protocol::{Change, PluginsView, ReloadResult, StatusView, TaskView, WatchLine};
 use crate::task::{Format, Priority, TaskState};
 
 /// Runs the parsed command line.
@@ -86,6 +86,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        Command::Watch(args) => watch(&config, args).await,
         Command::Send(args) => send(&config, args).await,
         Command::Status(out) => {
             let status: StatusView = decode(call(&config, json!({"op": "status"})).await?)?;
@@ -250,6 +251,23 @@ async fn send(config: &Config, args: SendArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(exit)
+}
+
+async fn watch(config: &Config, args: super::WatchArgs) -> anyhow::Result<ExitCode> {
+    let mut client = Client::connect(&config.socket).await?;
+    client
+        .call(json!({"op": "watch", "platform": args.platform,
+                     "destination": args.destination, "state": args.state}))
+        .await?;
+    let id = client.last_id();
+    loop {
+        let line: WatchLine = decode(client.next_result(id).await?)?;
+        if args.json {
+            println!("{}", serde_json::to_string(&line)?);
+        } else {
+            print!("{}", render::watch_line(&line));
+        }
+    }
 }
 
 fn exit_for(task: &TaskView) -> ExitCode {

@@ -93,6 +93,10 @@ pub enum Command {
     /// bodies pretty-printed) and how it classifies a canned answer. Exits 0
     /// when the plugin reports the message delivered, 1 otherwise.
     Try(TryArgs),
+    /// Stream task events as they happen (queued, running, retrying,
+    /// succeeded, dead), until interrupted. Applications can do the same with
+    /// the socket's `watch` op instead of polling `task`.
+    Watch(WatchArgs),
     /// Print a shell completion script, e.g.
     /// `notifyhub completions bash > ~/.local/share/bash-completion/completions/notifyhub`.
     Completions {
@@ -239,6 +243,22 @@ pub struct SendArgs {
     pub wait: bool,
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Only tasks for this platform.
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// Only tasks to this configured destination.
+    #[arg(long)]
+    pub destination: Option<String>,
+    /// Only events into this state: queued, running, succeeded, retrying, dead.
+    #[arg(long)]
+    pub state: Option<String>,
+    /// One JSON object a line instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

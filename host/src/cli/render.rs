@@ -349,3 +349,22 @@ pub fn trial(r: &crate::trial::TrialReport) -> String {
     let _ = writeln!(out, "\noutcome   {}", outcome_text(&r.outcome));
     out
 }
+
+pub fn watch_line(line: &crate::protocol::WatchLine) -> String {
+    match line {
+        crate::protocol::WatchLine::Event(e) => {
+            let outcome = e.outcome.as_ref().map(outcome_text).unwrap_or_default();
+            format!(
+                "{}  {:<9} {}  {:<10} #{:<3} {outcome}\n",
+                e.at,
+                json_name(&e.state),
+                e.task_id,
+                e.destination.as_deref().unwrap_or(&e.platform),
+                e.attempt
+            )
+        }
+        crate::protocol::WatchLine::Dropped(n) => {
+            format!("… {n} events dropped: this watcher read too slowly\n")
+        }
+    }
+}

@@ -30,7 +30,8 @@ pub use self::values::{
     WorkerCount, clamp_retry_after, format_time,
 };
 pub use self::views::{
-    AttemptView, Change, LoadErrorView, PluginView, PluginsView, ReloadResult, StatusView, TaskView,
+    AttemptView, Change, EventView, LoadErrorView, PluginView, PluginsView, ReloadResult,
+    StatusView, TaskView, WatchLine,
 };
 use crate::plugin::PluginName;
 use crate::task::{Format, PlatformName, Priority, TaskId, TaskState};
@@ -80,7 +81,22 @@ pub enum Request {
         #[serde(default)]
         name: Option<PluginName>,
     },
+    /// Streams task events as they happen, until the connection closes.
+    Watch(WatchFilter),
     Ping,
+}
+
+/// Which events a `watch` wants; every field left out matches all.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchFilter {
+    #[serde(default)]
+    pub platform: Option<PlatformName>,
+    /// A configured destination's name.
+    #[serde(default)]
+    pub destination: Option<String>,
+    #[serde(default)]
+    pub state: Option<TaskState>,
 }
 
 impl Request {
@@ -95,6 +111,7 @@ impl Request {
             Request::Plugins => "plugins",
             Request::Scale { .. } => "scale",
             Request::Reload { .. } => "reload",
+            Request::Watch(_) => "watch",
             Request::Ping => "ping",
         }
     }
@@ -102,7 +119,7 @@ impl Request {
 
 /// The names of the ops, for error messages.
 pub const OPS: &[&str] = &[
-    "submit", "task", "tasks", "retry", "status", "plugins", "scale", "reload", "ping",
+    "submit", "task", "tasks", "retry", "status", "plugins", "scale", "reload", "watch", "ping",
 ];
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

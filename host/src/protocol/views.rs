@@ -95,6 +95,12 @@ pub struct StatusView {
     /// Files whose first load is still under way.
     #[serde(default)]
     pub plugins_loading: Vec<String>,
+    /// Connections watching task events, and events dropped for watchers
+    /// that read too slowly, since start.
+    #[serde(default)]
+    pub watchers: usize,
+    #[serde(default)]
+    pub watch_dropped: u64,
     pub pool: PoolStats,
 }
 
@@ -127,4 +133,27 @@ pub enum Change {
     Unloaded,
     /// The file could not be loaded; any older version keeps serving.
     Failed { error: String },
+}
+
+/// One task event, as `watch` streams it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventView {
+    pub task_id: String,
+    pub platform: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+    pub state: TaskState,
+    pub attempt: u32,
+    pub at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
+}
+
+/// A line of a `watch` stream after its first answer: an event, or how
+/// many events were dropped because the watcher read too slowly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WatchLine {
+    Event(EventView),
+    Dropped(u64),
 }

@@ -17,6 +17,7 @@
 //! holds its rows; while the journal cannot be written, submits are refused
 //! with [`StoreError::Unavailable`] (see `journal`).
 
+pub mod events;
 pub mod journal;
 
 use std::collections::{HashMap, VecDeque};
@@ -27,6 +28,8 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use self::events::Events;
+pub use self::events::TaskEvent;
 pub use self::journal::JournalError;
 use self::journal::{Insert, Journal, Write};
 use crate::plugin::PluginRef;
@@ -206,6 +209,7 @@ pub struct TaskStore {
     inner: Mutex<Inner>,
     journal: Option<Arc<Journal>>,
     config: StoreConfig,
+    events: Events,
 }
 
 impl From<JournalError> for StoreError {
@@ -245,6 +249,7 @@ impl TaskStore {
             inner: Mutex::default(),
             journal: None,
             config,
+            events: Events::new(),
         }
     }
 
@@ -258,6 +263,7 @@ impl TaskStore {
                     inner: Mutex::default(),
                     journal: Some(Arc::new(journal)),
                     config,
+                    events: Events::new(),
                 };
                 store.load_keys()?;
                 Ok(store)
@@ -350,7 +356,24 @@ impl TaskStore {
             }
             return Err(e.into());
         }
+        let now = SystemTime::now();
+        let inner = self.lock();
+        for (id, _) in &added {
+            if let Some(entry) = inner.entries.get(id) {
+                self.events.publish(|| event(&entry.record, now));
+            }
+        }
         Ok(accepted)
+    }
+
+    /// A receiver of every task event from now on (see `events`).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<TaskEvent> {
+        self.events.subscribe()
+    }
+
+    /// How many watchers are subscribed.
+    pub fn watchers(&self) -> usize {
+        self.events.watchers()
     }
 
     /// Marks an attempt as started; returns its number.
@@ -367,6 +390,7 @@ impl TaskStore {
         r.state = TaskState::Running;
         r.started_at = Some(now);
         let number = r.begin_attempt(now);
+        self.events.publish(|| event(r, now));
         AttemptCount {
             number,
             in_round: number.saturating_sub(r.revived_at),
@@ -442,6 +466,7 @@ impl TaskStore {
             attempt: attempt.clone(),
             not_before,
         });
+        self.events.publish(|| event(&entry.record, now));
         if !state.is_finished() {
             return;
         }
@@ -467,6 +492,8 @@ impl TaskStore {
                 id,
                 not_before: None,
             });
+            self.events
+                .publish(|| event(&entry.record, SystemTime::now()));
         }
     }
 
@@ -500,6 +527,7 @@ impl TaskStore {
         r.not_before = None;
         r.finished_at = None;
         let (task, revived_at) = (r.task.clone(), r.revived_at);
+        self.events.publish(|| event(r, SystemTime::now()));
         inner.finished.retain(|f| *f != id);
         self.write(Write::Revive { id, revived_at });
         Ok(task)
@@ -654,5 +682,19 @@ impl TaskStore {
             Some(journal) => Ok(journal.sync().await?),
             None => Ok(()),
         }
+    }
+}
+
+/// The event for `record`'s current state.
+fn event(record: &TaskRecord, at: SystemTime) -> TaskEvent {
+    TaskEvent {
+        task: record.task.clone(),
+        state: record.state,
+        attempt: record.attempts,
+        at,
+        outcome: match record.state {
+            TaskState::Queued | TaskState::Running => None,
+            _ => record.outcome.clone(),
+        },
     }
 }
