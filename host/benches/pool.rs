@@ -77,7 +77,7 @@ async fn harness(
     let executor = Arc::new(Executor::new(Arc::new(Sandbox::new(
         &SandboxSettings::default(),
     )?)));
-    let registry = Arc::new(Registry::new(&dir));
+    let registry = Arc::new(Registry::new(&dir, None));
     notifyhub::reload::load_all(registry.clone(), executor.clone(), Limits::default()).await;
     let store = Arc::new(TaskStore::default());
     let deps = PoolDeps {
@@ -87,6 +87,7 @@ async fn harness(
         retry: RetryConfig::default(),
         destinations: Default::default(),
         platform_limits: Default::default(),
+        metrics: None,
     };
     let pool = Pool::start(config, deps);
     // Let the staged start bring up min_workers.

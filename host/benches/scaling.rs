@@ -37,6 +37,7 @@ fn main() -> anyhow::Result<()> {
             &[16, 64, 512],
         )
         .await?;
+        metrics_overhead().await?;
         compare(
             "100 ms receiver, 2,000 deliveries",
             Duration::from_millis(100),
@@ -47,6 +48,26 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
+/// Throughput with metrics on vs off, three rounds each, alternating.
+async fn metrics_overhead() -> anyhow::Result<()> {
+    println!("\nmetrics on vs off (fast receiver, 20,000 deliveries, three rounds each)");
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        off.push(run(Duration::ZERO, 20_000, None, false).await?.0);
+        on.push(run(Duration::ZERO, 20_000, None, true).await?.0);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (on, off) = (median(&mut on), median(&mut off));
+    println!(
+        "  off {off:>9.0} deliveries/s   on {on:>9.0} deliveries/s   on / off {:.3}   (goal ≥ 0.98)",
+        on / off
+    );
+    Ok(())
+}
+
 async fn compare(
     label: &str,
     delay: Duration,
@@ -54,7 +75,7 @@ async fn compare(
     tuned: &[usize],
 ) -> anyhow::Result<()> {
     println!("\n{label}");
-    let (default, workers, connections) = run(delay, total, None).await?;
+    let (default, workers, connections) = run(delay, total, None, false).await?;
     let per_k = |c: u64| c as f64 * 1000.0 / total as f64;
     println!(
         "  default            {default:>9.0} deliveries/s  {:>7.1} connections per 1,000  (pool ended with {workers} workers)",
@@ -62,7 +83,7 @@ async fn compare(
     );
     let mut best = 0f64;
     for &max in tuned {
-        let (rate, _, connections) = run(delay, total, Some(max)).await?;
+        let (rate, _, connections) = run(delay, total, Some(max), false).await?;
         println!(
             "  max_workers {max:<6} {rate:>9.0} deliveries/s  {:>7.1} connections per 1,000",
             per_k(connections)
@@ -82,6 +103,7 @@ async fn run(
     delay: Duration,
     total: usize,
     max_workers: Option<usize>,
+    metrics: bool,
 ) -> anyhow::Result<(f64, u64, u64)> {
     let receiver = Receiver::start(move |_| Reply::new(204, "").after(delay)).await;
     let manifest = format!("allowed_hosts = [\"{}\"]\n", receiver.authority());
@@ -91,6 +113,12 @@ async fn run(
             "[pool]\nmin_workers = {}\nmax_workers = {max}\n",
             max.min(4)
         ));
+    }
+    if metrics {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        builder = builder.config(&format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
     }
     let daemon = builder.start().await?;
     const CONNECTIONS: usize = 4;

@@ -14,6 +14,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::destination::Destinations;
+use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::protocol::{
     AttemptView, ErrorBody, ErrorCode, EventView, ListLimit, LoadErrorView, NewTask, PluginView,
@@ -123,6 +124,7 @@ pub struct Api {
     destinations: Arc<Destinations>,
     started: Instant,
     watch_dropped: Arc<AtomicU64>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Api {
@@ -132,6 +134,7 @@ impl Api {
         pool: Arc<Pool>,
         reloader: Reloader,
         destinations: Arc<Destinations>,
+        metrics: Option<Arc<Metrics>>,
     ) -> Self {
         Api {
             registry,
@@ -141,7 +144,13 @@ impl Api {
             destinations,
             started: Instant::now(),
             watch_dropped: Arc::default(),
+            metrics,
         }
+    }
+
+    /// Where metrics are recorded, when they are on.
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.metrics.as_ref()
     }
 
     /// Starts a `watch`; `busy` when [`MAX_WATCHERS`] are watching already.

@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::destination::{DestinationSpec, RateRule};
+use crate::metrics::MetricsConfig;
 use crate::pool::PoolConfig;
 use crate::pool::retry::RetryConfig;
 use crate::sandbox::Limits;
@@ -52,6 +53,8 @@ pub struct FileConfig {
     pub retry: RetryConfig,
     #[serde(default)]
     pub sandbox: SandboxConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// `[destinations.NAME]`: named places to deliver to (see `destination`).
     #[serde(default)]
     pub destinations: BTreeMap<String, DestinationSpec>,
@@ -102,6 +105,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub retry: RetryConfig,
     pub sandbox: SandboxConfig,
+    pub metrics: MetricsConfig,
     pub destinations: BTreeMap<String, DestinationSpec>,
     pub rate_limits: BTreeMap<String, Vec<RateRule>>,
 }
@@ -181,6 +185,7 @@ impl Config {
             store: file.store,
             retry: file.retry,
             sandbox: file.sandbox,
+            metrics: file.metrics,
             destinations: file.destinations,
             rate_limits,
         })

@@ -18,6 +18,7 @@ use crate::api::Api;
 use crate::config::Config;
 use crate::destination::{DestinationError, Destinations};
 use crate::executor::Executor;
+use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolDeps, ShutdownReport};
 use crate::registry::Registry;
 use crate::reload::{Reloader, WatchError};
@@ -50,6 +51,8 @@ pub struct Daemon {
     pool: Arc<Pool>,
     store: Arc<TaskStore>,
     registry: Arc<Registry>,
+    /// Where to serve `/metrics`, when they are on.
+    metrics: Option<(std::net::SocketAddr, Arc<Metrics>)>,
 }
 
 /// How often finished tasks past their retention are pruned.
@@ -85,7 +88,8 @@ impl Daemon {
         };
         let sandbox = Arc::new(Sandbox::new(&settings)?);
         let executor = Arc::new(Executor::new(sandbox));
-        let registry = Arc::new(Registry::new(&config.plugins));
+        let metrics = config.metrics.listen.map(|_| Arc::new(Metrics::new()));
+        let registry = Arc::new(Registry::new(&config.plugins, metrics.clone()));
 
         let (path, store_config) = (config.store_path(), config.store.clone());
         let store = tokio::task::spawn_blocking(move || TaskStore::open(&path, store_config))
@@ -104,6 +108,7 @@ impl Daemon {
             retry: config.retry.clone(),
             destinations: destinations.clone(),
             platform_limits: config.rate_limits.clone(),
+            metrics: metrics.clone(),
         };
         let pool = Arc::new(Pool::start(config.pool.clone(), deps));
         let recovered = store.recover().await?;
@@ -133,13 +138,19 @@ impl Daemon {
             pool.clone(),
             reloader,
             destinations,
+            metrics.clone(),
         ));
+        let metrics_listener = match (config.metrics.listen, metrics) {
+            (Some(addr), Some(metrics)) => Some((addr, metrics)),
+            _ => None,
+        };
         Ok(Daemon {
             server,
             api,
             pool,
             store,
             registry,
+            metrics: metrics_listener,
         })
     }
 
@@ -149,6 +160,14 @@ impl Daemon {
     /// plugins present at start have loaded.
     pub async fn run(self, shutdown: CancellationToken) -> ShutdownReport {
         let server = tokio::spawn(self.server.serve(self.api.clone(), shutdown.clone()));
+        if let Some((addr, metrics)) = self.metrics.clone() {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                if let Err(e) = crate::metrics::serve(addr, metrics, shutdown).await {
+                    tracing::error!(%addr, "cannot serve metrics: {e}");
+                }
+            });
+        }
         let registry = self.registry.clone();
         let ready = tokio::spawn(async move {
             registry.wait_ready().await;

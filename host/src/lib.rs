@@ -18,6 +18,7 @@
 //! | [`sandbox`] | engine, linker, limits and HTTP policy that confine plugins |
 //! | [`destination`] | named destinations and their secrets |
 //! | [`task`] | the vocabulary: tasks, states, outcomes, platform names |
+//! | [`metrics`] | Prometheus metrics on a loopback listener |
 //! | [`daemon`] | wiring, start-up and shutdown |
 //! | [`config`], [`cli`], [`client`] | the operator's side |
 //! | [`check`], [`scaffold`], [`trial`] | `notifyhub check`, `notifyhub new` and `notifyhub try`, for plugin authors |
@@ -36,6 +37,7 @@ pub mod destination;
 pub mod executor;
 pub mod loader;
 pub mod manifest;
+pub mod metrics;
 pub mod plugin;
 pub mod pool;
 pub mod protocol;

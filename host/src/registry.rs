@@ -16,6 +16,7 @@ use std::time::SystemTime;
 
 use tokio::sync::watch;
 
+use crate::metrics::Metrics;
 use crate::plugin::LoadedPlugin;
 
 /// A file that could not be loaded, and why.
@@ -129,17 +130,19 @@ pub struct Registry {
     compiles: AtomicU64,
     /// `true` once every file present at start-up has been tried.
     ready: watch::Sender<bool>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Registry {
     /// An empty registry for the plugins in `dir`; the reload watcher
     /// fills it (see `reload`).
-    pub fn new(dir: &Path) -> Registry {
+    pub fn new(dir: &Path, metrics: Option<Arc<Metrics>>) -> Registry {
         Registry {
             catalog: RwLock::new(Arc::new(Catalog::default())),
             dir: dir.to_path_buf(),
             compiles: AtomicU64::new(0),
             ready: watch::Sender::new(false),
+            metrics,
         }
     }
 
@@ -217,6 +220,9 @@ impl Registry {
         match self.update(|c| c.install(plugin)) {
             Ok(()) => {
                 tracing::info!(plugin = %name, %version, %digest, ?platforms, "plugin loaded");
+                if let Some(m) = &self.metrics {
+                    m.plugin_load(true);
+                }
                 Ok(())
             }
             Err(error) => {
@@ -238,6 +244,9 @@ impl Registry {
     /// Records that loading `path` failed; a loaded version keeps serving.
     pub fn record_failure(&self, path: &Path, error: String) {
         tracing::error!(path = %path.display(), "plugin not loaded: {error}");
+        if let Some(m) = &self.metrics {
+            m.plugin_load(false);
+        }
         self.update(|c| c.fail(path.to_path_buf(), error));
     }
 }

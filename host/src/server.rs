@@ -170,8 +170,15 @@ impl Server {
             };
             let (api, config, shutdown) = (api.clone(), config.clone(), shutdown.clone());
             tasks.spawn(async move {
+                let metrics = api.metrics().cloned();
+                if let Some(m) = &metrics {
+                    m.connection(true);
+                }
                 if let Err(e) = serve_connection(stream, api, config, shutdown).await {
                     tracing::debug!("connection closed: {e}");
+                }
+                if let Some(m) = &metrics {
+                    m.connection(false);
                 }
                 drop(permit);
             });

@@ -176,6 +176,7 @@ async fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> 
         .pool
         .validate()
         .map_err(|e| anyhow::anyhow!("invalid [pool] settings: {e}"))?;
+    config.metrics.validate().map_err(anyhow::Error::msg)?;
     let shutdown = CancellationToken::new();
     stop_on_signal(shutdown.clone())?;
     let daemon = Daemon::start(&config)

@@ -24,6 +24,7 @@ use std::time::{Duration, SystemTime};
 
 use super::retry::{RetryConfig, Verdict};
 use super::scheduler::Scheduler;
+use crate::metrics::Metrics;
 use crate::plugin::PluginRef;
 use crate::protocol::{MAX_RETRY_AFTER, clamp_retry_after};
 use crate::store::{AttemptCount, TaskStore};
@@ -37,14 +38,21 @@ pub struct Lifecycle {
     store: Arc<TaskStore>,
     retry: RetryConfig,
     scheduler: Arc<Scheduler>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Lifecycle {
-    pub fn new(store: Arc<TaskStore>, retry: RetryConfig, scheduler: Arc<Scheduler>) -> Self {
+    pub fn new(
+        store: Arc<TaskStore>,
+        retry: RetryConfig,
+        scheduler: Arc<Scheduler>,
+        metrics: Option<Arc<Metrics>>,
+    ) -> Self {
         Lifecycle {
             store,
             retry,
             scheduler,
+            metrics,
         }
     }
 
@@ -52,15 +60,23 @@ impl Lifecycle {
         &self.store
     }
 
-    /// Records the outcome of `attempt` of `task`, decides on a retry and
-    /// schedules it.
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.metrics.as_ref()
+    }
+
+    /// Records the outcome of `attempt` of `task` (which spent `took` in the
+    /// plugin, when it got that far), decides on a retry and schedules it.
     pub fn finish(
         &self,
         task: &Task,
         attempt: AttemptCount,
         outcome: Outcome,
         plugin: Option<PluginRef>,
+        took: Option<Duration>,
     ) -> Verdict {
+        if let Some(m) = &self.metrics {
+            m.attempt(&task.platform, &outcome, took);
+        }
         let verdict = match self
             .retry
             .decide(&task.platform, &outcome, attempt.in_round)
@@ -70,6 +86,18 @@ impl Lifecycle {
             },
             other => other,
         };
+        // Counted before the outcome is recorded: whoever sees the task
+        // finished also sees it in the metrics.
+        if let Some(m) = &self.metrics {
+            match (verdict, self.store.submitted_at(task.id)) {
+                (Verdict::Retry { .. }, _) => m.retry(&task.platform),
+                (final_state, Some(at)) => {
+                    let took = SystemTime::now().duration_since(at).unwrap_or_default();
+                    m.finished(&task.platform, final_state == Verdict::Dead, took);
+                }
+                _ => {}
+            }
+        }
         self.store.finish(task.id, outcome, plugin, verdict);
         match verdict {
             Verdict::Retry { after } => {
@@ -88,7 +116,7 @@ impl Lifecycle {
     /// platform, a worker replaced while stuck).
     pub fn fail_unrun(&self, task: &Task, class: FailureClass, message: String) -> Verdict {
         let attempt = self.store.next_attempt(task.id);
-        self.finish(task, attempt, Outcome::failed(class, message), None)
+        self.finish(task, attempt, Outcome::failed(class, message), None, None)
     }
 }
 

@@ -60,6 +60,7 @@ use self::warm::{WarmBudget, WarmLimits};
 use self::worker::WorkerContext;
 use crate::destination::{Destinations, RateRule};
 use crate::executor::Executor;
+use crate::metrics::Metrics;
 use crate::protocol::{MAX_WORKERS, WorkerCount};
 use crate::registry::Registry;
 use crate::store::TaskStore;
@@ -259,6 +260,8 @@ pub struct PoolDeps {
     pub destinations: Arc<Destinations>,
     /// Per-platform rate limits that replace what plugins declare.
     pub platform_limits: BTreeMap<String, Vec<RateRule>>,
+    /// Where to record metrics, when they are on.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl Pool {
@@ -270,12 +273,18 @@ impl Pool {
             retry,
             destinations,
             platform_limits,
+            metrics,
         } = deps;
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (events, event_rx) = mpsc::unbounded_channel();
         let waiting = Arc::new(AtomicUsize::new(0));
         let scheduler = Arc::new(Scheduler::default());
-        let lifecycle = Arc::new(Lifecycle::new(store.clone(), retry, scheduler.clone()));
+        let lifecycle = Arc::new(Lifecycle::new(
+            store.clone(),
+            retry,
+            scheduler.clone(),
+            metrics,
+        ));
         let limits = WarmLimits {
             max_per_worker: config.max_warm_per_worker,
             max_per_plugin: config.max_warm_per_plugin,

@@ -116,6 +116,9 @@ async fn deliver(
         &context.warm_misses
     };
     counter.fetch_add(1, Ordering::Relaxed);
+    if let Some(m) = context.lifecycle.metrics() {
+        m.warm(was_warm);
+    }
     let route = match &task.destination {
         None => Ok(None),
         Some(name) => context.destinations.route(name).map(Some).ok_or_else(|| {
@@ -152,6 +155,9 @@ async fn deliver(
     // The pause goes to the dispatcher before the outcome is recorded (and
     // waiters answered), so no one can see the outcome and beat the pause.
     if let Some(retry_after) = lifecycle::pause(&outcome) {
+        if let Some(m) = context.lifecycle.metrics() {
+            m.pause(&task.platform);
+        }
         let key = super::pacer::pace_key(task);
         let _ = events.send(Event::RateLimited { key, retry_after });
     }
@@ -160,7 +166,11 @@ async fn deliver(
     metrics.record(started.elapsed().as_micros() as u64, outcome.is_success());
     *metrics.current.lock().expect("never poisoned") = None;
     *metrics.last_activity.lock().expect("never poisoned") = Some(SystemTime::now());
-    context
-        .lifecycle
-        .finish(task, attempt, outcome, Some(plugin.version_ref()));
+    context.lifecycle.finish(
+        task,
+        attempt,
+        outcome,
+        Some(plugin.version_ref()),
+        Some(started.elapsed()),
+    );
 }

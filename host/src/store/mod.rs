@@ -426,6 +426,11 @@ impl TaskStore {
         self.lock().entries.get(&id).map(|e| e.record.clone())
     }
 
+    /// When `id` was submitted, if it is in memory.
+    pub fn submitted_at(&self, id: TaskId) -> Option<SystemTime> {
+        self.lock().entries.get(&id).map(|e| e.record.submitted_at)
+    }
+
     /// Records an attempt's outcome and the verdict on it.
     pub fn finish(
         &self,

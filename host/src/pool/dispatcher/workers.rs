@@ -49,6 +49,28 @@ impl Dispatcher {
             completed: self.completed,
             cpu: CpuTimes::now(),
         };
+        if let Some(m) = self.lifecycle.metrics() {
+            let mut by_state = [
+                ("starting", 0),
+                ("idle", 0),
+                ("processing", 0),
+                ("shutting_down", 0),
+            ];
+            for w in self.workers.values() {
+                let i = match w.state {
+                    WorkerState::Starting => 0,
+                    WorkerState::Idle => 1,
+                    WorkerState::Processing => 2,
+                    WorkerState::ShuttingDown | WorkerState::Stopped => 3,
+                };
+                by_state[i].1 += 1;
+            }
+            let limit = self
+                .scaler
+                .adaptive_limit()
+                .unwrap_or(self.scaler.config().max_workers);
+            m.pool(&by_state, sample.queued, limit);
+        }
         match self.scaler.decide(&sample) {
             Decision::Hold => {}
             Decision::Grow { to, reason } => {
@@ -147,7 +169,7 @@ impl Dispatcher {
                     let attempt = store
                         .running_attempt(id)
                         .unwrap_or_else(|| store.next_attempt(id));
-                    self.lifecycle.finish(&task, attempt, outcome, None);
+                    self.lifecycle.finish(&task, attempt, outcome, None, None);
                 }
             }
             self.spawn_worker();
@@ -228,6 +250,9 @@ impl Dispatcher {
     }
 
     fn record_scale(&mut self, from: usize, to: usize, reason: String) {
+        if let Some(m) = self.lifecycle.metrics() {
+            m.scaled();
+        }
         tracing::info!(from, to, "scaling: {reason}");
         self.scale_event_count += 1;
         if self.scale_events.len() == SCALE_EVENTS_KEPT {

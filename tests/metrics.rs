@@ -1,0 +1,119 @@
+//! Prometheus metrics from the real daemon: scrape after a known load and
+//! check the counters.
+
+use notifyhub_testkit::daemon::Daemon;
+use notifyhub_testkit::receiver::{Receiver, Reply};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const BIN: &str = env!("CARGO_BIN_EXE_notifyhub");
+
+/// A loopback port nobody listens on right now.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn scrape(port: u16) -> anyhow::Result<String> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .await?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await?;
+    anyhow::ensure!(
+        answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"),
+        "{answer}"
+    );
+    Ok(answer)
+}
+
+/// The value of the first sample line that starts with `prefix`.
+fn value(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_match_a_known_load() -> anyhow::Result<()> {
+    let receiver = Receiver::start(|_| Reply::new(500, "down")).await;
+    let port = free_port()?;
+    let daemon = Daemon::builder(BIN)
+        .plugin("noop", None)
+        .plugin(
+            "webhook",
+            Some(&format!("allowed_hosts = [\"{}\"]\n", receiver.authority())),
+        )
+        .config(&format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"))
+        .start()
+        .await?;
+    for _ in 0..10 {
+        daemon
+            .deliver(json!({"platform": "noop", "target": "t", "body": "b"}))
+            .await?;
+    }
+    for _ in 0..3 {
+        let task = daemon
+            .deliver(json!({"platform": "webhook", "target": receiver.url("/x"), "body": "b"}))
+            .await?;
+        anyhow::ensure!(task["state"] == "dead", "{task}");
+    }
+    let text = scrape(port).await?;
+    let expect = [
+        (
+            r#"notifyhub_attempts_total{platform="noop",outcome="delivered"}"#,
+            10.0,
+        ),
+        (
+            r#"notifyhub_attempts_total{platform="webhook",outcome="retryable"}"#,
+            3.0,
+        ),
+        (r#"notifyhub_dead_letters_total{platform="webhook"}"#, 3.0),
+        (r#"notifyhub_attempt_seconds_count{platform="noop"}"#, 10.0),
+        (
+            r#"notifyhub_task_end_to_end_seconds_count{platform="noop"}"#,
+            10.0,
+        ),
+        (r#"notifyhub_plugin_loads_total{result="loaded"}"#, 2.0),
+    ];
+    for (series, want) in expect {
+        let got = value(&text, series);
+        anyhow::ensure!(
+            got == Some(want),
+            "{series} = {got:?}, want {want}:\n{text}"
+        );
+    }
+    let warm = value(&text, r#"notifyhub_warm_instances_total{result="hit"}"#).unwrap_or(0.0)
+        + value(&text, r#"notifyhub_warm_instances_total{result="miss"}"#).unwrap_or(0.0);
+    anyhow::ensure!(warm == 13.0, "warm hits + misses = {warm}");
+    anyhow::ensure!(value(&text, "notifyhub_queued_tasks").is_some(), "{text}");
+    // Labels are bounded: no task id, no target.
+    anyhow::ensure!(
+        !text.contains(&receiver.authority()),
+        "a target leaked into a label"
+    );
+    let id_like = text
+        .split(['"', ' ', '{', '}', ','])
+        .any(|t| t.len() == 36 && t.matches('-').count() == 4);
+    anyhow::ensure!(!id_like, "a task id leaked into a label");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_listen_only_on_loopback() -> anyhow::Result<()> {
+    let started = Daemon::builder(BIN)
+        .plugin("noop", None)
+        .config("[metrics]\nlisten = \"0.0.0.0:9464\"\n")
+        .start()
+        .await;
+    let Err(e) = started else {
+        anyhow::bail!("a daemon serving metrics on 0.0.0.0 started");
+    };
+    anyhow::ensure!(
+        format!("{e:#}").contains("only a loopback address"),
+        "{e:#}"
+    );
+    Ok(())
+}
