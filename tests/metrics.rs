@@ -117,3 +117,39 @@ async fn metrics_listen_only_on_loopback() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_each_attempt_s_span() -> anyhow::Result<()> {
+    let daemon = Daemon::builder(BIN)
+        .plugin("noop", None)
+        .env("NOTIFYHUB_LOG_FORMAT", "json")
+        .start()
+        .await?;
+    let task = daemon
+        .deliver(json!({"platform": "noop", "target": "t", "body": "b"}))
+        .await?;
+    let id = task["id"].as_str().unwrap();
+    let logs = daemon.logs();
+    let mut found = false;
+    for line in logs.lines().filter(|l| !l.trim().is_empty()) {
+        let entry: serde_json::Value = serde_json::from_str(line)
+            .map_err(|e| anyhow::anyhow!("not a JSON log line ({e}): {line}"))?;
+        let span = &entry["span"];
+        if span["name"] == "attempt" && span["task"] == id {
+            anyhow::ensure!(
+                span["platform"] == "noop" && span["plugin"] == "noop",
+                "{line}"
+            );
+            anyhow::ensure!(
+                span["version"].is_string() && span["attempt"] == 1,
+                "{line}"
+            );
+            found |= entry["fields"]["message"] == "delivered";
+        }
+    }
+    anyhow::ensure!(
+        found,
+        "no `delivered` line inside the attempt's span:\n{logs}"
+    );
+    Ok(())
+}

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use notifyhub::cli::{Cli, Command};
+use notifyhub::cli::{Cli, Command, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
@@ -13,12 +13,16 @@ async fn main() -> ExitCode {
     } else {
         "warn"
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.common.log_format {
+        // One JSON object a line, with the span's fields (task, platform,
+        // plugin, attempt, outcome) on every line logged inside it.
+        LogFormat::Json => logs.json().with_current_span(true).init(),
+        LogFormat::Text => logs.init(),
+    }
     match notifyhub::cli::run(cli).await {
         Ok(code) => code,
         Err(error) => {

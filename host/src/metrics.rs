@@ -24,7 +24,7 @@ use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::task::{FailureClass, Outcome};
+use crate::task::Outcome;
 
 /// Distinct platform label values; later platforms count as `other`.
 pub const MAX_PLATFORM_LABELS: usize = 64;
@@ -193,15 +193,7 @@ impl Metrics {
         let platform = self.platform(platform);
         let class = match outcome {
             Outcome::Delivered { .. } => "delivered",
-            Outcome::Failed { class, .. } => match class {
-                FailureClass::Retryable => "retryable",
-                FailureClass::RateLimited => "rate_limited",
-                FailureClass::Permanent => "permanent",
-                FailureClass::Invalid => "invalid",
-                FailureClass::Crashed => "crashed",
-                FailureClass::TimedOut => "timed_out",
-                FailureClass::NoPlugin => "no_plugin",
-            },
+            Outcome::Failed { class, .. } => class.as_str(),
         };
         self.tasks
             .get_or_create(&OutcomeLabels {

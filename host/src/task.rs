@@ -236,6 +236,21 @@ pub enum FailureClass {
     NoPlugin,
 }
 
+impl FailureClass {
+    /// The class as on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureClass::Retryable => "retryable",
+            FailureClass::RateLimited => "rate_limited",
+            FailureClass::Permanent => "permanent",
+            FailureClass::Invalid => "invalid",
+            FailureClass::Crashed => "crashed",
+            FailureClass::TimedOut => "timed_out",
+            FailureClass::NoPlugin => "no_plugin",
+        }
+    }
+}
+
 /// The result of one delivery attempt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]

@@ -46,6 +46,22 @@ pub struct CommonArgs {
     /// Where compiled plugins are cached (shared by `serve` and `check`). Default: DATA_DIR/cache.
     #[arg(long, global = true, env = "NOTIFYHUB_CACHE_DIR", value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// How log lines (on stderr) are written: text for people, json (one
+    /// object a line, span fields included) for log collectors.
+    #[arg(
+        long,
+        global = true,
+        env = "NOTIFYHUB_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 impl CommonArgs {

@@ -64,7 +64,19 @@ pub(super) async fn run(
         warm.evict_stale(&context.registry, Instant::now());
         let started = Instant::now();
         for task in &assignment.tasks {
-            let span = tracing::info_span!("task", task = %task.id, platform = %task.platform, worker = id);
+            // One span per attempt: the plugin's own log lines and every
+            // line about the delivery carry these fields.
+            let span = tracing::info_span!(
+                "attempt",
+                task = %task.id,
+                platform = %task.platform,
+                plugin = %assignment.plugin.name,
+                version = %assignment.plugin.version,
+                destination = task.destination.as_deref().unwrap_or("-"),
+                worker = id,
+                attempt = tracing::field::Empty,
+                outcome = tracing::field::Empty,
+            );
             deliver(
                 &assignment.plugin,
                 task,
@@ -105,6 +117,7 @@ async fn deliver(
     let started = Instant::now();
     *metrics.current.lock().expect("never poisoned") = Some((task.id, task.platform.clone()));
     let attempt = context.lifecycle.store().start(task.id);
+    tracing::Span::current().record("attempt", attempt.number);
 
     let (instance, was_warm) = match warm.take(&plugin.key) {
         Some(instance) => (Ok(instance), true),
@@ -144,6 +157,13 @@ async fn deliver(
         (Err(failure), _) => Outcome::failed(failure.class, failure.message),
     };
 
+    tracing::Span::current().record(
+        "outcome",
+        match &outcome {
+            Outcome::Delivered { .. } => "delivered",
+            Outcome::Failed { class, .. } => class.as_str(),
+        },
+    );
     match &outcome {
         Outcome::Delivered { status, .. } => {
             tracing::info!(plugin = %plugin.name, status = %status, "delivered")
