@@ -38,7 +38,11 @@ fn value(text: &str, prefix: &str) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_match_a_known_load() -> anyhow::Result<()> {
-    let receiver = Receiver::start(|_| Reply::new(500, "down")).await;
+    let receiver = Receiver::start(|req| match req.path.as_str() {
+        "/limited" => Reply::new(429, "slow down").header("retry-after", "0"),
+        _ => Reply::new(500, "down"),
+    })
+    .await;
     let port = free_port()?;
     let daemon = Daemon::builder(BIN)
         .plugin("noop", None)
@@ -46,19 +50,24 @@ async fn counters_match_a_known_load() -> anyhow::Result<()> {
             "webhook",
             Some(&format!("allowed_hosts = [\"{}\"]\n", receiver.authority())),
         )
-        .config(&format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"))
+        .config(&format!(
+            "[metrics]\nlisten = \"127.0.0.1:{port}\"\n[rate_limits]\nwebhook = []\n"
+        ))
+        .retry("max_attempts = 2\nbase = \"10ms\"\n")
         .start()
         .await?;
+    // 10 delivered; 3 that fail twice (retried once, then dead); 1 rate
+    // limited twice (two pauses, one retry, then dead).
     for _ in 0..10 {
         daemon
             .deliver(json!({"platform": "noop", "target": "t", "body": "b"}))
             .await?;
     }
-    for _ in 0..3 {
+    for path in ["/x", "/x", "/x", "/limited"] {
         let task = daemon
-            .deliver(json!({"platform": "webhook", "target": receiver.url("/x"), "body": "b"}))
+            .deliver(json!({"platform": "webhook", "target": receiver.url(path), "body": "b"}))
             .await?;
-        anyhow::ensure!(task["state"] == "dead", "{task}");
+        anyhow::ensure!(task["state"] == "dead" && task["attempts"] == 2, "{task}");
     }
     let text = scrape(port).await?;
     let expect = [
@@ -68,9 +77,18 @@ async fn counters_match_a_known_load() -> anyhow::Result<()> {
         ),
         (
             r#"notifyhub_attempts_total{platform="webhook",outcome="retryable"}"#,
-            3.0,
+            6.0,
         ),
-        (r#"notifyhub_dead_letters_total{platform="webhook"}"#, 3.0),
+        (
+            r#"notifyhub_attempts_total{platform="webhook",outcome="rate_limited"}"#,
+            2.0,
+        ),
+        (r#"notifyhub_retries_total{platform="webhook"}"#, 4.0),
+        (r#"notifyhub_dead_letters_total{platform="webhook"}"#, 4.0),
+        (
+            r#"notifyhub_destination_pauses_total{platform="webhook"}"#,
+            2.0,
+        ),
         (r#"notifyhub_attempt_seconds_count{platform="noop"}"#, 10.0),
         (
             r#"notifyhub_task_end_to_end_seconds_count{platform="noop"}"#,
@@ -87,8 +105,34 @@ async fn counters_match_a_known_load() -> anyhow::Result<()> {
     }
     let warm = value(&text, r#"notifyhub_warm_instances_total{result="hit"}"#).unwrap_or(0.0)
         + value(&text, r#"notifyhub_warm_instances_total{result="miss"}"#).unwrap_or(0.0);
-    anyhow::ensure!(warm == 13.0, "warm hits + misses = {warm}");
+    anyhow::ensure!(warm == 18.0, "warm hits + misses = {warm}:\n{text}");
     anyhow::ensure!(value(&text, "notifyhub_queued_tasks").is_some(), "{text}");
+    // The shipped dashboard asks only for series the daemon exports.
+    let dashboard = std::fs::read_to_string(
+        notifyhub_testkit::repo_root().join("examples/grafana/notifyhub.json"),
+    )?;
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard)?;
+    let mut queried = 0;
+    for target in dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap())
+    {
+        let expr = target["expr"].as_str().unwrap();
+        for name in expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("notifyhub_"))
+        {
+            let family = name.trim_end_matches("_bucket").trim_end_matches("_total");
+            anyhow::ensure!(
+                text.contains(&format!("# TYPE {family} ")),
+                "the dashboard queries {name}, which the daemon does not export"
+            );
+            queried += 1;
+        }
+    }
+    anyhow::ensure!(queried >= 10, "the dashboard queries only {queried} series");
     // Labels are bounded: no task id, no target.
     anyhow::ensure!(
         !text.contains(&receiver.authority()),

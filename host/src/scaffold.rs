@@ -85,6 +85,10 @@ const RUST: Files = &[
         include_str!("../../plugins/sdk/src/lib.rs"),
     ),
     (
+        "vendor/notifyhub-plugin-sdk/src/fit.rs",
+        include_str!("../../plugins/sdk/src/fit.rs"),
+    ),
+    (
         "vendor/notifyhub-plugin-sdk/src/form.rs",
         include_str!("../../plugins/sdk/src/form.rs"),
     ),
@@ -93,8 +97,16 @@ const RUST: Files = &[
         include_str!("../../plugins/sdk/src/format.rs"),
     ),
     (
+        "vendor/notifyhub-plugin-sdk/src/html.rs",
+        include_str!("../../plugins/sdk/src/html.rs"),
+    ),
+    (
         "vendor/notifyhub-plugin-sdk/src/http.rs",
         include_str!("../../plugins/sdk/src/http.rs"),
+    ),
+    (
+        "vendor/notifyhub-plugin-sdk/src/mrkdwn.rs",
+        include_str!("../../plugins/sdk/src/mrkdwn.rs"),
     ),
     (
         "vendor/notifyhub-plugin-sdk/src/sign.rs",
@@ -193,6 +205,19 @@ pub fn next_steps(language: Language, dir: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rust_project_vendors_every_file_of_the_sdk() {
+        let sdk = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/sdk/src");
+        for entry in std::fs::read_dir(sdk).unwrap() {
+            let name = entry.unwrap().file_name().to_string_lossy().to_string();
+            let vendored = format!("vendor/notifyhub-plugin-sdk/src/{name}");
+            assert!(
+                RUST.iter().any(|(path, _)| *path == vendored),
+                "scaffold.rs does not vendor plugins/sdk/src/{name}"
+            );
+        }
+    }
 
     #[test]
     fn refuses_bad_names_and_existing_directories() {
