@@ -37,6 +37,8 @@ pub enum StartError {
     #[error(transparent)]
     Bind(#[from] BindError),
     #[error(transparent)]
+    Activation(#[from] crate::activation::ActivationError),
+    #[error(transparent)]
     Watch(#[from] WatchError),
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -127,8 +129,18 @@ impl Daemon {
         } else {
             tracing::warn!("task store in memory: tasks do not survive a restart");
         }
-        let server = Server::bind(&config.socket, config.server.clone()).await?;
-        tracing::info!(socket = %config.socket.display(), "listening");
+        let server = match crate::activation::listener()? {
+            Some(listener) => {
+                let server = Server::activated(listener, config.server.clone())?;
+                tracing::info!(socket = %server.path().display(), "listening on the socket systemd passed");
+                server
+            }
+            None => {
+                let server = Server::bind(&config.socket, config.server.clone()).await?;
+                tracing::info!(socket = %config.socket.display(), "listening");
+                server
+            }
+        };
         // The watcher starts before the plugins are listed, so no change made
         // during start-up is missed; it then loads them in the background.
         let reloader = Reloader::start(registry.clone(), executor.clone(), config.limits)?;

@@ -19,13 +19,14 @@
 //! | [`destination`] | named destinations and their secrets |
 //! | [`task`] | the vocabulary: tasks, states, outcomes, platform names |
 //! | [`metrics`] | Prometheus metrics on a loopback listener |
-//! | [`daemon`] | wiring, start-up and shutdown |
+//! | [`daemon`] | wiring, start-up and shutdown; [`activation`]: a socket systemd passes |
 //! | [`config`], [`cli`], [`client`] | the operator's side |
 //! | [`check`], [`scaffold`], [`trial`] | `notifyhub check`, `notifyhub new` and `notifyhub try`, for plugin authors |
 //! | [`bindings`], [`redact`] | the WIT bindings; redaction of targets in output |
 //!
 //! `docs/architecture.md` has the picture.
 
+pub mod activation;
 pub mod api;
 pub mod bindings;
 pub mod check;

@@ -92,6 +92,9 @@ pub struct Server {
     config: ServerConfig,
     /// The daemon's own uid: the owner of the socket file it created.
     owner: u32,
+    /// Whether systemd made the socket (socket activation): then it is
+    /// systemd's to remove, not ours.
+    activated: bool,
 }
 
 impl Server {
@@ -127,6 +130,34 @@ impl Server {
             path: path.into(),
             config,
             owner,
+            activated: false,
+        })
+    }
+
+    /// Serves a listening socket systemd passed (see `activation`).
+    pub fn activated(
+        listener: std::os::unix::net::UnixListener,
+        config: ServerConfig,
+    ) -> Result<Self, BindError> {
+        let path = listener
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(Path::to_path_buf))
+            .unwrap_or_default();
+        let listen_err = |error| BindError::Listen {
+            path: path.clone(),
+            error,
+        };
+        listener.set_nonblocking(true).map_err(listen_err)?;
+        let listener = UnixListener::from_std(listener).map_err(listen_err)?;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let owner = unsafe { libc::geteuid() };
+        Ok(Server {
+            listener,
+            path,
+            config,
+            owner,
+            activated: true,
         })
     }
 
@@ -184,7 +215,9 @@ impl Server {
             });
         }
         drop(self.listener);
-        let _ = std::fs::remove_file(&self.path);
+        if !self.activated {
+            let _ = std::fs::remove_file(&self.path);
+        }
         while tasks.join_next().await.is_some() {}
     }
 }
