@@ -13,12 +13,14 @@ use std::time::{Instant, SystemTime};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::config::Config;
 use crate::destination::Destinations;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
+use crate::pool::settings::{LiveSettings, Settings};
 use crate::protocol::{
     AttemptView, ErrorBody, ErrorCode, EventView, ListLimit, LoadErrorView, NewTask, PluginView,
-    PluginsView, Request, StatusView, TaskView, WatchFilter, WatchLine, format_time,
+    PluginsView, Request, StatusView, TaskView, WatchFilter, WatchLine, WorkerCount, format_time,
 };
 use crate::redact;
 use crate::registry::Registry;
@@ -62,6 +64,16 @@ impl From<TaskRecord> for TaskView {
                 .collect(),
         }
     }
+}
+
+/// Reads the config again (file, environment and flags), for `reload-config`.
+pub type ConfigSource = Arc<dyn Fn() -> Result<Config, String> + Send + Sync>;
+
+/// What `reload-config` needs: where the config comes from, and what it was
+/// at start (to say what a reload cannot change).
+pub struct Reconfigure {
+    pub source: ConfigSource,
+    pub started_with: Config,
 }
 
 /// Watchers at once, across connections; one more is answered `busy`.
@@ -121,10 +133,13 @@ pub struct Api {
     store: Arc<TaskStore>,
     pool: Arc<Pool>,
     reloader: Reloader,
-    destinations: Arc<Destinations>,
+    settings: Arc<LiveSettings>,
     started: Instant,
     watch_dropped: Arc<AtomicU64>,
     metrics: Option<Arc<Metrics>>,
+    reconfigure: Reconfigure,
+    /// One reload at a time.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 impl Api {
@@ -133,19 +148,88 @@ impl Api {
         store: Arc<TaskStore>,
         pool: Arc<Pool>,
         reloader: Reloader,
-        destinations: Arc<Destinations>,
+        settings: Arc<LiveSettings>,
         metrics: Option<Arc<Metrics>>,
+        reconfigure: Reconfigure,
     ) -> Self {
         Api {
             registry,
             store,
             pool,
             reloader,
-            destinations,
+            settings,
             started: Instant::now(),
             watch_dropped: Arc::default(),
             metrics,
+            reconfigure,
+            reloading: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Re-reads the config and applies what can change while running —
+    /// destinations, rate limits, the retry policy and the pool's bounds —
+    /// all or nothing: a config that does not parse or resolve changes
+    /// nothing and is answered with the reason. Settings that need a restart
+    /// (paths, the store, server limits, …) are named in the answer.
+    pub async fn reload_config(&self) -> Result<Value, ErrorBody> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let refused = |why: String| {
+            ErrorBody::new(
+                ErrorCode::InvalidRequest,
+                format!("the config was not reloaded (the running one keeps serving): {why}"),
+            )
+        };
+        let new = (self.reconfigure.source)().map_err(refused)?;
+        new.pool
+            .validate()
+            .map_err(|e| refused(format!("[pool]: {e}")))?;
+        let destinations =
+            Destinations::resolve(&new.destinations).map_err(|e| refused(e.to_string()))?;
+        let bounds = (
+            WorkerCount::try_from(new.pool.min_workers as u64).map_err(refused)?,
+            WorkerCount::try_from(new.pool.max_workers as u64).map_err(refused)?,
+        );
+        let old = &self.reconfigure.started_with;
+        let mut needs_restart = Vec::new();
+        let mut differs = |name: &'static str, changed: bool| {
+            if changed {
+                needs_restart.push(name);
+            }
+        };
+        differs("socket", new.socket != old.socket);
+        differs("data_dir", new.data_dir != old.data_dir);
+        differs("plugins", new.plugins != old.plugins);
+        differs("cache_dir", new.cache_dir != old.cache_dir);
+        differs("[store]", new.store != old.store);
+        differs("[server]", new.server != old.server);
+        differs("[limits]", new.limits != old.limits);
+        differs("[sandbox]", new.sandbox != old.sandbox);
+        differs("[metrics]", new.metrics != old.metrics);
+        let names = destinations.names();
+        self.settings.replace(Settings {
+            destinations,
+            retry: new.retry,
+            rate_limits: new.rate_limits,
+        });
+        let (min, max) = self
+            .pool
+            .scale(Some(bounds.0), Some(bounds.1))
+            .await
+            .map_err(refused)?;
+        tracing::info!(
+            destinations = names.len(),
+            min,
+            max,
+            ?needs_restart,
+            "config reloaded"
+        );
+        Ok(json!({
+            "applied": ["destinations", "rate_limits", "retry", "pool bounds"],
+            "destinations": names,
+            "min_workers": min,
+            "max_workers": max,
+            "needs_restart": needs_restart,
+        }))
     }
 
     /// Where metrics are recorded, when they are on.
@@ -171,6 +255,7 @@ impl Api {
     pub async fn handle(&self, request: Request) -> Result<Value, ErrorBody> {
         match request {
             Request::Ping => Ok(json!({ "pong": true })),
+            Request::ReloadConfig => self.reload_config().await,
             Request::Watch(_) => Err(ErrorBody::new(
                 ErrorCode::InvalidRequest,
                 "`watch` streams; it is answered by the connection, not as one request",
@@ -361,16 +446,18 @@ impl Api {
     /// A target that names a configured destination is expanded (fan-outs
     /// included); anything else is a raw target and needs a platform.
     fn routes(&self, new: &NewTask) -> Result<Vec<(PlatformName, Option<String>)>, String> {
-        if !self.destinations.contains(&new.target) {
+        let settings = self.settings.get();
+        let destinations = &settings.destinations;
+        if !destinations.contains(&new.target) {
             let platform = new.platform.clone().ok_or_else(|| {
                 format!(
                     "`platform` is missing, and `target` is not a configured destination{}",
-                    self.destinations.names_hint()
+                    destinations.names_hint()
                 )
             })?;
             return Ok(vec![(platform, None)]);
         }
-        let routes = self.destinations.expand(&new.target)?;
+        let routes = destinations.expand(&new.target)?;
         if let Some(platform) = &new.platform
             && routes.iter().any(|r| *platform != r.platform)
         {

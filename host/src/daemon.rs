@@ -14,11 +14,12 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::api::Api;
+use crate::api::{Api, ConfigSource, Reconfigure};
 use crate::config::Config;
 use crate::destination::{DestinationError, Destinations};
 use crate::executor::Executor;
 use crate::metrics::Metrics;
+use crate::pool::settings::{LiveSettings, Settings};
 use crate::pool::{Pool, PoolDeps, ShutdownReport};
 use crate::registry::Registry;
 use crate::reload::{Reloader, WatchError};
@@ -65,7 +66,7 @@ impl Daemon {
     /// background: the socket answers before any plugin has compiled, and a
     /// task for a platform whose plugin is still loading is accepted and
     /// waits for it.
-    pub async fn start(config: &Config) -> Result<Daemon, StartError> {
+    pub async fn start(config: &Config, source: ConfigSource) -> Result<Daemon, StartError> {
         let mkdir = |dir: &PathBuf| {
             std::fs::DirBuilder::new()
                 .recursive(true)
@@ -102,14 +103,16 @@ impl Daemon {
                 )))
             })??;
         let store = Arc::new(store);
-        let destinations = Arc::new(Destinations::resolve(&config.destinations)?);
+        let settings = Arc::new(LiveSettings::new(Settings {
+            destinations: Destinations::resolve(&config.destinations)?,
+            retry: config.retry.clone(),
+            rate_limits: config.rate_limits.clone(),
+        }));
         let deps = PoolDeps {
             executor: executor.clone(),
             registry: registry.clone(),
             store: store.clone(),
-            retry: config.retry.clone(),
-            destinations: destinations.clone(),
-            platform_limits: config.rate_limits.clone(),
+            settings: settings.clone(),
             metrics: metrics.clone(),
         };
         let pool = Arc::new(Pool::start(config.pool.clone(), deps));
@@ -149,8 +152,12 @@ impl Daemon {
             store.clone(),
             pool.clone(),
             reloader,
-            destinations,
+            settings,
             metrics.clone(),
+            Reconfigure {
+                source,
+                started_with: config.clone(),
+            },
         ));
         let metrics_listener = match (config.metrics.listen, metrics) {
             (Some(addr), Some(metrics)) => Some((addr, metrics)),
@@ -190,6 +197,24 @@ impl Daemon {
             }
             tracing::info!("ready: every plugin present at start has been loaded or refused");
         });
+        // SIGHUP re-reads the config file, as the `reload-config` op does.
+        let api = self.api.clone();
+        let hangups = tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+                tracing::warn!("cannot listen for SIGHUP; use the reload-config op");
+                return;
+            };
+            while hangup.recv().await.is_some() {
+                match api.reload_config().await {
+                    Ok(applied) => tracing::info!(%applied, "SIGHUP: config reloaded"),
+                    Err(e) => tracing::error!(
+                        "SIGHUP: config not reloaded, the old one keeps serving: {}",
+                        e.message
+                    ),
+                }
+            }
+        });
         let store = self.store.clone();
         let pruner = tokio::spawn(async move {
             let mut every = tokio::time::interval(PRUNE_EVERY);
@@ -202,6 +227,7 @@ impl Daemon {
         tracing::info!("shutting down");
         pruner.abort();
         ready.abort();
+        hangups.abort();
         let report = self.pool.shutdown().await;
         self.store.abandon_waiters();
         if let Err(e) = self.store.flush().await {

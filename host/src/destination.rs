@@ -191,6 +191,11 @@ impl Destinations {
         Ok(destinations)
     }
 
+    /// The configured names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        self.entries.keys().cloned().collect()
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.entries.contains_key(name)
     }

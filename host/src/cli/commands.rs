@@ -1,14 +1,16 @@
 //! What each subcommand does.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::{Cli, Command, OutputArgs, SendArgs, ServeArgs, render};
+use crate::api::ConfigSource;
 use crate::client::Client;
-use crate::config::Config;
+use crate::config::{Config, Overrides};
 use crate::daemon::Daemon;
 use crate::protocol::{Change, PluginsView, ReloadResult, StatusView, TaskView, WatchLine};
 use crate::task::{Format, Priority, TaskState};
@@ -43,7 +45,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = Config::resolve(&cli.common.overrides())?;
     match cli.command {
         Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
-        Command::Serve(args) => serve(config, args).await,
+        Command::Serve(args) => serve(config, args, cli.common.overrides()).await,
         Command::Check(args) => {
             let report = crate::check::check(&args.file, Some(config.cache_dir())).await;
             print(args.output, &report, render::check)?;
@@ -87,6 +89,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Watch(args) => watch(&config, args).await,
+        Command::ReloadConfig(out) => {
+            let result = call(&config, json!({"op": "reload-config"})).await?;
+            if out.json {
+                println!("{}", serde_json::to_string_pretty(&result)?);
+            } else {
+                let list = |v: &Value| {
+                    v.as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                println!("applied: {}", list(&result["applied"]));
+                println!("destinations: {}", list(&result["destinations"]));
+                println!(
+                    "workers: min {} max {}",
+                    result["min_workers"], result["max_workers"]
+                );
+                let restart = list(&result["needs_restart"]);
+                if !restart.is_empty() {
+                    println!("changed, but need a restart: {restart}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Send(args) => send(&config, args).await,
         Command::Status(out) => {
             let status: StatusView = decode(call(&config, json!({"op": "status"})).await?)?;
@@ -162,7 +190,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
+/// The `serve` flags laid over a config.
+fn with_serve_flags(mut config: Config, args: &ServeArgs) -> Config {
     if let Some(min) = args.min_workers {
         config.pool.min_workers = min;
     }
@@ -173,13 +202,24 @@ async fn serve(mut config: Config, args: ServeArgs) -> anyhow::Result<ExitCode> 
         config.pool.strategy = strategy;
     }
     config
+}
+
+async fn serve(config: Config, args: ServeArgs, overrides: Overrides) -> anyhow::Result<ExitCode> {
+    let config = with_serve_flags(config, &args);
+    config
         .pool
         .validate()
         .map_err(|e| anyhow::anyhow!("invalid [pool] settings: {e}"))?;
     config.metrics.validate().map_err(anyhow::Error::msg)?;
     let shutdown = CancellationToken::new();
     stop_on_signal(shutdown.clone())?;
-    let daemon = Daemon::start(&config)
+    // `reload-config` and SIGHUP read the file again, with the same flags.
+    let source: ConfigSource = Arc::new(move || {
+        Config::resolve(&overrides)
+            .map(|c| with_serve_flags(c, &args))
+            .map_err(|e| e.to_string())
+    });
+    let daemon = Daemon::start(&config, source)
         .await
         .context("notifyhub could not start")?;
     let report = daemon.run(shutdown).await;

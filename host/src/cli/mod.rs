@@ -109,6 +109,10 @@ pub enum Command {
     /// bodies pretty-printed) and how it classifies a canned answer. Exits 0
     /// when the plugin reports the message delivered, 1 otherwise.
     Try(TryArgs),
+    /// Re-read the config file and apply what can change while running
+    /// (destinations, rate limits, retry policy, pool bounds); a config that
+    /// does not load changes nothing. SIGHUP to the daemon does the same.
+    ReloadConfig(OutputArgs),
     /// Stream task events as they happen (queued, running, retrying,
     /// succeeded, dead), until interrupted. Applications can do the same with
     /// the socket's `watch` op instead of polling `task`.

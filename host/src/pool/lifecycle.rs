@@ -22,8 +22,9 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::retry::{RetryConfig, Verdict};
+use super::retry::Verdict;
 use super::scheduler::Scheduler;
+use super::settings::LiveSettings;
 use crate::metrics::Metrics;
 use crate::plugin::PluginRef;
 use crate::protocol::{MAX_RETRY_AFTER, clamp_retry_after};
@@ -36,7 +37,7 @@ pub const DEFAULT_PAUSE: Duration = Duration::from_secs(1);
 /// Ends attempts.
 pub struct Lifecycle {
     store: Arc<TaskStore>,
-    retry: RetryConfig,
+    settings: Arc<LiveSettings>,
     scheduler: Arc<Scheduler>,
     metrics: Option<Arc<Metrics>>,
 }
@@ -44,13 +45,13 @@ pub struct Lifecycle {
 impl Lifecycle {
     pub fn new(
         store: Arc<TaskStore>,
-        retry: RetryConfig,
+        settings: Arc<LiveSettings>,
         scheduler: Arc<Scheduler>,
         metrics: Option<Arc<Metrics>>,
     ) -> Self {
         Lifecycle {
             store,
-            retry,
+            settings,
             scheduler,
             metrics,
         }
@@ -77,12 +78,10 @@ impl Lifecycle {
         if let Some(m) = &self.metrics {
             m.attempt(&task.platform, &outcome, took);
         }
-        let verdict = match self
-            .retry
-            .decide(&task.platform, &outcome, attempt.in_round)
-        {
+        let retry = &self.settings.get().retry;
+        let verdict = match retry.decide(&task.platform, &outcome, attempt.in_round) {
             Verdict::Retry { after } => Verdict::Retry {
-                after: after.min(self.retry.policy(&task.platform).cap.max(MAX_RETRY_AFTER)),
+                after: after.min(retry.policy(&task.platform).cap.max(MAX_RETRY_AFTER)),
             },
             other => other,
         };

@@ -36,11 +36,11 @@ pub mod retry;
 pub mod router;
 pub mod scaler;
 pub mod scheduler;
+pub mod settings;
 pub mod stats;
 pub mod warm;
 mod worker;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
@@ -51,14 +51,13 @@ use tokio_util::sync::CancellationToken;
 
 use self::dispatcher::{Command, Dispatcher};
 use self::lifecycle::Lifecycle;
-use self::retry::RetryConfig;
 pub use self::router::Strategy;
 use self::scaler::ScalerConfig;
 use self::scheduler::Scheduler;
+use self::settings::LiveSettings;
 pub use self::stats::{PoolStats, ScaleEvent, WorkerState, WorkerView};
 use self::warm::{WarmBudget, WarmLimits};
 use self::worker::WorkerContext;
-use crate::destination::{Destinations, RateRule};
 use crate::executor::Executor;
 use crate::metrics::Metrics;
 use crate::protocol::{MAX_WORKERS, WorkerCount};
@@ -256,10 +255,8 @@ pub struct PoolDeps {
     pub executor: Arc<Executor>,
     pub registry: Arc<Registry>,
     pub store: Arc<TaskStore>,
-    pub retry: RetryConfig,
-    pub destinations: Arc<Destinations>,
-    /// Per-platform rate limits that replace what plugins declare.
-    pub platform_limits: BTreeMap<String, Vec<RateRule>>,
+    /// Destinations, rate limits and the retry policy, replaceable at run time.
+    pub settings: Arc<LiveSettings>,
     /// Where to record metrics, when they are on.
     pub metrics: Option<Arc<Metrics>>,
 }
@@ -270,9 +267,7 @@ impl Pool {
             executor,
             registry,
             store,
-            retry,
-            destinations,
-            platform_limits,
+            settings,
             metrics,
         } = deps;
         let (commands, command_rx) = mpsc::unbounded_channel();
@@ -281,7 +276,7 @@ impl Pool {
         let scheduler = Arc::new(Scheduler::default());
         let lifecycle = Arc::new(Lifecycle::new(
             store.clone(),
-            retry,
+            settings.clone(),
             scheduler.clone(),
             metrics,
         ));
@@ -296,7 +291,7 @@ impl Pool {
             executor,
             registry: registry.clone(),
             lifecycle: lifecycle.clone(),
-            destinations: destinations.clone(),
+            settings: settings.clone(),
             budget: Arc::new(WarmBudget::new(config.max_warm_per_plugin)),
             limits,
             warm_hits: AtomicU64::new(0),
@@ -316,8 +311,7 @@ impl Pool {
             lifecycle,
             waiting.clone(),
             events,
-            destinations,
-            platform_limits,
+            settings,
         );
         tokio::spawn(dispatcher.run(command_rx, event_rx));
         let intake = Arc::new(Intake {

@@ -9,9 +9,9 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use super::lifecycle::{self, Lifecycle};
+use super::settings::LiveSettings;
 use super::stats::WorkerMetrics;
 use super::warm::{WarmBudget, WarmCache, WarmLimits};
-use crate::destination::Destinations;
 use crate::executor::Executor;
 use crate::plugin::LoadedPlugin;
 use crate::registry::Registry;
@@ -45,7 +45,7 @@ pub(super) struct WorkerContext {
     pub executor: Arc<Executor>,
     pub registry: Arc<Registry>,
     pub lifecycle: Arc<Lifecycle>,
-    pub destinations: Arc<Destinations>,
+    pub settings: Arc<LiveSettings>,
     pub budget: Arc<WarmBudget>,
     pub limits: WarmLimits,
     pub warm_hits: AtomicU64,
@@ -134,18 +134,25 @@ async fn deliver(
     }
     let route = match &task.destination {
         None => Ok(None),
-        Some(name) => context.destinations.route(name).map(Some).ok_or_else(|| {
-            Outcome::failed(
-                FailureClass::Permanent,
-                format!("destination `{name}` is no longer configured"),
-            )
-        }),
+        Some(name) => context
+            .settings
+            .get()
+            .destinations
+            .route(name)
+            .cloned()
+            .map(Some)
+            .ok_or_else(|| {
+                Outcome::failed(
+                    FailureClass::Permanent,
+                    format!("destination `{name}` is no longer configured"),
+                )
+            }),
     };
     let outcome = match (instance, route) {
         (Ok(mut instance), Ok(route)) => {
             let (outcome, health) = context
                 .executor
-                .call(&mut instance, task, route.map(|r| &**r))
+                .call(&mut instance, task, route.as_deref())
                 .await;
             warm.put_back(instance, was_warm, health);
             outcome

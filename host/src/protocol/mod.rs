@@ -83,6 +83,9 @@ pub enum Request {
     },
     /// Streams task events as they happen, until the connection closes.
     Watch(WatchFilter),
+    /// Re-reads the config file and applies what can change while running.
+    #[serde(rename = "reload-config")]
+    ReloadConfig,
     Ping,
 }
 
@@ -112,6 +115,7 @@ impl Request {
             Request::Scale { .. } => "scale",
             Request::Reload { .. } => "reload",
             Request::Watch(_) => "watch",
+            Request::ReloadConfig => "reload-config",
             Request::Ping => "ping",
         }
     }
@@ -119,7 +123,17 @@ impl Request {
 
 /// The names of the ops, for error messages.
 pub const OPS: &[&str] = &[
-    "submit", "task", "tasks", "retry", "status", "plugins", "scale", "reload", "watch", "ping",
+    "submit",
+    "task",
+    "tasks",
+    "retry",
+    "status",
+    "plugins",
+    "scale",
+    "reload",
+    "watch",
+    "reload-config",
+    "ping",
 ];
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -29,10 +29,11 @@ use super::pacer::{Pacer, pace_key};
 use super::queue::WaitQueue;
 use super::router::{Candidate, Router};
 use super::scaler::Scaler;
+use super::settings::LiveSettings;
 use super::stats::{PoolStats, ScaleEvent, WorkerMetrics, WorkerState};
 use super::worker::{Assignment, Event, WorkerContext};
 use super::{BATCH_MAX_TASK_TIME, PoolConfig, ShutdownReport, Strategy, TICK};
-use crate::destination::{Destinations, RateRule};
+use crate::destination::RateRule;
 use crate::plugin::LoadedPlugin;
 use crate::registry::Registry;
 use crate::task::{FailureClass, Task, TaskId};
@@ -89,8 +90,7 @@ pub(super) struct Dispatcher {
     /// Mean task time per plugin key (exponentially weighted), for batching.
     task_time: HashMap<String, Duration>,
     pacer: Pacer,
-    destinations: Arc<Destinations>,
-    platform_limits: BTreeMap<String, Vec<RateRule>>,
+    settings: Arc<LiveSettings>,
 }
 
 impl Dispatcher {
@@ -102,8 +102,7 @@ impl Dispatcher {
         lifecycle: Arc<Lifecycle>,
         waiting: Arc<AtomicUsize>,
         events: mpsc::UnboundedSender<Event>,
-        destinations: Arc<Destinations>,
-        platform_limits: BTreeMap<String, Vec<RateRule>>,
+        settings: Arc<LiveSettings>,
     ) -> Self {
         Dispatcher {
             scaler: Scaler::new(config.scaler()),
@@ -124,8 +123,7 @@ impl Dispatcher {
             last_health_check: Instant::now(),
             task_time: HashMap::new(),
             pacer: Pacer::default(),
-            destinations,
-            platform_limits,
+            settings,
         }
     }
 
@@ -185,14 +183,15 @@ impl Dispatcher {
     /// The rate limits `task` is paced under: its destination's, else the
     /// config's for its platform, else what its plugin declares.
     fn rules_for(&self, task: &Task, plugin: &LoadedPlugin) -> Vec<RateRule> {
+        let settings = self.settings.get();
         let route = task
             .destination
             .as_deref()
-            .and_then(|name| self.destinations.route(name));
+            .and_then(|name| settings.destinations.route(name));
         if let Some(rules) = route.and_then(|r| r.rate_limits.clone()) {
             return rules;
         }
-        if let Some(rules) = self.platform_limits.get(&task.platform) {
+        if let Some(rules) = settings.rate_limits.get(&task.platform) {
             return rules.clone();
         }
         plugin
