@@ -502,14 +502,27 @@ impl TaskStore {
         }
     }
 
-    /// Brings a dead task back to `queued`. Its attempts stay in its
-    /// history; the retry policy counts afresh from here.
+    /// Brings a dead task back to `queued`, durably before it returns. Its
+    /// attempts stay in its history; the retry policy counts afresh from
+    /// here.
     pub async fn retry(&self, id: TaskId) -> Result<Arc<Task>, StoreError> {
         let in_memory = self.lock().entries.contains_key(&id);
         let on_disk = match (&self.journal, in_memory) {
             (Some(journal), false) => read(journal, move |j| j.get(id)).await?,
             _ => None,
         };
+        let task = self.revive(id, on_disk)?;
+        // Answered once durable, like a submit: an acknowledged retry is
+        // not undone by a crash.
+        if let Some(journal) = &self.journal {
+            journal.sync().await?;
+        }
+        Ok(task)
+    }
+
+    /// The in-memory half of [`TaskStore::retry`]: marks the task queued
+    /// and sends the write.
+    fn revive(&self, id: TaskId, on_disk: Option<TaskRecord>) -> Result<Arc<Task>, StoreError> {
         let mut inner = self.lock();
         if let (std::collections::hash_map::Entry::Vacant(e), Some(record)) =
             (inner.entries.entry(id), on_disk)
