@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use notifyhub::executor::Executor;
-use notifyhub::pool::retry::RetryConfig;
 use notifyhub::pool::{Pool, PoolConfig, PoolDeps, Strategy};
 use notifyhub::registry::Registry;
 use notifyhub::sandbox::{Limits, Sandbox, SandboxSettings};
@@ -84,9 +83,7 @@ async fn harness(
         executor: executor.clone(),
         registry: registry.clone(),
         store: store.clone(),
-        retry: RetryConfig::default(),
-        destinations: Default::default(),
-        platform_limits: Default::default(),
+        settings: Default::default(),
         metrics: None,
     };
     let pool = Pool::start(config, deps);

@@ -13,14 +13,12 @@ use std::time::{Instant, SystemTime};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::config::Config;
-use crate::destination::Destinations;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
-use crate::pool::settings::{LiveSettings, Settings};
+use crate::pool::settings::LiveSettings;
 use crate::protocol::{
     AttemptView, ErrorBody, ErrorCode, EventView, ListLimit, LoadErrorView, NewTask, PluginView,
-    PluginsView, Request, StatusView, TaskView, WatchFilter, WatchLine, WorkerCount, format_time,
+    PluginsView, Request, StatusView, TaskView, WatchFilter, WatchLine, format_time,
 };
 use crate::redact;
 use crate::registry::Registry;
@@ -66,14 +64,13 @@ impl From<TaskRecord> for TaskView {
     }
 }
 
-/// Reads the config again (file, environment and flags), for `reload-config`.
-pub type ConfigSource = Arc<dyn Fn() -> Result<Config, String> + Send + Sync>;
-
-/// What `reload-config` needs: where the config comes from, and what it was
-/// at start (to say what a reload cannot change).
-pub struct Reconfigure {
-    pub source: ConfigSource,
-    pub started_with: Config,
+/// What `reload-config` (and SIGHUP) does; `reconfigure` implements it.
+/// A trait here so the operations do not depend on the config file's types.
+#[async_trait::async_trait]
+pub trait Reconfigure: Send + Sync {
+    /// Re-reads the config and applies what can change while running; the
+    /// answer, or the reason nothing was applied.
+    async fn reload(&self) -> Result<Value, String>;
 }
 
 /// Watchers at once, across connections; one more is answered `busy`.
@@ -137,9 +134,7 @@ pub struct Api {
     started: Instant,
     watch_dropped: Arc<AtomicU64>,
     metrics: Option<Arc<Metrics>>,
-    reconfigure: Reconfigure,
-    /// One reload at a time.
-    reloading: tokio::sync::Mutex<()>,
+    reconfigure: Arc<dyn Reconfigure>,
 }
 
 impl Api {
@@ -150,7 +145,7 @@ impl Api {
         reloader: Reloader,
         settings: Arc<LiveSettings>,
         metrics: Option<Arc<Metrics>>,
-        reconfigure: Reconfigure,
+        reconfigure: Arc<dyn Reconfigure>,
     ) -> Self {
         Api {
             registry,
@@ -162,74 +157,17 @@ impl Api {
             watch_dropped: Arc::default(),
             metrics,
             reconfigure,
-            reloading: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// Re-reads the config and applies what can change while running —
-    /// destinations, rate limits, the retry policy and the pool's bounds —
-    /// all or nothing: a config that does not parse or resolve changes
-    /// nothing and is answered with the reason. Settings that need a restart
-    /// (paths, the store, server limits, …) are named in the answer.
+    /// `reload-config`: see [`Reconfigure`].
     pub async fn reload_config(&self) -> Result<Value, ErrorBody> {
-        let _one_at_a_time = self.reloading.lock().await;
-        let refused = |why: String| {
+        self.reconfigure.reload().await.map_err(|why| {
             ErrorBody::new(
                 ErrorCode::InvalidRequest,
                 format!("the config was not reloaded (the running one keeps serving): {why}"),
             )
-        };
-        let new = (self.reconfigure.source)().map_err(refused)?;
-        new.pool
-            .validate()
-            .map_err(|e| refused(format!("[pool]: {e}")))?;
-        let destinations =
-            Destinations::resolve(&new.destinations).map_err(|e| refused(e.to_string()))?;
-        let bounds = (
-            WorkerCount::try_from(new.pool.min_workers as u64).map_err(refused)?,
-            WorkerCount::try_from(new.pool.max_workers as u64).map_err(refused)?,
-        );
-        let old = &self.reconfigure.started_with;
-        let mut needs_restart = Vec::new();
-        let mut differs = |name: &'static str, changed: bool| {
-            if changed {
-                needs_restart.push(name);
-            }
-        };
-        differs("socket", new.socket != old.socket);
-        differs("data_dir", new.data_dir != old.data_dir);
-        differs("plugins", new.plugins != old.plugins);
-        differs("cache_dir", new.cache_dir != old.cache_dir);
-        differs("[store]", new.store != old.store);
-        differs("[server]", new.server != old.server);
-        differs("[limits]", new.limits != old.limits);
-        differs("[sandbox]", new.sandbox != old.sandbox);
-        differs("[metrics]", new.metrics != old.metrics);
-        let names = destinations.names();
-        self.settings.replace(Settings {
-            destinations,
-            retry: new.retry,
-            rate_limits: new.rate_limits,
-        });
-        let (min, max) = self
-            .pool
-            .scale(Some(bounds.0), Some(bounds.1))
-            .await
-            .map_err(refused)?;
-        tracing::info!(
-            destinations = names.len(),
-            min,
-            max,
-            ?needs_restart,
-            "config reloaded"
-        );
-        Ok(json!({
-            "applied": ["destinations", "rate_limits", "retry", "pool bounds"],
-            "destinations": names,
-            "min_workers": min,
-            "max_workers": max,
-            "needs_restart": needs_restart,
-        }))
+        })
     }
 
     /// Where metrics are recorded, when they are on.

@@ -14,13 +14,14 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{Api, ConfigSource, Reconfigure};
+use crate::api::Api;
 use crate::config::Config;
 use crate::destination::{DestinationError, Destinations};
 use crate::executor::Executor;
 use crate::metrics::Metrics;
 use crate::pool::settings::{LiveSettings, Settings};
 use crate::pool::{Pool, PoolDeps, ShutdownReport};
+use crate::reconfigure::{ConfigSource, Reloader as ConfigReloader};
 use crate::registry::Registry;
 use crate::reload::{Reloader, WatchError};
 use crate::sandbox::{Sandbox, SandboxError, SandboxSettings};
@@ -152,12 +153,14 @@ impl Daemon {
             store.clone(),
             pool.clone(),
             reloader,
-            settings,
+            settings.clone(),
             metrics.clone(),
-            Reconfigure {
+            Arc::new(ConfigReloader::new(
                 source,
-                started_with: config.clone(),
-            },
+                config.clone(),
+                settings,
+                pool.clone(),
+            )),
         ));
         let metrics_listener = match (config.metrics.listen, metrics) {
             (Some(addr), Some(metrics)) => Some((addr, metrics)),

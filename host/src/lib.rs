@@ -14,6 +14,7 @@
 //! | [`registry`] | which plugin serves which platform, right now |
 //! | [`loader`] / [`manifest`] | reading, compiling and configuring one plugin file |
 //! | [`reload`] | loading the plugin directory at start and swapping versions in |
+//! | [`reconfigure`] | re-reading the config while running (`reload-config`, SIGHUP) |
 //! | [`executor`] | one safe call into a plugin |
 //! | [`sandbox`] | engine, linker, limits and HTTP policy that confine plugins |
 //! | [`destination`] | named destinations and their secrets |
@@ -42,6 +43,7 @@ pub mod metrics;
 pub mod plugin;
 pub mod pool;
 pub mod protocol;
+pub mod reconfigure;
 pub mod redact;
 pub mod registry;
 pub mod reload;

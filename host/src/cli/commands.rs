@@ -8,11 +8,11 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::{Cli, Command, OutputArgs, SendArgs, ServeArgs, render};
-use crate::api::ConfigSource;
 use crate::client::Client;
 use crate::config::{Config, Overrides};
 use crate::daemon::Daemon;
 use crate::protocol::{Change, PluginsView, ReloadResult, StatusView, TaskView, WatchLine};
+use crate::reconfigure::ConfigSource;
 use crate::task::{Format, Priority, TaskState};
 
 /// Runs the parsed command line.

@@ -137,7 +137,7 @@ impl Default for HttpClient {
 #[derive(Clone)]
 pub enum Transport {
     /// Out to the network, through the pooled clients.
-    Network(HttpClient),
+    Network(Box<HttpClient>),
     /// Nowhere: recorded and answered with a canned response (`notifyhub try`).
     Recorder(Arc<Recorder>),
 }
@@ -216,7 +216,7 @@ impl WasiHttpHooks for OutboundHttp {
             }
         };
         let client = match &self.transport {
-            Transport::Network(client) => client.clone(),
+            Transport::Network(client) => HttpClient::clone(client),
             Transport::Recorder(recorder) => {
                 let recorder = recorder.clone();
                 return Box::new(async move {
