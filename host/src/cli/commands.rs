@@ -89,6 +89,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
         Command::Watch(args) => watch(&config, args).await,
+        Command::Top => {
+            super::top::run(&config.socket).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::ReloadConfig(out) => {
             let result = call(&config, json!({"op": "reload-config"})).await?;
             if out.json {

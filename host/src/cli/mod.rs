@@ -2,6 +2,7 @@
 
 mod commands;
 mod render;
+mod top;
 
 use std::path::PathBuf;
 
@@ -109,6 +110,9 @@ pub enum Command {
     /// bodies pretty-printed) and how it classifies a canned answer. Exits 0
     /// when the plugin reports the message delivered, 1 otherwise.
     Try(TryArgs),
+    /// A live view of the daemon in the terminal: workers, queues, throughput,
+    /// warm hits, paced destinations, scale events. `q` quits.
+    Top,
     /// Re-read the config file and apply what can change while running
     /// (destinations, rate limits, retry policy, pool bounds); a config that
     /// does not load changes nothing. SIGHUP to the daemon does the same.

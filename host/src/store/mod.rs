@@ -356,8 +356,9 @@ impl TaskStore {
             }
             return Err(e.into());
         }
-        let now = SystemTime::now();
+        // Times are read under the lock, so events are in time order.
         let inner = self.lock();
+        let now = SystemTime::now();
         for (id, _) in &added {
             if let Some(entry) = inner.entries.get(id) {
                 self.events.publish(|| event(&entry.record, now));
@@ -378,8 +379,8 @@ impl TaskStore {
 
     /// Marks an attempt as started; returns its number.
     pub fn start(&self, id: TaskId) -> AttemptCount {
-        let now = SystemTime::now();
         let mut inner = self.lock();
+        let now = SystemTime::now();
         let Some(entry) = inner.entries.get_mut(&id) else {
             return AttemptCount {
                 number: 1,
@@ -439,8 +440,8 @@ impl TaskStore {
         plugin: Option<PluginRef>,
         verdict: Verdict,
     ) {
-        let now = SystemTime::now();
         let mut inner = self.lock();
+        let now = SystemTime::now();
         let Some(entry) = inner.entries.get_mut(&id) else {
             return;
         };
