@@ -365,3 +365,27 @@ async fn serve_tells_systemd_it_is_ready_once_plugins_have_loaded() -> anyhow::R
     anyhow::ensure!(status["result"]["plugins_ready"] == true, "{status}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_keeps_systemd_s_watchdog_fed() -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new().prefix("nh-watchdog-").tempdir()?;
+    let path = dir.path().join("notify.sock");
+    let systemd = tokio::net::UnixDatagram::bind(&path)?;
+    let _daemon = Daemon::builder(BIN)
+        .plugin("noop", None)
+        .env("NOTIFY_SOCKET", path.to_str().unwrap())
+        .env("WATCHDOG_USEC", "200000")
+        .start()
+        .await?;
+    let mut keep_alives = 0;
+    let mut buf = vec![0u8; 1024];
+    while keep_alives < 3 {
+        let n = tokio::time::timeout(Duration::from_secs(30), systemd.recv(&mut buf))
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!("the watchdog was fed {keep_alives} times, then nothing")
+            })??;
+        keep_alives += usize::from(String::from_utf8_lossy(&buf[..n]).contains("WATCHDOG=1"));
+    }
+    Ok(())
+}

@@ -190,6 +190,10 @@ impl Daemon {
                 }
             });
         }
+        let watchdog = sd_notify::watchdog_enabled().map(|every| {
+            let pool = self.pool.clone();
+            tokio::spawn(keep_alive(pool, every))
+        });
         let registry = self.registry.clone();
         let ready = tokio::spawn(async move {
             registry.wait_ready().await;
@@ -231,6 +235,9 @@ impl Daemon {
         pruner.abort();
         ready.abort();
         hangups.abort();
+        if let Some(watchdog) = watchdog {
+            watchdog.abort();
+        }
         let report = self.pool.shutdown().await;
         self.store.abandon_waiters();
         if let Err(e) = self.store.flush().await {
@@ -238,5 +245,23 @@ impl Daemon {
         }
         let _ = server.await;
         report
+    }
+}
+
+/// Tells systemd's watchdog (`WatchdogSec=`) the daemon is alive, at half
+/// its interval, but only while the pool's dispatcher answers: a daemon
+/// whose core is wedged stops sending, and systemd restarts it.
+async fn keep_alive(pool: Arc<Pool>, every: Duration) {
+    let mut tick = tokio::time::interval(every / 2);
+    loop {
+        tick.tick().await;
+        let alive = tokio::time::timeout(every / 2, pool.stats()).await;
+        if matches!(alive, Ok(Some(_))) {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+        } else {
+            tracing::error!(
+                "the worker pool did not answer; not telling the watchdog we are alive"
+            );
+        }
     }
 }
