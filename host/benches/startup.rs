@@ -13,21 +13,8 @@ use notifyhub_testkit::daemon::{Conn, Daemon};
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_notifyhub");
-const PLUGINS: &[&str] = &[
-    "webhook",
-    "slack",
-    "discord",
-    "dingtalk",
-    "feishu",
-    "wecom",
-    "telegram",
-    "teams",
-    "pushover",
-    "email",
-    "ntfy",
-    "gotify",
-    "mattermost",
-];
+/// Every plugin operators deploy.
+const PLUGINS: &[&str] = notifyhub_testkit::plugins::DEPLOYABLE;
 /// Required keys, so every plugin loads.
 fn manifest(plugin: &str) -> &'static str {
     match plugin {

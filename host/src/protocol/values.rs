@@ -5,7 +5,6 @@
 //! 20 000 or a pool of 10^12 workers, and every value it stores can be
 //! rendered back. The bounds are documented in docs/security.md.
 
-use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Deserializer};
@@ -160,12 +159,6 @@ pub fn format_time(t: SystemTime) -> String {
 /// `retry_after_ms`) to [`MAX_RETRY_AFTER`].
 pub fn clamp_retry_after(ms: u64) -> Duration {
     Duration::from_millis(ms).min(MAX_RETRY_AFTER)
-}
-
-impl fmt::Display for Delay {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", humantime::format_duration(self.0))
-    }
 }
 
 #[cfg(test)]

@@ -26,15 +26,6 @@ impl Units {
             Units::Bytes => text.len(),
         }
     }
-
-    /// The length of one character in these units.
-    pub fn of(self, c: char) -> usize {
-        match self {
-            Units::Chars => 1,
-            Units::Utf16 => c.len_utf16(),
-            Units::Bytes => c.len_utf8(),
-        }
-    }
 }
 
 /// The largest budget in `0..=max` for which `build(budget)` is at most
