@@ -147,7 +147,7 @@ impl Daemon {
         };
         // The watcher starts before the plugins are listed, so no change made
         // during start-up is missed; it then loads them in the background.
-        let reloader = Reloader::start(registry.clone(), executor.clone(), config.limits)?;
+        let reloader = Reloader::start(registry.clone(), executor.clone(), config.limits).await?;
         let api = Arc::new(Api::new(
             registry.clone(),
             store.clone(),

@@ -74,9 +74,29 @@ enum Request {
 /// start, and returns when all have been tried; without a watcher (for
 /// embedding and benchmarks).
 pub async fn load_all(registry: Arc<Registry>, executor: Arc<Executor>, default_limits: Limits) {
+    let paths = list_loading(&registry).await;
     Watch::new(registry, executor, default_limits)
-        .initial_load()
+        .initial_load(paths)
         .await
+}
+
+/// The plugin files present now, shown as loading in the registry before
+/// anyone can ask: `status` never says "not ready" with nothing loading.
+async fn list_loading(registry: &Registry) -> Vec<PathBuf> {
+    let dir = registry.dir().to_path_buf();
+    let paths = match tokio::task::spawn_blocking(move || loader::plugin_files(&dir)).await {
+        Ok(Ok(paths)) => paths,
+        Ok(Err(e)) => {
+            tracing::error!(dir = %registry.dir().display(), "cannot list the plugin directory: {e}");
+            Vec::new()
+        }
+        Err(e) => {
+            tracing::error!("listing the plugin directory failed: {e}");
+            Vec::new()
+        }
+    };
+    registry.begin_loading(&paths);
+    paths
 }
 
 /// A handle to the running watcher.
@@ -86,9 +106,9 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// Starts watching the registry's directory, then loads the plugins in
-    /// it in the background.
-    pub fn start(
+    /// Starts watching the registry's directory, lists the plugins in it
+    /// (shown as loading from then on), then loads them in the background.
+    pub async fn start(
         registry: Arc<Registry>,
         executor: Arc<Executor>,
         default_limits: Limits,
@@ -114,10 +134,11 @@ impl Reloader {
                 error,
             })?;
         let (requests, request_rx) = mpsc::unbounded_channel();
+        let paths = list_loading(&registry).await;
         let worker = Watch::new(registry, executor, default_limits);
         tokio::spawn(async move {
             let mut worker = worker;
-            worker.initial_load().await;
+            worker.initial_load(paths).await;
             worker.run(events, request_rx).await
         });
         tracing::info!(dir = %dir.display(), "watching the plugin directory for changes");
@@ -198,21 +219,8 @@ impl Watch {
     /// Loads every plugin file present at start, as many at once as there
     /// are cores, each installed as soon as it is ready; then marks the
     /// registry ready.
-    async fn initial_load(&mut self) {
-        let dir = self.registry.dir().to_path_buf();
-        let paths = match tokio::task::spawn_blocking(move || loader::plugin_files(&dir)).await {
-            Ok(Ok(paths)) => paths,
-            Ok(Err(e)) => {
-                tracing::error!(dir = %self.registry.dir().display(), "cannot list the plugin directory: {e}");
-                Vec::new()
-            }
-            Err(e) => {
-                tracing::error!("listing the plugin directory failed: {e}");
-                Vec::new()
-            }
-        };
+    async fn initial_load(&mut self, paths: Vec<PathBuf>) {
         let started = Instant::now();
-        self.registry.begin_loading(&paths);
         let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
         let permits = Arc::new(tokio::sync::Semaphore::new(parallel));
         let mut loads = tokio::task::JoinSet::new();
