@@ -51,12 +51,13 @@ async fn counters_match_a_known_load() -> anyhow::Result<()> {
             Some(&format!("allowed_hosts = [\"{}\"]\n", receiver.authority())),
         )
         .config(&format!(
-            "[metrics]\nlisten = \"127.0.0.1:{port}\"\n[rate_limits]\nwebhook = []\n"
+            "[metrics]\nlisten = \"127.0.0.1:{port}\"\n[rate_limits]\nwebhook = []\n\
+             [destinations.hourly]\nplatform = \"noop\"\ntarget = \"t\"\nrate_limits = [\"1/1h\"]\n"
         ))
         .retry("max_attempts = 2\nbase = \"10ms\"\n")
         .start()
         .await?;
-    // 10 delivered; 3 that fail twice (retried once, then dead); 1 rate
+    // 10 delivered (and an 11th below); 3 that fail twice (retried once, then dead); 1 rate
     // limited twice (two pauses, one retry, then dead).
     for _ in 0..10 {
         daemon
@@ -69,11 +70,32 @@ async fn counters_match_a_known_load() -> anyhow::Result<()> {
             .await?;
         anyhow::ensure!(task["state"] == "dead" && task["attempts"] == 2, "{task}");
     }
-    let text = scrape(port).await?;
+    // Two for a destination allowed one an hour: the second waits its turn.
+    let paced = json!({"target": "hourly", "body": "b"});
+    let response = daemon
+        .request(json!({"op": "submit", "tasks": [paced.clone(), paced]}))
+        .await?;
+    anyhow::ensure!(response["ok"] == true, "{response}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let text = loop {
+        let text = scrape(port).await?;
+        let first_delivered = value(
+            &text,
+            r#"notifyhub_attempts_total{platform="noop",outcome="delivered"}"#,
+        ) == Some(11.0);
+        if first_delivered && value(&text, "notifyhub_paced_tasks") == Some(1.0) {
+            break text;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the paced task never showed:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     let expect = [
         (
             r#"notifyhub_attempts_total{platform="noop",outcome="delivered"}"#,
-            10.0,
+            11.0,
         ),
         (
             r#"notifyhub_attempts_total{platform="webhook",outcome="retryable"}"#,
@@ -89,12 +111,14 @@ async fn counters_match_a_known_load() -> anyhow::Result<()> {
             r#"notifyhub_destination_pauses_total{platform="webhook"}"#,
             2.0,
         ),
-        (r#"notifyhub_attempt_seconds_count{platform="noop"}"#, 10.0),
+        (r#"notifyhub_attempt_seconds_count{platform="noop"}"#, 11.0),
         (
             r#"notifyhub_task_end_to_end_seconds_count{platform="noop"}"#,
-            10.0,
+            11.0,
         ),
         (r#"notifyhub_plugin_loads_total{result="loaded"}"#, 2.0),
+        (r#"notifyhub_pacing_waits_total{platform="noop"}"#, 1.0),
+        (r#"notifyhub_paced_tasks"#, 1.0),
     ];
     for (series, want) in expect {
         let got = value(&text, series);
@@ -105,8 +129,33 @@ async fn counters_match_a_known_load() -> anyhow::Result<()> {
     }
     let warm = value(&text, r#"notifyhub_warm_instances_total{result="hit"}"#).unwrap_or(0.0)
         + value(&text, r#"notifyhub_warm_instances_total{result="miss"}"#).unwrap_or(0.0);
-    anyhow::ensure!(warm == 18.0, "warm hits + misses = {warm}:\n{text}");
+    anyhow::ensure!(warm == 19.0, "warm hits + misses = {warm}:\n{text}");
     anyhow::ensure!(value(&text, "notifyhub_queued_tasks").is_some(), "{text}");
+    // Each of the 14 tasks delivered one after another was acknowledged
+    // only after its own commit, and the pair after them in one more.
+    let commits = value(&text, "notifyhub_store_commit_seconds_count").unwrap_or(0.0);
+    let writes = value(&text, "notifyhub_store_commit_batch_sum").unwrap_or(0.0);
+    anyhow::ensure!(
+        commits >= 15.0 && writes >= commits,
+        "{commits} commits of {writes} writes:\n{text}"
+    );
+    // Both plugins were looked up in the compile cache; the one delivered
+    // plugin instance holds guest memory.
+    let lookups = value(
+        &text,
+        r#"notifyhub_compile_cache_lookups_total{result="hit"}"#,
+    )
+    .unwrap_or(0.0)
+        + value(
+            &text,
+            r#"notifyhub_compile_cache_lookups_total{result="miss"}"#,
+        )
+        .unwrap_or(0.0);
+    anyhow::ensure!(lookups >= 2.0, "{lookups} compile-cache lookups:\n{text}");
+    anyhow::ensure!(
+        value(&text, "notifyhub_guest_memory_bytes").is_some_and(|b| b > 0.0),
+        "{text}"
+    );
     // The shipped dashboard asks only for series the daemon exports.
     let dashboard = std::fs::read_to_string(
         notifyhub_testkit::repo_root().join("examples/grafana/notifyhub.json"),
@@ -124,7 +173,10 @@ async fn counters_match_a_known_load() -> anyhow::Result<()> {
             .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .filter(|w| w.starts_with("notifyhub_"))
         {
-            let family = name.trim_end_matches("_bucket").trim_end_matches("_total");
+            let family = ["_bucket", "_sum", "_count", "_total"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(name);
             anyhow::ensure!(
                 text.contains(&format!("# TYPE {family} ")),
                 "the dashboard queries {name}, which the daemon does not export"

@@ -13,6 +13,8 @@ use std::time::{Instant, SystemTime};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::broker::work::Host;
+use crate::broker::{BrokerError, RetryRefused};
 use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::pool::settings::LiveSettings;
@@ -24,7 +26,7 @@ use crate::redact;
 use crate::registry::Registry;
 use crate::reload::Reloader;
 use crate::store::{Accepted, StoreError, Submission, TaskEvent, TaskRecord, TaskStore};
-use crate::task::{PlatformName, Task, TaskId};
+use crate::task::{PlatformName, Task, TaskId, TaskState};
 
 /// Tasks per `submit`.
 pub const MAX_BATCH: usize = 10_000;
@@ -135,6 +137,8 @@ pub struct Api {
     watch_dropped: Arc<AtomicU64>,
     metrics: Option<Arc<Metrics>>,
     reconfigure: Arc<dyn Reconfigure>,
+    /// With a broker, tasks and their records live there, not in `store`.
+    broker: Option<Host>,
 }
 
 impl Api {
@@ -157,7 +161,15 @@ impl Api {
             watch_dropped: Arc::default(),
             metrics,
             reconfigure,
+            broker: None,
         }
+    }
+
+    /// Takes and answers for tasks through `broker` (several hosts share
+    /// them) instead of this host's store.
+    pub fn sharing(mut self, broker: Option<Host>) -> Self {
+        self.broker = broker;
+        self
     }
 
     /// `reload-config`: see [`Reconfigure`].
@@ -209,6 +221,16 @@ impl Api {
                 limit,
             } => {
                 let limit = limit.unwrap_or(ListLimit::DEFAULT).get();
+                if let Some(host) = &self.broker {
+                    let records = host
+                        .broker
+                        .records()
+                        .list(state, platform.as_deref(), limit)
+                        .await
+                        .map_err(broker_error)?;
+                    let views: Vec<TaskView> = records.into_iter().map(|r| r.view).collect();
+                    return Ok(json!({ "tasks": views }));
+                }
                 let records = self
                     .store
                     .list(state, platform.map(String::from), limit)
@@ -329,6 +351,9 @@ impl Api {
             ));
         }
 
+        if let Some(host) = &self.broker {
+            return self.submit_to_broker(host, submissions, wait).await;
+        }
         let tasks: HashMap<TaskId, (Arc<Task>, Option<SystemTime>)> = submissions
             .iter()
             .map(|s| (s.task.id, (s.task.clone(), s.not_before)))
@@ -358,14 +383,7 @@ impl Api {
         self.pool.enqueue(&ready);
 
         if !wait {
-            let ids: Vec<String> = accepted.iter().map(|a| a.id().to_string()).collect();
-            let duplicates: Vec<usize> = accepted
-                .iter()
-                .enumerate()
-                .filter(|(_, a)| matches!(a, Accepted::Duplicate(_)))
-                .map(|(i, _)| i)
-                .collect();
-            return Ok(json!({ "task_ids": ids, "duplicates": duplicates }));
+            return Ok(accepted_answer(&accepted));
         }
         let mut views = Vec::with_capacity(waiters.len());
         for waiter in waiters {
@@ -378,6 +396,34 @@ impl Api {
             views.push(TaskView::from(record));
         }
         Ok(json!({ "tasks": views }))
+    }
+
+    /// `submit` with a broker: answered after the broker has stored every
+    /// task; with `wait`, once each is finished, whichever host ran it.
+    async fn submit_to_broker(
+        &self,
+        host: &Host,
+        submissions: Vec<Submission>,
+        wait: bool,
+    ) -> Result<Value, ErrorBody> {
+        let accepted = host.broker.submit(submissions).await.map_err(|e| {
+            tracing::error!("submit not accepted: {e}");
+            broker_error(e)
+        })?;
+        if wait {
+            let mut views = Vec::with_capacity(accepted.len());
+            for a in &accepted {
+                let record = host
+                    .broker
+                    .records()
+                    .wait_finished(a.id())
+                    .await
+                    .map_err(broker_error)?;
+                views.push(record.view);
+            }
+            return Ok(json!({ "tasks": views }));
+        }
+        Ok(accepted_answer(&accepted))
     }
 
     /// Where a submitted task goes: `(platform, destination)` per delivery.
@@ -413,6 +459,17 @@ impl Api {
     }
 
     async fn task(&self, id: TaskId) -> Result<Value, ErrorBody> {
+        let not_found = || ErrorBody::new(ErrorCode::NotFound, format!("no task {id}"));
+        if let Some(host) = &self.broker {
+            let record = host
+                .broker
+                .records()
+                .get(id)
+                .await
+                .map_err(broker_error)?
+                .ok_or_else(not_found)?;
+            return Ok(to_value(record.view));
+        }
         let record = self
             .store
             .get(id)
@@ -423,6 +480,9 @@ impl Api {
     }
 
     async fn retry(&self, task_id: Option<TaskId>, dead: bool) -> Result<Value, ErrorBody> {
+        if let Some(host) = &self.broker {
+            return self.retry_through_broker(host, task_id, dead).await;
+        }
         let ids = match (task_id, dead) {
             (Some(id), false) => vec![id],
             (None, true) => self.store.dead().await.map_err(store_error)?,
@@ -452,6 +512,49 @@ impl Api {
         Ok(json!({ "requeued": requeued }))
     }
 
+    /// `retry` with a broker: any host revives a dead task, once.
+    async fn retry_through_broker(
+        &self,
+        host: &Host,
+        task_id: Option<TaskId>,
+        dead: bool,
+    ) -> Result<Value, ErrorBody> {
+        let ids: Vec<TaskId> = match (task_id, dead) {
+            (Some(id), false) => vec![id],
+            (None, true) => host
+                .broker
+                .records()
+                .list(Some(TaskState::Dead), None, crate::protocol::MAX_LIST_LIMIT)
+                .await
+                .map_err(broker_error)?
+                .into_iter()
+                .map(|r| r.task.id)
+                .collect(),
+            _ => {
+                return Err(ErrorBody::new(
+                    ErrorCode::InvalidRequest,
+                    "retry needs `task_id` or `dead: true` (not both)",
+                ));
+            }
+        };
+        let mut requeued = Vec::new();
+        for id in ids {
+            match host.broker.retry(id).await.map_err(broker_error)? {
+                Ok(()) => requeued.push(id.to_string()),
+                Err(RetryRefused::NotFound) => {
+                    return Err(ErrorBody::new(ErrorCode::NotFound, format!("no task {id}")));
+                }
+                Err(RetryRefused::NotDead(state)) => {
+                    return Err(ErrorBody::new(
+                        ErrorCode::InvalidRequest,
+                        format!("task {id} is {}, not dead", state.as_str()),
+                    ));
+                }
+            }
+        }
+        Ok(json!({ "requeued": requeued }))
+    }
+
     async fn status(&self) -> Result<StatusView, ErrorBody> {
         let pool = self.pool.stats().await.ok_or_else(|| {
             ErrorBody::new(ErrorCode::ShuttingDown, "the worker pool has stopped")
@@ -476,6 +579,10 @@ impl Api {
                 .map(|p| p.display().to_string())
                 .collect(),
             pool,
+            broker: match &self.broker {
+                Some(host) => Some(host.broker.view(&host.stats).await),
+                None => None,
+            },
         })
     }
 
@@ -517,6 +624,23 @@ fn store_error(e: StoreError) -> ErrorBody {
         _ => ErrorCode::Internal,
     };
     ErrorBody::new(code, format!("the task store: {e}"))
+}
+
+/// A broker failure as clients see it: `unavailable`, try again later.
+fn broker_error(e: BrokerError) -> ErrorBody {
+    ErrorBody::new(ErrorCode::Unavailable, format!("the broker: {e}"))
+}
+
+/// What `submit` answers without `wait`.
+fn accepted_answer(accepted: &[Accepted]) -> Value {
+    let ids: Vec<String> = accepted.iter().map(|a| a.id().to_string()).collect();
+    let duplicates: Vec<usize> = accepted
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| matches!(a, Accepted::Duplicate(_)))
+        .map(|(i, _)| i)
+        .collect();
+    json!({ "task_ids": ids, "duplicates": duplicates })
 }
 
 fn to_value(value: impl Serialize) -> Value {

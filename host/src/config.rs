@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::broker::BrokerConfig;
 use crate::destination::{DestinationSpec, RateRule};
 use crate::metrics::MetricsConfig;
 use crate::pool::PoolConfig;
@@ -33,6 +34,7 @@ use crate::pool::retry::RetryConfig;
 use crate::sandbox::Limits;
 use crate::server::ServerConfig;
 use crate::store::StoreConfig;
+use crate::telemetry::TracesConfig;
 
 /// The config file as written.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -55,6 +57,10 @@ pub struct FileConfig {
     pub sandbox: SandboxConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub traces: TracesConfig,
+    #[serde(default)]
+    pub broker: BrokerConfig,
     /// `[destinations.NAME]`: named places to deliver to (see `destination`).
     #[serde(default)]
     pub destinations: BTreeMap<String, DestinationSpec>,
@@ -106,6 +112,8 @@ pub struct Config {
     pub retry: RetryConfig,
     pub sandbox: SandboxConfig,
     pub metrics: MetricsConfig,
+    pub traces: TracesConfig,
+    pub broker: BrokerConfig,
     pub destinations: BTreeMap<String, DestinationSpec>,
     pub rate_limits: BTreeMap<String, Vec<RateRule>>,
 }
@@ -186,6 +194,8 @@ impl Config {
             retry: file.retry,
             sandbox: file.sandbox,
             metrics: file.metrics,
+            traces: file.traces,
+            broker: file.broker,
             destinations: file.destinations,
             rate_limits,
         })

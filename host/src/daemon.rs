@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::Api;
+use crate::broker::Broker;
 use crate::config::Config;
 use crate::destination::{DestinationError, Destinations};
 use crate::executor::Executor;
@@ -46,6 +47,8 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Destination(#[from] DestinationError),
+    #[error(transparent)]
+    Broker(#[from] crate::broker::BrokerError),
 }
 
 /// A started daemon, listening but not yet serving.
@@ -57,6 +60,8 @@ pub struct Daemon {
     registry: Arc<Registry>,
     /// Where to serve `/metrics`, when they are on.
     metrics: Option<(std::net::SocketAddr, Arc<Metrics>)>,
+    /// Where tasks come from when several hosts share them.
+    broker: Option<crate::broker::work::Host>,
 }
 
 /// How often finished tasks past their retention are pruned.
@@ -92,17 +97,35 @@ impl Daemon {
         };
         let sandbox = Arc::new(Sandbox::new(&settings)?);
         let executor = Arc::new(Executor::new(sandbox));
-        let metrics = config.metrics.listen.map(|_| Arc::new(Metrics::new()));
+        let metrics = config.metrics.listen.map(|_| {
+            let mut metrics = Metrics::new();
+            metrics.observe(executor.sandbox().clone());
+            Arc::new(metrics)
+        });
         let registry = Arc::new(Registry::new(&config.plugins, metrics.clone()));
 
-        let (path, store_config) = (config.store_path(), config.store.clone());
-        let store = tokio::task::spawn_blocking(move || TaskStore::open(&path, store_config))
-            .await
-            .map_err(|e| {
-                StoreError::Journal(crate::store::JournalError::Write(format!(
-                    "opening the store failed: {e}"
-                )))
-            })??;
+        // With a broker, tasks live in JetStream; this host's store holds
+        // only the ones it is running.
+        let broker = match config.broker.url {
+            Some(_) => Some(Arc::new(Broker::connect(&config.broker).await?)),
+            None => None,
+        };
+        let mut store_config = config.store.clone();
+        if broker.is_some() {
+            store_config.mode = crate::store::StoreMode::Memory;
+        }
+        let path = config.store_path();
+        let observer = metrics.clone().map(|m| {
+            Arc::new(move |took, writes| m.commit(took, writes)) as crate::store::CommitObserver
+        });
+        let store =
+            tokio::task::spawn_blocking(move || TaskStore::open(&path, store_config, observer))
+                .await
+                .map_err(|e| {
+                    StoreError::Journal(crate::store::JournalError::Write(format!(
+                        "opening the store failed: {e}"
+                    )))
+                })??;
         let store = Arc::new(store);
         let settings = Arc::new(LiveSettings::new(Settings {
             destinations: Destinations::resolve(&config.destinations)?,
@@ -128,7 +151,12 @@ impl Daemon {
         for (task, not_before) in recovered {
             pool.schedule(task.id, not_before.unwrap_or(now));
         }
-        if store.is_durable() {
+        if let Some(broker) = &broker {
+            tracing::info!(
+                stream = %broker.config().stream,
+                "tasks are shared through the broker; the local store holds only running tasks"
+            );
+        } else if store.is_durable() {
             tracing::info!(path = %config.store_path().display(), "task store open (durable)");
         } else {
             tracing::warn!("task store in memory: tasks do not survive a restart");
@@ -148,20 +176,29 @@ impl Daemon {
         // The watcher starts before the plugins are listed, so no change made
         // during start-up is missed; it then loads them in the background.
         let reloader = Reloader::start(registry.clone(), executor.clone(), config.limits).await?;
-        let api = Arc::new(Api::new(
-            registry.clone(),
-            store.clone(),
-            pool.clone(),
-            reloader,
-            settings.clone(),
-            metrics.clone(),
-            Arc::new(ConfigReloader::new(
-                source,
-                config.clone(),
-                settings,
+        let broker = broker.map(|broker| crate::broker::work::Host {
+            broker,
+            store: store.clone(),
+            pool: pool.clone(),
+            stats: Arc::default(),
+        });
+        let api = Arc::new(
+            Api::new(
+                registry.clone(),
+                store.clone(),
                 pool.clone(),
-            )),
-        ));
+                reloader,
+                settings.clone(),
+                metrics.clone(),
+                Arc::new(ConfigReloader::new(
+                    source,
+                    config.clone(),
+                    settings,
+                    pool.clone(),
+                )),
+            )
+            .sharing(broker.clone()),
+        );
         let metrics_listener = match (config.metrics.listen, metrics) {
             (Some(addr), Some(metrics)) => Some((addr, metrics)),
             _ => None,
@@ -173,6 +210,7 @@ impl Daemon {
             store,
             registry,
             metrics: metrics_listener,
+            broker,
         })
     }
 
@@ -189,6 +227,10 @@ impl Daemon {
                     tracing::error!(%addr, "cannot serve metrics: {e}");
                 }
             });
+        }
+        if let Some(host) = self.broker.clone() {
+            let (registry, shutdown) = (self.registry.clone(), shutdown.clone());
+            tokio::spawn(crate::broker::work::run(host, registry, shutdown));
         }
         let watchdog = sd_notify::watchdog_enabled().map(|every| {
             let pool = self.pool.clone();

@@ -9,6 +9,7 @@
 //! | [`protocol`] | request/response lines ⇄ typed [`protocol::Request`]s; bounded values; answer views |
 //! | [`api`] | what each operation does |
 //! | [`store`] | accepted tasks, attempts and outcomes; durable in SQLite |
+//! | [`broker`] | several hosts sharing tasks through NATS JetStream (instead of the embedded store) |
 //! | [`pool`] | workers, routing, scaling, pacing; [`pool::scheduler`] (when a task may run), [`pool::retry`] (the policy), [`pool::lifecycle`] (what happens after an attempt) |
 //! | [`plugin`] | a loaded plugin's identity and its checked `describe()` |
 //! | [`registry`] | which plugin serves which platform, right now |
@@ -20,6 +21,7 @@
 //! | [`destination`] | named destinations and their secrets |
 //! | [`task`] | the vocabulary: tasks, states, outcomes, platform names |
 //! | [`metrics`] | Prometheus metrics on a loopback listener |
+//! | [`telemetry`] | the log subscriber; attempt spans exported over OTLP |
 //! | [`daemon`] | wiring, start-up and shutdown; [`activation`]: a socket systemd passes |
 //! | [`config`], [`cli`], [`client`] | the operator's side |
 //! | [`check`], [`scaffold`], [`trial`] | `notifyhub check`, `notifyhub new` and `notifyhub try`, for plugin authors |
@@ -30,6 +32,7 @@
 pub mod activation;
 pub mod api;
 pub mod bindings;
+pub mod broker;
 pub mod check;
 pub mod cli;
 pub mod client;
@@ -52,4 +55,5 @@ pub mod scaffold;
 pub mod server;
 pub mod store;
 pub mod task;
+pub mod telemetry;
 pub mod trial;

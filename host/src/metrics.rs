@@ -15,15 +15,17 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::sandbox::Sandbox;
 use crate::task::Outcome;
 
 /// Distinct platform label values; later platforms count as `other`.
@@ -91,6 +93,10 @@ pub struct Metrics {
     scale_events: Counter,
     plugin_loads: Family<ResultLabel, Counter>,
     connections: Gauge,
+    pacing_waits: Family<PlatformLabel, Counter>,
+    paced: Gauge,
+    commit_seconds: Histogram,
+    commit_batch: Histogram,
 }
 
 impl Default for Metrics {
@@ -117,6 +123,11 @@ impl Metrics {
             scale_events: Counter::default(),
             plugin_loads: Family::default(),
             connections: Gauge::default(),
+            pacing_waits: Family::default(),
+            paced: Gauge::default(),
+            commit_seconds: seconds_histogram(),
+            // One write to the journal's largest group (512).
+            commit_batch: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             registry: Registry::default(),
         };
         registry.register(
@@ -172,7 +183,34 @@ impl Metrics {
             "Open socket connections",
             m.connections.clone(),
         );
+        registry.register(
+            "pacing_waits",
+            "Tasks held back by a rate limit until their turn",
+            m.pacing_waits.clone(),
+        );
+        registry.register(
+            "paced_tasks",
+            "Tasks waiting for their turn under a rate limit",
+            m.paced.clone(),
+        );
+        registry.register(
+            "store_commit_seconds",
+            "Time to commit one transaction of the task store",
+            m.commit_seconds.clone(),
+        );
+        registry.register(
+            "store_commit_batch",
+            "Writes committed in one transaction of the task store",
+            m.commit_batch.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Also exports what `sandbox` counts: compile-cache lookups and the
+    /// guest memory in use, read at each scrape.
+    pub fn observe(&mut self, sandbox: Arc<Sandbox>) {
+        self.registry
+            .register_collector(Box::new(SandboxCollector(sandbox)));
     }
 
     /// A bounded label for `platform`.
@@ -251,6 +289,25 @@ impl Metrics {
         self.concurrency_limit.set(limit as i64);
     }
 
+    /// A task of `platform` must wait for its turn under a rate limit.
+    pub fn paced(&self, platform: &str) {
+        let platform = self.platform(platform);
+        self.pacing_waits
+            .get_or_create(&PlatformLabel { platform })
+            .inc();
+    }
+
+    /// How many tasks wait under rate limits now.
+    pub fn paced_backlog(&self, tasks: usize) {
+        self.paced.set(tasks as i64);
+    }
+
+    /// The task store committed `writes` in one transaction that took `took`.
+    pub fn commit(&self, took: Duration, writes: usize) {
+        self.commit_seconds.observe(took.as_secs_f64());
+        self.commit_batch.observe(writes as f64);
+    }
+
     pub fn scaled(&self) {
         self.scale_events.inc();
     }
@@ -276,6 +333,40 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// Reads the sandbox's own counters at scrape time.
+struct SandboxCollector(Arc<Sandbox>);
+
+impl std::fmt::Debug for SandboxCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SandboxCollector")
+    }
+}
+
+impl Collector for SandboxCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if let Some((hits, misses)) = self.0.compile_cache() {
+            let mut lookups = encoder.encode_descriptor(
+                "compile_cache_lookups",
+                "Compiled-code cache lookups by result",
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for (result, n) in [("hit", hits), ("miss", misses)] {
+                let labels = ResultLabel { result };
+                ConstCounter::new(n as u64).encode(lookups.encode_family(&labels)?)?;
+            }
+        }
+        let memory = ConstGauge::new(self.0.memory().used() as i64);
+        memory.encode(encoder.encode_descriptor(
+            "guest_memory_bytes",
+            "Linear memory held by plugin instances, all workers together",
+            None,
+            memory.metric_type(),
+        )?)?;
+        Ok(())
     }
 }
 

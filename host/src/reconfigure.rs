@@ -61,6 +61,8 @@ impl Reloader {
             ("[limits]", new.limits != old.limits),
             ("[sandbox]", new.sandbox != old.sandbox),
             ("[metrics]", new.metrics != old.metrics),
+            ("[traces]", new.traces != old.traces),
+            ("[broker]", new.broker != old.broker),
         ]
         .into_iter()
         .filter_map(|(name, changed)| changed.then_some(name))

@@ -8,6 +8,9 @@
 //!   on first use;
 //! - [`receiver`]: an HTTP server on 127.0.0.1 that records what plugins send
 //!   and answers like the platform would;
+//! - [`nats`]: a real nats-server with JetStream on a free loopback port;
+//! - [`otlp`]: an OpenTelemetry collector on 127.0.0.1 that decodes the
+//!   trace exports it receives;
 //! - [`verify`]: signature checks a platform performs, recomputed from the raw
 //!   request.
 //!
@@ -15,6 +18,8 @@
 //! its public interfaces, the socket and the command line.
 
 pub mod daemon;
+pub mod nats;
+pub mod otlp;
 pub mod plugins;
 pub mod receiver;
 pub mod toolchains;

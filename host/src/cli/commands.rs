@@ -43,6 +43,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         _ => {}
     }
     let config = Config::resolve(&cli.common.overrides())?;
+    // The daemon logs at info by default and may export its spans; client
+    // commands only report problems.
+    let serving = matches!(cli.command, Command::Serve(_));
+    let level = if serving { "info" } else { "warn" };
+    let _telemetry = crate::telemetry::init(
+        cli.common.log_format,
+        level,
+        serving.then_some(&config.traces),
+    )?;
     match cli.command {
         Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
         Command::Serve(args) => serve(config, args, cli.common.overrides()).await,
@@ -205,6 +214,9 @@ fn with_serve_flags(mut config: Config, args: &ServeArgs) -> Config {
     if let Some(strategy) = args.strategy {
         config.pool.strategy = strategy;
     }
+    if let Some(url) = &args.broker {
+        config.broker.url = Some(url.clone());
+    }
     config
 }
 
@@ -215,6 +227,7 @@ async fn serve(config: Config, args: ServeArgs, overrides: Overrides) -> anyhow:
         .validate()
         .map_err(|e| anyhow::anyhow!("invalid [pool] settings: {e}"))?;
     config.metrics.validate().map_err(anyhow::Error::msg)?;
+    config.broker.validate().map_err(anyhow::Error::msg)?;
     let shutdown = CancellationToken::new();
     stop_on_signal(shutdown.clone())?;
     // `reload-config` and SIGHUP read the file again, with the same flags.

@@ -13,6 +13,7 @@ pub use commands::run;
 use crate::config::Overrides;
 use crate::pool::Strategy;
 use crate::task::{Format, Priority};
+pub use crate::telemetry::LogFormat;
 
 /// Deliver notifications through sandboxed WebAssembly plugins.
 ///
@@ -57,12 +58,6 @@ pub struct CommonArgs {
         default_value = "text"
     )]
     pub log_format: LogFormat,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 impl CommonArgs {
@@ -204,6 +199,10 @@ pub struct ServeArgs {
     /// How tasks are routed to workers: affinity (default), round-robin, least-loaded, weighted.
     #[arg(long, value_name = "STRATEGY")]
     pub strategy: Option<Strategy>,
+    /// Share tasks with other hosts through NATS JetStream at this URL
+    /// (e.g. nats://127.0.0.1:4222) instead of the embedded store. Overrides [broker] url.
+    #[arg(long, value_name = "URL")]
+    pub broker: Option<String>,
 }
 
 #[derive(Debug, Args)]

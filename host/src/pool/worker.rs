@@ -76,6 +76,8 @@ pub(super) async fn run(
                 worker = id,
                 attempt = tracing::field::Empty,
                 outcome = tracing::field::Empty,
+                // Read by the OTLP export: a failed attempt is an error span.
+                otel.status_code = tracing::field::Empty,
             );
             deliver(
                 &assignment.plugin,
@@ -164,13 +166,17 @@ async fn deliver(
         (Err(failure), _) => Outcome::failed(failure.class, failure.message),
     };
 
-    tracing::Span::current().record(
+    let span = tracing::Span::current();
+    span.record(
         "outcome",
         match &outcome {
             Outcome::Delivered { .. } => "delivered",
             Outcome::Failed { class, .. } => class.as_str(),
         },
     );
+    if !outcome.is_success() {
+        span.record("otel.status_code", "error");
+    }
     match &outcome {
         Outcome::Delivered { status, .. } => {
             tracing::info!(plugin = %plugin.name, status = %status, "delivered")

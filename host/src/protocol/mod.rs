@@ -30,8 +30,8 @@ pub use self::values::{
     WorkerCount, clamp_retry_after, format_time,
 };
 pub use self::views::{
-    AttemptView, Change, EventView, LoadErrorView, PluginView, PluginsView, ReloadResult,
-    StatusView, TaskView, WatchLine,
+    AttemptView, BrokerView, Change, ConsumerView, EventView, LoadErrorView, PluginView,
+    PluginsView, ReloadResult, StatusView, TaskView, WatchLine,
 };
 use crate::plugin::PluginName;
 use crate::task::{Format, PlatformName, Priority, TaskId, TaskState};

@@ -102,6 +102,37 @@ pub struct StatusView {
     #[serde(default)]
     pub watch_dropped: u64,
     pub pool: PoolStats,
+    /// With a broker: the broker, its consumers and this host's share.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker: Option<BrokerView>,
+}
+
+/// The broker as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BrokerView {
+    pub url: String,
+    pub server_version: String,
+    pub stream: String,
+    /// Tasks in the work stream (waiting or held by a host).
+    pub messages: Option<u64>,
+    pub consumers: Vec<ConsumerView>,
+    /// Tasks this host took from the broker since it started, how many of
+    /// them another host had held before, and how many it finished.
+    pub taken_here: u64,
+    pub redelivered_here: u64,
+    pub finished_here: u64,
+}
+
+/// One platform's consumer, shared by every host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConsumerView {
+    pub name: String,
+    /// Not yet handed to any host.
+    pub pending: u64,
+    /// Held by a host, not yet acknowledged.
+    pub in_flight: u64,
+    /// Handed out again after a host went quiet.
+    pub redelivered: u64,
 }
 
 fn yes() -> bool {

@@ -103,6 +103,7 @@ pub struct Sandbox {
     linker: Linker<HostState>,
     http: Transport,
     memory: Arc<MemoryBudget>,
+    cache: Option<wasmtime::Cache>,
     /// Held for its `Drop`, which stops the epoch thread.
     _ticker: EpochTicker,
 }
@@ -123,6 +124,7 @@ impl Sandbox {
             .max_memory_size((settings.max_memory_mib as usize).saturating_mul(1 << 20));
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
 
+        let mut cache = None;
         if let Some(dir) = &settings.cache_dir {
             let cache_err = |error| SandboxError::Cache {
                 dir: dir.clone(),
@@ -130,8 +132,9 @@ impl Sandbox {
             };
             let mut cache_config = wasmtime::CacheConfig::new();
             cache_config.with_directory(dir);
-            let cache = wasmtime::Cache::new(cache_config).map_err(cache_err)?;
-            config.cache(Some(cache));
+            let opened = wasmtime::Cache::new(cache_config).map_err(cache_err)?;
+            config.cache(Some(opened.clone()));
+            cache = Some(opened);
         }
 
         let engine = Engine::new(&config).map_err(SandboxError::Engine)?;
@@ -155,8 +158,16 @@ impl Sandbox {
             memory: Arc::new(MemoryBudget::new(
                 (settings.max_total_memory_mib as usize).saturating_mul(1 << 20),
             )),
+            cache,
             _ticker: ticker,
         })
+    }
+
+    /// Compile-cache hits and misses so far; `None` without a cache.
+    pub fn compile_cache(&self) -> Option<(usize, usize)> {
+        self.cache
+            .as_ref()
+            .map(|c| (c.cache_hits(), c.cache_misses()))
     }
 
     /// The host-wide guest memory budget.

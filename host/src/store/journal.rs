@@ -125,6 +125,9 @@ impl Health {
     }
 }
 
+/// Told the duration and size (writes) of every commit, for metrics.
+pub type CommitObserver = Arc<dyn Fn(Duration, usize) + Send + Sync>;
+
 /// The journal: a writer thread and a reading connection.
 pub struct Journal {
     writes: mpsc::Sender<Op>,
@@ -200,7 +203,7 @@ fn json<T: serde::Serialize>(value: &T) -> String {
 
 impl Journal {
     /// Opens (or creates) the store at `path` and starts its writer.
-    pub fn open(path: &Path) -> Result<Journal, JournalError> {
+    pub fn open(path: &Path, observer: Option<CommitObserver>) -> Result<Journal, JournalError> {
         let writer = open(path)?;
         let reader = open(path)?;
         let (tx, rx) = mpsc::channel();
@@ -208,7 +211,7 @@ impl Journal {
         let writer_health = health.clone();
         std::thread::Builder::new()
             .name("notifyhub-store".into())
-            .spawn(move || write_loop(writer, rx, &writer_health))
+            .spawn(move || write_loop(writer, rx, &writer_health, observer))
             .map_err(|e| JournalError::Write(e.to_string()))?;
         Ok(Journal {
             writes: tx,
@@ -406,7 +409,12 @@ fn record_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Option<TaskRecor
     Ok(Some(record))
 }
 
-fn write_loop(mut conn: Connection, ops: mpsc::Receiver<Op>, health: &Health) {
+fn write_loop(
+    mut conn: Connection,
+    ops: mpsc::Receiver<Op>,
+    health: &Health,
+    observer: Option<CommitObserver>,
+) {
     loop {
         let unavailable = health.failure.lock().expect("never poisoned").is_some();
         let first = if unavailable {
@@ -431,7 +439,11 @@ fn write_loop(mut conn: Connection, ops: mpsc::Receiver<Op>, health: &Health) {
                 Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
         let result = commit(&mut conn, &batch).map_err(|e| e.to_string());
+        if let Some(observe) = &observer {
+            observe(started.elapsed(), batch.len());
+        }
         if let Err(e) = &result {
             let submits = batch
                 .iter()

@@ -30,7 +30,7 @@ use tokio::sync::oneshot;
 
 use self::events::Events;
 pub use self::events::TaskEvent;
-pub use self::journal::JournalError;
+pub use self::journal::{CommitObserver, JournalError};
 use self::journal::{Insert, Journal, Write};
 use crate::plugin::PluginRef;
 use crate::task::{Outcome, Task, TaskId, TaskState, Verdict};
@@ -253,12 +253,17 @@ impl TaskStore {
         }
     }
 
-    /// Opens the store `config` asks for; a durable one lives at `path`.
-    pub fn open(path: &Path, config: StoreConfig) -> Result<Self, StoreError> {
+    /// Opens the store `config` asks for; a durable one lives at `path`
+    /// and tells `observer` about each commit.
+    pub fn open(
+        path: &Path,
+        config: StoreConfig,
+        observer: Option<CommitObserver>,
+    ) -> Result<Self, StoreError> {
         match config.mode {
             StoreMode::Memory => Ok(Self::in_memory(config)),
             StoreMode::Durable => {
-                let journal = Journal::open(path)?;
+                let journal = Journal::open(path, observer)?;
                 let store = TaskStore {
                     inner: Mutex::default(),
                     journal: Some(Arc::new(journal)),

@@ -47,6 +47,10 @@ impl Plugin for Hostile {
                 }
             }
             "recurse" => Ok(Receipt::status(format!("{}", recurse(1)))),
+            "log-once" => {
+                log::info("a line from inside the plugin");
+                Ok(Receipt::status("logged"))
+            }
             "log-flood" => loop {
                 log::info(&"x".repeat(1024));
             },

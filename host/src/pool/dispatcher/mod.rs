@@ -217,6 +217,9 @@ impl Dispatcher {
             return true;
         }
         self.pacer.hold(key, task.clone(), now);
+        if let Some(m) = self.lifecycle.metrics() {
+            m.paced(&task.platform);
+        }
         false
     }
 

@@ -70,6 +70,7 @@ impl Dispatcher {
                 .adaptive_limit()
                 .unwrap_or(self.scaler.config().max_workers);
             m.pool(&by_state, sample.queued, limit);
+            m.paced_backlog(self.pacer.backlog_len());
         }
         match self.scaler.decide(&sample) {
             Decision::Hold => {}

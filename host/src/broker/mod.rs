@@ -1,0 +1,430 @@
+//! Several hosts sharing the work through NATS JetStream.
+//!
+//! With `[broker] url` set (or `serve --broker URL`), tasks no longer live in
+//! this host's embedded store but in JetStream, where every host sees them:
+//!
+//! - **Submit** ([`Broker::submit`]): the task's record goes into the
+//!   records bucket, then the task is published to the work-queue stream on
+//!   `notifyhub.tasks.<platform>` with `Nats-Msg-Id` = the task id, so a
+//!   repeated publish is de-duplicated by the server. The client is answered
+//!   only after the stream's publish acknowledgement. An idempotency key is
+//!   claimed with a create-if-absent in the keys bucket (24 h, the bucket's
+//!   age limit), so a resubmission on any host returns the first task.
+//! - **Work** ([`work`]): each host pulls, through one durable pull consumer
+//!   per platform shared by every host, only the platforms it has loaded.
+//!   A pulled task runs in this host's pool exactly as a local one would
+//!   (warm instances, pacing, the retry policy); while it runs the host
+//!   sends in-progress acks so the broker does not hand it to another host.
+//!   Its final record is written to the records bucket, a dead task is also
+//!   published to the dead-letter stream, and only then is the message
+//!   acknowledged. A host that dies holding tasks stops sending progress;
+//!   after `ack_wait` the broker redelivers them to another host.
+//! - **Scheduling**: a task not due yet is NAKed with the time left as the
+//!   delay; the broker holds it and redelivers it to whichever host is
+//!   pulling when it is due. No host is special.
+//! - **State** ([`records`]): `task`, `tasks` and `retry` read and write the
+//!   records bucket, so they answer the same on every host.
+//!
+//! The server must be 2.9.0 or newer (Debian 12 ships 2.9.10): notifyhub uses
+//! work-queue streams, `Nats-Msg-Id` de-duplication, NAK with a delay and
+//! in-progress acks, all present in 2.9, and creates its key-value buckets'
+//! streams itself because the client's `create_key_value` needs a 2.10
+//! reply. It uses nothing that 2.9 would silently ignore (multi-filter
+//! consumers, per-message TTLs). The version is checked at connect time.
+
+pub mod records;
+pub mod work;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+use serde::{Deserialize, Serialize};
+
+pub use self::records::Records;
+use self::records::Shared;
+use crate::protocol::{BrokerView, ConsumerView};
+use crate::store::{Accepted, Submission};
+use crate::task::{TaskId, TaskState};
+
+/// The oldest server notifyhub works with, and why: see the module docs.
+pub const MIN_SERVER: (u64, u64) = (2, 9);
+
+/// `[broker]` in the config file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// `nats://HOST:PORT`; the embedded store is used when unset.
+    pub url: Option<String>,
+    /// A NATS credentials file (`.creds`), when the server wants one.
+    pub credentials: Option<PathBuf>,
+    /// The work-queue stream; the dead-letter stream and the buckets are
+    /// named after it.
+    pub stream: String,
+    /// Copies of each stream kept by a NATS cluster (1 for a single server).
+    pub replicas: usize,
+    /// How long a host may hold a task without a sign of life before the
+    /// broker gives it to another host.
+    #[serde(with = "humantime_serde")]
+    pub ack_wait: Duration,
+    /// Tasks this host holds at once (pulled and not yet acknowledged).
+    pub max_in_flight: usize,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            url: None,
+            credentials: None,
+            stream: "NOTIFYHUB".into(),
+            replicas: 1,
+            ack_wait: Duration::from_secs(30),
+            max_in_flight: 256,
+        }
+    }
+}
+
+impl BrokerConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(url) = &self.url
+            && !(url.starts_with("nats://") || url.starts_with("tls://"))
+        {
+            return Err(format!("[broker] url = {url:?}: expected nats://HOST:PORT"));
+        }
+        let name_ok = !self.stream.is_empty()
+            && self.stream.len() <= 32
+            && self
+                .stream
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if !name_ok {
+            return Err(format!(
+                "[broker] stream = {:?}: 1 to 32 letters, digits, `_` or `-`",
+                self.stream
+            ));
+        }
+        if !(1..=5).contains(&self.replicas) {
+            return Err("[broker] replicas: 1 to 5".into());
+        }
+        if self.ack_wait < Duration::from_secs(1) || self.ack_wait > Duration::from_secs(3600) {
+            return Err("[broker] ack_wait: 1s to 1h".into());
+        }
+        if !(1..=10_000).contains(&self.max_in_flight) {
+            return Err("[broker] max_in_flight: 1 to 10000".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot reach the broker at {url}: {error}")]
+    Connect { url: String, error: String },
+    #[error(
+        "the broker at {url} runs nats-server {version}; notifyhub needs {}.{} or newer",
+        MIN_SERVER.0, MIN_SERVER.1
+    )]
+    TooOld { url: String, version: String },
+    #[error("the broker at {url} does not have JetStream enabled (start nats-server with -js)")]
+    NoJetStream { url: String },
+    #[error("setting up {what} on the broker: {error}")]
+    Setup { what: String, error: String },
+    #[error("the broker did not take the task: {0}")]
+    Publish(String),
+    #[error("the broker's records: {0}")]
+    Records(String),
+}
+
+/// A connection to the broker and the streams and buckets notifyhub uses.
+pub struct Broker {
+    config: BrokerConfig,
+    url: String,
+    version: String,
+    js: jetstream::Context,
+    records: Records,
+}
+
+fn setup(what: &str) -> impl Fn(String) -> BrokerError + '_ {
+    move |error| BrokerError::Setup {
+        what: what.into(),
+        error,
+    }
+}
+
+/// `2.9.10` → `(2, 9)`.
+fn major_minor(version: &str) -> Option<(u64, u64)> {
+    let mut parts = version.trim_start_matches('v').split('.');
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+impl Broker {
+    /// Connects, checks the server and creates what is missing.
+    pub async fn connect(config: &BrokerConfig) -> Result<Broker, BrokerError> {
+        let url = config.url.clone().unwrap_or_default();
+        let failed = |error: String| BrokerError::Connect {
+            url: url.clone(),
+            error,
+        };
+        let mut options = async_nats::ConnectOptions::new()
+            .name("notifyhub")
+            .connection_timeout(Duration::from_secs(5))
+            .retry_on_initial_connect();
+        if let Some(path) = &config.credentials {
+            options = options
+                .credentials_file(path)
+                .await
+                .map_err(|e| failed(format!("credentials {}: {e}", path.display())))?;
+        }
+        let client = tokio::time::timeout(Duration::from_secs(10), options.connect(url.as_str()))
+            .await
+            .map_err(|_| failed("no answer within 10 s".into()))?
+            .map_err(|e| failed(e.to_string()))?;
+        // The first INFO arrives with the connection; wait for it briefly.
+        let mut info = client.server_info();
+        for _ in 0..50 {
+            if !info.version.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            info = client.server_info();
+        }
+        match major_minor(&info.version) {
+            Some(v) if v >= MIN_SERVER => {}
+            _ => {
+                return Err(BrokerError::TooOld {
+                    url,
+                    version: info.version,
+                });
+            }
+        }
+        let js = jetstream::new(client);
+        js.query_account()
+            .await
+            .map(|_| ())
+            .or_else(|e| {
+                // 2.9's account reply lacks fields this client expects; a
+                // reply at all means JetStream is on.
+                if e.to_string().contains("did not match") {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(|_| BrokerError::NoJetStream { url: url.clone() })?;
+        let broker = Broker {
+            records: Records::open(&js, config).await?,
+            config: config.clone(),
+            url,
+            version: info.version,
+            js,
+        };
+        broker.work_stream().await?;
+        broker
+            .js
+            .get_or_create_stream(stream::Config {
+                name: broker.dead_stream_name(),
+                subjects: vec!["notifyhub.dead.>".into()],
+                storage: stream::StorageType::File,
+                num_replicas: config.replicas,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| setup("the dead-letter stream")(e.to_string()))?;
+        Ok(broker)
+    }
+
+    async fn work_stream(&self) -> Result<stream::Stream, BrokerError> {
+        self.js
+            .get_or_create_stream(stream::Config {
+                name: self.config.stream.clone(),
+                subjects: vec!["notifyhub.tasks.>".into()],
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::File,
+                num_replicas: self.config.replicas,
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| setup("the work stream")(e.to_string()))
+    }
+
+    fn dead_stream_name(&self) -> String {
+        format!("{}_DEAD", self.config.stream)
+    }
+
+    pub fn records(&self) -> &Records {
+        &self.records
+    }
+
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    /// Publishes `payload` on `subject` and waits for the stream to store it.
+    async fn publish(
+        &self,
+        subject: String,
+        msg_id: &str,
+        payload: Vec<u8>,
+    ) -> Result<(), BrokerError> {
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(payload.into())
+            .message_id(msg_id);
+        self.js
+            .send_publish(subject, publish)
+            .await
+            .map_err(|e| BrokerError::Publish(e.to_string()))?
+            .await
+            .map_err(|e| BrokerError::Publish(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Accepts `submissions`: each is recorded and published, and the
+    /// answer comes after every publish acknowledgement. A task whose
+    /// idempotency key another task holds is answered with that task.
+    pub async fn submit(&self, submissions: Vec<Submission>) -> Result<Vec<Accepted>, BrokerError> {
+        let claimed = futures_util::future::join_all(submissions.into_iter().map(|s| async move {
+            if let Some(key) = &s.idempotency_key
+                && let Some(holder) = self.records.claim(key, s.task.id).await?
+            {
+                return Ok((Accepted::Duplicate(holder), None));
+            }
+            let record = Shared::new(s.task.clone(), s.not_before);
+            self.records.put(&record).await?;
+            Ok::<_, BrokerError>((Accepted::New(s.task.id), Some(record)))
+        }))
+        .await;
+        let mut accepted = Vec::with_capacity(claimed.len());
+        let mut new = Vec::new();
+        for result in claimed {
+            let (a, record) = result?;
+            accepted.push(a);
+            new.extend(record);
+        }
+        let published = futures_util::future::join_all(new.iter().map(|r| self.send(r))).await;
+        published.into_iter().collect::<Result<Vec<()>, _>>()?;
+        Ok(accepted)
+    }
+
+    /// Publishes `record`'s task to the work stream.
+    async fn send(&self, record: &Shared) -> Result<(), BrokerError> {
+        let payload =
+            serde_json::to_vec(&record.work()).map_err(|e| BrokerError::Publish(e.to_string()))?;
+        let subject = format!("notifyhub.tasks.{}", record.task.platform);
+        self.publish(subject, &record.msg_id(), payload).await
+    }
+
+    /// Brings a dead task back: queued again on every host, published once.
+    pub async fn retry(&self, id: TaskId) -> Result<Result<(), RetryRefused>, BrokerError> {
+        match self.records.revive(id).await? {
+            None => Ok(Err(RetryRefused::NotFound)),
+            Some(Err(state)) => Ok(Err(RetryRefused::NotDead(state))),
+            Some(Ok(record)) => self.send(&record).await.map(Ok),
+        }
+    }
+
+    /// What `status` shows about the broker and this host's share.
+    pub async fn view(&self, here: &work::WorkStats) -> BrokerView {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut view = BrokerView {
+            url: crate::redact::target(&self.url),
+            server_version: self.version.clone(),
+            stream: self.config.stream.clone(),
+            messages: None,
+            consumers: Vec::new(),
+            taken_here: here.taken.load(Relaxed),
+            redelivered_here: here.redelivered.load(Relaxed),
+            finished_here: here.finished.load(Relaxed),
+        };
+        if let Ok(mut stream) = self.work_stream().await {
+            if let Ok(info) = stream.info().await {
+                view.messages = Some(info.state.messages);
+            }
+            use futures_util::StreamExt;
+            let mut consumers = stream.consumers();
+            while let Some(Ok(c)) = consumers.next().await {
+                view.consumers.push(ConsumerView {
+                    name: c.name.clone(),
+                    pending: c.num_pending,
+                    in_flight: c.num_ack_pending as u64,
+                    redelivered: c.num_redelivered as u64,
+                });
+            }
+        }
+        view
+    }
+}
+
+/// Why `retry` did not revive a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryRefused {
+    NotFound,
+    NotDead(TaskState),
+}
+
+/// Creates a key-value bucket's stream the way the client would, which
+/// also works on 2.9 servers (see the module docs).
+async fn bucket(
+    js: &jetstream::Context,
+    name: &str,
+    max_age: Duration,
+    replicas: usize,
+) -> Result<kv::Store, BrokerError> {
+    js.get_or_create_stream(stream::Config {
+        name: format!("KV_{name}"),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| setup(name)(e.to_string()))?;
+    js.get_key_value(name)
+        .await
+        .map_err(|e| setup(name)(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configs_are_checked() {
+        assert!(BrokerConfig::default().validate().is_ok());
+        let bad = [
+            BrokerConfig {
+                url: Some("http://x".into()),
+                ..Default::default()
+            },
+            BrokerConfig {
+                stream: "a.b".into(),
+                ..Default::default()
+            },
+            BrokerConfig {
+                ack_wait: Duration::from_millis(10),
+                ..Default::default()
+            },
+            BrokerConfig {
+                max_in_flight: 0,
+                ..Default::default()
+            },
+        ];
+        for config in bad {
+            assert!(config.validate().is_err(), "{config:?}");
+        }
+    }
+
+    #[test]
+    fn versions_compare_by_major_and_minor() {
+        assert_eq!(major_minor("2.9.10"), Some((2, 9)));
+        assert_eq!(major_minor("v2.15.0-dev"), Some((2, 15)));
+        assert!(major_minor("2.8.4").unwrap() < MIN_SERVER);
+        assert_eq!(major_minor("garbage"), None);
+    }
+}

@@ -1,0 +1,256 @@
+//! Task records every host reads: a key-value bucket keyed by task id, and
+//! a second bucket of idempotency keys.
+//!
+//! A record holds the task itself (so any host can revive a dead task) and
+//! its view as clients see it (so any host answers `task` the same). The
+//! host that finishes a task writes its final record before acknowledging
+//! the message; `retry` uses compare-and-set on the record's revision, so
+//! two hosts reviving the same task at once publish it once.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::kv;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{BrokerConfig, BrokerError, bucket};
+use crate::protocol::TaskView;
+use crate::store::TaskRecord;
+use crate::task::{Task, TaskId, TaskState};
+
+/// How long an idempotency key is remembered, on every host.
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// One task as stored in the records bucket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Shared {
+    pub task: Task,
+    /// Not to run before (ms since the epoch).
+    pub not_before_ms: Option<u64>,
+    /// How many times `retry` revived it; part of each publish's message id.
+    pub revivals: u32,
+    pub view: TaskView,
+}
+
+/// What travels in the work stream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Work {
+    pub task: Task,
+    pub not_before_ms: Option<u64>,
+}
+
+pub fn millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Shared {
+    pub fn new(task: Arc<Task>, not_before: Option<SystemTime>) -> Shared {
+        let view = TaskView::from(TaskRecord::new(task.clone(), SystemTime::now(), not_before));
+        Shared {
+            task: (*task).clone(),
+            not_before_ms: not_before.map(millis),
+            revivals: 0,
+            view,
+        }
+    }
+
+    pub fn work(&self) -> Work {
+        Work {
+            task: self.task.clone(),
+            not_before_ms: self.not_before_ms,
+        }
+    }
+
+    /// The message id of this record's current publish.
+    pub fn msg_id(&self) -> String {
+        match self.revivals {
+            0 => self.task.id.to_string(),
+            n => format!("{}.r{n}", self.task.id),
+        }
+    }
+}
+
+/// The two buckets.
+pub struct Records {
+    tasks: kv::Store,
+    keys: kv::Store,
+}
+
+fn records_error(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Records(e.to_string())
+}
+
+/// A bucket key for any idempotency key (bucket keys allow few characters).
+fn key_of(idempotency_key: &str) -> String {
+    let digest = Sha256::digest(idempotency_key.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Records {
+    pub(super) async fn open(
+        js: &async_nats::jetstream::Context,
+        config: &BrokerConfig,
+    ) -> Result<Records, BrokerError> {
+        Ok(Records {
+            tasks: bucket(
+                js,
+                &format!("{}_tasks", config.stream),
+                Duration::ZERO,
+                config.replicas,
+            )
+            .await?,
+            keys: bucket(
+                js,
+                &format!("{}_keys", config.stream),
+                IDEMPOTENCY_WINDOW,
+                config.replicas,
+            )
+            .await?,
+        })
+    }
+
+    /// Claims `key` for `id`; the id that holds it if another task did first.
+    pub async fn claim(&self, key: &str, id: TaskId) -> Result<Option<TaskId>, BrokerError> {
+        let bucket_key = key_of(key);
+        match self.keys.create(&bucket_key, id.to_string().into()).await {
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                let holder = self
+                    .keys
+                    .get(&bucket_key)
+                    .await
+                    .map_err(records_error)?
+                    .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok());
+                Ok(holder.or(Some(id)))
+            }
+            Err(e) => Err(records_error(e)),
+        }
+    }
+
+    pub async fn put(&self, record: &Shared) -> Result<(), BrokerError> {
+        let bytes = serde_json::to_vec(record).map_err(records_error)?;
+        self.tasks
+            .put(record.task.id.to_string(), bytes.into())
+            .await
+            .map(|_| ())
+            .map_err(records_error)
+    }
+
+    pub async fn get(&self, id: TaskId) -> Result<Option<Shared>, BrokerError> {
+        Ok(self.entry(id).await?.map(|(record, _)| record))
+    }
+
+    async fn entry(&self, id: TaskId) -> Result<Option<(Shared, u64)>, BrokerError> {
+        let Some(entry) = self
+            .tasks
+            .entry(id.to_string())
+            .await
+            .map_err(records_error)?
+        else {
+            return Ok(None);
+        };
+        if entry.operation != kv::Operation::Put {
+            return Ok(None);
+        }
+        let record = serde_json::from_slice(&entry.value).map_err(records_error)?;
+        Ok(Some((record, entry.revision)))
+    }
+
+    /// Every record, filtered, oldest first, at most `limit`. Reads the
+    /// whole bucket: fine for a dashboard's `tasks`, not for a hot path.
+    pub async fn list(
+        &self,
+        state: Option<TaskState>,
+        platform: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Shared>, BrokerError> {
+        let mut keys = self.tasks.keys().await.map_err(records_error)?;
+        let mut found = Vec::new();
+        while let Some(key) = keys.next().await {
+            let key = key.map_err(records_error)?;
+            let Ok(id) = key.parse::<TaskId>() else {
+                continue;
+            };
+            let Some(record) = self.get(id).await? else {
+                continue;
+            };
+            if state.is_some_and(|s| s != record.view.state)
+                || platform.is_some_and(|p| p != record.view.platform)
+            {
+                continue;
+            }
+            found.push(record);
+        }
+        found.sort_by(|a, b| a.view.submitted_at.cmp(&b.view.submitted_at));
+        found.truncate(limit);
+        Ok(found)
+    }
+
+    /// Marks a dead task queued again, once even if hosts race: the record
+    /// that was written, or `Ok(None)` when the task is not dead.
+    pub async fn revive(
+        &self,
+        id: TaskId,
+    ) -> Result<Option<Result<Shared, TaskState>>, BrokerError> {
+        for _ in 0..8 {
+            let Some((mut record, revision)) = self.entry(id).await? else {
+                return Ok(None);
+            };
+            if record.view.state != TaskState::Dead {
+                return Ok(Some(Err(record.view.state)));
+            }
+            record.revivals += 1;
+            record.view.state = TaskState::Queued;
+            record.not_before_ms = None;
+            let bytes = serde_json::to_vec(&record).map_err(records_error)?;
+            match self
+                .tasks
+                .update(id.to_string(), bytes.into(), revision)
+                .await
+            {
+                Ok(_) => return Ok(Some(Ok(record))),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) => return Err(records_error(e)),
+            }
+        }
+        Err(BrokerError::Records(format!(
+            "task {id} kept changing while it was being revived"
+        )))
+    }
+
+    /// Waits until the record of `id` is finished.
+    pub async fn wait_finished(&self, id: TaskId) -> Result<Shared, BrokerError> {
+        let mut watch = self
+            .tasks
+            .watch_with_history(id.to_string())
+            .await
+            .map_err(records_error)?;
+        while let Some(entry) = watch.next().await {
+            let entry = entry.map_err(records_error)?;
+            if let Ok(record) = serde_json::from_slice::<Shared>(&entry.value)
+                && record.view.state.is_finished()
+            {
+                return Ok(record);
+            }
+        }
+        Err(BrokerError::Records("the broker connection closed".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_idempotency_key_becomes_a_valid_bucket_key() {
+        for key in ["order 42", "a.b.c", "ünïcode/../*>", ""] {
+            let k = key_of(key);
+            assert_eq!(k.len(), 64);
+            assert!(k.chars().all(|c| c.is_ascii_hexdigit()));
+        }
+        assert_ne!(key_of("a"), key_of("b"));
+    }
+}

@@ -1,0 +1,95 @@
+//! A real nats-server with JetStream, on a free loopback port with its store
+//! in a temporary directory; killed when dropped.
+//!
+//! The binary comes from `NATS_SERVER_BIN`, else `PATH` (Debian's package
+//! `nats-server` installs `/usr/sbin/nats-server`; `.ci/run` installs it).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct NatsServer {
+    child: Child,
+    dir: tempfile::TempDir,
+    url: String,
+}
+
+fn binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("NATS_SERVER_BIN") {
+        return Ok(path.into());
+    }
+    for dir in std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/sbin", "/usr/local/bin"])
+    {
+        let candidate = Path::new(dir).join("nats-server");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    anyhow::bail!("nats-server is missing: `apt-get install nats-server` (or set NATS_SERVER_BIN)")
+}
+
+impl NatsServer {
+    /// Starts a server and waits until it accepts connections.
+    pub async fn start() -> anyhow::Result<NatsServer> {
+        let dir = tempfile::tempdir()?;
+        let (child, url) = spawn(dir.path(), None).await?;
+        Ok(NatsServer { child, dir, url })
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// kill -9, then start again on the same port with the same store.
+    pub async fn kill_and_restart(&mut self) -> anyhow::Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let port: u16 = self.url.rsplit(':').next().unwrap_or_default().parse()?;
+        let (child, _) = spawn(self.dir.path(), Some(port)).await?;
+        self.child = child;
+        Ok(())
+    }
+}
+
+async fn spawn(dir: &Path, port: Option<u16>) -> anyhow::Result<(Child, String)> {
+    let ports_dir = dir.join(format!("ports-{}", port.unwrap_or(0)));
+    std::fs::create_dir_all(&ports_dir)?;
+    let port_arg = port.map_or("-1".to_string(), |p| p.to_string());
+    let child = Command::new(binary()?)
+        .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
+        .arg(dir.join("store"))
+        .arg("--ports_file_dir")
+        .arg(&ports_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let ports_file = ports_dir.join(format!("nats-server_{}.ports", child.id()));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&ports_file)
+            && let Ok(ports) = serde_json::from_str::<serde_json::Value>(&text)
+            && let Some(url) = ports["nats"][0].as_str()
+        {
+            let addr = url.trim_start_matches("nats://").to_string();
+            if tokio::net::TcpStream::connect(&addr).await.is_ok() {
+                return Ok((child, url.to_string()));
+            }
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "nats-server did not start within 20 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,253 @@
+//! Several hosts sharing work through a real nats-server (JetStream), with
+//! real daemons and a real receiver.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use notifyhub_testkit::daemon::Daemon;
+use notifyhub_testkit::nats::NatsServer;
+use notifyhub_testkit::receiver::{Receiver, Reply};
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_notifyhub");
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn host(nats: &NatsServer, receiver: &Receiver, extra: &str) -> anyhow::Result<Daemon> {
+    Daemon::builder(BIN)
+        .plugin(
+            "webhook",
+            Some(&format!("allowed_hosts = [\"{}\"]\n", receiver.authority())),
+        )
+        .config(&format!(
+            "[broker]\nurl = \"{}\"\nack_wait = \"2s\"\nmax_in_flight = 8\n{extra}",
+            nats.url()
+        ))
+        .start()
+        .await
+}
+
+fn task(receiver: &Receiver, body: &str) -> Value {
+    json!({"platform": "webhook", "target": receiver.url("/hook"), "body": body})
+}
+
+/// Submits `tasks` on `daemon`; their ids.
+async fn submit(daemon: &Daemon, tasks: Vec<Value>) -> anyhow::Result<Vec<String>> {
+    let answer = daemon
+        .request(json!({"op": "submit", "tasks": tasks}))
+        .await?;
+    anyhow::ensure!(answer["ok"] == true, "{answer}");
+    Ok(answer["task_ids"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str().map(String::from))
+        .collect())
+}
+
+/// Waits until `daemon` reports every task in `ids` in `state`.
+async fn wait_state(daemon: &Daemon, ids: &[String], state: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + WAIT;
+    for id in ids {
+        loop {
+            let answer = daemon.request(json!({"op": "task", "task_id": id})).await?;
+            if answer["state"] == state {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "task {id} never reached {state}: {answer}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Ok(())
+}
+
+fn bodies(receiver: &Receiver) -> HashMap<String, usize> {
+    let mut seen = HashMap::new();
+    for request in receiver.requests() {
+        let body = request.json()["body"]
+            .as_str()
+            .map(String::from)
+            .unwrap_or_else(|| String::from_utf8_lossy(&request.body).into_owned());
+        *seen.entry(body).or_default() += 1;
+    }
+    seen
+}
+
+fn taken(status: &Value) -> u64 {
+    status["broker"]["taken_here"].as_u64().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_share_the_work_and_answer_alike() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let receiver =
+        Receiver::start(|_| Reply::new(200, "ok").after(Duration::from_millis(10))).await;
+    let a = host(&nats, &receiver, "").await?;
+    let b = host(&nats, &receiver, "").await?;
+    let mut ids = Vec::new();
+    for round in 0..6 {
+        let tasks = (0..50)
+            .map(|i| task(&receiver, &format!("t{round}-{i}")))
+            .collect();
+        let on = if round % 2 == 0 { &a } else { &b };
+        ids.extend(submit(on, tasks).await?);
+    }
+    anyhow::ensure!(ids.len() == 300, "{} ids", ids.len());
+    // Every task is answered the same on both hosts, whoever ran it.
+    wait_state(&a, &ids, "succeeded").await?;
+    wait_state(&b, &ids, "succeeded").await?;
+    let seen = bodies(&receiver);
+    anyhow::ensure!(seen.len() == 300, "{} distinct deliveries", seen.len());
+    let (sa, sb) = (
+        a.request(json!({"op": "status"})).await?,
+        b.request(json!({"op": "status"})).await?,
+    );
+    anyhow::ensure!(taken(&sa) > 0 && taken(&sb) > 0, "a share each: {sa} {sb}");
+    // Duplicates come only from redeliveries.
+    let duplicates: usize = seen.values().map(|n| n - 1).sum();
+    let redelivered = sa["broker"]["redelivered_here"].as_u64().unwrap_or(0)
+        + sb["broker"]["redelivered_here"].as_u64().unwrap_or(0);
+    anyhow::ensure!(
+        duplicates as u64 <= redelivered,
+        "{duplicates} duplicates, {redelivered} redelivered"
+    );
+    anyhow::ensure!(
+        sa["broker"]["server_version"]
+            .as_str()
+            .is_some_and(|v| !v.is_empty()),
+        "{sa}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_holds_across_hosts() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let receiver = Receiver::start(|_| Reply::new(200, "ok")).await;
+    let a = host(&nats, &receiver, "").await?;
+    let b = host(&nats, &receiver, "").await?;
+    let mut first = task(&receiver, "once");
+    first["idempotency_key"] = json!("order 42");
+    let on_a = a
+        .request(json!({"op": "submit", "task": first.clone()}))
+        .await?;
+    let on_b = b.request(json!({"op": "submit", "task": first})).await?;
+    anyhow::ensure!(on_a["task_ids"] == on_b["task_ids"], "{on_a} {on_b}");
+    anyhow::ensure!(on_b["duplicates"] == json!([0]), "{on_b}");
+    let id = on_a["task_ids"][0].as_str().unwrap_or_default().to_string();
+    wait_state(&b, &[id], "succeeded").await?;
+    anyhow::ensure!(
+        bodies(&receiver).get("once") == Some(&1),
+        "{:?}",
+        bodies(&receiver)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tasks_a_killed_host_held_are_delivered_by_the_other() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let receiver =
+        Receiver::start(|_| Reply::new(200, "ok").after(Duration::from_millis(200))).await;
+    let mut a = host(&nats, &receiver, "").await?;
+    let b = host(&nats, &receiver, "").await?;
+    let tasks = (0..40).map(|i| task(&receiver, &format!("k{i}"))).collect();
+    let ids = submit(&a, tasks).await?;
+    // Both hosts hold tasks now (8 each at most); kill one mid-load.
+    receiver.wait_for(4, WAIT).await?;
+    a.kill()?;
+    wait_state(&b, &ids, "succeeded").await?;
+    let seen = bodies(&receiver);
+    anyhow::ensure!(seen.len() == 40, "{} of 40 delivered", seen.len());
+    let duplicates: usize = seen.values().map(|n| n - 1).sum();
+    // Only what the killed host held can have gone out twice.
+    anyhow::ensure!(duplicates <= 8, "{duplicates} duplicates");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_task_is_dead_on_every_host_and_any_host_revives_it() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let failing = Arc::new(AtomicBool::new(true));
+    let flag = failing.clone();
+    let receiver = Receiver::start(move |_| {
+        if flag.load(Ordering::SeqCst) {
+            Reply::new(503, "down")
+        } else {
+            Reply::new(200, "ok")
+        }
+    })
+    .await;
+    let retry = "[retry]\nmax_attempts = 2\nbase = \"10ms\"\n";
+    let a = host(&nats, &receiver, retry).await?;
+    let b = host(&nats, &receiver, retry).await?;
+    let answer = a
+        .request(json!({"op": "submit", "wait": true, "task": task(&receiver, "doomed")}))
+        .await?;
+    let dead = &answer["tasks"][0];
+    anyhow::ensure!(dead["state"] == "dead" && dead["attempts"] == 2, "{answer}");
+    let id = dead["id"].as_str().unwrap_or_default().to_string();
+    for daemon in [&a, &b] {
+        let listed = daemon
+            .request(json!({"op": "tasks", "state": "dead"}))
+            .await?;
+        anyhow::ensure!(
+            listed["tasks"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t["id"] == id)),
+            "{listed}"
+        );
+    }
+    failing.store(false, Ordering::SeqCst);
+    let revived = b.request(json!({"op": "retry", "task_id": id})).await?;
+    anyhow::ensure!(revived["requeued"] == json!([id]), "{revived}");
+    wait_state(&a, &[id.clone()], "succeeded").await?;
+    // Not dead twice: a second retry is refused.
+    let again = a.request(json!({"op": "retry", "task_id": id})).await?;
+    anyhow::ensure!(again["ok"] == false, "{again}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_task_waits_in_the_broker_until_due() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let receiver = Receiver::start(|_| Reply::new(200, "ok")).await;
+    let a = host(&nats, &receiver, "").await?;
+    let _b = host(&nats, &receiver, "").await?;
+    let mut later = task(&receiver, "later");
+    later["delay"] = json!("1500ms");
+    let submitted = Instant::now();
+    let ids = submit(&a, vec![later]).await?;
+    let queued = a.request(json!({"op": "task", "task_id": ids[0]})).await?;
+    anyhow::ensure!(queued["state"] == "queued", "{queued}");
+    let arrived = receiver.wait_for(1, WAIT).await?;
+    anyhow::ensure!(
+        arrived[0].at >= submitted + Duration::from_millis(1500),
+        "delivered before it was due"
+    );
+    wait_state(&a, &ids, "succeeded").await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_broker_is_a_clear_error_at_start() -> anyhow::Result<()> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let started = Daemon::builder(BIN)
+        .config(&format!("[broker]\nurl = \"nats://127.0.0.1:{port}\"\n"))
+        .start()
+        .await;
+    let Err(error) = started else {
+        anyhow::bail!("a daemon started without its broker");
+    };
+    anyhow::ensure!(
+        format!("{error:#}").contains("cannot reach the broker"),
+        "{error:#}"
+    );
+    Ok(())
+}
