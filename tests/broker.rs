@@ -14,18 +14,28 @@ use serde_json::{Value, json};
 const BIN: &str = env!("CARGO_BIN_EXE_notifyhub");
 const WAIT: Duration = Duration::from_secs(60);
 
-async fn host(nats: &NatsServer, receiver: &Receiver, extra: &str) -> anyhow::Result<Daemon> {
+/// A host on `nats`, delivering webhooks to `receiver`, with `retry` as
+/// its `[retry]` section.
+async fn host(nats: &NatsServer, receiver: &Receiver, retry: &str) -> anyhow::Result<Daemon> {
     Daemon::builder(BIN)
         .plugin(
             "webhook",
             Some(&format!("allowed_hosts = [\"{}\"]\n", receiver.authority())),
         )
         .config(&format!(
-            "[broker]\nurl = \"{}\"\nack_wait = \"2s\"\nmax_in_flight = 8\n{extra}",
+            "[broker]\nurl = \"{}\"\nack_wait = \"2s\"\nmax_in_flight = 8\n",
             nats.url()
         ))
+        .retry(retry)
         .start()
         .await
+}
+
+/// The result of `request` on `daemon`; an error if it was refused.
+async fn call(daemon: &Daemon, request: Value) -> anyhow::Result<Value> {
+    let answer = daemon.request(request).await?;
+    anyhow::ensure!(answer["ok"] == true, "{answer}");
+    Ok(answer["result"].clone())
 }
 
 fn task(receiver: &Receiver, body: &str) -> Value {
@@ -34,10 +44,7 @@ fn task(receiver: &Receiver, body: &str) -> Value {
 
 /// Submits `tasks` on `daemon`; their ids.
 async fn submit(daemon: &Daemon, tasks: Vec<Value>) -> anyhow::Result<Vec<String>> {
-    let answer = daemon
-        .request(json!({"op": "submit", "tasks": tasks}))
-        .await?;
-    anyhow::ensure!(answer["ok"] == true, "{answer}");
+    let answer = call(daemon, json!({"op": "submit", "tasks": tasks})).await?;
     Ok(answer["task_ids"]
         .as_array()
         .into_iter()
@@ -51,7 +58,7 @@ async fn wait_state(daemon: &Daemon, ids: &[String], state: &str) -> anyhow::Res
     let deadline = Instant::now() + WAIT;
     for id in ids {
         loop {
-            let answer = daemon.request(json!({"op": "task", "task_id": id})).await?;
+            let answer = call(daemon, json!({"op": "task", "task_id": id})).await?;
             if answer["state"] == state {
                 break;
             }
@@ -68,7 +75,7 @@ async fn wait_state(daemon: &Daemon, ids: &[String], state: &str) -> anyhow::Res
 fn bodies(receiver: &Receiver) -> HashMap<String, usize> {
     let mut seen = HashMap::new();
     for request in receiver.requests() {
-        let body = request.json()["body"]
+        let body = request.json()["data"]["body"]
             .as_str()
             .map(String::from)
             .unwrap_or_else(|| String::from_utf8_lossy(&request.body).into_owned());
@@ -86,8 +93,8 @@ async fn two_hosts_share_the_work_and_answer_alike() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
     let receiver =
         Receiver::start(|_| Reply::new(200, "ok").after(Duration::from_millis(10))).await;
-    let a = host(&nats, &receiver, "").await?;
-    let b = host(&nats, &receiver, "").await?;
+    let a = host(&nats, &receiver, "max_attempts = 5\n").await?;
+    let b = host(&nats, &receiver, "max_attempts = 5\n").await?;
     let mut ids = Vec::new();
     for round in 0..6 {
         let tasks = (0..50)
@@ -103,8 +110,8 @@ async fn two_hosts_share_the_work_and_answer_alike() -> anyhow::Result<()> {
     let seen = bodies(&receiver);
     anyhow::ensure!(seen.len() == 300, "{} distinct deliveries", seen.len());
     let (sa, sb) = (
-        a.request(json!({"op": "status"})).await?,
-        b.request(json!({"op": "status"})).await?,
+        call(&a, json!({"op": "status"})).await?,
+        call(&b, json!({"op": "status"})).await?,
     );
     anyhow::ensure!(taken(&sa) > 0 && taken(&sb) > 0, "a share each: {sa} {sb}");
     // Duplicates come only from redeliveries.
@@ -128,14 +135,12 @@ async fn two_hosts_share_the_work_and_answer_alike() -> anyhow::Result<()> {
 async fn an_idempotency_key_holds_across_hosts() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
     let receiver = Receiver::start(|_| Reply::new(200, "ok")).await;
-    let a = host(&nats, &receiver, "").await?;
-    let b = host(&nats, &receiver, "").await?;
+    let a = host(&nats, &receiver, "max_attempts = 5\n").await?;
+    let b = host(&nats, &receiver, "max_attempts = 5\n").await?;
     let mut first = task(&receiver, "once");
     first["idempotency_key"] = json!("order 42");
-    let on_a = a
-        .request(json!({"op": "submit", "task": first.clone()}))
-        .await?;
-    let on_b = b.request(json!({"op": "submit", "task": first})).await?;
+    let on_a = call(&a, json!({"op": "submit", "task": first.clone()})).await?;
+    let on_b = call(&b, json!({"op": "submit", "task": first})).await?;
     anyhow::ensure!(on_a["task_ids"] == on_b["task_ids"], "{on_a} {on_b}");
     anyhow::ensure!(on_b["duplicates"] == json!([0]), "{on_b}");
     let id = on_a["task_ids"][0].as_str().unwrap_or_default().to_string();
@@ -153,19 +158,70 @@ async fn the_tasks_a_killed_host_held_are_delivered_by_the_other() -> anyhow::Re
     let nats = NatsServer::start().await?;
     let receiver =
         Receiver::start(|_| Reply::new(200, "ok").after(Duration::from_millis(200))).await;
-    let mut a = host(&nats, &receiver, "").await?;
-    let b = host(&nats, &receiver, "").await?;
+    let mut a = host(&nats, &receiver, "max_attempts = 5\n").await?;
+    let b = host(&nats, &receiver, "max_attempts = 5\n").await?;
     let tasks = (0..40).map(|i| task(&receiver, &format!("k{i}"))).collect();
     let ids = submit(&a, tasks).await?;
-    // Both hosts hold tasks now (8 each at most); kill one mid-load.
-    receiver.wait_for(4, WAIT).await?;
+    // Kill one host while it holds tasks (8 at most).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let status = call(&a, json!({"op": "status"})).await?;
+        let (taken, finished) = (
+            taken(&status),
+            status["broker"]["finished_here"].as_u64().unwrap_or(0),
+        );
+        if taken > finished && finished > 0 {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the host never held a task: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     a.kill()?;
     wait_state(&b, &ids, "succeeded").await?;
+    let status = call(&b, json!({"op": "status"})).await?;
+    anyhow::ensure!(
+        status["broker"]["redelivered_here"].as_u64() > Some(0),
+        "the other host took over nothing: {status}"
+    );
     let seen = bodies(&receiver);
     anyhow::ensure!(seen.len() == 40, "{} of 40 delivered", seen.len());
     let duplicates: usize = seen.values().map(|n| n - 1).sum();
     // Only what the killed host held can have gone out twice.
     anyhow::ensure!(duplicates <= 8, "{duplicates} duplicates");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_acknowledged_is_lost_when_the_broker_is_killed_and_restarted() -> anyhow::Result<()>
+{
+    let mut nats = NatsServer::start().await?;
+    let receiver =
+        Receiver::start(|_| Reply::new(200, "ok").after(Duration::from_millis(20))).await;
+    let a = host(&nats, &receiver, "max_attempts = 5\n").await?;
+    let b = host(&nats, &receiver, "max_attempts = 5\n").await?;
+    let tasks = (0..100)
+        .map(|i| task(&receiver, &format!("r{i}")))
+        .collect();
+    let ids = submit(&a, tasks).await?;
+    receiver.wait_for(10, WAIT).await?;
+    nats.kill_and_restart().await?;
+    // Every acknowledged task is delivered once the broker is back.
+    wait_state(&b, &ids, "succeeded").await?;
+    wait_state(&a, &ids, "succeeded").await?;
+    let seen = bodies(&receiver);
+    anyhow::ensure!(
+        (0..100).all(|i| seen.contains_key(&format!("r{i}"))),
+        "lost: {:?}",
+        (0..100)
+            .filter(|i| !seen.contains_key(&format!("r{i}")))
+            .collect::<Vec<_>>()
+    );
+    // New work is taken after the restart too.
+    let more = submit(&b, vec![task(&receiver, "after")]).await?;
+    wait_state(&a, &more, "succeeded").await?;
     Ok(())
 }
 
@@ -182,19 +238,19 @@ async fn a_dead_task_is_dead_on_every_host_and_any_host_revives_it() -> anyhow::
         }
     })
     .await;
-    let retry = "[retry]\nmax_attempts = 2\nbase = \"10ms\"\n";
+    let retry = "max_attempts = 2\nbase = \"10ms\"\n";
     let a = host(&nats, &receiver, retry).await?;
     let b = host(&nats, &receiver, retry).await?;
-    let answer = a
-        .request(json!({"op": "submit", "wait": true, "task": task(&receiver, "doomed")}))
-        .await?;
+    let answer = call(
+        &a,
+        json!({"op": "submit", "wait": true, "task": task(&receiver, "doomed")}),
+    )
+    .await?;
     let dead = &answer["tasks"][0];
     anyhow::ensure!(dead["state"] == "dead" && dead["attempts"] == 2, "{answer}");
     let id = dead["id"].as_str().unwrap_or_default().to_string();
     for daemon in [&a, &b] {
-        let listed = daemon
-            .request(json!({"op": "tasks", "state": "dead"}))
-            .await?;
+        let listed = call(daemon, json!({"op": "tasks", "state": "dead"})).await?;
         anyhow::ensure!(
             listed["tasks"]
                 .as_array()
@@ -203,7 +259,7 @@ async fn a_dead_task_is_dead_on_every_host_and_any_host_revives_it() -> anyhow::
         );
     }
     failing.store(false, Ordering::SeqCst);
-    let revived = b.request(json!({"op": "retry", "task_id": id})).await?;
+    let revived = call(&b, json!({"op": "retry", "task_id": id})).await?;
     anyhow::ensure!(revived["requeued"] == json!([id]), "{revived}");
     wait_state(&a, &[id.clone()], "succeeded").await?;
     // Not dead twice: a second retry is refused.
@@ -216,13 +272,13 @@ async fn a_dead_task_is_dead_on_every_host_and_any_host_revives_it() -> anyhow::
 async fn a_scheduled_task_waits_in_the_broker_until_due() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
     let receiver = Receiver::start(|_| Reply::new(200, "ok")).await;
-    let a = host(&nats, &receiver, "").await?;
-    let _b = host(&nats, &receiver, "").await?;
+    let a = host(&nats, &receiver, "max_attempts = 5\n").await?;
+    let _b = host(&nats, &receiver, "max_attempts = 5\n").await?;
     let mut later = task(&receiver, "later");
     later["delay"] = json!("1500ms");
     let submitted = Instant::now();
     let ids = submit(&a, vec![later]).await?;
-    let queued = a.request(json!({"op": "task", "task_id": ids[0]})).await?;
+    let queued = call(&a, json!({"op": "task", "task_id": ids[0]})).await?;
     anyhow::ensure!(queued["state"] == "queued", "{queued}");
     let arrived = receiver.wait_for(1, WAIT).await?;
     anyhow::ensure!(

@@ -167,8 +167,7 @@ impl Broker {
         };
         let mut options = async_nats::ConnectOptions::new()
             .name("notifyhub")
-            .connection_timeout(Duration::from_secs(5))
-            .retry_on_initial_connect();
+            .connection_timeout(Duration::from_secs(5));
         if let Some(path) = &config.credentials {
             options = options
                 .credentials_file(path)

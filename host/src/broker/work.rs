@@ -57,8 +57,14 @@ pub async fn run(host: Host, registry: Arc<Registry>, shutdown: CancellationToke
     for platform in platforms {
         let (host, permits, shutdown) = (host.clone(), permits.clone(), shutdown.clone());
         tokio::spawn(async move {
-            if let Err(e) = consume(&host, &platform, permits, shutdown).await {
-                tracing::error!(%platform, "cannot take work from the broker: {e}");
+            // A broker restart or a lost connection ends the pull; start
+            // it again (the consumer is durable, nothing is lost).
+            while let Err(e) = consume(&host, &platform, permits.clone(), shutdown.clone()).await {
+                tracing::warn!(%platform, "taking work from the broker stopped: {e}; again in 1 s");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
             }
         });
     }
@@ -108,10 +114,7 @@ async fn consume(
         };
         let message = match message {
             Some(Ok(message)) => message,
-            Some(Err(e)) => {
-                tracing::warn!(%platform, "pulling from the broker: {e}");
-                continue;
-            }
+            Some(Err(e)) => return Err(format!("pulling: {e}")),
             None => return Err("the consumer's message stream ended".into()),
         };
         let host = host.clone();

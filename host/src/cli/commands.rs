@@ -46,7 +46,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // The daemon logs at info by default and may export its spans; client
     // commands only report problems.
     let serving = matches!(cli.command, Command::Serve(_));
-    let level = if serving { "info" } else { "warn" };
+    // The NATS client reports each reconnection attempt at info.
+    let level = if serving {
+        "info,async_nats=warn"
+    } else {
+        "warn"
+    };
     let _telemetry = crate::telemetry::init(
         cli.common.log_format,
         level,
