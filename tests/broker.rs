@@ -226,6 +226,58 @@ async fn nothing_acknowledged_is_lost_when_the_broker_is_killed_and_restarted() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_holds_across_three_hosts() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let receiver = Receiver::start(|_| Reply::new(200, "ok")).await;
+    let destination = format!(
+        "[destinations.paced]\nplatform = \"webhook\"\nurl = \"{}\"\nrate_limits = [\"4/1s\"]\n",
+        receiver.url("/paced")
+    );
+    let mut hosts = Vec::new();
+    for _ in 0..3 {
+        hosts.push(
+            Daemon::builder(BIN)
+                .plugin(
+                    "webhook",
+                    Some(&format!("allowed_hosts = [\"{}\"]\n", receiver.authority())),
+                )
+                .config(&format!(
+                    "[broker]\nurl = \"{}\"\nack_wait = \"2s\"\n{destination}",
+                    nats.url()
+                ))
+                .start()
+                .await?,
+        );
+    }
+    let mut ids = Vec::new();
+    for (i, host) in hosts.iter().enumerate() {
+        let tasks = (0..6)
+            .map(|j| json!({"target": "paced", "body": format!("p{i}-{j}")}))
+            .collect();
+        ids.extend(submit(host, tasks).await?);
+    }
+    wait_state(&hosts[0], &ids, "succeeded").await?;
+    let mut times: Vec<Instant> = receiver.requests().iter().map(|r| r.at).collect();
+    times.sort();
+    anyhow::ensure!(times.len() == 18, "{} requests", times.len());
+    // At most 4 in any window of one second: the 5th after any send comes
+    // a full second later.
+    for pair in times.windows(5) {
+        let span = pair[4] - pair[0];
+        anyhow::ensure!(
+            span >= Duration::from_secs(1),
+            "5 requests within {span:?} under a limit of 4 a second"
+        );
+    }
+    // And every host took part.
+    for host in &hosts {
+        let status = call(host, json!({"op": "status"})).await?;
+        anyhow::ensure!(taken(&status) > 0, "{status}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_task_is_dead_on_every_host_and_any_host_revives_it() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
     let failing = Arc::new(AtomicBool::new(true));
@@ -261,7 +313,7 @@ async fn a_dead_task_is_dead_on_every_host_and_any_host_revives_it() -> anyhow::
     failing.store(false, Ordering::SeqCst);
     let revived = call(&b, json!({"op": "retry", "task_id": id})).await?;
     anyhow::ensure!(revived["requeued"] == json!([id]), "{revived}");
-    wait_state(&a, &[id.clone()], "succeeded").await?;
+    wait_state(&a, std::slice::from_ref(&id), "succeeded").await?;
     // Not dead twice: a second retry is refused.
     let again = a.request(json!({"op": "retry", "task_id": id})).await?;
     anyhow::ensure!(again["ok"] == false, "{again}");

@@ -180,6 +180,8 @@ impl Daemon {
             broker,
             store: store.clone(),
             pool: pool.clone(),
+            registry: registry.clone(),
+            settings: settings.clone(),
             stats: Arc::default(),
         });
         let api = Arc::new(
@@ -229,8 +231,7 @@ impl Daemon {
             });
         }
         if let Some(host) = self.broker.clone() {
-            let (registry, shutdown) = (self.registry.clone(), shutdown.clone());
-            tokio::spawn(crate::broker::work::run(host, registry, shutdown));
+            tokio::spawn(crate::broker::work::run(host, shutdown.clone()));
         }
         let watchdog = sd_notify::watchdog_enabled().map(|every| {
             let pool = self.pool.clone();

@@ -22,6 +22,10 @@
 //! - **Scheduling**: a task not due yet is NAKed with the time left as the
 //!   delay; the broker holds it and redelivers it to whichever host is
 //!   pulling when it is due. No host is special.
+//! - **Rate limits** ([`budget`]) hold across hosts: a send log per
+//!   destination in a bucket, appended to with compare-and-set; a task
+//!   whose destination's budget is spent goes back to the broker until it
+//!   is not.
 //! - **State** ([`records`]): `task`, `tasks` and `retry` read and write the
 //!   records bucket, so they answer the same on every host.
 //!
@@ -32,6 +36,7 @@
 //! reply. It uses nothing that 2.9 would silently ignore (multi-filter
 //! consumers, per-message TTLs). The version is checked at connect time.
 
+pub mod budget;
 pub mod records;
 pub mod work;
 
@@ -142,6 +147,7 @@ pub struct Broker {
     version: String,
     js: jetstream::Context,
     records: Records,
+    budgets: budget::Budgets,
 }
 
 fn setup(what: &str) -> impl Fn(String) -> BrokerError + '_ {
@@ -212,6 +218,7 @@ impl Broker {
             .map_err(|_| BrokerError::NoJetStream { url: url.clone() })?;
         let broker = Broker {
             records: Records::open(&js, config).await?,
+            budgets: budget::Budgets::open(&js, &config.stream, config.replicas).await?,
             config: config.clone(),
             url,
             version: info.version,

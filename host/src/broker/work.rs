@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::Broker;
 use super::records::{Shared, Work};
 use crate::pool::Pool;
+use crate::pool::settings::LiveSettings;
 use crate::protocol::TaskView;
 use crate::registry::Registry;
 use crate::store::{Submission, TaskStore};
@@ -40,12 +41,15 @@ pub struct Host {
     pub broker: Arc<Broker>,
     pub store: Arc<TaskStore>,
     pub pool: Arc<Pool>,
+    pub registry: Arc<Registry>,
+    pub settings: Arc<LiveSettings>,
     pub stats: Arc<WorkStats>,
 }
 
 /// Pulls for every platform loaded once start-up's plugins are in, until
 /// `shutdown`.
-pub async fn run(host: Host, registry: Arc<Registry>, shutdown: CancellationToken) {
+pub async fn run(host: Host, shutdown: CancellationToken) {
+    let registry = host.registry.clone();
     registry.wait_ready().await;
     let permits = Arc::new(Semaphore::new(host.broker.config.max_in_flight));
     let platforms: Vec<String> = registry
@@ -147,6 +151,28 @@ async fn handle(host: &Host, message: Message) {
         let wait = Duration::from_millis(due - now_ms());
         let _ = message.ack_with(AckKind::Nak(Some(wait))).await;
         return;
+    }
+    // A shared rate limit: wait in the broker, not here, when it is spent.
+    let rules = match host.registry.lookup(&work.task.platform) {
+        Some(plugin) => host.settings.get().rate_rules(&work.task, &plugin.info),
+        None => Vec::new(),
+    };
+    if !rules.is_empty() {
+        let key = crate::pool::pacer::pace_key(&work.task);
+        match host.broker.budgets.take(&key, &rules).await {
+            Ok(None) => {}
+            Ok(Some(wait)) => {
+                let _ = message.ack_with(AckKind::Nak(Some(wait))).await;
+                return;
+            }
+            Err(e) => {
+                tracing::warn!("cannot read the shared rate budget: {e}; trying again in 1 s");
+                let _ = message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
+                return;
+            }
+        }
     }
     host.stats.taken.fetch_add(1, Ordering::Relaxed);
     if message.info().is_ok_and(|i| i.delivered > 1) {

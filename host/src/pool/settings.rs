@@ -13,6 +13,8 @@ use std::sync::{Arc, RwLock};
 
 use super::retry::RetryConfig;
 use crate::destination::{Destinations, RateRule};
+use crate::plugin::PluginInfo;
+use crate::task::Task;
 
 /// One consistent set of run-time settings.
 #[derive(Default)]
@@ -21,6 +23,31 @@ pub struct Settings {
     pub retry: RetryConfig,
     /// `[rate_limits]`: per-platform rules that replace what plugins declare.
     pub rate_limits: BTreeMap<String, Vec<RateRule>>,
+}
+
+impl Settings {
+    /// The rate limits `task` is paced under: its destination's, else the
+    /// config's for its platform, else what its plugin (`info`) declares.
+    pub fn rate_rules(&self, task: &Task, info: &PluginInfo) -> Vec<RateRule> {
+        let route = task
+            .destination
+            .as_deref()
+            .and_then(|name| self.destinations.route(name));
+        if let Some(rules) = route.and_then(|r| r.rate_limits.clone()) {
+            return rules;
+        }
+        if let Some(rules) = self.rate_limits.get(&task.platform) {
+            return rules.clone();
+        }
+        info.rate_limits
+            .iter()
+            .filter(|r| r.requests > 0 && r.window_ms > 0)
+            .map(|r| RateRule {
+                requests: r.requests,
+                window: std::time::Duration::from_millis(r.window_ms),
+            })
+            .collect()
+    }
 }
 
 /// The current [`Settings`], replaceable at run time.

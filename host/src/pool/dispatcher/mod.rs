@@ -33,7 +33,6 @@ use super::settings::LiveSettings;
 use super::stats::{PoolStats, ScaleEvent, WorkerMetrics, WorkerState};
 use super::worker::{Assignment, Event, WorkerContext};
 use super::{BATCH_MAX_TASK_TIME, PoolConfig, ShutdownReport, Strategy, TICK};
-use crate::destination::RateRule;
 use crate::plugin::LoadedPlugin;
 use crate::registry::Registry;
 use crate::task::{FailureClass, Task, TaskId};
@@ -180,35 +179,9 @@ impl Dispatcher {
         self.workers.values().map(|w| w.assigned.len()).sum()
     }
 
-    /// The rate limits `task` is paced under: its destination's, else the
-    /// config's for its platform, else what its plugin declares.
-    fn rules_for(&self, task: &Task, plugin: &LoadedPlugin) -> Vec<RateRule> {
-        let settings = self.settings.get();
-        let route = task
-            .destination
-            .as_deref()
-            .and_then(|name| settings.destinations.route(name));
-        if let Some(rules) = route.and_then(|r| r.rate_limits.clone()) {
-            return rules;
-        }
-        if let Some(rules) = settings.rate_limits.get(&task.platform) {
-            return rules.clone();
-        }
-        plugin
-            .info
-            .rate_limits
-            .iter()
-            .filter(|r| r.requests > 0 && r.window_ms > 0)
-            .map(|r| RateRule {
-                requests: r.requests,
-                window: Duration::from_millis(r.window_ms),
-            })
-            .collect()
-    }
-
     /// Whether `task` may go now; if not, it joins its destination's backlog.
     fn admit(&mut self, task: &Arc<Task>, plugin: &LoadedPlugin, now: Instant) -> bool {
-        let rules = self.rules_for(task, plugin);
+        let rules = self.settings.get().rate_rules(task, &plugin.info);
         if rules.is_empty() && self.pacer.is_empty() {
             return true;
         }
