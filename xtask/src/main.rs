@@ -5,8 +5,11 @@
 //! - `test`: build the plugins, then run every test (host, integration, SDK);
 //! - `demo`: build the daemon and the `webhook` plugin (nothing else), start
 //!   the daemon with it and deliver a signed notification to a local receiver;
+//! - `cluster`: start nats-server and two daemons sharing work through it,
+//!   deliver 1,000 tasks through both and show each host's share;
 //! - `bench`: build the plugins and run every benchmark.
 
+mod cluster;
 mod demo;
 
 use std::process::{Command, ExitCode};
@@ -21,9 +24,10 @@ fn main() -> ExitCode {
         "plugins" => plugins(),
         "test" => test(),
         "demo" => demo::run(),
+        "cluster" => cluster::run(),
         "bench" => bench(),
         _ => {
-            eprintln!("usage: cargo xtask <plugins|test|demo|bench>");
+            eprintln!("usage: cargo xtask <plugins|test|demo|cluster|bench>");
             return ExitCode::from(2);
         }
     };
@@ -85,6 +89,8 @@ fn bench() -> anyhow::Result<()> {
         "scaling",
         "--bench",
         "startup",
+        "--bench",
+        "broker",
     ]))
 }
 

@@ -113,6 +113,26 @@ pub fn status(s: &StatusView) -> String {
         pool.processed,
         pool.errors
     );
+    if let Some(b) = &s.broker {
+        let _ = writeln!(
+            out,
+            "broker     {} (nats-server {}), stream {}: {} message(s); this host took {}, {} redelivered, finished {}",
+            b.url,
+            b.server_version,
+            b.stream,
+            b.messages.map_or("?".into(), |n| n.to_string()),
+            b.taken_here,
+            b.redelivered_here,
+            b.finished_here
+        );
+        for c in &b.consumers {
+            let _ = writeln!(
+                out,
+                "  consumer {}: {} pending, {} held by hosts, {} redelivered",
+                c.name, c.pending, c.in_flight, c.redelivered
+            );
+        }
+    }
     let _ = writeln!(
         out,
         "warm hits  {:.1}% ({} of {})",
