@@ -483,15 +483,9 @@ impl Api {
         if let Some(host) = &self.broker {
             return self.retry_through_broker(host, task_id, dead).await;
         }
-        let ids = match (task_id, dead) {
-            (Some(id), false) => vec![id],
-            (None, true) => self.store.dead().await.map_err(store_error)?,
-            _ => {
-                return Err(ErrorBody::new(
-                    ErrorCode::InvalidRequest,
-                    "retry needs `task_id` or `dead: true` (not both)",
-                ));
-            }
+        let ids = match retry_target(task_id, dead)? {
+            RetryTarget::One(id) => vec![id],
+            RetryTarget::AllDead => self.store.dead().await.map_err(store_error)?,
         };
         let mut requeued = Vec::new();
         for id in ids {
@@ -519,9 +513,9 @@ impl Api {
         task_id: Option<TaskId>,
         dead: bool,
     ) -> Result<Value, ErrorBody> {
-        let ids: Vec<TaskId> = match (task_id, dead) {
-            (Some(id), false) => vec![id],
-            (None, true) => host
+        let ids: Vec<TaskId> = match retry_target(task_id, dead)? {
+            RetryTarget::One(id) => vec![id],
+            RetryTarget::AllDead => host
                 .broker
                 .records()
                 .list(Some(TaskState::Dead), None, crate::protocol::MAX_LIST_LIMIT)
@@ -530,12 +524,6 @@ impl Api {
                 .into_iter()
                 .map(|r| r.task.id)
                 .collect(),
-            _ => {
-                return Err(ErrorBody::new(
-                    ErrorCode::InvalidRequest,
-                    "retry needs `task_id` or `dead: true` (not both)",
-                ));
-            }
         };
         let mut requeued = Vec::new();
         for id in ids {
@@ -624,6 +612,23 @@ fn store_error(e: StoreError) -> ErrorBody {
         _ => ErrorCode::Internal,
     };
     ErrorBody::new(code, format!("the task store: {e}"))
+}
+
+/// What `retry` was asked to bring back.
+enum RetryTarget {
+    One(TaskId),
+    AllDead,
+}
+
+fn retry_target(task_id: Option<TaskId>, dead: bool) -> Result<RetryTarget, ErrorBody> {
+    match (task_id, dead) {
+        (Some(id), false) => Ok(RetryTarget::One(id)),
+        (None, true) => Ok(RetryTarget::AllDead),
+        _ => Err(ErrorBody::new(
+            ErrorCode::InvalidRequest,
+            "retry needs `task_id` or `dead: true` (not both)",
+        )),
+    }
 }
 
 /// A broker failure as clients see it: `unavailable`, try again later.
