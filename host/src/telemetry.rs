@@ -110,9 +110,13 @@ pub fn init(
         LogFormat::Json => logs.json().with_current_span(true).boxed(),
         LogFormat::Text => logs.boxed(),
     };
-    let (provider, spans) = match traces.map(TracesConfig::traces_url).transpose()?.flatten() {
-        Some(url) => {
-            let provider = exporter(&url, &traces.expect("set").service_name)?;
+    let export = match traces {
+        Some(traces) => traces.traces_url()?.map(|url| (url, traces)),
+        None => None,
+    };
+    let (provider, spans) = match export {
+        Some((url, traces)) => {
+            let provider = exporter(&url, &traces.service_name)?;
             let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "notifyhub");
             (
                 Some(provider),

@@ -17,12 +17,11 @@
 //! is spent, [`Budgets::take`] says how long to wait; the task goes back to
 //! the broker for that long and any host may take it then.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::kv;
-use sha2::{Digest, Sha256};
 
-use super::{BrokerError, bucket};
+use super::{BrokerError, bucket, bucket_key, millis};
 use crate::destination::RateRule;
 
 /// Added to every window: see the module docs.
@@ -33,12 +32,6 @@ const TRIES: usize = 16;
 
 pub struct Budgets {
     logs: kv::Store,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn widened(rule: &RateRule) -> u64 {
@@ -90,10 +83,7 @@ impl Budgets {
         destination: &str,
         rules: &[RateRule],
     ) -> Result<Option<Duration>, BrokerError> {
-        let key: String = Sha256::digest(destination.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let key = bucket_key(destination);
         let longest = rules.iter().map(widened).max().unwrap_or(0);
         let failed = |e: String| BrokerError::Records(format!("rate budget: {e}"));
         for _ in 0..TRIES {
@@ -109,7 +99,7 @@ impl Budgets {
                 ),
                 _ => (Vec::new(), None),
             };
-            let now = now_ms();
+            let now = millis(SystemTime::now());
             sends.retain(|t| *t + longest > now);
             sends.sort_unstable();
             if let Some(wait) = wait_for(&sends, rules, now) {

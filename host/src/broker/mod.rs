@@ -41,7 +41,7 @@ pub mod records;
 pub mod work;
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::{self, kv, stream};
 use serde::{Deserialize, Serialize};
@@ -157,6 +157,23 @@ fn setup(what: &str) -> impl Fn(String) -> BrokerError + '_ {
     }
 }
 
+/// Milliseconds since the epoch (0 before it): the times in records, work
+/// messages and send logs.
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A bucket key for any text: bucket keys allow few characters, so the
+/// SHA-256 of it, in hex.
+fn bucket_key(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// `2.9.10` → `(2, 9)`.
 fn major_minor(version: &str) -> Option<(u64, u64)> {
     let mut parts = version.trim_start_matches('v').split('.');
@@ -184,15 +201,8 @@ impl Broker {
             .await
             .map_err(|_| failed("no answer within 10 s".into()))?
             .map_err(|e| failed(e.to_string()))?;
-        // The first INFO arrives with the connection; wait for it briefly.
-        let mut info = client.server_info();
-        for _ in 0..50 {
-            if !info.version.is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            info = client.server_info();
-        }
+        // The handshake read the server's INFO before `connect` returned.
+        let info = client.server_info();
         match major_minor(&info.version) {
             Some(v) if v >= MIN_SERVER => {}
             _ => {
@@ -202,20 +212,10 @@ impl Broker {
                 });
             }
         }
+        if !info.jetstream {
+            return Err(BrokerError::NoJetStream { url });
+        }
         let js = jetstream::new(client);
-        js.query_account()
-            .await
-            .map(|_| ())
-            .or_else(|e| {
-                // 2.9's account reply lacks fields this client expects; a
-                // reply at all means JetStream is on.
-                if e.to_string().contains("did not match") {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            })
-            .map_err(|_| BrokerError::NoJetStream { url: url.clone() })?;
         let broker = Broker {
             records: Records::open(&js, config).await?,
             budgets: budget::Budgets::open(&js, &config.stream, config.replicas).await?,

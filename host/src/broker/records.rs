@@ -8,14 +8,13 @@
 //! two hosts reviving the same task at once publish it once.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::kv;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use super::{BrokerConfig, BrokerError, bucket};
+use super::{BrokerConfig, BrokerError, bucket, bucket_key, millis};
 use crate::protocol::TaskView;
 use crate::store::TaskRecord;
 use crate::task::{Task, TaskId, TaskState};
@@ -39,11 +38,6 @@ pub struct Shared {
 pub struct Work {
     pub task: Task,
     pub not_before_ms: Option<u64>,
-}
-
-pub fn millis(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Shared {
@@ -83,12 +77,6 @@ fn records_error(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Records(e.to_string())
 }
 
-/// A bucket key for any idempotency key (bucket keys allow few characters).
-fn key_of(idempotency_key: &str) -> String {
-    let digest = Sha256::digest(idempotency_key.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 impl Records {
     pub(super) async fn open(
         js: &async_nats::jetstream::Context,
@@ -114,7 +102,7 @@ impl Records {
 
     /// Claims `key` for `id`; the id that holds it if another task did first.
     pub async fn claim(&self, key: &str, id: TaskId) -> Result<Option<TaskId>, BrokerError> {
-        let bucket_key = key_of(key);
+        let bucket_key = bucket_key(key);
         match self.keys.create(&bucket_key, id.to_string().into()).await {
             Ok(_) => Ok(None),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
@@ -247,10 +235,10 @@ mod tests {
     #[test]
     fn any_idempotency_key_becomes_a_valid_bucket_key() {
         for key in ["order 42", "a.b.c", "ünïcode/../*>", ""] {
-            let k = key_of(key);
+            let k = bucket_key(key);
             assert_eq!(k.len(), 64);
             assert!(k.chars().all(|c| c.is_ascii_hexdigit()));
         }
-        assert_ne!(key_of("a"), key_of("b"));
+        assert_ne!(bucket_key("a"), bucket_key("b"));
     }
 }

@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::{AckKind, Message, consumer::pull};
 use futures_util::StreamExt;
@@ -129,12 +129,6 @@ async fn consume(
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 async fn handle(host: &Host, message: Message) {
     let work: Work = match serde_json::from_slice(&message.payload) {
         Ok(work) => work,
@@ -145,10 +139,12 @@ async fn handle(host: &Host, message: Message) {
             return;
         }
     };
+    // One reading of the clock: a second one could pass `due` and underflow.
+    let now = super::millis(SystemTime::now());
     if let Some(due) = work.not_before_ms
-        && due > now_ms()
+        && due > now
     {
-        let wait = Duration::from_millis(due - now_ms());
+        let wait = Duration::from_millis(due - now);
         let _ = message.ack_with(AckKind::Nak(Some(wait))).await;
         return;
     }
@@ -212,13 +208,14 @@ async fn handle(host: &Host, message: Message) {
         }
     };
     let broker = &host.broker;
-    let mut shared = match broker.records.get(id).await {
-        Ok(Some(shared)) => shared,
-        _ => Shared::new(Arc::new(record.task.as_ref().clone()), None),
-    };
-    shared.view = TaskView::from(record);
-    let dead = shared.view.state == TaskState::Dead;
     let recorded = async {
+        // The record keeps its revival count; only its view changes.
+        let mut shared = match broker.records.get(id).await? {
+            Some(shared) => shared,
+            None => Shared::new(record.task.clone(), None),
+        };
+        shared.view = TaskView::from(record);
+        let dead = shared.view.state == TaskState::Dead;
         broker.records.put(&shared).await?;
         if dead {
             let payload = serde_json::to_vec(&shared)

@@ -116,8 +116,10 @@ pub struct BrokerView {
     /// Tasks in the work stream (waiting or held by a host).
     pub messages: Option<u64>,
     pub consumers: Vec<ConsumerView>,
-    /// Tasks this host took from the broker since it started, how many of
-    /// them another host had held before, and how many it finished.
+    /// Tasks this host took from the broker since it started; how many of
+    /// them the broker had handed out before (to a host that went quiet, or
+    /// sent back to wait for their time or a rate budget); how many it
+    /// finished.
     pub taken_here: u64,
     pub redelivered_here: u64,
     pub finished_here: u64,
@@ -131,7 +133,8 @@ pub struct ConsumerView {
     pub pending: u64,
     /// Held by a host, not yet acknowledged.
     pub in_flight: u64,
-    /// Handed out again after a host went quiet.
+    /// Handed out more than once: after a host went quiet, or after
+    /// waiting in the broker for their time or a rate budget.
     pub redelivered: u64,
 }
 
