@@ -91,24 +91,25 @@ fn taken(status: &Value) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hosts_share_the_work_and_answer_alike() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
-    let receiver =
-        Receiver::start(|_| Reply::new(200, "ok").after(Duration::from_millis(10))).await;
+    let receiver = Receiver::start(|_| Reply::new(200, "ok").after(Duration::from_millis(2))).await;
     let a = host(&nats, &receiver, "max_attempts = 5\n").await?;
     let b = host(&nats, &receiver, "max_attempts = 5\n").await?;
+    const TASKS: usize = 5_000;
     let mut ids = Vec::new();
-    for round in 0..6 {
-        let tasks = (0..50)
+    for round in 0..10 {
+        let tasks = (0..TASKS / 10)
             .map(|i| task(&receiver, &format!("t{round}-{i}")))
             .collect();
         let on = if round % 2 == 0 { &a } else { &b };
         ids.extend(submit(on, tasks).await?);
     }
-    anyhow::ensure!(ids.len() == 300, "{} ids", ids.len());
-    // Every task is answered the same on both hosts, whoever ran it.
+    anyhow::ensure!(ids.len() == TASKS, "{} ids", ids.len());
+    // Every acknowledged task is delivered, and answered the same on both
+    // hosts, whoever ran it.
     wait_state(&a, &ids, "succeeded").await?;
-    wait_state(&b, &ids, "succeeded").await?;
+    wait_state(&b, &ids[..100], "succeeded").await?;
     let seen = bodies(&receiver);
-    anyhow::ensure!(seen.len() == 300, "{} distinct deliveries", seen.len());
+    anyhow::ensure!(seen.len() == TASKS, "{} distinct deliveries", seen.len());
     let (sa, sb) = (
         call(&a, json!({"op": "status"})).await?,
         call(&b, json!({"op": "status"})).await?,
@@ -118,6 +119,11 @@ async fn two_hosts_share_the_work_and_answer_alike() -> anyhow::Result<()> {
     let duplicates: usize = seen.values().map(|n| n - 1).sum();
     let redelivered = sa["broker"]["redelivered_here"].as_u64().unwrap_or(0)
         + sb["broker"]["redelivered_here"].as_u64().unwrap_or(0);
+    eprintln!(
+        "{TASKS} tasks: host a took {}, host b {}; {duplicates} duplicates, {redelivered} redelivered",
+        taken(&sa),
+        taken(&sb)
+    );
     anyhow::ensure!(
         duplicates as u64 <= redelivered,
         "{duplicates} duplicates, {redelivered} redelivered"
@@ -128,6 +134,30 @@ async fn two_hosts_share_the_work_and_answer_alike() -> anyhow::Result<()> {
             .is_some_and(|v| !v.is_empty()),
         "{sa}"
     );
+    // Both hosts are listed by either, with what they pull.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let status = call(&b, json!({"op": "status"})).await?;
+        let hosts = status["broker"]["hosts"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let listed: Vec<&str> = hosts.iter().filter_map(|h| h["name"].as_str()).collect();
+        let names = [
+            sa["broker"]["host"].as_str().unwrap_or("?"),
+            sb["broker"]["host"].as_str().unwrap_or("?"),
+        ];
+        if names.iter().all(|n| listed.contains(n)) {
+            anyhow::ensure!(names[0] != names[1], "{names:?}");
+            anyhow::ensure!(
+                hosts.iter().all(|h| h["platforms"] == json!(["webhook"])),
+                "{status}"
+            );
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "hosts never listed: {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     Ok(())
 }
 
@@ -228,7 +258,10 @@ async fn nothing_acknowledged_is_lost_when_the_broker_is_killed_and_restarted() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limit_holds_across_three_hosts() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
-    let receiver = Receiver::start(|_| Reply::new(200, "ok")).await;
+    // A receiver slow enough that one host, holding one task at a time,
+    // cannot use the whole budget: all three take part.
+    let receiver =
+        Receiver::start(|_| Reply::new(200, "ok").after(Duration::from_millis(600))).await;
     let destination = format!(
         "[destinations.paced]\nplatform = \"webhook\"\nurl = \"{}\"\nrate_limits = [\"4/1s\"]\n",
         receiver.url("/paced")
@@ -242,7 +275,7 @@ async fn a_rate_limit_holds_across_three_hosts() -> anyhow::Result<()> {
                     Some(&format!("allowed_hosts = [\"{}\"]\n", receiver.authority())),
                 )
                 .config(&format!(
-                    "[broker]\nurl = \"{}\"\nack_wait = \"2s\"\n{destination}",
+                    "[broker]\nurl = \"{}\"\nack_wait = \"2s\"\nmax_in_flight = 1\n{destination}",
                     nats.url()
                 ))
                 .start()
@@ -357,5 +390,182 @@ async fn an_unreachable_broker_is_a_clear_error_at_start() -> anyhow::Result<()>
         format!("{error:#}").contains("cannot reach the broker"),
         "{error:#}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_without_jetstream_is_refused_at_start() -> anyhow::Result<()> {
+    let nats = NatsServer::start_without_jetstream().await?;
+    let started = Daemon::builder(BIN)
+        .config(&format!("[broker]\nurl = \"{}\"\n", nats.url()))
+        .start()
+        .await;
+    let Err(error) = started else {
+        anyhow::bail!("a daemon started on a broker without JetStream");
+    };
+    anyhow::ensure!(
+        format!("{error:#}").contains("does not have JetStream enabled"),
+        "{error:#}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_waits_in_the_broker_for_the_platforms_retry_after() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    // Each task is refused once with "429, Retry-After: 1", then taken.
+    let refused = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let seen = refused.clone();
+    let receiver = Receiver::start(move |request| {
+        let body = request.json()["data"]["body"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        if seen.lock().unwrap().insert(body) {
+            Reply::new(429, "slow down").header("retry-after", "1")
+        } else {
+            Reply::new(200, "ok")
+        }
+    })
+    .await;
+    let retry = "max_attempts = 3\nbase = \"10ms\"\n";
+    let a = host(&nats, &receiver, retry).await?;
+    let b = host(&nats, &receiver, retry).await?;
+    let tasks = (0..6)
+        .map(|i| task(&receiver, &format!("again{i}")))
+        .collect();
+    let ids = submit(&a, tasks).await?;
+    wait_state(&b, &ids, "succeeded").await?;
+    for id in &ids {
+        let view = call(&a, json!({"op": "task", "task_id": id})).await?;
+        let history = view["history"].as_array().cloned().unwrap_or_default();
+        anyhow::ensure!(
+            view["attempts"] == 2 && history.len() == 2,
+            "two attempts, both recorded: {view}"
+        );
+        anyhow::ensure!(history[0]["outcome"]["class"] == "rate_limited", "{view}");
+        let (ended, next) = (
+            time(&history[0]["ended_at"])?,
+            time(&history[1]["started_at"])?,
+        );
+        eprintln!("retried after {:?}", next.duration_since(ended));
+        anyhow::ensure!(
+            next >= ended + Duration::from_millis(990),
+            "retried {:?} after a Retry-After of 1 s: {view}",
+            next.duration_since(ended)
+        );
+    }
+    // Each attempt was its own delivery from the broker, not a retry held
+    // by the host that failed.
+    let (sa, sb) = (
+        call(&a, json!({"op": "status"})).await?,
+        call(&b, json!({"op": "status"})).await?,
+    );
+    anyhow::ensure!(taken(&sa) + taken(&sb) == 12, "{sa} {sb}");
+    Ok(())
+}
+
+/// An RFC 3339 time from a view.
+fn time(value: &Value) -> anyhow::Result<std::time::SystemTime> {
+    let text = value
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("no time: {value}"))?;
+    Ok(humantime::parse_rfc3339(text)?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_holds_a_platform_warm_is_asked_first() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let receiver = Receiver::start(|_| Reply::new(200, "ok")).await;
+    let warm = host(&nats, &receiver, "max_attempts = 5\n").await?;
+    // The first host runs one task and so holds the plugin warm; the
+    // second has loaded it but never run it.
+    let first = call(
+        &warm,
+        json!({"op": "submit", "wait": true, "task": task(&receiver, "warm-up")}),
+    )
+    .await?;
+    anyhow::ensure!(first["tasks"][0]["state"] == "succeeded", "{first}");
+    let cold = host(&nats, &receiver, "max_attempts = 5\n").await?;
+    cold.wait_plugins_ready(WAIT).await?;
+    for i in 0..20 {
+        let answer = call(
+            &cold,
+            json!({"op": "submit", "wait": true, "task": task(&receiver, &format!("w{i}"))}),
+        )
+        .await?;
+        anyhow::ensure!(answer["tasks"][0]["state"] == "succeeded", "{answer}");
+    }
+    let (sw, sc) = (
+        call(&warm, json!({"op": "status"})).await?,
+        call(&cold, json!({"op": "status"})).await?,
+    );
+    anyhow::ensure!(
+        taken(&sw) == 21 && taken(&sc) == 0,
+        "the warm host took {}, the cold one {}",
+        taken(&sw),
+        taken(&sc)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_loaded_after_start_has_its_work_taken() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let receiver = Receiver::start(|_| Reply::new(200, "ok")).await;
+    let a = host(&nats, &receiver, "max_attempts = 5\n").await?;
+    a.wait_plugins_ready(WAIT).await?;
+    let built = notifyhub_testkit::plugins::build()?.join("noop.wasm");
+    let staged = a.dir().join("noop.wasm.part");
+    std::fs::copy(&built, &staged)?;
+    std::fs::rename(&staged, a.plugin_dir().join("noop.wasm"))?;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let status = call(&a, json!({"op": "status"})).await?;
+        if status["platforms"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p == "noop"))
+        {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "noop never loaded: {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let answer = call(
+        &a,
+        json!({"op": "submit", "wait": true,
+               "task": {"platform": "noop", "target": "t", "body": "late"}}),
+    )
+    .await?;
+    anyhow::ensure!(answer["tasks"][0]["state"] == "succeeded", "{answer}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_on_one_host_sees_tasks_finish_on_any() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let receiver = Receiver::start(|_| Reply::new(200, "ok")).await;
+    let a = host(&nats, &receiver, "max_attempts = 5\n").await?;
+    let b = host(&nats, &receiver, "max_attempts = 5\n").await?;
+    let mut watcher = b.connect().await?;
+    watcher
+        .send(&json!({"id": "w", "op": "watch", "state": "succeeded"}))
+        .await?;
+    let first = watcher.recv().await?;
+    anyhow::ensure!(first["result"]["watching"] == true, "{first}");
+    let ids = submit(
+        &a,
+        (0..30).map(|i| task(&receiver, &format!("s{i}"))).collect(),
+    )
+    .await?;
+    let mut pending: std::collections::HashSet<String> = ids.into_iter().collect();
+    while !pending.is_empty() {
+        let line = tokio::time::timeout(WAIT, watcher.recv())
+            .await
+            .map_err(|_| anyhow::anyhow!("{} outcomes never seen", pending.len()))??;
+        let event = &line["result"]["event"];
+        anyhow::ensure!(event["state"] == "succeeded", "{line}");
+        pending.remove(event["task_id"].as_str().unwrap_or_default());
+    }
     Ok(())
 }

@@ -5,7 +5,6 @@
 //! [`ErrorBody`]; the server turns either into a response line. Result
 //! shapes are the views in `protocol::views`, which the CLI decodes too.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
@@ -13,58 +12,21 @@ use std::time::{Instant, SystemTime};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::broker::work::Host;
-use crate::broker::{BrokerError, RetryRefused};
+use crate::backend::{BackendError, TaskBackend};
 use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::pool::settings::LiveSettings;
 use crate::protocol::{
-    AttemptView, ErrorBody, ErrorCode, EventView, ListLimit, LoadErrorView, NewTask, PluginView,
-    PluginsView, Request, StatusView, TaskView, WatchFilter, WatchLine, format_time,
+    ErrorBody, ErrorCode, EventView, ListLimit, LoadErrorView, NewTask, PluginView, PluginsView,
+    Request, StatusView, TaskView, WatchFilter, WatchLine, format_time,
 };
-use crate::redact;
 use crate::registry::Registry;
 use crate::reload::Reloader;
-use crate::store::{Accepted, StoreError, Submission, TaskEvent, TaskRecord, TaskStore};
-use crate::task::{PlatformName, Task, TaskId, TaskState};
+use crate::store::{Accepted, Submission, TaskEvent};
+use crate::task::{PlatformName, Task, TaskId};
 
 /// Tasks per `submit`.
 pub const MAX_BATCH: usize = 10_000;
-
-impl From<TaskRecord> for TaskView {
-    fn from(r: TaskRecord) -> Self {
-        TaskView {
-            id: r.task.id.to_string(),
-            platform: r.task.platform.clone(),
-            target: redact::target(&r.task.target),
-            title: r.task.title.clone(),
-            format: r.task.format,
-            priority: r.task.priority,
-            state: r.state,
-            submitted_at: format_time(r.submitted_at),
-            started_at: r.started_at.map(format_time),
-            finished_at: r.finished_at.map(format_time),
-            outcome: r.outcome,
-            plugin: r.plugin,
-            attempts: r.attempts,
-            not_before: r
-                .not_before
-                .filter(|_| !r.state.is_finished())
-                .map(format_time),
-            history: r
-                .history
-                .into_iter()
-                .map(|a| AttemptView {
-                    number: a.number,
-                    started_at: format_time(a.started_at),
-                    ended_at: a.ended_at.map(format_time),
-                    outcome: a.outcome,
-                    plugin: a.plugin,
-                })
-                .collect(),
-        }
-    }
-}
 
 /// What `reload-config` (and SIGHUP) does; `reconfigure` implements it.
 /// A trait here so the operations do not depend on the config file's types.
@@ -129,7 +91,8 @@ impl Watch {
 /// Everything an operation may touch.
 pub struct Api {
     registry: Arc<Registry>,
-    store: Arc<TaskStore>,
+    /// Where tasks are kept: this host's store, or the broker.
+    tasks: Arc<dyn TaskBackend>,
     pool: Arc<Pool>,
     reloader: Reloader,
     settings: Arc<LiveSettings>,
@@ -137,14 +100,12 @@ pub struct Api {
     watch_dropped: Arc<AtomicU64>,
     metrics: Option<Arc<Metrics>>,
     reconfigure: Arc<dyn Reconfigure>,
-    /// With a broker, tasks and their records live there, not in `store`.
-    broker: Option<Host>,
 }
 
 impl Api {
     pub fn new(
         registry: Arc<Registry>,
-        store: Arc<TaskStore>,
+        tasks: Arc<dyn TaskBackend>,
         pool: Arc<Pool>,
         reloader: Reloader,
         settings: Arc<LiveSettings>,
@@ -153,7 +114,7 @@ impl Api {
     ) -> Self {
         Api {
             registry,
-            store,
+            tasks,
             pool,
             reloader,
             settings,
@@ -161,15 +122,7 @@ impl Api {
             watch_dropped: Arc::default(),
             metrics,
             reconfigure,
-            broker: None,
         }
-    }
-
-    /// Takes and answers for tasks through `broker` (several hosts share
-    /// them) instead of this host's store.
-    pub fn sharing(mut self, broker: Option<Host>) -> Self {
-        self.broker = broker;
-        self
     }
 
     /// `reload-config`: see [`Reconfigure`].
@@ -189,14 +142,14 @@ impl Api {
 
     /// Starts a `watch`; `busy` when [`MAX_WATCHERS`] are watching already.
     pub fn watch(&self, filter: WatchFilter) -> Result<Watch, ErrorBody> {
-        if self.store.watchers() >= MAX_WATCHERS {
+        if self.tasks.watchers() >= MAX_WATCHERS {
             return Err(ErrorBody::new(
                 ErrorCode::Busy,
                 format!("at most {MAX_WATCHERS} watchers at once"),
             ));
         }
         Ok(Watch {
-            events: self.store.subscribe(),
+            events: self.tasks.subscribe(),
             filter,
             dropped: self.watch_dropped.clone(),
         })
@@ -221,22 +174,11 @@ impl Api {
                 limit,
             } => {
                 let limit = limit.unwrap_or(ListLimit::DEFAULT).get();
-                if let Some(host) = &self.broker {
-                    let records = host
-                        .broker
-                        .records()
-                        .list(state, platform.as_deref(), limit)
-                        .await
-                        .map_err(broker_error)?;
-                    let views: Vec<TaskView> = records.into_iter().map(|r| r.view).collect();
-                    return Ok(json!({ "tasks": views }));
-                }
-                let records = self
-                    .store
-                    .list(state, platform.map(String::from), limit)
+                let views = self
+                    .tasks
+                    .list(state, platform.as_deref(), limit)
                     .await
-                    .map_err(store_error)?;
-                let views: Vec<TaskView> = records.into_iter().map(TaskView::from).collect();
+                    .map_err(backend_error)?;
                 Ok(json!({ "tasks": views }))
             }
             Request::Retry { task_id, dead } => self.retry(task_id, dead).await,
@@ -344,86 +286,20 @@ impl Api {
                 format!("at most {MAX_BATCH} tasks per submit, counting each fan-out leaf"),
             ));
         }
-        if !self.pool.has_room(submissions.len()) {
-            return Err(ErrorBody::new(
-                ErrorCode::Busy,
-                "the queue is full; try again later",
-            ));
-        }
-
-        if let Some(host) = &self.broker {
-            return self.submit_to_broker(host, submissions, wait).await;
-        }
-        let tasks: HashMap<TaskId, (Arc<Task>, Option<SystemTime>)> = submissions
-            .iter()
-            .map(|s| (s.task.id, (s.task.clone(), s.not_before)))
-            .collect();
-        let accepted = self.store.submit(submissions).await.map_err(|e| {
-            tracing::error!("submit not accepted: {e}");
-            store_error(e)
-        })?;
-        // Subscribe before queueing so a fast delivery cannot be missed.
-        let waiters: Vec<_> = if wait {
-            accepted
-                .iter()
-                .filter_map(|a| self.store.wait(a.id()))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let mut ready = Vec::new();
-        for a in &accepted {
-            let Accepted::New(id) = a else { continue };
-            let (task, not_before) = &tasks[id];
-            match not_before {
-                Some(at) => self.pool.schedule(*id, *at),
-                None => ready.push(task.clone()),
+        let submitted = self.tasks.submit(submissions, wait).await.map_err(|e| {
+            if !matches!(e, BackendError::Busy) {
+                tracing::error!("submit not accepted: {e}");
             }
-        }
-        self.pool.enqueue(&ready);
-
+            backend_error(e)
+        })?;
         if !wait {
-            return Ok(accepted_answer(&accepted));
+            return Ok(accepted_answer(&submitted.accepted));
         }
-        let mut views = Vec::with_capacity(waiters.len());
-        for waiter in waiters {
-            let record = waiter.await.map_err(|_| {
-                ErrorBody::new(
-                    ErrorCode::ShuttingDown,
-                    "the daemon stopped before the task finished",
-                )
-            })?;
-            views.push(TaskView::from(record));
+        let mut views: Vec<TaskView> = Vec::with_capacity(submitted.finished.len());
+        for finished in submitted.finished {
+            views.push(finished.await.map_err(backend_error)?);
         }
         Ok(json!({ "tasks": views }))
-    }
-
-    /// `submit` with a broker: answered after the broker has stored every
-    /// task; with `wait`, once each is finished, whichever host ran it.
-    async fn submit_to_broker(
-        &self,
-        host: &Host,
-        submissions: Vec<Submission>,
-        wait: bool,
-    ) -> Result<Value, ErrorBody> {
-        let accepted = host.broker.submit(submissions).await.map_err(|e| {
-            tracing::error!("submit not accepted: {e}");
-            broker_error(e)
-        })?;
-        if wait {
-            let mut views = Vec::with_capacity(accepted.len());
-            for a in &accepted {
-                let record = host
-                    .broker
-                    .records()
-                    .wait_finished(a.id())
-                    .await
-                    .map_err(broker_error)?;
-                views.push(record.view);
-            }
-            return Ok(json!({ "tasks": views }));
-        }
-        Ok(accepted_answer(&accepted))
     }
 
     /// Where a submitted task goes: `(platform, destination)` per delivery.
@@ -459,86 +335,24 @@ impl Api {
     }
 
     async fn task(&self, id: TaskId) -> Result<Value, ErrorBody> {
-        let not_found = || ErrorBody::new(ErrorCode::NotFound, format!("no task {id}"));
-        if let Some(host) = &self.broker {
-            let record = host
-                .broker
-                .records()
-                .get(id)
-                .await
-                .map_err(broker_error)?
-                .ok_or_else(not_found)?;
-            return Ok(to_value(record.view));
-        }
-        let record = self
-            .store
+        let view = self
+            .tasks
             .get(id)
             .await
-            .map_err(store_error)?
-            .ok_or_else(|| ErrorBody::new(ErrorCode::NotFound, format!("no task {id}")))?;
-        Ok(to_value(TaskView::from(record)))
+            .map_err(backend_error)?
+            .ok_or_else(|| backend_error(BackendError::NotFound(id)))?;
+        Ok(to_value(view))
     }
 
     async fn retry(&self, task_id: Option<TaskId>, dead: bool) -> Result<Value, ErrorBody> {
-        if let Some(host) = &self.broker {
-            return self.retry_through_broker(host, task_id, dead).await;
-        }
         let ids = match retry_target(task_id, dead)? {
             RetryTarget::One(id) => vec![id],
-            RetryTarget::AllDead => self.store.dead().await.map_err(store_error)?,
+            RetryTarget::AllDead => self.tasks.dead().await.map_err(backend_error)?,
         };
         let mut requeued = Vec::new();
         for id in ids {
-            match self.store.retry(id).await {
-                Ok(_) => {
-                    self.pool.schedule(id, SystemTime::now());
-                    requeued.push(id.to_string());
-                }
-                Err(StoreError::NotFound(_)) => {
-                    return Err(ErrorBody::new(ErrorCode::NotFound, format!("no task {id}")));
-                }
-                Err(e @ StoreError::NotDead { .. }) => {
-                    return Err(ErrorBody::new(ErrorCode::InvalidRequest, e.to_string()));
-                }
-                Err(e) => return Err(store_error(e)),
-            }
-        }
-        Ok(json!({ "requeued": requeued }))
-    }
-
-    /// `retry` with a broker: any host revives a dead task, once.
-    async fn retry_through_broker(
-        &self,
-        host: &Host,
-        task_id: Option<TaskId>,
-        dead: bool,
-    ) -> Result<Value, ErrorBody> {
-        let ids: Vec<TaskId> = match retry_target(task_id, dead)? {
-            RetryTarget::One(id) => vec![id],
-            RetryTarget::AllDead => host
-                .broker
-                .records()
-                .list(Some(TaskState::Dead), None, crate::protocol::MAX_LIST_LIMIT)
-                .await
-                .map_err(broker_error)?
-                .into_iter()
-                .map(|r| r.task.id)
-                .collect(),
-        };
-        let mut requeued = Vec::new();
-        for id in ids {
-            match host.broker.retry(id).await.map_err(broker_error)? {
-                Ok(()) => requeued.push(id.to_string()),
-                Err(RetryRefused::NotFound) => {
-                    return Err(ErrorBody::new(ErrorCode::NotFound, format!("no task {id}")));
-                }
-                Err(RetryRefused::NotDead(state)) => {
-                    return Err(ErrorBody::new(
-                        ErrorCode::InvalidRequest,
-                        format!("task {id} is {}, not dead", state.as_str()),
-                    ));
-                }
-            }
+            self.tasks.retry(id).await.map_err(backend_error)?;
+            requeued.push(id.to_string());
         }
         Ok(json!({ "requeued": requeued }))
     }
@@ -558,7 +372,7 @@ impl Api {
                 .map(|p| p.to_string())
                 .collect(),
             plugins_ready: self.registry.is_ready(),
-            watchers: self.store.watchers(),
+            watchers: self.tasks.watchers(),
             watch_dropped: self.watch_dropped.load(Ordering::Relaxed),
             plugins_loading: self
                 .registry
@@ -567,10 +381,7 @@ impl Api {
                 .map(|p| p.display().to_string())
                 .collect(),
             pool,
-            broker: match &self.broker {
-                Some(host) => Some(host.broker.view(&host.stats).await),
-                None => None,
-            },
+            broker: self.tasks.broker().await,
         })
     }
 
@@ -604,14 +415,18 @@ impl Api {
     }
 }
 
-/// A store failure as clients see it: `unavailable` (retry later) when
-/// the store cannot be written, `internal` otherwise.
-fn store_error(e: StoreError) -> ErrorBody {
-    let code = match e {
-        StoreError::Unavailable(_) => ErrorCode::Unavailable,
-        _ => ErrorCode::Internal,
+/// A backend failure as clients see it: `unavailable` and `busy` mean
+/// nothing was done and the client may try again later.
+fn backend_error(e: BackendError) -> ErrorBody {
+    let code = match &e {
+        BackendError::Unavailable(_) => ErrorCode::Unavailable,
+        BackendError::Busy => ErrorCode::Busy,
+        BackendError::Internal(_) => ErrorCode::Internal,
+        BackendError::NotFound(_) => ErrorCode::NotFound,
+        BackendError::NotDead { .. } => ErrorCode::InvalidRequest,
+        BackendError::ShuttingDown => ErrorCode::ShuttingDown,
     };
-    ErrorBody::new(code, format!("the task store: {e}"))
+    ErrorBody::new(code, e.to_string())
 }
 
 /// What `retry` was asked to bring back.
@@ -629,11 +444,6 @@ fn retry_target(task_id: Option<TaskId>, dead: bool) -> Result<RetryTarget, Erro
             "retry needs `task_id` or `dead: true` (not both)",
         )),
     }
-}
-
-/// A broker failure as clients see it: `unavailable`, try again later.
-fn broker_error(e: BrokerError) -> ErrorBody {
-    ErrorBody::new(ErrorCode::Unavailable, format!("the broker: {e}"))
 }
 
 /// What `submit` answers without `wait`.

@@ -15,7 +15,10 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::Api;
+use crate::backend::TaskBackend;
+use crate::backend::local::LocalTasks;
 use crate::broker::Broker;
+use crate::broker::tasks::SharedTasks;
 use crate::config::Config;
 use crate::destination::{DestinationError, Destinations};
 use crate::executor::Executor;
@@ -184,23 +187,24 @@ impl Daemon {
             settings: settings.clone(),
             stats: Arc::default(),
         });
-        let api = Arc::new(
-            Api::new(
-                registry.clone(),
-                store.clone(),
+        let tasks: Arc<dyn TaskBackend> = match &broker {
+            Some(host) => Arc::new(SharedTasks::new(host.clone())),
+            None => Arc::new(LocalTasks::new(store.clone(), pool.clone())),
+        };
+        let api = Arc::new(Api::new(
+            registry.clone(),
+            tasks,
+            pool.clone(),
+            reloader,
+            settings.clone(),
+            metrics.clone(),
+            Arc::new(ConfigReloader::new(
+                source,
+                config.clone(),
+                settings,
                 pool.clone(),
-                reloader,
-                settings.clone(),
-                metrics.clone(),
-                Arc::new(ConfigReloader::new(
-                    source,
-                    config.clone(),
-                    settings,
-                    pool.clone(),
-                )),
-            )
-            .sharing(broker.clone()),
-        );
+            )),
+        ));
         let metrics_listener = match (config.metrics.listen, metrics) {
             (Some(addr), Some(metrics)) => Some((addr, metrics)),
             _ => None,

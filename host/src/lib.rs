@@ -8,6 +8,7 @@
 //! | [`server`] | Unix socket accept loop, line framing, per-connection limits |
 //! | [`protocol`] | request/response lines ⇄ typed [`protocol::Request`]s; bounded values; answer views |
 //! | [`api`] | what each operation does |
+//! | [`backend`] | the one interface the API keeps tasks through: the embedded store or the broker |
 //! | [`store`] | accepted tasks, attempts and outcomes; durable in SQLite |
 //! | [`broker`] | several hosts sharing tasks through NATS JetStream (instead of the embedded store) |
 //! | [`pool`] | workers, routing, scaling, pacing; [`pool::scheduler`] (when a task may run), [`pool::retry`] (the policy), [`pool::lifecycle`] (what happens after an attempt) |
@@ -31,6 +32,7 @@
 
 pub mod activation;
 pub mod api;
+pub mod backend;
 pub mod bindings;
 pub mod broker;
 pub mod check;

@@ -130,6 +130,8 @@ pub struct Registry {
     compiles: AtomicU64,
     /// `true` once every file present at start-up has been tried.
     ready: watch::Sender<bool>,
+    /// Bumped on every catalog change, for those who follow what is loaded.
+    changes: watch::Sender<u64>,
     metrics: Option<Arc<Metrics>>,
 }
 
@@ -142,6 +144,7 @@ impl Registry {
             dir: dir.to_path_buf(),
             compiles: AtomicU64::new(0),
             ready: watch::Sender::new(false),
+            changes: watch::Sender::new(0),
             metrics,
         }
     }
@@ -164,6 +167,11 @@ impl Registry {
 
     pub(crate) fn mark_ready(&self) {
         self.ready.send_replace(true);
+    }
+
+    /// A receiver that sees a change each time the catalog changes.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// Compilations so far (loads from the cache included).
@@ -198,6 +206,7 @@ impl Registry {
         let mut next = Catalog::clone(&guard);
         let result = change(&mut next);
         *guard = Arc::new(next);
+        self.changes.send_modify(|n| *n += 1);
         result
     }
 

@@ -12,6 +12,7 @@ pub struct NatsServer {
     child: Child,
     dir: tempfile::TempDir,
     url: String,
+    jetstream: bool,
 }
 
 fn binary() -> anyhow::Result<PathBuf> {
@@ -34,9 +35,23 @@ fn binary() -> anyhow::Result<PathBuf> {
 impl NatsServer {
     /// Starts a server and waits until it accepts connections.
     pub async fn start() -> anyhow::Result<NatsServer> {
+        Self::start_with(true).await
+    }
+
+    /// Starts a server without JetStream (plain NATS).
+    pub async fn start_without_jetstream() -> anyhow::Result<NatsServer> {
+        Self::start_with(false).await
+    }
+
+    async fn start_with(jetstream: bool) -> anyhow::Result<NatsServer> {
         let dir = tempfile::tempdir()?;
-        let (child, url) = spawn(dir.path(), None).await?;
-        Ok(NatsServer { child, dir, url })
+        let (child, url) = spawn(dir.path(), None, jetstream).await?;
+        Ok(NatsServer {
+            child,
+            dir,
+            url,
+            jetstream,
+        })
     }
 
     /// `nats://127.0.0.1:PORT`.
@@ -49,19 +64,22 @@ impl NatsServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let port: u16 = self.url.rsplit(':').next().unwrap_or_default().parse()?;
-        let (child, _) = spawn(self.dir.path(), Some(port)).await?;
+        let (child, _) = spawn(self.dir.path(), Some(port), self.jetstream).await?;
         self.child = child;
         Ok(())
     }
 }
 
-async fn spawn(dir: &Path, port: Option<u16>) -> anyhow::Result<(Child, String)> {
+async fn spawn(dir: &Path, port: Option<u16>, jetstream: bool) -> anyhow::Result<(Child, String)> {
     let ports_dir = dir.join(format!("ports-{}", port.unwrap_or(0)));
     std::fs::create_dir_all(&ports_dir)?;
     let port_arg = port.map_or("-1".to_string(), |p| p.to_string());
-    let child = Command::new(binary()?)
-        .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
-        .arg(dir.join("store"))
+    let mut command = Command::new(binary()?);
+    command.args(["-a", "127.0.0.1", "-p", &port_arg]);
+    if jetstream {
+        command.args(["-js", "-sd"]).arg(dir.join("store"));
+    }
+    let child = command
         .arg("--ports_file_dir")
         .arg(&ports_dir)
         .stdout(Stdio::null())

@@ -11,14 +11,17 @@
 //!   claimed with a create-if-absent in the keys bucket (24 h, the bucket's
 //!   age limit), so a resubmission on any host returns the first task.
 //! - **Work** ([`work`]): each host pulls, through one durable pull consumer
-//!   per platform shared by every host, only the platforms it has loaded.
-//!   A pulled task runs in this host's pool exactly as a local one would
-//!   (warm instances, pacing, the retry policy); while it runs the host
-//!   sends in-progress acks so the broker does not hand it to another host.
-//!   Its final record is written to the records bucket, a dead task is also
-//!   published to the dead-letter stream, and only then is the message
-//!   acknowledged. A host that dies holding tasks stops sending progress;
-//!   after `ack_wait` the broker redelivers them to another host.
+//!   per platform shared by every host, only the platforms it has loaded,
+//!   and asks first for those it holds warm. A pulled task runs in this
+//!   host's pool for one attempt, counted after the attempts every host
+//!   made before; while it runs the host sends in-progress acks so the
+//!   broker does not hand it to another host. The outcome goes into the
+//!   records bucket, and only then is the message answered: a retry is
+//!   NAKed with the backoff (the platform's retry-after included) as its
+//!   delay, so any host may make the next attempt; a final outcome is
+//!   acknowledged, a dead task first published to the dead-letter stream.
+//!   A host that dies holding tasks stops sending progress; after
+//!   `ack_wait` the broker redelivers them to another host.
 //! - **Scheduling**: a task not due yet is NAKed with the time left as the
 //!   delay; the broker holds it and redelivers it to whichever host is
 //!   pulling when it is due. No host is special.
@@ -26,8 +29,11 @@
 //!   destination in a bucket, appended to with compare-and-set; a task
 //!   whose destination's budget is spent goes back to the broker until it
 //!   is not.
-//! - **State** ([`records`]): `task`, `tasks` and `retry` read and write the
-//!   records bucket, so they answer the same on every host.
+//! - **State** ([`records`], [`tasks`]): `task`, `tasks`, `retry`, `watch`
+//!   and `submit` with `wait` read and write the records bucket, so they
+//!   answer the same on every host; [`tasks::SharedTasks`] is the API's
+//!   [`crate::backend::TaskBackend`] in broker mode. Hosts announce
+//!   themselves in a bucket ([`hosts`]) that `status` lists.
 //!
 //! The server must be 2.9.0 or newer (Debian 12 ships 2.9.10): notifyhub uses
 //! work-queue streams, `Nats-Msg-Id` de-duplication, NAK with a delay and
@@ -37,7 +43,9 @@
 //! consumers, per-message TTLs). The version is checked at connect time.
 
 pub mod budget;
+pub mod hosts;
 pub mod records;
+pub mod tasks;
 pub mod work;
 
 use std::path::PathBuf;
@@ -74,6 +82,9 @@ pub struct BrokerConfig {
     pub ack_wait: Duration,
     /// Tasks this host holds at once (pulled and not yet acknowledged).
     pub max_in_flight: usize,
+    /// This host's name in `status` (default: the machine's host name and
+    /// the process id).
+    pub host_name: Option<String>,
 }
 
 impl Default for BrokerConfig {
@@ -85,6 +96,7 @@ impl Default for BrokerConfig {
             replicas: 1,
             ack_wait: Duration::from_secs(30),
             max_in_flight: 256,
+            host_name: None,
         }
     }
 }
@@ -117,6 +129,11 @@ impl BrokerConfig {
         if !(1..=10_000).contains(&self.max_in_flight) {
             return Err("[broker] max_in_flight: 1 to 10000".into());
         }
+        if let Some(name) = &self.host_name
+            && (name.is_empty() || name.len() > 64 || name.chars().any(char::is_control))
+        {
+            return Err("[broker] host_name: 1 to 64 bytes, no control characters".into());
+        }
         Ok(())
     }
 }
@@ -148,6 +165,9 @@ pub struct Broker {
     js: jetstream::Context,
     records: Records,
     budgets: budget::Budgets,
+    hosts: hosts::Hosts,
+    /// This host's name among the hosts.
+    name: String,
 }
 
 fn setup(what: &str) -> impl Fn(String) -> BrokerError + '_ {
@@ -219,6 +239,8 @@ impl Broker {
         let broker = Broker {
             records: Records::open(&js, config).await?,
             budgets: budget::Budgets::open(&js, &config.stream, config.replicas).await?,
+            hosts: hosts::Hosts::open(&js, &config.stream, config.replicas).await?,
+            name: config.host_name.clone().unwrap_or_else(hosts::default_name),
             config: config.clone(),
             url,
             version: info.version,
@@ -266,6 +288,15 @@ impl Broker {
         &self.config
     }
 
+    /// This host's name among the hosts.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn hosts(&self) -> &hosts::Hosts {
+        &self.hosts
+    }
+
     /// Publishes `payload` on `subject` and waits for the stream to store it.
     async fn publish(
         &self,
@@ -295,8 +326,8 @@ impl Broker {
             {
                 return Ok((Accepted::Duplicate(holder), None));
             }
-            let record = Shared::new(s.task.clone(), s.not_before);
-            self.records.put(&record).await?;
+            let mut record = Shared::new(s.task.clone(), s.not_before);
+            self.records.put(&mut record).await?;
             Ok::<_, BrokerError>((Accepted::New(s.task.id), Some(record)))
         }))
         .await;
@@ -341,6 +372,8 @@ impl Broker {
             taken_here: here.taken.load(Relaxed),
             redelivered_here: here.redelivered.load(Relaxed),
             finished_here: here.finished.load(Relaxed),
+            host: self.name.clone(),
+            hosts: self.hosts.list().await.unwrap_or_default(),
         };
         if let Ok(mut stream) = self.work_stream().await {
             if let Ok(info) = stream.info().await {

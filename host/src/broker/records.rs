@@ -8,7 +8,7 @@
 //! two hosts reviving the same task at once publish it once.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream::kv;
 use futures_util::StreamExt;
@@ -30,6 +30,13 @@ pub struct Shared {
     pub not_before_ms: Option<u64>,
     /// How many times `retry` revived it; part of each publish's message id.
     pub revivals: u32,
+    /// `view.attempts` when `retry` last revived it: the retry policy
+    /// counts the attempts since then, on whichever host they ran.
+    pub revived_at: u32,
+    /// When it was submitted (ms since the epoch).
+    pub submitted_ms: u64,
+    /// When this record was last written (ms since the epoch).
+    pub changed_ms: u64,
     pub view: TaskView,
 }
 
@@ -42,13 +49,38 @@ pub struct Work {
 
 impl Shared {
     pub fn new(task: Arc<Task>, not_before: Option<SystemTime>) -> Shared {
-        let view = TaskView::from(TaskRecord::new(task.clone(), SystemTime::now(), not_before));
+        let now = SystemTime::now();
+        let view = TaskView::from(TaskRecord::new(task.clone(), now, not_before));
         Shared {
             task: (*task).clone(),
             not_before_ms: not_before.map(millis),
             revivals: 0,
+            revived_at: 0,
+            submitted_ms: millis(now),
+            changed_ms: millis(now),
             view,
         }
+    }
+
+    /// The record this host's store runs the next attempt from: the
+    /// attempts counted so far, on every host, carry on.
+    pub fn to_local(&self) -> TaskRecord {
+        let submitted = UNIX_EPOCH + Duration::from_millis(self.submitted_ms);
+        let mut record = TaskRecord::new(Arc::new(self.task.clone()), submitted, None);
+        record.attempts = self.view.attempts;
+        record.revived_at = self.revived_at;
+        record
+    }
+
+    /// Takes in the end of an attempt run from [`Shared::to_local`]: its
+    /// state and outcome, and its attempt after the earlier ones.
+    pub fn merge(&mut self, local: TaskRecord) {
+        self.not_before_ms = local.not_before.map(millis);
+        let mut view = TaskView::from(local);
+        let mut history = std::mem::take(&mut self.view.history);
+        history.append(&mut view.history);
+        view.history = history;
+        self.view = view;
     }
 
     pub fn work(&self) -> Work {
@@ -118,13 +150,20 @@ impl Records {
         }
     }
 
-    pub async fn put(&self, record: &Shared) -> Result<(), BrokerError> {
+    /// Writes `record`, stamping when.
+    pub async fn put(&self, record: &mut Shared) -> Result<(), BrokerError> {
+        record.changed_ms = millis(SystemTime::now());
         let bytes = serde_json::to_vec(record).map_err(records_error)?;
         self.tasks
             .put(record.task.id.to_string(), bytes.into())
             .await
             .map(|_| ())
             .map_err(records_error)
+    }
+
+    /// Every record written from now on, for `watch`.
+    pub async fn changes(&self) -> Result<kv::Watch, BrokerError> {
+        self.tasks.watch_all().await.map_err(records_error)
     }
 
     pub async fn get(&self, id: TaskId) -> Result<Option<Shared>, BrokerError> {
@@ -191,8 +230,11 @@ impl Records {
                 return Ok(Some(Err(record.view.state)));
             }
             record.revivals += 1;
+            record.revived_at = record.view.attempts;
             record.view.state = TaskState::Queued;
+            record.view.finished_at = None;
             record.not_before_ms = None;
+            record.changed_ms = millis(SystemTime::now());
             let bytes = serde_json::to_vec(&record).map_err(records_error)?;
             match self
                 .tasks

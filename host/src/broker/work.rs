@@ -1,31 +1,56 @@
 //! Taking work from the broker: one durable pull consumer per platform,
 //! shared by every host; this host pulls from those of the platforms it has
-//! loaded.
+//! loaded, following the registry as plugins come and go.
 //!
-//! A pulled task is run by this host's pool like a local one. The host
-//! holds the message until the task's final outcome, sending an in-progress
-//! ack every third of `ack_wait`; it then writes the final record (and a
-//! dead task to the dead-letter stream) and only then acknowledges. At most
-//! `max_in_flight` tasks are held at once, so hosts share the backlog
-//! instead of one host taking it all.
+//! **Warm first.** A host asks the broker first for the platforms it holds
+//! warm instances of: for those it keeps a pull request waiting at the
+//! broker, so a new task goes straight to a host that can run it without
+//! instantiating. For a platform it has no warm instance of, it only takes
+//! what is already waiting, every [`COLD_POLL`] — tasks that no warm host
+//! picked up (they are all busy, or there is none). Affinity to warm
+//! instances thus holds across hosts, and no task waits for a warm host
+//! that is not coming.
+//!
+//! **One attempt per delivery.** A pulled task is run by this host's pool
+//! like a local one, for one attempt, counted after those the records
+//! bucket holds from every host. The host holds the message meanwhile,
+//! sending an in-progress ack every third of `ack_wait`. Then it writes the
+//! record and only then answers the broker: a retry is NAKed with the
+//! backoff as its delay (the broker redelivers it to whichever host is
+//! pulling then, so retries move between hosts and none is special); a
+//! final outcome is acknowledged, a dead task first published to the
+//! dead-letter stream. At most `max_in_flight` tasks are held at once, so
+//! hosts share the backlog instead of one host taking it all.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use async_nats::jetstream::{AckKind, Message, consumer::pull};
+use async_nats::jetstream::consumer::{PullConsumer, pull};
+use async_nats::jetstream::{AckKind, Message};
 use futures_util::StreamExt;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::Broker;
 use super::records::{Shared, Work};
 use crate::pool::Pool;
 use crate::pool::settings::LiveSettings;
-use crate::protocol::TaskView;
+use crate::protocol::HostView;
 use crate::registry::Registry;
-use crate::store::{Submission, TaskStore};
+use crate::store::TaskStore;
 use crate::task::TaskState;
+
+/// How often a host looks for waiting tasks of a platform it holds no warm
+/// instance of.
+pub const COLD_POLL: Duration = Duration::from_millis(50);
+
+/// How long a pull request for a warm platform waits at the broker.
+const PULL_WAIT: Duration = Duration::from_secs(1);
+
+/// Most tasks asked for in one pull request.
+const MAX_BATCH: usize = 64;
 
 /// What this host took from the broker, for `status`.
 #[derive(Debug, Default)]
@@ -46,44 +71,112 @@ pub struct Host {
     pub stats: Arc<WorkStats>,
 }
 
-/// Pulls for every platform loaded once start-up's plugins are in, until
-/// `shutdown`.
+/// Pulls for every platform loaded, from when start-up's plugins are in
+/// until `shutdown`: a consumer starts when a plugin for a new platform
+/// loads and stops when its platform is unloaded.
 pub async fn run(host: Host, shutdown: CancellationToken) {
     let registry = host.registry.clone();
     registry.wait_ready().await;
     let permits = Arc::new(Semaphore::new(host.broker.config.max_in_flight));
-    let platforms: Vec<String> = registry
-        .catalog()
-        .platforms()
-        .iter()
-        .map(|p| p.to_string())
-        .collect();
-    for platform in platforms {
-        let (host, permits, shutdown) = (host.clone(), permits.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            // A broker restart or a lost connection ends the pull; start
-            // it again (the consumer is durable, nothing is lost).
-            while let Err(e) = consume(&host, &platform, permits.clone(), shutdown.clone()).await {
-                tracing::warn!(%platform, "taking work from the broker stopped: {e}; again in 1 s");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
+    tokio::spawn(announce(host.clone(), permits.clone(), shutdown.clone()));
+    let mut changes = registry.changes();
+    let mut consumers: HashMap<String, CancellationToken> = HashMap::new();
+    loop {
+        changes.mark_unchanged();
+        let platforms: Vec<String> = registry
+            .catalog()
+            .platforms()
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        consumers.retain(|platform, stop| {
+            let keep = platforms.contains(platform);
+            if !keep {
+                tracing::info!(%platform, "no plugin serves it any more: not taking its work");
+                stop.cancel();
             }
+            keep
         });
+        for platform in platforms {
+            if consumers.contains_key(&platform) {
+                continue;
+            }
+            let stop = shutdown.child_token();
+            consumers.insert(platform.clone(), stop.clone());
+            tokio::spawn(keep_consuming(
+                host.clone(),
+                platform,
+                permits.clone(),
+                stop,
+            ));
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            changed = changes.changed() => if changed.is_err() { break },
+        }
+    }
+    host.broker.hosts().leave(host.broker.name()).await;
+}
+
+/// Runs [`consume`] for `platform` until `stop`, starting it again after a
+/// broker restart or a lost connection (the consumer is durable: nothing
+/// is lost meanwhile).
+async fn keep_consuming(
+    host: Host,
+    platform: String,
+    permits: Arc<Semaphore>,
+    stop: CancellationToken,
+) {
+    while let Err(e) = consume(&host, &platform, permits.clone(), stop.clone()).await {
+        tracing::warn!(%platform, "taking work from the broker stopped: {e}; again in 1 s");
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
     }
 }
 
-async fn consume(
-    host: &Host,
-    platform: &str,
-    permits: Arc<Semaphore>,
-    shutdown: CancellationToken,
-) -> Result<(), String> {
+/// Tells the other hosts, every [`super::hosts::ANNOUNCE_EVERY`], that this
+/// one takes part and what it pulls.
+async fn announce(host: Host, permits: Arc<Semaphore>, shutdown: CancellationToken) {
+    let max = host.broker.config.max_in_flight;
+    let mut every = tokio::time::interval(super::hosts::ANNOUNCE_EVERY);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let catalog = host.registry.catalog();
+        let platforms: Vec<String> = catalog.platforms().iter().map(|p| p.to_string()).collect();
+        let warm = platforms
+            .iter()
+            .filter(|p| {
+                catalog
+                    .lookup(p)
+                    .is_some_and(|plugin| host.pool.is_warm(&plugin.key))
+            })
+            .cloned()
+            .collect();
+        let view = HostView {
+            name: host.broker.name().to_string(),
+            platforms,
+            warm,
+            taken: host.stats.taken.load(Ordering::Relaxed),
+            finished: host.stats.finished.load(Ordering::Relaxed),
+            in_flight: max.saturating_sub(permits.available_permits()) as u64,
+            seen_at: super::hosts::now(),
+        };
+        if let Err(e) = host.broker.hosts().announce(&view).await {
+            tracing::debug!("announcing this host to the others failed: {e}");
+        }
+    }
+}
+
+async fn consumer(host: &Host, platform: &str) -> Result<PullConsumer, String> {
     let broker = &host.broker;
     let stream = broker.work_stream().await.map_err(|e| e.to_string())?;
     let name = format!("notifyhub-{platform}");
-    let consumer = stream
+    stream
         .get_or_create_consumer(
             &name,
             pull::Config {
@@ -91,41 +184,94 @@ async fn consume(
                 filter_subject: format!("notifyhub.tasks.{platform}"),
                 ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
                 ack_wait: broker.config.ack_wait,
-                // Delays (not yet due) count as deliveries: never give up.
+                // Delays (not yet due, retries) count as deliveries: never
+                // give up; the retry policy decides when a task is dead.
                 max_deliver: -1,
                 max_ack_pending: 100_000,
                 ..Default::default()
             },
         )
         .await
-        .map_err(|e| e.to_string())?;
-    let batch = broker.config.max_in_flight.clamp(1, 64);
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(batch)
-        .messages()
-        .await
-        .map_err(|e| e.to_string())?;
-    tracing::info!(%platform, consumer = %name, "taking work from the broker");
+        .map_err(|e| e.to_string())
+}
+
+/// Whether this host holds `platform`'s plugin warm.
+fn is_warm(host: &Host, platform: &str) -> bool {
+    host.registry
+        .lookup(platform)
+        .is_some_and(|plugin| host.pool.is_warm(&plugin.key))
+}
+
+async fn consume(
+    host: &Host,
+    platform: &str,
+    permits: Arc<Semaphore>,
+    stop: CancellationToken,
+) -> Result<(), String> {
+    let consumer = consumer(host, platform).await?;
+    tracing::info!(%platform, "taking work from the broker");
     loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+        // Ask for no more than this host may hold: what it takes, it runs.
+        let first = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
             permit = permits.clone().acquire_owned() => permit.map_err(|e| e.to_string())?,
         };
-        let message = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            message = messages.next() => message,
+        let mut held: Vec<OwnedSemaphorePermit> = vec![first];
+        while held.len() < MAX_BATCH
+            && let Ok(permit) = permits.clone().try_acquire_owned()
+        {
+            held.push(permit);
+        }
+        let warm = is_warm(host, platform);
+        let pull = if warm {
+            consumer
+                .batch()
+                .max_messages(held.len())
+                .expires(PULL_WAIT)
+                .messages()
+                .await
+        } else {
+            consumer.fetch().max_messages(held.len()).messages().await
         };
-        let message = match message {
-            Some(Ok(message)) => message,
-            Some(Err(e)) => return Err(format!("pulling: {e}")),
-            None => return Err("the consumer's message stream ended".into()),
-        };
-        let host = host.clone();
-        tokio::spawn(async move {
-            handle(&host, message).await;
-            drop(permit);
-        });
+        let mut batch = pull.map_err(|e| format!("pulling: {e}"))?;
+        let mut taken = 0;
+        loop {
+            let message = tokio::select! {
+                // Messages already handed to this host come back after
+                // `ack_wait`, or go to another host when it stops.
+                _ = stop.cancelled() => return Ok(()),
+                message = batch.next() => message,
+            };
+            let message = match message {
+                Some(Ok(message)) => message,
+                Some(Err(e)) => return Err(format!("pulling: {e}")),
+                None => break,
+            };
+            taken += 1;
+            let permit = held
+                .pop()
+                .ok_or("the broker sent more than was asked for")?;
+            let host = host.clone();
+            tokio::spawn(async move {
+                handle(&host, message).await;
+                drop(permit);
+            });
+        }
+        drop(held);
+        if !warm && taken == 0 {
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(COLD_POLL) => {}
+            }
+        }
+    }
+}
+
+/// Answers the broker for `message`, logging (not failing) when that does
+/// not reach it: the message then comes back after `ack_wait`.
+async fn answer(message: &Message, kind: AckKind) {
+    if let Err(e) = message.ack_with(kind).await {
+        tracing::warn!("answering the broker failed: {e}");
     }
 }
 
@@ -135,17 +281,39 @@ async fn handle(host: &Host, message: Message) {
         Err(e) => {
             // Nothing can ever run it; keep it from coming back.
             tracing::error!("a message in the work stream is not a task ({e}); dropping it");
-            let _ = message.ack_with(AckKind::Term).await;
+            answer(&message, AckKind::Term).await;
             return;
         }
     };
+    let broker = &host.broker;
+    let id = work.task.id;
+    let mut shared = match broker.records.get(id).await {
+        Ok(Some(shared)) => shared,
+        Ok(None) => Shared::new(Arc::new(work.task.clone()), None),
+        Err(e) => {
+            tracing::warn!(task = %id, "cannot read the task's record: {e}; again in 1 s");
+            answer(&message, AckKind::Nak(Some(Duration::from_secs(1)))).await;
+            return;
+        }
+    };
+    if shared.view.state.is_finished() {
+        // Recorded by a host that stopped before acknowledging: done.
+        let _ = message.double_ack().await;
+        return;
+    }
     // One reading of the clock: a second one could pass `due` and underflow.
+    // Not due before its schedule (from the message) or its retry's backoff
+    // (from the record, in case the NAK that carried it was lost).
     let now = super::millis(SystemTime::now());
-    if let Some(due) = work.not_before_ms
+    let due = work.not_before_ms.max(shared.not_before_ms);
+    if let Some(due) = due
         && due > now
     {
-        let wait = Duration::from_millis(due - now);
-        let _ = message.ack_with(AckKind::Nak(Some(wait))).await;
+        answer(
+            &message,
+            AckKind::Nak(Some(Duration::from_millis(due - now))),
+        )
+        .await;
         return;
     }
     // A shared rate limit: wait in the broker, not here, when it is spent.
@@ -155,17 +323,15 @@ async fn handle(host: &Host, message: Message) {
     };
     if !rules.is_empty() {
         let key = crate::pool::pacer::pace_key(&work.task);
-        match host.broker.budgets.take(&key, &rules).await {
+        match broker.budgets.take(&key, &rules).await {
             Ok(None) => {}
             Ok(Some(wait)) => {
-                let _ = message.ack_with(AckKind::Nak(Some(wait))).await;
+                answer(&message, AckKind::Nak(Some(wait))).await;
                 return;
             }
             Err(e) => {
                 tracing::warn!("cannot read the shared rate budget: {e}; trying again in 1 s");
-                let _ = message
-                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                    .await;
+                answer(&message, AckKind::Nak(Some(Duration::from_secs(1)))).await;
                 return;
             }
         }
@@ -174,50 +340,27 @@ async fn handle(host: &Host, message: Message) {
     if message.info().is_ok_and(|i| i.delivered > 1) {
         host.stats.redelivered.fetch_add(1, Ordering::Relaxed);
     }
-    let task = Arc::new(work.task);
-    let id = task.id;
-    let submission = Submission {
-        task: task.clone(),
-        not_before: None,
-        idempotency_key: None,
-    };
-    if let Err(e) = host.store.submit(vec![submission]).await {
-        tracing::warn!(task = %id, "cannot take the task: {e}; the broker will offer it again");
-        let _ = message
-            .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-            .await;
-        return;
-    }
-    let Some(finished) = host.store.wait(id) else {
-        return;
-    };
+    let local = shared.to_local();
+    let task = local.task.clone();
+    let finished = host.store.take_over(local);
     host.pool.enqueue(&[task]);
-    let every = host.broker.config.ack_wait / 3;
+    let every = broker.config.ack_wait / 3;
     let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tokio::pin!(finished);
     let record = loop {
         tokio::select! {
             record = &mut finished => match record {
                 Ok(record) => break record,
-                // The daemon is stopping: leave the task to the broker.
-                Err(_) => return,
+                // The daemon is stopping: give the task back at once.
+                Err(_) => return answer(&message, AckKind::Nak(None)).await,
             },
-            _ = progress.tick() => {
-                let _ = message.ack_with(AckKind::Progress).await;
-            }
+            _ = progress.tick() => answer(&message, AckKind::Progress).await,
         }
     };
-    let broker = &host.broker;
+    shared.merge(record);
     let recorded = async {
-        // The record keeps its revival count; only its view changes.
-        let mut shared = match broker.records.get(id).await? {
-            Some(shared) => shared,
-            None => Shared::new(record.task.clone(), None),
-        };
-        shared.view = TaskView::from(record);
-        let dead = shared.view.state == TaskState::Dead;
-        broker.records.put(&shared).await?;
-        if dead {
+        broker.records.put(&mut shared).await?;
+        if shared.view.state == TaskState::Dead {
             let payload = serde_json::to_vec(&shared)
                 .map_err(|e| super::BrokerError::Records(e.to_string()))?;
             let subject = format!("notifyhub.dead.{}", shared.task.platform);
@@ -225,20 +368,21 @@ async fn handle(host: &Host, message: Message) {
         }
         Ok::<_, super::BrokerError>(())
     };
-    match recorded.await {
-        Ok(()) => {
-            if let Err(e) = message.double_ack().await {
-                tracing::warn!(task = %id, "acknowledging to the broker failed: {e}");
-            }
-            host.stats.finished.fetch_add(1, Ordering::Relaxed);
-        }
-        Err(e) => {
-            // Not recorded, so not acknowledged: another host will run it
-            // again (at least once).
-            tracing::error!(task = %id, "cannot record the outcome on the broker: {e}");
-            let _ = message
-                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                .await;
-        }
+    if let Err(e) = recorded.await {
+        // Not recorded, so not answered: the broker offers the task again
+        // (at least once), and its attempt is run again.
+        tracing::error!(task = %id, "cannot record the outcome on the broker: {e}");
+        answer(&message, AckKind::Nak(Some(Duration::from_secs(1)))).await;
+        return;
     }
+    if shared.view.state == TaskState::Retrying {
+        let now = super::millis(SystemTime::now());
+        let wait = shared.not_before_ms.unwrap_or(now).saturating_sub(now);
+        answer(&message, AckKind::Nak(Some(Duration::from_millis(wait)))).await;
+        return;
+    }
+    if let Err(e) = message.double_ack().await {
+        tracing::warn!(task = %id, "acknowledging to the broker failed: {e}");
+    }
+    host.stats.finished.fetch_add(1, Ordering::Relaxed);
 }

@@ -132,6 +132,23 @@ pub fn status(s: &StatusView) -> String {
                 c.name, c.pending, c.in_flight, c.redelivered
             );
         }
+        for h in &b.hosts {
+            let here = if h.name == b.host { " (this host)" } else { "" };
+            let warm = if h.warm.is_empty() {
+                String::new()
+            } else {
+                format!(", warm: {}", h.warm.join(", "))
+            };
+            let _ = writeln!(
+                out,
+                "  host {}{here}: pulls {}{warm}; took {}, finished {}, holds {}",
+                h.name,
+                h.platforms.join(", "),
+                h.taken,
+                h.finished,
+                h.in_flight
+            );
+        }
     }
     let _ = writeln!(
         out,

@@ -246,6 +246,7 @@ impl Intake {
 pub struct Pool {
     intake: Arc<Intake>,
     scheduler: Arc<Scheduler>,
+    warm: Arc<WarmBudget>,
     /// Stops the scheduler.
     stop: CancellationToken,
 }
@@ -280,6 +281,7 @@ impl Pool {
             scheduler.clone(),
             metrics,
         ));
+        let warm = Arc::new(WarmBudget::new(config.max_warm_per_plugin));
         let limits = WarmLimits {
             max_per_worker: config.max_warm_per_worker,
             max_per_plugin: config.max_warm_per_plugin,
@@ -292,7 +294,7 @@ impl Pool {
             registry: registry.clone(),
             lifecycle: lifecycle.clone(),
             settings: settings.clone(),
-            budget: Arc::new(WarmBudget::new(config.max_warm_per_plugin)),
+            budget: warm.clone(),
             limits,
             warm_hits: AtomicU64::new(0),
             warm_misses: AtomicU64::new(0),
@@ -325,6 +327,7 @@ impl Pool {
         Pool {
             intake,
             scheduler,
+            warm,
             stop,
         }
     }
@@ -343,6 +346,11 @@ impl Pool {
                 .iter()
                 .for_each(|t| self.scheduler.schedule(t.id, now));
         }
+    }
+
+    /// Whether some worker holds plugin version `key` warm.
+    pub fn is_warm(&self, key: &str) -> bool {
+        self.warm.is_warm(key)
     }
 
     /// Queues the task `id` at `at` (at once if `at` has passed).

@@ -47,6 +47,13 @@ impl WarmBudget {
         held.get(key).copied().unwrap_or(0) >= self.max_per_plugin
     }
 
+    /// Whether the pool holds at least one warm instance of plugin version
+    /// `key` (in a cache or in use).
+    pub fn is_warm(&self, key: &str) -> bool {
+        let held = self.held.lock().expect("never poisoned");
+        held.get(key).is_some_and(|n| *n > 0)
+    }
+
     fn acquire(&self, key: &str) -> bool {
         let mut held = self.held.lock().expect("never poisoned");
         let count = held.entry(key.to_string()).or_insert(0);

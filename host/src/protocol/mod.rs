@@ -30,7 +30,7 @@ pub use self::values::{
     WorkerCount, clamp_retry_after, format_time,
 };
 pub use self::views::{
-    AttemptView, BrokerView, Change, ConsumerView, EventView, LoadErrorView, PluginView,
+    AttemptView, BrokerView, Change, ConsumerView, EventView, HostView, LoadErrorView, PluginView,
     PluginsView, ReloadResult, StatusView, TaskView, WatchLine,
 };
 use crate::plugin::PluginName;

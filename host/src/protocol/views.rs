@@ -123,6 +123,26 @@ pub struct BrokerView {
     pub taken_here: u64,
     pub redelivered_here: u64,
     pub finished_here: u64,
+    /// This host's name among the hosts.
+    pub host: String,
+    /// Every host that announced itself in the last few seconds, this one
+    /// included.
+    pub hosts: Vec<HostView>,
+}
+
+/// One host taking part, as it last announced itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostView {
+    pub name: String,
+    /// Platforms it pulls.
+    pub platforms: Vec<String>,
+    /// Platforms it holds warm instances of (it pulls these first).
+    pub warm: Vec<String>,
+    pub taken: u64,
+    pub finished: u64,
+    /// Tasks it holds now.
+    pub in_flight: u64,
+    pub seen_at: String,
 }
 
 /// One platform's consumer, shared by every host.

@@ -195,6 +195,20 @@ pub enum StoreError {
 struct Entry {
     record: TaskRecord,
     waiters: Vec<oneshot::Sender<TaskRecord>>,
+    /// A task taken over from the broker ([`TaskStore::take_over`]): its
+    /// waiters are answered after one attempt, whatever the verdict, and
+    /// the task is then forgotten here, since the broker holds its retry.
+    one_attempt: bool,
+}
+
+impl Entry {
+    fn new(record: TaskRecord) -> Self {
+        Entry {
+            record,
+            waiters: Vec::new(),
+            one_attempt: false,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -336,13 +350,7 @@ impl TaskStore {
                         key: s.idempotency_key.clone(),
                     });
                 }
-                inner.entries.insert(
-                    s.task.id,
-                    Entry {
-                        record,
-                        waiters: Vec::new(),
-                    },
-                );
+                inner.entries.insert(s.task.id, Entry::new(record));
                 added.push((s.task.id, s.idempotency_key));
                 accepted.push(Accepted::New(s.task.id));
             }
@@ -370,6 +378,26 @@ impl TaskStore {
             }
         }
         Ok(accepted)
+    }
+
+    /// Takes over a task whose attempts so far another host (or an earlier
+    /// delivery) counted in `record`, for one attempt: the receiver yields
+    /// the record once that attempt has ended, finished or to be retried.
+    /// Kept in memory only: the broker is where such a task is durable.
+    pub fn take_over(&self, record: TaskRecord) -> oneshot::Receiver<TaskRecord> {
+        let (tx, rx) = oneshot::channel();
+        let id = record.task.id;
+        let mut inner = self.lock();
+        self.events.publish(|| event(&record, SystemTime::now()));
+        inner.entries.insert(
+            id,
+            Entry {
+                record,
+                waiters: vec![tx],
+                one_attempt: true,
+            },
+        );
+        rx
     }
 
     /// A receiver of every task event from now on (see `events`).
@@ -478,6 +506,15 @@ impl TaskStore {
             not_before,
         });
         self.events.publish(|| event(&entry.record, now));
+        if entry.one_attempt && !state.is_finished() {
+            // The broker runs the retry, on whichever host; the retry the
+            // pool's scheduler holds finds nothing here and is dropped.
+            let entry = inner.entries.remove(&id).expect("looked up above");
+            for waiter in entry.waiters {
+                let _ = waiter.send(entry.record.clone());
+            }
+            return;
+        }
         if !state.is_finished() {
             return;
         }
@@ -533,10 +570,7 @@ impl TaskStore {
         if let (std::collections::hash_map::Entry::Vacant(e), Some(record)) =
             (inner.entries.entry(id), on_disk)
         {
-            e.insert(Entry {
-                record,
-                waiters: Vec::new(),
-            });
+            e.insert(Entry::new(record));
         }
         let entry = inner.entries.get_mut(&id).ok_or(StoreError::NotFound(id))?;
         let r = &mut entry.record;
@@ -668,13 +702,7 @@ impl TaskStore {
                 });
             }
             out.push((record.task.clone(), record.not_before));
-            inner.entries.insert(
-                record.task.id,
-                Entry {
-                    record,
-                    waiters: Vec::new(),
-                },
-            );
+            inner.entries.insert(record.task.id, Entry::new(record));
         }
         Ok(out)
     }

@@ -1,0 +1,124 @@
+//! The default backend: this host's embedded store and its pool.
+//!
+//! A submit is committed to the store (SQLite, fsynced, unless the store is
+//! in memory) and then handed to the pool: due tasks are queued at once,
+//! scheduled ones given to the pool's scheduler. Every read is the store's.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use futures_util::FutureExt;
+use tokio::sync::broadcast;
+
+use super::{BackendError, Submitted, TaskBackend};
+use crate::pool::Pool;
+use crate::protocol::{BrokerView, TaskView};
+use crate::store::{Accepted, StoreError, Submission, TaskEvent, TaskStore};
+use crate::task::{TaskId, TaskState};
+
+/// The embedded store and the pool that runs its tasks.
+pub struct LocalTasks {
+    store: Arc<TaskStore>,
+    pool: Arc<Pool>,
+}
+
+impl LocalTasks {
+    pub fn new(store: Arc<TaskStore>, pool: Arc<Pool>) -> Self {
+        LocalTasks { store, pool }
+    }
+}
+
+impl From<StoreError> for BackendError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(_) => BackendError::Unavailable(format!("the task store: {e}")),
+            StoreError::NotFound(id) => BackendError::NotFound(id),
+            StoreError::NotDead { id, state } => BackendError::NotDead { id, state },
+            StoreError::Journal(_) => BackendError::Internal(format!("the task store: {e}")),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl TaskBackend for LocalTasks {
+    async fn submit(
+        &self,
+        submissions: Vec<Submission>,
+        wait: bool,
+    ) -> Result<Submitted, BackendError> {
+        if !self.pool.has_room(submissions.len()) {
+            return Err(BackendError::Busy);
+        }
+        let tasks: Vec<_> = submissions
+            .iter()
+            .map(|s| (s.task.clone(), s.not_before))
+            .collect();
+        let accepted = self.store.submit(submissions).await?;
+        // Subscribe before queueing so a fast delivery cannot be missed.
+        let finished = if wait {
+            accepted
+                .iter()
+                .filter_map(|a| self.store.wait(a.id()))
+                .map(|waiter| {
+                    waiter
+                        .map(|r| {
+                            r.map(TaskView::from)
+                                .map_err(|_| BackendError::ShuttingDown)
+                        })
+                        .boxed()
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut ready = Vec::new();
+        for (a, (task, not_before)) in accepted.iter().zip(tasks) {
+            let Accepted::New(id) = a else { continue };
+            match not_before {
+                Some(at) => self.pool.schedule(*id, at),
+                None => ready.push(task),
+            }
+        }
+        self.pool.enqueue(&ready);
+        Ok(Submitted { accepted, finished })
+    }
+
+    async fn get(&self, id: TaskId) -> Result<Option<TaskView>, BackendError> {
+        Ok(self.store.get(id).await?.map(TaskView::from))
+    }
+
+    async fn list(
+        &self,
+        state: Option<TaskState>,
+        platform: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<TaskView>, BackendError> {
+        let records = self
+            .store
+            .list(state, platform.map(String::from), limit)
+            .await?;
+        Ok(records.into_iter().map(TaskView::from).collect())
+    }
+
+    async fn dead(&self) -> Result<Vec<TaskId>, BackendError> {
+        Ok(self.store.dead().await?)
+    }
+
+    async fn retry(&self, id: TaskId) -> Result<(), BackendError> {
+        self.store.retry(id).await?;
+        self.pool.schedule(id, SystemTime::now());
+        Ok(())
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<TaskEvent> {
+        self.store.subscribe()
+    }
+
+    fn watchers(&self) -> usize {
+        self.store.watchers()
+    }
+
+    async fn broker(&self) -> Option<BrokerView> {
+        None
+    }
+}
