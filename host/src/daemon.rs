@@ -110,7 +110,9 @@ impl Daemon {
         // With a broker, tasks live in JetStream; this host's store holds
         // only the ones it is running.
         let broker = match config.broker.url {
-            Some(_) => Some(Arc::new(Broker::connect(&config.broker).await?)),
+            Some(_) => Some(Arc::new(
+                Broker::connect(&config.broker, &config.store).await?,
+            )),
             None => None,
         };
         let mut store_config = config.store.clone();

@@ -8,7 +8,8 @@
 //!   `notifyhub.tasks.<platform>` with `Nats-Msg-Id` = the task id, so a
 //!   repeated publish is de-duplicated by the server. The client is answered
 //!   only after the stream's publish acknowledgement. An idempotency key is
-//!   claimed with a create-if-absent in the keys bucket (24 h, the bucket's
+//!   claimed with a create-if-absent in the keys bucket (`[store]
+//!   idempotency_window`, 24 h by default, the bucket's
 //!   age limit), so a resubmission on any host returns the first task.
 //! - **Work** ([`work`]): each host pulls, through one durable pull consumer
 //!   per platform shared by every host, only the platforms it has loaded,
@@ -57,7 +58,7 @@ use serde::{Deserialize, Serialize};
 pub use self::records::Records;
 use self::records::Shared;
 use crate::protocol::{BrokerView, ConsumerView};
-use crate::store::{Accepted, Submission};
+use crate::store::{Accepted, StoreConfig, Submission};
 use crate::task::{TaskId, TaskState};
 
 /// The oldest server notifyhub works with, and why: see the module docs.
@@ -201,8 +202,14 @@ fn major_minor(version: &str) -> Option<(u64, u64)> {
 }
 
 impl Broker {
-    /// Connects, checks the server and creates what is missing.
-    pub async fn connect(config: &BrokerConfig) -> Result<Broker, BrokerError> {
+    /// Connects, checks the server and creates what is missing. Finished
+    /// tasks' records and dead letters are kept for the store's retention,
+    /// idempotency keys for its window, as on one host.
+    pub async fn connect(
+        config: &BrokerConfig,
+        store: &StoreConfig,
+    ) -> Result<Broker, BrokerError> {
+        let retention = store.retention;
         let url = config.url.clone().unwrap_or_default();
         let failed = |error: String| BrokerError::Connect {
             url: url.clone(),
@@ -237,7 +244,7 @@ impl Broker {
         }
         let js = jetstream::new(client);
         let broker = Broker {
-            records: Records::open(&js, config).await?,
+            records: Records::open(&js, config, store).await?,
             budgets: budget::Budgets::open(&js, &config.stream, config.replicas).await?,
             hosts: hosts::Hosts::open(&js, &config.stream, config.replicas).await?,
             name: config.host_name.clone().unwrap_or_else(hosts::default_name),
@@ -252,6 +259,7 @@ impl Broker {
             .get_or_create_stream(stream::Config {
                 name: broker.dead_stream_name(),
                 subjects: vec!["notifyhub.dead.>".into()],
+                max_age: retention,
                 storage: stream::StorageType::File,
                 num_replicas: config.replicas,
                 ..Default::default()

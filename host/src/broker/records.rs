@@ -16,11 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{BrokerConfig, BrokerError, bucket, bucket_key, millis};
 use crate::protocol::TaskView;
-use crate::store::TaskRecord;
+use crate::store::{StoreConfig, TaskRecord};
 use crate::task::{Task, TaskId, TaskState};
-
-/// How long an idempotency key is remembered, on every host.
-pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// One task as stored in the records bucket.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -103,6 +100,7 @@ impl Shared {
 pub struct Records {
     tasks: kv::Store,
     keys: kv::Store,
+    retention: Duration,
 }
 
 fn records_error(e: impl std::fmt::Display) -> BrokerError {
@@ -110,22 +108,29 @@ fn records_error(e: impl std::fmt::Display) -> BrokerError {
 }
 
 impl Records {
+    /// Opens the buckets. A record lives `retention` after it was last
+    /// written: a finished task's for the retention, as on one host; a
+    /// task still waiting has its record written again before then (see
+    /// [`Records::refresh_due`]). An idempotency key lives for its window.
     pub(super) async fn open(
         js: &async_nats::jetstream::Context,
         config: &BrokerConfig,
+        store: &StoreConfig,
     ) -> Result<Records, BrokerError> {
+        let retention = store.retention;
         Ok(Records {
+            retention,
             tasks: bucket(
                 js,
                 &format!("{}_tasks", config.stream),
-                Duration::ZERO,
+                retention,
                 config.replicas,
             )
             .await?,
             keys: bucket(
                 js,
                 &format!("{}_keys", config.stream),
-                IDEMPOTENCY_WINDOW,
+                store.idempotency_window,
                 config.replicas,
             )
             .await?,
@@ -161,6 +166,18 @@ impl Records {
             .map_err(records_error)
     }
 
+    /// The longest a task waiting in the broker may be held there before
+    /// its record must be written again, so it does not expire.
+    pub fn refresh_every(&self) -> Duration {
+        self.retention / 4
+    }
+
+    /// Whether `record`, of a task still waiting, is old enough to write
+    /// again now.
+    pub fn refresh_due(&self, record: &Shared, now_ms: u64) -> bool {
+        now_ms.saturating_sub(record.changed_ms) >= self.refresh_every().as_millis() as u64
+    }
+
     /// Every record written from now on, for `watch`.
     pub async fn changes(&self) -> Result<kv::Watch, BrokerError> {
         self.tasks.watch_all().await.map_err(records_error)
@@ -187,23 +204,23 @@ impl Records {
     }
 
     /// Every record, filtered, oldest first, at most `limit`. Reads the
-    /// whole bucket: fine for a dashboard's `tasks`, not for a hot path.
+    /// whole bucket (64 records at a time): fine for a dashboard's `tasks`
+    /// and for thousands of tasks, not for a hot path.
     pub async fn list(
         &self,
         state: Option<TaskState>,
         platform: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Shared>, BrokerError> {
-        let mut keys = self.tasks.keys().await.map_err(records_error)?;
+        let keys = self.tasks.keys().await.map_err(records_error)?;
+        let records = keys
+            .filter_map(|key| async move { key.ok()?.parse::<TaskId>().ok() })
+            .map(|id| self.get(id))
+            .buffer_unordered(64);
+        tokio::pin!(records);
         let mut found = Vec::new();
-        while let Some(key) = keys.next().await {
-            let key = key.map_err(records_error)?;
-            let Ok(id) = key.parse::<TaskId>() else {
-                continue;
-            };
-            let Some(record) = self.get(id).await? else {
-                continue;
-            };
+        while let Some(record) = records.next().await {
+            let Some(record) = record? else { continue };
             if state.is_some_and(|s| s != record.view.state)
                 || platform.is_some_and(|p| p != record.view.platform)
             {
@@ -211,7 +228,7 @@ impl Records {
             }
             found.push(record);
         }
-        found.sort_by(|a, b| a.view.submitted_at.cmp(&b.view.submitted_at));
+        found.sort_by(|a, b| a.submitted_ms.cmp(&b.submitted_ms));
         found.truncate(limit);
         Ok(found)
     }

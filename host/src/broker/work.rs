@@ -309,11 +309,15 @@ async fn handle(host: &Host, message: Message) {
     if let Some(due) = due
         && due > now
     {
-        answer(
-            &message,
-            AckKind::Nak(Some(Duration::from_millis(due - now))),
-        )
-        .await;
+        // A task due after more than the records' refresh interval comes
+        // back before then to write its record again (records expire).
+        if broker.records.refresh_due(&shared, now)
+            && let Err(e) = broker.records.put(&mut shared).await
+        {
+            tracing::warn!(task = %id, "cannot refresh the task's record: {e}");
+        }
+        let wait = Duration::from_millis(due - now).min(broker.records.refresh_every());
+        answer(&message, AckKind::Nak(Some(wait))).await;
         return;
     }
     // A shared rate limit: wait in the broker, not here, when it is spent.

@@ -232,6 +232,7 @@ async fn serve(config: Config, args: ServeArgs, overrides: Overrides) -> anyhow:
         .validate()
         .map_err(|e| anyhow::anyhow!("invalid [pool] settings: {e}"))?;
     config.metrics.validate().map_err(anyhow::Error::msg)?;
+    config.store.validate().map_err(anyhow::Error::msg)?;
     config.broker.validate().map_err(anyhow::Error::msg)?;
     let shutdown = CancellationToken::new();
     stop_on_signal(shutdown.clone())?;

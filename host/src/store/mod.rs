@@ -72,6 +72,22 @@ impl Default for StoreConfig {
     }
 }
 
+impl StoreConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        if self.retention < Duration::from_secs(60) || self.retention > 3650 * DAY {
+            return Err("[store] retention: 1m to 3650 days".into());
+        }
+        if self.idempotency_window < Duration::from_secs(1) || self.idempotency_window > 365 * DAY {
+            return Err("[store] idempotency_window: 1s to 365 days".into());
+        }
+        if self.max_finished_in_memory == 0 {
+            return Err("[store] max_finished_in_memory: at least 1".into());
+        }
+        Ok(())
+    }
+}
+
 /// One delivery attempt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attempt {
@@ -748,5 +764,32 @@ fn event(record: &TaskRecord, at: SystemTime) -> TaskEvent {
             TaskState::Queued | TaskState::Running => None,
             _ => record.outcome.clone(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_settings_are_bounded() {
+        assert!(StoreConfig::default().validate().is_ok());
+        let bad = [
+            StoreConfig {
+                retention: Duration::ZERO,
+                ..Default::default()
+            },
+            StoreConfig {
+                idempotency_window: Duration::from_secs(400 * 24 * 3600),
+                ..Default::default()
+            },
+            StoreConfig {
+                max_finished_in_memory: 0,
+                ..Default::default()
+            },
+        ];
+        for config in bad {
+            assert!(config.validate().is_err(), "{config:?}");
+        }
     }
 }
