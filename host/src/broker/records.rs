@@ -228,7 +228,7 @@ impl Records {
             }
             found.push(record);
         }
-        found.sort_by(|a, b| a.submitted_ms.cmp(&b.submitted_ms));
+        found.sort_by_key(|r| r.submitted_ms);
         found.truncate(limit);
         Ok(found)
     }
