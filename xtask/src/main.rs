@@ -91,6 +91,8 @@ fn bench() -> anyhow::Result<()> {
         "startup",
         "--bench",
         "broker",
+        "--bench",
+        "backlog",
     ]))
 }
 

@@ -53,7 +53,13 @@ impl TaskBackend for LocalTasks {
             .iter()
             .map(|s| (s.task.clone(), s.not_before))
             .collect();
-        let accepted = self.store.submit(submissions).await?;
+        // Tasks waited on stay in memory; others due later may be parked in
+        // the journal, and the scheduler loads them back when due.
+        let accepted = if wait {
+            self.store.submit_and_keep(submissions).await?
+        } else {
+            self.store.submit(submissions).await?
+        };
         // Subscribe before queueing so a fast delivery cannot be missed.
         let finished = if wait {
             accepted
@@ -75,6 +81,7 @@ impl TaskBackend for LocalTasks {
         for (a, (task, not_before)) in accepted.iter().zip(tasks) {
             let Accepted::New(id) = a else { continue };
             match not_before {
+                Some(_) if !self.store.holds(*id) => {}
                 Some(at) => self.pool.schedule(*id, at),
                 None => ready.push(task),
             }

@@ -323,6 +323,7 @@ impl Pool {
             closed: AtomicBool::new(false),
         });
         let stop = CancellationToken::new();
+        tokio::spawn(scheduler.clone().unpark(store.clone(), stop.clone()));
         tokio::spawn(scheduler.clone().run(store, intake.clone(), stop.clone()));
         Pool {
             intake,

@@ -1,5 +1,7 @@
 //! The scheduler: holds tasks until they may run (a `deliver_at`, a retry's
-//! backoff, a recovered backlog) and then queues them in the pool.
+//! backoff, a recovered backlog) and then queues them in the pool. Tasks due
+//! beyond the store's memory horizon are not here but parked in the store's
+//! journal; [`Scheduler::unpark`] brings them in as they come within it.
 //!
 //! A min-heap of (due time, task) and one tokio task that sleeps until the
 //! earliest is due, then hands due tasks to the dispatcher through the
@@ -55,6 +57,34 @@ impl Scheduler {
                 _ = shutdown.cancelled() => return,
                 _ = self.changed.notified() => {}
                 _ = tokio::time::sleep(sleep) => {}
+            }
+        }
+    }
+
+    /// Brings tasks parked in the store's journal into memory and into the
+    /// schedule as they come within the store's memory horizon, until
+    /// `shutdown`.
+    pub async fn unpark(self: Arc<Self>, store: Arc<TaskStore>, shutdown: CancellationToken) {
+        let mut every = tokio::time::interval(store.unpark_every());
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = every.tick() => {}
+            }
+            match store.unpark().await {
+                Ok(due) => {
+                    if !due.is_empty() {
+                        tracing::debug!(
+                            tasks = due.len(),
+                            "scheduled tasks read back from the store"
+                        );
+                    }
+                    for (task, at) in due {
+                        self.schedule(task.id, at);
+                    }
+                }
+                Err(e) => tracing::warn!("cannot read scheduled tasks back from the store: {e}"),
             }
         }
     }

@@ -152,6 +152,10 @@ const SCHEMA: &str = "
         revived_at INTEGER NOT NULL DEFAULT 0
     );
     CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, platform, submitted_at);
+    CREATE INDEX IF NOT EXISTS tasks_by_state_time ON tasks (state, submitted_at);
+    CREATE INDEX IF NOT EXISTS tasks_by_time ON tasks (submitted_at);
+    CREATE INDEX IF NOT EXISTS tasks_by_due ON tasks (not_before)
+        WHERE state IN ('queued', 'running', 'retrying');
     CREATE INDEX IF NOT EXISTS tasks_by_key ON tasks (idempotency_key) WHERE idempotency_key IS NOT NULL;
     CREATE TABLE IF NOT EXISTS attempts (
         task_id TEXT NOT NULL,
@@ -260,14 +264,24 @@ impl Journal {
         self.reader.lock().expect("never poisoned")
     }
 
-    /// Tasks that were not finished when the daemon stopped.
-    pub(super) fn unfinished(&self) -> Result<Vec<(TaskRecord, Option<String>)>, JournalError> {
+    /// Tasks not finished and due by `until` (and after `after`, when
+    /// given): at start, what the daemon must hold in memory; later, the
+    /// tasks parked in the journal that have come within reach. Tasks
+    /// without a time are due at once, so they count only without `after`.
+    pub(super) fn unfinished(
+        &self,
+        after: Option<SystemTime>,
+        until: SystemTime,
+    ) -> Result<Vec<(TaskRecord, Option<String>)>, JournalError> {
+        const COLUMNS: &str = "SELECT task, state, attempts, submitted_at, not_before, idempotency_key, revived_at FROM tasks
+             WHERE state IN ('queued', 'running', 'retrying')";
         let conn = self.reader();
-        let mut stmt = conn.prepare(
-            "SELECT task, state, attempts, submitted_at, not_before, idempotency_key, revived_at FROM tasks
-             WHERE state IN ('queued', 'running', 'retrying') ORDER BY submitted_at",
-        )?;
-        let rows = stmt.query_map([], |row| {
+        // Two range reads of `tasks_by_due` (an OR of them would be a scan).
+        let mut timed = conn.prepare_cached(&format!(
+            "{COLUMNS} AND not_before > ?1 AND not_before <= ?2 ORDER BY not_before"
+        ))?;
+        let mut untimed = conn.prepare_cached(&format!("{COLUMNS} AND not_before IS NULL"))?;
+        let row = |row: &rusqlite::Row<'_>| {
             let task: String = row.get(0)?;
             let state: String = row.get(1)?;
             Ok((
@@ -276,13 +290,18 @@ impl Journal {
                 row.get::<_, u32>(2)?,
                 row.get::<_, i64>(3)?,
                 row.get::<_, Option<i64>>(4)?,
-                row.get(5)?,
+                row.get::<_, Option<String>>(5)?,
                 row.get::<_, u32>(6)?,
             ))
-        })?;
+        };
+        let mut rows = timed
+            .query_map(params![after.map_or(i64::MIN, millis), millis(until)], row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        if after.is_none() {
+            rows.extend(untimed.query_map([], row)?.collect::<Result<Vec<_>, _>>()?);
+        }
         let mut out = Vec::new();
-        for row in rows {
-            let (task, state, attempts, submitted, not_before, key, revived_at) = row?;
+        for (task, state, attempts, submitted, not_before, key, revived_at) in rows {
             let Ok(task) = serde_json::from_str::<Task>(&task) else {
                 continue;
             };
@@ -356,19 +375,25 @@ impl Journal {
         Ok(Some(record))
     }
 
-    /// Tasks by state and platform, newest first.
+    /// Tasks by state and platform, newest first. One statement per
+    /// filter, each answered from an index in `limit` steps, not a scan.
     pub(super) fn list(
         &self,
         state: Option<TaskState>,
         platform: Option<&str>,
         limit: usize,
     ) -> Result<Vec<TaskRecord>, JournalError> {
+        const COLUMNS: &str = "SELECT task, state, attempts, submitted_at, not_before, finished_at, outcome, plugin, revived_at FROM tasks";
+        let filter = match (state, platform) {
+            (Some(_), Some(_)) => "WHERE state = ?1 AND platform = ?2",
+            (Some(_), None) => "WHERE state = ?1 AND ?2 IS NULL",
+            (None, Some(_)) => "WHERE ?1 IS NULL AND platform = ?2",
+            (None, None) => "WHERE ?1 IS NULL AND ?2 IS NULL",
+        };
         let conn = self.reader();
-        let mut stmt = conn.prepare(
-            "SELECT task, state, attempts, submitted_at, not_before, finished_at, outcome, plugin, revived_at FROM tasks
-             WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR platform = ?2)
-             ORDER BY submitted_at DESC LIMIT ?3",
-        )?;
+        let mut stmt = conn.prepare_cached(&format!(
+            "{COLUMNS} {filter} ORDER BY submitted_at DESC LIMIT ?3"
+        ))?;
         let rows = stmt.query_map(
             params![state.map(TaskState::as_str), platform, limit as i64],
             record_from_row,

@@ -11,6 +11,21 @@
 //! Finished tasks stay in memory up to a cap (then only in the journal) and
 //! are pruned from the journal after `retention`.
 //!
+//! **A backlog on disk.** Memory holds what is in flight, due soon or
+//! waited on — not every task accepted. With the durable store, a task
+//! scheduled beyond the memory horizon (`[store] memory_horizon`, 1 minute)
+//! is *parked*: written to the journal only. The store keeps a watermark —
+//! every unfinished task due by it is in memory — and the pool's scheduler
+//! calls [`TaskStore::unpark`] every quarter horizon to move it forward and
+//! read in, through a partial index on the due time, the parked tasks it
+//! passed. A submit decides to park under the watermark it reads and holds
+//! a shared gate until its rows are committed; `unpark` moves the watermark
+//! first and then waits once for the gate alone, so a task parked under
+//! the old watermark is always in the journal when the window is read.
+//! Ten million reminders cost their rows on disk, not gigabytes of memory
+//! (`cargo bench -p notifyhub --bench backlog`). `task` and `tasks` read a
+//! parked task from the journal like any other, through indexes.
+//!
 //! Nothing here blocks an async thread: reads of the journal (a task no
 //! longer in memory, a listing) run on the blocking pool, and writes go to
 //! the journal's own thread. A submit is answered from the transaction that
@@ -51,6 +66,11 @@ pub struct StoreConfig {
     pub idempotency_window: Duration,
     /// Finished tasks kept in memory for fast look-ups.
     pub max_finished_in_memory: usize,
+    /// A task scheduled further ahead than this is kept only in the
+    /// journal (durable store) and read back shortly before it is due, so
+    /// memory does not grow with the backlog of scheduled tasks.
+    #[serde(with = "humantime_serde")]
+    pub memory_horizon: Duration,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,6 +88,7 @@ impl Default for StoreConfig {
             retention: Duration::from_secs(7 * 24 * 3600),
             idempotency_window: Duration::from_secs(24 * 3600),
             max_finished_in_memory: 100_000,
+            memory_horizon: Duration::from_secs(60),
         }
     }
 }
@@ -83,6 +104,9 @@ impl StoreConfig {
         }
         if self.max_finished_in_memory == 0 {
             return Err("[store] max_finished_in_memory: at least 1".into());
+        }
+        if self.memory_horizon < Duration::from_secs(1) || self.memory_horizon > DAY {
+            return Err("[store] memory_horizon: 1s to 1 day".into());
         }
         Ok(())
     }
@@ -227,11 +251,24 @@ impl Entry {
     }
 }
 
-#[derive(Default)]
 struct Inner {
     entries: HashMap<TaskId, Entry>,
     finished: VecDeque<TaskId>,
     keys: HashMap<String, (TaskId, SystemTime)>,
+    /// Every unfinished task due by this time is in `entries`; one due
+    /// later may be parked: only in the journal (see [`TaskStore::unpark`]).
+    watermark: SystemTime,
+}
+
+impl Inner {
+    fn new(watermark: SystemTime) -> Self {
+        Inner {
+            entries: HashMap::new(),
+            finished: VecDeque::new(),
+            keys: HashMap::new(),
+            watermark,
+        }
+    }
 }
 
 /// The task store.
@@ -240,6 +277,10 @@ pub struct TaskStore {
     journal: Option<Arc<Journal>>,
     config: StoreConfig,
     events: Events,
+    /// Held (shared) by a submit from deciding to park tasks until they are
+    /// committed; [`TaskStore::unpark`] takes it alone once to know that
+    /// every task parked under the old watermark is in the journal.
+    parking: tokio::sync::RwLock<()>,
 }
 
 impl From<JournalError> for StoreError {
@@ -276,10 +317,11 @@ impl TaskStore {
     /// A store that keeps nothing across restarts.
     pub fn in_memory(config: StoreConfig) -> Self {
         TaskStore {
-            inner: Mutex::default(),
+            inner: Mutex::new(Inner::new(SystemTime::now())),
             journal: None,
             config,
             events: Events::new(),
+            parking: tokio::sync::RwLock::new(()),
         }
     }
 
@@ -295,10 +337,11 @@ impl TaskStore {
             StoreMode::Durable => {
                 let journal = Journal::open(path, observer)?;
                 let store = TaskStore {
-                    inner: Mutex::default(),
+                    inner: Mutex::new(Inner::new(SystemTime::now() + config.memory_horizon)),
                     journal: Some(Arc::new(journal)),
                     config,
                     events: Events::new(),
+                    parking: tokio::sync::RwLock::new(()),
                 };
                 store.load_keys()?;
                 Ok(store)
@@ -338,14 +381,41 @@ impl TaskStore {
     /// whose idempotency key was used within the window is not recorded
     /// again: its answer is the first task's id. Refused as a whole, with
     /// nothing recorded, when the journal cannot be written.
+    ///
+    /// With the durable store, a task due after the memory horizon is
+    /// parked: written to the journal only, and loaded back by
+    /// [`TaskStore::unpark`] before it is due. [`TaskStore::holds`] tells
+    /// which tasks are in memory (and so may be scheduled at once).
     pub async fn submit(&self, submissions: Vec<Submission>) -> Result<Vec<Accepted>, StoreError> {
+        self.submit_with(submissions, true).await
+    }
+
+    /// [`TaskStore::submit`] keeping every task in memory, for a caller
+    /// about to [`TaskStore::wait`] on them.
+    pub async fn submit_and_keep(
+        &self,
+        submissions: Vec<Submission>,
+    ) -> Result<Vec<Accepted>, StoreError> {
+        self.submit_with(submissions, false).await
+    }
+
+    async fn submit_with(
+        &self,
+        submissions: Vec<Submission>,
+        may_park: bool,
+    ) -> Result<Vec<Accepted>, StoreError> {
         if let Some(journal) = &self.journal {
             journal.health()?;
         }
+        let parking = match (&self.journal, may_park) {
+            (Some(_), true) => Some(self.parking.read().await),
+            _ => None,
+        };
         let now = SystemTime::now();
         let mut accepted = Vec::with_capacity(submissions.len());
         let mut added = Vec::new();
         let mut inserts = Vec::new();
+        let mut parked_events = Vec::new();
         {
             let mut inner = self.lock();
             for s in submissions {
@@ -360,13 +430,20 @@ impl TaskStore {
                     inner.keys.insert(key.clone(), (s.task.id, now));
                 }
                 let record = TaskRecord::new(s.task.clone(), now, s.not_before);
+                let park = parking.is_some() && s.not_before.is_some_and(|t| t > inner.watermark);
+                if park {
+                    if self.events.watchers() > 0 {
+                        parked_events.push(event(&record, now));
+                    }
+                } else {
+                    inner.entries.insert(s.task.id, Entry::new(record.clone()));
+                }
                 if self.journal.is_some() {
                     inserts.push(Insert {
-                        record: record.clone(),
+                        record,
                         key: s.idempotency_key.clone(),
                     });
                 }
-                inner.entries.insert(s.task.id, Entry::new(record));
                 added.push((s.task.id, s.idempotency_key));
                 accepted.push(Accepted::New(s.task.id));
             }
@@ -393,7 +470,63 @@ impl TaskStore {
                 self.events.publish(|| event(&entry.record, now));
             }
         }
+        for parked in parked_events {
+            self.events.publish(|| parked);
+        }
         Ok(accepted)
+    }
+
+    /// Whether task `id` is in memory (a parked task is not).
+    pub fn holds(&self, id: TaskId) -> bool {
+        self.lock().entries.contains_key(&id)
+    }
+
+    /// How often [`TaskStore::unpark`] should run: a quarter of the memory
+    /// horizon, so a parked task is in memory well before it is due.
+    pub fn unpark_every(&self) -> Duration {
+        self.config.memory_horizon / 4
+    }
+
+    /// Moves the watermark to now + the memory horizon and loads the
+    /// parked tasks that it passed; returns them with the time each is due,
+    /// for the scheduler. Nothing to do for a store in memory.
+    pub async fn unpark(&self) -> Result<Vec<(Arc<Task>, SystemTime)>, StoreError> {
+        let Some(journal) = &self.journal else {
+            return Ok(Vec::new());
+        };
+        let to = SystemTime::now() + self.config.memory_horizon;
+        let from = {
+            let mut inner = self.lock();
+            if to <= inner.watermark {
+                return Ok(Vec::new());
+            }
+            std::mem::replace(&mut inner.watermark, to)
+        };
+        // From here on no submit parks a task due by `to`; once the submits
+        // that parked under the old watermark have committed, the journal
+        // holds every task there is to load.
+        drop(self.parking.write().await);
+        let loaded = match read(journal, move |j| j.unfinished(Some(from), to)).await {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                // Try the same window again next time.
+                let mut inner = self.lock();
+                inner.watermark = inner.watermark.min(from);
+                return Err(e);
+            }
+        };
+        let mut inner = self.lock();
+        let mut due = Vec::with_capacity(loaded.len());
+        for (mut record, _) in loaded {
+            let id = record.task.id;
+            if inner.entries.contains_key(&id) {
+                continue;
+            }
+            record.history_complete = record.attempts == 0;
+            due.push((record.task.clone(), record.not_before.unwrap_or(to)));
+            inner.entries.insert(id, Entry::new(record));
+        }
+        Ok(due)
     }
 
     /// Takes over a task whose attempts so far another host (or an earlier
@@ -583,10 +716,19 @@ impl TaskStore {
     /// and sends the write.
     fn revive(&self, id: TaskId, on_disk: Option<TaskRecord>) -> Result<Arc<Task>, StoreError> {
         let mut inner = self.lock();
-        if let (std::collections::hash_map::Entry::Vacant(e), Some(record)) =
-            (inner.entries.entry(id), on_disk)
-        {
-            e.insert(Entry::new(record));
+        // Only a dead task comes into memory here: one that is not (a
+        // parked task, say) is refused and must stay where it was.
+        if let Some(record) = on_disk {
+            if record.state != TaskState::Dead {
+                return Err(StoreError::NotDead {
+                    id,
+                    state: record.state.as_str(),
+                });
+            }
+            inner
+                .entries
+                .entry(id)
+                .or_insert_with(|| Entry::new(record));
         }
         let entry = inner.entries.get_mut(&id).ok_or(StoreError::NotFound(id))?;
         let r = &mut entry.record;
@@ -699,14 +841,17 @@ impl TaskStore {
     }
 
     /// Loads the tasks that were not finished when the daemon last stopped
-    /// (interrupted attempts go back to `queued`) and returns them with the
-    /// time each may run.
+    /// and are due within the memory horizon (interrupted attempts go back
+    /// to `queued`) and returns them with the time each may run.
     pub async fn recover(&self) -> Result<Vec<Recovered>, StoreError> {
         let Some(journal) = &self.journal else {
             return Ok(Vec::new());
         };
-        let unfinished = read(journal, |j| j.unfinished()).await?;
+        // Tasks due beyond the horizon stay parked: `unpark` brings them.
+        let until = SystemTime::now() + self.config.memory_horizon;
+        let unfinished = read(journal, move |j| j.unfinished(None, until)).await?;
         let mut inner = self.lock();
+        inner.watermark = until;
         let mut out = Vec::with_capacity(unfinished.len());
         for (mut record, _) in unfinished {
             record.history_complete = record.attempts == 0;
