@@ -11,7 +11,9 @@
 //!   plugin's own code and the answer (median);
 //! - guest memory held by one warm instance after a delivery;
 //! - deliveries per second to a local HTTP receiver, 8 warm instances
-//!   delivering concurrently for 2 seconds.
+//!   delivering concurrently for 2 seconds;
+//! - what affinity to warm instances saves: a fresh instance per task
+//!   (instantiate + call) over a warm call, for the same call without I/O.
 //!
 //! Rust is the baseline; the other rows print their ratio to it. The
 //! machine is noisy: compare within one run.
@@ -90,7 +92,7 @@ async fn run() -> anyhow::Result<()> {
     let receiver = Receiver::start(platform).await;
     println!("plugin cost by language (one plugin each; Rust is the baseline)\n");
     println!(
-        "{:<11} {:<11} {:>8} {:>10} {:>10} {:>12} {:>10} {:>10} {:>12}",
+        "{:<11} {:<11} {:>8} {:>10} {:>10} {:>12} {:>10} {:>10} {:>12} {:>11}",
         "language",
         "plugin",
         "size MB",
@@ -99,13 +101,14 @@ async fn run() -> anyhow::Result<()> {
         "instance µs",
         "call µs",
         "mem MiB",
-        "deliveries/s"
+        "deliveries/s",
+        "fresh/warm"
     );
     let mut baseline: Option<Row> = None;
     for subject in SUBJECTS {
         let row = measure(subject, &receiver).await?;
         println!(
-            "{:<11} {:<11} {:>8.1} {:>10.0} {:>10.1} {:>12.0} {:>10.1} {:>10.2} {:>12.0}",
+            "{:<11} {:<11} {:>8.1} {:>10.0} {:>10.1} {:>12.0} {:>10.1} {:>10.2} {:>12.0} {:>10.0}x",
             subject.language,
             subject.plugin,
             row.size_mb,
@@ -114,7 +117,8 @@ async fn run() -> anyhow::Result<()> {
             row.instantiate_us,
             row.call_us,
             row.memory_mib,
-            row.per_second
+            row.per_second,
+            (row.instantiate_us + row.call_us) / row.call_us
         );
         match baseline {
             None => baseline = Some(row),

@@ -7,7 +7,9 @@
 //!   the daemon with it and deliver a signed notification to a local receiver;
 //! - `cluster`: start nats-server and two daemons sharing work through it,
 //!   deliver 1,000 tasks through both and show each host's share;
-//! - `bench`: build the plugins and run every benchmark.
+//! - `bench`: build the plugins and run every benchmark; `bench --peers`:
+//!   Apprise (from PyPI, in a virtualenv under `target/peers/`) against
+//!   notifyhub's defaults, to the same local receiver.
 
 mod cluster;
 mod demo;
@@ -25,9 +27,10 @@ fn main() -> ExitCode {
         "test" => test(),
         "demo" => demo::run(),
         "cluster" => cluster::run(),
+        "bench" if std::env::args().nth(2).as_deref() == Some("--peers") => peers(),
         "bench" => bench(),
         _ => {
-            eprintln!("usage: cargo xtask <plugins|test|demo|cluster|bench>");
+            eprintln!("usage: cargo xtask <plugins|test|demo|cluster|bench [--peers]>");
             return ExitCode::from(2);
         }
     };
@@ -94,6 +97,28 @@ fn bench() -> anyhow::Result<()> {
         "--bench",
         "backlog",
     ]))
+}
+
+/// The Apprise release the peer benchmark installs.
+const APPRISE: &str = "apprise==2.3.0";
+
+/// `bench --peers`: installs Apprise from PyPI into a virtualenv under
+/// `target/peers/venv` (once), then runs the peer benchmark with it.
+fn peers() -> anyhow::Result<()> {
+    plugins()?;
+    let venv = repo_root().join("target/peers/venv");
+    let python = venv.join("bin/python");
+    let installed = Command::new(&python)
+        .args(["-c", "import apprise"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !installed {
+        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+        run(Command::new(&python).args(["-m", "pip", "install", "--quiet", APPRISE]))?;
+    }
+    run(cargo()
+        .args(["bench", "-p", "notifyhub", "--bench", "peers"])
+        .env("NOTIFYHUB_APPRISE_PYTHON", &python))
 }
 
 fn cargo() -> Command {

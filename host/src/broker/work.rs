@@ -212,12 +212,17 @@ async fn consume(
     tracing::info!(%platform, "taking work from the broker");
     loop {
         // Ask for no more than this host may hold: what it takes, it runs.
+        // A waiting request holds its share of `max_in_flight` while it
+        // waits, so each platform asks for at most an equal share: every
+        // platform can have a request waiting at once.
+        let platforms = host.registry.catalog().platforms().len().max(1);
+        let most = (host.broker.config.max_in_flight / platforms).clamp(1, MAX_BATCH);
         let first = tokio::select! {
             _ = stop.cancelled() => return Ok(()),
             permit = permits.clone().acquire_owned() => permit.map_err(|e| e.to_string())?,
         };
         let mut held: Vec<OwnedSemaphorePermit> = vec![first];
-        while held.len() < MAX_BATCH
+        while held.len() < most
             && let Ok(permit) = permits.clone().try_acquire_owned()
         {
             held.push(permit);

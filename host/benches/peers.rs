@@ -1,0 +1,162 @@
+//! notifyhub against what users would pick instead: `cargo xtask bench
+//! --peers` (which installs Apprise into a private virtualenv under
+//! `target/peers/` and passes its Python in `NOTIFYHUB_APPRISE_PYTHON`).
+//!
+//! In one run, against one local HTTP receiver that answers at once:
+//! Apprise sending JSON webhooks (`json://`) from 1 and from 8 threads, and
+//! the real daemon with its default config delivering the same number of
+//! webhooks through the `webhook` plugin (submitted in batches of 1,000
+//! over 4 connections, timed until the receiver has them all). Prints each
+//! figure and the ratio to Apprise's best, and writes them as a Markdown
+//! table and an SVG bar chart to `target/peers/`.
+//!
+//! Not measured here yet: the same plugin logic under Extism.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use notifyhub_testkit::daemon::{Conn, Daemon};
+use notifyhub_testkit::receiver::{Receiver, Reply};
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_notifyhub");
+const APPRISE_COUNT: usize = 2_000;
+const NOTIFYHUB_COUNT: usize = 20_000;
+const BATCH: usize = 1_000;
+const CONNECTIONS: usize = 4;
+
+fn main() -> anyhow::Result<()> {
+    let python = std::env::var_os("NOTIFYHUB_APPRISE_PYTHON")
+        .map(PathBuf::from)
+        .context("NOTIFYHUB_APPRISE_PYTHON is not set: run `cargo xtask bench --peers`")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let receiver = Receiver::start(|_| Reply::new(200, "ok")).await;
+        let one = apprise(&python, &receiver, 1).await?;
+        let eight = apprise(&python, &receiver, 8).await?;
+        let ours = notifyhub(&receiver).await?;
+        let best = one.max(eight);
+        let rows = [
+            ("Apprise, 1 thread", one),
+            ("Apprise, 8 threads", eight),
+            ("notifyhub, default config", ours),
+        ];
+        println!("JSON webhooks to one local receiver (deliveries/s, this run)\n");
+        for (name, rate) in rows {
+            println!(
+                "{name:<28} {rate:>10.0}/s {:>8.1}× Apprise's best",
+                rate / best
+            );
+        }
+        println!(
+            "\nnotifyhub / Apprise's best: {:.1} (goal ≥ 30)",
+            ours / best
+        );
+        let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/peers");
+        std::fs::create_dir_all(&out)?;
+        std::fs::write(out.join("peers.md"), table(&rows, best))?;
+        std::fs::write(out.join("peers.svg"), chart(&rows))?;
+        println!("written: {}/peers.md and peers.svg", out.display());
+        Ok(())
+    })
+}
+
+/// Apprise's deliveries per second with `threads` threads.
+async fn apprise(python: &Path, receiver: &Receiver, threads: usize) -> anyhow::Result<f64> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/peers/apprise_send.py");
+    let url = format!("json://{}/apprise", receiver.authority());
+    let before = receiver.requests().len();
+    let count = APPRISE_COUNT * threads.min(2);
+    let output = tokio::process::Command::new(python)
+        .arg(&script)
+        .args([url, count.to_string(), threads.to_string()])
+        .output()
+        .await
+        .with_context(|| format!("running {}", python.display()))?;
+    anyhow::ensure!(
+        output.status.success(),
+        "Apprise failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let delivered = receiver.requests().len() - before;
+    anyhow::ensure!(
+        delivered == count,
+        "Apprise delivered {delivered} of {count}"
+    );
+    let rate = String::from_utf8_lossy(&output.stdout).trim().parse()?;
+    Ok(rate)
+}
+
+/// The daemon's deliveries per second with its default config.
+async fn notifyhub(receiver: &Receiver) -> anyhow::Result<f64> {
+    let daemon = Daemon::builder(BIN)
+        .plugin(
+            "webhook",
+            Some(&format!("allowed_hosts = [\"{}\"]\n", receiver.authority())),
+        )
+        .start()
+        .await?;
+    let before = receiver.requests().len();
+    let url = receiver.url("/notifyhub");
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let socket = daemon.socket().to_path_buf();
+        let url = url.clone();
+        clients.push(tokio::spawn(async move {
+            let mut conn = Conn::connect(&socket).await?;
+            let tasks: Vec<Value> = (0..BATCH)
+                .map(|i| json!({"platform": "webhook", "target": url, "body": format!("message {i}")}))
+                .collect();
+            for _ in 0..NOTIFYHUB_COUNT / BATCH / CONNECTIONS {
+                conn.send(&json!({"op": "submit", "tasks": tasks})).await?;
+                let r = conn.recv().await?;
+                anyhow::ensure!(r["ok"] == true, "{r}");
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for c in clients {
+        c.await??;
+    }
+    receiver
+        .wait_for(before + NOTIFYHUB_COUNT, Duration::from_secs(600))
+        .await?;
+    Ok(NOTIFYHUB_COUNT as f64 / started.elapsed().as_secs_f64())
+}
+
+fn table(rows: &[(&str, f64)], best: f64) -> String {
+    let mut out = String::from("| sender | deliveries/s | × Apprise's best |\n|---|---:|---:|\n");
+    for (name, rate) in rows {
+        out.push_str(&format!("| {name} | {rate:.0} | {:.1} |\n", rate / best));
+    }
+    out
+}
+
+/// A horizontal bar chart, one bar per row, scaled to the fastest.
+fn chart(rows: &[(&str, f64)]) -> String {
+    let max = rows.iter().map(|r| r.1).fold(1.0, f64::max);
+    let (width, bar_height, left) = (640.0, 28.0, 200.0);
+    let height = 40.0 + rows.len() as f64 * (bar_height + 12.0);
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"13\">\n\
+         <text x=\"10\" y=\"22\" font-weight=\"bold\">JSON webhooks to one local receiver, deliveries/s</text>\n"
+    );
+    for (i, (name, rate)) in rows.iter().enumerate() {
+        let y = 36.0 + i as f64 * (bar_height + 12.0);
+        let w = (width - left - 90.0) * rate / max;
+        svg.push_str(&format!(
+            "<text x=\"10\" y=\"{:.0}\">{name}</text>\n\
+             <rect x=\"{left}\" y=\"{y:.0}\" width=\"{w:.1}\" height=\"{bar_height}\" fill=\"#3b7dd8\"/>\n\
+             <text x=\"{:.1}\" y=\"{:.0}\">{rate:.0}</text>\n",
+            y + bar_height * 0.65,
+            left + w + 6.0,
+            y + bar_height * 0.65
+        ));
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
