@@ -68,7 +68,7 @@ fn main() -> anyhow::Result<()> {
 async fn apprise(python: &Path, receiver: &Receiver, threads: usize) -> anyhow::Result<f64> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/peers/apprise_send.py");
     let url = format!("json://{}/apprise", receiver.authority());
-    let before = receiver.requests().len();
+    let before = receiver.count();
     let count = APPRISE_COUNT * threads.min(2);
     let output = tokio::process::Command::new(python)
         .arg(&script)
@@ -81,7 +81,7 @@ async fn apprise(python: &Path, receiver: &Receiver, threads: usize) -> anyhow::
         "Apprise failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let delivered = receiver.requests().len() - before;
+    let delivered = receiver.count() - before;
     anyhow::ensure!(
         delivered == count,
         "Apprise delivered {delivered} of {count}"
@@ -99,7 +99,7 @@ async fn notifyhub(receiver: &Receiver) -> anyhow::Result<f64> {
         )
         .start()
         .await?;
-    let before = receiver.requests().len();
+    let before = receiver.count();
     let url = receiver.url("/notifyhub");
     let started = Instant::now();
     let mut clients = Vec::new();

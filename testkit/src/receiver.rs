@@ -188,20 +188,26 @@ impl Receiver {
         self.requests.lock().unwrap().clone()
     }
 
+    /// How many requests have arrived (without copying them).
+    pub fn count(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+
     /// Waits until at least `n` requests have arrived; an error (which
     /// fails the test) if they have not within `timeout`.
     pub async fn wait_for(&self, n: usize, timeout: Duration) -> anyhow::Result<Vec<Recorded>> {
         let deadline = Instant::now() + timeout;
         loop {
             let notified = self.arrived.notified();
-            let requests = self.requests();
-            if requests.len() >= n {
-                return Ok(requests);
+            // Counted, not copied, on every arrival: copying them all each
+            // time would hold the lock the receiver's handlers need.
+            let arrived = self.count();
+            if arrived >= n {
+                return Ok(self.requests());
             }
             if Instant::now() >= deadline {
                 anyhow::bail!(
-                    "expected {n} requests at the receiver within {timeout:?}, {} arrived",
-                    requests.len()
+                    "expected {n} requests at the receiver within {timeout:?}, {arrived} arrived"
                 );
             }
             let _ = tokio::time::timeout(deadline - Instant::now(), notified).await;
