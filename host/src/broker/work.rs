@@ -6,7 +6,8 @@
 //! warm instances of: for those it keeps a pull request waiting at the
 //! broker, so a new task goes straight to a host that can run it without
 //! instantiating. For a platform it has no warm instance of, it only takes
-//! what is already waiting, every [`COLD_POLL`] — tasks that no warm host
+//! what is already waiting, looking every [`COLD_POLL`] (backing off to
+//! [`COLD_POLL_MAX`] while it finds nothing) — tasks that no warm host
 //! picked up (they are all busy, or there is none). Affinity to warm
 //! instances thus holds across hosts, and no task waits for a warm host
 //! that is not coming.
@@ -43,8 +44,12 @@ use crate::store::TaskStore;
 use crate::task::TaskState;
 
 /// How often a host looks for waiting tasks of a platform it holds no warm
-/// instance of.
+/// instance of; after looks that found nothing it waits longer, up to
+/// [`COLD_POLL_MAX`], so an idle host asks the broker little.
 pub const COLD_POLL: Duration = Duration::from_millis(50);
+
+/// The longest wait between looks for a cold platform's tasks.
+pub const COLD_POLL_MAX: Duration = Duration::from_millis(400);
 
 /// How long a pull request for a warm platform waits at the broker.
 const PULL_WAIT: Duration = Duration::from_secs(1);
@@ -210,6 +215,7 @@ async fn consume(
 ) -> Result<(), String> {
     let consumer = consumer(host, platform).await?;
     tracing::info!(%platform, "taking work from the broker");
+    let mut cold_wait = COLD_POLL;
     loop {
         // Ask for no more than this host may hold: what it takes, it runs.
         // A waiting request holds its share of `max_in_flight` while it
@@ -263,11 +269,14 @@ async fn consume(
             });
         }
         drop(held);
-        if !warm && taken == 0 {
+        if warm || taken > 0 {
+            cold_wait = COLD_POLL;
+        } else {
             tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(COLD_POLL) => {}
+                _ = tokio::time::sleep(cold_wait) => {}
             }
+            cold_wait = (cold_wait * 2).min(COLD_POLL_MAX);
         }
     }
 }
