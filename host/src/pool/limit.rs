@@ -80,9 +80,6 @@ pub struct ConcurrencyLimit {
     window: Option<Reading>,
     /// Whether every reading since the window opened had a backlog.
     backlogged: bool,
-    /// Whether the last window with a backlog measured the CPU left idle:
-    /// the work waits on I/O (see [`ConcurrencyLimit::waits_on_io`]).
-    waits_on_io: bool,
 }
 
 impl ConcurrencyLimit {
@@ -95,16 +92,7 @@ impl ConcurrencyLimit {
             state: State::Open,
             window: None,
             backlogged: true,
-            waits_on_io: false,
         }
-    }
-
-    /// Whether the last window in which tasks waited measured the CPU
-    /// mostly idle: more workers would be waiting, not computing, so the
-    /// pool may grow to the demand at once instead of in stages. `false`
-    /// before any such window, and when the CPU cannot be read.
-    pub fn waits_on_io(&self) -> bool {
-        self.waits_on_io
     }
 
     /// The current limit on workers.
@@ -147,7 +135,6 @@ impl ConcurrencyLimit {
         let rate = now.completed.saturating_sub(start.completed) as f64 / elapsed;
         let busy = now.cpu.zip(start.cpu).and_then(|(n, s)| n.busy_since(s));
         let saturated = busy.is_some_and(|b| b >= SATURATED);
-        self.waits_on_io = busy.is_some_and(|b| b < SATURATED);
         let percent = busy.map_or("?".to_string(), |b| format!("{:.0}%", b * 100.0));
         if !saturated {
             if self.state == State::Open {
@@ -280,24 +267,6 @@ mod tests {
             );
         }
         assert_eq!(limit.get(), 512);
-        assert!(limit.waits_on_io());
-    }
-
-    #[test]
-    fn saturation_or_no_reading_is_not_waiting_on_io() {
-        let mut limit = ConcurrencyLimit::new(4, 512, 2);
-        assert!(!limit.waits_on_io(), "nothing measured yet");
-        let mut run = Run::new();
-        limit.observe(run.reading(8, 3000.0, 0.99, true));
-        limit.observe(run.reading(8, 3000.0, 0.99, true));
-        assert!(!limit.waits_on_io());
-        let mut blind = ConcurrencyLimit::new(4, 512, 2);
-        let mut reading = run.reading(8, 100.0, 0.1, true);
-        reading.cpu = None;
-        blind.observe(reading);
-        reading.at += WINDOW;
-        blind.observe(reading);
-        assert!(!blind.waits_on_io());
     }
 
     #[test]

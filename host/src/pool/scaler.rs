@@ -15,10 +15,7 @@
 //! shrinks to it at once. Growth is staged: at most `start_batch` workers,
 //! and at most as many as there already are (doubling), per decision, so a
 //! burst of CPU-bound work does not overshoot by hundreds before the first
-//! measurement. Once a measurement with tasks waiting has found the CPU
-//! mostly idle (the work waits on I/O: a platform answering in 100 ms), the
-//! pool grows to the demand in one step, since staging would only keep
-//! hundreds of tasks waiting for workers that cost almost nothing.
+//! measurement.
 //!
 //! The scaler owns no clock: every sample carries its time, so tests drive it
 //! with made-up instants.
@@ -155,14 +152,7 @@ impl Scaler {
             let since = *self.above_since.get_or_insert(sample.at);
             let wanted = self.wanted(sample);
             if sample.at.duration_since(since) >= c.scale_up_delay && wanted > sample.workers {
-                // Staged, unless the last measurement showed the work
-                // waiting on I/O: then more workers cost little CPU and the
-                // backlog needs them now.
-                let step = if self.limit.waits_on_io() {
-                    wanted - sample.workers
-                } else {
-                    c.start_batch.min(sample.workers.max(1))
-                };
+                let step = c.start_batch.min(sample.workers.max(1));
                 let to = wanted.min(sample.workers + step);
                 return Decision::Grow {
                     to,
@@ -272,27 +262,6 @@ mod tests {
             panic!("expected growth")
         };
         assert_eq!(to, 36);
-    }
-
-    #[test]
-    fn grows_to_the_demand_at_once_when_the_work_waits_on_io() {
-        let t0 = Instant::now();
-        let mut s = Scaler::new(config());
-        // 2,000 tasks waiting while the CPU is 10% busy: a window of the
-        // limit measures it, and the next decision skips the stages.
-        let idle = |at: Instant, busy: u64| Sample {
-            cpu: Some(CpuTimes {
-                busy,
-                total: 1_000 + busy * 9,
-            }),
-            ..sample(at, 2_000, 4, 4)
-        };
-        s.decide(&idle(t0, 0));
-        s.decide(&idle(t0 + ms(100), 10));
-        let Decision::Grow { to, .. } = s.decide(&idle(t0 + ms(200), 100)) else {
-            panic!("expected growth")
-        };
-        assert_eq!(to, 100, "straight to max_workers: {to}");
     }
 
     #[test]
