@@ -569,3 +569,35 @@ async fn a_watch_on_one_host_sees_tasks_finish_on_any() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_due_after_the_retention_keeps_its_record() -> anyhow::Result<()> {
+    // Records age out after the retention (1 minute here); a task due
+    // later than that must come back to write its record again, or it
+    // would run as a stranger: no record for `task`, its history gone.
+    let nats = NatsServer::start().await?;
+    let receiver = Receiver::start(|_| Reply::new(200, "ok")).await;
+    let a = Daemon::builder(BIN)
+        .plugin(
+            "webhook",
+            Some(&format!("allowed_hosts = [\"{}\"]\n", receiver.authority())),
+        )
+        .config(&format!(
+            "[broker]\nurl = \"{}\"\n[store]\nretention = \"1m\"\n",
+            nats.url()
+        ))
+        .start()
+        .await?;
+    let mut later = task(&receiver, "after the retention");
+    later["delay"] = json!("65s");
+    let ids = submit(&a, vec![later]).await?;
+    let first = call(&a, json!({"op": "task", "task_id": ids[0]})).await?;
+    receiver.wait_for(1, Duration::from_secs(120)).await?;
+    wait_state(&a, &ids, "succeeded").await?;
+    let done = call(&a, json!({"op": "task", "task_id": ids[0]})).await?;
+    anyhow::ensure!(
+        done["submitted_at"] == first["submitted_at"] && done["attempts"] == 1,
+        "the record was lost while the task waited: {first} then {done}"
+    );
+    Ok(())
+}
