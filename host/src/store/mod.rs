@@ -522,7 +522,7 @@ impl TaskStore {
             if inner.entries.contains_key(&id) {
                 continue;
             }
-            record.history_complete = record.attempts == 0;
+            self.resume(&mut record);
             due.push((record.task.clone(), record.not_before.unwrap_or(to)));
             inner.entries.insert(id, Entry::new(record));
         }
@@ -851,21 +851,33 @@ impl TaskStore {
         let until = SystemTime::now() + self.config.memory_horizon;
         let unfinished = read(journal, move |j| j.unfinished(None, until)).await?;
         let mut inner = self.lock();
-        inner.watermark = until;
+        // The scheduler's `unpark` may have run meanwhile: keep its
+        // watermark if it is later, and what it loaded (and scheduled).
+        inner.watermark = inner.watermark.max(until);
         let mut out = Vec::with_capacity(unfinished.len());
         for (mut record, _) in unfinished {
-            record.history_complete = record.attempts == 0;
-            if record.state == TaskState::Running {
-                record.state = TaskState::Queued;
-                self.write(Write::Requeue {
-                    id: record.task.id,
-                    not_before: None,
-                });
+            if inner.entries.contains_key(&record.task.id) {
+                continue;
             }
+            self.resume(&mut record);
             out.push((record.task.clone(), record.not_before));
             inner.entries.insert(record.task.id, Entry::new(record));
         }
         Ok(out)
+    }
+
+    /// Readies a record read back from the journal (at start, or parked):
+    /// it carries only this run's attempts from here on, and an attempt a
+    /// crash cut off goes back to `queued`.
+    fn resume(&self, record: &mut TaskRecord) {
+        record.history_complete = record.attempts == 0;
+        if record.state == TaskState::Running {
+            record.state = TaskState::Queued;
+            self.write(Write::Requeue {
+                id: record.task.id,
+                not_before: None,
+            });
+        }
     }
 
     /// Deletes finished tasks older than the retention, and forgets
