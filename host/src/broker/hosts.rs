@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use async_nats::jetstream::kv;
 use futures_util::StreamExt;
 
-use super::{BrokerError, bucket};
+use super::{BrokerError, bucket, records_error};
 use crate::protocol::HostView;
 
 /// How often a host announces itself.
@@ -23,10 +23,6 @@ pub const FORGET_AFTER: Duration = Duration::from_secs(10);
 /// The hosts bucket.
 pub struct Hosts {
     bucket: kv::Store,
-}
-
-fn error(e: impl std::fmt::Display) -> BrokerError {
-    BrokerError::Records(e.to_string())
 }
 
 /// A host's name as a bucket key: letters, digits, `-` and `_` kept, any
@@ -66,12 +62,12 @@ impl Hosts {
     }
 
     pub async fn announce(&self, host: &HostView) -> Result<(), BrokerError> {
-        let bytes = serde_json::to_vec(host).map_err(error)?;
+        let bytes = serde_json::to_vec(host).map_err(records_error)?;
         self.bucket
             .put(key(&host.name), bytes.into())
             .await
             .map(|_| ())
-            .map_err(error)
+            .map_err(records_error)
     }
 
     /// Takes this host off the list at once (on a graceful stop).
@@ -81,11 +77,11 @@ impl Hosts {
 
     /// Every host that announced itself within [`FORGET_AFTER`], by name.
     pub async fn list(&self) -> Result<Vec<HostView>, BrokerError> {
-        let mut keys = self.bucket.keys().await.map_err(error)?;
+        let mut keys = self.bucket.keys().await.map_err(records_error)?;
         let mut hosts = Vec::new();
         while let Some(key) = keys.next().await {
-            let key = key.map_err(error)?;
-            if let Some(bytes) = self.bucket.get(&key).await.map_err(error)?
+            let key = key.map_err(records_error)?;
+            if let Some(bytes) = self.bucket.get(&key).await.map_err(records_error)?
                 && let Ok(host) = serde_json::from_slice::<HostView>(&bytes)
             {
                 hosts.push(host);

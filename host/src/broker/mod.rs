@@ -185,6 +185,16 @@ fn millis(t: SystemTime) -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// A failure reading or writing a bucket, as a [`BrokerError`].
+fn records_error(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Records(e.to_string())
+}
+
+/// The time [`millis`] gave `ms` for.
+fn time(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
 /// A bucket key for any text: bucket keys allow few characters, so the
 /// SHA-256 of it, in hex.
 fn bucket_key(text: &str) -> String {

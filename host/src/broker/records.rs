@@ -8,13 +8,13 @@
 //! two hosts reviving the same task at once publish it once.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::kv;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use super::{BrokerConfig, BrokerError, bucket, bucket_key, millis};
+use super::{BrokerConfig, BrokerError, bucket, bucket_key, millis, records_error, time};
 use crate::protocol::TaskView;
 use crate::store::{StoreConfig, TaskRecord};
 use crate::task::{Task, TaskId, TaskState};
@@ -62,7 +62,7 @@ impl Shared {
     /// The record this host's store runs the next attempt from: the
     /// attempts counted so far, on every host, carry on.
     pub fn to_local(&self) -> TaskRecord {
-        let submitted = UNIX_EPOCH + Duration::from_millis(self.submitted_ms);
+        let submitted = time(self.submitted_ms);
         let mut record = TaskRecord::new(Arc::new(self.task.clone()), submitted, None);
         record.attempts = self.view.attempts;
         record.revived_at = self.revived_at;
@@ -101,10 +101,6 @@ pub struct Records {
     tasks: kv::Store,
     keys: kv::Store,
     retention: Duration,
-}
-
-fn records_error(e: impl std::fmt::Display) -> BrokerError {
-    BrokerError::Records(e.to_string())
 }
 
 impl Records {

@@ -13,7 +13,7 @@
 //! it, and it stops once the last one has gone.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::broadcast;
@@ -68,39 +68,63 @@ impl SharedTasks {
             self.following.clone(),
         );
         tokio::spawn(async move {
-            let stopped = |why: Option<BrokerError>| {
-                if let Some(e) = why {
-                    tracing::warn!("following task records for watchers stopped: {e}");
-                }
-                *flag.lock().expect("never poisoned") = false;
-            };
-            let mut changes = match broker.records().changes().await {
-                Ok(changes) => changes,
-                Err(e) => return stopped(Some(e)),
-            };
-            loop {
-                // A quiet bucket still checks for watchers now and then.
-                let next = tokio::time::timeout(Duration::from_secs(5), changes.next()).await;
-                if events.receiver_count() == 0 {
-                    let mut following = flag.lock().expect("never poisoned");
-                    if events.receiver_count() == 0 {
-                        *following = false;
-                        return;
-                    }
-                }
-                let entry = match next {
-                    Err(_) => continue,
-                    Ok(None) => {
-                        return stopped(Some(BrokerError::Records("the watch ended".into())));
-                    }
-                    Ok(Some(Err(e))) => return stopped(Some(BrokerError::Records(e.to_string()))),
-                    Ok(Some(Ok(entry))) => entry,
+            // Until the last watcher has gone; a watch the broker ended (a
+            // restart, a lost connection) is started again.
+            while !unwatched(&events, &flag) {
+                let followed = match broker.records().changes().await {
+                    Ok(changes) => forward(changes, &events, &flag).await,
+                    Err(e) => Err(e),
                 };
-                if let Ok(record) = serde_json::from_slice::<Shared>(&entry.value) {
-                    let _ = events.send(event(record));
+                match followed {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::warn!("following task records for watchers: {e}; again in 1 s");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
                 }
             }
         });
+    }
+}
+
+/// Whether nobody watches any more; if so, marks the bucket unfollowed.
+/// The count is read again under the lock [`SharedTasks::follow`] checks,
+/// and a watcher subscribes before it calls `follow`: one arriving now
+/// either keeps this follower going or starts a new one.
+fn unwatched(events: &broadcast::Sender<TaskEvent>, following: &Mutex<bool>) -> bool {
+    if events.receiver_count() > 0 {
+        return false;
+    }
+    let mut following = following.lock().expect("never poisoned");
+    if events.receiver_count() > 0 {
+        return false;
+    }
+    *following = false;
+    true
+}
+
+/// Sends every record written to watchers, until none is left (`Ok`) or
+/// the watch ends (`Err`).
+async fn forward(
+    mut changes: async_nats::jetstream::kv::Watch,
+    events: &broadcast::Sender<TaskEvent>,
+    following: &Mutex<bool>,
+) -> Result<(), BrokerError> {
+    loop {
+        // A quiet bucket still checks for watchers now and then.
+        let next = tokio::time::timeout(Duration::from_secs(5), changes.next()).await;
+        if unwatched(events, following) {
+            return Ok(());
+        }
+        let entry = match next {
+            Err(_) => continue,
+            Ok(None) => return Err(BrokerError::Records("the watch ended".into())),
+            Ok(Some(Err(e))) => return Err(super::records_error(e)),
+            Ok(Some(Ok(entry))) => entry,
+        };
+        if let Ok(record) = serde_json::from_slice::<Shared>(&entry.value) {
+            let _ = events.send(event(record));
+        }
     }
 }
 
@@ -111,7 +135,7 @@ fn event(record: Shared) -> TaskEvent {
         task: Arc::new(record.task),
         state,
         attempt: record.view.attempts,
-        at: UNIX_EPOCH + Duration::from_millis(record.changed_ms),
+        at: super::time(record.changed_ms),
         outcome: match state {
             TaskState::Queued | TaskState::Running => None,
             _ => record.view.outcome,

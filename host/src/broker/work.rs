@@ -289,6 +289,15 @@ async fn answer(message: &Message, kind: AckKind) {
     }
 }
 
+/// Sends `message` back to wait in the broker until `due_ms`, but for at
+/// most the records' refresh interval at a time: records expire, so a task
+/// waiting longer comes back on the way to write its record again.
+async fn wait_in_broker(broker: &Broker, message: &Message, due_ms: u64, now_ms: u64) {
+    let wait =
+        Duration::from_millis(due_ms.saturating_sub(now_ms)).min(broker.records.refresh_every());
+    answer(message, AckKind::Nak(Some(wait))).await;
+}
+
 async fn handle(host: &Host, message: Message) {
     let work: Work = match serde_json::from_slice(&message.payload) {
         Ok(work) => work,
@@ -323,15 +332,12 @@ async fn handle(host: &Host, message: Message) {
     if let Some(due) = due
         && due > now
     {
-        // A task due after more than the records' refresh interval comes
-        // back before then to write its record again (records expire).
         if broker.records.refresh_due(&shared, now)
             && let Err(e) = broker.records.put(&mut shared).await
         {
             tracing::warn!(task = %id, "cannot refresh the task's record: {e}");
         }
-        let wait = Duration::from_millis(due - now).min(broker.records.refresh_every());
-        answer(&message, AckKind::Nak(Some(wait))).await;
+        wait_in_broker(broker, &message, due, now).await;
         return;
     }
     // A shared rate limit: wait in the broker, not here, when it is spent.
@@ -379,8 +385,7 @@ async fn handle(host: &Host, message: Message) {
     let recorded = async {
         broker.records.put(&mut shared).await?;
         if shared.view.state == TaskState::Dead {
-            let payload = serde_json::to_vec(&shared)
-                .map_err(|e| super::BrokerError::Records(e.to_string()))?;
+            let payload = serde_json::to_vec(&shared).map_err(super::records_error)?;
             let subject = format!("notifyhub.dead.{}", shared.task.platform);
             broker.publish(subject, &shared.msg_id(), payload).await?;
         }
@@ -395,8 +400,7 @@ async fn handle(host: &Host, message: Message) {
     }
     if shared.view.state == TaskState::Retrying {
         let now = super::millis(SystemTime::now());
-        let wait = shared.not_before_ms.unwrap_or(now).saturating_sub(now);
-        answer(&message, AckKind::Nak(Some(Duration::from_millis(wait)))).await;
+        wait_in_broker(broker, &message, shared.not_before_ms.unwrap_or(now), now).await;
         return;
     }
     if let Err(e) = message.double_ack().await {
