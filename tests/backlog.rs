@@ -67,15 +67,7 @@ async fn a_task_beyond_the_horizon_is_read_back_and_delivered_on_time() -> anyho
         arrived[0].at - submitted
     );
     anyhow::ensure!(arrived.len() == 1, "{} deliveries", arrived.len());
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let view = call(&daemon, json!({"op": "task", "task_id": id})).await?;
-        if view["state"] == "succeeded" {
-            break;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "never finished: {view}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    daemon.wait_task_state(&id, "succeeded", WAIT).await?;
     Ok(())
 }
 

@@ -57,17 +57,8 @@ async fn submit(daemon: &Daemon, tasks: Vec<Value>) -> anyhow::Result<Vec<String
 async fn wait_state(daemon: &Daemon, ids: &[String], state: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + WAIT;
     for id in ids {
-        loop {
-            let answer = call(daemon, json!({"op": "task", "task_id": id})).await?;
-            if answer["state"] == state {
-                break;
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "task {id} never reached {state}: {answer}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        daemon.wait_task_state(id, state, left).await?;
     }
     Ok(())
 }

@@ -222,6 +222,29 @@ impl Daemon {
         }
     }
 
+    /// Waits until `task` answers with task `id` in `state`; an error
+    /// naming the last answer if it is not within `timeout`.
+    pub async fn wait_task_state(
+        &self,
+        id: &str,
+        state: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let answer = self
+                .request(serde_json::json!({"op": "task", "task_id": id}))
+                .await?;
+            if answer["ok"] == Value::Bool(true) && answer["result"]["state"] == state {
+                return Ok(answer["result"].clone());
+            }
+            if Instant::now() > deadline {
+                bail!("task {id} was not {state} within {timeout:?}: {answer}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn socket(&self) -> &Path {
         &self.socket
     }
