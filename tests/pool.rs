@@ -264,5 +264,12 @@ async fn scale_changes_bounds_at_run_time() -> anyhow::Result<()> {
         .request(json!({"op": "scale", "min": 5, "max": 1}))
         .await?;
     assert_eq!(bad["error"]["code"], "invalid_request");
+    // Instance slots are sized for the configured max_workers (512 here):
+    // a max past them would fail instantiations, so it is refused.
+    let beyond = daemon.request(json!({"op": "scale", "max": 4000})).await?;
+    assert_eq!(beyond["error"]["code"], "invalid_request", "{beyond}");
+    let message = beyond["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("restart"), "{message}");
+    assert_eq!(status(&daemon).await?["max_workers"], 10);
     Ok(())
 }

@@ -1,21 +1,31 @@
 //! notifyhub against what users would pick instead: `cargo xtask bench
-//! --peers` (which installs Apprise into a private virtualenv under
-//! `target/peers/` and passes its Python in `NOTIFYHUB_APPRISE_PYTHON`).
+//! --peers`, which installs Apprise into a private virtualenv under
+//! `target/peers/` and passes its Python in `NOTIFYHUB_APPRISE_PYTHON`, and
+//! builds the Extism peer (`benches/peers/extism/`, its own workspace) and
+//! passes its runner and plugin in `NOTIFYHUB_EXTISM_RUNNER` and
+//! `NOTIFYHUB_EXTISM_PLUGIN`.
 //!
-//! In one run, against one local HTTP receiver that answers at once:
-//! Apprise sending JSON webhooks (`json://`) from 1 and from 8 threads, and
-//! the real daemon with its default config delivering the same number of
-//! webhooks through the `webhook` plugin (submitted in batches of 1,000
-//! over 4 connections, timed until the receiver has them all). Prints each
-//! figure and the ratio to Apprise's best, and writes them as a Markdown
-//! table and an SVG bar chart to `target/peers/`.
+//! In one run:
+//! 1. Against one local HTTP receiver that answers at once: Apprise sending
+//!    JSON webhooks (`json://`) from 1 and from 8 threads, and the real
+//!    daemon with its default config delivering the same number of webhooks
+//!    through the `webhook` plugin (submitted in batches of 1,000 over 4
+//!    connections, timed until the receiver has them all).
+//! 2. The `noop` plugin's logic hosted by Extism (a plain
+//!    `wasm32-unknown-unknown` module taking JSON) and by notifyhub's
+//!    executor (the component), each with a fresh instance per call and
+//!    with a warm instance reused.
 //!
-//! Not measured here yet: the same plugin logic under Extism.
+//! Prints each figure and the ratios, and writes them as Markdown tables
+//! and an SVG bar chart to `target/peers/`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use notifyhub::executor::Executor;
+use notifyhub::sandbox::{Limits, Sandbox, SandboxSettings};
+use notifyhub::task::{Format, Priority, Task, TaskId};
 use notifyhub_testkit::daemon::{Conn, Daemon};
 use notifyhub_testkit::receiver::{Receiver, Reply};
 use serde_json::{Value, json};
@@ -25,11 +35,13 @@ const APPRISE_COUNT: usize = 2_000;
 const NOTIFYHUB_COUNT: usize = 20_000;
 const BATCH: usize = 1_000;
 const CONNECTIONS: usize = 4;
+const FRESH_CALLS: u32 = 5_000;
+const WARM_CALLS: u32 = 50_000;
 
 fn main() -> anyhow::Result<()> {
-    let python = std::env::var_os("NOTIFYHUB_APPRISE_PYTHON")
-        .map(PathBuf::from)
-        .context("NOTIFYHUB_APPRISE_PYTHON is not set: run `cargo xtask bench --peers`")?;
+    let python = from_env("NOTIFYHUB_APPRISE_PYTHON")?;
+    let extism_runner = from_env("NOTIFYHUB_EXTISM_RUNNER")?;
+    let extism_plugin = from_env("NOTIFYHUB_EXTISM_PLUGIN")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -55,13 +67,105 @@ fn main() -> anyhow::Result<()> {
             "\nnotifyhub / Apprise's best: {:.1} (goal ≥ 30)",
             ours / best
         );
+
+        let theirs = extism(&extism_runner, &extism_plugin).await?;
+        let ours_calls = executor().await?;
+        let calls = [("Extism", theirs), ("notifyhub executor", ours_calls)];
+        println!("\nthe noop plugin's logic, one call (µs, this run)\n");
+        println!(
+            "{:<28} {:>10} {:>10} {:>12}",
+            "", "fresh", "warm", "fresh/warm"
+        );
+        for (name, c) in calls {
+            println!(
+                "{name:<28} {:>10.2} {:>10.2} {:>11.1}×",
+                c.fresh_us,
+                c.warm_us,
+                c.fresh_us / c.warm_us
+            );
+        }
+        println!(
+            "\nExtism / notifyhub: fresh {:.2}×, warm {:.2}× (above 1: notifyhub is faster)",
+            theirs.fresh_us / ours_calls.fresh_us,
+            theirs.warm_us / ours_calls.warm_us
+        );
+
         let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/peers");
         std::fs::create_dir_all(&out)?;
-        std::fs::write(out.join("peers.md"), table(&rows, best))?;
+        let markdown = format!("{}\n{}", table(&rows, best), calls_table(&calls));
+        std::fs::write(out.join("peers.md"), markdown)?;
         std::fs::write(out.join("peers.svg"), chart(&rows))?;
         println!("written: {}/peers.md and peers.svg", out.display());
         Ok(())
     })
+}
+
+fn from_env(name: &str) -> anyhow::Result<PathBuf> {
+    std::env::var_os(name)
+        .map(PathBuf::from)
+        .with_context(|| format!("{name} is not set: run `cargo xtask bench --peers`"))
+}
+
+/// Mean microseconds per call with a fresh instance and with a warm one.
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+struct Calls {
+    fresh_us: f64,
+    warm_us: f64,
+}
+
+/// The Extism runner's figures (it checks every receipt itself).
+async fn extism(runner: &Path, plugin: &Path) -> anyhow::Result<Calls> {
+    let output = tokio::process::Command::new(runner)
+        .arg(plugin)
+        .args([FRESH_CALLS.to_string(), WARM_CALLS.to_string()])
+        .output()
+        .await
+        .with_context(|| format!("running {}", runner.display()))?;
+    anyhow::ensure!(
+        output.status.success(),
+        "the Extism runner failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).context("reading the Extism runner's figures")
+}
+
+/// The same calls through notifyhub's executor and the `noop` component.
+async fn executor() -> anyhow::Result<Calls> {
+    let executor = Executor::new(std::sync::Arc::new(Sandbox::new(
+        &SandboxSettings::default(),
+    )?));
+    let path = notifyhub_testkit::plugins::path("noop")?;
+    let plugin =
+        std::sync::Arc::new(notifyhub::loader::load(&path, &executor, Limits::default()).await?);
+    let task = Task {
+        id: TaskId::new(),
+        platform: "noop".into(),
+        target: "-".into(),
+        destination: None,
+        title: None,
+        body: "benchmark".into(),
+        format: Format::Text,
+        priority: Priority::Normal,
+        metadata: Default::default(),
+    };
+    let started = Instant::now();
+    for _ in 0..FRESH_CALLS {
+        anyhow::ensure!(executor.send(&plugin, &task, None).await.is_success());
+    }
+    let fresh_us = started.elapsed().as_secs_f64() * 1e6 / f64::from(FRESH_CALLS);
+    let mut instance = executor.instantiate(plugin).await?;
+    let started = Instant::now();
+    for _ in 0..WARM_CALLS {
+        anyhow::ensure!(
+            executor
+                .call(&mut instance, &task, None)
+                .await
+                .0
+                .is_success()
+        );
+    }
+    let warm_us = started.elapsed().as_secs_f64() * 1e6 / f64::from(WARM_CALLS);
+    Ok(Calls { fresh_us, warm_us })
 }
 
 /// Apprise's deliveries per second with `threads` threads.
@@ -132,6 +236,19 @@ fn table(rows: &[(&str, f64)], best: f64) -> String {
     let mut out = String::from("| sender | deliveries/s | × Apprise's best |\n|---|---:|---:|\n");
     for (name, rate) in rows {
         out.push_str(&format!("| {name} | {rate:.0} | {:.1} |\n", rate / best));
+    }
+    out
+}
+
+fn calls_table(calls: &[(&str, Calls)]) -> String {
+    let mut out = String::from(
+        "| the noop plugin's logic, hosted by | fresh instance per call | warm instance |\n|---|---:|---:|\n",
+    );
+    for (name, c) in calls {
+        out.push_str(&format!(
+            "| {name} | {:.2} µs | {:.2} µs |\n",
+            c.fresh_us, c.warm_us
+        ));
     }
     out
 }

@@ -96,6 +96,8 @@ impl Daemon {
         let settings = SandboxSettings {
             cache_dir: Some(config.cache_dir()),
             max_total_memory_mib: config.sandbox.max_guest_memory_mib,
+            max_instances: crate::pool::instance_slots(&config.pool)
+                .max(SandboxSettings::default().max_instances),
             ..Default::default()
         };
         let sandbox = Arc::new(Sandbox::new(&settings)?);

@@ -9,11 +9,14 @@
 //!   deliver 1,000 tasks through both and show each host's share;
 //! - `bench`: build the plugins and run every benchmark; `bench --peers`:
 //!   Apprise (from PyPI, in a virtualenv under `target/peers/`) against
-//!   notifyhub's defaults, to the same local receiver.
+//!   notifyhub's defaults, to the same local receiver, and the same trivial
+//!   plugin under Extism (built from `host/benches/peers/extism/`) and under
+//!   notifyhub's executor.
 
 mod cluster;
 mod demo;
 
+use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
 use anyhow::Context;
@@ -103,9 +106,11 @@ fn bench() -> anyhow::Result<()> {
 const APPRISE: &str = "apprise==2.3.0";
 
 /// `bench --peers`: installs Apprise from PyPI into a virtualenv under
-/// `target/peers/venv` (once), then runs the peer benchmark with it.
+/// `target/peers/venv` (once), builds the Extism peer into
+/// `target/peers/extism`, then runs the peer benchmark with both.
 fn peers() -> anyhow::Result<()> {
     plugins()?;
+    let (extism_runner, extism_plugin) = extism()?;
     let venv = repo_root().join("target/peers/venv");
     let python = venv.join("bin/python");
     let installed = Command::new(&python)
@@ -118,7 +123,34 @@ fn peers() -> anyhow::Result<()> {
     }
     run(cargo()
         .args(["bench", "-p", "notifyhub", "--bench", "peers"])
-        .env("NOTIFYHUB_APPRISE_PYTHON", &python))
+        .env("NOTIFYHUB_APPRISE_PYTHON", &python)
+        .env("NOTIFYHUB_EXTISM_RUNNER", &extism_runner)
+        .env("NOTIFYHUB_EXTISM_PLUGIN", &extism_plugin))
+}
+
+/// Builds the Extism peer (its own workspace, with its own lock file and
+/// Extism's wasmtime) and returns its runner and its plugin.
+fn extism() -> anyhow::Result<(PathBuf, PathBuf)> {
+    if Command::new("rustup").arg("--version").output().is_ok() {
+        run(Command::new("rustup").args(["target", "add", "wasm32-unknown-unknown"]))?;
+    }
+    let workspace = repo_root().join("host/benches/peers/extism");
+    let target = repo_root().join("target/peers/extism");
+    let build = |args: &[&str]| {
+        let mut command = cargo();
+        command
+            .current_dir(&workspace)
+            .env("CARGO_TARGET_DIR", &target)
+            .args(["build", "--release", "--locked"])
+            .args(args);
+        run(&mut command)
+    };
+    build(&["-p", "extism-noop", "--target", "wasm32-unknown-unknown"])?;
+    build(&["-p", "extism-runner"])?;
+    Ok((
+        target.join("release/extism-runner"),
+        target.join("wasm32-unknown-unknown/release/extism_noop.wasm"),
+    ))
 }
 
 fn cargo() -> Command {

@@ -67,6 +67,22 @@ use crate::task::{Task, TaskId};
 
 /// How often the dispatcher samples load for the scaler.
 pub const TICK: Duration = Duration::from_millis(50);
+
+/// Instance slots kept for what runs beside the pool: `describe()` while
+/// plugins load and reload, `check` and trial runs.
+pub const RESERVED_SLOTS: usize = 32;
+
+/// The engine instance slots a pool with `config` needs: one in use per
+/// worker, as many warm, and [`RESERVED_SLOTS`].
+pub fn instance_slots(config: &PoolConfig) -> u32 {
+    let slots = config.max_workers.saturating_mul(2) + RESERVED_SLOTS;
+    u32::try_from(slots).unwrap_or(u32::MAX)
+}
+
+/// The slots of `slots` left for warm instances with `max_workers` busy.
+fn warm_slots(slots: u32, max_workers: usize) -> usize {
+    (slots as usize).saturating_sub(max_workers + RESERVED_SLOTS)
+}
 /// Tasks of plugins slower than this on average are never batched.
 pub const BATCH_MAX_TASK_TIME: Duration = Duration::from_millis(2);
 
@@ -106,6 +122,8 @@ pub struct PoolConfig {
     pub queue_capacity: usize,
     /// Warm instances of one plugin version across the pool.
     pub max_warm_per_plugin: usize,
+    /// Linear memory all warm instances may hold together, in MiB.
+    pub max_warm_memory_mib: usize,
     /// Warm instances one worker keeps.
     pub max_warm_per_worker: usize,
     /// Calls after which a warm instance is retired.
@@ -134,7 +152,8 @@ impl Default for PoolConfig {
             strategy: Strategy::Affinity,
             weights: Vec::new(),
             queue_capacity: 100_000,
-            max_warm_per_plugin: 64,
+            max_warm_per_plugin: 512,
+            max_warm_memory_mib: 1024,
             max_warm_per_worker: 8,
             warm_max_uses: 10_000,
             warm_max_memory_mib: 64,
@@ -146,7 +165,7 @@ impl Default for PoolConfig {
 impl PoolConfig {
     /// Checks values that would make the pool misbehave.
     pub fn validate(&self) -> Result<(), String> {
-        check_bounds(self.min_workers, self.max_workers)?;
+        check_bounds(self.min_workers, self.max_workers, instance_slots(self))?;
         if !(self.scale_down_load < self.target_load && self.scale_down_load >= 0.0) {
             return Err(format!(
                 "need 0 <= scale_down_load ({}) < target_load ({})",
@@ -174,10 +193,17 @@ impl PoolConfig {
 
 /// The worker bounds every pool keeps: `min <= max`, `1 <= max <=`
 /// [`MAX_WORKERS`].
-fn check_bounds(min: usize, max: usize) -> Result<(), String> {
+fn check_bounds(min: usize, max: usize, slots: u32) -> Result<(), String> {
     if max == 0 || min > max || max > MAX_WORKERS {
         return Err(format!(
             "need 0 <= min ({min}) <= max ({max}) and 1 <= max <= {MAX_WORKERS}"
+        ));
+    }
+    let busy = (slots as usize).saturating_sub(RESERVED_SLOTS);
+    if max > busy {
+        return Err(format!(
+            "max ({max}) needs more instance slots than the daemon started with ({slots}, \
+             {RESERVED_SLOTS} kept for loading plugins): raise [pool] max_workers and restart"
         ));
     }
     Ok(())
@@ -281,10 +307,15 @@ impl Pool {
             scheduler.clone(),
             metrics,
         ));
-        let warm = Arc::new(WarmBudget::new(config.max_warm_per_plugin));
+        // Every worker may hold one instance in use; warm ones get the rest
+        // of the engine's slots, less those plugin loads need.
+        let warm = Arc::new(WarmBudget::new(
+            config.max_warm_per_plugin,
+            warm_slots(executor.sandbox().max_instances(), config.max_workers),
+            config.max_warm_memory_mib.saturating_mul(1 << 20),
+        ));
         let limits = WarmLimits {
             max_per_worker: config.max_warm_per_worker,
-            max_per_plugin: config.max_warm_per_plugin,
             max_uses: config.warm_max_uses,
             max_memory_bytes: config.warm_max_memory_mib.saturating_mul(1 << 20),
             max_idle: config.warm_max_idle,

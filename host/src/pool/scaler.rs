@@ -17,6 +17,18 @@
 //! burst of CPU-bound work does not overshoot by hundreds before the first
 //! measurement.
 //!
+//! One case skips the stages: every worker has been on its task for
+//! [`WAITING_TASK`] or longer while the CPU was mostly idle (below
+//! [`IDLE_CPU`] busy) over the last sample. Such tasks wait on the network (a platform answering in 100 ms),
+//! so each extra worker finishes one more of them per round trip, and
+//! doubling from four would spend most of a short burst growing. The pool
+//! then grows to what demand asks for in one decision. CPU-bound work never
+//! takes this path: its tasks are short (a delivery to a fast receiver
+//! takes about 0.1 ms) and it keeps the CPU busy, and either is enough.
+//! Both are needed: a CPU-bound burst's first tasks also run long (each
+//! worker's first instance is new), with the CPU over 80 % busy (measured),
+//! while deliveries waiting on a 100 ms platform left it 0–22 % busy.
+//!
 //! The scaler owns no clock: every sample carries its time, so tests drive it
 //! with made-up instants.
 
@@ -24,6 +36,14 @@ use std::time::{Duration, Instant};
 
 use super::cpu::CpuTimes;
 use super::limit::{ConcurrencyLimit, Reading};
+
+/// How long every worker must have been on its task, with the CPU idle,
+/// for the tasks to count as waiting on I/O: 200 times a delivery to a
+/// fast local receiver, a fifth of a platform that answers in 100 ms.
+pub const WAITING_TASK: Duration = Duration::from_millis(20);
+/// The machine-wide CPU busy fraction below which long tasks count as
+/// waiting on I/O: at least half the CPU left idle.
+pub const IDLE_CPU: f64 = 0.5;
 
 /// The knobs the scaler reads.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -49,6 +69,9 @@ pub struct Sample {
     pub completed: u64,
     /// The machine's CPU counters, where they can be read.
     pub cpu: Option<CpuTimes>,
+    /// With no worker idle, how long the most recently assigned task has
+    /// been running: a lower bound on how long tasks take now.
+    pub busy_for: Option<Duration>,
 }
 
 impl Sample {
@@ -72,6 +95,8 @@ pub struct Scaler {
     above_since: Option<Instant>,
     below_since: Option<Instant>,
     limit: ConcurrencyLimit,
+    /// The CPU counters of the previous sample.
+    last_cpu: Option<CpuTimes>,
 }
 
 impl Scaler {
@@ -82,6 +107,7 @@ impl Scaler {
             above_since: None,
             below_since: None,
             limit: ConcurrencyLimit::new(config.min_workers, config.max_workers, cores),
+            last_cpu: None,
         }
     }
 
@@ -111,8 +137,35 @@ impl Scaler {
         )
     }
 
+    /// Why the tasks of `sample` wait on I/O, if they do (see the module
+    /// comment): every worker busy for [`WAITING_TASK`] or longer, the CPU
+    /// mostly idle since the previous sample, and the adaptive limit open
+    /// (it found the work CPU-bound otherwise).
+    fn waiting_on_io(&self, sample: &Sample, previous: Option<CpuTimes>) -> Option<String> {
+        let busy_for = sample.busy_for.filter(|b| *b >= WAITING_TASK)?;
+        let cpu = match sample.cpu {
+            // No counters: scale by demand, as the limit does.
+            None => "an unknown share".to_string(),
+            Some(now) => {
+                let busy = now.busy_since(previous?)?;
+                if busy >= IDLE_CPU {
+                    return None;
+                }
+                format!("{:.0}%", busy * 100.0)
+            }
+        };
+        if self.limit.is_adaptive() {
+            return None;
+        }
+        Some(format!(
+            "every worker busy for {busy_for:?} or more with CPU {cpu} busy: the tasks wait on I/O, so growing to demand ({} queued, {} in flight)",
+            sample.queued, sample.in_flight
+        ))
+    }
+
     pub fn decide(&mut self, sample: &Sample) -> Decision {
         let c = self.config;
+        let previous_cpu = std::mem::replace(&mut self.last_cpu, sample.cpu);
         // Bounds first: a change of bounds takes effect at once.
         if sample.workers < c.min_workers {
             let to = (sample.workers + c.start_batch).min(c.min_workers);
@@ -151,6 +204,11 @@ impl Scaler {
             self.below_since = None;
             let since = *self.above_since.get_or_insert(sample.at);
             let wanted = self.wanted(sample);
+            if wanted > sample.workers
+                && let Some(reason) = self.waiting_on_io(sample, previous_cpu)
+            {
+                return Decision::Grow { to: wanted, reason };
+            }
             if sample.at.duration_since(since) >= c.scale_up_delay && wanted > sample.workers {
                 let step = c.start_batch.min(sample.workers.max(1));
                 let to = wanted.min(sample.workers + step);
@@ -238,6 +296,7 @@ mod tests {
             workers,
             completed: 0,
             cpu: None,
+            busy_for: None,
         }
     }
 
@@ -262,6 +321,63 @@ mod tests {
             panic!("expected growth")
         };
         assert_eq!(to, 36);
+    }
+
+    /// A sample with every worker busy for `busy_for`, 2,000 tasks queued,
+    /// and the machine's CPU counters at `busy` of `total` ticks.
+    fn loaded(at: Instant, busy_for: Duration, busy: u64, total: u64) -> Sample {
+        Sample {
+            cpu: Some(CpuTimes { busy, total }),
+            busy_for: Some(busy_for),
+            ..sample(at, 2000, 4, 4)
+        }
+    }
+
+    #[test]
+    fn grows_to_demand_at_once_when_tasks_wait_on_io() {
+        let t0 = Instant::now();
+        let mut s = Scaler::new(config());
+        s.decide(&loaded(t0, ms(5), 0, 0));
+        // 10 % busy since.
+        let Decision::Grow { to, reason } = s.decide(&loaded(t0 + ms(50), ms(50), 100, 1000))
+        else {
+            panic!("expected growth")
+        };
+        assert_eq!(
+            to, 100,
+            "demand, within max_workers, with no delay or stages"
+        );
+        assert!(reason.contains("wait on I/O"), "{reason}");
+    }
+
+    #[test]
+    fn short_tasks_or_a_busy_cpu_keep_the_stages() {
+        let t0 = Instant::now();
+        // Short tasks, idle CPU: the delay first.
+        let mut s = Scaler::new(config());
+        s.decide(&loaded(t0, ms(1), 0, 0));
+        assert_eq!(
+            s.decide(&loaded(t0 + ms(50), ms(1), 100, 1000)),
+            Decision::Hold
+        );
+        // Long tasks, CPU 80 % busy: the delay first.
+        let mut s = Scaler::new(config());
+        s.decide(&loaded(t0, ms(50), 0, 0));
+        assert_eq!(
+            s.decide(&loaded(t0 + ms(50), ms(50), 800, 1000)),
+            Decision::Hold
+        );
+        // Long tasks, CPU 95 % then 99 % busy: the delay, then one stage.
+        let mut s = Scaler::new(config());
+        s.decide(&loaded(t0, ms(50), 0, 0));
+        assert_eq!(
+            s.decide(&loaded(t0 + ms(50), ms(50), 950, 1000)),
+            Decision::Hold
+        );
+        let Decision::Grow { to, .. } = s.decide(&loaded(t0 + ms(250), ms(250), 1940, 2000)) else {
+            panic!("expected growth")
+        };
+        assert_eq!(to, 8, "a staged step, doubling");
     }
 
     #[test]

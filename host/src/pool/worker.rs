@@ -121,10 +121,11 @@ async fn deliver(
     let attempt = context.lifecycle.store().start(task.id);
     tracing::Span::current().record("attempt", attempt.number);
 
-    let (instance, was_warm) = match warm.take(&plugin.key) {
-        Some(instance) => (Ok(instance), true),
-        None => (context.executor.instantiate(plugin.clone()).await, false),
+    let (instance, unit) = match warm.take(&plugin.key) {
+        Some((instance, unit)) => (Ok(instance), Some(unit)),
+        None => (context.executor.instantiate(plugin.clone()).await, None),
     };
+    let was_warm = unit.is_some();
     let counter = if was_warm {
         &context.warm_hits
     } else {
@@ -156,11 +157,11 @@ async fn deliver(
                 .executor
                 .call(&mut instance, task, route.as_deref())
                 .await;
-            warm.put_back(instance, was_warm, health);
+            warm.put_back(instance, unit, health);
             outcome
         }
         (Ok(instance), Err(outcome)) => {
-            warm.put_back(instance, was_warm, crate::executor::Health::Reusable);
+            warm.put_back(instance, unit, crate::executor::Health::Reusable);
             outcome
         }
         (Err(failure), _) => Outcome::failed(failure.class, failure.message),

@@ -104,6 +104,7 @@ pub struct Sandbox {
     http: Transport,
     memory: Arc<MemoryBudget>,
     cache: Option<wasmtime::Cache>,
+    max_instances: u32,
     /// Held for its `Drop`, which stops the epoch thread.
     _ticker: EpochTicker,
 }
@@ -159,6 +160,7 @@ impl Sandbox {
                 (settings.max_total_memory_mib as usize).saturating_mul(1 << 20),
             )),
             cache,
+            max_instances: slots,
             _ticker: ticker,
         })
     }
@@ -168,6 +170,11 @@ impl Sandbox {
         self.cache
             .as_ref()
             .map(|c| (c.cache_hits(), c.cache_misses()))
+    }
+
+    /// Instances that may exist at once.
+    pub fn max_instances(&self) -> u32 {
+        self.max_instances
     }
 
     /// The host-wide guest memory budget.

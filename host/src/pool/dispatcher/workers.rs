@@ -48,6 +48,7 @@ impl Dispatcher {
             workers: self.live_workers(),
             completed: self.completed,
             cpu: CpuTimes::now(),
+            busy_for: self.busy_for(now),
         };
         if let Some(m) = self.lifecycle.metrics() {
             let mut by_state = [
@@ -94,6 +95,22 @@ impl Dispatcher {
             self.last_health_check = now;
             self.replace_stuck(now);
         }
+    }
+
+    /// With no worker idle, how long the most recently assigned task has run.
+    fn busy_for(&self, now: Instant) -> Option<Duration> {
+        let live = || {
+            self.workers
+                .values()
+                .filter(|w| w.state != WorkerState::ShuttingDown)
+        };
+        if live().any(|w| w.state != WorkerState::Processing) {
+            return None;
+        }
+        live()
+            .filter_map(|w| w.busy_since)
+            .map(|since| now.duration_since(since))
+            .min()
     }
 
     fn reap_idle(&mut self, now: Instant) {
@@ -278,7 +295,11 @@ impl Dispatcher {
             min.unwrap_or(current.min_workers),
             max.unwrap_or(current.max_workers),
         );
-        super::super::check_bounds(min, max)?;
+        let slots = self.context.executor.sandbox().max_instances();
+        super::super::check_bounds(min, max, slots)?;
+        self.context
+            .budget
+            .set_max_total(super::super::warm_slots(slots, max));
         tracing::info!(min, max, "manual scaling: new worker bounds");
         self.scaler.set_bounds(min, max);
         self.config.min_workers = min;
