@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use notifyhub::executor::Executor;
 use notifyhub::sandbox::{Limits, Sandbox, SandboxSettings};
-use notifyhub::task::{Format, Priority, Task, TaskId};
+use notifyhub::task::Task;
 use notifyhub_testkit::daemon::{Conn, Daemon};
 use notifyhub_testkit::receiver::{Receiver, Reply};
 use serde_json::{Value, json};
@@ -32,17 +32,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn task(platform: &str, target: &str) -> Task {
-    Task {
-        id: TaskId::new(),
-        platform: platform.into(),
-        target: target.into(),
-        destination: None,
-        title: None,
-        body: "benchmark".into(),
-        format: Format::Text,
-        priority: Priority::Normal,
-        metadata: Default::default(),
-    }
+    Task::text(platform, target, "benchmark")
 }
 
 async fn in_process() -> anyhow::Result<()> {

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use notifyhub::executor::Executor;
 use notifyhub::sandbox::{Limits, Sandbox, SandboxSettings};
-use notifyhub::task::{Format, Priority, Task, TaskId};
+use notifyhub::task::Task;
 use notifyhub_testkit::daemon::{Conn, Daemon};
 use notifyhub_testkit::receiver::{Receiver, Reply};
 use serde_json::{Value, json};
@@ -137,17 +137,7 @@ async fn executor() -> anyhow::Result<Calls> {
     let path = notifyhub_testkit::plugins::path("noop")?;
     let plugin =
         std::sync::Arc::new(notifyhub::loader::load(&path, &executor, Limits::default()).await?);
-    let task = Task {
-        id: TaskId::new(),
-        platform: "noop".into(),
-        target: "-".into(),
-        destination: None,
-        title: None,
-        body: "benchmark".into(),
-        format: Format::Text,
-        priority: Priority::Normal,
-        metadata: Default::default(),
-    };
+    let task = Task::text("noop", "-", "benchmark");
     let started = Instant::now();
     for _ in 0..FRESH_CALLS {
         anyhow::ensure!(executor.send(&plugin, &task, None).await.is_success());

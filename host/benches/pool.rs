@@ -20,7 +20,7 @@ use notifyhub::pool::{Pool, PoolConfig, PoolDeps, Strategy};
 use notifyhub::registry::Registry;
 use notifyhub::sandbox::{Limits, Sandbox, SandboxSettings};
 use notifyhub::store::{Submission, TaskStore};
-use notifyhub::task::{Format, Priority, Task, TaskId};
+use notifyhub::task::Task;
 use notifyhub_testkit::daemon::Daemon;
 use notifyhub_testkit::receiver::{Receiver, Reply};
 use serde_json::{Value, json};
@@ -39,17 +39,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn task(platform: &str) -> Arc<Task> {
-    Arc::new(Task {
-        id: TaskId::new(),
-        platform: platform.into(),
-        target: "-".into(),
-        destination: None,
-        title: None,
-        body: "bench".into(),
-        format: Format::Text,
-        priority: Priority::Normal,
-        metadata: Default::default(),
-    })
+    Arc::new(Task::text(platform, "-", "bench"))
 }
 
 fn submission(task: &Arc<Task>) -> Submission {

@@ -162,6 +162,24 @@ pub struct Task {
     pub metadata: BTreeMap<String, String>,
 }
 
+impl Task {
+    /// A plain-text task with a new id, normal priority and nothing else:
+    /// what benchmarks and embedders that build tasks in code start from.
+    pub fn text(platform: &str, target: &str, body: &str) -> Self {
+        Task {
+            id: TaskId::new(),
+            platform: platform.into(),
+            target: target.into(),
+            destination: None,
+            title: None,
+            body: body.into(),
+            format: Format::Text,
+            priority: Priority::Normal,
+            metadata: BTreeMap::new(),
+        }
+    }
+}
+
 /// Where a task is in its life: queued → running → succeeded, or
 /// → retrying → running → … → dead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

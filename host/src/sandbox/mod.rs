@@ -70,6 +70,10 @@ pub struct SandboxSettings {
     pub max_total_memory_mib: u64,
     /// Where plugins' requests go; `None` is the network.
     pub transport: Option<Transport>,
+    /// The compiler. Cranelift (what `Auto` picks) everywhere but the
+    /// `compile` benchmark, which tries wasmtime's baseline compiler, Winch
+    /// (built only with the crate's `winch` feature).
+    pub strategy: wasmtime::Strategy,
 }
 
 impl Default for SandboxSettings {
@@ -80,6 +84,7 @@ impl Default for SandboxSettings {
             max_memory_mib: 1024,
             max_total_memory_mib: 4096,
             transport: None,
+            strategy: wasmtime::Strategy::Auto,
         }
     }
 }
@@ -114,6 +119,7 @@ impl Sandbox {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.wasm_component_model(true);
+        config.strategy(settings.strategy);
 
         let mut pool = PoolingAllocationConfig::default();
         let slots = settings.max_instances;

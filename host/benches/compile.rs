@@ -1,0 +1,136 @@
+//! Cranelift vs Winch for a plugin's first use: run with `cargo bench -p
+//! notifyhub --features winch --bench compile`.
+//!
+//! Winch, wasmtime's baseline compiler, compiles in one pass without
+//! optimizing; the question is whether first use would be fast enough with
+//! it (and Cranelift compiling in the background, swapped in by the reload
+//! machinery) to be worth that machinery: worth it if it cuts cold time at
+//! least five times. For one plugin per language it measures, with each
+//! compiler and no compile cache:
+//!
+//! - compile time;
+//! - cold → first delivery: compile, `describe()`, instantiate and one real
+//!   delivery to a local receiver;
+//! - a warm call without I/O (`send` with a target the plugin rejects), to
+//!   show what running on Winch's code would cost until the swap.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use notifyhub::executor::Executor;
+use notifyhub::sandbox::{Limits, Sandbox, SandboxSettings};
+use notifyhub::task::Task;
+use notifyhub_testkit::receiver::{Receiver, Reply};
+use wasmtime::Strategy;
+
+/// (language, plugin, path it posts to on the receiver)
+const SUBJECTS: &[(&str, &str, &str)] = &[
+    ("Rust", "webhook", "/webhook"),
+    ("Python", "ntfy", "/bench"),
+    ("JavaScript", "gotify", "/gotify"),
+    ("C", "mattermost", "/hooks/bench"),
+];
+
+#[derive(Debug, Clone, Copy)]
+struct Figures {
+    compile_ms: f64,
+    first_delivery_ms: f64,
+    call_us: f64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let receiver = Receiver::start(|req| match req.path.as_str() {
+            "/" => Reply::json(200, serde_json::json!({"id": "abc", "event": "message"})),
+            "/gotify/message" => Reply::json(200, serde_json::json!({"id": 1})),
+            _ => Reply::new(200, "ok"),
+        })
+        .await;
+        println!("first use with Cranelift vs Winch (no compile cache)\n");
+        println!(
+            "{:<11} {:>24} {:>30} {:>26}",
+            "language", "compile ms (C / W / ×)", "cold → delivery ms (C / W / ×)", "warm call µs (C / W / ×)"
+        );
+        for (language, plugin, path) in SUBJECTS {
+            let cranelift = measure(Strategy::Cranelift, plugin, &receiver.url(path), &receiver).await?;
+            let winch = measure(Strategy::Winch, plugin, &receiver.url(path), &receiver).await?;
+            println!(
+                "{language:<11} {:>8.0} / {:>5.0} / {:>5.1} {:>12.0} / {:>5.0} / {:>5.1} {:>10.1} / {:>5.1} / {:>5.2}",
+                cranelift.compile_ms,
+                winch.compile_ms,
+                cranelift.compile_ms / winch.compile_ms,
+                cranelift.first_delivery_ms,
+                winch.first_delivery_ms,
+                cranelift.first_delivery_ms / winch.first_delivery_ms,
+                cranelift.call_us,
+                winch.call_us,
+                winch.call_us / cranelift.call_us,
+            );
+        }
+        println!("\n× for compile and cold → delivery: Cranelift / Winch (goal ≥ 5 to adopt);");
+        println!("× for the warm call: Winch / Cranelift (how much slower Winch's code runs)");
+        Ok(())
+    })
+}
+
+async fn measure(
+    strategy: Strategy,
+    plugin: &str,
+    target: &str,
+    receiver: &Receiver,
+) -> anyhow::Result<Figures> {
+    let dir = tempfile::tempdir()?;
+    let wasm = dir.path().join(format!("{plugin}.wasm"));
+    std::fs::copy(notifyhub_testkit::plugins::path(plugin)?, &wasm)?;
+    std::fs::write(
+        dir.path().join(format!("{plugin}.toml")),
+        format!(
+            "allowed_hosts = [\"{}\"]\n[config]\napp_token = \"bench\"\n",
+            receiver.authority()
+        ),
+    )?;
+    let settings = SandboxSettings {
+        strategy,
+        ..SandboxSettings::default()
+    };
+    let bytes = std::fs::read(&wasm)?;
+    let started = Instant::now();
+    Sandbox::new(&settings)?.compile(&bytes)?;
+    let compile_ms = ms(started.elapsed());
+
+    let executor = Executor::new(Arc::new(Sandbox::new(&settings)?));
+    let started = Instant::now();
+    let loaded = Arc::new(notifyhub::loader::load(&wasm, &executor, Limits::default()).await?);
+    let mut instance = executor.instantiate(loaded.clone()).await?;
+    let (outcome, _) = executor
+        .call(&mut instance, &task(plugin, target), None)
+        .await;
+    let first_delivery_ms = ms(started.elapsed());
+    anyhow::ensure!(outcome.is_success(), "{plugin}: {outcome:?}");
+
+    let rejected = task(plugin, "not-a-url");
+    let mut samples = Vec::with_capacity(2_000);
+    for _ in 0..2_000 {
+        let started = Instant::now();
+        let (outcome, _) = executor.call(&mut instance, &rejected, None).await;
+        samples.push(started.elapsed());
+        anyhow::ensure!(!outcome.is_success(), "{plugin} accepted a bad target");
+    }
+    samples.sort();
+    Ok(Figures {
+        compile_ms,
+        first_delivery_ms,
+        call_us: samples[samples.len() / 2].as_secs_f64() * 1e6,
+    })
+}
+
+fn task(platform: &str, target: &str) -> Task {
+    Task::text(platform, target, "benchmark")
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
