@@ -19,9 +19,10 @@
 //!
 //! One case skips the stages: every worker has been on its task for
 //! [`WAITING_TASK`] or longer while the CPU was mostly idle (below
-//! [`IDLE_CPU`] busy) over the last sample. Such tasks wait on the network (a platform answering in 100 ms),
-//! so each extra worker finishes one more of them per round trip, and
-//! doubling from four would spend most of a short burst growing. The pool
+//! [`IDLE_CPU`] busy) over the last sample. Such tasks wait on the network
+//! (a platform answering in 100 ms), so each extra worker finishes one more
+//! of them per round trip, and doubling from four would spend most of a
+//! short burst growing. The pool
 //! then grows to what demand asks for in one decision. CPU-bound work never
 //! takes this path: its tasks are short (a delivery to a fast receiver
 //! takes about 0.1 ms) and it keeps the CPU busy, and either is enough.
@@ -158,8 +159,10 @@ impl Scaler {
             return None;
         }
         Some(format!(
-            "every worker busy for {busy_for:?} or more with CPU {cpu} busy: the tasks wait on I/O, so growing to demand ({} queued, {} in flight)",
-            sample.queued, sample.in_flight
+            "every worker busy for {} ms or more with CPU {cpu} busy: the tasks wait on I/O, so growing to demand ({} queued, {} in flight)",
+            busy_for.as_millis(),
+            sample.queued,
+            sample.in_flight
         ))
     }
 
