@@ -9,15 +9,14 @@
 //!
 //! Numbers vary on a noisy 2-core machine; compare ratios within one run.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use notifyhub::executor::Executor;
-use notifyhub::sandbox::{Limits, Sandbox, SandboxSettings};
-use notifyhub::task::Task;
 use notifyhub_testkit::daemon::{Conn, Daemon};
 use notifyhub_testkit::receiver::{Receiver, Reply};
 use serde_json::{Value, json};
+
+#[path = "support/noop_calls.rs"]
+mod noop_calls;
 
 const BIN: &str = env!("CARGO_BIN_EXE_notifyhub");
 
@@ -31,50 +30,22 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
-fn task(platform: &str, target: &str) -> Task {
-    Task::text(platform, target, "benchmark")
-}
-
 async fn in_process() -> anyhow::Result<()> {
-    let sandbox = Arc::new(Sandbox::new(&SandboxSettings::default())?);
-    let executor = Executor::new(sandbox);
-    let path = notifyhub_testkit::plugins::path("noop")?;
-    let plugin = Arc::new(notifyhub::loader::load(&path, &executor, Limits::default()).await?);
-    let task = task("noop", "-");
-
-    let fresh_calls = 5_000;
-    let started = Instant::now();
-    for _ in 0..fresh_calls {
-        assert!(executor.send(&plugin, &task, None).await.is_success());
-    }
-    let fresh = started.elapsed() / fresh_calls;
-
-    let warm_calls = 50_000;
-    let mut instance = executor.instantiate(plugin.clone()).await?;
-    let started = Instant::now();
-    for _ in 0..warm_calls {
-        assert!(
-            executor
-                .call(&mut instance, &task, None)
-                .await
-                .0
-                .is_success()
-        );
-    }
-    let warm = started.elapsed() / warm_calls;
-
+    let calls = noop_calls::measure().await?;
     println!("in-process call of the noop plugin");
     println!(
-        "  fresh instance per call  {:>8.2} µs   ({fresh_calls} calls)",
-        micros(fresh)
+        "  fresh instance per call  {:>8.2} µs   ({} calls)",
+        micros(calls.fresh),
+        noop_calls::FRESH_CALLS
     );
     println!(
-        "  warm instance reused     {:>8.2} µs   ({warm_calls} calls)",
-        micros(warm)
+        "  warm instance reused     {:>8.2} µs   ({} calls)",
+        micros(calls.warm),
+        noop_calls::WARM_CALLS
     );
     println!(
         "  fresh / warm             {:>8.1}x",
-        fresh.as_secs_f64() / warm.as_secs_f64()
+        calls.fresh.as_secs_f64() / calls.warm.as_secs_f64()
     );
     Ok(())
 }

@@ -23,20 +23,18 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use notifyhub::executor::Executor;
-use notifyhub::sandbox::{Limits, Sandbox, SandboxSettings};
-use notifyhub::task::Task;
 use notifyhub_testkit::daemon::{Conn, Daemon};
 use notifyhub_testkit::receiver::{Receiver, Reply};
 use serde_json::{Value, json};
+
+#[path = "support/noop_calls.rs"]
+mod noop_calls;
 
 const BIN: &str = env!("CARGO_BIN_EXE_notifyhub");
 const APPRISE_COUNT: usize = 2_000;
 const NOTIFYHUB_COUNT: usize = 20_000;
 const BATCH: usize = 1_000;
 const CONNECTIONS: usize = 4;
-const FRESH_CALLS: u32 = 5_000;
-const WARM_CALLS: u32 = 50_000;
 
 fn main() -> anyhow::Result<()> {
     let python = from_env("NOTIFYHUB_APPRISE_PYTHON")?;
@@ -117,7 +115,10 @@ struct Calls {
 async fn extism(runner: &Path, plugin: &Path) -> anyhow::Result<Calls> {
     let output = tokio::process::Command::new(runner)
         .arg(plugin)
-        .args([FRESH_CALLS.to_string(), WARM_CALLS.to_string()])
+        .args([
+            noop_calls::FRESH_CALLS.to_string(),
+            noop_calls::WARM_CALLS.to_string(),
+        ])
         .output()
         .await
         .with_context(|| format!("running {}", runner.display()))?;
@@ -131,31 +132,11 @@ async fn extism(runner: &Path, plugin: &Path) -> anyhow::Result<Calls> {
 
 /// The same calls through notifyhub's executor and the `noop` component.
 async fn executor() -> anyhow::Result<Calls> {
-    let executor = Executor::new(std::sync::Arc::new(Sandbox::new(
-        &SandboxSettings::default(),
-    )?));
-    let path = notifyhub_testkit::plugins::path("noop")?;
-    let plugin =
-        std::sync::Arc::new(notifyhub::loader::load(&path, &executor, Limits::default()).await?);
-    let task = Task::text("noop", "-", "benchmark");
-    let started = Instant::now();
-    for _ in 0..FRESH_CALLS {
-        anyhow::ensure!(executor.send(&plugin, &task, None).await.is_success());
-    }
-    let fresh_us = started.elapsed().as_secs_f64() * 1e6 / f64::from(FRESH_CALLS);
-    let mut instance = executor.instantiate(plugin).await?;
-    let started = Instant::now();
-    for _ in 0..WARM_CALLS {
-        anyhow::ensure!(
-            executor
-                .call(&mut instance, &task, None)
-                .await
-                .0
-                .is_success()
-        );
-    }
-    let warm_us = started.elapsed().as_secs_f64() * 1e6 / f64::from(WARM_CALLS);
-    Ok(Calls { fresh_us, warm_us })
+    let calls = noop_calls::measure().await?;
+    Ok(Calls {
+        fresh_us: calls.fresh.as_secs_f64() * 1e6,
+        warm_us: calls.warm.as_secs_f64() * 1e6,
+    })
 }
 
 /// Apprise's deliveries per second with `threads` threads.

@@ -83,6 +83,7 @@ pub fn instance_slots(config: &PoolConfig) -> u32 {
 fn warm_slots(slots: u32, max_workers: usize) -> usize {
     (slots as usize).saturating_sub(max_workers + RESERVED_SLOTS)
 }
+
 /// Tasks of plugins slower than this on average are never batched.
 pub const BATCH_MAX_TASK_TIME: Duration = Duration::from_millis(2);
 
@@ -165,7 +166,7 @@ impl Default for PoolConfig {
 impl PoolConfig {
     /// Checks values that would make the pool misbehave.
     pub fn validate(&self) -> Result<(), String> {
-        check_bounds(self.min_workers, self.max_workers, instance_slots(self))?;
+        check_bounds(self.min_workers, self.max_workers)?;
         if !(self.scale_down_load < self.target_load && self.scale_down_load >= 0.0) {
             return Err(format!(
                 "need 0 <= scale_down_load ({}) < target_load ({})",
@@ -193,14 +194,19 @@ impl PoolConfig {
 
 /// The worker bounds every pool keeps: `min <= max`, `1 <= max <=`
 /// [`MAX_WORKERS`].
-fn check_bounds(min: usize, max: usize, slots: u32) -> Result<(), String> {
+fn check_bounds(min: usize, max: usize) -> Result<(), String> {
     if max == 0 || min > max || max > MAX_WORKERS {
         return Err(format!(
             "need 0 <= min ({min}) <= max ({max}) and 1 <= max <= {MAX_WORKERS}"
         ));
     }
-    let busy = (slots as usize).saturating_sub(RESERVED_SLOTS);
-    if max > busy {
+    Ok(())
+}
+
+/// A `max` the engine's `slots` can serve at run time (the daemon sizes
+/// them from the configured `max_workers` with [`instance_slots`]).
+fn check_slots(max: usize, slots: u32) -> Result<(), String> {
+    if max > (slots as usize).saturating_sub(RESERVED_SLOTS) {
         return Err(format!(
             "max ({max}) needs more instance slots than the daemon started with ({slots}, \
              {RESERVED_SLOTS} kept for loading plugins): raise [pool] max_workers and restart"

@@ -116,8 +116,7 @@ impl WarmBudget {
         let mut held = self.held.lock().expect("never poisoned");
         let others = held.bytes - unit.bytes;
         if bytes > unit.bytes && others.saturating_add(bytes) > self.max_bytes {
-            drop(held);
-            self.release(key, unit);
+            held.release(key, unit);
             return None;
         }
         held.bytes = others + bytes;
@@ -125,13 +124,18 @@ impl WarmBudget {
     }
 
     fn release(&self, key: &str, unit: Unit) {
-        let mut held = self.held.lock().expect("never poisoned");
-        held.bytes -= unit.bytes;
-        held.total -= 1;
-        if let Some(count) = held.per_plugin.get_mut(key) {
+        self.held.lock().expect("never poisoned").release(key, unit);
+    }
+}
+
+impl Held {
+    fn release(&mut self, key: &str, unit: Unit) {
+        self.bytes -= unit.bytes;
+        self.total -= 1;
+        if let Some(count) = self.per_plugin.get_mut(key) {
             *count -= 1;
             if *count == 0 {
-                held.per_plugin.remove(key);
+                self.per_plugin.remove(key);
             }
         }
     }

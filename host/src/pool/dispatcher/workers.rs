@@ -296,7 +296,8 @@ impl Dispatcher {
             max.unwrap_or(current.max_workers),
         );
         let slots = self.context.executor.sandbox().max_instances();
-        super::super::check_bounds(min, max, slots)?;
+        super::super::check_bounds(min, max)?;
+        super::super::check_slots(max, slots)?;
         self.context
             .budget
             .set_max_total(super::super::warm_slots(slots, max));
