@@ -18,7 +18,7 @@ use crate::pool::Pool;
 use crate::pool::settings::LiveSettings;
 use crate::protocol::{
     ErrorBody, ErrorCode, EventView, ListLimit, LoadErrorView, NewTask, PluginView, PluginsView,
-    Request, StatusView, TaskView, WatchFilter, WatchLine, format_time,
+    Reply, Request, StatusView, TaskView, WatchFilter, WatchLine, format_time, reply,
 };
 use crate::registry::Registry;
 use crate::reload::Reloader;
@@ -155,10 +155,10 @@ impl Api {
         })
     }
 
-    pub async fn handle(&self, request: Request) -> Result<Value, ErrorBody> {
+    pub async fn handle(&self, request: Request) -> Result<Reply, ErrorBody> {
         match request {
-            Request::Ping => Ok(json!({ "pong": true })),
-            Request::ReloadConfig => self.reload_config().await,
+            Request::Ping => Ok(reply(&json!({ "pong": true }))),
+            Request::ReloadConfig => self.reload_config().await.map(|r| reply(&r)),
             Request::Watch(_) => Err(ErrorBody::new(
                 ErrorCode::InvalidRequest,
                 "`watch` streams; it is answered by the connection, not as one request",
@@ -179,18 +179,18 @@ impl Api {
                     .list(state, platform.as_deref(), limit)
                     .await
                     .map_err(backend_error)?;
-                Ok(json!({ "tasks": views }))
+                Ok(reply(&Tasks { tasks: &views }))
             }
             Request::Retry { task_id, dead } => self.retry(task_id, dead).await,
-            Request::Status => Ok(to_value(self.status().await?)),
-            Request::Plugins => Ok(to_value(self.plugins())),
+            Request::Status => Ok(reply(&self.status().await?)),
+            Request::Plugins => Ok(reply(&self.plugins())),
             Request::Reload { name } => {
                 let results = self
                     .reloader
                     .reload(name)
                     .await
                     .map_err(|e| ErrorBody::new(ErrorCode::NotFound, e))?;
-                Ok(json!({ "results": results }))
+                Ok(reply(&json!({ "results": results })))
             }
             Request::Scale { min, max } => {
                 let (min, max) = self
@@ -198,12 +198,12 @@ impl Api {
                     .scale(min, max)
                     .await
                     .map_err(|e| ErrorBody::new(ErrorCode::InvalidRequest, e))?;
-                Ok(json!({ "min_workers": min, "max_workers": max }))
+                Ok(reply(&json!({ "min_workers": min, "max_workers": max })))
             }
         }
     }
 
-    async fn submit(&self, new_tasks: Vec<NewTask>, wait: bool) -> Result<Value, ErrorBody> {
+    async fn submit(&self, new_tasks: Vec<NewTask>, wait: bool) -> Result<Reply, ErrorBody> {
         if new_tasks.is_empty() {
             return Err(ErrorBody::new(
                 ErrorCode::InvalidRequest,
@@ -293,13 +293,13 @@ impl Api {
             backend_error(e)
         })?;
         if !wait {
-            return Ok(accepted_answer(&submitted.accepted));
+            return Ok(reply(&AcceptedAnswer::new(&submitted.accepted)));
         }
         let mut views: Vec<TaskView> = Vec::with_capacity(submitted.finished.len());
         for finished in submitted.finished {
             views.push(finished.await.map_err(backend_error)?);
         }
-        Ok(json!({ "tasks": views }))
+        Ok(reply(&Tasks { tasks: &views }))
     }
 
     /// Where a submitted task goes: `(platform, destination)` per delivery.
@@ -334,17 +334,17 @@ impl Api {
             .collect()
     }
 
-    async fn task(&self, id: TaskId) -> Result<Value, ErrorBody> {
+    async fn task(&self, id: TaskId) -> Result<Reply, ErrorBody> {
         let view = self
             .tasks
             .get(id)
             .await
             .map_err(backend_error)?
             .ok_or_else(|| backend_error(BackendError::NotFound(id)))?;
-        Ok(to_value(view))
+        Ok(reply(&view))
     }
 
-    async fn retry(&self, task_id: Option<TaskId>, dead: bool) -> Result<Value, ErrorBody> {
+    async fn retry(&self, task_id: Option<TaskId>, dead: bool) -> Result<Reply, ErrorBody> {
         let ids = match retry_target(task_id, dead)? {
             RetryTarget::One(id) => vec![id],
             RetryTarget::AllDead => self.tasks.dead().await.map_err(backend_error)?,
@@ -352,9 +352,9 @@ impl Api {
         let mut requeued = Vec::new();
         for id in ids {
             self.tasks.retry(id).await.map_err(backend_error)?;
-            requeued.push(id.to_string());
+            requeued.push(id);
         }
-        Ok(json!({ "requeued": requeued }))
+        Ok(reply(&json!({ "requeued": requeued })))
     }
 
     async fn status(&self) -> Result<StatusView, ErrorBody> {
@@ -446,18 +446,30 @@ fn retry_target(task_id: Option<TaskId>, dead: bool) -> Result<RetryTarget, Erro
     }
 }
 
-/// What `submit` answers without `wait`.
-fn accepted_answer(accepted: &[Accepted]) -> Value {
-    let ids: Vec<String> = accepted.iter().map(|a| a.id().to_string()).collect();
-    let duplicates: Vec<usize> = accepted
-        .iter()
-        .enumerate()
-        .filter(|(_, a)| matches!(a, Accepted::Duplicate(_)))
-        .map(|(i, _)| i)
-        .collect();
-    json!({ "task_ids": ids, "duplicates": duplicates })
+/// What `submit` answers with `wait`, and `tasks`.
+#[derive(Serialize)]
+struct Tasks<'a> {
+    tasks: &'a [TaskView],
 }
 
-fn to_value(value: impl Serialize) -> Value {
-    serde_json::to_value(value).unwrap_or_else(|e| json!({ "unrenderable": e.to_string() }))
+/// What `submit` answers without `wait`: every task's id, in order, and
+/// which of them were duplicates of a task already accepted.
+#[derive(Serialize)]
+struct AcceptedAnswer {
+    task_ids: Vec<TaskId>,
+    duplicates: Vec<usize>,
+}
+
+impl AcceptedAnswer {
+    fn new(accepted: &[Accepted]) -> Self {
+        AcceptedAnswer {
+            task_ids: accepted.iter().map(|a| a.id()).collect(),
+            duplicates: accepted
+                .iter()
+                .enumerate()
+                .filter(|(_, a)| matches!(a, Accepted::Duplicate(_)))
+                .map(|(i, _)| i)
+                .collect(),
+        }
+    }
 }

@@ -36,7 +36,7 @@ use tokio_util::codec::{Decoder, FramedRead, LinesCodec, LinesCodecError};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{Api, Watch};
-use crate::protocol::{self, ErrorBody, ErrorCode, Request, Response};
+use crate::protocol::{self, ErrorBody, ErrorCode, Reply, Request, Response};
 
 /// Answers waiting for a slow reader, per connection.
 pub const ANSWERS_BUFFERED: usize = 64;
@@ -349,7 +349,10 @@ async fn stream_events(
     tx: &mpsc::Sender<Vec<u8>>,
     closed: &CancellationToken,
 ) {
-    let first = Response::success(id.clone(), serde_json::json!({ "watching": true }));
+    let first = Response::success(
+        id.clone(),
+        protocol::reply(&serde_json::json!({ "watching": true })),
+    );
     if tx.send(first.to_line()).await.is_err() {
         return;
     }
@@ -360,7 +363,7 @@ async fn stream_events(
         };
         let Some(line) = line else { return };
         if tx
-            .send(Response::success(id.clone(), line).to_line())
+            .send(Response::success(id.clone(), protocol::reply(&line)).to_line())
             .await
             .is_err()
         {
@@ -371,7 +374,7 @@ async fn stream_events(
 
 /// Handles one decoded request. A panic in the handler is caught here and
 /// answered `internal`.
-async fn answer(api: &Api, id: Option<serde_json::Value>, request: Request) -> Response {
+async fn answer(api: &Api, id: Option<serde_json::Value>, request: Request) -> Response<Reply> {
     let op = request.op();
     match caught(api.handle(request)).await {
         Ok(Ok(result)) => Response::success(id, result),

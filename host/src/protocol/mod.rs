@@ -24,6 +24,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 pub use self::values::{
     Delay, DeliverAt, ListLimit, MAX_LIST_LIMIT, MAX_RETRY_AFTER, MAX_SCHEDULE_AHEAD, MAX_WORKERS,
@@ -253,37 +254,56 @@ impl ErrorBody {
     }
 }
 
-/// A response line.
+/// An answer's `result`, rendered once: the daemon serializes each answer
+/// straight from its typed view into JSON text, and the line that carries
+/// it copies that text as it is (no tree of `Value`s in between).
+pub type Reply = Box<RawValue>;
+
+/// Renders `value` as a [`Reply`]. Rendering a view cannot fail (every
+/// map in one has string keys); should it ever, the answer says so rather
+/// than the daemon failing.
+pub fn reply(value: &impl Serialize) -> Reply {
+    serde_json::value::to_raw_value(value).unwrap_or_else(|e| {
+        let text = serde_json::json!({ "unrenderable": e.to_string() }).to_string();
+        RawValue::from_string(text).expect("a rendered value is JSON")
+    })
+}
+
+/// A response line. The daemon writes `Response<Reply>`; a client reads
+/// `Response` (the result as a [`Value`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Response {
+pub struct Response<R = Value> {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<Value>,
     pub ok: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<Value>,
+    #[serde(default = "none", skip_serializing_if = "Option::is_none")]
+    pub result: Option<R>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorBody>,
 }
 
-impl Response {
-    pub fn success(id: Option<Value>, result: impl Serialize) -> Self {
-        match serde_json::to_value(result) {
-            Ok(result) => Response {
-                id,
-                ok: true,
-                result: Some(result),
-                error: None,
-            },
-            Err(e) => Self::failure(id, ErrorBody::new(ErrorCode::Internal, e.to_string())),
-        }
-    }
+fn none<R>() -> Option<R> {
+    None
+}
 
+impl<R> Response<R> {
     pub fn failure(id: Option<Value>, error: ErrorBody) -> Self {
         Response {
             id,
             ok: false,
             result: None,
             error: Some(error),
+        }
+    }
+}
+
+impl Response<Reply> {
+    pub fn success(id: Option<Value>, result: Reply) -> Self {
+        Response {
+            id,
+            ok: true,
+            result: Some(result),
+            error: None,
         }
     }
 
