@@ -59,6 +59,10 @@ async fn a_burst_grows_the_pool_and_it_shrinks_back_after() -> anyhow::Result<()
     }
     assert_eq!(workers, 2, "the pool did not shrink back to min_workers");
     let pool = status(&daemon).await?;
+    assert_eq!(
+        pool["processed"], 600,
+        "the pool's totals keep what its retired workers did"
+    );
     let reasons: Vec<&str> = pool["recent_scale_events"]
         .as_array()
         .unwrap()

@@ -67,6 +67,13 @@ struct WorkerEntry {
     weight: Option<f64>,
 }
 
+/// Counts carried over from workers that have left the pool.
+#[derive(Debug, Default, Clone, Copy)]
+struct Retired {
+    processed: u64,
+    errors: u64,
+}
+
 pub(super) struct Dispatcher {
     config: PoolConfig,
     scaler: Scaler,
@@ -85,6 +92,9 @@ pub(super) struct Dispatcher {
     completed: u64,
     scale_events: VecDeque<ScaleEvent>,
     scale_event_count: u64,
+    /// What workers that have left the pool processed and failed: the
+    /// pool's totals in `status` count them too, so they never go down.
+    retired: Retired,
     last_health_check: Instant,
     /// Mean task time per plugin key (exponentially weighted), for batching.
     task_time: HashMap<String, Duration>,
@@ -119,6 +129,7 @@ impl Dispatcher {
             completed: 0,
             scale_events: VecDeque::new(),
             scale_event_count: 0,
+            retired: Retired::default(),
             last_health_check: Instant::now(),
             task_time: HashMap::new(),
             pacer: Pacer::default(),
@@ -378,8 +389,7 @@ impl Dispatcher {
                 self.pacer.pause(key, now + retry_after, now);
             }
             Event::Exited { worker } => {
-                self.workers.remove(&worker);
-                self.router.forget(worker);
+                self.remove_worker(worker);
             }
         }
     }

@@ -34,8 +34,8 @@ impl Dispatcher {
             paced: self.pacer.backlog_len(),
             destinations: self.pacer.views(Instant::now()),
             in_flight: self.in_flight(),
-            processed: per_worker.iter().map(|w| w.processed).sum(),
-            errors: per_worker.iter().map(|w| w.errors).sum(),
+            processed: self.retired.processed + per_worker.iter().map(|w| w.processed).sum::<u64>(),
+            errors: self.retired.errors + per_worker.iter().map(|w| w.errors).sum::<u64>(),
             warm_hits: hits,
             warm_misses: misses,
             warm_hit_rate: if hits + misses == 0 {

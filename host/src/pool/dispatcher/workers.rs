@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
@@ -113,6 +114,16 @@ impl Dispatcher {
             .min()
     }
 
+    /// Takes a worker out of the pool and the router, keeping its counts
+    /// in the pool's totals.
+    pub(super) fn remove_worker(&mut self, id: u64) -> Option<WorkerEntry> {
+        let worker = self.workers.remove(&id)?;
+        self.router.forget(id);
+        self.retired.processed += worker.metrics.processed.load(Ordering::Relaxed);
+        self.retired.errors += worker.metrics.errors.load(Ordering::Relaxed);
+        Some(worker)
+    }
+
     fn reap_idle(&mut self, now: Instant) {
         let live: Vec<(u64, Option<Instant>)> = self
             .workers
@@ -167,11 +178,10 @@ impl Dispatcher {
             .map(|(id, _)| *id)
             .collect();
         for id in stuck {
-            let Some(worker) = self.workers.remove(&id) else {
+            let Some(worker) = self.remove_worker(id) else {
                 continue;
             };
             worker.handle.abort();
-            self.router.forget(id);
             tracing::error!(
                 worker = id,
                 tasks = worker.assigned.len(),
