@@ -2,15 +2,27 @@
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::Duration;
 
-use notifyhub_testkit::daemon::Daemon;
+use notifyhub_testkit::daemon::{CLI_EXITS_WITHIN, Daemon, shared_cache_dir};
 use notifyhub_testkit::plugins::{self, DEPLOYABLE};
+use notifyhub_testkit::process::output_within;
 use notifyhub_testkit::{repo_root, toolchains};
 
 const BIN: &str = env!("CARGO_BIN_EXE_notifyhub");
 
+/// `notifyhub check FILE`, compiling into the suite's shared cache (never
+/// the user's own).
 fn check(file: &Path) -> (bool, String) {
-    let out = Command::new(BIN).arg("check").arg(file).output().unwrap();
+    let out = output_within(
+        Command::new(BIN)
+            .arg("--cache-dir")
+            .arg(shared_cache_dir())
+            .arg("check")
+            .arg(file),
+        CLI_EXITS_WITHIN,
+    )
+    .unwrap();
     (
         out.status.success(),
         format!(
@@ -115,8 +127,12 @@ async fn the_daemon_refuses_another_contract_version() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A scaffolded project's build and test: a cold Rust build of its
+/// dependencies takes minutes on two cores.
+const PROJECT_TEST_WITHIN: Duration = Duration::from_secs(600);
+
 fn run(command: &mut Command) -> Output {
-    let out = command.output().expect("the command runs");
+    let out = output_within(command, PROJECT_TEST_WITHIN).expect("the command runs");
     assert!(
         out.status.success(),
         "{command:?} failed:\n{}{}",
@@ -145,6 +161,8 @@ fn scaffolded_plugins_build_check_and_deliver() -> anyhow::Result<()> {
         let out = run(Command::new("sh")
             .arg(project.join("test.sh"))
             .env("NOTIFYHUB", BIN)
+            // check and serve compile into the suite's cache, not $HOME.
+            .env("NOTIFYHUB_CACHE_DIR", shared_cache_dir())
             .env("COMPONENTIZE_PY", &py)
             .env("COMPONENTIZE_JS", &js)
             // Share compiled dependencies between runs of this test.

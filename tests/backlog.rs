@@ -72,6 +72,7 @@ async fn a_task_beyond_the_horizon_is_read_back_and_delivered_on_time() -> anyho
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "heavy (100,000 tasks): cargo xtask test --full; also `cargo bench --bench backlog`"]
 async fn a_backlog_of_scheduled_tasks_does_not_grow_memory() -> anyhow::Result<()> {
     const TASKS: usize = 100_000;
     let receiver = Receiver::start(|_| Reply::new(200, "ok")).await;

@@ -85,22 +85,27 @@ async fn two_hosts_share_the_work_and_answer_alike() -> anyhow::Result<()> {
     let receiver = Receiver::start(|_| Reply::new(200, "ok").after(Duration::from_millis(2))).await;
     let a = host(&nats, &receiver, "max_attempts = 5\n").await?;
     let b = host(&nats, &receiver, "max_attempts = 5\n").await?;
-    const TASKS: usize = 5_000;
+    // 5,000 under `cargo xtask test --full`.
+    let tasks_total = notifyhub_testkit::size(1_000, 5_000);
     let mut ids = Vec::new();
     for round in 0..10 {
-        let tasks = (0..TASKS / 10)
+        let tasks = (0..tasks_total / 10)
             .map(|i| task(&receiver, &format!("t{round}-{i}")))
             .collect();
         let on = if round % 2 == 0 { &a } else { &b };
         ids.extend(submit(on, tasks).await?);
     }
-    anyhow::ensure!(ids.len() == TASKS, "{} ids", ids.len());
+    anyhow::ensure!(ids.len() == tasks_total, "{} ids", ids.len());
     // Every acknowledged task is delivered, and answered the same on both
     // hosts, whoever ran it.
     wait_state(&a, &ids, "succeeded").await?;
     wait_state(&b, &ids[..100], "succeeded").await?;
     let seen = bodies(&receiver);
-    anyhow::ensure!(seen.len() == TASKS, "{} distinct deliveries", seen.len());
+    anyhow::ensure!(
+        seen.len() == tasks_total,
+        "{} distinct deliveries",
+        seen.len()
+    );
     let (sa, sb) = (
         call(&a, json!({"op": "status"})).await?,
         call(&b, json!({"op": "status"})).await?,
@@ -111,7 +116,7 @@ async fn two_hosts_share_the_work_and_answer_alike() -> anyhow::Result<()> {
     let redelivered = sa["broker"]["redelivered_here"].as_u64().unwrap_or(0)
         + sb["broker"]["redelivered_here"].as_u64().unwrap_or(0);
     eprintln!(
-        "{TASKS} tasks: host a took {}, host b {}; {duplicates} duplicates, {redelivered} redelivered",
+        "{tasks_total} tasks: host a took {}, host b {}; {duplicates} duplicates, {redelivered} redelivered",
         taken(&sa),
         taken(&sb)
     );
@@ -562,6 +567,7 @@ async fn a_watch_on_one_host_sees_tasks_finish_on_any() -> anyhow::Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "heavy (waits 65 s): cargo xtask test --full"]
 async fn a_task_due_after_the_retention_keeps_its_record() -> anyhow::Result<()> {
     // Records age out after the retention (1 minute here); a task due
     // later than that must come back to write its record again, or it
@@ -589,6 +595,39 @@ async fn a_task_due_after_the_retention_keeps_its_record() -> anyhow::Result<()>
     anyhow::ensure!(
         done["submitted_at"] == first["submitted_at"] && done["attempts"] == 1,
         "the record was lost while the task waited: {first} then {done}"
+    );
+    Ok(())
+}
+
+/// SIGTERM stops a broker host while a client waits on a task due in an
+/// hour: the client is answered `shutting_down`, and the process exits
+/// (it used to stay alive after "worker pool stopped").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_a_pending_wait_and_the_process() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let receiver = Receiver::start(|_| Reply::new(200, "ok")).await;
+    let mut a = host(&nats, &receiver, "").await?;
+    let mut later = task(&receiver, "in an hour");
+    later["delay"] = json!("1h");
+    let mut waiting = a.connect().await?;
+    waiting
+        .send(&json!({"op": "submit", "wait": true, "id": 9, "task": later}))
+        .await?;
+    // The submit is accepted (listed) before the signal.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let listed = call(&a, json!({"op": "tasks"})).await?;
+        if listed["tasks"].as_array().is_some_and(|t| !t.is_empty()) {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "never listed: {listed}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    a.terminate()?;
+    let answer = waiting.recv().await?;
+    anyhow::ensure!(
+        answer["id"] == 9 && answer["error"]["code"] == "shutting_down",
+        "{answer}"
     );
     Ok(())
 }

@@ -2,7 +2,8 @@
 
 use std::process::Command;
 
-use notifyhub_testkit::daemon::Daemon;
+use notifyhub_testkit::daemon::{CLI_EXITS_WITHIN, Daemon};
+use notifyhub_testkit::process::output_within;
 use notifyhub_testkit::receiver::{Receiver, Reply};
 
 const BIN: &str = env!("CARGO_BIN_EXE_notifyhub");
@@ -121,10 +122,11 @@ async fn send_wait_task_status_and_plugins() -> anyhow::Result<()> {
 #[test]
 fn a_client_without_a_daemon_says_so() {
     let dir = tempfile_dir();
-    let out = Command::new(BIN)
-        .args(["--socket", &format!("{dir}/missing.sock"), "status"])
-        .output()
-        .unwrap();
+    let out = output_within(
+        Command::new(BIN).args(["--socket", &format!("{dir}/missing.sock"), "status"]),
+        CLI_EXITS_WITHIN,
+    )
+    .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -135,7 +137,7 @@ fn a_client_without_a_daemon_says_so() {
 
 #[test]
 fn help_explains_every_flag() {
-    let out = Command::new(BIN).args(["send", "--help"]).output().unwrap();
+    let out = output_within(Command::new(BIN).args(["send", "--help"]), CLI_EXITS_WITHIN).unwrap();
     let help = stdout(&out);
     for flag in [
         "--platform",
@@ -168,12 +170,14 @@ async fn sigterm_shuts_down_cleanly_and_removes_the_socket() -> anyhow::Result<(
 #[tokio::test]
 async fn a_second_daemon_on_the_same_socket_is_refused() -> anyhow::Result<()> {
     let daemon = Daemon::builder(BIN).plugin("noop", None).start().await?;
-    let out = Command::new(BIN)
-        .args(["serve", "--socket"])
-        .arg(daemon.socket())
-        .arg("--data-dir")
-        .arg(daemon.dir().join("data2"))
-        .output()?;
+    let out = output_within(
+        Command::new(BIN)
+            .args(["serve", "--socket"])
+            .arg(daemon.socket())
+            .arg("--data-dir")
+            .arg(daemon.dir().join("data2")),
+        CLI_EXITS_WITHIN,
+    )?;
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -202,15 +206,17 @@ fn try_plugin(
         dir.path().join(format!("{plugin}.wasm")),
     )?;
     std::fs::write(dir.path().join(format!("{plugin}.toml")), manifest)?;
-    let out = std::process::Command::new(BIN)
-        .arg("--cache-dir")
-        .arg(notifyhub_testkit::daemon::shared_cache_dir())
-        .arg("try")
-        .arg(dir.path().join(format!("{plugin}.wasm")))
-        .args(args)
-        .arg("--json")
-        .envs(env.iter().copied())
-        .output()?;
+    let out = output_within(
+        Command::new(BIN)
+            .arg("--cache-dir")
+            .arg(notifyhub_testkit::daemon::shared_cache_dir())
+            .arg("try")
+            .arg(dir.path().join(format!("{plugin}.wasm")))
+            .args(args)
+            .arg("--json")
+            .envs(env.iter().copied()),
+        CLI_EXITS_WITHIN,
+    )?;
     let report = serde_json::from_slice(&out.stdout).map_err(|e| {
         anyhow::anyhow!(
             "{e}: {}{}",
@@ -295,7 +301,7 @@ fn try_shows_the_request_and_classifies_a_canned_answer() -> anyhow::Result<()> 
 
 #[test]
 fn completions_and_man_pages_come_from_the_cli_definition() -> anyhow::Result<()> {
-    let run = |args: &[&str]| std::process::Command::new(BIN).args(args).output();
+    let run = |args: &[&str]| output_within(Command::new(BIN).args(args), CLI_EXITS_WITHIN);
     for (shell, marker) in [
         ("bash", "_notifyhub()"),
         ("zsh", "#compdef notifyhub"),

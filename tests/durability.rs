@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use notifyhub_testkit::daemon::Daemon;
+use notifyhub_testkit::daemon::{CLI_EXITS_WITHIN, Daemon};
+use notifyhub_testkit::process::output_within;
 use notifyhub_testkit::receiver::{Receiver, Recorded, Reply};
 use serde_json::{Value, json};
 
@@ -307,12 +308,14 @@ async fn a_store_that_cannot_be_opened_stops_the_start_with_a_clear_error() -> a
         dir.join("data/tasks.db"),
         b"this is not a database, just some bytes that fill a header",
     )?;
-    let out = std::process::Command::new(BIN)
-        .args(["serve", "--data-dir"])
-        .arg(dir.join("data"))
-        .arg("--plugins")
-        .arg(dir.join("plugins"))
-        .output()?;
+    let out = output_within(
+        std::process::Command::new(BIN)
+            .args(["serve", "--data-dir"])
+            .arg(dir.join("data"))
+            .arg("--plugins")
+            .arg(dir.join("plugins")),
+        CLI_EXITS_WITHIN,
+    )?;
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -1,7 +1,7 @@
 //! The socket protocol under good and bad input: every bad line gets a
 //! clear error and the connection, and the daemon, keep serving.
 
-use notifyhub_testkit::daemon::Daemon;
+use notifyhub_testkit::daemon::{Conn, Daemon};
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_notifyhub");
@@ -173,5 +173,92 @@ async fn a_line_without_newline_before_eof_is_still_answered() -> anyhow::Result
     conn.send_raw(br#"{"op":"ping","id":3}"#).await?;
     conn.close_write().await?;
     assert_eq!(conn.recv().await?["id"], 3);
+    Ok(())
+}
+
+/// A request belongs to its connection: clients that give up on a `wait`
+/// (killed by `timeout`, say) give their connection slots back at once,
+/// so later clients are served instead of being refused `busy` until the
+/// abandoned tasks run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_give_up_a_wait_free_their_slots() -> anyhow::Result<()> {
+    const SLOTS: usize = 4;
+    let daemon = Daemon::builder(BIN)
+        .plugin("noop", None)
+        .config(&format!("[server]\nmax_connections = {SLOTS}\n"))
+        .start()
+        .await?;
+    for round in 0..3 {
+        // Every slot is free again (on the first round: free at all).
+        let mut waiting = served(&daemon, SLOTS).await?;
+        for conn in &mut waiting {
+            conn.send(&json!({"op": "submit", "wait": true, "id": 1, "task": {
+                "platform": "noop", "target": "t", "body": "b", "delay": "1h"}}))
+                .await?;
+        }
+        // Every slot is taken: one more client is refused.
+        let refused = status_or_refusal(&daemon).await?;
+        anyhow::ensure!(
+            refused["error"]["code"] == "busy",
+            "round {round}: {refused}"
+        );
+        // The waiting clients go away without an answer.
+        drop(waiting);
+    }
+    served(&daemon, SLOTS).await?;
+    Ok(())
+}
+
+/// `n` connections at once, each served (it answers a ping); tries again
+/// while the daemon has fewer free slots, failing after a while with what
+/// the last refused client was told.
+async fn served(daemon: &Daemon, n: usize) -> anyhow::Result<Vec<Conn>> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    'again: loop {
+        let mut conns = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut conn = daemon.connect().await?;
+            let _ = conn.send(&json!({"op": "ping"})).await;
+            let answer = conn.recv().await?;
+            if answer["ok"] != true {
+                anyhow::ensure!(
+                    std::time::Instant::now() < deadline,
+                    "only {} of {n} connection slots free: {answer}",
+                    conns.len()
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue 'again;
+            }
+            conns.push(conn);
+        }
+        return Ok(conns);
+    }
+}
+
+/// The first line a new connection gets for a `status`: the answer, or
+/// the `busy` refusal the daemon sends (and closes) when it is full; the
+/// request itself may then meet a closed socket.
+async fn status_or_refusal(daemon: &Daemon) -> anyhow::Result<serde_json::Value> {
+    let mut conn = daemon.connect().await?;
+    let _ = conn.send(&json!({"op": "status"})).await;
+    conn.recv().await
+}
+
+/// A client that only shuts down its writing half still gets the answer
+/// to a `wait` in flight: end of input is not the client going away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_closed_client_still_gets_its_wait_answered() -> anyhow::Result<()> {
+    let daemon = daemon().await?;
+    let mut conn = daemon.connect().await?;
+    conn.send(&json!({"op": "submit", "wait": true, "id": 7, "task": {
+        "platform": "noop", "target": "t", "body": "b", "delay": "1s"}}))
+        .await?;
+    conn.close_write().await?;
+    let answer = conn.recv().await?;
+    anyhow::ensure!(answer["id"] == 7, "{answer}");
+    anyhow::ensure!(
+        answer["result"]["tasks"][0]["state"] == "succeeded",
+        "{answer}"
+    );
     Ok(())
 }

@@ -6,7 +6,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use notifyhub_testkit::daemon::{Conn, Daemon};
+use notifyhub_testkit::daemon::{CLI_EXITS_WITHIN, Conn, Daemon};
+use notifyhub_testkit::process::output_within;
 use notifyhub_testkit::receiver::{Receiver, Reply};
 use serde_json::{Value, json};
 
@@ -18,18 +19,20 @@ fn as_nobody(daemon: &Daemon, args: &[&str]) -> std::process::Output {
     // Let `nobody` reach the socket file; SO_PEERCRED is what must refuse it.
     std::fs::set_permissions(daemon.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(daemon.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
-    Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            BIN,
-            "--socket",
-        ])
-        .arg(daemon.socket())
-        .args(args)
-        .output()
-        .expect("running setpriv")
+    output_within(
+        Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                BIN,
+                "--socket",
+            ])
+            .arg(daemon.socket())
+            .args(args),
+        CLI_EXITS_WITHIN,
+    )
+    .expect("running setpriv")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,8 @@ use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 use std::time::Duration;
 
-use notifyhub_testkit::daemon::Conn;
+use notifyhub_testkit::daemon::{Conn, STOPS_WITHIN};
+use notifyhub_testkit::process::wait_within;
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_notifyhub");
@@ -80,7 +81,7 @@ async fn an_activation_it_cannot_serve_is_refused_with_the_reason() -> anyhow::R
     let dir = tempfile::Builder::new().prefix("nh-activated-").tempdir()?;
     let listener = std::os::unix::net::UnixListener::bind(dir.path().join("a.sock"))?;
     let mut child = spawn_activated(&listener, dir.path(), "2")?;
-    let status = child.wait()?;
+    let status = wait_within(&mut child, STOPS_WITHIN)?;
     let log = std::fs::read_to_string(dir.path().join("log"))?;
     anyhow::ensure!(!status.success(), "{log}");
     anyhow::ensure!(log.contains("passed 2 sockets"), "{log}");

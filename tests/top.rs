@@ -1,67 +1,80 @@
-//! `notifyhub top` in a real terminal: tmux runs it, the test reads the
-//! pane, resizes it and quits with `q`.
+//! `notifyhub top` in a real terminal: a pseudo-terminal runs it, a
+//! terminal emulator (vt100) turns what it writes into a screen the test
+//! reads, as a person would see it; the test resizes the terminal and quits
+//! with `q`. Nothing beyond the test binary is needed (no tmux).
 
-use std::process::{Command, Output};
+use std::io::{Read, Write};
+use std::num::NonZeroU16;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use notifyhub_testkit::daemon::Daemon;
+use portable_pty::{CommandBuilder, PtySize, native_pty_system};
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_notifyhub");
 
-/// A private tmux server, killed when dropped.
-struct Tmux(String);
+/// How long the view may take to show what a step expects: a guard, not a
+/// measurement.
+const WITHIN: Duration = Duration::from_secs(30);
 
-impl Tmux {
-    fn run(&self, args: &[&str]) -> anyhow::Result<Output> {
-        Ok(Command::new("tmux")
-            .arg("-L")
-            .arg(&self.0)
-            .args(args)
-            .output()?)
+const WIDE: (NonZeroU16, NonZeroU16) =
+    (NonZeroU16::new(120).unwrap(), NonZeroU16::new(40).unwrap());
+const SMALL: (NonZeroU16, NonZeroU16) =
+    (NonZeroU16::new(70).unwrap(), NonZeroU16::new(24).unwrap());
+
+fn size(cols: NonZeroU16, rows: NonZeroU16) -> PtySize {
+    PtySize {
+        rows: rows.get(),
+        cols: cols.get(),
+        pixel_width: 0,
+        pixel_height: 0,
+    }
+}
+
+/// The emulated screen, fed by a thread reading the terminal's output.
+#[derive(Clone)]
+struct Screen(Arc<Mutex<vt100::Parser>>);
+
+impl Screen {
+    fn text(&self) -> String {
+        self.0.lock().unwrap().screen().contents()
     }
 
-    fn pane(&self) -> anyhow::Result<String> {
-        let out = self.run(&["capture-pane", "-p", "-t", "top"])?;
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    fn resize(&self, cols: NonZeroU16, rows: NonZeroU16) {
+        self.0.lock().unwrap().set_size(rows, cols);
     }
 
-    /// Waits until the pane shows what `done` wants; fails after a while.
+    /// Waits until the screen shows what `done` wants; fails with the last
+    /// screen it saw.
     async fn until(&self, what: &str, done: impl Fn(&str) -> bool) -> anyhow::Result<String> {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + WITHIN;
         loop {
-            let pane = self.pane()?;
-            if done(&pane) {
-                return Ok(pane);
+            let text = self.text();
+            if done(&text) {
+                return Ok(text);
             }
             anyhow::ensure!(
                 Instant::now() < deadline,
-                "the pane never showed {what}:\n{pane}"
+                "the terminal never showed {what}; last screen:\n{text}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
 
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .arg("-L")
-            .arg(&self.0)
-            .arg("kill-server")
-            .output();
-    }
+/// The right edge of the bordered "workers and queues" box: the column of
+/// its top-right corner, counted in characters.
+fn box_width(screen: &str) -> Option<usize> {
+    let line = screen
+        .lines()
+        .find(|l| l.contains(" workers and queues "))?;
+    let line = line.trim_end();
+    line.ends_with('┐').then(|| line.chars().count())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn top_renders_follows_a_resize_and_quits_on_q() -> anyhow::Result<()> {
-    anyhow::ensure!(
-        Command::new("tmux")
-            .arg("-V")
-            .output()
-            .is_ok_and(|o| o.status.success()),
-        "this test needs tmux (.ci/run installs it)"
-    );
     let daemon = Daemon::builder(BIN).plugin("noop", None).start().await?;
     let tasks: Vec<_> = (0..200)
         .map(|_| json!({"platform": "noop", "target": "t", "body": "b"}))
@@ -70,60 +83,63 @@ async fn top_renders_follows_a_resize_and_quits_on_q() -> anyhow::Result<()> {
         .request(json!({"op": "submit", "wait": true, "tasks": tasks}))
         .await?;
 
-    let tmux = Tmux(format!("nh-top-{}", std::process::id()));
-    let command = format!("{BIN} --socket {} top", daemon.socket().display());
-    let started = tmux.run(&[
-        "new-session",
-        "-d",
-        "-s",
-        "top",
-        "-x",
-        "120",
-        "-y",
-        "40",
-        &command,
-    ])?;
-    anyhow::ensure!(
-        started.status.success(),
-        "{}",
-        String::from_utf8_lossy(&started.stderr)
-    );
-    let pane = tmux
-        .until("the view", |p| {
-            p.contains("notifyhub top") && p.contains("workers and queues")
+    let pty = native_pty_system().openpty(size(WIDE.0, WIDE.1))?;
+    let mut command = CommandBuilder::new(BIN);
+    command.arg("--socket");
+    command.arg(daemon.socket());
+    command.arg("top");
+    command.env("TERM", "xterm-256color");
+    let mut child = pty.slave.spawn_command(command)?;
+    drop(pty.slave);
+
+    let screen = Screen(Arc::new(Mutex::new(vt100::Parser::new(WIDE.1, WIDE.0, 0))));
+    let mut reader = pty.master.try_clone_reader()?;
+    let feed = screen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 8192];
+        // Ends when the terminal closes (the child exited and the master
+        // was dropped).
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            feed.0.lock().unwrap().process(&buf[..n]);
+        }
+    });
+    let mut keys = pty.master.take_writer()?;
+
+    let shown = screen
+        .until("the view at 120 columns", |s| {
+            s.contains("notifyhub top") && box_width(s) == Some(120)
         })
         .await?;
     anyhow::ensure!(
-        pane.contains("paced destinations") && pane.contains("recent scale events"),
-        "{pane}"
-    );
-    let wide = pane
-        .lines()
-        .map(|l| l.trim_end().chars().count())
-        .max()
-        .unwrap_or(0);
-    anyhow::ensure!(
-        wide > 80,
-        "the view did not use the 120 columns: {wide}\n{pane}"
+        shown.contains("paced destinations") && shown.contains("recent scale events"),
+        "{shown}"
     );
 
-    // Smaller: the view redraws to fit.
-    tmux.run(&["resize-window", "-t", "top", "-x", "70", "-y", "24"])?;
-    let pane = tmux
-        .until("a 70-column frame", |p| {
-            p.contains("notifyhub top") && p.lines().all(|l| l.trim_end().chars().count() <= 70)
+    // Smaller: the view redraws to fit the new width.
+    screen.resize(SMALL.0, SMALL.1);
+    pty.master.resize(size(SMALL.0, SMALL.1))?;
+    let shown = screen
+        .until("the view redrawn at 70 columns", |s| {
+            s.contains("notifyhub top") && box_width(s) == Some(70)
         })
         .await?;
-    anyhow::ensure!(pane.lines().count() <= 24, "{pane}");
+    anyhow::ensure!(shown.lines().count() <= 24, "{shown}");
 
-    tmux.run(&["send-keys", "-t", "top", "q"])?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while tmux.run(&["has-session", "-t", "top"])?.status.success() {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "q did not quit:\n{}",
-            tmux.pane()?
-        );
+    keys.write_all(b"q")?;
+    keys.flush()?;
+    let deadline = Instant::now() + WITHIN;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            anyhow::ensure!(status.success(), "top exited with {status:?}");
+            break;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            anyhow::bail!("q did not quit; last screen:\n{}", screen.text());
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())

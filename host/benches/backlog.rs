@@ -26,7 +26,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async {
+    runtime.block_on(notifyhub_testkit::deadline::bench(async {
         let baseline = run(BASELINE_TASKS, Some("1day")).await?;
         let parked = run(tasks, None).await?;
         println!(
@@ -56,7 +56,7 @@ fn main() -> anyhow::Result<()> {
             parked.rss_end_kib as f64 / parked.rss_start_kib as f64
         );
         Ok(())
-    })
+    }))
 }
 
 fn ms(d: Duration) -> f64 {

@@ -60,7 +60,7 @@ async fn run(hosts: &[Daemon], receiver: &Receiver) -> anyhow::Result<Figures> {
         }
     }
     let requests = receiver
-        .wait_for(before + TASKS, Duration::from_secs(300))
+        .wait_for(before + TASKS, Duration::from_secs(120))
         .await?;
     let took = started.elapsed();
     let mut latencies: Vec<Duration> = requests[before..]
@@ -83,7 +83,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async {
+    runtime.block_on(notifyhub_testkit::deadline::bench(async {
         let receiver = Receiver::start(|_| Reply::new(200, "ok")).await;
         println!("{TASKS} webhook deliveries in batches of {BATCH} (daemon: release build)");
         let embedded = {
@@ -121,5 +121,5 @@ fn main() -> anyhow::Result<()> {
             two.per_second / one.per_second
         );
         anyhow::Ok(())
-    })
+    }))
 }

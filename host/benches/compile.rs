@@ -42,7 +42,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async {
+    runtime.block_on(notifyhub_testkit::deadline::bench(async {
         let receiver = Receiver::start(|req| match req.path.as_str() {
             "/" => Reply::json(200, serde_json::json!({"id": "abc", "event": "message"})),
             "/gotify/message" => Reply::json(200, serde_json::json!({"id": 1})),
@@ -73,7 +73,7 @@ fn main() -> anyhow::Result<()> {
         println!("\n× for compile and cold → delivery: Cranelift / Winch (goal ≥ 5 to adopt);");
         println!("× for the warm call: Winch / Cranelift (how much slower Winch's code runs)");
         Ok(())
-    })
+    }))
 }
 
 async fn measure(

@@ -24,10 +24,10 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async {
+    runtime.block_on(notifyhub_testkit::deadline::bench(async {
         in_process().await?;
         end_to_end().await
-    })
+    }))
 }
 
 async fn in_process() -> anyhow::Result<()> {

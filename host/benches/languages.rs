@@ -78,7 +78,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(run())
+    runtime.block_on(notifyhub_testkit::deadline::bench(run()))
 }
 
 /// Answers each platform's success shape.

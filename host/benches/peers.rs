@@ -43,7 +43,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async {
+    runtime.block_on(notifyhub_testkit::deadline::bench(async {
         let receiver = Receiver::start(|_| Reply::new(200, "ok")).await;
         let one = apprise(&python, &receiver, 1).await?;
         let eight = apprise(&python, &receiver, 8).await?;
@@ -95,7 +95,7 @@ fn main() -> anyhow::Result<()> {
         std::fs::write(out.join("peers.svg"), chart(&rows))?;
         println!("written: {}/peers.md and peers.svg", out.display());
         Ok(())
-    })
+    }))
 }
 
 fn from_env(name: &str) -> anyhow::Result<PathBuf> {
@@ -198,7 +198,7 @@ async fn notifyhub(receiver: &Receiver) -> anyhow::Result<f64> {
         c.await??;
     }
     receiver
-        .wait_for(before + NOTIFYHUB_COUNT, Duration::from_secs(600))
+        .wait_for(before + NOTIFYHUB_COUNT, Duration::from_secs(120))
         .await?;
     Ok(NOTIFYHUB_COUNT as f64 / started.elapsed().as_secs_f64())
 }

@@ -19,9 +19,10 @@ use notifyhub::executor::Executor;
 use notifyhub::pool::{Pool, PoolConfig, PoolDeps, Strategy};
 use notifyhub::registry::Registry;
 use notifyhub::sandbox::{Limits, Sandbox, SandboxSettings};
-use notifyhub::store::{Submission, TaskStore};
+use notifyhub::store::{Submission, TaskRecord, TaskStore};
 use notifyhub::task::Task;
 use notifyhub_testkit::daemon::Daemon;
+use notifyhub_testkit::deadline::within;
 use notifyhub_testkit::receiver::{Receiver, Reply};
 use serde_json::{Value, json};
 
@@ -31,11 +32,11 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async {
+    runtime.block_on(notifyhub_testkit::deadline::bench(async {
         heavy_plugin().await?;
         slow_receiver().await?;
         overhead().await
-    })
+    }))
 }
 
 fn task(platform: &str) -> Arc<Task> {
@@ -89,6 +90,14 @@ fn tempdir(name: &str) -> anyhow::Result<std::path::PathBuf> {
     Ok(dir)
 }
 
+/// A task's outcome; an error after a minute (a guard, not a measurement).
+async fn outcome(done: tokio::sync::oneshot::Receiver<TaskRecord>) -> anyhow::Result<TaskRecord> {
+    within("a task's outcome", Duration::from_secs(60), async {
+        Ok(done.await?)
+    })
+    .await
+}
+
 impl Harness {
     /// Runs `n` tasks through the pool, `in_flight` at a time; returns tasks/s.
     async fn throughput(&self, platform: &str, n: usize, in_flight: usize) -> anyhow::Result<f64> {
@@ -102,7 +111,7 @@ impl Harness {
             pending.push_back(done);
             if pending.len() >= in_flight || i + 1 == n {
                 while let Some(done) = pending.pop_front() {
-                    let record = done.await?;
+                    let record = outcome(done).await?;
                     anyhow::ensure!(
                         record.outcome.is_some_and(|o| o.is_success()),
                         "a task failed"
@@ -114,7 +123,7 @@ impl Harness {
             }
         }
         while let Some(done) = pending.pop_front() {
-            done.await?;
+            outcome(done).await?;
         }
         Ok(n as f64 / started.elapsed().as_secs_f64())
     }
@@ -219,7 +228,7 @@ async fn overhead() -> anyhow::Result<()> {
         h.store.submit(vec![submission(&t)]).await?;
         let done = h.store.wait(t.id).expect("just inserted");
         h.pool.enqueue(&[t]);
-        done.await?;
+        outcome(done).await?;
         through_pool.push(started.elapsed());
     }
     let plugin = registry.lookup("noop").expect("noop is loaded");

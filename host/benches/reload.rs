@@ -22,7 +22,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(run())
+    runtime.block_on(notifyhub_testkit::deadline::bench(run()))
 }
 
 fn deploy(dir: &Path, bytes: &[u8]) -> anyhow::Result<()> {

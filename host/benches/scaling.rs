@@ -29,7 +29,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async {
+    runtime.block_on(notifyhub_testkit::deadline::bench(async {
         println!("default [pool] vs hand-tuned max_workers (daemon: release build, durable store)");
         compare(
             "fast receiver, 20,000 deliveries",
@@ -46,7 +46,7 @@ fn main() -> anyhow::Result<()> {
             &[64, 512, 1024],
         )
         .await
-    })
+    }))
 }
 
 /// Throughput with metrics on vs off, three rounds each, alternating.

@@ -30,7 +30,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async {
+    runtime.block_on(notifyhub_testkit::deadline::bench(async {
         let cache = tempfile::Builder::new().prefix("nh-startup-cache-").tempdir()?;
         println!("start-up with {} plugins (daemon: release build)", PLUGINS.len());
         for run in ["cold cache", "warm cache", "warm cache"] {
@@ -42,7 +42,7 @@ fn main() -> anyhow::Result<()> {
             );
         }
         anyhow::Ok(())
-    })
+    }))
 }
 
 async fn start(cache: &std::path::Path) -> anyhow::Result<(Duration, Duration)> {
@@ -54,10 +54,15 @@ async fn start(cache: &std::path::Path) -> anyhow::Result<(Duration, Duration)> 
     let started = Instant::now();
     let daemon = builder.start_answering().await?;
     let answering = started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let mut conn = Conn::connect(daemon.socket()).await?;
         conn.send(&json!({"op": "status"})).await?;
         let status = conn.recv().await?;
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "plugins not ready within 300 s; last status: {status}"
+        );
         if status["result"]["plugins_ready"] == true {
             anyhow::ensure!(
                 status["result"]["platforms"].as_array().map_or(0, Vec::len) >= PLUGINS.len(),

@@ -20,13 +20,13 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async {
+    runtime.block_on(notifyhub_testkit::deadline::bench(async {
         let memory = run("memory").await?;
         let durable = run("durable").await?;
         println!("durable / memory {:>21.2}", durable.1 / memory.1);
         println!("(acknowledged = the submit answered after fsync; delivered = every task's outcome recorded)");
         Ok(())
-    })
+    }))
 }
 
 /// Returns (acknowledged tasks/s, delivered tasks/s).
@@ -57,11 +57,16 @@ async fn run(mode: &str) -> anyhow::Result<(f64, f64)> {
         c.await??;
     }
     let acknowledged = TASKS as f64 / started.elapsed().as_secs_f64();
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let status = daemon.request(json!({"op": "status"})).await?;
         if status["result"]["pool"]["processed"].as_u64() >= Some(TASKS as u64) {
             break;
         }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{TASKS} tasks not processed within 120 s; last status: {status}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let delivered = TASKS as f64 / started.elapsed().as_secs_f64();

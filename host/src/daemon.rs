@@ -229,7 +229,12 @@ impl Daemon {
     /// systemd (when `NOTIFY_SOCKET` is set) that it is ready once the
     /// plugins present at start have loaded.
     pub async fn run(self, shutdown: CancellationToken) -> ShutdownReport {
-        let server = tokio::spawn(self.server.serve(self.api.clone(), shutdown.clone()));
+        let drained = CancellationToken::new();
+        let server = tokio::spawn(self.server.serve(
+            self.api.clone(),
+            shutdown.clone(),
+            drained.clone(),
+        ));
         if let Some((addr, metrics)) = self.metrics.clone() {
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
@@ -294,6 +299,9 @@ impl Daemon {
         if let Err(e) = self.store.flush().await {
             tracing::error!("the task store could not be flushed: {e}");
         }
+        // Waits still pending (a broker task another host runs, one parked
+        // for later) end now, answered `shutting_down`.
+        drained.cancel();
         let _ = server.await;
         report
     }

@@ -21,9 +21,9 @@ use wasmtime::{Store, Trap};
 use crate::bindings::{Plugin, PluginPre, wit};
 use crate::destination::Route;
 use crate::plugin::LoadedPlugin;
-use crate::protocol::MAX_RETRY_AFTER;
 use crate::sandbox::limits::MemoryCap;
 use crate::sandbox::{HostState, MAX_GUEST_TRANSFER_BYTES, PluginPolicy, Sandbox, arm_deadline};
+use crate::task::MAX_RETRY_AFTER;
 use crate::task::{FailureClass, Format, Outcome, Priority, Task};
 
 /// How much longer than the epoch deadline the outer timeout waits.

@@ -58,4 +58,5 @@ pub mod server;
 pub mod store;
 pub mod task;
 pub mod telemetry;
+pub mod time;
 pub mod trial;

@@ -16,8 +16,8 @@ use crate::api::Reconfigure;
 use crate::config::Config;
 use crate::destination::Destinations;
 use crate::pool::Pool;
+use crate::pool::WorkerCount;
 use crate::pool::settings::{LiveSettings, Settings};
-use crate::protocol::WorkerCount;
 
 /// Reads the config again (file, environment and flags).
 pub type ConfigSource = Arc<dyn Fn() -> Result<Config, String> + Send + Sync>;

@@ -16,12 +16,18 @@
 //!   reading until one finishes (back-pressure through the socket);
 //! - answers per connection: at most [`ANSWERS_BUFFERED`] wait for a slow
 //!   reader; requests then wait for room;
-//! - a connection with no complete line for `idle_timeout` is closed.
+//! - a connection with no complete line for `idle_timeout` is closed;
+//! - a request belongs to its connection: once the client has gone (closed
+//!   its socket, or the connection broke), what it left in flight ends, a
+//!   `submit` waiting for delivery included (its tasks stay accepted), and
+//!   the connection's slot is free at once. A client that only shuts down
+//!   its writing half still gets its answers.
 //!
 //! A request handler that panics is answered `internal` and logged; the
 //! connection and the daemon go on.
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -166,8 +172,16 @@ impl Server {
     }
 
     /// Serves until `shutdown` is cancelled; then stops accepting, lets
-    /// open connections finish what they are doing, and removes the socket.
-    pub async fn serve(self, api: Arc<Api>, shutdown: CancellationToken) {
+    /// open connections finish what they are doing until `drained` (the
+    /// pool has stopped): requests still in flight then are answered
+    /// `shutting_down`, so no client waits on a daemon that is going away.
+    /// Removes the socket.
+    pub async fn serve(
+        self,
+        api: Arc<Api>,
+        shutdown: CancellationToken,
+        drained: CancellationToken,
+    ) {
         let connections = Arc::new(Semaphore::new(self.config.max_connections.max(1)));
         let config = Arc::new(self.config.clone());
         let mut tasks = tokio::task::JoinSet::new();
@@ -199,13 +213,14 @@ impl Server {
                 tasks.spawn(refuse(stream, ErrorBody::new(ErrorCode::Busy, busy)));
                 continue;
             };
-            let (api, config, shutdown) = (api.clone(), config.clone(), shutdown.clone());
+            let (api, config) = (api.clone(), config.clone());
+            let (shutdown, drained) = (shutdown.clone(), drained.clone());
             tasks.spawn(async move {
                 let metrics = api.metrics().cloned();
                 if let Some(m) = &metrics {
                     m.connection(true);
                 }
-                if let Err(e) = serve_connection(stream, api, config, shutdown).await {
+                if let Err(e) = serve_connection(stream, api, config, shutdown, drained).await {
                     tracing::debug!("connection closed: {e}");
                 }
                 if let Some(m) = &metrics {
@@ -258,6 +273,7 @@ async fn serve_connection(
     api: Arc<Api>,
     config: Arc<ServerConfig>,
     shutdown: CancellationToken,
+    drained: CancellationToken,
 ) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(ANSWERS_BUFFERED);
@@ -275,16 +291,20 @@ async fn serve_connection(
     // sends nothing is not idle, and when the connection ends, they end.
     let watching = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let closed = CancellationToken::new();
-    loop {
+    // Cancelled once the client has gone: the requests it left in flight
+    // (a `submit` waiting an hour for its task) end with it, and give back
+    // the connection's slot.
+    let gone = CancellationToken::new();
+    let ended = loop {
         let next = tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = shutdown.cancelled() => break Ok(End::Shutdown),
             next = tokio::time::timeout(config.idle_timeout, lines.next()) => next,
         };
         let line = match next {
             Err(_) if watching.load(std::sync::atomic::Ordering::Acquire) > 0 => continue,
-            Err(_) => break, // idle
-            Ok(None) => break,
-            Ok(Some(Err(e))) => return Err(e),
+            Err(_) => break Ok(End::Idle),
+            Ok(None) => break Ok(End::Eof),
+            Ok(Some(Err(e))) => break Err(e),
             Ok(Some(Ok(line))) => line,
         };
         let line = match line {
@@ -325,17 +345,93 @@ async fn serve_connection(
             .acquire_owned()
             .await
             .expect("never closed");
-        let (api, tx) = (api.clone(), tx.clone());
+        let (api, tx, gone, drained) = (api.clone(), tx.clone(), gone.clone(), drained.clone());
         tokio::spawn(async move {
-            let response = answer(&api, id, request).await;
-            let _ = tx.send(response.to_line()).await;
+            gone.run_until_cancelled(async {
+                let response = tokio::select! {
+                    response = answer(&api, id.clone(), request) => response,
+                    () = drained.cancelled() => Response::failure(id, stopped()),
+                };
+                let _ = tx.send(response.to_line()).await;
+            })
+            .await;
             drop(permit);
         });
-    }
+    };
     closed.cancel();
     drop(tx);
-    let _ = writer.await;
-    Ok(())
+    let mut writer = writer;
+    let written = match ended {
+        // The client shut down its writing half, or closed the connection:
+        // answer what is in flight unless it has hung up entirely.
+        Ok(End::Eof) => {
+            let fd = lines.get_ref().as_ref().as_raw_fd();
+            tokio::select! {
+                _ = &mut writer => true,
+                () = hung_up(fd) => false,
+            }
+        }
+        // The connection broke: nobody is left to answer.
+        Err(_) => false,
+        // Idle or shutting down: what is in flight is still answered (at
+        // shutdown, waits end as the pool stops).
+        Ok(End::Idle | End::Shutdown) => {
+            let _ = (&mut writer).await;
+            true
+        }
+    };
+    // Everything is answered, or nobody is left to read it (the writer
+    // also stops at the first failed write): end what is still in flight.
+    gone.cancel();
+    if !written {
+        let _ = writer.await;
+    }
+    ended.map(drop)
+}
+
+/// The answer to a request the daemon stopped before finishing.
+fn stopped() -> ErrorBody {
+    ErrorBody::new(
+        ErrorCode::ShuttingDown,
+        "the daemon stopped before this request finished; tasks it accepted are kept and run after a restart",
+    )
+}
+
+/// Why a connection's reader stopped.
+enum End {
+    /// The client will send nothing more (it may still read answers).
+    Eof,
+    Idle,
+    Shutdown,
+}
+
+/// How often a connection whose client stopped sending, with requests still
+/// in flight, checks whether the client is still there to read the answers.
+const HANGUP_PROBE: Duration = Duration::from_millis(200);
+
+/// Resolves once the peer of the socket `fd` has closed its end entirely.
+///
+/// End of input alone cannot tell a client that shut down only its
+/// writing half (and waits for its answers, as `nc -N` does) from one that
+/// has gone; `poll` can: a Unix socket reports `POLLHUP` only when both
+/// directions are shut. Tokio's readiness keeps a closed state once seen,
+/// so it cannot wait for this edge; a probe every [`HANGUP_PROBE`] can, and
+/// runs only for connections in that state.
+async fn hung_up(fd: std::os::fd::RawFd) {
+    loop {
+        let mut probe = libc::pollfd {
+            fd,
+            events: libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, a zero timeout; `fd` stays open while
+        // the connection's reader (which owns it) is alive, as it is here.
+        let n = unsafe { libc::poll(&mut probe, 1, 0) };
+        if n < 0 || probe.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+            return;
+        }
+        tokio::time::sleep(HANGUP_PROBE).await;
+    }
 }
 
 /// Streams a `watch`: first `{"watching": true}`, then one line per event

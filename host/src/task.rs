@@ -269,6 +269,16 @@ impl FailureClass {
     }
 }
 
+/// The longest pause a platform (or plugin) can impose on one attempt or
+/// destination: a `Retry-After` beyond it is taken as this.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// Clamps a wait that came from outside (a `Retry-After`, a plugin's
+/// `retry_after_ms`) to [`MAX_RETRY_AFTER`].
+pub fn clamp_retry_after(ms: u64) -> Duration {
+    Duration::from_millis(ms).min(MAX_RETRY_AFTER)
+}
+
 /// The result of one delivery attempt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
@@ -305,4 +315,15 @@ pub enum Verdict {
     Succeeded,
     Retry { after: Duration },
     Dead,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_from_outside_are_clamped() {
+        assert_eq!(clamp_retry_after(u64::MAX), MAX_RETRY_AFTER);
+        assert_eq!(clamp_retry_after(1500), Duration::from_millis(1500));
+    }
 }

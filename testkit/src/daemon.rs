@@ -10,13 +10,19 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
-use crate::plugins;
+use crate::{plugins, process};
 
 /// How long a test waits for the daemon's plugins before failing. A guard,
 /// not a measurement: with a cold compile cache the debug daemon compiles
 /// the Python and JavaScript plugins from scratch, and two daemons doing so
 /// at once on a 2-core machine took 104 s.
 const PLUGINS_LOADED_WITHIN: Duration = Duration::from_secs(300);
+
+/// How long a CLI command run by a test may take: a guard, not a measurement.
+pub const CLI_EXITS_WITHIN: Duration = Duration::from_secs(120);
+
+/// How long the daemon may take to stop after SIGTERM before a test fails.
+pub const STOPS_WITHIN: Duration = Duration::from_secs(60);
 
 /// What to start a daemon with.
 pub struct DaemonBuilder {
@@ -309,18 +315,22 @@ impl Daemon {
         Ok(response["result"]["tasks"][0].clone())
     }
 
-    /// Runs the `notifyhub` CLI against this daemon.
+    /// Runs the `notifyhub` CLI against this daemon; panics, with what it
+    /// printed, if it has not exited within [`CLI_EXITS_WITHIN`].
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(&self.bin)
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .env("NO_COLOR", "1")
-            .output()
-            .expect("running the notifyhub CLI")
+        process::output_within(
+            Command::new(&self.bin)
+                .arg("--socket")
+                .arg(&self.socket)
+                .args(args)
+                .env("NO_COLOR", "1"),
+            CLI_EXITS_WITHIN,
+        )
+        .unwrap_or_else(|e| panic!("running the notifyhub CLI: {e:#}"))
     }
 
-    /// Sends SIGTERM and waits for the process to exit.
+    /// Sends SIGTERM and waits for the process to exit (at most
+    /// [`STOPS_WITHIN`]; then it is killed and this fails).
     pub fn terminate(&mut self) -> anyhow::Result<ExitStatus> {
         let status = Command::new("kill")
             .arg("-TERM")
@@ -329,7 +339,8 @@ impl Daemon {
         if !status.success() {
             bail!("kill -TERM failed");
         }
-        Ok(self.child.wait()?)
+        process::wait_within(&mut self.child, STOPS_WITHIN)
+            .with_context(|| format!("after SIGTERM; its log:\n{}", self.logs()))
     }
 
     /// Kills the process with SIGKILL, as a crash would.
@@ -354,10 +365,31 @@ impl Daemon {
     }
 }
 
+/// Set by `cargo xtask test` to a directory: every daemon's logs are
+/// copied there when it is dropped (its temporary directory goes), so a
+/// failed test can be read afterwards.
+pub const KEEP_LOGS_ENV: &str = "NOTIFYHUB_TEST_DAEMON_LOGS";
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(keep) = std::env::var_os(KEEP_LOGS_ENV) {
+            let test = std::thread::current()
+                .name()
+                .unwrap_or("test")
+                .replace("::", "-");
+            let keep = Path::new(&keep);
+            let _ = std::fs::create_dir_all(keep);
+            for run in 1..=self.runs {
+                let from = match run {
+                    1 => self.dir.path().join("daemon.log"),
+                    n => self.dir.path().join(format!("daemon.{n}.log")),
+                };
+                let to = keep.join(format!("{test}.{}.{run}.log", self.child.id()));
+                let _ = std::fs::copy(from, to);
+            }
+        }
     }
 }
 

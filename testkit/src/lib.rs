@@ -5,7 +5,9 @@
 //! - [`daemon`]: runs the real `notifyhub` binary in a temporary directory and
 //!   talks to it over its Unix socket;
 //! - [`toolchains`]: installs the Python, JavaScript and C plugin toolchains
-//!   on first use;
+//!   and nats-server on first use, under the build directory;
+//! - [`process`]: runs commands and waits for processes under deadlines;
+//! - [`deadline`]: bounds for awaited futures, and for whole benchmarks;
 //! - [`receiver`]: an HTTP server on 127.0.0.1 that records what plugins send
 //!   and answers like the platform would;
 //! - [`nats`]: a real nats-server with JetStream on a free loopback port;
@@ -18,9 +20,11 @@
 //! its public interfaces, the socket and the command line.
 
 pub mod daemon;
+pub mod deadline;
 pub mod nats;
 pub mod otlp;
 pub mod plugins;
+pub mod process;
 pub mod receiver;
 pub mod toolchains;
 pub mod verify;
@@ -33,4 +37,17 @@ pub fn repo_root() -> PathBuf {
         .parent()
         .expect("testkit lives one level below the root")
         .to_path_buf()
+}
+
+/// Set by `cargo xtask test --full`: tests use their heavy sizes.
+pub const FULL_ENV: &str = "NOTIFYHUB_TEST_FULL";
+
+/// A test's size: `default` in the everyday suite, `full` under
+/// `cargo xtask test --full` (or with [`FULL_ENV`] set).
+pub fn size(default: usize, full: usize) -> usize {
+    if std::env::var_os(FULL_ENV).is_some() {
+        full
+    } else {
+        default
+    }
 }

@@ -1,12 +1,16 @@
 //! A real nats-server with JetStream, on a free loopback port with its store
 //! in a temporary directory; killed when dropped.
 //!
-//! The binary comes from `NATS_SERVER_BIN`, else `PATH` (Debian's package
-//! `nats-server` installs `/usr/sbin/nats-server`; `.ci/run` installs it).
+//! The binary comes from `NATS_SERVER_BIN`, else the pinned release that
+//! [`toolchains::nats_server`] installs under the build directory (a
+//! distribution's package may be years old: Debian 12 ships 2.9).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use crate::toolchains;
 
 pub struct NatsServer {
     child: Child,
@@ -19,17 +23,11 @@ fn binary() -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os("NATS_SERVER_BIN") {
         return Ok(path.into());
     }
-    for dir in std::env::var("PATH")
-        .unwrap_or_default()
-        .split(':')
-        .chain(["/usr/sbin", "/usr/local/bin"])
-    {
-        let candidate = Path::new(dir).join("nats-server");
-        if candidate.is_file() {
-            return Ok(candidate);
-        }
-    }
-    anyhow::bail!("nats-server is missing: `apt-get install nats-server` (or set NATS_SERVER_BIN)")
+    static INSTALLED: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    INSTALLED
+        .get_or_init(|| toolchains::nats_server().map_err(|e| format!("{e:#}")))
+        .clone()
+        .map_err(anyhow::Error::msg)
 }
 
 impl NatsServer {

@@ -63,8 +63,17 @@ pub fn out_dir() -> PathBuf {
     repo_root().join("plugins/target/wasm32-wasip2/release")
 }
 
-/// Builds every plugin (a no-op when they are up to date), once per process.
+/// Set by `cargo xtask test` for the test binaries it runs: it has built
+/// the plugins already, one build for the whole run, so a test binary
+/// neither starts a cargo build of its own nor races another for its lock.
+pub const PREBUILT_ENV: &str = "NOTIFYHUB_PLUGINS_PREBUILT";
+
+/// Builds every plugin (a no-op when they are up to date), once per process;
+/// only finds them when [`PREBUILT_ENV`] is set.
 pub fn build() -> anyhow::Result<PathBuf> {
+    if std::env::var_os(PREBUILT_ENV).is_some() {
+        return Ok(out_dir());
+    }
     static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BUILT
         .get_or_init(|| run_build().map_err(|e| format!("{e:#}")))
@@ -76,9 +85,29 @@ pub fn build() -> anyhow::Result<PathBuf> {
 pub fn path(name: &str) -> anyhow::Result<PathBuf> {
     let path = build()?.join(format!("{name}.wasm"));
     if !path.is_file() {
-        bail!("plugin {name} was not built at {}", path.display());
+        bail!(
+            "plugin {name} was not built at {} (`cargo xtask test --quick` builds only \
+             the Rust plugins)",
+            path.display()
+        );
     }
     Ok(path)
+}
+
+/// Builds every Rust plugin and nothing else (no other toolchain needed).
+pub fn build_rust_plugins() -> anyhow::Result<PathBuf> {
+    build_rust(&[])?;
+    Ok(out_dir())
+}
+
+/// Builds the plugins in one other language (installing its toolchain).
+pub fn build_language(language: Language) -> anyhow::Result<()> {
+    let out = out_dir();
+    for (name, _) in OTHER_LANGUAGES.iter().filter(|(_, l)| *l == language) {
+        build_one(name, language, &out.join(format!("{name}.wasm")))
+            .with_context(|| format!("building the {language:?} plugin {name}"))?;
+    }
+    Ok(())
 }
 
 /// Builds one Rust plugin and nothing else (what the demo needs: no
@@ -94,12 +123,10 @@ pub fn build_rust_plugin(name: &str) -> anyhow::Result<PathBuf> {
 
 fn run_build() -> anyhow::Result<PathBuf> {
     build_rust(&[])?;
-    let out = out_dir();
-    for (name, language) in OTHER_LANGUAGES {
-        build_one(name, *language, &out.join(format!("{name}.wasm")))
-            .with_context(|| format!("building the {language:?} plugin {name}"))?;
+    for language in [Language::Python, Language::JavaScript, Language::C] {
+        build_language(language)?;
     }
-    Ok(out)
+    Ok(out_dir())
 }
 
 fn build_rust(only: &[&str]) -> anyhow::Result<()> {

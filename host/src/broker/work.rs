@@ -360,13 +360,19 @@ async fn handle(host: &Host, message: Message) {
             }
         }
     }
+    let local = shared.to_local();
+    let task = local.task.clone();
+    let Some(finished) = host.store.take_over(local) else {
+        // Delivered again while its attempt runs here: that attempt's
+        // answer settles the message (a later redelivery finds the record
+        // finished, or retrying, and acts on that).
+        tracing::debug!(task = %id, "delivered again while in flight here; not run twice");
+        return;
+    };
     host.stats.taken.fetch_add(1, Ordering::Relaxed);
     if message.info().is_ok_and(|i| i.delivered > 1) {
         host.stats.redelivered.fetch_add(1, Ordering::Relaxed);
     }
-    let local = shared.to_local();
-    let task = local.task.clone();
-    let finished = host.store.take_over(local);
     host.pool.enqueue(&[task]);
     let every = broker.config.ack_wait / 3;
     let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + every, every);

@@ -260,6 +260,10 @@ async fn serve(config: Config, args: ServeArgs, overrides: Overrides) -> anyhow:
 /// Cancels `shutdown` on the first SIGTERM or SIGINT. The handlers are
 /// installed here, before the socket opens, so a signal that arrives while the
 /// daemon starts is not lost (nor does it kill the process outright).
+///
+/// A second SIGTERM or SIGINT exits at once, for an operator who will not
+/// wait for the drain: accepted tasks are already durable, and an attempt
+/// cut off runs again after a restart.
 fn stop_on_signal(shutdown: CancellationToken) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
@@ -269,7 +273,18 @@ fn stop_on_signal(shutdown: CancellationToken) -> anyhow::Result<()> {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
+        tracing::info!(
+            "stopping: finishing in-flight attempts; a second SIGTERM or SIGINT exits at once"
+        );
         shutdown.cancel();
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        eprintln!(
+            "notifyhub: a second signal: exiting now; accepted tasks are kept and run after a restart"
+        );
+        std::process::exit(1);
     });
     Ok(())
 }

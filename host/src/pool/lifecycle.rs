@@ -27,9 +27,9 @@ use super::scheduler::Scheduler;
 use super::settings::LiveSettings;
 use crate::metrics::Metrics;
 use crate::plugin::PluginRef;
-use crate::protocol::{MAX_RETRY_AFTER, clamp_retry_after};
 use crate::store::{AttemptCount, TaskStore};
 use crate::task::{FailureClass, Outcome, Task};
+use crate::task::{MAX_RETRY_AFTER, clamp_retry_after};
 
 /// How long a destination pauses after "slow down" without a retry-after.
 pub const DEFAULT_PAUSE: Duration = Duration::from_secs(1);
@@ -97,11 +97,13 @@ impl Lifecycle {
                 _ => {}
             }
         }
-        self.store.finish(task.id, outcome, plugin, verdict);
+        let retry_here = self.store.finish(task.id, outcome, plugin, verdict);
         match verdict {
             Verdict::Retry { after } => {
                 tracing::info!(task = %task.id, attempt = attempt.number, retry_in = ?after, "will retry");
-                self.scheduler.schedule(task.id, SystemTime::now() + after);
+                if retry_here {
+                    self.scheduler.schedule(task.id, SystemTime::now() + after);
+                }
             }
             Verdict::Dead if attempt.in_round > 1 => {
                 tracing::warn!(task = %task.id, attempt = attempt.number, "task is dead after its last attempt")

@@ -26,6 +26,7 @@
 //! Each keeps warm instances ([`warm`]) so the next task for the same plugin
 //! skips instantiation.
 
+pub mod bounds;
 pub mod cpu;
 mod dispatcher;
 pub mod lifecycle;
@@ -49,6 +50,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+pub use self::bounds::{MAX_WORKERS, WorkerCount};
 use self::dispatcher::{Command, Dispatcher};
 use self::lifecycle::Lifecycle;
 pub use self::router::Strategy;
@@ -60,7 +62,6 @@ use self::warm::{WarmBudget, WarmLimits};
 use self::worker::WorkerContext;
 use crate::executor::Executor;
 use crate::metrics::Metrics;
-use crate::protocol::{MAX_WORKERS, WorkerCount};
 use crate::registry::Registry;
 use crate::store::TaskStore;
 use crate::task::{Task, TaskId};

@@ -99,7 +99,7 @@ impl WorkerMetrics {
                 .last_activity
                 .lock()
                 .expect("never poisoned")
-                .map(crate::protocol::format_time),
+                .map(crate::time::format_time),
             current_task: current.as_ref().map(|(id, _)| id.to_string()),
             current_platform: current.map(|(_, p)| p),
             warm_plugins: self.warm_plugins.lock().expect("never poisoned").clone(),

@@ -26,16 +26,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-pub use self::values::{
-    Delay, DeliverAt, ListLimit, MAX_LIST_LIMIT, MAX_RETRY_AFTER, MAX_SCHEDULE_AHEAD, MAX_WORKERS,
-    WorkerCount, clamp_retry_after, format_time,
-};
+pub use self::values::{Delay, DeliverAt, ListLimit, MAX_LIST_LIMIT, MAX_SCHEDULE_AHEAD};
 pub use self::views::{
     AttemptView, BrokerView, Change, ConsumerView, EventView, HostView, LoadErrorView, PluginView,
     PluginsView, ReloadResult, StatusView, TaskView, WatchLine,
 };
 use crate::plugin::PluginName;
+pub use crate::pool::{MAX_WORKERS, WorkerCount};
+pub use crate::task::MAX_RETRY_AFTER;
 use crate::task::{Format, PlatformName, Priority, TaskId, TaskState};
+pub use crate::time::format_time;
 
 /// Lines longer than this are rejected with [`ErrorCode::LineTooLong`].
 pub const DEFAULT_MAX_LINE_BYTES: usize = 1 << 20;

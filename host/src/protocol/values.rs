@@ -9,15 +9,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Deserializer};
 
+use crate::pool::WorkerCount;
+
 /// How far ahead a task may be scheduled (`delay`, `deliver_at`).
 pub const MAX_SCHEDULE_AHEAD: Duration = Duration::from_secs(366 * 24 * 3600);
-/// The longest pause a platform (or plugin) can impose on one attempt or
-/// destination: a `Retry-After` beyond it is taken as this.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// The most tasks one `tasks` answer lists.
 pub const MAX_LIST_LIMIT: usize = 10_000;
-/// The most workers a pool may be given (`scale`, `[pool] max_workers`).
-pub const MAX_WORKERS: usize = 4096;
 
 /// `delay`: not before this long from now, at most [`MAX_SCHEDULE_AHEAD`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,29 +95,6 @@ impl TryFrom<u64> for ListLimit {
     }
 }
 
-/// A worker count for `scale`: at most [`MAX_WORKERS`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WorkerCount(usize);
-
-impl WorkerCount {
-    pub fn get(self) -> usize {
-        self.0
-    }
-}
-
-impl TryFrom<u64> for WorkerCount {
-    type Error = String;
-    fn try_from(n: u64) -> Result<Self, String> {
-        if n <= MAX_WORKERS as u64 {
-            Ok(WorkerCount(n as usize))
-        } else {
-            Err(format!(
-                "{n} workers is more than the ceiling of {MAX_WORKERS}"
-            ))
-        }
-    }
-}
-
 /// Deserializes through `FromStr`, so the type's own message is the error.
 macro_rules! from_str_de {
     ($($t:ty),*) => {$(
@@ -145,25 +119,10 @@ macro_rules! from_u64_de {
 }
 from_u64_de!(ListLimit, WorkerCount);
 
-/// A time as the protocol shows it: RFC 3339 with milliseconds, in UTC.
-/// Never fails: a time outside what RFC 3339 can show (before 1970 or after
-/// 9999) is shown as the nearest one it can.
-pub fn format_time(t: SystemTime) -> String {
-    // 9999-12-31T23:59:59.999Z
-    const LAST: Duration = Duration::from_millis(253_402_300_799_999);
-    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default().min(LAST);
-    humantime::format_rfc3339_millis(UNIX_EPOCH + since).to_string()
-}
-
-/// Clamps a wait that came from outside (a `Retry-After`, a plugin's
-/// `retry_after_ms`) to [`MAX_RETRY_AFTER`].
-pub fn clamp_retry_after(ms: u64) -> Duration {
-    Duration::from_millis(ms).min(MAX_RETRY_AFTER)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::time::format_time;
     use proptest::prelude::*;
 
     #[test]
@@ -178,15 +137,6 @@ mod tests {
         assert!("2200-01-01T00:00:00Z".parse::<DeliverAt>().is_err());
         assert!("2020-01-01T00:00:00Z".parse::<DeliverAt>().is_ok());
         assert!(ListLimit::try_from(0).is_err());
-        assert!(WorkerCount::try_from(1_000_000_000_000).is_err());
-    }
-
-    #[test]
-    fn every_time_renders() {
-        let far = UNIX_EPOCH + Duration::from_secs(u64::MAX / 4);
-        assert_eq!(format_time(far), "9999-12-31T23:59:59.999Z");
-        assert_eq!(format_time(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        assert_eq!(clamp_retry_after(u64::MAX), MAX_RETRY_AFTER);
     }
 
     proptest! {

@@ -56,6 +56,14 @@ impl HttpClient {
     }
 }
 
+/// Idle connections kept per host: one for every delivery that may be in
+/// flight to it, that is one per worker at the pool's ceiling
+/// (`pool::MAX_WORKERS`, which a unit test there keeps equal). With
+/// fewer, a pool running more workers than that closes and reopens
+/// connections on every burst. Written here, not imported, because the
+/// pool sits above the sandbox.
+pub const MAX_IDLE_PER_HOST: usize = 4096;
+
 fn client<R>(resolver: R) -> Client<Connector<R>, WasiBody>
 where
     R: tower_service::Service<Name> + Clone + Send + Sync + 'static,
@@ -72,12 +80,9 @@ where
         .https_or_http()
         .enable_http1()
         .wrap_connector(http);
-    // Keep an idle connection for every delivery that may be in flight to
-    // one host: with fewer, a pool running more workers than that closes
-    // and reopens connections on every burst.
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(crate::protocol::MAX_WORKERS)
+        .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
         .build(https)
 }
 

@@ -533,10 +533,21 @@ impl TaskStore {
     /// delivery) counted in `record`, for one attempt: the receiver yields
     /// the record once that attempt has ended, finished or to be retried.
     /// Kept in memory only: the broker is where such a task is durable.
-    pub fn take_over(&self, record: TaskRecord) -> oneshot::Receiver<TaskRecord> {
-        let (tx, rx) = oneshot::channel();
+    ///
+    /// `None` while an attempt of the task is already in flight here (the
+    /// broker delivered the same message again): that attempt answers for
+    /// it, and the task never runs twice at once on one host.
+    pub fn take_over(&self, record: TaskRecord) -> Option<oneshot::Receiver<TaskRecord>> {
         let id = record.task.id;
         let mut inner = self.lock();
+        if inner
+            .entries
+            .get(&id)
+            .is_some_and(|entry| !entry.record.state.is_finished())
+        {
+            return None;
+        }
+        let (tx, rx) = oneshot::channel();
         self.events.publish(|| event(&record, SystemTime::now()));
         inner.entries.insert(
             id,
@@ -546,7 +557,7 @@ impl TaskStore {
                 one_attempt: true,
             },
         );
-        rx
+        Some(rx)
     }
 
     /// A receiver of every task event from now on (see `events`).
@@ -614,18 +625,22 @@ impl TaskStore {
         self.lock().entries.get(&id).map(|e| e.record.submitted_at)
     }
 
-    /// Records an attempt's outcome and the verdict on it.
+    /// Records an attempt's outcome and the verdict on it. Answers whether
+    /// a retry is this store's to run: not for an unknown task, nor for one
+    /// taken over from the broker, whose retry the broker schedules (and
+    /// may hand back here: running it from both would run it twice).
+    #[must_use = "schedule the retry only when the store keeps the task"]
     pub fn finish(
         &self,
         id: TaskId,
         outcome: Outcome,
         plugin: Option<PluginRef>,
         verdict: Verdict,
-    ) {
+    ) -> bool {
         let mut inner = self.lock();
         let now = SystemTime::now();
         let Some(entry) = inner.entries.get_mut(&id) else {
-            return;
+            return false;
         };
         let r = &mut entry.record;
         let (state, not_before) = match verdict {
@@ -656,16 +671,15 @@ impl TaskStore {
         });
         self.events.publish(|| event(&entry.record, now));
         if entry.one_attempt && !state.is_finished() {
-            // The broker runs the retry, on whichever host; the retry the
-            // pool's scheduler holds finds nothing here and is dropped.
+            // The broker runs the retry, on whichever host.
             let entry = inner.entries.remove(&id).expect("looked up above");
             for waiter in entry.waiters {
                 let _ = waiter.send(entry.record.clone());
             }
-            return;
+            return false;
         }
         if !state.is_finished() {
-            return;
+            return true;
         }
         for waiter in entry.waiters.drain(..) {
             let _ = waiter.send(entry.record.clone());
@@ -676,6 +690,7 @@ impl TaskStore {
                 inner.entries.remove(&old);
             }
         }
+        false
     }
 
     /// Puts a task that was cut off (shutdown) or interrupted (crash) back
@@ -948,5 +963,30 @@ mod tests {
         for config in bad {
             assert!(config.validate().is_err(), "{config:?}");
         }
+    }
+
+    /// A broker message delivered twice while its attempt runs here is
+    /// taken once: the task never runs twice at once on one host.
+    #[test]
+    fn a_task_in_flight_is_taken_over_once() {
+        let store = TaskStore::in_memory(StoreConfig::default());
+        let task = Arc::new(Task::text("webhook", "t", "b"));
+        let record = || TaskRecord::new(task.clone(), SystemTime::now(), None);
+        let first = store.take_over(record());
+        assert!(first.is_some());
+        assert!(store.take_over(record()).is_none());
+        assert_eq!(store.start(task.id).number, 1);
+        let retry_here = store.finish(
+            task.id,
+            Outcome::failed(crate::task::FailureClass::Retryable, "again"),
+            None,
+            Verdict::Retry {
+                after: Duration::from_secs(1),
+            },
+        );
+        assert!(!retry_here, "the broker schedules its retry");
+        // Its attempt ended (to be retried by the broker): the next delivery
+        // is taken.
+        assert!(store.take_over(record()).is_some());
     }
 }

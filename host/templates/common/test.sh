@@ -35,8 +35,13 @@ printf 'allowed_hosts = ["127.0.0.1:%s"]\n' "$port" > "$tmp/plugins/{{name}}.tom
 "$NOTIFYHUB" --data-dir "$tmp/data" --plugins "$tmp/plugins" serve 2> "$tmp/daemon.log" &
 daemon=$!
 wait_for "$tmp/data/notifyhub.sock"
-"$NOTIFYHUB" --data-dir "$tmp/data" send -p {{name}} -t "http://127.0.0.1:$port/hook" \
-    --title "Hello" -b "from {{name}}" --wait
+# A deadline: a plugin that never answers fails the test instead of hanging it.
+timeout 120 "$NOTIFYHUB" --data-dir "$tmp/data" send -p {{name}} -t "http://127.0.0.1:$port/hook" \
+    --title "Hello" -b "from {{name}}" --wait || {
+    echo "no outcome within 120 s (or the send failed); the daemon's log:" >&2
+    cat "$tmp/daemon.log" >&2
+    exit 1
+}
 
 python3 - "$tmp/request.json" <<'PY'
 import json, sys

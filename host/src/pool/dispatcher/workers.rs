@@ -15,8 +15,8 @@ use crate::pool::cpu::CpuTimes;
 use crate::pool::scaler::{self, Decision, Sample};
 use crate::pool::stats::{ScaleEvent, WorkerMetrics, WorkerState};
 use crate::pool::worker::{self, Event};
-use crate::protocol::format_time;
 use crate::task::{FailureClass, Outcome, Task, TaskId};
+use crate::time::format_time;
 
 impl Dispatcher {
     pub(super) fn on_tick(&mut self) {
