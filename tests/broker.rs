@@ -631,3 +631,68 @@ async fn sigterm_ends_a_pending_wait_and_the_process() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// `tasks --limit N` lists the N newest tasks, newest first, as in local
+/// mode (it listed the oldest).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_is_newest_first() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let receiver = Receiver::start(|_| Reply::new(200, "ok")).await;
+    let a = host(&nats, &receiver, "").await?;
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        let mut later = task(&receiver, &format!("later{i}"));
+        later["delay"] = json!("1h");
+        ids.extend(submit(&a, vec![later]).await?);
+    }
+    let listed = call(&a, json!({"op": "tasks", "limit": 3})).await?;
+    let listed: Vec<&str> = listed["tasks"]
+        .as_array()
+        .map(|t| t.iter().filter_map(|t| t["id"].as_str()).collect())
+        .unwrap_or_default();
+    let newest: Vec<&str> = ids.iter().rev().take(3).map(String::as_str).collect();
+    anyhow::ensure!(listed == newest, "listed {listed:?}, newest {newest:?}");
+    Ok(())
+}
+
+/// Tasks waiting for their time hold no consumer slot: with 300 tasks due
+/// in an hour, the platform's consumer has nothing in flight and a task
+/// due now is delivered at once. (Held as NAKed messages they counted
+/// against the consumer's `max_ack_pending`: 100,000 of them stalled it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_tasks_hold_no_consumer_slot() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let receiver = Receiver::start(|_| Reply::new(200, "ok")).await;
+    let a = host(&nats, &receiver, "").await?;
+    let later: Vec<Value> = (0..300)
+        .map(|i| {
+            let mut t = task(&receiver, &format!("later{i}"));
+            t["delay"] = json!("1h");
+            t
+        })
+        .collect();
+    submit(&a, later).await?;
+    let now = a.deliver(task(&receiver, "now")).await?;
+    anyhow::ensure!(now["state"] == "succeeded", "{now}");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let status = call(&a, json!({"op": "status"})).await?;
+        let held: Vec<u64> = status["broker"]["consumers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["in_flight"].as_u64())
+            .collect();
+        if !held.is_empty() && held.iter().all(|&n| n == 0) {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "scheduled tasks hold consumer slots: {}",
+            status["broker"]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::ensure!(receiver.requests().len() == 1, "only the task due now ran");
+    Ok(())
+}

@@ -104,14 +104,20 @@ async fn a_bad_config_is_refused_with_the_reason_and_the_old_one_serves() -> any
         .await?;
     let path = daemon.dir().join("config.toml");
     for (bad, reason) in [
-        ("[pool\nmax_workers = 3\n", "invalid config file"),
-        ("[pool]\nmin_workers = 9\nmax_workers = 3\n", "min"),
         (
-            "[destinations.ops]\nplatform = \"webhook\"\nurl_env = \"NOT_SET_ANYWHERE\"\n",
+            "[pool\nmax_workers = 3\n".to_string(),
+            "invalid config file",
+        ),
+        ("[pool]\nmin_workers = 9\nmax_workers = 3\n".into(), "min"),
+        (
+            "[destinations.ops]\nplatform = \"webhook\"\nurl_env = \"NOT_SET_ANYWHERE\"\n".into(),
             "NOT_SET_ANYWHERE",
         ),
+        // A new route with pool bounds the running engine cannot serve:
+        // refused as a whole, the route included.
+        (config(&receiver, "/moved", 4000), "instance slots"),
     ] {
-        std::fs::write(&path, bad)?;
+        std::fs::write(&path, &bad)?;
         let r = daemon.request(json!({"op": "reload-config"})).await?;
         anyhow::ensure!(
             r["error"]["code"] == "invalid_request",

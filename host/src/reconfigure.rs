@@ -79,6 +79,11 @@ impl Reconfigure for Reloader {
         let destinations = Destinations::resolve(&new.destinations).map_err(|e| e.to_string())?;
         let min = WorkerCount::try_from(new.pool.min_workers as u64)?;
         let max = WorkerCount::try_from(new.pool.max_workers as u64)?;
+        // Everything is checked before anything is swapped in: a refused
+        // bound must not leave new destinations live under an error.
+        self.pool
+            .check_scale(min, max)
+            .map_err(|e| format!("[pool]: {e}"))?;
         let needs_restart = self.needs_restart(&new);
         let names = destinations.names();
         self.settings.replace(Settings {

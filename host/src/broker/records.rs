@@ -199,9 +199,12 @@ impl Records {
         Ok(Some((record, entry.revision)))
     }
 
-    /// Every record, filtered, oldest first, at most `limit`. Reads the
-    /// whole bucket (64 records at a time): fine for a dashboard's `tasks`
-    /// and for thousands of tasks, not for a hot path.
+    /// Tasks by state and platform, newest first, at most `limit`.
+    ///
+    /// Task ids are UUIDv7, so the bucket's keys are an index by submission
+    /// time: only the keys are read in full (16 bytes a task), then records
+    /// newest first until `limit` match, so memory is bounded by the limit
+    /// and an unfiltered listing reads `limit` records, not the bucket.
     pub async fn list(
         &self,
         state: Option<TaskState>,
@@ -209,13 +212,18 @@ impl Records {
         limit: usize,
     ) -> Result<Vec<Shared>, BrokerError> {
         let keys = self.tasks.keys().await.map_err(records_error)?;
-        let records = keys
+        let mut ids: Vec<TaskId> = keys
             .filter_map(|key| async move { key.ok()?.parse::<TaskId>().ok() })
+            .collect()
+            .await;
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        let mut found = Vec::with_capacity(limit.min(ids.len()));
+        let mut records = futures_util::stream::iter(ids)
             .map(|id| self.get(id))
-            .buffer_unordered(64);
-        tokio::pin!(records);
-        let mut found = Vec::new();
-        while let Some(record) = records.next().await {
+            .buffered(64);
+        while found.len() < limit
+            && let Some(record) = records.next().await
+        {
             let Some(record) = record? else { continue };
             if state.is_some_and(|s| s != record.view.state)
                 || platform.is_some_and(|p| p != record.view.platform)
@@ -224,8 +232,6 @@ impl Records {
             }
             found.push(record);
         }
-        found.sort_by_key(|r| r.submitted_ms);
-        found.truncate(limit);
         Ok(found)
     }
 

@@ -16,11 +16,12 @@
 //! like a local one, for one attempt, counted after those the records
 //! bucket holds from every host. The host holds the message meanwhile,
 //! sending an in-progress ack every third of `ack_wait`. Then it writes the
-//! record and only then answers the broker: a retry is NAKed with the
-//! backoff as its delay (the broker redelivers it to whichever host is
-//! pulling then, so retries move between hosts and none is special); a
-//! final outcome is acknowledged, a dead task first published to the
-//! dead-letter stream. At most `max_in_flight` tasks are held at once, so
+//! record and only then answers the broker: a retry is scheduled on the
+//! broker after its backoff and the message acknowledged (the broker
+//! publishes it again, for whichever host is pulling then, so retries move
+//! between hosts and none is special); a final outcome is acknowledged, a
+//! dead task first published to the dead-letter stream. A task not due
+//! yet, or whose shared rate budget is spent, is scheduled the same way. At most `max_in_flight` tasks are held at once, so
 //! hosts share the backlog instead of one host taking it all.
 
 use std::collections::HashMap;
@@ -289,13 +290,38 @@ async fn answer(message: &Message, kind: AckKind) {
     }
 }
 
-/// Sends `message` back to wait in the broker until `due_ms`, but for at
-/// most the records' refresh interval at a time: records expire, so a task
-/// waiting longer comes back on the way to write its record again.
-async fn wait_in_broker(broker: &Broker, message: &Message, due_ms: u64, now_ms: u64) {
+/// Sends the task `message` carries back to wait in the broker until
+/// `due_ms`, but for at most the records' refresh interval at a time:
+/// records expire, so a task waiting longer comes back on the way to write
+/// its record again. It waits as a message schedule, and `message` is
+/// acknowledged once the schedule is stored (so no consumer slot is held
+/// while it waits); if the schedule cannot be stored, `message` is NAKed
+/// with the wait instead, which holds a slot but loses nothing.
+async fn wait_in_broker(broker: &Broker, message: &Message, work: &Work, due_ms: u64, now_ms: u64) {
     let wait =
         Duration::from_millis(due_ms.saturating_sub(now_ms)).min(broker.records.refresh_every());
-    answer(message, AckKind::Nak(Some(wait))).await;
+    let at = now_ms + wait.as_millis() as u64;
+    let scheduled = broker
+        .schedule(
+            work.task.id,
+            &work.task.platform,
+            at,
+            message.payload.to_vec(),
+        )
+        .await;
+    match scheduled {
+        Ok(()) => {
+            if let Err(e) = message.double_ack().await {
+                // It comes back after `ack_wait`, finds itself not due and
+                // schedules again (replacing this schedule): no duplicate.
+                tracing::warn!(task = %work.task.id, "acknowledging a scheduled task failed: {e}");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(task = %work.task.id, "cannot schedule on the broker ({e}); waiting as a NAK");
+            answer(message, AckKind::Nak(Some(wait))).await;
+        }
+    }
 }
 
 async fn handle(host: &Host, message: Message) {
@@ -337,7 +363,7 @@ async fn handle(host: &Host, message: Message) {
         {
             tracing::warn!(task = %id, "cannot refresh the task's record: {e}");
         }
-        wait_in_broker(broker, &message, due, now).await;
+        wait_in_broker(broker, &message, &work, due, now).await;
         return;
     }
     // A shared rate limit: wait in the broker, not here, when it is spent.
@@ -350,7 +376,9 @@ async fn handle(host: &Host, message: Message) {
         match broker.budgets.take(&key, &rules).await {
             Ok(None) => {}
             Ok(Some(wait)) => {
-                answer(&message, AckKind::Nak(Some(wait))).await;
+                let now = super::millis(SystemTime::now());
+                let until = now + wait.as_millis() as u64;
+                wait_in_broker(broker, &message, &work, until, now).await;
                 return;
             }
             Err(e) => {
@@ -406,7 +434,14 @@ async fn handle(host: &Host, message: Message) {
     }
     if shared.view.state == TaskState::Retrying {
         let now = super::millis(SystemTime::now());
-        wait_in_broker(broker, &message, shared.not_before_ms.unwrap_or(now), now).await;
+        wait_in_broker(
+            broker,
+            &message,
+            &work,
+            shared.not_before_ms.unwrap_or(now),
+            now,
+        )
+        .await;
         return;
     }
     if let Err(e) = message.double_ack().await {

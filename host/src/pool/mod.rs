@@ -282,6 +282,8 @@ pub struct Pool {
     warm: Arc<WarmBudget>,
     /// Stops the scheduler.
     stop: CancellationToken,
+    /// The engine's instance slots, which bound `max` at run time.
+    slots: u32,
 }
 
 /// What the pool works with.
@@ -307,6 +309,7 @@ impl Pool {
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (events, event_rx) = mpsc::unbounded_channel();
         let waiting = Arc::new(AtomicUsize::new(0));
+        let slots = executor.sandbox().max_instances();
         let scheduler = Arc::new(Scheduler::default());
         let lifecycle = Arc::new(Lifecycle::new(
             store.clone(),
@@ -368,6 +371,7 @@ impl Pool {
             scheduler,
             warm,
             stop,
+            slots,
         }
     }
 
@@ -401,6 +405,13 @@ impl Pool {
         let (tx, rx) = oneshot::channel();
         self.intake.commands.send(Command::Stats(tx)).ok()?;
         rx.await.ok()
+    }
+
+    /// Whether [`Pool::scale`] would take these bounds, without changing
+    /// anything: what a config reload asks before it swaps anything in.
+    pub fn check_scale(&self, min: WorkerCount, max: WorkerCount) -> Result<(), String> {
+        check_bounds(min.get(), max.get())?;
+        check_slots(max.get(), self.slots)
     }
 
     /// Changes the worker bounds at run time; returns the new (min, max).

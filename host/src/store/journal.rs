@@ -37,6 +37,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::oneshot;
 
+use super::time::DueTime;
 use super::{Attempt, TaskRecord};
 use crate::plugin::PluginRef;
 use crate::task::{Outcome, Task, TaskId, TaskState};
@@ -306,8 +307,8 @@ impl Journal {
     /// without a time are due at once, so they count only without `after`.
     pub(super) fn unfinished(
         &self,
-        after: Option<SystemTime>,
-        until: SystemTime,
+        after: Option<DueTime>,
+        until: DueTime,
     ) -> Result<Vec<(TaskRecord, Option<String>)>, JournalError> {
         let conn = self.reader();
         let mut timed = conn.prepare_cached(DUE_BETWEEN)?;
@@ -326,7 +327,10 @@ impl Journal {
             ))
         };
         let mut rows = timed
-            .query_map(params![after.map_or(i64::MIN, millis), millis(until)], row)?
+            .query_map(
+                params![after.map_or(i64::MIN, DueTime::millis), until.millis()],
+                row,
+            )?
             .collect::<Result<Vec<_>, _>>()?;
         if after.is_none() {
             rows.extend(untimed.query_map([], row)?.collect::<Result<Vec<_>, _>>()?);

@@ -14,15 +14,11 @@
 //! **A backlog on disk.** Memory holds what is in flight, due soon or
 //! waited on — not every task accepted. With the durable store, a task
 //! scheduled beyond the memory horizon (`[store] memory_horizon`, 1 minute)
-//! is *parked*: written to the journal only. The store keeps a watermark —
-//! every unfinished task due by it is in memory — and the pool's scheduler
-//! calls [`TaskStore::unpark`] every quarter horizon to move it forward and
-//! read in, through a partial index on the due time, the parked tasks it
-//! passed. A submit decides to park under the watermark it reads and holds
-//! a shared gate until its rows are committed; `unpark` moves the watermark
-//! first and then waits once for the gate alone, so a task parked under
-//! the old watermark is always in the journal when the window is read.
-//! Ten million reminders cost their rows on disk, not gigabytes of memory
+//! is *parked*: written to the journal only, and read back by
+//! [`TaskStore::unpark`] (every quarter horizon) through a partial index on
+//! the due time. `backlog` keeps the watermark and its invariant; `time`
+//! is the one precision every stored time is kept and compared at. Ten
+//! million reminders cost their rows on disk, not gigabytes of memory
 //! (`cargo bench -p notifyhub --bench backlog`). `task` and `tasks` read a
 //! parked task from the journal like any other, through indexes.
 //!
@@ -32,8 +28,12 @@
 //! holds its rows; while the journal cannot be written, submits are refused
 //! with [`StoreError::Unavailable`] (see `journal`).
 
+mod backlog;
 pub mod events;
 pub mod journal;
+#[cfg(test)]
+mod model;
+mod time;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
@@ -43,10 +43,12 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use self::backlog::Backlog;
 use self::events::Events;
 pub use self::events::TaskEvent;
 pub use self::journal::{CommitObserver, JournalError};
 use self::journal::{Insert, Journal, Write};
+use self::time::DueTime;
 use crate::plugin::PluginRef;
 use crate::task::{Outcome, Task, TaskId, TaskState, Verdict};
 
@@ -206,7 +208,13 @@ pub struct Submission {
 /// What the store did with a submission.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accepted {
+    /// Recorded and held in memory: the caller schedules or queues it.
     New(TaskId),
+    /// Recorded, and parked in the journal until it comes within the
+    /// memory horizon: [`TaskStore::unpark`] hands it to the scheduler, and
+    /// nobody else may (decided under the store's lock, so a concurrent
+    /// `unpark` and the submit never both schedule it).
+    Parked(TaskId),
     /// The idempotency key was seen within the window: the first task's id.
     Duplicate(TaskId),
 }
@@ -214,7 +222,7 @@ pub enum Accepted {
 impl Accepted {
     pub fn id(self) -> TaskId {
         match self {
-            Accepted::New(id) | Accepted::Duplicate(id) => id,
+            Accepted::New(id) | Accepted::Parked(id) | Accepted::Duplicate(id) => id,
         }
     }
 }
@@ -255,18 +263,19 @@ struct Inner {
     entries: HashMap<TaskId, Entry>,
     finished: VecDeque<TaskId>,
     keys: HashMap<String, (TaskId, SystemTime)>,
-    /// Every unfinished task due by this time is in `entries`; one due
-    /// later may be parked: only in the journal (see [`TaskStore::unpark`]).
-    watermark: SystemTime,
+    /// Which unfinished tasks are in `entries` and which are parked in the
+    /// journal (see `backlog` and [`TaskStore::unpark`]).
+    backlog: Backlog,
 }
 
 impl Inner {
+    /// Every unfinished task due by `watermark` will be in memory.
     fn new(watermark: SystemTime) -> Self {
         Inner {
             entries: HashMap::new(),
             finished: VecDeque::new(),
             keys: HashMap::new(),
-            watermark,
+            backlog: Backlog::new(DueTime::floor(watermark)),
         }
     }
 }
@@ -384,8 +393,8 @@ impl TaskStore {
     ///
     /// With the durable store, a task due after the memory horizon is
     /// parked: written to the journal only, and loaded back by
-    /// [`TaskStore::unpark`] before it is due. [`TaskStore::holds`] tells
-    /// which tasks are in memory (and so may be scheduled at once).
+    /// [`TaskStore::unpark`] before it is due ([`Accepted::Parked`]: the
+    /// caller must not schedule it).
     pub async fn submit(&self, submissions: Vec<Submission>) -> Result<Vec<Accepted>, StoreError> {
         self.submit_with(submissions, true).await
     }
@@ -429,8 +438,11 @@ impl TaskStore {
                     }
                     inner.keys.insert(key.clone(), (s.task.id, now));
                 }
-                let record = TaskRecord::new(s.task.clone(), now, s.not_before);
-                let park = parking.is_some() && s.not_before.is_some_and(|t| t > inner.watermark);
+                // Kept, and compared, at the precision the journal keeps.
+                let not_before = s.not_before.map(time::stored);
+                let record = TaskRecord::new(s.task.clone(), now, not_before);
+                let park =
+                    parking.is_some() && inner.backlog.parks(not_before.map(DueTime::at_or_after));
                 if park {
                     if self.events.watchers() > 0 {
                         parked_events.push(event(&record, now));
@@ -445,7 +457,11 @@ impl TaskStore {
                     });
                 }
                 added.push((s.task.id, s.idempotency_key));
-                accepted.push(Accepted::New(s.task.id));
+                accepted.push(if park {
+                    Accepted::Parked(s.task.id)
+                } else {
+                    Accepted::New(s.task.id)
+                });
             }
         }
         if let Some(journal) = &self.journal
@@ -476,11 +492,6 @@ impl TaskStore {
         Ok(accepted)
     }
 
-    /// Whether task `id` is in memory (a parked task is not).
-    pub fn holds(&self, id: TaskId) -> bool {
-        self.lock().entries.contains_key(&id)
-    }
-
     /// How often [`TaskStore::unpark`] should run: a quarter of the memory
     /// horizon, so a parked task is in memory well before it is due.
     pub fn unpark_every(&self) -> Duration {
@@ -494,24 +505,23 @@ impl TaskStore {
         let Some(journal) = &self.journal else {
             return Ok(Vec::new());
         };
-        let to = SystemTime::now() + self.config.memory_horizon;
-        let from = {
-            let mut inner = self.lock();
-            if to <= inner.watermark {
-                return Ok(Vec::new());
-            }
-            std::mem::replace(&mut inner.watermark, to)
+        let to = DueTime::floor(SystemTime::now() + self.config.memory_horizon);
+        let Some(window) = self.lock().backlog.advance(to) else {
+            return Ok(Vec::new());
         };
         // From here on no submit parks a task due by `to`; once the submits
         // that parked under the old watermark have committed, the journal
         // holds every task there is to load.
         drop(self.parking.write().await);
-        let loaded = match read(journal, move |j| j.unfinished(Some(from), to)).await {
+        let loaded = match read(journal, move |j| {
+            j.unfinished(Some(window.after), window.until)
+        })
+        .await
+        {
             Ok(loaded) => loaded,
             Err(e) => {
                 // Try the same window again next time.
-                let mut inner = self.lock();
-                inner.watermark = inner.watermark.min(from);
+                self.lock().backlog.retreat(window);
                 return Err(e);
             }
         };
@@ -523,7 +533,10 @@ impl TaskStore {
                 continue;
             }
             self.resume(&mut record);
-            due.push((record.task.clone(), record.not_before.unwrap_or(to)));
+            due.push((
+                record.task.clone(),
+                record.not_before.unwrap_or(window.until.to_system()),
+            ));
             inner.entries.insert(id, Entry::new(record));
         }
         Ok(due)
@@ -646,7 +659,7 @@ impl TaskStore {
         let (state, not_before) = match verdict {
             Verdict::Succeeded => (TaskState::Succeeded, None),
             Verdict::Dead => (TaskState::Dead, None),
-            Verdict::Retry { after } => (TaskState::Retrying, Some(now + after)),
+            Verdict::Retry { after } => (TaskState::Retrying, Some(time::stored(now + after))),
         };
         r.state = state;
         r.not_before = not_before;
@@ -863,12 +876,12 @@ impl TaskStore {
             return Ok(Vec::new());
         };
         // Tasks due beyond the horizon stay parked: `unpark` brings them.
-        let until = SystemTime::now() + self.config.memory_horizon;
+        let until = DueTime::floor(SystemTime::now() + self.config.memory_horizon);
         let unfinished = read(journal, move |j| j.unfinished(None, until)).await?;
         let mut inner = self.lock();
         // The scheduler's `unpark` may have run meanwhile: keep its
         // watermark if it is later, and what it loaded (and scheduled).
-        inner.watermark = inner.watermark.max(until);
+        inner.backlog.recovered(until);
         let mut out = Vec::with_capacity(unfinished.len());
         for (mut record, _) in unfinished {
             if inner.entries.contains_key(&record.task.id) {
