@@ -696,3 +696,42 @@ async fn scheduled_tasks_hold_no_consumer_slot() -> anyhow::Result<()> {
     anyhow::ensure!(receiver.requests().len() == 1, "only the task due now ran");
     Ok(())
 }
+
+/// A submit the broker refuses after its idempotency key was claimed (here:
+/// a record over NATS's 1 MB payload limit) leaves nothing behind: the key
+/// is free again and the task is not listed. It used to answer the next
+/// submit with that key `duplicate`, naming a task that never ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_submit_leaves_no_key_and_no_record() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let receiver = Receiver::start(|_| Reply::new(200, "ok")).await;
+    let a = Daemon::builder(BIN)
+        .plugin(
+            "webhook",
+            Some(&format!("allowed_hosts = [\"{}\"]\n", receiver.authority())),
+        )
+        .config(&format!(
+            "[server]\nmax_line_bytes = 4194304\n[broker]\nurl = \"{}\"\n",
+            nats.url()
+        ))
+        .start()
+        .await?;
+    let mut big = task(&receiver, &"x".repeat(2_000_000));
+    big["idempotency_key"] = json!("k-1");
+    let refused = a.request(json!({"op": "submit", "task": big})).await?;
+    anyhow::ensure!(
+        refused["ok"] == false,
+        "a 2 MB task was accepted: {}",
+        refused["result"]
+    );
+    let listed = call(&a, json!({"op": "tasks"})).await?;
+    anyhow::ensure!(listed["tasks"] == json!([]), "{listed}");
+    let mut small = task(&receiver, "small");
+    small["idempotency_key"] = json!("k-1");
+    let answer = call(&a, json!({"op": "submit", "wait": true, "task": small})).await?;
+    anyhow::ensure!(
+        answer["tasks"][0]["state"] == "succeeded",
+        "the key still named the refused task: {answer}"
+    );
+    Ok(())
+}

@@ -98,7 +98,13 @@ async fn run() -> anyhow::Result<()> {
     }
 
     deploy(&daemon.plugin_dir(), &noop)?;
-    while handled_by(&mut conn).await? != "noop" {}
+    let written = Instant::now();
+    while handled_by(&mut conn).await? != "noop" {
+        anyhow::ensure!(
+            written.elapsed() < Duration::from_secs(10),
+            "the last reload (back to noop) never happened"
+        );
+    }
     let mut ratios = Vec::new();
     println!("\nthroughput, batches of 100 tasks over one connection, 3 s each");
     for round in 0..3u64 {

@@ -371,28 +371,48 @@ impl Broker {
     /// Accepts `submissions`: each is recorded and published, and the
     /// answer comes after every publish acknowledgement. A task whose
     /// idempotency key another task holds is answered with that task.
+    ///
+    /// All or nothing per task: a task whose record or publish fails is
+    /// undone (its record removed, its key given back) before the error is
+    /// answered, so a client that submits again is not told `duplicate` of
+    /// a task that never runs. (A publish whose acknowledgement was lost
+    /// may still have landed; with an idempotency key, the client's retry
+    /// then finds the key free and submits anew: keys make retries safe
+    /// only when the broker answered.)
     pub async fn submit(&self, submissions: Vec<Submission>) -> Result<Vec<Accepted>, BrokerError> {
-        let claimed = futures_util::future::join_all(submissions.into_iter().map(|s| async move {
-            if let Some(key) = &s.idempotency_key
-                && let Some(holder) = self.records.claim(key, s.task.id).await?
-            {
-                return Ok((Accepted::Duplicate(holder), None));
-            }
-            let mut record = Shared::new(s.task.clone(), s.not_before);
-            self.records.put(&mut record).await?;
-            Ok::<_, BrokerError>((Accepted::New(s.task.id), Some(record)))
-        }))
-        .await;
-        let mut accepted = Vec::with_capacity(claimed.len());
-        let mut new = Vec::new();
-        for result in claimed {
-            let (a, record) = result?;
-            accepted.push(a);
-            new.extend(record);
+        let outcomes =
+            futures_util::future::join_all(submissions.into_iter().map(|s| async move {
+                if let Some(key) = &s.idempotency_key
+                    && let Some(holder) = self.records.claim(key, s.task.id).await?
+                {
+                    return Ok(Accepted::Duplicate(holder));
+                }
+                let mut record = Shared::new(s.task.clone(), s.not_before);
+                let done = match self.records.put(&mut record).await {
+                    Ok(()) => self.send(&record).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = done {
+                    self.undo(&s).await;
+                    return Err(e);
+                }
+                Ok::<_, BrokerError>(Accepted::New(s.task.id))
+            }))
+            .await;
+        outcomes.into_iter().collect()
+    }
+
+    /// Takes back what a failed submit of `s` wrote: best effort (the broker
+    /// may be what failed), logged when it cannot.
+    async fn undo(&self, s: &Submission) {
+        if let Err(e) = self.records.forget(s.task.id).await {
+            tracing::warn!(task = %s.task.id, "cannot remove the record of a task not accepted: {e}");
         }
-        let published = futures_util::future::join_all(new.iter().map(|r| self.send(r))).await;
-        published.into_iter().collect::<Result<Vec<()>, _>>()?;
-        Ok(accepted)
+        if let Some(key) = &s.idempotency_key
+            && let Err(e) = self.records.release(key, s.task.id).await
+        {
+            tracing::warn!(task = %s.task.id, "cannot give back the idempotency key of a task not accepted: {e}");
+        }
     }
 
     /// Publishes `record`'s task to the work stream: at once, or, when it

@@ -151,6 +151,32 @@ impl Records {
         }
     }
 
+    /// Gives `key` back if `id` still holds it: a submit that claimed it
+    /// and then failed must not leave a key that answers `duplicate` with a
+    /// task that never runs.
+    pub async fn release(&self, key: &str, id: TaskId) -> Result<(), BrokerError> {
+        let bucket_key = bucket_key(key);
+        let Some(entry) = self.keys.entry(&bucket_key).await.map_err(records_error)? else {
+            return Ok(());
+        };
+        if entry.operation == kv::Operation::Put && entry.value == id.to_string().as_bytes() {
+            self.keys
+                .purge_expect_revision(&bucket_key, Some(entry.revision))
+                .await
+                .map_err(records_error)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the record of a task that was never handed to the work
+    /// stream (its submit failed), so `task` and `tasks` do not list it.
+    pub async fn forget(&self, id: TaskId) -> Result<(), BrokerError> {
+        self.tasks
+            .purge(id.to_string())
+            .await
+            .map_err(records_error)
+    }
+
     /// Writes `record`, stamping when.
     pub async fn put(&self, record: &mut Shared) -> Result<(), BrokerError> {
         record.changed_ms = millis(SystemTime::now());

@@ -67,8 +67,8 @@ impl Backlog {
 mod tests {
     use super::*;
 
-    fn at(ms: i64) -> DueTime {
-        DueTime::from_millis(ms)
+    fn at(ms: u64) -> DueTime {
+        DueTime::floor(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
     }
 
     #[test]

@@ -19,7 +19,7 @@ impl DueTime {
     /// no sooner than `t` is due, so rounding never makes it early.
     pub fn at_or_after(t: SystemTime) -> Self {
         let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-        let ms = since.as_millis() + u128::from(since.subsec_nanos() % 1_000_000 != 0);
+        let ms = since.as_millis() + u128::from(!since.subsec_nanos().is_multiple_of(1_000_000));
         DueTime(i64::try_from(ms).unwrap_or(i64::MAX))
     }
 
@@ -28,11 +28,6 @@ impl DueTime {
     pub fn floor(t: SystemTime) -> Self {
         let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
         DueTime(i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
-    }
-
-    /// From the journal's column.
-    pub fn from_millis(ms: i64) -> Self {
-        DueTime(ms.max(0))
     }
 
     /// For the journal's column.
