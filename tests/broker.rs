@@ -248,6 +248,14 @@ async fn nothing_acknowledged_is_lost_when_the_broker_is_killed_and_restarted() 
     // New work is taken after the restart too.
     let more = submit(&b, vec![task(&receiver, "after")]).await?;
     wait_state(&a, &more, "succeeded").await?;
+    // The operator saw the broker go and come back.
+    let logs = a.logs();
+    let lost = logs.find("lost the broker");
+    let back = logs.rfind("connected to the broker");
+    anyhow::ensure!(
+        lost.zip(back).is_some_and(|(lost, back)| back > lost),
+        "no log of the broker going and coming back:\n{logs}"
+    );
     Ok(())
 }
 

@@ -213,6 +213,24 @@ fn bucket_key(text: &str) -> String {
         .collect()
 }
 
+/// Logs what the NATS client reports about the connection.
+fn log_event(url: &str, event: async_nats::Event) {
+    use async_nats::Event;
+    match event {
+        Event::Disconnected => {
+            tracing::warn!(%url, "lost the broker; submits are refused until it is back")
+        }
+        Event::Connected => tracing::info!(%url, "connected to the broker"),
+        Event::LameDuckMode => {
+            tracing::warn!(%url, "the broker is entering lame duck mode (shutting down)")
+        }
+        Event::SlowConsumer(_) | Event::ServerError(_) | Event::ClientError(_) => {
+            tracing::warn!(%url, "broker: {event}")
+        }
+        Event::Draining | Event::Closed => tracing::info!(%url, "broker connection {event}"),
+    }
+}
+
 /// `2.9.10` → `(2, 9)`.
 fn major_minor(version: &str) -> Option<(u64, u64)> {
     let mut parts = version.trim_start_matches('v').split('.');
@@ -233,9 +251,16 @@ impl Broker {
             url: url.clone(),
             error,
         };
+        let logged_url = crate::redact::target(&url);
         let mut options = async_nats::ConnectOptions::new()
             .name("notifyhub")
-            .connection_timeout(Duration::from_secs(5));
+            .connection_timeout(Duration::from_secs(5))
+            // An operator sees the broker go and come back in the log:
+            // submits are refused `unavailable` meanwhile.
+            .event_callback(move |event| {
+                let url = logged_url.clone();
+                async move { log_event(&url, event) }
+            });
         if let Some(path) = &config.credentials {
             options = options
                 .credentials_file(path)
@@ -471,12 +496,22 @@ impl Broker {
         Ok(())
     }
 
-    /// Brings a dead task back: queued again on every host, published once.
+    /// Brings a dead task back: queued again on every host, published once;
+    /// dead again if the publish fails, so nothing is left queued that
+    /// nothing will run.
     pub async fn retry(&self, id: TaskId) -> Result<Result<(), RetryRefused>, BrokerError> {
         match self.records.revive(id).await? {
             None => Ok(Err(RetryRefused::NotFound)),
             Some(Err(state)) => Ok(Err(RetryRefused::NotDead(state))),
-            Some(Ok(record)) => self.send(&record).await.map(Ok),
+            Some(Ok((dead, record))) => match self.send(&record).await {
+                Ok(()) => Ok(Ok(())),
+                Err(e) => {
+                    if let Err(undo) = self.records.unrevive(dead).await {
+                        tracing::warn!(task = %id, "a revival not published stays queued: {undo}");
+                    }
+                    Err(e)
+                }
+            },
         }
     }
 

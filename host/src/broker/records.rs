@@ -263,10 +263,12 @@ impl Records {
 
     /// Marks a dead task queued again, once even if hosts race: the record
     /// that was written, or `Ok(None)` when the task is not dead.
+    ///
+    /// The record as it was comes back too, for [`Records::unrevive`].
     pub async fn revive(
         &self,
         id: TaskId,
-    ) -> Result<Option<Result<Shared, TaskState>>, BrokerError> {
+    ) -> Result<Option<Result<(Shared, Shared), TaskState>>, BrokerError> {
         for _ in 0..8 {
             let Some((mut record, revision)) = self.entry(id).await? else {
                 return Ok(None);
@@ -274,6 +276,7 @@ impl Records {
             if record.view.state != TaskState::Dead {
                 return Ok(Some(Err(record.view.state)));
             }
+            let dead = record.clone();
             record.revivals += 1;
             record.revived_at = record.view.attempts;
             record.view.state = TaskState::Queued;
@@ -286,7 +289,7 @@ impl Records {
                 .update(id.to_string(), bytes.into(), revision)
                 .await
             {
-                Ok(_) => return Ok(Some(Ok(record))),
+                Ok(_) => return Ok(Some(Ok((dead, record)))),
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
                 Err(e) => return Err(records_error(e)),
             }
@@ -294,6 +297,13 @@ impl Records {
         Err(BrokerError::Records(format!(
             "task {id} kept changing while it was being revived"
         )))
+    }
+
+    /// Puts back the record `dead` of a task whose revival could not be
+    /// published, so it is dead again (and `retry` can be asked again)
+    /// rather than queued with nothing that will ever run it.
+    pub async fn unrevive(&self, mut dead: Shared) -> Result<(), BrokerError> {
+        self.put(&mut dead).await
     }
 
     /// Waits until the record of `id` is finished.

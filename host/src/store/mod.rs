@@ -731,18 +731,33 @@ impl TaskStore {
             (Some(journal), false) => read(journal, move |j| j.get(id)).await?,
             _ => None,
         };
-        let task = self.revive(id, on_disk)?;
-        // Answered once durable, like a submit: an acknowledged retry is
-        // not undone by a crash.
         if let Some(journal) = &self.journal {
-            journal.sync().await?;
+            journal.health()?;
+        }
+        let (task, dead) = self.revive(id, on_disk)?;
+        // Answered once durable, like a submit: an acknowledged retry is
+        // not undone by a crash. One that did not become durable is not
+        // acknowledged, and is dead again here as it is on disk.
+        if let Some(journal) = &self.journal
+            && let Err(e) = journal.sync().await
+        {
+            let mut inner = self.lock();
+            if let Some(entry) = inner.entries.get_mut(&id) {
+                entry.record = dead;
+                inner.finished.push_back(id);
+            }
+            return Err(e.into());
         }
         Ok(task)
     }
 
     /// The in-memory half of [`TaskStore::retry`]: marks the task queued
-    /// and sends the write.
-    fn revive(&self, id: TaskId, on_disk: Option<TaskRecord>) -> Result<Arc<Task>, StoreError> {
+    /// and sends the write; returns the task and its record as it was.
+    fn revive(
+        &self,
+        id: TaskId,
+        on_disk: Option<TaskRecord>,
+    ) -> Result<(Arc<Task>, TaskRecord), StoreError> {
         let mut inner = self.lock();
         // Only a dead task comes into memory here: one that is not (a
         // parked task, say) is refused and must stay where it was.
@@ -766,6 +781,7 @@ impl TaskStore {
                 state: r.state.as_str(),
             });
         }
+        let dead = r.clone();
         r.state = TaskState::Queued;
         r.revived_at = r.attempts;
         r.not_before = None;
@@ -774,7 +790,7 @@ impl TaskStore {
         self.events.publish(|| event(r, SystemTime::now()));
         inner.finished.retain(|f| *f != id);
         self.write(Write::Revive { id, revived_at });
-        Ok(task)
+        Ok((task, dead))
     }
 
     /// Ids of every dead task.
