@@ -31,6 +31,18 @@ async fn host(nats: &NatsServer, receiver: &Receiver, retry: &str) -> anyhow::Re
         .await
 }
 
+/// A host with the default broker settings and `extra` config tables.
+async fn host_with(nats: &NatsServer, receiver: &Receiver, extra: &str) -> anyhow::Result<Daemon> {
+    Daemon::builder(BIN)
+        .plugin(
+            "webhook",
+            Some(&format!("allowed_hosts = [\"{}\"]\n", receiver.authority())),
+        )
+        .config(&format!("{extra}\n[broker]\nurl = \"{}\"\n", nats.url()))
+        .start()
+        .await
+}
+
 /// The result of `request` on `daemon`; an error if it was refused.
 async fn call(daemon: &Daemon, request: Value) -> anyhow::Result<Value> {
     let answer = daemon.request(request).await?;
@@ -582,17 +594,7 @@ async fn a_task_due_after_the_retention_keeps_its_record() -> anyhow::Result<()>
     // would run as a stranger: no record for `task`, its history gone.
     let nats = NatsServer::start().await?;
     let receiver = Receiver::start(|_| Reply::new(200, "ok")).await;
-    let a = Daemon::builder(BIN)
-        .plugin(
-            "webhook",
-            Some(&format!("allowed_hosts = [\"{}\"]\n", receiver.authority())),
-        )
-        .config(&format!(
-            "[broker]\nurl = \"{}\"\n[store]\nretention = \"1m\"\n",
-            nats.url()
-        ))
-        .start()
-        .await?;
+    let a = host_with(&nats, &receiver, "[store]\nretention = \"1m\"\n").await?;
     let mut later = task(&receiver, "after the retention");
     later["delay"] = json!("65s");
     let ids = submit(&a, vec![later]).await?;
@@ -713,17 +715,7 @@ async fn scheduled_tasks_hold_no_consumer_slot() -> anyhow::Result<()> {
 async fn a_refused_submit_leaves_no_key_and_no_record() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
     let receiver = Receiver::start(|_| Reply::new(200, "ok")).await;
-    let a = Daemon::builder(BIN)
-        .plugin(
-            "webhook",
-            Some(&format!("allowed_hosts = [\"{}\"]\n", receiver.authority())),
-        )
-        .config(&format!(
-            "[server]\nmax_line_bytes = 4194304\n[broker]\nurl = \"{}\"\n",
-            nats.url()
-        ))
-        .start()
-        .await?;
+    let a = host_with(&nats, &receiver, "[server]\nmax_line_bytes = 4194304\n").await?;
     let mut big = task(&receiver, &"x".repeat(2_000_000));
     big["idempotency_key"] = json!("k-1");
     let refused = a.request(json!({"op": "submit", "task": big})).await?;
