@@ -34,6 +34,9 @@ use crate::task::{MAX_RETRY_AFTER, clamp_retry_after};
 /// How long a destination pauses after "slow down" without a retry-after.
 pub const DEFAULT_PAUSE: Duration = Duration::from_secs(1);
 
+/// The metrics' platform label of every task no loaded plugin serves.
+pub const UNSERVED_LABEL: &str = "unserved";
+
 /// Ends attempts.
 pub struct Lifecycle {
     store: Arc<TaskStore>,
@@ -75,8 +78,18 @@ impl Lifecycle {
         plugin: Option<PluginRef>,
         took: Option<Duration>,
     ) -> Verdict {
+        // A platform no plugin serves is named by whoever submitted it
+        // (during start-up anything is accepted): one label for them all,
+        // so made-up names cannot take the label slots of real platforms.
+        let label = match outcome {
+            Outcome::Failed {
+                class: FailureClass::NoPlugin,
+                ..
+            } => UNSERVED_LABEL,
+            _ => task.platform.as_str(),
+        };
         if let Some(m) = &self.metrics {
-            m.attempt(&task.platform, &outcome, took);
+            m.attempt(label, &outcome, took);
         }
         let retry = &self.settings.get().retry;
         let verdict = match retry.decide(&task.platform, &outcome, attempt.in_round) {
@@ -89,10 +102,10 @@ impl Lifecycle {
         // finished also sees it in the metrics.
         if let Some(m) = &self.metrics {
             match (verdict, self.store.submitted_at(task.id)) {
-                (Verdict::Retry { .. }, _) => m.retry(&task.platform),
+                (Verdict::Retry { .. }, _) => m.retry(label),
                 (final_state, Some(at)) => {
                     let took = SystemTime::now().duration_since(at).unwrap_or_default();
-                    m.finished(&task.platform, final_state == Verdict::Dead, took);
+                    m.finished(label, final_state == Verdict::Dead, took);
                 }
                 _ => {}
             }
@@ -137,6 +150,44 @@ pub fn pause(outcome: &Outcome) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::MAX_PLATFORM_LABELS;
+    use crate::pool::settings::Settings;
+
+    /// Made-up platforms failing as unserved (accepted during start-up)
+    /// share one label: a real platform still gets its own afterwards.
+    #[test]
+    fn unserved_platforms_take_one_metrics_label() {
+        let store = Arc::new(TaskStore::default());
+        let metrics = Arc::new(Metrics::new());
+        let lifecycle = Lifecycle::new(
+            store.clone(),
+            Arc::new(LiveSettings::new(Settings::default())),
+            Arc::new(Scheduler::default()),
+            Some(metrics.clone()),
+        );
+        for i in 0..MAX_PLATFORM_LABELS + 10 {
+            let task = Task::text(&format!("made-up-{i}"), "t", "b");
+            lifecycle.fail_unrun(&task, FailureClass::NoPlugin, "no plugin".into());
+        }
+        let real = Task::text("webhook", "t", "b");
+        lifecycle.finish(
+            &real,
+            AttemptCount {
+                number: 1,
+                in_round: 1,
+            },
+            Outcome::Delivered {
+                provider_id: None,
+                status: "HTTP 200".into(),
+            },
+            None,
+            None,
+        );
+        let text = metrics.render();
+        assert!(!text.contains("made-up-"), "{text}");
+        assert!(text.contains("platform=\"unserved\""), "{text}");
+        assert!(text.contains("platform=\"webhook\""), "{text}");
+    }
 
     #[test]
     fn pauses_are_bounded() {
