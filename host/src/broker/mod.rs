@@ -448,7 +448,7 @@ impl Broker {
         let now = millis(SystemTime::now());
         match record.not_before_ms {
             Some(due) if due > now => {
-                let at = due.min(now + self.records.refresh_every().as_millis() as u64);
+                let at = self.wake_at(due, now);
                 self.schedule(record.task.id, &record.task.platform, at, payload)
                     .await
             }
@@ -457,6 +457,14 @@ impl Broker {
                 self.publish(subject, &record.msg_id(), payload).await
             }
         }
+    }
+
+    /// When a task due at `due_ms` should next come back from waiting in
+    /// the broker: at its time, or sooner if that is further away than the
+    /// records' refresh interval, since records expire and a task waiting
+    /// longer must come back on the way to write its record again.
+    pub fn wake_at(&self, due_ms: u64, now_ms: u64) -> u64 {
+        due_ms.min(now_ms + self.records.refresh_every().as_millis() as u64)
     }
 
     /// Hands `payload` (a task's work message) to the broker to publish on

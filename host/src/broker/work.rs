@@ -21,8 +21,9 @@
 //! publishes it again, for whichever host is pulling then, so retries move
 //! between hosts and none is special); a final outcome is acknowledged, a
 //! dead task first published to the dead-letter stream. A task not due
-//! yet, or whose shared rate budget is spent, is scheduled the same way. At most `max_in_flight` tasks are held at once, so
-//! hosts share the backlog instead of one host taking it all.
+//! yet, or whose shared rate budget is spent, is scheduled the same way.
+//! At most `max_in_flight` tasks are held at once, so hosts share the
+//! backlog instead of one host taking it all.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -291,16 +292,15 @@ async fn answer(message: &Message, kind: AckKind) {
 }
 
 /// Sends the task `message` carries back to wait in the broker until
-/// `due_ms`, but for at most the records' refresh interval at a time:
-/// records expire, so a task waiting longer comes back on the way to write
-/// its record again. It waits as a message schedule, and `message` is
-/// acknowledged once the schedule is stored (so no consumer slot is held
-/// while it waits); if the schedule cannot be stored, `message` is NAKed
-/// with the wait instead, which holds a slot but loses nothing.
-async fn wait_in_broker(broker: &Broker, message: &Message, work: &Work, due_ms: u64, now_ms: u64) {
-    let wait =
-        Duration::from_millis(due_ms.saturating_sub(now_ms)).min(broker.records.refresh_every());
-    let at = now_ms + wait.as_millis() as u64;
+/// `due_ms` (one step of it: [`Broker::wake_at`]). It waits as a message
+/// schedule, and `message` is acknowledged once the schedule is stored (so
+/// no consumer slot is held while it waits); if the schedule cannot be
+/// stored, `message` is NAKed with the wait instead, which holds a slot
+/// but loses nothing.
+async fn wait_in_broker(broker: &Broker, message: &Message, work: &Work, due_ms: u64) {
+    let now_ms = super::millis(SystemTime::now());
+    let at = broker.wake_at(due_ms, now_ms);
+    let wait = Duration::from_millis(at.saturating_sub(now_ms));
     let scheduled = broker
         .schedule(
             work.task.id,
@@ -363,7 +363,7 @@ async fn handle(host: &Host, message: Message) {
         {
             tracing::warn!(task = %id, "cannot refresh the task's record: {e}");
         }
-        wait_in_broker(broker, &message, &work, due, now).await;
+        wait_in_broker(broker, &message, &work, due).await;
         return;
     }
     // A shared rate limit: wait in the broker, not here, when it is spent.
@@ -376,9 +376,8 @@ async fn handle(host: &Host, message: Message) {
         match broker.budgets.take(&key, &rules).await {
             Ok(None) => {}
             Ok(Some(wait)) => {
-                let now = super::millis(SystemTime::now());
-                let until = now + wait.as_millis() as u64;
-                wait_in_broker(broker, &message, &work, until, now).await;
+                let until = super::millis(SystemTime::now()) + wait.as_millis() as u64;
+                wait_in_broker(broker, &message, &work, until).await;
                 return;
             }
             Err(e) => {
@@ -434,14 +433,7 @@ async fn handle(host: &Host, message: Message) {
     }
     if shared.view.state == TaskState::Retrying {
         let now = super::millis(SystemTime::now());
-        wait_in_broker(
-            broker,
-            &message,
-            &work,
-            shared.not_before_ms.unwrap_or(now),
-            now,
-        )
-        .await;
+        wait_in_broker(broker, &message, &work, shared.not_before_ms.unwrap_or(now)).await;
         return;
     }
     if let Err(e) = message.double_ack().await {
