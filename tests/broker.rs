@@ -271,13 +271,213 @@ async fn nothing_acknowledged_is_lost_when_the_broker_is_killed_and_restarted() 
     Ok(())
 }
 
+/// Three hosts send to one destination limited to 4 a second; the platform
+/// answers its 7th request with "429, Retry-After: 2". At the receiver: never
+/// 5 requests within a second, and after the 429 no host sends until the
+/// pause is over. Each host has one worker and may hold 8 tasks, so tasks
+/// wait in its queue after they are pulled: a budget taken at pull time,
+/// not at send time, lets the platform see too many.
+/// Submits go on, one at a time, while the broker is killed and started
+/// again. Those made while it is gone are refused at once, saying so;
+/// every one acknowledged is delivered once; and nothing is left `queued`
+/// for good by a submit that failed half-way (its record written, its
+/// publish not).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rate_limit_holds_across_three_hosts() -> anyhow::Result<()> {
+async fn submits_during_an_outage_are_refused_at_once_and_leave_nothing_queued()
+-> anyhow::Result<()> {
+    let mut nats = NatsServer::start().await?;
+    let receiver = Receiver::start(|_| Reply::new(200, "ok")).await;
+    let a = host(&nats, &receiver, "max_attempts = 5\n").await?;
+    let mut conn = a.connect().await?;
+    let mut accepted = Vec::new();
+    let mut refusals = Vec::new();
+    let mut n = 0;
+    let mut submit_one =
+        async |conn: &mut notifyhub_testkit::daemon::Conn| -> anyhow::Result<(String, Value)> {
+            n += 1;
+            let body = format!("o{n}");
+            conn.send(&json!({"op": "submit", "task": task(&receiver, &body)}))
+                .await?;
+            Ok((body, conn.recv().await?))
+        };
+    for _ in 0..30 {
+        let (body, answer) = submit_one(&mut conn).await?;
+        anyhow::ensure!(answer["ok"] == true, "{answer}");
+        accepted.push((
+            body,
+            answer["result"]["task_ids"][0]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        ));
+    }
+    // Kill the broker with submits in flight on another connection, then
+    // keep submitting while it is gone.
+    nats.kill();
+    let deadline = Instant::now() + WAIT;
+    while refusals.len() < 20 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {} refusals: {refusals:?}",
+            refusals.len()
+        );
+        let (body, answer) = submit_one(&mut conn).await?;
+        if answer["ok"] == true {
+            accepted.push((
+                body,
+                answer["result"]["task_ids"][0]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            ));
+        } else {
+            refusals.push((body, answer["error"].to_string()));
+        }
+    }
+    anyhow::ensure!(
+        refusals
+            .iter()
+            .any(|(_, e)| e.contains("not connected to the broker")),
+        "no refusal said the broker was away: {refusals:?}"
+    );
+    nats.restart().await?;
+    // Submits are taken again once the connection is back.
+    let back = Instant::now() + WAIT;
+    loop {
+        let (body, answer) = submit_one(&mut conn).await?;
+        if answer["ok"] == true {
+            accepted.push((
+                body,
+                answer["result"]["task_ids"][0]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            ));
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < back,
+            "refused after the broker came back: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ids: Vec<String> = accepted.iter().map(|(_, id)| id.clone()).collect();
+    wait_state(&a, &ids, "succeeded").await?;
+    let seen = bodies(&receiver);
+    for (body, id) in &accepted {
+        anyhow::ensure!(
+            seen.get(body) == Some(&1),
+            "{body} ({id}) delivered {:?} times",
+            seen.get(body)
+        );
+    }
+    // No record stays queued with nothing to run it.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let queued = call(&a, json!({"op": "tasks", "state": "queued"})).await?;
+        if queued["tasks"] == json!([]) {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "still queued after the outage: {queued}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
+}
+
+/// A host stopped (SIGSTOP) for longer than a pull request lives, holding
+/// messages the broker sent it just before: once it runs again it runs
+/// them, rather than dropping them with the ended request and leaving them
+/// to come back after `ack_wait` (60 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_stopped_for_a_while_runs_what_it_was_sent_when_it_resumes() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
-    // A receiver slow enough that one host, holding one task at a time,
-    // cannot use the whole budget: all three take part.
-    let receiver =
-        Receiver::start(|_| Reply::new(200, "ok").after(Duration::from_millis(600))).await;
+    let receiver = Receiver::start(|_| Reply::new(200, "ok")).await;
+    // Small requests, so the one A has waiting is not outdone by B's.
+    let broker = format!(
+        "[broker]\nurl = \"{}\"\nack_wait = \"60s\"\nmax_in_flight = 4\n",
+        nats.url()
+    );
+    let start = |_: ()| {
+        Daemon::builder(BIN)
+            .plugin(
+                "webhook",
+                Some(&format!("allowed_hosts = [\"{}\"]\n", receiver.authority())),
+            )
+            .config(&broker)
+            .start()
+    };
+    // A alone runs a first batch, so it holds the plugin warm and keeps a
+    // pull request waiting at the broker; B, cold, only looks for tasks
+    // already waiting.
+    let a = start(()).await?;
+    let warm = (0..4)
+        .map(|i| task(&receiver, &format!("warm{i}")))
+        .collect();
+    let ids = submit(&a, warm).await?;
+    wait_state(&a, &ids, "succeeded").await?;
+    let b = start(()).await?;
+    // SAFETY: a plain kill(2) of the daemon's own pid.
+    anyhow::ensure!(unsafe { libc::kill(a.pid() as i32, libc::SIGSTOP) } == 0);
+    let ids = submit(
+        &b,
+        (0..20).map(|i| task(&receiver, &format!("s{i}"))).collect(),
+    )
+    .await?;
+    // B runs its share; the rest went to A's waiting request.
+    let deadline = Instant::now() + WAIT;
+    let held_by_a = loop {
+        let status = call(&b, json!({"op": "status"})).await?;
+        let in_flight = status["broker"]["consumers"][0]["in_flight"]
+            .as_u64()
+            .unwrap_or(0);
+        let done = bodies(&receiver)
+            .keys()
+            .filter(|k| k.starts_with('s'))
+            .count() as u64;
+        if done + in_flight == 20 && in_flight > 0 {
+            break in_flight;
+        }
+        if Instant::now() > deadline {
+            // SAFETY: as above.
+            unsafe { libc::kill(a.pid() as i32, libc::SIGCONT) };
+            anyhow::bail!("A was sent none of the 20 tasks (so this proves nothing): {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Longer than a pull request and the client's grace after it (1 + 5 s).
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    // SAFETY: as above.
+    anyhow::ensure!(unsafe { libc::kill(a.pid() as i32, libc::SIGCONT) } == 0);
+    // Well before `ack_wait` brings them back.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for id in &ids {
+        let left = deadline.saturating_duration_since(Instant::now());
+        b.wait_task_state(id, "succeeded", left)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e} ({held_by_a} were held by the stopped host)"))?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_and_a_pause_hold_across_three_hosts() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let refused_at = Arc::new(std::sync::Mutex::new(None));
+    let (count, refused) = (seen.clone(), refused_at.clone());
+    let receiver = Receiver::start(move |_| {
+        if count.fetch_add(1, Ordering::SeqCst) == 6 {
+            *refused.lock().unwrap() = Some(Instant::now());
+            Reply::new(429, "slow down").header("retry-after", "2")
+        } else {
+            // Slow enough that one host cannot use the whole budget.
+            Reply::new(200, "ok").after(Duration::from_millis(300))
+        }
+    })
+    .await;
     let destination = format!(
         "[destinations.paced]\nplatform = \"webhook\"\nurl = \"{}\"\nrate_limits = [\"4/1s\"]\n",
         receiver.url("/paced")
@@ -291,9 +491,11 @@ async fn a_rate_limit_holds_across_three_hosts() -> anyhow::Result<()> {
                     Some(&format!("allowed_hosts = [\"{}\"]\n", receiver.authority())),
                 )
                 .config(&format!(
-                    "[broker]\nurl = \"{}\"\nack_wait = \"2s\"\nmax_in_flight = 1\n{destination}",
+                    "[pool]\nmin_workers = 1\nmax_workers = 1\n\
+                     [broker]\nurl = \"{}\"\nack_wait = \"5s\"\nmax_in_flight = 8\n{destination}",
                     nats.url()
                 ))
+                .retry("max_attempts = 3\nbase = \"10ms\"\n")
                 .start()
                 .await?,
         );
@@ -306,18 +508,41 @@ async fn a_rate_limit_holds_across_three_hosts() -> anyhow::Result<()> {
         ids.extend(submit(host, tasks).await?);
     }
     wait_state(&hosts[0], &ids, "succeeded").await?;
-    let mut times: Vec<Instant> = receiver.requests().iter().map(|r| r.at).collect();
+    let requests = receiver.requests();
+    anyhow::ensure!(
+        requests.len() == 19,
+        "{} requests (18 and one retry)",
+        requests.len()
+    );
+    let mut times: Vec<Instant> = requests.iter().map(|r| r.at).collect();
     times.sort();
-    anyhow::ensure!(times.len() == 18, "{} requests", times.len());
+    let start = times[0];
+    let offsets: Vec<u128> = times.iter().map(|t| (*t - start).as_millis()).collect();
     // At most 4 in any window of one second: the 5th after any send comes
     // a full second later.
     for pair in times.windows(5) {
         let span = pair[4] - pair[0];
         anyhow::ensure!(
             span >= Duration::from_secs(1),
-            "5 requests within {span:?} under a limit of 4 a second"
+            "5 requests within {span:?} under a limit of 4 a second; arrivals (ms): {offsets:?}"
         );
     }
+    // The 7th request got the 429: requests already on their way may
+    // arrive just after it, but none is sent during the pause.
+    let paused_at = refused_at
+        .lock()
+        .unwrap()
+        .expect("the 7th request was refused");
+    let early: Vec<u128> = times
+        .iter()
+        .filter(|t| **t >= paused_at + Duration::from_millis(300))
+        .filter(|t| **t < paused_at + Duration::from_secs(2))
+        .map(|t| (*t - paused_at).as_millis())
+        .collect();
+    anyhow::ensure!(
+        early.is_empty(),
+        "sent {early:?} ms after a 429 with Retry-After: 2; arrivals (ms): {offsets:?}"
+    );
     // And every host took part.
     for host in &hosts {
         let status = call(host, json!({"op": "status"})).await?;

@@ -77,6 +77,7 @@ async fn harness(
         store: store.clone(),
         settings: Default::default(),
         metrics: None,
+        shared_pace: None,
     };
     let pool = Pool::start(config, deps);
     // Let the staged start bring up min_workers.

@@ -24,6 +24,7 @@ use crate::destination::{DestinationError, Destinations};
 use crate::executor::Executor;
 use crate::metrics::Metrics;
 use crate::pool::settings::{LiveSettings, Settings};
+use crate::pool::shared_pace::SharedPace;
 use crate::pool::{Pool, PoolDeps, ShutdownReport};
 use crate::reconfigure::{ConfigSource, Reloader as ConfigReloader};
 use crate::registry::Registry;
@@ -145,6 +146,7 @@ impl Daemon {
             store: store.clone(),
             settings: settings.clone(),
             metrics: metrics.clone(),
+            shared_pace: broker.clone().map(|b| b as Arc<dyn SharedPace>),
         };
         let pool = Arc::new(Pool::start(config.pool.clone(), deps));
         let recovered = store.recover().await?;

@@ -62,6 +62,12 @@ pub struct DestinationSpec {
     pub fan_out: Option<Vec<String>>,
 }
 
+/// Most requests one rate-limit rule may count.
+pub const MAX_RULE_REQUESTS: u32 = 1_000_000;
+/// Longest window of a rate-limit rule: what the pacer and the broker's
+/// shared budgets remember is sized by it.
+pub const MAX_RULE_WINDOW: Duration = Duration::from_secs(24 * 3600);
+
 /// At most `requests` in any window of `window`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateRule {
@@ -79,12 +85,20 @@ impl RateRule {
             .trim()
             .parse()
             .ok()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| format!("rate limit {text:?}: {n:?} is not a positive count"))?;
+            .filter(|n| (1..=MAX_RULE_REQUESTS).contains(n))
+            .ok_or_else(|| {
+                format!("rate limit {text:?}: {n:?} is not a count from 1 to {MAX_RULE_REQUESTS}")
+            })?;
         let window = humantime::parse_duration(window.trim())
             .map_err(|e| format!("rate limit {text:?}: bad window: {e}"))?;
         if window.is_zero() {
             return Err(format!("rate limit {text:?}: the window is zero"));
+        }
+        if window > MAX_RULE_WINDOW {
+            return Err(format!(
+                "rate limit {text:?}: windows longer than {} are not remembered",
+                humantime::format_duration(MAX_RULE_WINDOW)
+            ));
         }
         Ok(RateRule { requests, window })
     }
@@ -312,7 +326,16 @@ mod tests {
         let rule = RateRule::parse("20/1m").unwrap();
         assert_eq!((rule.requests, rule.window), (20, Duration::from_secs(60)));
         assert_eq!(RateRule::parse("5 / 1s").unwrap().requests, 5);
-        for bad in ["20", "0/1s", "x/1s", "5/soon", "5/0s"] {
+        assert!(RateRule::parse("1/24h").is_ok());
+        for bad in [
+            "20",
+            "0/1s",
+            "x/1s",
+            "5/soon",
+            "5/0s",
+            "1/25h",
+            "2000000/1s",
+        ] {
             assert!(RateRule::parse(bad).is_err(), "{bad}");
         }
     }

@@ -11,11 +11,12 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
 use crate::bindings::{PluginPre, wit};
+use crate::destination::{MAX_RULE_REQUESTS, MAX_RULE_WINDOW};
 use crate::manifest::Manifest;
 use crate::sandbox::{HostState, PluginPolicy};
 use crate::task::PlatformName;
@@ -30,9 +31,6 @@ pub const MAX_DESCRIPTION_BYTES: usize = 1024;
 pub const MAX_CONFIG_KEYS: usize = 64;
 /// Most rate-limit rules one plugin may declare.
 pub const MAX_RATE_RULES: usize = 8;
-/// Bounds of one declared rate-limit rule.
-pub const MAX_RULE_REQUESTS: u32 = 1_000_000;
-pub const MAX_RULE_WINDOW: Duration = Duration::from_secs(24 * 3600);
 
 /// A plugin's name as operators give it (`reload slack`): the stem of its
 /// file in the plugin directory. It cannot hold a path separator, `..`, a

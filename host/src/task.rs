@@ -21,6 +21,13 @@ impl TaskId {
     pub fn new() -> Self {
         TaskId(Uuid::now_v7())
     }
+
+    /// When the id was made (to the millisecond; UUIDv7 holds it), or
+    /// `None` for an id that is not a UUIDv7.
+    pub fn created_at(&self) -> Option<std::time::SystemTime> {
+        let (secs, nanos) = self.0.get_timestamp()?.to_unix();
+        Some(std::time::UNIX_EPOCH + std::time::Duration::new(secs, nanos))
+    }
 }
 
 impl Default for TaskId {
@@ -325,5 +332,16 @@ mod tests {
     fn waits_from_outside_are_clamped() {
         assert_eq!(clamp_retry_after(u64::MAX), MAX_RETRY_AFTER);
         assert_eq!(clamp_retry_after(1500), Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn an_id_knows_when_it_was_made() {
+        let before = std::time::SystemTime::now() - Duration::from_millis(1);
+        let made = TaskId::new().created_at().unwrap();
+        assert!(
+            made >= before && made <= std::time::SystemTime::now(),
+            "{made:?}"
+        );
+        assert_eq!(TaskId(Uuid::nil()).created_at(), None);
     }
 }

@@ -59,8 +59,18 @@ impl NatsServer {
 
     /// kill -9, then start again on the same port with the same store.
     pub async fn kill_and_restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.restart().await
+    }
+
+    /// kill -9: the broker is gone until [`NatsServer::restart`].
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same port with the same store.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
         let port: u16 = self.url.rsplit(':').next().unwrap_or_default().parse()?;
         let (child, _) = spawn(self.dir.path(), Some(port), self.jetstream).await?;
         self.child = child;

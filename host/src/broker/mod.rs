@@ -49,6 +49,7 @@
 
 pub mod budget;
 pub mod hosts;
+pub mod pull;
 pub mod records;
 pub mod tasks;
 pub mod work;
@@ -164,6 +165,8 @@ pub enum BrokerError {
     Publish(String),
     #[error("the broker's records: {0}")]
     Records(String),
+    #[error("not connected to the broker at {url} (reconnecting); nothing was taken")]
+    Disconnected { url: String },
 }
 
 /// A connection to the broker and the streams and buckets notifyhub uses.
@@ -398,13 +401,17 @@ impl Broker {
     /// idempotency key another task holds is answered with that task.
     ///
     /// All or nothing per task: a task whose record or publish fails is
-    /// undone (its record removed, its key given back) before the error is
-    /// answered, so a client that submits again is not told `duplicate` of
-    /// a task that never runs. (A publish whose acknowledgement was lost
-    /// may still have landed; with an idempotency key, the client's retry
-    /// then finds the key free and submits anew: keys make retries safe
-    /// only when the broker answered.)
+    /// undone (its record removed, its key given back; if the broker cannot
+    /// take that now, in the background until it can), so a client that
+    /// submits again is not told `duplicate` of a task that never runs, and
+    /// no record says `queued` with nothing to run it. A publish whose
+    /// acknowledgement was lost may still have landed: that message finds
+    /// no record and is not run ([`records::Orphan::Refused`]), so the answer
+    /// `unavailable` always means "not taken" and a retried submit, keyed or
+    /// not, delivers once. While the connection is down, submits are
+    /// refused at once, before anything is written.
     pub async fn submit(&self, submissions: Vec<Submission>) -> Result<Vec<Accepted>, BrokerError> {
+        self.connected()?;
         let outcomes =
             futures_util::future::join_all(submissions.into_iter().map(|s| async move {
                 if let Some(key) = &s.idempotency_key
@@ -427,17 +434,37 @@ impl Broker {
         outcomes.into_iter().collect()
     }
 
-    /// Takes back what a failed submit of `s` wrote: best effort (the broker
-    /// may be what failed), logged when it cannot.
+    /// Refuses at once while the connection is down: a request would wait
+    /// for the client library's timeout, then fail anyway, and one that
+    /// fails there may leave half its writes behind.
+    fn connected(&self) -> Result<(), BrokerError> {
+        match self.js.client().connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            _ => Err(BrokerError::Disconnected {
+                url: crate::redact::target(&self.url),
+            }),
+        }
+    }
+
+    /// Takes back what a failed submit of `s` wrote: its record (a message
+    /// that landed anyway then finds none and is not run) and its key.
     async fn undo(&self, s: &Submission) {
-        if let Err(e) = self.records.forget(s.task.id).await {
-            tracing::warn!(task = %s.task.id, "cannot remove the record of a task not accepted: {e}");
-        }
-        if let Some(key) = &s.idempotency_key
-            && let Err(e) = self.records.release(key, s.task.id).await
-        {
-            tracing::warn!(task = %s.task.id, "cannot give back the idempotency key of a task not accepted: {e}");
-        }
+        let records = self.records.clone();
+        let (id, key) = (s.task.id, s.idempotency_key.clone());
+        settle(
+            format!("taking back the refused submit of task {id}"),
+            move || {
+                let (records, key) = (records.clone(), key.clone());
+                async move {
+                    records.forget(id).await?;
+                    if let Some(key) = &key {
+                        records.release(key, id).await?;
+                    }
+                    Ok(())
+                }
+            },
+        )
+        .await;
     }
 
     /// Publishes `record`'s task to the work stream: at once, or, when it
@@ -508,15 +535,19 @@ impl Broker {
     /// dead again if the publish fails, so nothing is left queued that
     /// nothing will run.
     pub async fn retry(&self, id: TaskId) -> Result<Result<(), RetryRefused>, BrokerError> {
+        self.connected()?;
         match self.records.revive(id).await? {
             None => Ok(Err(RetryRefused::NotFound)),
             Some(Err(state)) => Ok(Err(RetryRefused::NotDead(state))),
             Some(Ok((dead, record))) => match self.send(&record).await {
                 Ok(()) => Ok(Ok(())),
                 Err(e) => {
-                    if let Err(undo) = self.records.unrevive(dead).await {
-                        tracing::warn!(task = %id, "a revival not published stays queued: {undo}");
-                    }
+                    let records = self.records.clone();
+                    settle(format!("putting back dead task {id}"), move || {
+                        let (records, dead) = (records.clone(), dead.clone());
+                        async move { records.unrevive(dead).await }
+                    })
+                    .await;
                     Err(e)
                 }
             },
@@ -562,6 +593,37 @@ impl Broker {
 pub enum RetryRefused {
     NotFound,
     NotDead(TaskState),
+}
+
+/// How long [`settle`] keeps trying.
+const SETTLE_FOR: Duration = Duration::from_secs(3600);
+
+/// Runs `undo` (taking back a refused operation's writes) now, and when the
+/// broker cannot take it now — it is usually the broker that failed — again
+/// every second in the background until it lands: a record left `queued`
+/// with nothing to run it, or a revival left standing, would outlive the
+/// outage otherwise.
+async fn settle<F, Fut>(what: String, mut undo: F)
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), BrokerError>> + Send,
+{
+    let Err(e) = undo().await else { return };
+    tracing::warn!("{what} failed ({e}); trying again every second");
+    tokio::spawn(async move {
+        let until = tokio::time::Instant::now() + SETTLE_FOR;
+        while tokio::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            match undo().await {
+                Ok(()) => {
+                    tracing::info!("{what}: done");
+                    return;
+                }
+                Err(e) => tracing::debug!("{what} failed again: {e}"),
+            }
+        }
+        tracing::error!("{what}: gave up after {SETTLE_FOR:?}");
+    });
 }
 
 /// Creates a key-value bucket's stream the way the client would, which

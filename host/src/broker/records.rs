@@ -96,7 +96,26 @@ impl Shared {
     }
 }
 
+/// How long after a task was made (or fell due) a work message may come
+/// before its record is visible: the record is written before the message
+/// is published, but a replica may lag. Longer than any submit takes.
+pub const SETTLE: Duration = Duration::from_secs(30);
+
+/// What a work message whose task has no record is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Orphan {
+    /// Too new to tell: its record may not be visible yet. Look again.
+    Settling,
+    /// Its submit was refused and taken back (the client was told so):
+    /// the publish landed although its acknowledgement did not. Not run.
+    Refused,
+    /// Older than half the retention: its record expired while it waited
+    /// for a host. Run from the message.
+    Expired,
+}
+
 /// The two buckets.
+#[derive(Clone)]
 pub struct Records {
     tasks: kv::Store,
     keys: kv::Store,
@@ -186,6 +205,21 @@ impl Records {
             .await
             .map(|_| ())
             .map_err(records_error)
+    }
+
+    /// What the message `work` is, when its task has no record at `now`.
+    pub fn orphan(&self, work: &Work, now: SystemTime) -> Orphan {
+        let Some(made) = work.task.id.created_at() else {
+            return Orphan::Expired;
+        };
+        let due = work.not_before_ms.map_or(made, time).max(made);
+        if now < due + SETTLE {
+            Orphan::Settling
+        } else if now < made + self.retention / 2 {
+            Orphan::Refused
+        } else {
+            Orphan::Expired
+        }
     }
 
     /// The longest a task waiting in the broker may be held there before

@@ -32,12 +32,12 @@ use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::consumer::{PullConsumer, pull};
 use async_nats::jetstream::{AckKind, Message};
-use futures_util::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::Broker;
-use super::records::{Shared, Work};
+use super::pull::{Pulled, Puller, give_back};
+use super::records::{Orphan, Shared, Work};
 use crate::pool::Pool;
 use crate::pool::settings::LiveSettings;
 use crate::protocol::HostView;
@@ -216,7 +216,24 @@ async fn consume(
     stop: CancellationToken,
 ) -> Result<(), String> {
     let consumer = consumer(host, platform).await?;
+    let mut puller = Puller::new(host.broker.js.clone(), consumer).await?;
     tracing::info!(%platform, "taking work from the broker");
+    let taking = take_work(host, platform, permits, &stop, &mut puller).await;
+    if taking.is_ok() {
+        // Stopped (shutdown, or the platform's plugin went away).
+        puller.close().await;
+    }
+    taking
+}
+
+/// Pulls `platform`'s tasks and hands each to [`handle`] until `stop`.
+async fn take_work(
+    host: &Host,
+    platform: &str,
+    permits: Arc<Semaphore>,
+    stop: &CancellationToken,
+    puller: &mut Puller,
+) -> Result<(), String> {
     let mut cold_wait = COLD_POLL;
     loop {
         // Ask for no more than this host may hold: what it takes, it runs.
@@ -225,9 +242,17 @@ async fn consume(
         // platform can have a request waiting at once.
         let platforms = host.registry.catalog().platforms().len().max(1);
         let most = (host.broker.config.max_in_flight / platforms).clamp(1, MAX_BATCH);
-        let first = tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            permit = permits.clone().acquire_owned() => permit.map_err(|e| e.to_string())?,
+        let first = loop {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => return Ok(()),
+                permit = permits.clone().acquire_owned() => break permit.map_err(|e| e.to_string())?,
+                // Sent for a request already over, while every place here
+                // is taken: another host may run it now.
+                pulled = puller.next(None) => if let Pulled::Message(message) = pulled? {
+                    give_back(&message).await;
+                },
+            }
         };
         let mut held: Vec<OwnedSemaphorePermit> = vec![first];
         while held.len() < most
@@ -236,34 +261,22 @@ async fn consume(
             held.push(permit);
         }
         let warm = is_warm(host, platform);
-        let pull = if warm {
-            consumer
-                .batch()
-                .max_messages(held.len())
-                .expires(PULL_WAIT)
-                .messages()
-                .await
-        } else {
-            consumer.fetch().max_messages(held.len()).messages().await
-        };
-        let mut batch = pull.map_err(|e| format!("pulling: {e}"))?;
+        let wait = warm.then_some(PULL_WAIT);
+        puller.ask(held.len(), wait).await?;
         let mut taken = 0;
-        loop {
-            let message = tokio::select! {
+        while !held.is_empty() {
+            let pulled = tokio::select! {
                 // Messages already handed to this host come back after
                 // `ack_wait`, or go to another host when it stops.
                 _ = stop.cancelled() => return Ok(()),
-                message = batch.next() => message,
+                pulled = puller.next(wait) => pulled?,
             };
-            let message = match message {
-                Some(Ok(message)) => message,
-                Some(Err(e)) => return Err(format!("pulling: {e}")),
-                None => break,
+            let message = match pulled {
+                Pulled::Message(message) => *message,
+                Pulled::Over => break,
             };
+            let permit = held.pop().expect("the loop runs while places are held");
             taken += 1;
-            let permit = held
-                .pop()
-                .ok_or("the broker sent more than was asked for")?;
             let host = host.clone();
             tokio::spawn(async move {
                 handle(&host, message).await;
@@ -338,7 +351,18 @@ async fn handle(host: &Host, message: Message) {
     let id = work.task.id;
     let mut shared = match broker.records.get(id).await {
         Ok(Some(shared)) => shared,
-        Ok(None) => Shared::new(Arc::new(work.task.clone()), None),
+        Ok(None) => match broker.records.orphan(&work, SystemTime::now()) {
+            Orphan::Expired => Shared::new(Arc::new(work.task.clone()), None),
+            Orphan::Settling => {
+                answer(&message, AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                return;
+            }
+            Orphan::Refused => {
+                tracing::info!(task = %id, "a refused submit's message landed after all; not running it");
+                answer(&message, AckKind::Term).await;
+                return;
+            }
+        },
         Err(e) => {
             tracing::warn!(task = %id, "cannot read the task's record: {e}; again in 1 s");
             answer(&message, AckKind::Nak(Some(Duration::from_secs(1)))).await;
@@ -366,14 +390,15 @@ async fn handle(host: &Host, message: Message) {
         wait_in_broker(broker, &message, &work, due).await;
         return;
     }
-    // A shared rate limit: wait in the broker, not here, when it is spent.
+    // A spent shared rate budget: wait in the broker, not here. The send
+    // itself is taken from the budget by the worker, just before it runs.
     let rules = match host.registry.lookup(&work.task.platform) {
         Some(plugin) => host.settings.get().rate_rules(&work.task, &plugin.info),
         None => Vec::new(),
     };
     if !rules.is_empty() {
         let key = crate::pool::pacer::pace_key(&work.task);
-        match broker.budgets.take(&key, &rules).await {
+        match broker.budgets.wait(&key, &rules).await {
             Ok(None) => {}
             Ok(Some(wait)) => {
                 let until = super::millis(SystemTime::now()) + wait.as_millis() as u64;

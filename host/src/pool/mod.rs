@@ -38,6 +38,7 @@ pub mod router;
 pub mod scaler;
 pub mod scheduler;
 pub mod settings;
+pub mod shared_pace;
 pub mod stats;
 pub mod warm;
 mod worker;
@@ -295,6 +296,8 @@ pub struct PoolDeps {
     pub settings: Arc<LiveSettings>,
     /// Where to record metrics, when they are on.
     pub metrics: Option<Arc<Metrics>>,
+    /// Rate budgets shared with other hosts (with a broker).
+    pub shared_pace: Option<Arc<dyn shared_pace::SharedPace>>,
 }
 
 impl Pool {
@@ -305,6 +308,7 @@ impl Pool {
             store,
             settings,
             metrics,
+            shared_pace,
         } = deps;
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (events, event_rx) = mpsc::unbounded_channel();
@@ -339,6 +343,7 @@ impl Pool {
             limits,
             warm_hits: AtomicU64::new(0),
             warm_misses: AtomicU64::new(0),
+            shared_pace,
         });
         tracing::info!(
             min = config.min_workers,

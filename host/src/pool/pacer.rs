@@ -181,6 +181,18 @@ impl Pacer {
             .push_back(task);
     }
 
+    /// A task admitted earlier that could not go after all (the budget
+    /// shared with other hosts was spent): first in `key`'s backlog again,
+    /// and nothing goes to `key` until `until`.
+    pub fn hand_back(&mut self, key: String, task: Arc<Task>, until: Instant, now: Instant) {
+        self.pause(key.clone(), until, now);
+        self.buckets
+            .get_mut(&key)
+            .expect("pause made the bucket")
+            .backlog
+            .push_front(task);
+    }
+
     /// The platform asked us to wait: nothing goes to `key` until `until`.
     pub fn pause(&mut self, key: String, until: Instant, now: Instant) {
         let bucket = self.buckets.entry(key).or_insert_with(|| Bucket::new(now));

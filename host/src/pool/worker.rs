@@ -10,6 +10,7 @@ use tracing::Instrument;
 
 use super::lifecycle::{self, Lifecycle};
 use super::settings::LiveSettings;
+use super::shared_pace::SharedPace;
 use super::stats::WorkerMetrics;
 use super::warm::{WarmBudget, WarmCache, WarmLimits};
 use crate::executor::Executor;
@@ -36,6 +37,13 @@ pub(super) enum Event {
     },
     /// The platform answered "slow down": pause the destination `key`.
     RateLimited { key: String, retry_after: Duration },
+    /// The budget shared with other hosts had no room for `task`: it was
+    /// not run; hold it in `key`'s backlog for `wait`.
+    HandedBack {
+        task: Arc<Task>,
+        key: String,
+        wait: Duration,
+    },
     /// The worker's inbox closed and it has stopped.
     Exited { worker: u64 },
 }
@@ -50,6 +58,7 @@ pub(super) struct WorkerContext {
     pub limits: WarmLimits,
     pub warm_hits: AtomicU64,
     pub warm_misses: AtomicU64,
+    pub shared_pace: Option<Arc<dyn SharedPace>>,
 }
 
 pub(super) async fn run(
@@ -108,14 +117,45 @@ pub(super) async fn run(
     let _ = events.send(Event::Exited { worker: id });
 }
 
+/// Takes one send from the budget shared with other hosts, if `task`'s
+/// destination is rate limited and there is one: `None` if taken (or not
+/// needed), else how long the task must wait.
+async fn take_shared(
+    plugin: &LoadedPlugin,
+    task: &Task,
+    context: &WorkerContext,
+) -> Option<Duration> {
+    let shared = context.shared_pace.as_ref()?;
+    let rules = context.settings.get().rate_rules(task, &plugin.info);
+    if rules.is_empty() {
+        return None;
+    }
+    match shared.take(&super::pacer::pace_key(task), &rules).await {
+        Ok(wait) => wait,
+        Err(e) => {
+            tracing::warn!("cannot take from the shared rate budget: {e}; waiting 1 s");
+            Some(Duration::from_secs(1))
+        }
+    }
+}
+
 async fn deliver(
     plugin: &Arc<LoadedPlugin>,
-    task: &Task,
+    task: &Arc<Task>,
     warm: &mut WarmCache,
     context: &WorkerContext,
     metrics: &WorkerMetrics,
     events: &mpsc::UnboundedSender<Event>,
 ) {
+    if let Some(wait) = take_shared(plugin, task, context).await {
+        let key = super::pacer::pace_key(task);
+        let _ = events.send(Event::HandedBack {
+            task: task.clone(),
+            key,
+            wait,
+        });
+        return;
+    }
     let started = Instant::now();
     *metrics.current.lock().expect("never poisoned") = Some((task.id, task.platform.clone()));
     let attempt = context.lifecycle.store().start(task.id);
@@ -193,6 +233,11 @@ async fn deliver(
             m.pause(&task.platform);
         }
         let key = super::pacer::pace_key(task);
+        if let Some(shared) = &context.shared_pace
+            && let Err(e) = shared.pause(&key, retry_after).await
+        {
+            tracing::warn!("cannot tell the other hosts to pause: {e}");
+        }
         let _ = events.send(Event::RateLimited { key, retry_after });
     }
     // Counted before the outcome is recorded: whoever sees the task

@@ -7,6 +7,7 @@ platform (error codes, bodies) to test how your plugin classifies failures.
 """
 
 import json
+import os
 import sys
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -37,6 +38,9 @@ class Platform(BaseHTTPRequestHandler):
 
 
 server = HTTPServer(("127.0.0.1", 0), Platform)
-with open(sys.argv[1], "w") as out:
+# Written aside, then renamed: test.sh reads the file as soon as it exists,
+# so it must never see it empty.
+with open(sys.argv[1] + ".part", "w") as out:
     out.write(str(server.server_port))
+os.rename(sys.argv[1] + ".part", sys.argv[1])
 server.serve_forever()

@@ -388,6 +388,21 @@ impl Dispatcher {
                 tracing::info!(destination = %key, ?retry_after, "platform asked to slow down; pausing the destination");
                 self.pacer.pause(key, now + retry_after, now);
             }
+            Event::HandedBack { task, key, wait } => {
+                let now = Instant::now();
+                if let Some(w) = self
+                    .workers
+                    .values_mut()
+                    .find(|w| w.assigned.contains(&task.id))
+                {
+                    w.assigned.retain(|id| *id != task.id);
+                }
+                self.waiting.fetch_add(1, Ordering::AcqRel);
+                if let Some(m) = self.lifecycle.metrics() {
+                    m.paced(&task.platform);
+                }
+                self.pacer.hand_back(key, task, now + wait, now);
+            }
             Event::Exited { worker } => {
                 self.remove_worker(worker);
             }
