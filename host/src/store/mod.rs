@@ -22,17 +22,25 @@
 //! (`cargo bench -p notifyhub --bench backlog`). `task` and `tasks` read a
 //! parked task from the journal like any other, through indexes.
 //!
+//! The parts: [`TaskRecord`] (`record`) is what is kept of a task;
+//! `attempts` is a task's life once accepted (start, finish, revive);
+//! `config` is the `[store]` section; `events` feeds `watch`; `journal` is
+//! the SQLite file and its writer thread.
+//!
 //! Nothing here blocks an async thread: reads of the journal (a task no
 //! longer in memory, a listing) run on the blocking pool, and writes go to
 //! the journal's own thread. A submit is answered from the transaction that
 //! holds its rows; while the journal cannot be written, submits are refused
 //! with [`StoreError::Unavailable`] (see `journal`).
 
+mod attempts;
 mod backlog;
+mod config;
 pub mod events;
 pub mod journal;
 #[cfg(test)]
 mod model;
+mod record;
 mod time;
 
 use std::collections::{HashMap, VecDeque};
@@ -40,160 +48,17 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use self::backlog::Backlog;
+pub use self::config::{StoreConfig, StoreMode};
 use self::events::Events;
 pub use self::events::TaskEvent;
 pub use self::journal::{CommitObserver, JournalError};
 use self::journal::{Insert, Journal, Write};
+pub use self::record::{Attempt, AttemptCount, TaskRecord};
 use self::time::DueTime;
-use crate::plugin::PluginRef;
-use crate::task::{Outcome, Task, TaskId, TaskState, Verdict};
-
-/// `[store]` in the config file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StoreConfig {
-    /// `durable` (SQLite in the data directory) or `memory` (nothing survives
-    /// a restart; no fsync).
-    pub mode: StoreMode,
-    /// Finished tasks are deleted after this.
-    #[serde(with = "humantime_serde")]
-    pub retention: Duration,
-    /// A second submit with the same idempotency key within this window
-    /// returns the first task.
-    #[serde(with = "humantime_serde")]
-    pub idempotency_window: Duration,
-    /// Finished tasks kept in memory for fast look-ups.
-    pub max_finished_in_memory: usize,
-    /// A task scheduled further ahead than this is kept only in the
-    /// journal (durable store) and read back shortly before it is due, so
-    /// memory does not grow with the backlog of scheduled tasks.
-    #[serde(with = "humantime_serde")]
-    pub memory_horizon: Duration,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StoreMode {
-    #[default]
-    Durable,
-    Memory,
-}
-
-impl Default for StoreConfig {
-    fn default() -> Self {
-        StoreConfig {
-            mode: StoreMode::Durable,
-            retention: Duration::from_secs(7 * 24 * 3600),
-            idempotency_window: Duration::from_secs(24 * 3600),
-            max_finished_in_memory: 100_000,
-            memory_horizon: Duration::from_secs(60),
-        }
-    }
-}
-
-impl StoreConfig {
-    pub fn validate(&self) -> Result<(), String> {
-        const DAY: Duration = Duration::from_secs(24 * 3600);
-        if self.retention < Duration::from_secs(60) || self.retention > 3650 * DAY {
-            return Err("[store] retention: 1m to 3650 days".into());
-        }
-        if self.idempotency_window < Duration::from_secs(1) || self.idempotency_window > 365 * DAY {
-            return Err("[store] idempotency_window: 1s to 365 days".into());
-        }
-        if self.max_finished_in_memory == 0 {
-            return Err("[store] max_finished_in_memory: at least 1".into());
-        }
-        if self.memory_horizon < Duration::from_secs(1) || self.memory_horizon > DAY {
-            return Err("[store] memory_horizon: 1s to 1 day".into());
-        }
-        Ok(())
-    }
-}
-
-/// One delivery attempt.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Attempt {
-    pub number: u32,
-    pub started_at: SystemTime,
-    pub ended_at: Option<SystemTime>,
-    pub outcome: Option<Outcome>,
-    pub plugin: Option<PluginRef>,
-}
-
-/// A task and its history.
-#[derive(Debug, Clone)]
-pub struct TaskRecord {
-    pub task: Arc<Task>,
-    pub state: TaskState,
-    pub submitted_at: SystemTime,
-    /// Not to be run before this (scheduled, or waiting for a retry).
-    pub not_before: Option<SystemTime>,
-    pub started_at: Option<SystemTime>,
-    pub finished_at: Option<SystemTime>,
-    /// The last attempt's outcome.
-    pub outcome: Option<Outcome>,
-    /// The plugin version that handled the last attempt.
-    pub plugin: Option<PluginRef>,
-    /// Attempts started, over the task's whole life: numbers only go up.
-    pub attempts: u32,
-    /// `attempts` when `retry` last brought the task back from the dead: the
-    /// retry policy counts the attempts since then.
-    pub revived_at: u32,
-    /// Attempts in order (may be empty for records read in bulk).
-    pub history: Vec<Attempt>,
-    /// Whether `history` holds every attempt. A task loaded back at start
-    /// carries only the attempts of this run; `get` adds the earlier ones
-    /// from the journal.
-    history_complete: bool,
-}
-
-impl TaskRecord {
-    pub fn new(task: Arc<Task>, submitted_at: SystemTime, not_before: Option<SystemTime>) -> Self {
-        TaskRecord {
-            task,
-            state: TaskState::Queued,
-            submitted_at,
-            not_before,
-            started_at: None,
-            finished_at: None,
-            outcome: None,
-            plugin: None,
-            attempts: 0,
-            revived_at: 0,
-            history: Vec::new(),
-            history_complete: true,
-        }
-    }
-}
-
-impl TaskRecord {
-    /// Counts and records a new attempt starting `at`; returns its number.
-    fn begin_attempt(&mut self, at: SystemTime) -> u32 {
-        self.attempts += 1;
-        self.history.push(Attempt {
-            number: self.attempts,
-            started_at: at,
-            ended_at: None,
-            outcome: None,
-            plugin: None,
-        });
-        self.attempts
-    }
-}
-
-/// Where a task's attempts stand.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AttemptCount {
-    /// The number of the attempt (over the task's life, from 1).
-    pub number: u32,
-    /// Its number since the task was last revived by `retry` (from 1): what
-    /// the retry policy counts.
-    pub in_round: u32,
-}
+use crate::task::{Task, TaskId, TaskState};
 
 /// A task loaded back at start, with the time it may run.
 pub type Recovered = (Arc<Task>, Option<SystemTime>);
@@ -583,51 +448,6 @@ impl TaskStore {
         self.events.watchers()
     }
 
-    /// Marks an attempt as started; returns its number.
-    pub fn start(&self, id: TaskId) -> AttemptCount {
-        let mut inner = self.lock();
-        let now = SystemTime::now();
-        let Some(entry) = inner.entries.get_mut(&id) else {
-            return AttemptCount {
-                number: 1,
-                in_round: 1,
-            };
-        };
-        let r = &mut entry.record;
-        r.state = TaskState::Running;
-        r.started_at = Some(now);
-        let number = r.begin_attempt(now);
-        self.events.publish(|| event(r, now));
-        AttemptCount {
-            number,
-            in_round: number.saturating_sub(r.revived_at),
-        }
-    }
-
-    /// The count the next attempt of `id` would have (for outcomes decided
-    /// without running the plugin).
-    pub fn next_attempt(&self, id: TaskId) -> AttemptCount {
-        let inner = self.lock();
-        let (attempts, revived_at) = inner
-            .entries
-            .get(&id)
-            .map_or((0, 0), |e| (e.record.attempts, e.record.revived_at));
-        AttemptCount {
-            number: attempts + 1,
-            in_round: attempts + 1 - revived_at.min(attempts),
-        }
-    }
-
-    /// The count of the attempt `id` is running, if it is running.
-    pub fn running_attempt(&self, id: TaskId) -> Option<AttemptCount> {
-        let inner = self.lock();
-        let r = &inner.entries.get(&id)?.record;
-        (r.state == TaskState::Running).then(|| AttemptCount {
-            number: r.attempts,
-            in_round: r.attempts.saturating_sub(r.revived_at).max(1),
-        })
-    }
-
     /// The record of `id` if it is in memory (tasks not finished always are).
     pub fn cached(&self, id: TaskId) -> Option<TaskRecord> {
         self.lock().entries.get(&id).map(|e| e.record.clone())
@@ -636,161 +456,6 @@ impl TaskStore {
     /// When `id` was submitted, if it is in memory.
     pub fn submitted_at(&self, id: TaskId) -> Option<SystemTime> {
         self.lock().entries.get(&id).map(|e| e.record.submitted_at)
-    }
-
-    /// Records an attempt's outcome and the verdict on it. Answers whether
-    /// a retry is this store's to run: not for an unknown task, nor for one
-    /// taken over from the broker, whose retry the broker schedules (and
-    /// may hand back here: running it from both would run it twice).
-    #[must_use = "schedule the retry only when the store keeps the task"]
-    pub fn finish(
-        &self,
-        id: TaskId,
-        outcome: Outcome,
-        plugin: Option<PluginRef>,
-        verdict: Verdict,
-    ) -> bool {
-        let mut inner = self.lock();
-        let now = SystemTime::now();
-        let Some(entry) = inner.entries.get_mut(&id) else {
-            return false;
-        };
-        let r = &mut entry.record;
-        let (state, not_before) = match verdict {
-            Verdict::Succeeded => (TaskState::Succeeded, None),
-            Verdict::Dead => (TaskState::Dead, None),
-            Verdict::Retry { after } => (TaskState::Retrying, Some(time::stored(now + after))),
-        };
-        r.state = state;
-        r.not_before = not_before;
-        r.outcome = Some(outcome.clone());
-        r.plugin = plugin.clone();
-        if state.is_finished() {
-            r.finished_at = Some(now);
-        }
-        if r.history.last().is_none_or(|a| a.ended_at.is_some()) {
-            // Finished without a start (no plugin): record the attempt anyway.
-            r.begin_attempt(now);
-        }
-        let attempt = r.history.last_mut().expect("just ensured");
-        attempt.ended_at = Some(now);
-        attempt.outcome = Some(outcome);
-        attempt.plugin = plugin;
-        self.write(Write::Finish {
-            id,
-            state,
-            attempt: attempt.clone(),
-            not_before,
-        });
-        self.events.publish(|| event(&entry.record, now));
-        if entry.one_attempt && !state.is_finished() {
-            // The broker runs the retry, on whichever host.
-            let entry = inner.entries.remove(&id).expect("looked up above");
-            for waiter in entry.waiters {
-                let _ = waiter.send(entry.record.clone());
-            }
-            return false;
-        }
-        if !state.is_finished() {
-            return true;
-        }
-        for waiter in entry.waiters.drain(..) {
-            let _ = waiter.send(entry.record.clone());
-        }
-        inner.finished.push_back(id);
-        while inner.finished.len() > self.config.max_finished_in_memory.max(1) {
-            if let Some(old) = inner.finished.pop_front() {
-                inner.entries.remove(&old);
-            }
-        }
-        false
-    }
-
-    /// Puts a task that was cut off (shutdown) or interrupted (crash) back
-    /// to `queued`.
-    pub fn requeue(&self, id: TaskId) {
-        let mut inner = self.lock();
-        if let Some(entry) = inner.entries.get_mut(&id) {
-            entry.record.state = TaskState::Queued;
-            entry.record.started_at = None;
-            self.write(Write::Requeue {
-                id,
-                not_before: None,
-            });
-            self.events
-                .publish(|| event(&entry.record, SystemTime::now()));
-        }
-    }
-
-    /// Brings a dead task back to `queued`, durably before it returns. Its
-    /// attempts stay in its history; the retry policy counts afresh from
-    /// here.
-    pub async fn retry(&self, id: TaskId) -> Result<Arc<Task>, StoreError> {
-        let in_memory = self.lock().entries.contains_key(&id);
-        let on_disk = match (&self.journal, in_memory) {
-            (Some(journal), false) => read(journal, move |j| j.get(id)).await?,
-            _ => None,
-        };
-        if let Some(journal) = &self.journal {
-            journal.health()?;
-        }
-        let (task, dead) = self.revive(id, on_disk)?;
-        // Answered once durable, like a submit: an acknowledged retry is
-        // not undone by a crash. One that did not become durable is not
-        // acknowledged, and is dead again here as it is on disk.
-        if let Some(journal) = &self.journal
-            && let Err(e) = journal.sync().await
-        {
-            let mut inner = self.lock();
-            if let Some(entry) = inner.entries.get_mut(&id) {
-                entry.record = dead;
-                inner.finished.push_back(id);
-            }
-            return Err(e.into());
-        }
-        Ok(task)
-    }
-
-    /// The in-memory half of [`TaskStore::retry`]: marks the task queued
-    /// and sends the write; returns the task and its record as it was.
-    fn revive(
-        &self,
-        id: TaskId,
-        on_disk: Option<TaskRecord>,
-    ) -> Result<(Arc<Task>, TaskRecord), StoreError> {
-        let mut inner = self.lock();
-        // Only a dead task comes into memory here: one that is not (a
-        // parked task, say) is refused and must stay where it was.
-        if let Some(record) = on_disk {
-            if record.state != TaskState::Dead {
-                return Err(StoreError::NotDead {
-                    id,
-                    state: record.state.as_str(),
-                });
-            }
-            inner
-                .entries
-                .entry(id)
-                .or_insert_with(|| Entry::new(record));
-        }
-        let entry = inner.entries.get_mut(&id).ok_or(StoreError::NotFound(id))?;
-        let r = &mut entry.record;
-        if r.state != TaskState::Dead {
-            return Err(StoreError::NotDead {
-                id,
-                state: r.state.as_str(),
-            });
-        }
-        let dead = r.clone();
-        r.state = TaskState::Queued;
-        r.revived_at = r.attempts;
-        r.not_before = None;
-        r.finished_at = None;
-        let (task, revived_at) = (r.task.clone(), r.revived_at);
-        self.events.publish(|| event(r, SystemTime::now()));
-        inner.finished.retain(|f| *f != id);
-        self.write(Write::Revive { id, revived_at });
-        Ok((task, dead))
     }
 
     /// Ids of every dead task.
@@ -971,28 +636,7 @@ fn event(record: &TaskRecord, at: SystemTime) -> TaskEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn store_settings_are_bounded() {
-        assert!(StoreConfig::default().validate().is_ok());
-        let bad = [
-            StoreConfig {
-                retention: Duration::ZERO,
-                ..Default::default()
-            },
-            StoreConfig {
-                idempotency_window: Duration::from_secs(400 * 24 * 3600),
-                ..Default::default()
-            },
-            StoreConfig {
-                max_finished_in_memory: 0,
-                ..Default::default()
-            },
-        ];
-        for config in bad {
-            assert!(config.validate().is_err(), "{config:?}");
-        }
-    }
+    use crate::task::{Outcome, Verdict};
 
     /// A broker message delivered twice while its attempt runs here is
     /// taken once: the task never runs twice at once on one host.
