@@ -286,8 +286,25 @@ async fn nothing_acknowledged_is_lost_when_the_broker_is_killed_and_restarted() 
 async fn submits_during_an_outage_are_refused_at_once_and_leave_nothing_queued()
 -> anyhow::Result<()> {
     let mut nats = NatsServer::start().await?;
-    let receiver = Receiver::start(|_| Reply::new(200, "ok")).await;
+    // "doomed" is refused for good: it dies at its first attempt.
+    let receiver = Receiver::start(|request| {
+        if request.json()["data"]["body"] == "doomed" {
+            Reply::new(400, "no")
+        } else {
+            Reply::new(200, "ok")
+        }
+    })
+    .await;
     let a = host(&nats, &receiver, "max_attempts = 5\n").await?;
+    let doomed = call(
+        &a,
+        json!({"op": "submit", "wait": true, "task": task(&receiver, "doomed")}),
+    )
+    .await?;
+    let doomed = doomed["tasks"][0]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let mut conn = a.connect().await?;
     let mut accepted = Vec::new();
     let mut refusals = Vec::new();
@@ -340,6 +357,13 @@ async fn submits_during_an_outage_are_refused_at_once_and_leave_nothing_queued()
             .any(|(_, e)| e.contains("not connected to the broker")),
         "no refusal said the broker was away: {refusals:?}"
     );
+    // A retry is refused too, and leaves the task dead (not queued with
+    // nothing to run it).
+    let retry = a.request(json!({"op": "retry", "task_id": doomed})).await?;
+    anyhow::ensure!(
+        retry["ok"] == false && retry["error"].to_string().contains("not connected"),
+        "{retry}"
+    );
     nats.restart().await?;
     // Submits are taken again once the connection is back.
     let back = Instant::now() + WAIT;
@@ -371,6 +395,8 @@ async fn submits_during_an_outage_are_refused_at_once_and_leave_nothing_queued()
             seen.get(body)
         );
     }
+    let view = call(&a, json!({"op": "task", "task_id": doomed})).await?;
+    anyhow::ensure!(view["state"] == "dead" && view["attempts"] == 1, "{view}");
     // No record stays queued with nothing to run it.
     let deadline = Instant::now() + WAIT;
     loop {
