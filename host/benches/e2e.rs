@@ -8,6 +8,8 @@
 //!    run is the baseline the webhook run is compared with.
 //!
 //! Numbers vary on a noisy 2-core machine; compare ratios within one run.
+//! The daemon's CPU time a task (from `/proc/PID/stat`) is steadier than
+//! tasks/s, since the client and receiver share the machine.
 
 use std::time::{Duration, Instant};
 
@@ -20,13 +22,51 @@ mod noop_calls;
 
 const BIN: &str = env!("CARGO_BIN_EXE_notifyhub");
 
+/// One end-to-end run's batched figures for one plugin.
+#[derive(Clone, Copy)]
+struct Load {
+    per_second: f64,
+    cpu_per_task: Duration,
+}
+
 fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(notifyhub_testkit::deadline::bench(async {
         in_process().await?;
-        end_to_end().await
+        // Another build of the daemon to compare with in the same run
+        // (copy `target/release/notifyhub` aside before changing it).
+        let Ok(baseline) = std::env::var("NOTIFYHUB_E2E_BASELINE") else {
+            end_to_end(BIN, "this build").await?;
+            return Ok(());
+        };
+        let mut runs: Vec<(&str, [Load; 2])> = Vec::new();
+        for _ in 0..2 {
+            runs.push(("baseline", end_to_end(&baseline, "baseline").await?));
+            runs.push(("this build", end_to_end(BIN, "this build").await?));
+        }
+        // Best of each: the machine's noise only ever makes a run worse.
+        let best = |name: &str, i: usize| {
+            let loads = runs.iter().filter(|(n, _)| *n == name).map(|(_, l)| l[i]);
+            let per_second = loads.clone().map(|l| l.per_second).fold(0.0, f64::max);
+            let cpu = loads.map(|l| l.cpu_per_task).min().unwrap_or_default();
+            (per_second, cpu)
+        };
+        println!("\nthis build ÷ baseline (best of 2 runs each, alternating)");
+        for (i, plugin) in ["noop", "webhook"].iter().enumerate() {
+            let (base, new) = (best("baseline", i), best("this build", i));
+            println!(
+                "  {plugin:<8} tasks/s {:>8.0} → {:>8.0} ({:.2}×)   daemon CPU a task {:>6.1} → {:>6.1} µs ({:.2}×)",
+                base.0,
+                new.0,
+                new.0 / base.0,
+                micros(base.1),
+                micros(new.1),
+                new.1.as_secs_f64() / base.1.as_secs_f64().max(1e-9)
+            );
+        }
+        Ok(())
     }))
 }
 
@@ -50,10 +90,10 @@ async fn in_process() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn end_to_end() -> anyhow::Result<()> {
+async fn end_to_end(bin: &str, label: &str) -> anyhow::Result<[Load; 2]> {
     let receiver = Receiver::start(|_| Reply::new(204, "")).await;
     let manifest = format!("allowed_hosts = [\"{}\"]\n", receiver.authority());
-    let daemon = Daemon::builder(BIN)
+    let daemon = Daemon::builder(bin)
         .plugin("noop", None)
         .plugin("webhook", Some(&manifest))
         .config("[pool]\nmin_workers = 16\nmax_workers = 64\n")
@@ -61,22 +101,59 @@ async fn end_to_end() -> anyhow::Result<()> {
         .await?;
 
     println!(
-        "\nend to end over the Unix socket (daemon: release build, 16..64 workers, durable store)"
+        "\nend to end over the Unix socket ({label}: release build, 16..64 workers, durable store)"
     );
-    let noop = run_load(&daemon, "noop", "-", 20_000, 16, 250).await?;
-    let webhook = run_load(&daemon, "webhook", &receiver.url("/bench"), 10_000, 16, 125).await?;
+    // Larger runs (for profiling): NOTIFYHUB_E2E_SCALE=10 runs ten times as many.
+    let scale: usize = std::env::var("NOTIFYHUB_E2E_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let noop = run_load(&daemon, "noop", "-", 20_000 * scale, 16, 250).await?;
+    let webhook = run_load(
+        &daemon,
+        "webhook",
+        &receiver.url("/bench"),
+        10_000 * scale,
+        16,
+        125,
+    )
+    .await?;
     anyhow::ensure!(
-        receiver.requests().len() >= 10_000,
+        receiver.requests().len() >= 10_000 * scale,
         "the receiver missed deliveries"
     );
     println!(
         "  webhook / noop throughput {:>6.2}   (the cost of a real HTTP delivery)",
-        webhook / noop
+        webhook.per_second / noop.per_second
     );
-    Ok(())
+    Ok([noop, webhook])
 }
 
-/// Prints batched throughput and single-task latency; returns tasks/s.
+/// CPU time (user and system) the process `pid` has used so far: what a
+/// delivery costs the daemon, whatever else shares the machine.
+fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        Ok(fields
+            .get(i)
+            .ok_or_else(|| anyhow::anyhow!("short /proc/{pid}/stat"))?
+            .parse()?)
+    };
+    // utime and stime are fields 14 and 15 of the line; 12 and 13 here.
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok(Duration::from_micros(
+        (ticks(11)? + ticks(12)?) * 1_000_000 / per_second,
+    ))
+}
+
+/// Prints batched throughput, the daemon's CPU time a task, and
+/// single-task latency; returns the batched figures.
 async fn run_load(
     daemon: &Daemon,
     platform: &str,
@@ -84,9 +161,10 @@ async fn run_load(
     total: usize,
     clients: usize,
     per_client: usize,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Load> {
     const BATCH: usize = 500;
     const CONNECTIONS: usize = 4;
+    let cpu_before = cpu_time(daemon.pid())?;
     let started = Instant::now();
     let mut handles = Vec::new();
     for _ in 0..CONNECTIONS {
@@ -117,6 +195,7 @@ async fn run_load(
         handle.await??;
     }
     let throughput = total as f64 / started.elapsed().as_secs_f64();
+    let cpu_per_task = (cpu_time(daemon.pid())? - cpu_before) / total as u32;
 
     let mut handles = Vec::new();
     for _ in 0..clients {
@@ -146,11 +225,15 @@ async fn run_load(
     latencies.sort();
     let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
     println!(
-        "  {platform:<8} batched {total:>6} tasks: {throughput:>9.0} tasks/s | single task, {clients} clients: p50 {:>7.3} ms  p99 {:>7.3} ms",
+        "  {platform:<8} batched {total:>6} tasks: {throughput:>9.0} tasks/s, daemon CPU {:>5.1} µs a task | single task, {clients} clients: p50 {:>7.3} ms  p99 {:>7.3} ms",
+        micros(cpu_per_task),
         millis(pct(0.50)),
         millis(pct(0.99)),
     );
-    Ok(throughput)
+    Ok(Load {
+        per_second: throughput,
+        cpu_per_task,
+    })
 }
 
 fn micros(d: Duration) -> f64 {
