@@ -164,6 +164,12 @@ const SCHEMA: &str = "
     CREATE INDEX IF NOT EXISTS tasks_by_due_time ON tasks (not_before)
         WHERE not_before IS NOT NULL AND state IN ('queued', 'running', 'retrying');
     CREATE INDEX IF NOT EXISTS tasks_by_key ON tasks (idempotency_key) WHERE idempotency_key IS NOT NULL;
+    -- What a start resumes besides what comes due: unfinished tasks without
+    -- a time. Through the state index, that read walked every task parked
+    -- for later too (all `queued`): a restart on ten million scheduled
+    -- tasks took seconds before the socket answered.
+    CREATE INDEX IF NOT EXISTS tasks_untimed ON tasks (submitted_at)
+        WHERE not_before IS NULL AND state IN ('queued', 'running', 'retrying');
     CREATE TABLE IF NOT EXISTS attempts (
         task_id TEXT NOT NULL,
         n INTEGER NOT NULL,
@@ -185,11 +191,21 @@ const DUE_BETWEEN: &str =
     WHERE not_before IS NOT NULL AND state IN ('queued', 'running', 'retrying')
       AND not_before > ?1 AND not_before <= ?2 ORDER BY not_before";
 
-/// Unfinished tasks without a time, through `tasks_by_state_time` (an OR
-/// with [`DUE_BETWEEN`] would scan the table).
+/// Unfinished tasks without a time, through their own partial index (an
+/// OR with [`DUE_BETWEEN`] would scan the table, and the state index walks
+/// the tasks parked for later too).
 const UNTIMED: &str =
     "SELECT task, state, attempts, submitted_at, not_before, idempotency_key, revived_at
-    FROM tasks WHERE state IN ('queued', 'running', 'retrying') AND not_before IS NULL";
+    FROM tasks INDEXED BY tasks_untimed
+    WHERE not_before IS NULL AND state IN ('queued', 'running', 'retrying')";
+
+/// Idempotency keys used since `?1`, read at start: through the keys'
+/// partial index, which holds only keyed tasks. Left to itself the planner
+/// takes the time index for the range and walks every task of the window
+/// (a restart on millions of tasks without keys spent its time there).
+const KEYS_SINCE: &str =
+    "SELECT idempotency_key, id, submitted_at FROM tasks INDEXED BY tasks_by_key
+    WHERE idempotency_key IS NOT NULL AND submitted_at >= ?1";
 
 /// The statement [`Journal::list`] runs for a filter: one per filter, so
 /// each is answered from an index in `LIMIT` steps.
@@ -355,10 +371,7 @@ impl Journal {
         since: SystemTime,
     ) -> Result<Vec<(String, TaskId, SystemTime)>, JournalError> {
         let conn = self.reader();
-        let mut stmt = conn.prepare(
-            "SELECT idempotency_key, id, submitted_at FROM tasks
-             WHERE idempotency_key IS NOT NULL AND submitted_at >= ?1",
-        )?;
+        let mut stmt = conn.prepare(KEYS_SINCE)?;
         let rows = stmt.query_map([millis(since)], |row| {
             Ok((
                 row.get::<_, String>(0)?,
@@ -644,6 +657,7 @@ mod tests {
         let mut statements = vec![
             DUE_BETWEEN.to_owned(),
             UNTIMED.to_owned(),
+            KEYS_SINCE.to_owned(),
             "SELECT task FROM tasks WHERE id = ?1".to_owned(),
             "SELECT n FROM attempts WHERE task_id = ?1 ORDER BY n".to_owned(),
         ];
@@ -653,14 +667,18 @@ mod tests {
             }
         }
         // Listing every task walks the time index newest first, and stops
-        // at the limit; every other read seeks.
+        // at the limit; a start walks the partial indexes that hold only
+        // what it reads (unfinished untimed tasks, keyed tasks); every
+        // other read seeks.
         let unfiltered = list_statement(false, false);
         for sql in statements {
             let plan = plan(&conn, &sql);
             assert!(!plan.is_empty(), "{sql}");
             for step in &plan {
                 let seeks = step.starts_with("SEARCH")
-                    || (sql == unfiltered && step == "SCAN tasks USING INDEX tasks_by_time");
+                    || (sql == unfiltered && step == "SCAN tasks USING INDEX tasks_by_time")
+                    || (sql == UNTIMED && step == "SCAN tasks USING INDEX tasks_untimed")
+                    || (sql == KEYS_SINCE && step == "SCAN tasks USING INDEX tasks_by_key");
                 assert!(seeks && !step.contains("TEMP B-TREE"), "{sql}\n{plan:?}");
             }
         }
@@ -669,6 +687,12 @@ mod tests {
                 .iter()
                 .any(|s| s.contains("tasks_by_due_time")),
             "unparking reads the due index"
+        );
+        assert!(
+            plan(&conn, UNTIMED)
+                .iter()
+                .all(|s| s.contains("tasks_untimed")),
+            "a start reads the untimed index, not every queued task"
         );
     }
 }
