@@ -1,5 +1,7 @@
-//! A backlog of scheduled tasks: submit rate, resident memory, and how fast
-//! `task` and `tasks` answer with the backlog on disk. Run with `cargo xtask
+//! A backlog of scheduled tasks: submit rate, resident memory, how fast
+//! `task` and `tasks` answer with the backlog on disk, and how long a
+//! restart on it takes until the daemon answers (against its first start,
+//! on an empty store). Run with `cargo xtask
 //! bench` (1,000,000 tasks) or, for ten million,
 //! `NOTIFYHUB_BACKLOG_TASKS=10000000 cargo bench -p notifyhub --bench backlog`.
 //!
@@ -51,6 +53,11 @@ fn main() -> anyhow::Result<()> {
             ms(parked.list_p50)
         );
         println!(
+            "  restart on the backlog until it answers and serves: {:.0} ms (on an empty store: {:.0} ms; goal ≤ 100 ms)",
+            ms(parked.restart),
+            ms(parked.empty_start)
+        );
+        println!(
             "memory per task, parked / in memory: {:.3}; resident at the end / at start: {:.2} (goal: < 200 MiB at 10 M)",
             parked.bytes_per_task() / baseline.bytes_per_task(),
             parked.rss_end_kib as f64 / parked.rss_start_kib as f64
@@ -64,6 +71,10 @@ fn ms(d: Duration) -> f64 {
 }
 
 struct Run {
+    /// From spawning the daemon on an empty store until it answers and its
+    /// plugins serve; `restart`: the same on the backlog.
+    empty_start: Duration,
+    restart: Duration,
     tasks: usize,
     rate: f64,
     rss_start_kib: u64,
@@ -85,7 +96,9 @@ async fn run(tasks: usize, horizon: Option<&str>) -> anyhow::Result<Run> {
     if let Some(horizon) = horizon {
         builder = builder.config(&format!("[store]\nmemory_horizon = \"{horizon}\"\n"));
     }
-    let daemon = builder.start().await?;
+    let starting = Instant::now();
+    let mut daemon = builder.start().await?;
+    let empty_start = starting.elapsed();
     let rss_start_kib = daemon.memory_kib("VmRSS")?;
     let started = Instant::now();
     let mut clients = Vec::new();
@@ -126,7 +139,13 @@ async fn run(tasks: usize, horizon: Option<&str>) -> anyhow::Result<Run> {
     )
     .await?;
     let list_p50 = p50(&daemon, json!({"op": "tasks", "limit": 10})).await?;
+    daemon.terminate()?;
+    let restarting = Instant::now();
+    daemon.restart().await?;
+    let restart = restarting.elapsed();
     Ok(Run {
+        empty_start,
+        restart,
         tasks: submitted,
         rate,
         rss_start_kib,
