@@ -108,6 +108,10 @@ async fn end_to_end(bin: &str, label: &str) -> anyhow::Result<[Load; 2]> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
+    let first = daemon
+        .deliver(json!({"platform": "noop", "target": "-", "body": "first"}))
+        .await?;
+    let first = first["id"].as_str().unwrap_or_default().to_string();
     let noop = run_load(&daemon, "noop", "-", 20_000 * scale, 16, 250).await?;
     let webhook = run_load(
         &daemon,
@@ -125,6 +129,24 @@ async fn end_to_end(bin: &str, label: &str) -> anyhow::Result<[Load; 2]> {
     println!(
         "  webhook / noop throughput {:>6.2}   (the cost of a real HTTP delivery)",
         webhook.per_second / noop.per_second
+    );
+    // What the finished tasks cost in memory, and whether one finished
+    // long ago is still quick to look up.
+    let mut conn = Conn::connect(daemon.socket()).await?;
+    let mut lookups = Vec::new();
+    for _ in 0..50 {
+        let started = Instant::now();
+        conn.send(&json!({"op": "task", "task_id": first})).await?;
+        let answer = conn.recv().await?;
+        anyhow::ensure!(answer["result"]["state"] == "succeeded", "{answer}");
+        lookups.push(started.elapsed());
+    }
+    lookups.sort();
+    println!(
+        "  after {} tasks: resident {} MiB; `task` on the first one p50 {:.3} ms",
+        30_000 * scale + 1 + 16 * (250 + 125),
+        daemon.memory_kib("VmRSS")? / 1024,
+        lookups[lookups.len() / 2].as_secs_f64() * 1e3
     );
     Ok([noop, webhook])
 }

@@ -20,7 +20,9 @@ pub struct StoreConfig {
     /// returns the first task.
     #[serde(with = "humantime_serde")]
     pub idempotency_window: Duration,
-    /// Finished tasks kept in memory for fast look-ups.
+    /// Finished tasks kept in memory for fast look-ups. With the durable
+    /// store, older ones are read from the journal (an index read, well
+    /// under a millisecond); with the memory store they are gone.
     pub max_finished_in_memory: usize,
     /// A task scheduled further ahead than this is kept only in the
     /// journal (durable store) and read back shortly before it is due, so
@@ -43,7 +45,7 @@ impl Default for StoreConfig {
             mode: StoreMode::Durable,
             retention: Duration::from_secs(7 * 24 * 3600),
             idempotency_window: Duration::from_secs(24 * 3600),
-            max_finished_in_memory: 100_000,
+            max_finished_in_memory: 10_000,
             memory_horizon: Duration::from_secs(60),
         }
     }
