@@ -7,10 +7,12 @@
 //!
 //! In one run:
 //! 1. Against one local HTTP receiver that answers at once: Apprise sending
-//!    JSON webhooks (`json://`) from 1 and from 8 threads, and the real
-//!    daemon with its default config delivering the same number of webhooks
-//!    through the `webhook` plugin (submitted in batches of 1,000 over 4
-//!    connections, timed until the receiver has them all).
+//!    JSON webhooks (`json://`) from 1 and from 8 threads, the real daemon
+//!    with its default config delivering webhooks through the `webhook`
+//!    plugin (submitted in batches of 1,000 over 4 connections, timed until
+//!    the receiver has them all), and the ceiling: a plain keep-alive HTTP
+//!    client (hyper, 64 connections) posting the body the plugin sent, as
+//!    fast as the receiver takes it.
 //! 2. The `noop` plugin's logic hosted by Extism (a plain
 //!    `wasm32-unknown-unknown` module taking JSON) and by notifyhub's
 //!    executor (the component), each with a fresh instance per call and
@@ -35,6 +37,8 @@ const APPRISE_COUNT: usize = 2_000;
 const NOTIFYHUB_COUNT: usize = 20_000;
 const BATCH: usize = 1_000;
 const CONNECTIONS: usize = 4;
+const CEILING_COUNT: usize = 50_000;
+const CEILING_CONNECTIONS: usize = 64;
 
 fn main() -> anyhow::Result<()> {
     let python = from_env("NOTIFYHUB_APPRISE_PYTHON")?;
@@ -48,11 +52,18 @@ fn main() -> anyhow::Result<()> {
         let one = apprise(&python, &receiver, 1).await?;
         let eight = apprise(&python, &receiver, 8).await?;
         let ours = notifyhub(&receiver).await?;
+        let sent = receiver
+            .requests()
+            .last()
+            .map(|r| r.body.clone())
+            .context("notifyhub delivered nothing")?;
+        let limit = ceiling(&receiver, sent).await?;
         let best = one.max(eight);
         let rows = [
             ("Apprise, 1 thread", one),
             ("Apprise, 8 threads", eight),
             ("notifyhub, default config", ours),
+            ("plain keep-alive client", limit),
         ];
         println!("JSON webhooks to one local receiver (deliveries/s, this run)\n");
         for (name, rate) in rows {
@@ -64,6 +75,10 @@ fn main() -> anyhow::Result<()> {
         println!(
             "\nnotifyhub / Apprise's best: {:.1} (goal ≥ 30)",
             ours / best
+        );
+        println!(
+            "notifyhub / a plain keep-alive client to the same receiver: {:.2} (goal ≥ 0.5)",
+            ours / limit
         );
 
         let theirs = extism(&extism_runner, &extism_plugin).await?;
@@ -201,6 +216,46 @@ async fn notifyhub(receiver: &Receiver) -> anyhow::Result<f64> {
         .wait_for(before + NOTIFYHUB_COUNT, Duration::from_secs(120))
         .await?;
     Ok(NOTIFYHUB_COUNT as f64 / started.elapsed().as_secs_f64())
+}
+
+/// A plain keep-alive HTTP client's rate to the same receiver, posting
+/// `body` (what the webhook plugin sent): the most any sender gets from
+/// this receiver on this machine.
+async fn ceiling(receiver: &Receiver, body: bytes::Bytes) -> anyhow::Result<f64> {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<bytes::Bytes>>();
+    let uri: hyper::Uri = receiver.url("/ceiling").parse()?;
+    let before = receiver.count();
+    let started = Instant::now();
+    let mut senders = Vec::new();
+    for _ in 0..CEILING_CONNECTIONS {
+        let (client, uri, body) = (client.clone(), uri.clone(), body.clone());
+        senders.push(tokio::spawn(async move {
+            for _ in 0..CEILING_COUNT / CEILING_CONNECTIONS {
+                let request = hyper::Request::post(uri.clone())
+                    .header("content-type", "application/json")
+                    .body(Full::new(body.clone()))?;
+                let response = client.request(request).await?;
+                anyhow::ensure!(response.status().is_success(), "{}", response.status());
+                response.into_body().collect().await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for sender in senders {
+        sender.await??;
+    }
+    let rate = CEILING_COUNT as f64 / started.elapsed().as_secs_f64();
+    let sent = CEILING_COUNT / CEILING_CONNECTIONS * CEILING_CONNECTIONS;
+    anyhow::ensure!(
+        receiver.count() - before == sent,
+        "the receiver took {} of {sent}",
+        receiver.count() - before
+    );
+    Ok(rate)
 }
 
 fn table(rows: &[(&str, f64)], best: f64) -> String {
