@@ -180,6 +180,9 @@ pub struct Broker {
     hosts: hosts::Hosts,
     /// This host's name among the hosts.
     name: String,
+    /// Counts the connections made after the first: a pull request sent
+    /// before one is gone with the old connection (see `pull`).
+    reconnects: tokio::sync::watch::Sender<u64>,
 }
 
 fn setup(what: &str) -> impl Fn(String) -> BrokerError + '_ {
@@ -255,13 +258,26 @@ impl Broker {
             error,
         };
         let logged_url = crate::redact::target(&url);
+        let reconnects = tokio::sync::watch::Sender::new(0u64);
+        let counted = reconnects.clone();
         let mut options = async_nats::ConnectOptions::new()
             .name("notifyhub")
             .connection_timeout(Duration::from_secs(5))
+            // Back off as the client does (2 ms, doubling), but to at most
+            // RECONNECT_EVERY rather than its 4 s: submits are refused
+            // until the connection is back, so a broker that returns after
+            // a 2 s restart should be found within half a second, not two.
+            .reconnect_delay_callback(|attempts| {
+                let doubled = 2u64.saturating_pow(attempts.min(16) as u32);
+                Duration::from_millis(doubled).min(RECONNECT_EVERY)
+            })
             // An operator sees the broker go and come back in the log:
             // submits are refused `unavailable` meanwhile.
             .event_callback(move |event| {
                 let url = logged_url.clone();
+                if matches!(event, async_nats::Event::Connected) {
+                    counted.send_modify(|n| *n += 1);
+                }
                 async move { log_event(&url, event) }
             });
         if let Some(path) = &config.credentials {
@@ -298,6 +314,7 @@ impl Broker {
             url,
             version: info.version,
             js,
+            reconnects,
         };
         broker.set_up_work_stream().await?;
         broker
@@ -594,6 +611,9 @@ pub enum RetryRefused {
     NotFound,
     NotDead(TaskState),
 }
+
+/// The longest wait between attempts to reach a broker that went away.
+const RECONNECT_EVERY: Duration = Duration::from_millis(500);
 
 /// How long [`settle`] keeps trying.
 const SETTLE_FOR: Duration = Duration::from_secs(3600);

@@ -29,7 +29,8 @@ use async_nats::{StatusCode, Subscriber};
 use futures_util::StreamExt;
 
 /// How much longer than a request's expiry to wait for its end before
-/// taking it as lost (the server restarted, the connection dropped).
+/// taking it as lost. A request lost with the connection is known sooner:
+/// the puller re-asks as soon as the client has reconnected.
 const GRACE: Duration = Duration::from_secs(5);
 
 /// A consumer's pulls, over one subscription.
@@ -40,6 +41,9 @@ pub struct Puller {
     subscriber: Subscriber,
     /// Number of the request under way; replies to it end in `.{current}`.
     current: u64,
+    /// Changes when the client reconnects: the server forgot every pull
+    /// request of the old connection.
+    reconnects: tokio::sync::watch::Receiver<u64>,
 }
 
 /// What a pull yields.
@@ -51,7 +55,11 @@ pub enum Pulled {
 }
 
 impl Puller {
-    pub async fn new(js: jetstream::Context, consumer: PullConsumer) -> Result<Puller, String> {
+    pub async fn new(
+        js: jetstream::Context,
+        consumer: PullConsumer,
+        reconnects: tokio::sync::watch::Receiver<u64>,
+    ) -> Result<Puller, String> {
         let client = js.client();
         let inbox = client.new_inbox();
         let subscriber = client
@@ -64,6 +72,7 @@ impl Puller {
             inbox,
             subscriber,
             current: 0,
+            reconnects,
         })
     }
 
@@ -71,6 +80,7 @@ impl Puller {
     /// `wait`, or with `None` only for those already there.
     pub async fn ask(&mut self, count: usize, wait: Option<Duration>) -> Result<(), String> {
         self.current += 1;
+        self.reconnects.mark_unchanged();
         let request = BatchConfig {
             batch: count,
             expires: wait,
@@ -92,6 +102,8 @@ impl Puller {
         loop {
             let message = tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => return Ok(Pulled::Over),
+                // Gone with the old connection: ask again at once.
+                Ok(()) = self.reconnects.changed() => return Ok(Pulled::Over),
                 message = self.subscriber.next() => message.ok_or("the subscription ended")?,
             };
             let asked = message.subject.ends_with(current.as_str());

@@ -216,7 +216,12 @@ async fn consume(
     stop: CancellationToken,
 ) -> Result<(), String> {
     let consumer = consumer(host, platform).await?;
-    let mut puller = Puller::new(host.broker.js.clone(), consumer).await?;
+    let mut puller = Puller::new(
+        host.broker.js.clone(),
+        consumer,
+        host.broker.reconnects.subscribe(),
+    )
+    .await?;
     tracing::info!(%platform, "taking work from the broker");
     let taking = take_work(host, platform, permits, &stop, &mut puller).await;
     if taking.is_ok() {
