@@ -11,7 +11,10 @@
 //!
 //! - **CPU left idle** (machine-wide busy below [`SATURATED`]): workers are
 //!   waiting, not computing, so the limit is open — the pool grows with the
-//!   backlog up to `max_workers`;
+//!   backlog up to `max_workers`. A limit found by climbing opens again only
+//!   after [`REOPEN_AFTER`] such windows in a row: one quiet window on a
+//!   saturated machine (a pause in the load, a burst of slow answers) must
+//!   not swing the pool from a few dozen workers to hundreds and back;
 //! - **CPU saturated**: it climbs — from four workers per core, doubling
 //!   each window — for as long as each step raises completed tasks per
 //!   second by at least [`GAIN`]. The first step that does not is undone,
@@ -40,6 +43,8 @@ pub const SATURATED: f64 = 0.85;
 pub const GAIN: f64 = 1.05;
 /// How long a settled limit holds before it probes upward again.
 pub const SETTLE: Duration = Duration::from_secs(10);
+/// Windows in a row with CPU to spare before a found limit opens again.
+pub const REOPEN_AFTER: u32 = 4;
 
 /// What the pool looked like when a window closed or opened.
 #[derive(Debug, Clone, Copy)]
@@ -80,6 +85,8 @@ pub struct ConcurrencyLimit {
     window: Option<Reading>,
     /// Whether every reading since the window opened had a backlog.
     backlogged: bool,
+    /// Windows in a row, with tasks waiting, that left CPU to spare.
+    unsaturated: u32,
 }
 
 impl ConcurrencyLimit {
@@ -92,6 +99,7 @@ impl ConcurrencyLimit {
             state: State::Open,
             window: None,
             backlogged: true,
+            unsaturated: 0,
         }
     }
 
@@ -140,12 +148,20 @@ impl ConcurrencyLimit {
             if self.state == State::Open {
                 return None;
             }
+            self.unsaturated += 1;
+            if self.unsaturated < REOPEN_AFTER {
+                return None;
+            }
+            self.unsaturated = 0;
             self.state = State::Open;
             return self.change(
                 self.max,
-                format!("CPU {percent} busy with tasks waiting: the work waits on I/O, so concurrency follows demand"),
+                format!(
+                    "CPU {percent} busy with tasks waiting, {REOPEN_AFTER} windows in a row: the work waits on I/O, so concurrency follows demand"
+                ),
             );
         }
+        self.unsaturated = 0;
         match self.state {
             State::Open => {
                 self.state = State::Climbing { previous: None };
@@ -299,11 +315,33 @@ mod tests {
         limit.observe(run.reading(64, 3000.0, 0.99, true));
         limit.observe(run.reading(64, 3000.0, 0.99, true));
         assert_eq!(limit.get(), 8);
+        for _ in 1..REOPEN_AFTER {
+            assert_eq!(limit.observe(run.reading(8, 40.0, 0.1, true)), None);
+        }
         let change = limit
             .observe(run.reading(8, 40.0, 0.1, true))
             .expect("opens");
         assert_eq!(change.limit, 512, "{}", change.reason);
         assert!(!limit.is_adaptive());
+    }
+
+    /// A quiet window now and then on a saturated machine (under a CPU
+    /// quota the machine-wide figure can dip, or the load pauses) leaves
+    /// the limit where it is: no swing to `max_workers` and back.
+    #[test]
+    fn single_quiet_windows_do_not_reopen_the_limit() {
+        let mut limit = ConcurrencyLimit::new(4, 512, 2);
+        let mut run = Run::new();
+        limit.observe(run.reading(64, 3000.0, 0.99, true));
+        limit.observe(run.reading(64, 3000.0, 0.99, true));
+        let found = limit.get();
+        for i in 0..40 {
+            let busy = if i % REOPEN_AFTER == 0 { 0.5 } else { 0.99 };
+            if let Some(change) = limit.observe(run.reading(found, 3000.0, busy, true)) {
+                assert!(change.limit < 512, "reopened: {}", change.reason);
+            }
+        }
+        assert!(limit.is_adaptive());
     }
 
     #[test]
