@@ -260,6 +260,7 @@ mod tests {
                 cpu: Some(CpuTimes {
                     busy: self.busy,
                     total: self.total,
+                    quota: None,
                 }),
                 workers,
                 backlog,

@@ -330,7 +330,11 @@ mod tests {
     /// and the machine's CPU counters at `busy` of `total` ticks.
     fn loaded(at: Instant, busy_for: Duration, busy: u64, total: u64) -> Sample {
         Sample {
-            cpu: Some(CpuTimes { busy, total }),
+            cpu: Some(CpuTimes {
+                busy,
+                total,
+                quota: None,
+            }),
             busy_for: Some(busy_for),
             ..sample(at, 2000, 4, 4)
         }
