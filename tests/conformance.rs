@@ -3,12 +3,14 @@
 //! that platform's published rules (size, escaping, allowed tags, required
 //! fields, single headers, mentions); a request that breaks one is answered
 //! the way the platform would refuse it, and recorded. Adding a platform
-//! means adding one row to [`PLATFORMS`].
+//! means adding one row to [`PLATFORMS`]. E-mail over SMTP goes to a real
+//! relay instead, and each message is judged as a mail client reads it.
 
 use std::sync::{Arc, Mutex};
 
 use notifyhub_testkit::daemon::Daemon;
 use notifyhub_testkit::receiver::{Receiver, Recorded, Reply};
+use notifyhub_testkit::smtp::{Received, RelayTls, SmtpRelay};
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_notifyhub");
@@ -102,6 +104,38 @@ const PLATFORMS: &[Platform] = &[
         path: |p| p == "/1/messages.json",
         check: pushover,
         ok: || Reply::json(200, json!({"status": 1, "request": "r"})),
+    },
+    Platform {
+        name: "pagerduty",
+        manifest: "[config]\napi_url = \"{base}/v2/enqueue\"\n",
+        target: |_| "R0UT1NGKEY0123456789abcdefABCDEF".into(),
+        path: |p| p == "/v2/enqueue",
+        check: pagerduty,
+        ok: || Reply::json(202, json!({"status": "success", "message": "Event processed", "dedup_key": "k"})),
+    },
+    Platform {
+        name: "matrix",
+        manifest: "[config]\nhomeserver = \"{base}\"\naccess_token = \"syt_token\"\n",
+        target: |_| "!room:example.org".into(),
+        path: |p| p.starts_with("/_matrix/client/v3/rooms/"),
+        check: matrix,
+        ok: || Reply::json(200, json!({"event_id": "$event"})),
+    },
+    Platform {
+        name: "mastodon",
+        manifest: "[config]\naccess_token = \"tok\"\n",
+        target: |r| r.url(""),
+        path: |p| p == "/api/v1/statuses",
+        check: mastodon,
+        ok: || Reply::json(200, json!({"id": "109", "url": "https://example.social/@a/109"})),
+    },
+    Platform {
+        name: "twilio",
+        manifest: "[config]\naccount_sid = \"AC123\"\nauth_token = \"tok\"\nfrom = \"+15550006666\"\napi_url = \"{base}\"\n",
+        target: |_| "+15551234567".into(),
+        path: |p| p == "/2010-04-01/Accounts/AC123/Messages.json",
+        check: twilio,
+        ok: || Reply::json(201, json!({"sid": "SM1", "status": "queued"})),
     },
     Platform {
         name: "email",
@@ -258,10 +292,14 @@ async fn every_shipped_plugin_has_an_example_manifest_naming_every_key_it_reads(
         let manifest = p.manifest.replace("{base}", "http://127.0.0.1:9");
         builder = builder.plugin(p.name, Some(&manifest));
     }
+    builder = builder.plugin(
+        "smtp",
+        Some("[config]\nrelay = \"127.0.0.1:9\"\nfrom = \"a@example.org\"\n"),
+    );
     let daemon = builder.start().await?;
     let plugins = daemon.request(json!({"op": "plugins"})).await?;
     let loaded = plugins["result"]["plugins"].as_array().unwrap();
-    anyhow::ensure!(loaded.len() == PLATFORMS.len(), "{plugins}");
+    anyhow::ensure!(loaded.len() == PLATFORMS.len() + 1, "{plugins}");
     let examples = notifyhub_testkit::repo_root().join("examples/plugins");
     for plugin in loaded {
         let name = plugin["name"].as_str().unwrap();
@@ -277,6 +315,105 @@ async fn every_shipped_plugin_has_an_example_manifest_naming_every_key_it_reads(
                 "{} does not show the key `{key}`",
                 path.display()
             );
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_sends_messages_a_mail_client_reads_whatever_the_input() -> anyhow::Result<()> {
+    let relay = SmtpRelay::start(RelayTls::Starttls, Some(("nh", "pw"))).await?;
+    let manifest = format!(
+        "allowed_hosts = [\"localhost:{port}\"]\n[config]\nrelay = \"localhost:{port}\"\n\
+         from = \"alerts@example.org\"\nfrom_name = \"Ops ✓ \\\"on call\\\"\"\nusername = \"nh\"\n\
+         [secrets]\npassword = {{ env = \"TEST_SMTP_PASSWORD\" }}\n[smtp]\nca_file = \"{ca}\"\n",
+        port = relay.port(),
+        ca = relay.ca_file().display()
+    );
+    let daemon = Daemon::builder(BIN)
+        .plugin("smtp", Some(&manifest))
+        .env("TEST_SMTP_PASSWORD", "pw")
+        .start()
+        .await?;
+    let mut tasks = Vec::new();
+    for (_, title, body) in inputs() {
+        for format in ["text", "markdown", "html"] {
+            let mut task = json!({"platform": "smtp", "target": "ops@example.org", "body": body, "format": format});
+            if let Some(title) = &title {
+                task["title"] = json!(title);
+            }
+            tasks.push(task);
+        }
+    }
+    let r = daemon
+        .request(json!({"op": "submit", "wait": true, "tasks": tasks}))
+        .await?;
+    anyhow::ensure!(r["ok"] == true, "{r}");
+    let failed: Vec<String> = r["result"]["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["state"] != "succeeded")
+        .map(|t| t["outcome"].to_string())
+        .collect();
+    anyhow::ensure!(failed.is_empty(), "{}", failed.join("\n"));
+    let received = relay.messages();
+    anyhow::ensure!(received.len() == tasks.len(), "{} of {}", received.len(), tasks.len());
+    let broken: Vec<String> = received
+        .iter()
+        .zip(&tasks)
+        .filter_map(|(mail, task)| mail_rules(mail, task).err())
+        .collect();
+    anyhow::ensure!(broken.is_empty(), "rules broken:\n{}", broken.join("\n"));
+    Ok(())
+}
+
+/// What a mail client and the relays between (RFC 5321, 5322, 2045–2047)
+/// require of a message.
+fn mail_rules(mail: &Received, task: &Value) -> Result<(), String> {
+    let label = format!("smtp ({})", task["format"]);
+    let (head, _) = mail
+        .data
+        .split_once("\r\n\r\n")
+        .ok_or(format!("{label}: no blank line after the headers"))?;
+    if !head.is_ascii() {
+        return Err(format!("{label}: a header is not ASCII"));
+    }
+    for name in ["subject", "from", "to", "date", "message-id", "mime-version"] {
+        let n = head
+            .split("\r\n")
+            .filter(|l| l.split(':').next().is_some_and(|k| k.eq_ignore_ascii_case(name)))
+            .count();
+        if n != 1 {
+            return Err(format!("{label}: {n} `{name}` headers"));
+        }
+    }
+    if let Some(line) = mail.data.split("\r\n").find(|l| l.len() > 998) {
+        return Err(format!("{label}: a line of {} octets", line.len()));
+    }
+    let parsed = mail_parser::MessageParser::default()
+        .parse(mail.data.as_bytes())
+        .ok_or(format!("{label}: not a message"))?;
+    let subject = parsed.subject().unwrap_or_default();
+    if subject.trim().is_empty() || subject.contains(['\r', '\n']) || subject.chars().count() > 200 {
+        return Err(format!("{label}: subject {subject:?}"));
+    }
+    let from = parsed.from().and_then(|f| f.first());
+    if from.and_then(|f| f.name()) != Some("Ops ✓ \"on call\"") {
+        return Err(format!("{label}: From {:?}", parsed.from()));
+    }
+    if parsed.body_text(0).is_none_or(|t| t.trim().is_empty()) {
+        return Err(format!("{label}: no text part"));
+    }
+    if task["format"] != "text" {
+        let html = parsed
+            .body_html(0)
+            .ok_or(format!("{label}: no text/html alternative"))?;
+        let lower = html.to_ascii_lowercase();
+        for bad in ["<script", "href=\"javascript:", " onerror=", " onclick=", "<style", "<iframe"] {
+            if lower.contains(bad) {
+                return Err(format!("{label}: `{bad}` in the HTML part"));
+            }
         }
     }
     Ok(())
@@ -384,11 +521,12 @@ fn html_subset(what: &str, html: &str, allowed: &[&str]) -> Result<(), String> {
         if !allowed.contains(&name.as_str()) {
             return Err(format!("{what}: tag <{tag}> is not allowed"));
         }
+        // Void elements (`<br>`, `<hr>`) have no end tag.
         if closing {
             if open.pop().as_deref() != Some(name.as_str()) {
                 return Err(format!("{what}: </{name}> closes nothing open"));
             }
-        } else {
+        } else if !matches!(name.as_str(), "br" | "hr") {
             open.push(name);
         }
         rest = &after[gt + 1..];
@@ -570,6 +708,120 @@ fn teams(req: &Recorded) -> Result<(), String> {
     for block in blocks {
         non_empty("TextBlock", string(&block["text"], "TextBlock text")?)?;
     }
+    Ok(())
+}
+
+/// The Matrix spec: `PUT …/rooms/{id}/send/m.room.message/{txn}` with the
+/// room id percent-encoded, a bearer token, an event under 65,536 bytes,
+/// and `org.matrix.custom.html` only in the recommended tag subset.
+fn matrix(req: &Recorded) -> Result<(), String> {
+    if req.method != "PUT" {
+        return Err(format!("method {}", req.method));
+    }
+    let path = req.path.split('?').next().unwrap_or_default();
+    let rest = path
+        .strip_prefix("/_matrix/client/v3/rooms/%21room%3Aexample.org/send/m.room.message/")
+        .ok_or(format!("path {path}"))?;
+    non_empty("transaction id", rest)?;
+    if req.header("authorization") != Some("Bearer syt_token") {
+        return Err("M_MISSING_TOKEN".into());
+    }
+    at_most("event (bytes)", req.body.len(), 65_536)?;
+    let doc = json_body(req)?;
+    if doc["msgtype"] != "m.notice" || !doc["m.mentions"].is_object() {
+        return Err(format!("msgtype {} / m.mentions {}", doc["msgtype"], doc["m.mentions"]));
+    }
+    non_empty("body", string(&doc["body"], "body")?)?;
+    if let Some(html) = doc["formatted_body"].as_str() {
+        if doc["format"] != "org.matrix.custom.html" {
+            return Err(format!("format {}", doc["format"]));
+        }
+        html_subset(
+            "formatted_body",
+            html,
+            &["b", "strong", "i", "em", "u", "s", "a", "code", "pre", "blockquote", "p", "br",
+              "ul", "ol", "li", "h1", "h2", "h3", "h4", "h5", "h6", "hr"],
+        )?;
+    }
+    Ok(())
+}
+
+/// Mastodon: a form with `status` (≤ 500 characters, the stock limit) and
+/// `visibility`, a bearer token, an `Idempotency-Key`; no `@name` in the
+/// text, which would mention and notify an account.
+fn mastodon(req: &Recorded) -> Result<(), String> {
+    if req.header("authorization") != Some("Bearer tok") {
+        return Err("The access token is invalid".into());
+    }
+    non_empty("idempotency-key", req.header("idempotency-key").unwrap_or_default())?;
+    let status = req.form("status").unwrap_or_default();
+    non_empty("status", &status)?;
+    at_most("status (characters)", status.chars().count(), 500)?;
+    let chars: Vec<char> = status.chars().collect();
+    if let Some(i) = chars
+        .windows(2)
+        .position(|w| w[0] == '@' && (w[1].is_alphanumeric() || w[1] == '_'))
+    {
+        return Err(format!("a mention at character {i}"));
+    }
+    let visibility = req.form("visibility").unwrap_or_default();
+    if !["public", "unlisted", "private", "direct"].contains(&visibility.as_str()) {
+        return Err(format!("visibility {visibility:?}"));
+    }
+    Ok(())
+}
+
+/// Twilio Messages: a form with `To`, `From` and `Body` (≤ 1,600
+/// characters), basic auth; and at most 10 segments as carriers count them:
+/// GSM-7 160 or 153 per part (`^{}\\[~]|€` cost two), else UCS-2 70 or 67
+/// UTF-16 units per part.
+fn twilio(req: &Recorded) -> Result<(), String> {
+    // base64("AC123:tok")
+    if req.header("authorization") != Some("Basic QUMxMjM6dG9r") {
+        return Err("20003 Authenticate".into());
+    }
+    if req.form("To").as_deref() != Some("+15551234567")
+        || req.form("From").as_deref() != Some("+15550006666")
+    {
+        return Err("21211 Invalid 'To' or 'From' Phone Number".into());
+    }
+    let body = req.form("Body").unwrap_or_default();
+    non_empty("Body", &body)?;
+    at_most("Body (characters)", body.chars().count(), 1600)?;
+    let basic = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà";
+    let extended = "^{}\\[~]|€\u{c}";
+    let gsm = body.chars().all(|c| basic.contains(c) || extended.contains(c));
+    let segments = if gsm {
+        let septets: usize = body.chars().map(|c| if extended.contains(c) { 2 } else { 1 }).sum();
+        if septets <= 160 { 1 } else { septets.div_ceil(153) }
+    } else {
+        let units: usize = body.chars().map(char::len_utf16).sum();
+        if units <= 70 { 1 } else { units.div_ceil(67) }
+    };
+    at_most("segments", segments, 10)
+}
+
+/// PagerDuty Events API v2: a trigger needs `routing_key`, `event_action`,
+/// and a payload with `summary` (≤ 1024 characters), `source` and one of
+/// four severities; `dedup_key` is at most 255 characters.
+fn pagerduty(req: &Recorded) -> Result<(), String> {
+    let doc = json_body(req)?;
+    non_empty("routing_key", string(&doc["routing_key"], "routing_key")?)?;
+    if doc["event_action"] != "trigger" {
+        return Err(format!("event_action {}", doc["event_action"]));
+    }
+    let dedup = string(&doc["dedup_key"], "dedup_key")?;
+    at_most("dedup_key (bytes)", dedup.len(), 255)?;
+    let payload = &doc["payload"];
+    let summary = string(&payload["summary"], "payload.summary")?;
+    non_empty("payload.summary", summary)?;
+    at_most("payload.summary (characters)", summary.chars().count(), 1024)?;
+    non_empty("payload.source", string(&payload["source"], "payload.source")?)?;
+    let severity = string(&payload["severity"], "payload.severity")?;
+    if !["critical", "error", "warning", "info"].contains(&severity) {
+        return Err(format!("severity {severity:?}"));
+    }
+    at_most("event (bytes)", req.body.len(), 512 * 1024)?;
     Ok(())
 }
 

@@ -1,11 +1,14 @@
-//! Host-side bindings for the `notifyhub:plugin/plugin` world (`wit/plugin.wit`).
+//! Host-side bindings for the `notifyhub:plugin/mailer` world (`wit/plugin.wit`):
+//! the `plugin` world plus SMTP (`wit/deps/notifyhub-smtp`). The host links the
+//! superset; a plugin that does not import SMTP links as before.
 //!
 //! WASI interfaces are mapped onto wasmtime-wasi's and wasmtime-wasi-http's
 //! own bindings, so the linker can serve them from those crates.
 
 wasmtime::component::bindgen!({
     path: "../wit",
-    world: "notifyhub:plugin/plugin",
+    world: "notifyhub:plugin/mailer",
+    imports: { "notifyhub:smtp/client.send": async },
     exports: { default: async },
     with: {
         "wasi:io": wasmtime_wasi::p2::bindings::io,
@@ -19,3 +22,9 @@ wasmtime::component::bindgen!({
 pub use self::exports::notifyhub::plugin::handler;
 pub use self::notifyhub::plugin::host::Level;
 pub use self::notifyhub::plugin::types as wit;
+pub use self::notifyhub::smtp::client as smtp;
+
+/// An instance of a plugin of either world (the exports are the same).
+pub type Plugin = Mailer;
+/// A plugin linked and ready to instantiate.
+pub type PluginPre<T> = MailerPre<T>;

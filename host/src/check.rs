@@ -76,6 +76,9 @@ fn grant(interface: &str) -> Result<Option<&'static str>, ()> {
     let package = interface.split('/').next().unwrap_or_default();
     Ok(match package {
         "notifyhub:plugin" => None,
+        "notifyhub:smtp" => Some(
+            "e-mail through a relay in allowed_hosts, TLS required unless [smtp] allow_plaintext",
+        ),
         "wasi:http" | "wasi:io" | "wasi:clocks" | "wasi:random" => None,
         "wasi:cli" => match interface {
             "wasi:cli/stdout" | "wasi:cli/stderr" => None,
@@ -205,8 +208,9 @@ fn contract(report: &mut Report, component: &Component, engine: &wasmtime::Engin
                 fatal = true;
                 report.error(format!(
                     "imports {import}, which this host does not provide. A plugin may import \
-                     {CONTRACT}/host, wasi:http, wasi:clocks, wasi:random and wasi:io (WASI \
-                     cli, filesystem and sockets are linked but grant nothing); remove the \
+                     {CONTRACT}/host, notifyhub:smtp/client, wasi:http, wasi:clocks, wasi:random \
+                     and wasi:io (WASI cli, filesystem and sockets are linked but grant \
+                     nothing); remove the \
                      dependency that pulls this import in"
                 ));
             }
@@ -280,6 +284,7 @@ async fn describe(
         allow: Arc::new(AllowList::default()),
         limits: manifest.limits.unwrap_or_default(),
         config: config.clone(),
+        smtp: crate::sandbox::SmtpPolicy::default(),
     });
     let started = Instant::now();
     let info = match executor.describe(pre, policy).await {

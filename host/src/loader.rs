@@ -24,7 +24,7 @@ use crate::executor::{CallFailure, Executor};
 use crate::manifest::{Manifest, ManifestError};
 use crate::plugin::{Compiled, InfoError, LoadedPlugin, PluginInfo};
 use crate::sandbox::allowlist::AllowListError;
-use crate::sandbox::{AllowList, Limits, PluginPolicy};
+use crate::sandbox::{AllowList, Limits, PluginPolicy, SmtpPolicy};
 use crate::task::PlatformName;
 
 /// The contract this host speaks.
@@ -193,6 +193,7 @@ pub async fn configure(
     default_limits: Limits,
 ) -> Result<LoadedPlugin, LoadError> {
     let config = manifest.resolve_config()?;
+    let smtp = manifest.resolve_smtp()?;
     let allow = AllowList::parse(&manifest.allowed_hosts)?;
     let limits = manifest.limits.unwrap_or(default_limits);
     let stem = compiled
@@ -206,6 +207,7 @@ pub async fn configure(
         allow: Arc::new(AllowList::default()),
         limits,
         config: config.clone(),
+        smtp: SmtpPolicy::default(),
     });
     let info = PluginInfo::decode(
         executor
@@ -234,6 +236,7 @@ pub async fn configure(
         allow: Arc::new(allow),
         limits,
         config,
+        smtp,
     });
     let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
     Ok(LoadedPlugin {

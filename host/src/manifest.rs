@@ -14,6 +14,10 @@
 //! [limits]                              # see `sandbox::Limits` for defaults
 //! timeout = "5s"
 //! memory_mib = 64
+//!
+//! [smtp]                                # only for plugins that send e-mail
+//! allow_plaintext = false               # relays without TLS (default: refused)
+//! ca_file = "/etc/ssl/relay-ca.pem"     # extra roots for a relay's private CA
 //! ```
 //!
 //! Secrets are resolved when the plugin is loaded and held as
@@ -27,8 +31,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::sandbox::Limits;
 use crate::sandbox::policy::{PluginConfig, Secret};
+use crate::sandbox::{Limits, SmtpPolicy};
 
 /// A manifest as written.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -44,6 +48,21 @@ pub struct Manifest {
     pub secrets: BTreeMap<String, SecretSource>,
     #[serde(default)]
     pub limits: Option<Limits>,
+    #[serde(default)]
+    pub smtp: SmtpTable,
+}
+
+/// The `[smtp]` table: what the plugin's SMTP relays may be.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpTable {
+    /// Relays may be reached without TLS (a relay on this machine).
+    #[serde(default)]
+    pub allow_plaintext: bool,
+    /// Extra trusted roots (PEM), for a relay whose certificate a private
+    /// CA signed.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Where a secret's value comes from.
@@ -71,6 +90,8 @@ pub enum ManifestError {
         file: PathBuf,
         error: std::io::Error,
     },
+    #[error("[smtp] ca_file {file}: {error}")]
+    CaFile { file: PathBuf, error: String },
 }
 
 /// The largest manifest read; a longer file is refused.
@@ -154,6 +175,33 @@ impl Manifest {
             secrets.insert(key.clone(), Secret::new(value));
         }
         Ok(PluginConfig::new(self.config.clone(), secrets))
+    }
+
+    /// The `[smtp]` table as the sandbox enforces it, `ca_file` read and
+    /// checked to hold certificates. Blocking.
+    pub fn resolve_smtp(&self) -> Result<SmtpPolicy, ManifestError> {
+        let extra_roots = match &self.smtp.ca_file {
+            None => None,
+            Some(file) => {
+                let err = |error: String| ManifestError::CaFile {
+                    file: file.clone(),
+                    error,
+                };
+                let mut pem = Vec::new();
+                std::fs::File::open(file)
+                    .and_then(|f| f.take(MAX_MANIFEST_BYTES + 1).read_to_end(&mut pem))
+                    .map_err(|e| err(e.to_string()))?;
+                if pem.len() as u64 > MAX_MANIFEST_BYTES {
+                    return Err(err(format!("more than {MAX_MANIFEST_BYTES} bytes")));
+                }
+                SmtpPolicy::check_roots(&pem).map_err(err)?;
+                Some(pem.into())
+            }
+        };
+        Ok(SmtpPolicy {
+            allow_plaintext: self.smtp.allow_plaintext,
+            extra_roots,
+        })
     }
 }
 

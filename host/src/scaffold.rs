@@ -54,6 +54,10 @@ const WIT: Files = &[
     ("wit/deps/http.wit", include_str!("../../wit/deps/http.wit")),
     ("wit/deps/io.wit", include_str!("../../wit/deps/io.wit")),
     (
+        "wit/deps/notifyhub-smtp/smtp.wit",
+        include_str!("../../wit/deps/notifyhub-smtp/smtp.wit"),
+    ),
+    (
         "wit/deps/random.wit",
         include_str!("../../wit/deps/random.wit"),
     ),
@@ -105,12 +109,20 @@ const RUST: Files = &[
         include_str!("../../plugins/sdk/src/http.rs"),
     ),
     (
+        "vendor/notifyhub-plugin-sdk/src/mail.rs",
+        include_str!("../../plugins/sdk/src/mail.rs"),
+    ),
+    (
         "vendor/notifyhub-plugin-sdk/src/mrkdwn.rs",
         include_str!("../../plugins/sdk/src/mrkdwn.rs"),
     ),
     (
         "vendor/notifyhub-plugin-sdk/src/sign.rs",
         include_str!("../../plugins/sdk/src/sign.rs"),
+    ),
+    (
+        "vendor/notifyhub-plugin-sdk/src/smtp.rs",
+        include_str!("../../plugins/sdk/src/smtp.rs"),
     ),
     (
         "vendor/notifyhub-plugin-sdk/src/time.rs",

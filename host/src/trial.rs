@@ -4,8 +4,9 @@
 //! manifest beside it, secrets resolved, limits applied), then given one
 //! message. Its outbound requests go to a [`Recorder`], which keeps them and
 //! answers each with a canned response (`--answer 429 --answer-header
-//! Retry-After:5`), so an author sees the exact requests the plugin would
-//! send and how it classifies that answer — with no daemon and no network.
+//! Retry-After:5`; `--smtp-reply 451` for e-mail), so an author sees the
+//! exact requests and SMTP messages the plugin would send and how it
+//! classifies that answer — with no daemon and no network.
 //! Any host may be reached (nothing leaves the machine); a request the
 //! manifest's `allowed_hosts` would refuse in the daemon is flagged.
 //! Secret values from the manifest are redacted wherever they appear.
@@ -20,7 +21,7 @@ use crate::executor::Executor;
 use crate::loader::{self, PluginFile};
 use crate::manifest::Manifest;
 use crate::plugin::LoadedPlugin;
-use crate::sandbox::recorder::{CannedAnswer, RecordedRequest, Recorder};
+use crate::sandbox::recorder::{CannedAnswer, RecordedMail, RecordedRequest, Recorder};
 use crate::sandbox::{AllowList, PluginPolicy, Sandbox, SandboxSettings, Transport};
 use crate::task::{Format, Outcome, Priority, Task, TaskId};
 
@@ -45,7 +46,31 @@ pub struct TrialReport {
     pub platform: String,
     pub requests: Vec<ShownRequest>,
     pub answer_status: u16,
+    /// SMTP messages, for plugins that send e-mail.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mails: Vec<ShownMail>,
+    /// The SMTP reply each message got, e.g. "250 2.0.0 Ok: queued as TRY".
+    pub smtp_reply: String,
     pub outcome: Outcome,
+}
+
+/// A recorded SMTP message, as the dialogue with the relay would go.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShownMail {
+    /// `host:port`.
+    pub relay: String,
+    /// "STARTTLS", "TLS" or "no TLS".
+    pub security: String,
+    pub username: Option<String>,
+    /// `MAIL FROM`; `None` is the null path.
+    pub sender: Option<String>,
+    /// `RCPT TO`, in order.
+    pub recipients: Vec<String>,
+    /// The message (DATA), secrets redacted.
+    pub message: String,
+    pub message_bytes: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub denied_in_daemon: Option<String>,
 }
 
 /// A recorded request, secrets redacted, body made readable.
@@ -140,12 +165,20 @@ pub async fn run(
         .into_iter()
         .map(|r| show(r, &secrets, &daemon_allow))
         .collect();
+    let mails = recorder
+        .mails()
+        .into_iter()
+        .map(|m| show_mail(m, &secrets, &daemon_allow))
+        .collect();
+    let reply = answer.smtp_reply();
     Ok(TrialReport {
         plugin: plugin.name.clone(),
         version: plugin.version.clone(),
         platform,
         requests,
         answer_status: answer.status,
+        mails,
+        smtp_reply: format!("{} {}", reply.code, reply.text),
         outcome,
     })
 }
@@ -158,16 +191,40 @@ fn open_to_any_host(plugin: LoadedPlugin) -> LoadedPlugin {
         allow: Arc::new(any),
         limits: plugin.policy.limits,
         config: plugin.policy.config.clone(),
+        smtp: plugin.policy.smtp.clone(),
     });
     LoadedPlugin { policy, ..plugin }
 }
 
+/// `text` with every secret value replaced by `[secret]`.
+fn redact(text: &str, secrets: &[String]) -> String {
+    secrets
+        .iter()
+        .fold(text.to_string(), |t, s| t.replace(s.as_str(), "[secret]"))
+}
+
+fn show_mail(mail: RecordedMail, secrets: &[String], allow: &AllowList) -> ShownMail {
+    let uri = format!("smtp://{}/", mail.relay).parse::<http::Uri>().ok();
+    let denied_in_daemon = uri.filter(|uri| allow.reach(uri).is_none()).map(|_| {
+        format!(
+            "the manifest's allowed_hosts does not name {}: the daemon would refuse this relay",
+            mail.relay
+        )
+    });
+    ShownMail {
+        security: mail.security.to_string(),
+        username: mail.username.map(|u| redact(&u, secrets)),
+        sender: mail.sender,
+        recipients: mail.recipients,
+        message: redact(&String::from_utf8_lossy(&mail.message), secrets),
+        message_bytes: mail.message.len(),
+        relay: mail.relay,
+        denied_in_daemon,
+    }
+}
+
 fn show(request: RecordedRequest, secrets: &[String], allow: &AllowList) -> ShownRequest {
-    let redact = |text: &str| {
-        secrets
-            .iter()
-            .fold(text.to_string(), |t, s| t.replace(s.as_str(), "[secret]"))
-    };
+    let redact = |text: &str| redact(text, secrets);
     let denied_in_daemon = request
         .url
         .parse::<http::Uri>()

@@ -11,6 +11,8 @@
 //! - [`receiver`]: an HTTP server on 127.0.0.1 that records what plugins send
 //!   and answers like the platform would;
 //! - [`nats`]: a real nats-server with JetStream on a free loopback port;
+//! - [`smtp`]: a real SMTP relay (aiosmtpd) on loopback, with STARTTLS or
+//!   implicit TLS, AUTH, and answers chosen per recipient;
 //! - [`otlp`]: an OpenTelemetry collector on 127.0.0.1 that decodes the
 //!   trace exports it receives;
 //! - [`verify`]: signature checks a platform performs, recomputed from the raw
@@ -26,6 +28,7 @@ pub mod otlp;
 pub mod plugins;
 pub mod process;
 pub mod receiver;
+pub mod smtp;
 pub mod toolchains;
 pub mod verify;
 

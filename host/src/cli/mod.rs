@@ -155,6 +155,10 @@ pub struct TryArgs {
     /// The body of the answer, e.g. '{"errcode":310000}'.
     #[arg(long, value_name = "BODY", default_value = "")]
     pub answer_body: String,
+    /// The reply code every SMTP message is answered with (e.g. 451, 550).
+    #[arg(long, value_name = "CODE", default_value_t = 250,
+          value_parser = clap::value_parser!(u16).range(200..=599))]
+    pub smtp_reply: u16,
     #[command(flatten)]
     pub output: OutputArgs,
 }

@@ -357,7 +357,7 @@ pub fn trial(r: &crate::trial::TrialReport) -> String {
         "plugin    {} {} (platform {})",
         r.plugin, r.version, r.platform
     );
-    if r.requests.is_empty() {
+    if r.requests.is_empty() && r.mails.is_empty() {
         let _ = writeln!(out, "requests  none");
     }
     for (i, req) in r.requests.iter().enumerate() {
@@ -382,6 +382,33 @@ pub fn trial(r: &crate::trial::TrialReport) -> String {
             let _ = writeln!(out, "  note: {denied}");
         }
         let _ = writeln!(out, "  answered with HTTP {} (canned)", r.answer_status);
+    }
+    for (i, mail) in r.mails.iter().enumerate() {
+        let auth = mail
+            .username
+            .as_ref()
+            .map(|u| format!(", AUTH as {u}"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "\nmessage {}: SMTP {} ({}{auth})  ({} bytes)",
+            i + 1,
+            mail.relay,
+            mail.security,
+            mail.message_bytes
+        );
+        let _ = writeln!(out, "  MAIL FROM:<{}>", mail.sender.as_deref().unwrap_or(""));
+        for rcpt in &mail.recipients {
+            let _ = writeln!(out, "  RCPT TO:<{rcpt}>");
+        }
+        let _ = writeln!(out, "  DATA");
+        for line in mail.message.lines() {
+            let _ = writeln!(out, "  | {line}");
+        }
+        if let Some(denied) = &mail.denied_in_daemon {
+            let _ = writeln!(out, "  note: {denied}");
+        }
+        let _ = writeln!(out, "  answered with SMTP {} (canned)", r.smtp_reply);
     }
     let _ = writeln!(out, "\noutcome   {}", outcome_text(&r.outcome));
     out

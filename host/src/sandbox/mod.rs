@@ -11,7 +11,9 @@
 //!   more of it than they use, but the [`HostState`] behind it grants nothing:
 //!   no preopened directories, no environment, no sockets. On top come
 //!   `wasi:http` (through [`http::OutboundHttp`], which enforces the plugin's
-//!   allowlist) and notifyhub's own `host` interface.
+//!   allowlist), notifyhub's own `host` interface, and SMTP
+//!   (`notifyhub:smtp/client`, through [`smtp::OutboundSmtp`], held to the
+//!   same allowlist).
 //! - **Limits.** Memory growth past a plugin's cap fails
 //!   ([`limits::MemoryLimiter`]); the epoch deadline stops runaway guest code;
 //!   the executor adds an outer timeout for guests blocked in host calls.
@@ -25,6 +27,7 @@ pub mod limits;
 mod output;
 pub mod policy;
 pub mod recorder;
+pub mod smtp;
 mod state;
 
 use std::path::PathBuf;
@@ -42,7 +45,9 @@ pub use self::allowlist::AllowList;
 pub use self::http::{HttpClient, Transport};
 pub use self::limits::{Limits, MemoryBudget};
 pub use self::policy::{PluginConfig, PluginPolicy, Secret};
+pub use self::smtp::SmtpPolicy;
 pub use self::state::HostState;
+use self::smtp::SmtpPools;
 use crate::bindings::{PluginPre, notifyhub};
 
 /// The most a guest may hand the host in one call (a returned receipt or
@@ -102,11 +107,12 @@ pub enum SandboxError {
     Link(wasmtime::Error),
 }
 
-/// The engine, linker and shared HTTP client.
+/// The engine, linker and shared HTTP client and SMTP pools.
 pub struct Sandbox {
     engine: Engine,
     linker: Linker<HostState>,
     http: Transport,
+    smtp: Arc<SmtpPools>,
     memory: Arc<MemoryBudget>,
     cache: Option<wasmtime::Cache>,
     max_instances: u32,
@@ -153,6 +159,8 @@ impl Sandbox {
             .map_err(SandboxError::Link)?;
         notifyhub::plugin::types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(SandboxError::Link)?;
+        notifyhub::smtp::client::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(SandboxError::Link)?;
 
         let ticker = EpochTicker::start(engine.clone());
         Ok(Sandbox {
@@ -162,6 +170,7 @@ impl Sandbox {
                 .transport
                 .clone()
                 .unwrap_or_else(|| Transport::Network(Box::default())),
+            smtp: Arc::default(),
             memory: Arc::new(MemoryBudget::new(
                 (settings.max_total_memory_mib as usize).saturating_mul(1 << 20),
             )),
@@ -209,7 +218,12 @@ impl Sandbox {
     pub(crate) fn store(&self, policy: Arc<PluginPolicy>) -> Store<HostState> {
         let mut store = Store::new(
             &self.engine,
-            HostState::new(policy, self.http.clone(), self.memory.clone()),
+            HostState::new(
+                policy,
+                self.http.clone(),
+                self.smtp.clone(),
+                self.memory.clone(),
+            ),
         );
         store.limiter(|state| &mut state.limiter);
         store.set_hostcall_fuel(MAX_GUEST_TRANSFER_BYTES);

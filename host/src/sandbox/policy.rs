@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
+use super::smtp::SmtpPolicy;
 use super::{AllowList, Limits};
 
 /// A secret value. It can be read, but never printed by accident.
@@ -68,6 +69,8 @@ pub struct PluginPolicy {
     pub allow: Arc<AllowList>,
     pub limits: Limits,
     pub config: PluginConfig,
+    /// What the manifest's `[smtp]` table allows beyond the defaults.
+    pub smtp: SmtpPolicy,
 }
 
 impl PluginConfig {

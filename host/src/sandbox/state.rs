@@ -1,6 +1,6 @@
 //! The data each wasmtime store carries: WASI contexts that grant nothing,
-//! the plugin's HTTP policy, its memory limiter, and the `host` interface
-//! (logging and configuration) that plugins import.
+//! the plugin's HTTP and SMTP policies, its memory limiter, and the `host`
+//! interface (logging and configuration) that plugins import.
 
 use std::sync::Arc;
 
@@ -13,7 +13,8 @@ use super::http::{OutboundHttp, Transport};
 use super::limits::{MemoryBudget, MemoryLimiter};
 use super::output::{LogBudget, MAX_LOG_LINE_BYTES, PluginOutput, Stream};
 use super::policy::PluginConfig;
-use crate::bindings::{Level, notifyhub};
+use super::smtp::{OutboundSmtp, SmtpPools};
+use crate::bindings::{Level, notifyhub, smtp};
 
 /// What one store knows about the plugin and task it runs.
 pub struct HostState {
@@ -21,6 +22,7 @@ pub struct HostState {
     http_ctx: WasiHttpCtx,
     table: ResourceTable,
     http: OutboundHttp,
+    smtp: OutboundSmtp,
     pub(crate) limiter: MemoryLimiter,
     policy: Arc<PluginPolicy>,
     /// The task's destination settings, read before the plugin's own.
@@ -33,6 +35,7 @@ impl HostState {
     pub(crate) fn new(
         policy: Arc<PluginPolicy>,
         transport: Transport,
+        smtp: Arc<SmtpPools>,
         budget: Arc<MemoryBudget>,
     ) -> Self {
         // No preopens, no environment, no arguments, no sockets, empty stdin;
@@ -51,6 +54,18 @@ impl HostState {
             wasi,
             http_ctx: WasiHttpCtx::new(),
             table: ResourceTable::new(),
+            smtp: OutboundSmtp::new(
+                transport.clone(),
+                smtp,
+                policy.allow.clone(),
+                policy.smtp.clone(),
+                policy.name.clone(),
+                // A quarter of the call's time is left for the plugin to
+                // act on the answer; a relay that never answers is then a
+                // classified failure, not a trapped call.
+                limits.timeout * 3 / 4,
+                limits.max_requests,
+            ),
             http: OutboundHttp::new(
                 transport,
                 policy.allow.clone(),
@@ -74,6 +89,7 @@ impl HostState {
     pub(crate) fn begin_task(&mut self, task: Option<String>, overlay: Option<Arc<PluginConfig>>) {
         self.output.flush();
         self.http.begin_task(task.clone());
+        self.smtp.begin_task(task.clone());
         self.log_budget.begin(task);
         self.overlay = overlay;
     }
@@ -99,6 +115,17 @@ impl WasiHttpView for HostState {
 }
 
 impl notifyhub::plugin::types::Host for HostState {}
+
+impl smtp::Host for HostState {
+    async fn send(
+        &mut self,
+        relay: smtp::Relay,
+        envelope: smtp::Envelope,
+        message: Vec<u8>,
+    ) -> Result<smtp::Reply, smtp::SmtpError> {
+        self.smtp.send(relay, envelope, message).await
+    }
+}
 
 impl notifyhub::plugin::host::Host for HostState {
     fn log(&mut self, level: Level, message: String) {

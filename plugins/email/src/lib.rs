@@ -15,15 +15,14 @@
 //! permanent; 400 and 413 invalid; 429 rate-limited until
 //! `X-RateLimit-Reset` (a Unix time); 5xx retryable.
 
-use notifyhub_plugin_sdk::format::{markdown_to_html, plain_body, truncate};
+use notifyhub_plugin_sdk::format::plain_body;
 use notifyhub_plugin_sdk::{
-    Format, Message, Plugin, PluginInfo, Receipt, SendError, config, config_key, html, http,
+    Message, Plugin, PluginInfo, Receipt, SendError, config, config_key, http, mail,
 };
 use serde_json::{Value, json};
 
 const DEFAULT_API: &str = "https://api.sendgrid.com/v3/mail/send";
 const MAX_RECIPIENTS: usize = 1000;
-const SUBJECT_MAX: usize = 200;
 
 struct Email;
 
@@ -55,22 +54,8 @@ impl Plugin for Email {
         })?;
         let from = config("from")
             .ok_or_else(|| SendError::invalid("config key `from` (sender address) is not set"))?;
-        let recipients: Vec<&str> = message
-            .target
-            .split(',')
-            .map(str::trim)
-            .filter(|a| !a.is_empty())
-            .collect();
-        if recipients.is_empty() || recipients.iter().any(|a| !a.contains('@')) {
-            return Err(SendError::invalid(
-                "the target must be one or more e-mail addresses, comma-separated",
-            ));
-        }
-        if recipients.len() > MAX_RECIPIENTS {
-            return Err(SendError::invalid(format!(
-                "SendGrid takes at most {MAX_RECIPIENTS} recipients per message"
-            )));
-        }
+        let recipients =
+            mail::recipients(&message.target, MAX_RECIPIENTS).map_err(SendError::invalid)?;
         let url = config("api_url").unwrap_or_else(|| DEFAULT_API.into());
         let response = http::Request::post(&url)
             .header("authorization", format!("Bearer {key}"))
@@ -107,30 +92,9 @@ impl Plugin for Email {
 }
 
 fn document(message: &Message, recipients: &[&str], from: &str) -> Value {
-    let plain = plain_body(message);
-    let subject = [message.title.as_deref().unwrap_or_default()]
-        .into_iter()
-        .chain(plain.lines())
-        .map(one_line)
-        .find(|line| !line.is_empty())
-        .unwrap_or_else(|| "Notification".into());
-    let subject = truncate(&subject, SUBJECT_MAX);
-    let mut content = vec![json!({ "type": "text/plain", "value": plain })];
-    match message.format {
-        Format::Text => {}
-        Format::Markdown => content.push(json!({
-            "type": "text/html",
-            "value": markdown_to_html(&message.body).replace('\n', "<br>\n"),
-        })),
-        Format::Html => {
-            let safe = html::sanitize(&message.body, &html::EMAIL);
-            let safe = if html::to_text(&safe).trim().is_empty() {
-                html::escape(&plain)
-            } else {
-                safe
-            };
-            content.push(json!({ "type": "text/html", "value": safe }))
-        }
+    let mut content = vec![json!({ "type": "text/plain", "value": plain_body(message) })];
+    if let Some(html) = mail::html_alternative(message) {
+        content.push(json!({ "type": "text/html", "value": html }));
     }
     let mut sender = json!({ "email": from });
     if let Some(name) = config("from_name") {
@@ -141,20 +105,10 @@ fn document(message: &Message, recipients: &[&str], from: &str) -> Value {
             "to": recipients.iter().map(|a| json!({ "email": a })).collect::<Vec<_>>(),
         }],
         "from": sender,
-        "subject": subject,
+        "subject": mail::subject(message),
         "content": content,
         "custom_args": { "notifyhub_task_id": message.task_id },
     })
-}
-
-/// `text` on one line: control characters (line breaks included) become
-/// spaces, and the ends are trimmed.
-fn one_line(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect::<String>()
-        .trim()
-        .to_string()
 }
 
 /// SendGrid's `{"errors":[{"field","message"}]}` as one line.

@@ -41,6 +41,26 @@ pub fn truncate(text: &str, max_chars: usize) -> String {
     out
 }
 
+/// Cuts `text` to at most `max_units` UTF-16 code units (how LINE and
+/// Telegram count: an emoji outside the BMP is two), on a character
+/// boundary, ending with [`TRUNCATION_MARKER`] when anything was cut.
+pub fn truncate_utf16(text: &str, max_units: usize) -> String {
+    if text.encode_utf16().count() <= max_units {
+        return text.to_string();
+    }
+    let mut room = max_units.saturating_sub(TRUNCATION_MARKER.encode_utf16().count());
+    let mut out = String::new();
+    for c in text.chars() {
+        let Some(left) = room.checked_sub(c.len_utf16()) else {
+            break;
+        };
+        room = left;
+        out.push(c);
+    }
+    out.push_str(TRUNCATION_MARKER);
+    out
+}
+
 /// Cuts `text` to at most `max_bytes` bytes of UTF-8 on a character
 /// boundary, ending with [`TRUNCATION_MARKER`] when anything was cut. For
 /// platforms that count bytes (WeCom, DingTalk, Feishu), where a CJK
@@ -130,6 +150,30 @@ fn replace_pairs_with(text: &str, marker: char, open: &str, close: &str) -> Stri
         i += 1;
     }
     out
+}
+
+/// One line that names the message: the title, else the body's first
+/// non-blank line, else "Notification"; control characters (line breaks
+/// included) become spaces, and it is cut to `max_chars` with a marker.
+/// For e-mail subjects and alert summaries.
+pub fn headline(message: &crate::Message, max_chars: usize) -> String {
+    let plain = plain_body(message);
+    let line = [message.title.as_deref().unwrap_or_default()]
+        .into_iter()
+        .chain(plain.lines())
+        .map(one_line)
+        .find(|line| !line.is_empty())
+        .unwrap_or_else(|| "Notification".into());
+    truncate(&line, max_chars)
+}
+
+/// `text` on one line: control characters become spaces, ends trimmed.
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>()
+        .trim()
+        .to_string()
 }
 
 /// Converts CommonMark-style markdown to Slack's mrkdwn dialect:

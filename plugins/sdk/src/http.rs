@@ -42,6 +42,12 @@ impl Request {
         Self::new(Method::Post, url)
     }
 
+    /// For idempotent APIs that name the resource in the path (Matrix's
+    /// transaction ids).
+    pub fn put(url: &str) -> Self {
+        Self::new(Method::Put, url)
+    }
+
     pub fn get(url: &str) -> Self {
         Self::new(Method::Get, url)
     }

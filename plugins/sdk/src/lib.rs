@@ -1,7 +1,8 @@
 //! The notifyhub plugin SDK for Rust.
 //!
 //! A notifyhub plugin is a WebAssembly component that targets the
-//! `notifyhub:plugin/plugin` world (`wit/plugin.wit`). This crate wraps the
+//! `notifyhub:plugin/plugin` world (`wit/plugin.wit`), or `mailer` when it
+//! sends e-mail over SMTP. This crate wraps the
 //! generated bindings so that a handler is a few dozen lines:
 //!
 //! ```ignore
@@ -26,6 +27,8 @@
 //! - [`format`]: truncation with a visible marker and markdown dialects;
 //! - [`sign`]: HMAC signing schemes used by webhook platforms;
 //! - [`form`]: `application/x-www-form-urlencoded` bodies and query values;
+//! - [`smtp`] and [`mail`]: e-mail through the host's SMTP capability, and
+//!   the subject and HTML alternative every e-mail plugin builds;
 //! - [`log`] and [`config`]: the host's logging and configuration imports.
 //!
 //! State: the host may reuse an instance for many `send` calls, so anything a
@@ -37,15 +40,19 @@ pub mod form;
 pub mod format;
 pub mod html;
 pub mod http;
+pub mod mail;
 pub mod mrkdwn;
 pub mod sign;
+pub mod smtp;
 pub mod time;
 
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../../wit",
-        world: "notifyhub:plugin/plugin",
+        // `mailer` is `plugin` plus SMTP; a component imports only what it
+        // calls, so plugins that never send mail keep `plugin`'s imports.
+        world: "notifyhub:plugin/mailer",
         generate_all,
         pub_export_macro: true,
         export_macro_name: "export_handler",

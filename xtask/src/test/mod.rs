@@ -5,7 +5,8 @@
 //!
 //! 1. **Toolchains**, installed under `plugins/target/toolchains` without
 //!    root (see `notifyhub_testkit::toolchains`): the `wasm32-wasip2` target,
-//!    componentize-py, componentize-js, Zig (C), nats-server.
+//!    componentize-py, componentize-js, Zig (C), nats-server, and the SMTP
+//!    relay's aiosmtpd and trustme.
 //! 2. **Plugins**, built once for the whole run. Test binaries are told so
 //!    (`notifyhub_testkit::plugins::PREBUILT_ENV`) and never start a build of
 //!    their own.
@@ -78,6 +79,7 @@ const QUICK: &[(&str, &[&str])] = &[
     ("reload", &["a_new_version_swaps_in"]),
     ("sandbox", &["each_misbehaviour"]),
     ("security", &["secrets_never_appear"]),
+    ("smtp", &["send_reaches_a_relay"]),
     ("top", &[]),
     ("watch", &["a_watcher_sees_every_outcome"]),
 ];
@@ -144,6 +146,7 @@ fn stages(options: &Options, timings: &mut Timings) -> anyhow::Result<()> {
     let quick = options.tier == Tier::Quick;
     timings.stage("toolchain: wasm32-wasip2", rust_target)?;
     let nats = timings.stage("toolchain: nats-server", toolchains::nats_server)?;
+    timings.stage("toolchain: SMTP relay", toolchains::smtp_relay_python)?;
     if !quick {
         timings.stage("toolchain: componentize-py", toolchains::componentize_py)?;
         timings.stage("toolchain: componentize-js", toolchains::componentize_js)?;
