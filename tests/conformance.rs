@@ -138,6 +138,54 @@ const PLATFORMS: &[Platform] = &[
         ok: || Reply::json(201, json!({"sid": "SM1", "status": "queued"})),
     },
     Platform {
+        name: "line",
+        manifest: "[config]\napi_url = \"{base}/v2/bot/message/push\"\nchannel_access_token = \"tok\"\n",
+        target: |_| "U4af4980629abcdef0123456789abcdef".into(),
+        path: |p| p == "/v2/bot/message/push",
+        check: line,
+        ok: || Reply::json(200, json!({"sentMessages": [{"id": "461230966842064897", "quoteToken": "q"}]})),
+    },
+    Platform {
+        name: "opsgenie",
+        manifest: "[config]\napi_url = \"{base}/v2/alerts\"\napi_key = \"key\"\n",
+        target: |_| "team:Ops, user:ops@example.org".into(),
+        path: |p| p == "/v2/alerts",
+        check: opsgenie,
+        ok: || Reply::json(202, json!({"result": "Request will be processed", "took": 0.1, "requestId": "r1"})),
+    },
+    Platform {
+        name: "bark",
+        manifest: "[config]\nserver = \"{base}\"\n",
+        target: |_| "x3uQzPj2bdEhd9Wq5HNtWQ".into(),
+        path: |p| p == "/push",
+        check: bark,
+        ok: || Reply::json(200, json!({"code": 200, "message": "success", "timestamp": 1})),
+    },
+    Platform {
+        name: "rocketchat",
+        manifest: "",
+        target: |r| r.url("/hooks/6fFkQ/abcTOKEN"),
+        path: |p| p.starts_with("/hooks/6fFkQ/"),
+        check: rocketchat,
+        ok: || Reply::json(200, json!({"success": true})),
+    },
+    Platform {
+        name: "zulip",
+        manifest: "[config]\nsite = \"{base}\"\nemail = \"bot@example.org\"\napi_key = \"k\"\n",
+        target: |_| "ops:deploys".into(),
+        path: |p| p == "/api/v1/messages",
+        check: zulip,
+        ok: || Reply::json(200, json!({"result": "success", "msg": "", "id": 42})),
+    },
+    Platform {
+        name: "googlechat",
+        manifest: "",
+        target: |r| r.url("/v1/spaces/AAAA/messages?key=k&token=t"),
+        path: |p| p.starts_with("/v1/spaces/"),
+        check: googlechat,
+        ok: || Reply::json(200, json!({"name": "spaces/AAAA/messages/m1"})),
+    },
+    Platform {
         name: "email",
         manifest: "[config]\napi_url = \"{base}/v3/mail/send\"\nfrom = \"a@example.com\"\napi_key = \"k\"\n",
         target: |_| "ops@example.org".into(),
@@ -300,6 +348,19 @@ async fn every_shipped_plugin_has_an_example_manifest_naming_every_key_it_reads(
     let plugins = daemon.request(json!({"op": "plugins"})).await?;
     let loaded = plugins["result"]["plugins"].as_array().unwrap();
     anyhow::ensure!(loaded.len() == PLATFORMS.len() + 1, "{plugins}");
+    // The shipped plugins cover at least 24 platforms, SMTP among them.
+    let mut platforms: Vec<&str> = loaded
+        .iter()
+        .flat_map(|p| p["platforms"].as_array().into_iter().flatten())
+        .filter_map(Value::as_str)
+        .collect();
+    platforms.sort_unstable();
+    platforms.dedup();
+    anyhow::ensure!(
+        platforms.len() >= 24 && platforms.contains(&"smtp"),
+        "{} platforms: {platforms:?}",
+        platforms.len()
+    );
     let examples = notifyhub_testkit::repo_root().join("examples/plugins");
     for plugin in loaded {
         let name = plugin["name"].as_str().unwrap();
@@ -317,6 +378,45 @@ async fn every_shipped_plugin_has_an_example_manifest_naming_every_key_it_reads(
             );
         }
     }
+    Ok(())
+}
+
+/// `notifyhub try` runs every platform's plugin with nothing sent: given
+/// the platform's own success answer, each classifies it as delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_platform_tries_without_a_daemon() -> anyhow::Result<()> {
+    let receiver = Receiver::start(|_| Reply::new(500, "try sends nothing")).await;
+    let mut wrong = Vec::new();
+    for p in PLATFORMS {
+        let dir = tempfile::tempdir()?;
+        let plugin = dir.path().join(format!("{}.wasm", p.name));
+        std::fs::copy(notifyhub_testkit::plugins::path(p.name)?, &plugin)?;
+        let manifest = p.manifest.replace("{base}", "http://127.0.0.1:9");
+        std::fs::write(dir.path().join(format!("{}.toml", p.name)), manifest)?;
+        let ok = (p.ok)();
+        let mut command = std::process::Command::new(BIN);
+        command
+            .arg("--cache-dir")
+            .arg(notifyhub_testkit::daemon::shared_cache_dir())
+            .arg("try")
+            .arg(&plugin)
+            .args(["--target", &(p.target)(&receiver), "--title", "Disk full", "--body", "/var at 98%"])
+            .args(["--answer", &ok.status.to_string(), "--answer-body", &ok.body, "--json"]);
+        let out = notifyhub_testkit::process::output_within(&mut command, std::time::Duration::from_secs(120))?;
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let sent = report["requests"].as_array().map_or(0, Vec::len);
+        if report["outcome"]["result"] != "delivered" || sent == 0 {
+            wrong.push(format!(
+                "{}: {} request(s), outcome {} {}",
+                p.name,
+                sent,
+                report["outcome"],
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    anyhow::ensure!(wrong.is_empty(), "{}", wrong.join("\n"));
+    assert!(receiver.requests().is_empty(), "try reached the network");
     Ok(())
 }
 
@@ -799,6 +899,148 @@ fn twilio(req: &Recorded) -> Result<(), String> {
         if units <= 70 { 1 } else { units.div_ceil(67) }
     };
     at_most("segments", segments, 10)
+}
+
+/// LINE push: a bearer token, a UUID `X-Line-Retry-Key`, `to`, and 1–5
+/// messages of type `text` of at most 5,000 characters (UTF-16 units here).
+fn line(req: &Recorded) -> Result<(), String> {
+    if req.header("authorization") != Some("Bearer tok") {
+        return Err("Authentication failed".into());
+    }
+    let key = req.header("x-line-retry-key").unwrap_or_default();
+    let uuid = key.len() == 36
+        && key.chars().enumerate().all(|(i, c)| {
+            if [8, 13, 18, 23].contains(&i) { c == '-' } else { c.is_ascii_hexdigit() }
+        });
+    if !uuid {
+        return Err(format!("X-Line-Retry-Key {key:?} is not a UUID"));
+    }
+    let doc = json_body(req)?;
+    non_empty("to", string(&doc["to"], "to")?)?;
+    let messages = doc["messages"].as_array().ok_or("messages is missing")?;
+    if messages.is_empty() || messages.len() > 5 {
+        return Err(format!("{} messages", messages.len()));
+    }
+    for m in messages {
+        if m["type"] != "text" {
+            return Err(format!("message type {}", m["type"]));
+        }
+        let text = string(&m["text"], "text")?;
+        non_empty("text", text)?;
+        at_most("text (UTF-16 units)", text.encode_utf16().count(), 5000)?;
+    }
+    Ok(())
+}
+
+/// Opsgenie Create Alert: `GenieKey` auth; `message` ≤ 130 characters,
+/// `alias` ≤ 512, `description` ≤ 15,000, priority P1–P5, responders with a
+/// type, `details` ≤ 8,000 characters in all.
+fn opsgenie(req: &Recorded) -> Result<(), String> {
+    if req.header("authorization") != Some("GenieKey key") {
+        return Err("Could not authenticate".into());
+    }
+    let doc = json_body(req)?;
+    let message = string(&doc["message"], "message")?;
+    non_empty("message", message)?;
+    at_most("message (characters)", message.chars().count(), 130)?;
+    if message.contains(['\n', '\r']) {
+        return Err("message spans lines".into());
+    }
+    at_most("alias (characters)", string(&doc["alias"], "alias")?.chars().count(), 512)?;
+    let description = string(&doc["description"], "description")?;
+    at_most("description (characters)", description.chars().count(), 15_000)?;
+    let priority = string(&doc["priority"], "priority")?;
+    if !["P1", "P2", "P3", "P4", "P5"].contains(&priority) {
+        return Err(format!("priority {priority:?}"));
+    }
+    for r in doc["responders"].as_array().ok_or("responders is missing")? {
+        let named = r["name"].is_string() || r["username"].is_string();
+        if !["team", "user", "escalation", "schedule"].contains(&r["type"].as_str().unwrap_or("")) || !named {
+            return Err(format!("responder {r}"));
+        }
+    }
+    let details: usize = doc["details"]
+        .as_object()
+        .map(|d| d.iter().map(|(k, v)| k.chars().count() + v.as_str().map_or(0, |v| v.chars().count())).sum())
+        .unwrap_or(0);
+    at_most("details (characters)", details, 8000)
+}
+
+/// Bark's `/push`: `device_key`, a non-empty `body`, a known `level`, and
+/// what APNs takes: the whole push under 4 KB.
+fn bark(req: &Recorded) -> Result<(), String> {
+    let doc = json_body(req)?;
+    non_empty("device_key", string(&doc["device_key"], "device_key")?)?;
+    non_empty("body", string(&doc["body"], "body")?)?;
+    let level = string(&doc["level"], "level")?;
+    if !["active", "timeSensitive", "passive", "critical"].contains(&level) {
+        return Err(format!("level {level:?}"));
+    }
+    if let Some(title) = doc["title"].as_str() {
+        at_most("title (characters)", title.chars().count(), 200)?;
+    }
+    at_most("push (bytes)", req.body.len(), 4096)
+}
+
+/// Rocket.Chat incoming webhook: a non-empty `text` within the default
+/// Maximum Allowed Message Size (5,000 characters) that mentions no one
+/// (`@all`, `@here`, `@user`).
+fn rocketchat(req: &Recorded) -> Result<(), String> {
+    let doc = json_body(req)?;
+    let text = string(&doc["text"], "text")?;
+    non_empty("text", text)?;
+    at_most("text (characters)", text.chars().count(), 5000)?;
+    let chars: Vec<char> = text.chars().collect();
+    if let Some(i) = chars
+        .windows(2)
+        .position(|w| w[0] == '@' && (w[1].is_alphanumeric() || w[1] == '_'))
+    {
+        return Err(format!("a mention at character {i}"));
+    }
+    Ok(())
+}
+
+/// Zulip `POST /api/v1/messages`: basic auth as the bot, a form with
+/// `type`, `to`, a one-line `topic` of at most 60 characters, and `content`
+/// of at most 10,000 bytes in which nothing mentions anyone (`@**all**`,
+/// `@*group*`, `@_**name**`).
+fn zulip(req: &Recorded) -> Result<(), String> {
+    // base64("bot@example.org:k")
+    if req.header("authorization") != Some("Basic Ym90QGV4YW1wbGUub3JnOms=") {
+        return Err("UNAUTHORIZED".into());
+    }
+    if req.form("type").as_deref() != Some("stream") || req.form("to").as_deref() != Some("ops") {
+        return Err(format!("type {:?} to {:?}", req.form("type"), req.form("to")));
+    }
+    let topic = req.form("topic").unwrap_or_default();
+    non_empty("topic", &topic)?;
+    at_most("topic (characters)", topic.chars().count(), 60)?;
+    if topic.contains(['\n', '\r']) {
+        return Err("the topic spans lines".into());
+    }
+    let content = req.form("content").unwrap_or_default();
+    non_empty("content", &content)?;
+    at_most("content (bytes)", content.len(), 10_000)?;
+    for mention in ["@**", "@*", "@_**"] {
+        if content.contains(mention) {
+            return Err(format!("a mention ({mention}) in the content"));
+        }
+    }
+    Ok(())
+}
+
+/// Google Chat webhook: `{"text"}` of at most 4,096 characters with no
+/// `<users/…>` mention and no link syntax the sender did not write.
+fn googlechat(req: &Recorded) -> Result<(), String> {
+    let doc = json_body(req)?;
+    let text = string(&doc["text"], "text")?;
+    non_empty("text", text)?;
+    at_most("text (characters)", text.chars().count(), 4096)?;
+    let chars: Vec<char> = text.chars().collect();
+    if let Some(i) = chars.windows(2).position(|w| w[0] == '<' && w[1].is_alphanumeric()) {
+        return Err(format!("`<` starts a mention or link at character {i}"));
+    }
+    at_most("message (bytes)", req.body.len(), 32_000)
 }
 
 /// PagerDuty Events API v2: a trigger needs `routing_key`, `event_action`,

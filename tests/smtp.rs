@@ -95,6 +95,18 @@ async fn send_reaches_a_relay_through_starttls_with_auth() -> anyhow::Result<()>
 
     // The password never shows.
     assert!(!daemon.logs().contains(PASSWORD));
+
+    // More messages to the same relay reuse the connection (TLS and AUTH
+    // are paid once).
+    for n in 0..3 {
+        let task = daemon
+            .deliver(json!({"platform": "smtp", "target": "ops@example.org", "body": format!("n{n}")}))
+            .await?;
+        assert_eq!(task["state"], "succeeded", "{task}");
+    }
+    let received = relay.wait_for(4, Duration::from_secs(10)).await?;
+    let peers: Vec<u16> = received.iter().map(|m| m.peer).collect();
+    assert!(peers.iter().all(|p| *p == peers[0] && *p != 0), "connections by client port: {peers:?}");
     Ok(())
 }
 

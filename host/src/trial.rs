@@ -20,9 +20,8 @@ use serde::Serialize;
 use crate::executor::Executor;
 use crate::loader::{self, PluginFile};
 use crate::manifest::Manifest;
-use crate::plugin::LoadedPlugin;
 use crate::sandbox::recorder::{CannedAnswer, RecordedMail, RecordedRequest, Recorder};
-use crate::sandbox::{AllowList, PluginPolicy, Sandbox, SandboxSettings, Transport};
+use crate::sandbox::{AllowList, Sandbox, SandboxSettings, Transport};
 use crate::task::{Format, Outcome, Priority, Task, TaskId};
 
 /// The message to try.
@@ -128,7 +127,7 @@ pub async fn run(
     )
     .await?;
     let daemon_allow = configured.policy.allow.clone();
-    let plugin = Arc::new(open_to_any_host(configured));
+    let plugin = Arc::new(configured);
     let platform = match message.platform {
         Some(p) if plugin.platforms.iter().any(|q| *q == p) => p,
         Some(p) => {
@@ -181,19 +180,6 @@ pub async fn run(
         smtp_reply: format!("{} {}", reply.code, reply.text),
         outcome,
     })
-}
-
-/// The same plugin, allowed to reach any host: nothing is sent anyway.
-fn open_to_any_host(plugin: LoadedPlugin) -> LoadedPlugin {
-    let any = AllowList::parse(&["*"]).expect("`*` is a valid allowlist");
-    let policy = Arc::new(PluginPolicy {
-        name: plugin.policy.name.clone(),
-        allow: Arc::new(any),
-        limits: plugin.policy.limits,
-        config: plugin.policy.config.clone(),
-        smtp: plugin.policy.smtp.clone(),
-    });
-    LoadedPlugin { policy, ..plugin }
 }
 
 /// `text` with every secret value replaced by `[secret]`.

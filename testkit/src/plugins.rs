@@ -40,9 +40,15 @@ pub const DEPLOYABLE: &[&str] = &[
     "matrix",
     "mastodon",
     "twilio",
+    "line",
+    "opsgenie",
+    "zulip",
+    "googlechat",
     "ntfy",
     "gotify",
     "mattermost",
+    "bark",
+    "rocketchat",
 ];
 /// Plugins that exist for tests and benchmarks.
 pub const TEST_ONLY: &[&str] = &["noop", "hostile", "heavy"];
@@ -61,6 +67,8 @@ pub const OTHER_LANGUAGES: &[(&str, Language)] = &[
     ("ntfy", Language::Python),
     ("gotify", Language::JavaScript),
     ("mattermost", Language::C),
+    ("bark", Language::Python),
+    ("rocketchat", Language::JavaScript),
 ];
 
 /// Where `cargo xtask plugins` and [`build`] put the components.

@@ -36,6 +36,9 @@ pub struct Received {
     pub login: Option<String>,
     /// Whether the session was encrypted when the message came.
     pub tls: bool,
+    /// The client's port: messages with the same one came over one
+    /// connection.
+    pub peer: u16,
 }
 
 impl Received {
@@ -155,6 +158,7 @@ impl SmtpRelay {
                 data: v["data"].as_str().unwrap_or_default().to_string(),
                 login: v["login"].as_str().map(String::from),
                 tls: v["tls"].as_bool().unwrap_or(false),
+                peer: v["peer"].as_u64().and_then(|p| u16::try_from(p).ok()).unwrap_or(0),
             })
             .collect()
     }

@@ -5,7 +5,8 @@ Usage: smtp_relay.py DIR --tls starttls|implicit|none [--user U --password P]
 Writes DIR/ca.pem (a test CA from trustme, which signed the relay's
 certificate for "localhost" and 127.0.0.1), prints "PORT <n>" once it
 listens, and appends every accepted message to DIR/messages.jsonl as
-{"mail_from", "rcpt_tos", "data", "login", "tls"}.
+{"mail_from", "rcpt_tos", "data", "login", "tls", "peer"} (peer: the
+client's port, which tells connections apart).
 
 The first recipient's local part picks how the relay answers, so one relay
 serves every case of a test:
@@ -69,6 +70,7 @@ class Handler:
             "data": data,
             "login": session.auth_data.decode() if isinstance(session.auth_data, bytes) else None,
             "tls": self.implicit or session.ssl is not None,
+            "peer": session.peer[1],
         }
         with open(self.out, "a") as f:
             f.write(json.dumps(record) + "\n")
