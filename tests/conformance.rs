@@ -111,7 +111,12 @@ const PLATFORMS: &[Platform] = &[
         target: |_| "R0UT1NGKEY0123456789abcdefABCDEF".into(),
         path: |p| p == "/v2/enqueue",
         check: pagerduty,
-        ok: || Reply::json(202, json!({"status": "success", "message": "Event processed", "dedup_key": "k"})),
+        ok: || {
+            Reply::json(
+                202,
+                json!({"status": "success", "message": "Event processed", "dedup_key": "k"}),
+            )
+        },
     },
     Platform {
         name: "matrix",
@@ -127,7 +132,12 @@ const PLATFORMS: &[Platform] = &[
         target: |r| r.url(""),
         path: |p| p == "/api/v1/statuses",
         check: mastodon,
-        ok: || Reply::json(200, json!({"id": "109", "url": "https://example.social/@a/109"})),
+        ok: || {
+            Reply::json(
+                200,
+                json!({"id": "109", "url": "https://example.social/@a/109"}),
+            )
+        },
     },
     Platform {
         name: "twilio",
@@ -143,7 +153,12 @@ const PLATFORMS: &[Platform] = &[
         target: |_| "U4af4980629abcdef0123456789abcdef".into(),
         path: |p| p == "/v2/bot/message/push",
         check: line,
-        ok: || Reply::json(200, json!({"sentMessages": [{"id": "461230966842064897", "quoteToken": "q"}]})),
+        ok: || {
+            Reply::json(
+                200,
+                json!({"sentMessages": [{"id": "461230966842064897", "quoteToken": "q"}]}),
+            )
+        },
     },
     Platform {
         name: "opsgenie",
@@ -151,7 +166,12 @@ const PLATFORMS: &[Platform] = &[
         target: |_| "team:Ops, user:ops@example.org".into(),
         path: |p| p == "/v2/alerts",
         check: opsgenie,
-        ok: || Reply::json(202, json!({"result": "Request will be processed", "took": 0.1, "requestId": "r1"})),
+        ok: || {
+            Reply::json(
+                202,
+                json!({"result": "Request will be processed", "took": 0.1, "requestId": "r1"}),
+            )
+        },
     },
     Platform {
         name: "bark",
@@ -159,7 +179,12 @@ const PLATFORMS: &[Platform] = &[
         target: |_| "x3uQzPj2bdEhd9Wq5HNtWQ".into(),
         path: |p| p == "/push",
         check: bark,
-        ok: || Reply::json(200, json!({"code": 200, "message": "success", "timestamp": 1})),
+        ok: || {
+            Reply::json(
+                200,
+                json!({"code": 200, "message": "success", "timestamp": 1}),
+            )
+        },
     },
     Platform {
         name: "rocketchat",
@@ -400,9 +425,25 @@ async fn every_platform_tries_without_a_daemon() -> anyhow::Result<()> {
             .arg(notifyhub_testkit::daemon::shared_cache_dir())
             .arg("try")
             .arg(&plugin)
-            .args(["--target", &(p.target)(&receiver), "--title", "Disk full", "--body", "/var at 98%"])
-            .args(["--answer", &ok.status.to_string(), "--answer-body", &ok.body, "--json"]);
-        let out = notifyhub_testkit::process::output_within(&mut command, std::time::Duration::from_secs(120))?;
+            .args([
+                "--target",
+                &(p.target)(&receiver),
+                "--title",
+                "Disk full",
+                "--body",
+                "/var at 98%",
+            ])
+            .args([
+                "--answer",
+                &ok.status.to_string(),
+                "--answer-body",
+                &ok.body,
+                "--json",
+            ]);
+        let out = notifyhub_testkit::process::output_within(
+            &mut command,
+            std::time::Duration::from_secs(120),
+        )?;
         let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
         let sent = report["requests"].as_array().map_or(0, Vec::len);
         if report["outcome"]["result"] != "delivered" || sent == 0 {
@@ -458,7 +499,12 @@ async fn smtp_sends_messages_a_mail_client_reads_whatever_the_input() -> anyhow:
         .collect();
     anyhow::ensure!(failed.is_empty(), "{}", failed.join("\n"));
     let received = relay.messages();
-    anyhow::ensure!(received.len() == tasks.len(), "{} of {}", received.len(), tasks.len());
+    anyhow::ensure!(
+        received.len() == tasks.len(),
+        "{} of {}",
+        received.len(),
+        tasks.len()
+    );
     let broken: Vec<String> = received
         .iter()
         .zip(&tasks)
@@ -479,10 +525,21 @@ fn mail_rules(mail: &Received, task: &Value) -> Result<(), String> {
     if !head.is_ascii() {
         return Err(format!("{label}: a header is not ASCII"));
     }
-    for name in ["subject", "from", "to", "date", "message-id", "mime-version"] {
+    for name in [
+        "subject",
+        "from",
+        "to",
+        "date",
+        "message-id",
+        "mime-version",
+    ] {
         let n = head
             .split("\r\n")
-            .filter(|l| l.split(':').next().is_some_and(|k| k.eq_ignore_ascii_case(name)))
+            .filter(|l| {
+                l.split(':')
+                    .next()
+                    .is_some_and(|k| k.eq_ignore_ascii_case(name))
+            })
             .count();
         if n != 1 {
             return Err(format!("{label}: {n} `{name}` headers"));
@@ -495,7 +552,8 @@ fn mail_rules(mail: &Received, task: &Value) -> Result<(), String> {
         .parse(mail.data.as_bytes())
         .ok_or(format!("{label}: not a message"))?;
     let subject = parsed.subject().unwrap_or_default();
-    if subject.trim().is_empty() || subject.contains(['\r', '\n']) || subject.chars().count() > 200 {
+    if subject.trim().is_empty() || subject.contains(['\r', '\n']) || subject.chars().count() > 200
+    {
         return Err(format!("{label}: subject {subject:?}"));
     }
     let from = parsed.from().and_then(|f| f.first());
@@ -510,7 +568,14 @@ fn mail_rules(mail: &Received, task: &Value) -> Result<(), String> {
             .body_html(0)
             .ok_or(format!("{label}: no text/html alternative"))?;
         let lower = html.to_ascii_lowercase();
-        for bad in ["<script", "href=\"javascript:", " onerror=", " onclick=", "<style", "<iframe"] {
+        for bad in [
+            "<script",
+            "href=\"javascript:",
+            " onerror=",
+            " onclick=",
+            "<style",
+            "<iframe",
+        ] {
             if lower.contains(bad) {
                 return Err(format!("{label}: `{bad}` in the HTML part"));
             }
@@ -829,7 +894,10 @@ fn matrix(req: &Recorded) -> Result<(), String> {
     at_most("event (bytes)", req.body.len(), 65_536)?;
     let doc = json_body(req)?;
     if doc["msgtype"] != "m.notice" || !doc["m.mentions"].is_object() {
-        return Err(format!("msgtype {} / m.mentions {}", doc["msgtype"], doc["m.mentions"]));
+        return Err(format!(
+            "msgtype {} / m.mentions {}",
+            doc["msgtype"], doc["m.mentions"]
+        ));
     }
     non_empty("body", string(&doc["body"], "body")?)?;
     if let Some(html) = doc["formatted_body"].as_str() {
@@ -839,8 +907,30 @@ fn matrix(req: &Recorded) -> Result<(), String> {
         html_subset(
             "formatted_body",
             html,
-            &["b", "strong", "i", "em", "u", "s", "a", "code", "pre", "blockquote", "p", "br",
-              "ul", "ol", "li", "h1", "h2", "h3", "h4", "h5", "h6", "hr"],
+            &[
+                "b",
+                "strong",
+                "i",
+                "em",
+                "u",
+                "s",
+                "a",
+                "code",
+                "pre",
+                "blockquote",
+                "p",
+                "br",
+                "ul",
+                "ol",
+                "li",
+                "h1",
+                "h2",
+                "h3",
+                "h4",
+                "h5",
+                "h6",
+                "hr",
+            ],
         )?;
     }
     Ok(())
@@ -853,7 +943,10 @@ fn mastodon(req: &Recorded) -> Result<(), String> {
     if req.header("authorization") != Some("Bearer tok") {
         return Err("The access token is invalid".into());
     }
-    non_empty("idempotency-key", req.header("idempotency-key").unwrap_or_default())?;
+    non_empty(
+        "idempotency-key",
+        req.header("idempotency-key").unwrap_or_default(),
+    )?;
     let status = req.form("status").unwrap_or_default();
     non_empty("status", &status)?;
     at_most("status (characters)", status.chars().count(), 500)?;
@@ -890,10 +983,19 @@ fn twilio(req: &Recorded) -> Result<(), String> {
     at_most("Body (characters)", body.chars().count(), 1600)?;
     let basic = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà";
     let extended = "^{}\\[~]|€\u{c}";
-    let gsm = body.chars().all(|c| basic.contains(c) || extended.contains(c));
+    let gsm = body
+        .chars()
+        .all(|c| basic.contains(c) || extended.contains(c));
     let segments = if gsm {
-        let septets: usize = body.chars().map(|c| if extended.contains(c) { 2 } else { 1 }).sum();
-        if septets <= 160 { 1 } else { septets.div_ceil(153) }
+        let septets: usize = body
+            .chars()
+            .map(|c| if extended.contains(c) { 2 } else { 1 })
+            .sum();
+        if septets <= 160 {
+            1
+        } else {
+            septets.div_ceil(153)
+        }
     } else {
         let units: usize = body.chars().map(char::len_utf16).sum();
         if units <= 70 { 1 } else { units.div_ceil(67) }
@@ -910,7 +1012,11 @@ fn line(req: &Recorded) -> Result<(), String> {
     let key = req.header("x-line-retry-key").unwrap_or_default();
     let uuid = key.len() == 36
         && key.chars().enumerate().all(|(i, c)| {
-            if [8, 13, 18, 23].contains(&i) { c == '-' } else { c.is_ascii_hexdigit() }
+            if [8, 13, 18, 23].contains(&i) {
+                c == '-'
+            } else {
+                c.is_ascii_hexdigit()
+            }
         });
     if !uuid {
         return Err(format!("X-Line-Retry-Key {key:?} is not a UUID"));
@@ -946,22 +1052,39 @@ fn opsgenie(req: &Recorded) -> Result<(), String> {
     if message.contains(['\n', '\r']) {
         return Err("message spans lines".into());
     }
-    at_most("alias (characters)", string(&doc["alias"], "alias")?.chars().count(), 512)?;
+    at_most(
+        "alias (characters)",
+        string(&doc["alias"], "alias")?.chars().count(),
+        512,
+    )?;
     let description = string(&doc["description"], "description")?;
-    at_most("description (characters)", description.chars().count(), 15_000)?;
+    at_most(
+        "description (characters)",
+        description.chars().count(),
+        15_000,
+    )?;
     let priority = string(&doc["priority"], "priority")?;
     if !["P1", "P2", "P3", "P4", "P5"].contains(&priority) {
         return Err(format!("priority {priority:?}"));
     }
-    for r in doc["responders"].as_array().ok_or("responders is missing")? {
+    for r in doc["responders"]
+        .as_array()
+        .ok_or("responders is missing")?
+    {
         let named = r["name"].is_string() || r["username"].is_string();
-        if !["team", "user", "escalation", "schedule"].contains(&r["type"].as_str().unwrap_or("")) || !named {
+        if !["team", "user", "escalation", "schedule"].contains(&r["type"].as_str().unwrap_or(""))
+            || !named
+        {
             return Err(format!("responder {r}"));
         }
     }
     let details: usize = doc["details"]
         .as_object()
-        .map(|d| d.iter().map(|(k, v)| k.chars().count() + v.as_str().map_or(0, |v| v.chars().count())).sum())
+        .map(|d| {
+            d.iter()
+                .map(|(k, v)| k.chars().count() + v.as_str().map_or(0, |v| v.chars().count()))
+                .sum()
+        })
         .unwrap_or(0);
     at_most("details (characters)", details, 8000)
 }
@@ -1010,7 +1133,11 @@ fn zulip(req: &Recorded) -> Result<(), String> {
         return Err("UNAUTHORIZED".into());
     }
     if req.form("type").as_deref() != Some("stream") || req.form("to").as_deref() != Some("ops") {
-        return Err(format!("type {:?} to {:?}", req.form("type"), req.form("to")));
+        return Err(format!(
+            "type {:?} to {:?}",
+            req.form("type"),
+            req.form("to")
+        ));
     }
     let topic = req.form("topic").unwrap_or_default();
     non_empty("topic", &topic)?;
@@ -1037,7 +1164,10 @@ fn googlechat(req: &Recorded) -> Result<(), String> {
     non_empty("text", text)?;
     at_most("text (characters)", text.chars().count(), 4096)?;
     let chars: Vec<char> = text.chars().collect();
-    if let Some(i) = chars.windows(2).position(|w| w[0] == '<' && w[1].is_alphanumeric()) {
+    if let Some(i) = chars
+        .windows(2)
+        .position(|w| w[0] == '<' && w[1].is_alphanumeric())
+    {
         return Err(format!("`<` starts a mention or link at character {i}"));
     }
     at_most("message (bytes)", req.body.len(), 32_000)
@@ -1057,8 +1187,15 @@ fn pagerduty(req: &Recorded) -> Result<(), String> {
     let payload = &doc["payload"];
     let summary = string(&payload["summary"], "payload.summary")?;
     non_empty("payload.summary", summary)?;
-    at_most("payload.summary (characters)", summary.chars().count(), 1024)?;
-    non_empty("payload.source", string(&payload["source"], "payload.source")?)?;
+    at_most(
+        "payload.summary (characters)",
+        summary.chars().count(),
+        1024,
+    )?;
+    non_empty(
+        "payload.source",
+        string(&payload["source"], "payload.source")?,
+    )?;
     let severity = string(&payload["severity"], "payload.severity")?;
     if !["critical", "error", "warning", "info"].contains(&severity) {
         return Err(format!("severity {severity:?}"));

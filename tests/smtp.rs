@@ -30,7 +30,10 @@ fn manifest(relay: &SmtpRelay, security: &str, password_env: &str, extra: &str) 
 
 fn with_relay(builder: DaemonBuilder, relay: &SmtpRelay, security: &str) -> DaemonBuilder {
     builder
-        .plugin("smtp", Some(&manifest(relay, security, "TEST_SMTP_PASSWORD", "")))
+        .plugin(
+            "smtp",
+            Some(&manifest(relay, security, "TEST_SMTP_PASSWORD", "")),
+        )
         .env("TEST_SMTP_PASSWORD", PASSWORD)
         .env("TEST_SMTP_WRONG", "not-the-password")
 }
@@ -81,8 +84,14 @@ async fn send_reaches_a_relay_through_starttls_with_auth() -> anyhow::Result<()>
     assert_eq!(from.address(), Some("alerts@example.org"));
     assert!(mail.date().is_some(), "no Date header");
     let tasks = daemon.request(json!({"op": "tasks", "limit": 1})).await?;
-    let id = tasks["result"]["tasks"][0]["id"].as_str().unwrap_or_default().to_string();
-    assert_eq!(mail.message_id(), Some(format!("{id}@example.org").as_str()));
+    let id = tasks["result"]["tasks"][0]["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(
+        mail.message_id(),
+        Some(format!("{id}@example.org").as_str())
+    );
     // The raw subject is encoded: a mail header is ASCII.
     let raw = got.header("subject").unwrap_or_default();
     assert!(raw.is_ascii() && raw.contains("=?utf-8?"), "{raw}");
@@ -100,13 +109,18 @@ async fn send_reaches_a_relay_through_starttls_with_auth() -> anyhow::Result<()>
     // are paid once).
     for n in 0..3 {
         let task = daemon
-            .deliver(json!({"platform": "smtp", "target": "ops@example.org", "body": format!("n{n}")}))
+            .deliver(
+                json!({"platform": "smtp", "target": "ops@example.org", "body": format!("n{n}")}),
+            )
             .await?;
         assert_eq!(task["state"], "succeeded", "{task}");
     }
     let received = relay.wait_for(4, Duration::from_secs(10)).await?;
     let peers: Vec<u16> = received.iter().map(|m| m.peer).collect();
-    assert!(peers.iter().all(|p| *p == peers[0] && *p != 0), "connections by client port: {peers:?}");
+    assert!(
+        peers.iter().all(|p| *p == peers[0] && *p != 0),
+        "connections by client port: {peers:?}"
+    );
     Ok(())
 }
 
@@ -143,7 +157,10 @@ async fn implicit_tls_delivers_and_each_relay_answer_gets_its_class() -> anyhow:
         .await?;
     assert_eq!(ok["state"], "succeeded", "{ok}");
     let got = relay.wait_for(1, Duration::from_secs(10)).await?;
-    assert!(got[0].tls && got[0].login.as_deref() == Some(USER), "{got:?}");
+    assert!(
+        got[0].tls && got[0].login.as_deref() == Some(USER),
+        "{got:?}"
+    );
 
     // (platform, recipient, class) with one attempt each (the test daemon's
     // default): the relay's code decides.
@@ -165,7 +182,9 @@ async fn implicit_tls_delivers_and_each_relay_answer_gets_its_class() -> anyhow:
             .await?;
         let outcome = &task["outcome"];
         if outcome["class"] != class {
-            wrong.push(format!("{platform} → {target}: expected {class}, got {outcome}"));
+            wrong.push(format!(
+                "{platform} → {target}: expected {class}, got {outcome}"
+            ));
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
@@ -194,7 +213,10 @@ async fn a_deferred_message_is_retried_with_the_same_message_id() -> anyhow::Res
     assert_eq!(task["attempts"], 2, "{task}");
     let got = relay.wait_for(1, Duration::from_secs(10)).await?;
     let id = task["id"].as_str().unwrap_or_default();
-    assert_eq!(parse(&got[0]).message_id(), Some(format!("{id}@example.org").as_str()));
+    assert_eq!(
+        parse(&got[0]).message_id(),
+        Some(format!("{id}@example.org").as_str())
+    );
 
     // Deferred every time: dead after the last attempt. Refused for good:
     // dead after the first.
@@ -234,7 +256,14 @@ async fn try_shows_the_smtp_dialogue_without_sending() -> anyhow::Result<()> {
             .arg(notifyhub_testkit::daemon::shared_cache_dir())
             .arg("try")
             .arg(&plugin)
-            .args(["--target", "ops@example.org", "--title", "Disk full", "--body", "x"])
+            .args([
+                "--target",
+                "ops@example.org",
+                "--title",
+                "Disk full",
+                "--body",
+                "x",
+            ])
             .args(extra)
             .env("TEST_SMTP_PASSWORD", PASSWORD)
             .env("NO_COLOR", "1");
@@ -244,7 +273,10 @@ async fn try_shows_the_smtp_dialogue_without_sending() -> anyhow::Result<()> {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
     for line in [
-        &format!("SMTP localhost:{} (STARTTLS, AUTH as notifyhub)", relay.port()),
+        &format!(
+            "SMTP localhost:{} (STARTTLS, AUTH as notifyhub)",
+            relay.port()
+        ),
         "MAIL FROM:<alerts@example.org>",
         "RCPT TO:<ops@example.org>",
         "Subject: Disk full",

@@ -85,11 +85,15 @@ impl SmtpRelay {
         let dir = tempfile::tempdir()?;
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/smtp_relay.py");
         let mut command = Command::new(python()?);
-        command.arg(&script).arg(dir.path()).arg("--tls").arg(match tls {
-            RelayTls::Starttls => "starttls",
-            RelayTls::Implicit => "implicit",
-            RelayTls::None => "none",
-        });
+        command
+            .arg(&script)
+            .arg(dir.path())
+            .arg("--tls")
+            .arg(match tls {
+                RelayTls::Starttls => "starttls",
+                RelayTls::Implicit => "implicit",
+                RelayTls::None => "none",
+            });
         if let Some((user, password)) = auth {
             command.args(["--user", user, "--password", password]);
         }
@@ -153,12 +157,19 @@ impl SmtpRelay {
                 mail_from: v["mail_from"].as_str().unwrap_or_default().to_string(),
                 rcpt_tos: v["rcpt_tos"]
                     .as_array()
-                    .map(|a| a.iter().filter_map(|r| r.as_str().map(String::from)).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|r| r.as_str().map(String::from))
+                            .collect()
+                    })
                     .unwrap_or_default(),
                 data: v["data"].as_str().unwrap_or_default().to_string(),
                 login: v["login"].as_str().map(String::from),
                 tls: v["tls"].as_bool().unwrap_or(false),
-                peer: v["peer"].as_u64().and_then(|p| u16::try_from(p).ok()).unwrap_or(0),
+                peer: v["peer"]
+                    .as_u64()
+                    .and_then(|p| u16::try_from(p).ok())
+                    .unwrap_or(0),
             })
             .collect()
     }

@@ -397,7 +397,11 @@ pub fn trial(r: &crate::trial::TrialReport) -> String {
             mail.security,
             mail.message_bytes
         );
-        let _ = writeln!(out, "  MAIL FROM:<{}>", mail.sender.as_deref().unwrap_or(""));
+        let _ = writeln!(
+            out,
+            "  MAIL FROM:<{}>",
+            mail.sender.as_deref().unwrap_or("")
+        );
         for rcpt in &mail.recipients {
             let _ = writeln!(out, "  RCPT TO:<{rcpt}>");
         }

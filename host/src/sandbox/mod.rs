@@ -46,8 +46,8 @@ pub use self::http::{HttpClient, Transport};
 pub use self::limits::{Limits, MemoryBudget};
 pub use self::policy::{PluginConfig, PluginPolicy, Secret};
 pub use self::smtp::SmtpPolicy;
-pub use self::state::HostState;
 use self::smtp::SmtpPools;
+pub use self::state::HostState;
 use crate::bindings::{PluginPre, notifyhub};
 
 /// The most a guest may hand the host in one call (a returned receipt or

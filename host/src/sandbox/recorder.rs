@@ -109,18 +109,21 @@ impl Recorder {
         envelope: &Envelope,
         message: Vec<u8>,
     ) -> Result<Reply, SmtpError> {
-        self.mails.lock().expect("never poisoned").push(RecordedMail {
-            relay: format!("{}:{}", relay.host, relay.port),
-            security: match relay.security {
-                Security::ImplicitTls => "TLS",
-                Security::Starttls => "STARTTLS",
-                Security::None => "no TLS",
-            },
-            username: relay.credentials.as_ref().map(|c| c.username.clone()),
-            sender: envelope.sender.clone(),
-            recipients: envelope.recipients.clone(),
-            message: message.into(),
-        });
+        self.mails
+            .lock()
+            .expect("never poisoned")
+            .push(RecordedMail {
+                relay: format!("{}:{}", relay.host, relay.port),
+                security: match relay.security {
+                    Security::ImplicitTls => "TLS",
+                    Security::Starttls => "STARTTLS",
+                    Security::None => "no TLS",
+                },
+                username: relay.credentials.as_ref().map(|c| c.username.clone()),
+                sender: envelope.sender.clone(),
+                recipients: envelope.recipients.clone(),
+                message: message.into(),
+            });
         let reply = self.answer.smtp_reply();
         if reply.code < 400 {
             Ok(reply)

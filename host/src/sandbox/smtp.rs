@@ -220,11 +220,8 @@ impl OutboundSmtp {
             .pools
             .get(key, &self.policy, self.timeout)
             .map_err(SmtpError::Failed)?;
-        let sent = tokio::time::timeout(
-            self.timeout,
-            mailer.send_raw(&checked.envelope, &message),
-        )
-        .await;
+        let sent =
+            tokio::time::timeout(self.timeout, mailer.send_raw(&checked.envelope, &message)).await;
         match sent {
             Err(_) => Err(SmtpError::Failed(format!(
                 "no answer from {}:{} within {:?}",
@@ -247,7 +244,10 @@ impl OutboundSmtp {
     ) -> Result<Checked, SmtpError> {
         if relay.host.is_empty()
             || relay.host.len() > 253
-            || relay.host.chars().any(|c| c.is_whitespace() || c.is_control() || c == '/')
+            || relay
+                .host
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == '/')
         {
             return Err(SmtpError::Invalid(format!(
                 "relay host {:?} is not a host name or address",
@@ -271,7 +271,10 @@ impl OutboundSmtp {
         }
         let address = |a: &str| {
             a.parse::<Address>().map_err(|e| {
-                SmtpError::Invalid(format!("{:?} is not an e-mail address: {e}", bounded(a.into())))
+                SmtpError::Invalid(format!(
+                    "{:?} is not an e-mail address: {e}",
+                    bounded(a.into())
+                ))
             })
         };
         let sender = envelope.sender.as_deref().map(address).transpose()?;
@@ -359,10 +362,7 @@ fn classify(error: &lettre::transport::smtp::Error, relay: &Relay) -> SmtpError 
     } else {
         error.to_string()
     };
-    SmtpError::Failed(bounded(format!(
-        "{}:{}: {what}",
-        relay.host, relay.port
-    )))
+    SmtpError::Failed(bounded(format!("{}:{}: {what}", relay.host, relay.port)))
 }
 
 /// `text` cut to [`MAX_TEXT_BYTES`] at a character boundary.

@@ -47,16 +47,23 @@ impl Plugin for GoogleChat {
 
     fn send(message: Message) -> Result<Receipt, SendError> {
         if !message.target.starts_with("https://") && !message.target.starts_with("http://") {
-            return Err(SendError::invalid("the target must be a Google Chat webhook URL"));
+            return Err(SendError::invalid(
+                "the target must be a Google Chat webhook URL",
+            ));
         }
         let mut url = message.target.clone();
         let mut body = json!({ "text": text(&message) });
-        let thread = message.metadata.iter().find(|(k, _)| k == "thread").map(|(_, v)| v);
+        let thread = message
+            .metadata
+            .iter()
+            .find(|(k, _)| k == "thread")
+            .map(|(_, v)| v);
         if let Some(key) = thread {
             let key = truncate(key, THREAD_KEY_MAX);
             body["thread"] = json!({ "threadKey": key });
             let separator = if url.contains('?') { '&' } else { '?' };
-            url = format!("{url}{separator}messageReplyOption=REPLY_MESSAGE_FALLBACK_TO_NEW_THREAD");
+            url =
+                format!("{url}{separator}messageReplyOption=REPLY_MESSAGE_FALLBACK_TO_NEW_THREAD");
         }
         let response = http::Request::post(&url)
             .body("application/json; charset=UTF-8", body.to_string())
@@ -92,7 +99,11 @@ fn text(message: &Message) -> String {
         Format::Markdown => body.replace("**", "*"),
         Format::Text | Format::Html => body,
     };
-    let title = message.title.as_deref().map(str::trim).filter(|t| !t.is_empty());
+    let title = message
+        .title
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
     let full = match title {
         Some(t) => format!("*{}*\n{body}", t.replace(['\n', '\r'], " ")),
         None => body,

@@ -36,7 +36,12 @@ impl Plugin for Line {
             version: env!("CARGO_PKG_VERSION").into(),
             platforms: vec!["line".into()],
             config_keys: vec![
-                config_key("channel_access_token", true, true, "the channel's access token"),
+                config_key(
+                    "channel_access_token",
+                    true,
+                    true,
+                    "the channel's access token",
+                ),
                 config_key("api_url", false, false, "push endpoint (default LINE's)"),
             ],
             rate_limits: vec![],
@@ -58,7 +63,12 @@ impl Plugin for Line {
             ));
         }
         let url = config("api_url").unwrap_or_else(|| DEFAULT_API.into());
-        let text = match message.title.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+        let text = match message
+            .title
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+        {
             Some(title) => format!("{title}\n{}", plain_body(&message)),
             None => plain_body(&message),
         };

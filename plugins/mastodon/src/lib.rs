@@ -19,8 +19,8 @@
 
 use notifyhub_plugin_sdk::format::{plain_body, truncate};
 use notifyhub_plugin_sdk::{
-    Message, Plugin, PluginInfo, RateLimitRule, Receipt, SendError, config, config_key, form,
-    http, time,
+    Message, Plugin, PluginInfo, RateLimitRule, Receipt, SendError, config, config_key, form, http,
+    time,
 };
 use serde_json::Value;
 
@@ -37,9 +37,24 @@ impl Plugin for Mastodon {
             version: env!("CARGO_PKG_VERSION").into(),
             platforms: vec!["mastodon".into()],
             config_keys: vec![
-                config_key("access_token", true, true, "the account's token (write:statuses)"),
-                config_key("visibility", false, false, "public, unlisted (default), private or direct"),
-                config_key("max_characters", false, false, "the instance's limit (default 500)"),
+                config_key(
+                    "access_token",
+                    true,
+                    true,
+                    "the account's token (write:statuses)",
+                ),
+                config_key(
+                    "visibility",
+                    false,
+                    false,
+                    "public, unlisted (default), private or direct",
+                ),
+                config_key(
+                    "max_characters",
+                    false,
+                    false,
+                    "the instance's limit (default 500)",
+                ),
             ],
             rate_limits: vec![RateLimitRule {
                 requests: 300,
@@ -67,9 +82,13 @@ impl Plugin for Mastodon {
         }
         let max = match config("max_characters") {
             None => DEFAULT_MAX_CHARACTERS,
-            Some(n) => n.parse().ok().filter(|n| (10..=100_000).contains(n)).ok_or_else(|| {
-                SendError::invalid(format!("config `max_characters` {n:?} is not 10–100000"))
-            })?,
+            Some(n) => n
+                .parse()
+                .ok()
+                .filter(|n| (10..=100_000).contains(n))
+                .ok_or_else(|| {
+                    SendError::invalid(format!("config `max_characters` {n:?} is not 10–100000"))
+                })?,
         };
         let response = http::Request::post(&format!("{instance}/api/v1/statuses"))
             .header("authorization", format!("Bearer {token}"))
@@ -124,7 +143,12 @@ impl Plugin for Mastodon {
 /// mention in it.
 fn status(message: &Message, max: usize) -> String {
     let body = plain_body(message);
-    let text = match message.title.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+    let text = match message
+        .title
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
         Some(title) => format!("{title}\n\n{body}"),
         None => body,
     };

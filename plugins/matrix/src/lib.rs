@@ -109,7 +109,11 @@ impl Plugin for Matrix {
 }
 
 fn event(message: &Message) -> Value {
-    let title = message.title.as_deref().map(str::trim).filter(|t| !t.is_empty());
+    let title = message
+        .title
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
     let plain = plain_body(message);
     let plain = match title {
         Some(t) => format!("{t}\n\n{plain}"),

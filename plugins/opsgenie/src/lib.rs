@@ -41,7 +41,12 @@ impl Plugin for Opsgenie {
             platforms: vec!["opsgenie".into()],
             config_keys: vec![
                 config_key("api_key", true, true, "an API integration's key"),
-                config_key("api_url", false, false, "alerts endpoint (default Opsgenie's US one)"),
+                config_key(
+                    "api_url",
+                    false,
+                    false,
+                    "alerts endpoint (default Opsgenie's US one)",
+                ),
             ],
             rate_limits: vec![],
             description: "Opsgenie alerts (Alert API)".into(),
@@ -68,7 +73,11 @@ impl Plugin for Opsgenie {
             "HTTP {}: {} {}",
             response.status,
             answer["message"].as_str().unwrap_or_default(),
-            if answer["errors"].is_object() { answer["errors"].to_string() } else { String::new() }
+            if answer["errors"].is_object() {
+                answer["errors"].to_string()
+            } else {
+                String::new()
+            }
         );
         match response.status {
             400 | 422 => Err(SendError::invalid(detail)),
@@ -86,12 +95,18 @@ impl Plugin for Opsgenie {
 
 fn alert(message: &Message) -> Result<Value, SendError> {
     let meta = |name: &str| {
-        message.metadata.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        message
+            .metadata
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     };
     let priority = match meta("priority") {
         Some(p @ ("P1" | "P2" | "P3" | "P4" | "P5")) => p,
         Some(other) => {
-            return Err(SendError::invalid(format!("metadata `priority` {other:?}: use P1–P5")));
+            return Err(SendError::invalid(format!(
+                "metadata `priority` {other:?}: use P1–P5"
+            )));
         }
         None => match message.priority {
             Priority::High => "P2",
@@ -100,7 +115,11 @@ fn alert(message: &Message) -> Result<Value, SendError> {
         },
     };
     let mut details = Map::new();
-    for (k, v) in message.metadata.iter().filter(|(k, _)| k != "alias" && k != "priority") {
+    for (k, v) in message
+        .metadata
+        .iter()
+        .filter(|(k, _)| k != "alias" && k != "priority")
+    {
         details.insert(truncate(k, 100), json!(truncate(v, DETAIL_VALUE_MAX)));
     }
     let mut alert = json!({
@@ -125,7 +144,9 @@ fn responders(target: &str) -> Result<Vec<Value>, SendError> {
         .map(str::trim)
         .filter(|r| !r.is_empty())
         .map(|r| match r.split_once(':') {
-            Some(("user", name)) if !name.is_empty() => Ok(json!({"type": "user", "username": name})),
+            Some(("user", name)) if !name.is_empty() => {
+                Ok(json!({"type": "user", "username": name}))
+            }
             Some((kind @ ("team" | "escalation" | "schedule"), name)) if !name.is_empty() => {
                 Ok(json!({"type": kind, "name": name}))
             }

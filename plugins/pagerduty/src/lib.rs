@@ -45,8 +45,18 @@ impl Plugin for PagerDuty {
             version: env!("CARGO_PKG_VERSION").into(),
             platforms: vec!["pagerduty".into()],
             config_keys: vec![
-                config_key("source", false, false, "the affected system (default notifyhub)"),
-                config_key("api_url", false, false, "Events API endpoint (default PagerDuty's US one)"),
+                config_key(
+                    "source",
+                    false,
+                    false,
+                    "the affected system (default notifyhub)",
+                ),
+                config_key(
+                    "api_url",
+                    false,
+                    false,
+                    "Events API endpoint (default PagerDuty's US one)",
+                ),
             ],
             rate_limits: vec![RateLimitRule {
                 requests: 120,

@@ -13,10 +13,10 @@
 //! No answer at all (connection refused or dropped, TLS failure, timeout)
 //! is retryable; a call the host refuses is invalid configuration.
 
+use crate::SendError;
 pub use crate::bindings::notifyhub::smtp::client::{
     Credentials, Envelope, Relay, Reply, Security, SmtpError,
 };
-use crate::SendError;
 
 /// How long a relay that asked to slow down is left alone, in ms.
 pub const RATE_LIMIT_PAUSE_MS: u64 = 60_000;
@@ -31,7 +31,9 @@ impl From<SmtpError> for SendError {
         match error {
             SmtpError::Rejected(reply) => classify(&reply),
             SmtpError::Failed(why) => SendError::retryable(format!("SMTP: {why}"), None),
-            SmtpError::Denied(why) => SendError::invalid(format!("SMTP refused by the host: {why}")),
+            SmtpError::Denied(why) => {
+                SendError::invalid(format!("SMTP refused by the host: {why}"))
+            }
             SmtpError::Invalid(why) => SendError::invalid(format!("SMTP: {why}")),
         }
     }

@@ -42,7 +42,11 @@ pub fn parse_rfc3339_utc(text: &str) -> Option<u64> {
         .or_else(|| rest.strip_suffix("+00:00"))?;
     let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
     let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let mut t = time.split('.').next()?.splitn(3, ':').map(|p| p.parse::<i64>().ok());
+    let mut t = time
+        .split('.')
+        .next()?
+        .splitn(3, ':')
+        .map(|p| p.parse::<i64>().ok());
     let (h, min, s) = (t.next()??, t.next()??, t.next()??);
     let valid = (1..=12).contains(&m)
         && (1..=31).contains(&day)
@@ -100,8 +104,17 @@ mod tests {
             super::parse_rfc3339_utc("2021-02-25T15:02:10.123456Z"),
             Some(1_614_265_330)
         );
-        assert_eq!(super::parse_rfc3339_utc("2021-02-25T15:02:10+00:00"), Some(1_614_265_330));
-        for bad in ["", "2021-02-25", "2021-13-01T00:00:00Z", "1969-12-31T23:59:59Z", "x"] {
+        assert_eq!(
+            super::parse_rfc3339_utc("2021-02-25T15:02:10+00:00"),
+            Some(1_614_265_330)
+        );
+        for bad in [
+            "",
+            "2021-02-25",
+            "2021-13-01T00:00:00Z",
+            "1969-12-31T23:59:59Z",
+            "x",
+        ] {
             assert_eq!(super::parse_rfc3339_utc(bad), None, "{bad}");
         }
     }

@@ -21,7 +21,9 @@
 use lettre::message::{Mailbox, MultiPart, SinglePart, header::ContentType};
 use notifyhub_plugin_sdk::format::plain_body;
 use notifyhub_plugin_sdk::smtp::{self, Credentials, Envelope, Relay, Security};
-use notifyhub_plugin_sdk::{Message, Plugin, PluginInfo, Receipt, SendError, config, config_key, mail};
+use notifyhub_plugin_sdk::{
+    Message, Plugin, PluginInfo, Receipt, SendError, config, config_key, mail,
+};
 
 const MAX_RECIPIENTS: usize = 50;
 
@@ -59,7 +61,11 @@ impl Plugin for Smtp {
             .from(sender.clone())
             .subject(mail::subject(&message))
             .date_now()
-            .message_id(Some(format!("<{}@{}>", message.task_id, sender.email.domain())));
+            .message_id(Some(format!(
+                "<{}@{}>",
+                message.task_id,
+                sender.email.domain()
+            )));
         for recipient in &recipients {
             let to: Mailbox = recipient
                 .parse()
@@ -97,7 +103,9 @@ fn relay() -> Result<Relay, SendError> {
         .rsplit_once(':')
         .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
         .filter(|(h, p)| !h.is_empty() && *p != 0)
-        .ok_or_else(|| SendError::invalid(format!("config `relay` {address:?} is not host:port")))?;
+        .ok_or_else(|| {
+            SendError::invalid(format!("config `relay` {address:?} is not host:port"))
+        })?;
     let security = match config("security").as_deref() {
         None if port == 465 => Security::ImplicitTls,
         None | Some("starttls") => Security::Starttls,
@@ -112,7 +120,11 @@ fn relay() -> Result<Relay, SendError> {
     let credentials = match (config("username"), config("password")) {
         (Some(username), Some(password)) => Some(Credentials { username, password }),
         (None, None) => None,
-        _ => return Err(SendError::invalid("set both `username` and `password`, or neither")),
+        _ => {
+            return Err(SendError::invalid(
+                "set both `username` and `password`, or neither",
+            ));
+        }
     };
     Ok(Relay {
         host: host.to_string(),

@@ -45,8 +45,18 @@ impl Plugin for Twilio {
                 config_key("account_sid", true, false, "the account SID (AC…)"),
                 config_key("auth_token", true, true, "the account's auth token"),
                 config_key("from", false, false, "the sending number, E.164"),
-                config_key("messaging_service_sid", false, false, "or a Messaging Service (MG…)"),
-                config_key("max_segments", false, false, "segments per message at most (default 10)"),
+                config_key(
+                    "messaging_service_sid",
+                    false,
+                    false,
+                    "or a Messaging Service (MG…)",
+                ),
+                config_key(
+                    "max_segments",
+                    false,
+                    false,
+                    "segments per message at most (default 10)",
+                ),
                 config_key("api_url", false, false, "API base URL (default Twilio's)"),
             ],
             rate_limits: vec![],
@@ -62,7 +72,9 @@ impl Plugin for Twilio {
         let to = message.target.trim();
         let digits = to.strip_prefix('+').unwrap_or_default();
         if digits.is_empty() || digits.len() > 15 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(SendError::invalid("the target must be a number in E.164, e.g. +15551234567"));
+            return Err(SendError::invalid(
+                "the target must be a number in E.164, e.g. +15551234567",
+            ));
         }
         let sender = match (config("from"), config("messaging_service_sid")) {
             (Some(from), _) => ("From", from),
@@ -73,11 +85,20 @@ impl Plugin for Twilio {
         };
         let max_segments = match config("max_segments") {
             None => DEFAULT_SEGMENTS,
-            Some(n) => n.parse().ok().filter(|n| (1..=10).contains(n)).ok_or_else(|| {
-                SendError::invalid(format!("config `max_segments` {n:?} is not 1–10"))
-            })?,
+            Some(n) => n
+                .parse()
+                .ok()
+                .filter(|n| (1..=10).contains(n))
+                .ok_or_else(|| {
+                    SendError::invalid(format!("config `max_segments` {n:?} is not 1–10"))
+                })?,
         };
-        let text = match message.title.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+        let text = match message
+            .title
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+        {
             Some(title) => format!("{title}\n{}", plain_body(&message)),
             None => plain_body(&message),
         };
@@ -93,14 +114,22 @@ impl Plugin for Twilio {
             .header("authorization", format!("Basic {auth}"))
             .body(
                 "application/x-www-form-urlencoded",
-                form::encode([("To", to), (sender.0, sender.1.as_str()), ("Body", body.as_str())]),
+                form::encode([
+                    ("To", to),
+                    (sender.0, sender.1.as_str()),
+                    ("Body", body.as_str()),
+                ]),
             )
             .send()?;
         let answer: Value = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
         if response.is_success() {
             return Ok(Receipt {
                 provider_id: answer["sid"].as_str().map(str::to_string),
-                status: format!("HTTP {} {}", response.status, answer["status"].as_str().unwrap_or("")),
+                status: format!(
+                    "HTTP {} {}",
+                    response.status,
+                    answer["status"].as_str().unwrap_or("")
+                ),
             });
         }
         let code = answer["code"].as_i64();
@@ -113,7 +142,9 @@ impl Plugin for Twilio {
         match (response.status, code) {
             (429, _) | (_, Some(20429)) => Err(SendError::rate_limited(
                 detail,
-                response.retry_after_ms().unwrap_or(http::DEFAULT_RETRY_AFTER_MS),
+                response
+                    .retry_after_ms()
+                    .unwrap_or(http::DEFAULT_RETRY_AFTER_MS),
             )),
             (_, Some(20003 | 21610)) | (401 | 403, _) => Err(SendError::permanent(detail)),
             (400..=499, _) => Err(SendError::invalid(detail)),
@@ -141,7 +172,11 @@ fn gsm_septets(c: char) -> Option<usize> {
 fn fit(text: &str, segments: usize) -> String {
     let gsm = text.chars().all(|c| gsm_septets(c).is_some());
     let (single, part) = if gsm { (160, 153) } else { (70, 67) };
-    let budget = if segments == 1 { single } else { part * segments };
+    let budget = if segments == 1 {
+        single
+    } else {
+        part * segments
+    };
     let cost = |c: char| {
         if gsm {
             gsm_septets(c).unwrap_or(1)
@@ -153,7 +188,11 @@ fn fit(text: &str, segments: usize) -> String {
     if total <= budget && text.chars().count() <= MAX_CHARACTERS {
         return text.to_string();
     }
-    let marker = if gsm { "... [truncated]" } else { "… [truncated]" };
+    let marker = if gsm {
+        "... [truncated]"
+    } else {
+        "… [truncated]"
+    };
     let room = budget - marker.chars().map(cost).sum::<usize>();
     let room_chars = MAX_CHARACTERS - marker.chars().count();
     let mut out = String::new();

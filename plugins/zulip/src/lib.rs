@@ -52,7 +52,11 @@ impl Plugin for Zulip {
         };
         let (site, email, key) = (need("site")?, need("email")?, need("api_key")?);
         let target = message.target.trim();
-        let title = message.title.as_deref().map(str::trim).filter(|t| !t.is_empty());
+        let title = message
+            .title
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty());
         // A channel message's title is its topic; a direct message has none,
         // so the title leads the content.
         let lead = match (target.starts_with("dm:"), title) {
@@ -65,8 +69,11 @@ impl Plugin for Zulip {
         );
         let fields: Vec<(&str, String)> = match target.strip_prefix("dm:") {
             Some(list) => {
-                let people: Vec<&str> =
-                    list.split(',').map(str::trim).filter(|p| !p.is_empty()).collect();
+                let people: Vec<&str> = list
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .collect();
                 if people.is_empty() || people.len() > MAX_RECIPIENTS {
                     return Err(SendError::invalid(format!(
                         "dm: needs 1 to {MAX_RECIPIENTS} addresses"
@@ -89,16 +96,21 @@ impl Plugin for Zulip {
                     .or(title)
                     .unwrap_or("notifyhub");
                 let topic = truncate(&topic.replace(['\n', '\r'], " "), TOPIC_MAX);
-                vec![("type", "stream".into()), ("to", channel.into()), ("topic", topic)]
+                vec![
+                    ("type", "stream".into()),
+                    ("to", channel.into()),
+                    ("topic", topic),
+                ]
             }
         };
         let mut pairs: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
         pairs.push(("content", &content));
         let auth = base64::engine::general_purpose::STANDARD.encode(format!("{email}:{key}"));
-        let response = http::Request::post(&format!("{}/api/v1/messages", site.trim_end_matches('/')))
-            .header("authorization", format!("Basic {auth}"))
-            .body("application/x-www-form-urlencoded", form::encode(pairs))
-            .send()?;
+        let response =
+            http::Request::post(&format!("{}/api/v1/messages", site.trim_end_matches('/')))
+                .header("authorization", format!("Basic {auth}"))
+                .body("application/x-www-form-urlencoded", form::encode(pairs))
+                .send()?;
         let answer: Value = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
         if response.is_success() && answer["result"] == "success" {
             return Ok(Receipt {
