@@ -244,6 +244,43 @@ mod tests {
     }
 
     #[test]
+    fn the_smtp_table_is_checked_when_resolved() {
+        let dir = tempfile::tempdir().unwrap();
+        let none = Manifest::parse("").unwrap().resolve_smtp().unwrap();
+        assert!(!none.allow_plaintext && none.extra_roots.is_none());
+        let plain = Manifest::parse("[smtp]\nallow_plaintext = true").unwrap();
+        assert!(plain.resolve_smtp().unwrap().allow_plaintext);
+        assert!(Manifest::parse("[smtp]\nplaintext = true").is_err());
+
+        let at = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            Manifest::parse(&format!(
+                "[smtp]\nca_file = {:?}",
+                path.display().to_string()
+            ))
+            .unwrap()
+            .resolve_smtp()
+        };
+        assert!(matches!(
+            at("empty.pem", ""),
+            Err(ManifestError::CaFile { .. })
+        ));
+        assert!(matches!(
+            at(
+                "junk.pem",
+                "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n"
+            ),
+            Err(ManifestError::CaFile { .. })
+        ));
+        let missing = Manifest::parse("[smtp]\nca_file = \"/nonexistent/ca.pem\"").unwrap();
+        assert!(matches!(
+            missing.resolve_smtp(),
+            Err(ManifestError::CaFile { .. })
+        ));
+    }
+
+    #[test]
     fn rejects_unknown_keys_and_plain_secrets() {
         assert!(Manifest::parse("allowed_host = []").is_err());
         assert!(Manifest::parse("[secrets]\ntoken = \"plain\"").is_err());

@@ -78,15 +78,39 @@ impl SmtpPolicy {
     }
 }
 
-/// Which pool a call uses.
+/// How a connection is secured, as a pool tells connections apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Wrapping {
+    ImplicitTls,
+    Starttls,
+    Plaintext,
+}
+
+impl From<Security> for Wrapping {
+    fn from(security: Security) -> Self {
+        match security {
+            Security::ImplicitTls => Wrapping::ImplicitTls,
+            Security::Starttls => Wrapping::Starttls,
+            Security::None => Wrapping::Plaintext,
+        }
+    }
+}
+
+/// Which pool a call uses: everything a connection is built from, so a
+/// plugin reloaded with another CA file or timeout gets fresh connections.
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct PoolKey {
     plugin: Arc<str>,
+    /// What is connected to: the relay's name, or the public address it
+    /// resolved to when only a wildcard allows it.
     server: String,
     port: u16,
+    /// The name the certificate must carry.
     domain: String,
-    security: u8,
+    wrapping: Wrapping,
     credentials: Option<(String, String)>,
+    roots: Option<Arc<[u8]>>,
+    timeout: Duration,
 }
 
 type Mailer = AsyncSmtpTransport<Tokio1Executor>;
@@ -98,29 +122,29 @@ pub struct SmtpPools {
 }
 
 impl SmtpPools {
-    fn get(&self, key: PoolKey, policy: &SmtpPolicy, timeout: Duration) -> Result<Mailer, String> {
+    fn get(&self, key: PoolKey) -> Result<Mailer, String> {
         let mut pools = self.pools.lock().expect("never poisoned");
         if let Some(mailer) = pools.get(&key) {
             return Ok(mailer.clone());
         }
-        let tls = |domain: &str| -> Result<TlsParameters, String> {
-            let mut params = TlsParameters::builder(domain.to_string());
-            if let Some(pem) = &policy.extra_roots {
+        let tls = || -> Result<TlsParameters, String> {
+            let mut params = TlsParameters::builder(key.domain.clone());
+            if let Some(pem) = &key.roots {
                 params = params.add_root_certificate(
                     Certificate::from_pem(pem).map_err(|e| format!("ca_file: {e}"))?,
                 );
             }
             params.build_rustls().map_err(|e| e.to_string())
         };
-        let tls = match key.security {
-            0 => Tls::Wrapper(tls(&key.domain)?),
-            1 => Tls::Required(tls(&key.domain)?),
-            _ => Tls::None,
+        let tls = match key.wrapping {
+            Wrapping::ImplicitTls => Tls::Wrapper(tls()?),
+            Wrapping::Starttls => Tls::Required(tls()?),
+            Wrapping::Plaintext => Tls::None,
         };
         let mut builder = Mailer::builder_dangerous(key.server.clone())
             .port(key.port)
             .tls(tls)
-            .timeout(Some(timeout))
+            .timeout(Some(key.timeout))
             .pool_config(
                 PoolConfig::new()
                     .max_size(MAX_CONNECTIONS_PER_RELAY)
@@ -197,32 +221,32 @@ impl OutboundSmtp {
             (_, None) => return Err(self.deny(&relay, "relay not in allowed_hosts")),
             (_, Some(reach)) => reach,
         };
-        let (server, domain) = match reach {
-            Reach::Any => (relay.host.clone(), relay.host.clone()),
-            Reach::Public => (public_address(&relay).await?, relay.host.clone()),
+        let exchange = async {
+            let server = match reach {
+                Reach::Any => relay.host.clone(),
+                Reach::Public => public_address(&relay).await?,
+            };
+            let key = PoolKey {
+                plugin: self.plugin.clone(),
+                server,
+                port: relay.port,
+                domain: relay.host.clone(),
+                wrapping: relay.security.into(),
+                credentials: relay
+                    .credentials
+                    .as_ref()
+                    .map(|c| (c.username.clone(), c.password.clone())),
+                roots: self.policy.extra_roots.clone(),
+                timeout: self.timeout,
+            };
+            let mailer = self.pools.get(key).map_err(SmtpError::Failed)?;
+            mailer
+                .send_raw(&checked.envelope, &message)
+                .await
+                .map_err(|e| classify(&e, &relay))
         };
-        let key = PoolKey {
-            plugin: self.plugin.clone(),
-            server,
-            port: relay.port,
-            domain,
-            security: match relay.security {
-                Security::ImplicitTls => 0,
-                Security::Starttls => 1,
-                Security::None => 2,
-            },
-            credentials: relay
-                .credentials
-                .as_ref()
-                .map(|c| (c.username.clone(), c.password.clone())),
-        };
-        let mailer = self
-            .pools
-            .get(key, &self.policy, self.timeout)
-            .map_err(SmtpError::Failed)?;
-        let sent =
-            tokio::time::timeout(self.timeout, mailer.send_raw(&checked.envelope, &message)).await;
-        match sent {
+        // The whole exchange, name resolution included, within the bound.
+        match tokio::time::timeout(self.timeout, exchange).await {
             Err(_) => Err(SmtpError::Failed(format!(
                 "no answer from {}:{} within {:?}",
                 relay.host, relay.port, self.timeout
@@ -231,7 +255,7 @@ impl OutboundSmtp {
                 code: u16::from(response.code()),
                 text: bounded(response.message().collect::<Vec<_>>().join("\n")),
             }),
-            Ok(Err(e)) => Err(classify(&e, &relay)),
+            Ok(Err(e)) => Err(e),
         }
     }
 
@@ -376,4 +400,132 @@ fn bounded(mut text: String) -> String {
         text.push('…');
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bindings::smtp::Envelope as WitEnvelope;
+    use crate::sandbox::recorder::{CannedAnswer, Recorder};
+
+    fn outbound(allow: &[&str], plaintext: bool, budget: u32) -> OutboundSmtp {
+        OutboundSmtp::new(
+            Transport::Network(Box::default()),
+            Arc::default(),
+            Arc::new(AllowList::parse(allow).unwrap()),
+            SmtpPolicy {
+                allow_plaintext: plaintext,
+                extra_roots: None,
+            },
+            "test".into(),
+            Duration::from_secs(1),
+            budget,
+        )
+    }
+
+    fn relay(host: &str, port: u16, security: Security) -> Relay {
+        Relay {
+            host: host.into(),
+            port,
+            security,
+            credentials: None,
+        }
+    }
+
+    fn envelope(recipients: &[&str]) -> WitEnvelope {
+        WitEnvelope {
+            sender: Some("a@example.org".into()),
+            recipients: recipients.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn calls_are_refused_before_anything_is_sent() {
+        let ok = relay("smtp.example.org", 587, Security::Starttls);
+        let to = envelope(&["b@example.org"]);
+        let mut smtp = outbound(&["smtp.example.org:587"], false, 8);
+        assert!(smtp.check(&ok, &to, b"x").unwrap().reach.is_some());
+        // Not named by the allowlist: no reach (the send denies it).
+        let other = relay("smtp.example.org", 25, Security::Starttls);
+        assert!(smtp.check(&other, &to, b"x").unwrap().reach.is_none());
+
+        let invalid = |smtp: &mut OutboundSmtp, relay: &Relay, env: &WitEnvelope, size: usize| {
+            matches!(
+                smtp.check(relay, env, &vec![b'x'; size]),
+                Err(SmtpError::Invalid(_))
+            )
+        };
+        assert!(invalid(
+            &mut smtp,
+            &relay("", 587, Security::Starttls),
+            &to,
+            1
+        ));
+        assert!(invalid(
+            &mut smtp,
+            &relay("a b", 587, Security::Starttls),
+            &to,
+            1
+        ));
+        assert!(invalid(
+            &mut smtp,
+            &relay("h", 0, Security::Starttls),
+            &to,
+            1
+        ));
+        assert!(invalid(&mut smtp, &ok, &envelope(&[]), 1));
+        let many: Vec<String> = (0..=MAX_RECIPIENTS)
+            .map(|i| format!("r{i}@example.org"))
+            .collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(invalid(&mut smtp, &ok, &envelope(&many), 1));
+        assert!(invalid(&mut smtp, &ok, &envelope(&["not an address"]), 1));
+        assert!(invalid(&mut smtp, &ok, &to, MAX_MESSAGE_BYTES + 1));
+        assert!(!invalid(&mut smtp, &ok, &to, MAX_MESSAGE_BYTES));
+    }
+
+    #[test]
+    fn plaintext_needs_the_manifest_and_each_task_has_a_budget() {
+        let plain = relay("127.0.0.1", 25, Security::None);
+        let to = envelope(&["b@example.org"]);
+        let mut strict = outbound(&["127.0.0.1:25"], false, 8);
+        assert!(matches!(
+            strict.check(&plain, &to, b"x"),
+            Err(SmtpError::Denied(_))
+        ));
+        let mut lax = outbound(&["127.0.0.1:25"], true, 2);
+        assert!(lax.check(&plain, &to, b"x").is_ok());
+        assert!(lax.check(&plain, &to, b"x").is_ok());
+        assert!(matches!(
+            lax.check(&plain, &to, b"x"),
+            Err(SmtpError::Denied(_))
+        ));
+        lax.begin_task(Some("next".into()));
+        assert!(lax.check(&plain, &to, b"x").is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_recorder_keeps_the_message_and_answers_with_the_canned_code() {
+        let recorder = Arc::new(Recorder::new(CannedAnswer {
+            smtp_code: 451,
+            ..CannedAnswer::default()
+        }));
+        let mut smtp = outbound(&[], false, 8);
+        smtp.transport = Transport::Recorder(recorder.clone());
+        let sent = smtp
+            .send(
+                relay("smtp.example.org", 587, Security::Starttls),
+                envelope(&["b@example.org"]),
+                b"Subject: x\r\n\r\nbody".to_vec(),
+            )
+            .await;
+        assert!(matches!(
+            sent,
+            Err(SmtpError::Rejected(Reply { code: 451, .. }))
+        ));
+        let mails = recorder.mails();
+        assert_eq!(mails.len(), 1);
+        assert_eq!(mails[0].relay, "smtp.example.org:587");
+        assert_eq!(mails[0].recipients, ["b@example.org"]);
+    }
 }
