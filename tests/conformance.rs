@@ -1159,6 +1159,20 @@ fn zulip(req: &Recorded) -> Result<(), String> {
 /// Google Chat webhook: `{"text"}` of at most 4,096 characters with no
 /// `<users/…>` mention and no link syntax the sender did not write.
 fn googlechat(req: &Recorded) -> Result<(), String> {
+    // A client-assigned message id: `client-`, then at most 56 of a-z, 0-9, -.
+    let query = req.query.as_deref().unwrap_or_default();
+    let id = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("messageId=client-"))
+        .ok_or(format!("no messageId in {query:?}"))?;
+    if id.is_empty()
+        || id.len() > 56
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(format!("messageId client-{id}"));
+    }
     let doc = json_body(req)?;
     let text = string(&doc["text"], "text")?;
     non_empty("text", text)?;

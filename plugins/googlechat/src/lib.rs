@@ -9,6 +9,10 @@
 //! `<users/all>` or a user id in a message mentions no one and no text
 //! turns into a link the sender did not write.
 //!
+//! Idempotency: `messageId=client-<task id>` names the message, so a retry
+//! of a task Chat already took is refused as `ALREADY_EXISTS` (409) and
+//! counts as delivered, not posted twice.
+//!
 //! Threads: metadata `thread` becomes `thread.threadKey`, with
 //! `messageReplyOption=REPLY_MESSAGE_FALLBACK_TO_NEW_THREAD`, so
 //! notifications with the same key stack in one thread.
@@ -51,7 +55,16 @@ impl Plugin for GoogleChat {
                 "the target must be a Google Chat webhook URL",
             ));
         }
-        let mut url = message.target.clone();
+        let separator = if message.target.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        let mut url = format!(
+            "{}{separator}messageId=client-{}",
+            message.target,
+            message.task_id.to_ascii_lowercase()
+        );
         let mut body = json!({ "text": text(&message) });
         let thread = message
             .metadata
@@ -59,11 +72,8 @@ impl Plugin for GoogleChat {
             .find(|(k, _)| k == "thread")
             .map(|(_, v)| v);
         if let Some(key) = thread {
-            let key = truncate(key, THREAD_KEY_MAX);
-            body["thread"] = json!({ "threadKey": key });
-            let separator = if url.contains('?') { '&' } else { '?' };
-            url =
-                format!("{url}{separator}messageReplyOption=REPLY_MESSAGE_FALLBACK_TO_NEW_THREAD");
+            body["thread"] = json!({ "threadKey": truncate(key, THREAD_KEY_MAX) });
+            url.push_str("&messageReplyOption=REPLY_MESSAGE_FALLBACK_TO_NEW_THREAD");
         }
         let response = http::Request::post(&url)
             .body("application/json; charset=UTF-8", body.to_string())
@@ -76,6 +86,12 @@ impl Plugin for GoogleChat {
             });
         }
         let error = &answer["error"];
+        if response.status == 409 && error["status"] == "ALREADY_EXISTS" {
+            return Ok(Receipt {
+                provider_id: None,
+                status: "HTTP 409: already posted (messageId)".into(),
+            });
+        }
         let detail = format!(
             "HTTP {} {}: {}",
             response.status,
