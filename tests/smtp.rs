@@ -130,14 +130,24 @@ async fn implicit_tls_delivers_and_each_relay_answer_gets_its_class() -> anyhow:
     let plain = SmtpRelay::start(RelayTls::None, None).await?;
     let smtp = notifyhub_testkit::plugins::path("smtp")?;
     let daemon = with_relay(Daemon::builder(BIN), &relay, "tls")
-        // The same plugin as two more platforms: a wrong password, and a
-        // plaintext relay the manifest does not allow.
+        // The same plugin as three more platforms: a wrong password, a
+        // relay the allowlist does not name, and a plaintext relay the
+        // manifest does not allow.
         .file("badauth.wasm", std::fs::read(&smtp)?)
         .file(
             "badauth.toml",
             format!(
                 "platforms = [\"badauth\"]\n{}",
                 manifest(&relay, "tls", "TEST_SMTP_WRONG", "")
+            ),
+        )
+        .file("elsewhere.wasm", std::fs::read(&smtp)?)
+        .file(
+            "elsewhere.toml",
+            format!(
+                "platforms = [\"elsewhere\"]\n{}",
+                manifest(&relay, "tls", "TEST_SMTP_PASSWORD", "")
+                    .replace(&format!("allowed_hosts = [\"localhost:{}\"]", relay.port()), "allowed_hosts = [\"localhost:1\"]")
             ),
         )
         .file("cleartext.wasm", std::fs::read(&smtp)?)
@@ -174,6 +184,7 @@ async fn implicit_tls_delivers_and_each_relay_answer_gets_its_class() -> anyhow:
         ("smtp", "not an address", "invalid"),
         ("badauth", "ops@example.org", "permanent"),
         ("cleartext", "ops@example.org", "invalid"),
+        ("elsewhere", "ops@example.org", "invalid"),
     ];
     let mut wrong = Vec::new();
     for (platform, target, class) in cases {
@@ -193,6 +204,7 @@ async fn implicit_tls_delivers_and_each_relay_answer_gets_its_class() -> anyhow:
     assert!(plain.messages().is_empty());
     let logs = daemon.logs();
     assert!(logs.contains("plaintext SMTP is refused"), "{logs}");
+    assert!(logs.contains("relay not in allowed_hosts"), "{logs}");
     assert!(!logs.contains(PASSWORD));
     Ok(())
 }
