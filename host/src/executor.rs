@@ -25,6 +25,7 @@ use crate::sandbox::limits::MemoryCap;
 use crate::sandbox::{HostState, MAX_GUEST_TRANSFER_BYTES, PluginPolicy, Sandbox, arm_deadline};
 use crate::task::MAX_RETRY_AFTER;
 use crate::task::{FailureClass, Format, Outcome, Priority, Task};
+use crate::text::cap;
 
 /// How much longer than the epoch deadline the outer timeout waits.
 const OUTER_GRACE: Duration = Duration::from_millis(500);
@@ -299,17 +300,4 @@ fn to_wit(task: &Task, target: &str) -> wit::Message {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
     }
-}
-
-/// Cuts a plugin-supplied string to `max` bytes on a character boundary.
-fn cap(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut cut = max;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-        text.push_str("… [truncated]");
-    }
-    text
 }

@@ -26,7 +26,7 @@
 //! | [`daemon`] | wiring, start-up and shutdown; [`activation`]: a socket systemd passes |
 //! | [`config`], [`cli`], [`client`] | the operator's side |
 //! | [`check`], [`scaffold`], [`trial`] | `notifyhub check`, `notifyhub new` and `notifyhub try`, for plugin authors |
-//! | [`bindings`], [`redact`] | the WIT bindings; redaction of targets in output |
+//! | [`bindings`], [`redact`], [`text`] | the WIT bindings; redaction of targets in output; cutting outside text to a bound |
 //!
 //! `docs/architecture.md` has the picture.
 
@@ -58,5 +58,6 @@ pub mod server;
 pub mod store;
 pub mod task;
 pub mod telemetry;
+pub mod text;
 pub mod time;
 pub mod trial;

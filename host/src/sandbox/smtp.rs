@@ -389,17 +389,9 @@ fn classify(error: &lettre::transport::smtp::Error, relay: &Relay) -> SmtpError 
     SmtpError::Failed(bounded(format!("{}:{}: {what}", relay.host, relay.port)))
 }
 
-/// `text` cut to [`MAX_TEXT_BYTES`] at a character boundary.
-fn bounded(mut text: String) -> String {
-    if text.len() > MAX_TEXT_BYTES {
-        let mut cut = MAX_TEXT_BYTES;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-        text.push('…');
-    }
-    text
+/// `text` cut to [`MAX_TEXT_BYTES`].
+fn bounded(text: String) -> String {
+    crate::text::cap(text, MAX_TEXT_BYTES)
 }
 
 #[cfg(test)]

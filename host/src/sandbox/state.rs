@@ -133,15 +133,7 @@ impl notifyhub::plugin::host::Host for HostState {
             return;
         };
         let task = task.as_str();
-        let mut message = message;
-        if message.len() > MAX_LOG_LINE_BYTES {
-            let mut cut = MAX_LOG_LINE_BYTES;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-            message.push_str("… [truncated]");
-        }
+        let message = crate::text::cap(message, MAX_LOG_LINE_BYTES);
         let plugin = &*self.policy.name;
         match level {
             Level::Trace => {

@@ -79,14 +79,7 @@ impl Plugin for Email {
                 ))
             }
             413 => Err(SendError::invalid(errors(&response))),
-            _ => {
-                response.classify().map_err(|e| match e {
-                    SendError::Permanent(_) => SendError::permanent(errors(&response)),
-                    SendError::Invalid(_) => SendError::invalid(errors(&response)),
-                    other => other,
-                })?;
-                Err(SendError::retryable(errors(&response), None))
-            }
+            _ => Err(response.failure(errors(&response))),
         }
     }
 }

@@ -66,11 +66,7 @@ impl Plugin for GoogleChat {
             message.task_id.to_ascii_lowercase()
         );
         let mut body = json!({ "text": text(&message) });
-        let thread = message
-            .metadata
-            .iter()
-            .find(|(k, _)| k == "thread")
-            .map(|(_, v)| v);
+        let thread = message.meta("thread");
         if let Some(key) = thread {
             body["thread"] = json!({ "threadKey": truncate(key, THREAD_KEY_MAX) });
             url.push_str("&messageReplyOption=REPLY_MESSAGE_FALLBACK_TO_NEW_THREAD");
@@ -98,13 +94,7 @@ impl Plugin for GoogleChat {
             error["status"].as_str().unwrap_or("?"),
             error["message"].as_str().unwrap_or_default()
         );
-        response.classify().map_err(|e| match e {
-            SendError::Permanent(_) => SendError::permanent(detail.clone()),
-            SendError::Invalid(_) => SendError::invalid(detail.clone()),
-            SendError::RateLimited(r) => SendError::rate_limited(detail.clone(), r.retry_after_ms),
-            other => other,
-        })?;
-        Err(SendError::retryable(detail, None))
+        Err(response.failure(detail))
     }
 }
 

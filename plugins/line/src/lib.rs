@@ -19,7 +19,7 @@
 
 use notifyhub_plugin_sdk::format::{plain_body, truncate_utf16};
 use notifyhub_plugin_sdk::{
-    Message, Plugin, PluginInfo, Receipt, SendError, config, config_key, http,
+    Message, Plugin, PluginInfo, Receipt, SendError, config, config_key, http, required_config,
 };
 use serde_json::{Value, json};
 
@@ -50,9 +50,7 @@ impl Plugin for Line {
     }
 
     fn send(message: Message) -> Result<Receipt, SendError> {
-        let token = config("channel_access_token").ok_or_else(|| {
-            SendError::invalid("config key `channel_access_token` is not set (a secret)")
-        })?;
+        let token = required_config("channel_access_token")?;
         let to = message.target.trim();
         let id_ok = to.len() == 33
             && matches!(to.as_bytes()[0], b'U' | b'C' | b'R')
@@ -101,14 +99,7 @@ impl Plugin for Line {
                 QUOTA_WAIT_MS,
             )),
             400 => Err(SendError::invalid(detail)),
-            _ => {
-                response.classify().map_err(|e| match e {
-                    SendError::Permanent(_) => SendError::permanent(detail.clone()),
-                    SendError::Invalid(_) => SendError::invalid(detail.clone()),
-                    other => other,
-                })?;
-                Err(SendError::retryable(detail, None))
-            }
+            _ => Err(response.failure(detail)),
         }
     }
 }

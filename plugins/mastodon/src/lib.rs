@@ -20,7 +20,7 @@
 use notifyhub_plugin_sdk::format::{plain_body, truncate};
 use notifyhub_plugin_sdk::{
     Message, Plugin, PluginInfo, RateLimitRule, Receipt, SendError, config, config_key, form, http,
-    time,
+    required_config, time,
 };
 use serde_json::Value;
 
@@ -65,9 +65,7 @@ impl Plugin for Mastodon {
     }
 
     fn send(message: Message) -> Result<Receipt, SendError> {
-        let token = config("access_token").ok_or_else(|| {
-            SendError::invalid("config key `access_token` is not set (a secret in the manifest)")
-        })?;
+        let token = required_config("access_token")?;
         let instance = message.target.trim().trim_end_matches('/');
         if !instance.starts_with("https://") && !instance.starts_with("http://") {
             return Err(SendError::invalid(
@@ -127,14 +125,7 @@ impl Plugin for Mastodon {
                         .unwrap_or(http::DEFAULT_RETRY_AFTER_MS),
                 ))
             }
-            _ => {
-                response.classify().map_err(|e| match e {
-                    SendError::Permanent(_) => SendError::permanent(detail.clone()),
-                    SendError::Invalid(_) => SendError::invalid(detail.clone()),
-                    other => other,
-                })?;
-                Err(SendError::retryable(detail, None))
-            }
+            _ => Err(response.failure(detail)),
         }
     }
 }

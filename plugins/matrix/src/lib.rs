@@ -21,7 +21,8 @@
 use notifyhub_plugin_sdk::fit::Units;
 use notifyhub_plugin_sdk::format::{markdown_to_html, plain_body, truncate_bytes};
 use notifyhub_plugin_sdk::{
-    Format, Message, Plugin, PluginInfo, Receipt, SendError, config, config_key, form, html, http,
+    Format, Message, Plugin, PluginInfo, Receipt, SendError, config_key, form, html, http,
+    required_config,
 };
 use serde_json::{Value, json};
 
@@ -47,11 +48,8 @@ impl Plugin for Matrix {
     }
 
     fn send(message: Message) -> Result<Receipt, SendError> {
-        let homeserver = config("homeserver")
-            .ok_or_else(|| SendError::invalid("config key `homeserver` is not set"))?;
-        let token = config("access_token").ok_or_else(|| {
-            SendError::invalid("config key `access_token` is not set (a secret in the manifest)")
-        })?;
+        let homeserver = required_config("homeserver")?;
+        let token = required_config("access_token")?;
         let room = message.target.trim();
         if !room.starts_with('!') || !room.contains(':') {
             return Err(SendError::invalid(
@@ -96,14 +94,7 @@ impl Plugin for Matrix {
                     .unwrap_or(http::DEFAULT_RETRY_AFTER_MS),
             )),
             (413, _) | (_, Some("M_TOO_LARGE")) => Err(SendError::invalid(detail)),
-            _ => {
-                response.classify().map_err(|e| match e {
-                    SendError::Permanent(_) => SendError::permanent(detail.clone()),
-                    SendError::Invalid(_) => SendError::invalid(detail.clone()),
-                    other => other,
-                })?;
-                Err(SendError::retryable(detail, None))
-            }
+            _ => Err(response.failure(detail)),
         }
     }
 }

@@ -20,6 +20,7 @@
 use notifyhub_plugin_sdk::format::{headline, plain_body, truncate};
 use notifyhub_plugin_sdk::{
     Message, Plugin, PluginInfo, Priority, Receipt, SendError, config, config_key, http,
+    required_config,
 };
 use serde_json::{Map, Value, json};
 
@@ -54,9 +55,7 @@ impl Plugin for Opsgenie {
     }
 
     fn send(message: Message) -> Result<Receipt, SendError> {
-        let key = config("api_key").ok_or_else(|| {
-            SendError::invalid("config key `api_key` is not set (a secret in the manifest)")
-        })?;
+        let key = required_config("api_key")?;
         let url = config("api_url").unwrap_or_else(|| DEFAULT_API.into());
         let response = http::Request::post(&url)
             .header("authorization", format!("GenieKey {key}"))
@@ -81,27 +80,13 @@ impl Plugin for Opsgenie {
         );
         match response.status {
             400 | 422 => Err(SendError::invalid(detail)),
-            _ => {
-                response.classify().map_err(|e| match e {
-                    SendError::Permanent(_) => SendError::permanent(detail.clone()),
-                    SendError::Invalid(_) => SendError::invalid(detail.clone()),
-                    other => other,
-                })?;
-                Err(SendError::retryable(detail, None))
-            }
+            _ => Err(response.failure(detail)),
         }
     }
 }
 
 fn alert(message: &Message) -> Result<Value, SendError> {
-    let meta = |name: &str| {
-        message
-            .metadata
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
-    let priority = match meta("priority") {
+    let priority = match message.meta("priority") {
         Some(p @ ("P1" | "P2" | "P3" | "P4" | "P5")) => p,
         Some(other) => {
             return Err(SendError::invalid(format!(
@@ -125,7 +110,7 @@ fn alert(message: &Message) -> Result<Value, SendError> {
     let mut alert = json!({
         "message": headline(message, MESSAGE_MAX),
         "description": truncate(&plain_body(message), DESCRIPTION_MAX),
-        "alias": truncate(meta("alias").unwrap_or(&message.task_id), ALIAS_MAX),
+        "alias": truncate(message.meta("alias").unwrap_or(&message.task_id), ALIAS_MAX),
         "priority": priority,
         "source": "notifyhub",
         "details": details,

@@ -109,15 +109,11 @@ impl Plugin for PagerDuty {
 }
 
 fn event(message: &Message, key: &str) -> Result<Value, SendError> {
-    let meta = |name: &str| {
-        message
-            .metadata
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
-    let dedup_key = truncate_bytes(meta("dedup_key").unwrap_or(&message.task_id), DEDUP_KEY_MAX);
-    let action = meta("action").unwrap_or("trigger");
+    let dedup_key = truncate_bytes(
+        message.meta("dedup_key").unwrap_or(&message.task_id),
+        DEDUP_KEY_MAX,
+    );
+    let action = message.meta("action").unwrap_or("trigger");
     match action {
         "trigger" => {}
         "acknowledge" | "resolve" => {
@@ -133,7 +129,7 @@ fn event(message: &Message, key: &str) -> Result<Value, SendError> {
             )));
         }
     }
-    let severity = match meta("severity") {
+    let severity = match message.meta("severity") {
         Some(s @ ("critical" | "error" | "warning" | "info")) => s,
         Some(other) => {
             return Err(SendError::invalid(format!(

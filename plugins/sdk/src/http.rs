@@ -269,6 +269,20 @@ impl Response {
 }
 
 impl Response {
+    /// An answer the plugin did not accept, classified by its status as
+    /// [`Response::classify`] does, with `detail` (the platform's own error,
+    /// read from the body) as the message. A 2xx that reached here (a body
+    /// the plugin could not make sense of) is retryable.
+    pub fn failure(&self, detail: String) -> SendError {
+        match self.classify() {
+            Ok(()) => SendError::retryable(detail, None),
+            Err(SendError::Permanent(_)) => SendError::permanent(detail),
+            Err(SendError::Invalid(_)) => SendError::invalid(detail),
+            Err(SendError::Retryable(f)) => SendError::retryable(detail, f.retry_after_ms),
+            Err(SendError::RateLimited(r)) => SendError::rate_limited(detail, r.retry_after_ms),
+        }
+    }
+
     /// For platforms that answer HTTP 200 with a business code in a JSON
     /// body (DingTalk and WeCom `errcode`/`errmsg`, Feishu `code`/`msg`):
     /// the first of the `code` fields present and a one-line detail naming

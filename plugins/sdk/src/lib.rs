@@ -80,6 +80,26 @@ pub fn config(key: &str) -> Option<String> {
     bindings::notifyhub::plugin::host::get_config(key)
 }
 
+/// A configuration value the plugin cannot work without; the error names
+/// the missing key.
+pub fn required_config(key: &str) -> Result<String, SendError> {
+    config(key).ok_or_else(|| {
+        SendError::invalid(format!(
+            "config key `{key}` is not set (the manifest's [config], or [secrets] for a credential)"
+        ))
+    })
+}
+
+impl Message {
+    /// The first metadata value under `key`.
+    pub fn meta(&self, key: &str) -> Option<&str> {
+        self.metadata
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 /// Writes to the host's log; lines are tagged with the plugin and task.
 pub mod log {
     use crate::bindings::notifyhub::plugin::host::{Level, log};

@@ -22,7 +22,7 @@ use lettre::message::{Mailbox, MultiPart, SinglePart, header::ContentType};
 use notifyhub_plugin_sdk::format::plain_body;
 use notifyhub_plugin_sdk::smtp::{self, Credentials, Envelope, Relay, Security};
 use notifyhub_plugin_sdk::{
-    Message, Plugin, PluginInfo, Receipt, SendError, config, config_key, mail,
+    Message, Plugin, PluginInfo, Receipt, SendError, config, config_key, mail, required_config,
 };
 
 const MAX_RECIPIENTS: usize = 50;
@@ -50,7 +50,7 @@ impl Plugin for Smtp {
 
     fn send(message: Message) -> Result<Receipt, SendError> {
         let relay = relay()?;
-        let from = required("from")?;
+        let from = required_config("from")?;
         let sender: Mailbox = from
             .parse()
             .map_err(|e| SendError::invalid(format!("config `from` {from:?}: {e}")))?;
@@ -98,7 +98,7 @@ impl Plugin for Smtp {
 
 /// The relay from `relay`, `security`, `username` and `password`.
 fn relay() -> Result<Relay, SendError> {
-    let address = required("relay")?;
+    let address = required_config("relay")?;
     let (host, port) = address
         .rsplit_once(':')
         .and_then(|(h, p)| Some((h.trim_matches(['[', ']']), p.parse::<u16>().ok()?)))
@@ -132,10 +132,6 @@ fn relay() -> Result<Relay, SendError> {
         security,
         credentials,
     })
-}
-
-fn required(key: &str) -> Result<String, SendError> {
-    config(key).ok_or_else(|| SendError::invalid(format!("config key `{key}` is not set")))
 }
 
 fn first_line(text: &str) -> &str {

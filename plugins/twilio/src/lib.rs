@@ -24,6 +24,7 @@ use base64::Engine;
 use notifyhub_plugin_sdk::format::plain_body;
 use notifyhub_plugin_sdk::{
     Message, Plugin, PluginInfo, Receipt, SendError, config, config_key, form, http,
+    required_config,
 };
 use serde_json::Value;
 
@@ -65,10 +66,10 @@ impl Plugin for Twilio {
     }
 
     fn send(message: Message) -> Result<Receipt, SendError> {
-        let need = |key: &str| {
-            config(key).ok_or_else(|| SendError::invalid(format!("config key `{key}` is not set")))
-        };
-        let (sid, token) = (need("account_sid")?, need("auth_token")?);
+        let (sid, token) = (
+            required_config("account_sid")?,
+            required_config("auth_token")?,
+        );
         let to = message.target.trim();
         let digits = to.strip_prefix('+').unwrap_or_default();
         if digits.is_empty() || digits.len() > 15 || !digits.bytes().all(|b| b.is_ascii_digit()) {

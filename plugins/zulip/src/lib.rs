@@ -19,7 +19,7 @@
 use base64::Engine;
 use notifyhub_plugin_sdk::format::{plain_body, truncate, truncate_bytes};
 use notifyhub_plugin_sdk::{
-    Message, Plugin, PluginInfo, Receipt, SendError, config, config_key, form, http,
+    Message, Plugin, PluginInfo, Receipt, SendError, config_key, form, http, required_config,
 };
 use serde_json::{Value, json};
 
@@ -47,10 +47,11 @@ impl Plugin for Zulip {
     }
 
     fn send(message: Message) -> Result<Receipt, SendError> {
-        let need = |key: &str| {
-            config(key).ok_or_else(|| SendError::invalid(format!("config key `{key}` is not set")))
-        };
-        let (site, email, key) = (need("site")?, need("email")?, need("api_key")?);
+        let (site, email, key) = (
+            required_config("site")?,
+            required_config("email")?,
+            required_config("api_key")?,
+        );
         let target = message.target.trim();
         let title = message
             .title
@@ -136,13 +137,7 @@ impl Plugin for Zulip {
             )),
             400 if missing => Err(SendError::permanent(detail)),
             400 => Err(SendError::invalid(detail)),
-            _ => {
-                response.classify().map_err(|e| match e {
-                    SendError::Permanent(_) => SendError::permanent(detail.clone()),
-                    other => other,
-                })?;
-                Err(SendError::retryable(detail, None))
-            }
+            _ => Err(response.failure(detail)),
         }
     }
 }
