@@ -207,14 +207,13 @@ fn try_plugin(
     )?;
     std::fs::write(dir.path().join(format!("{plugin}.toml")), manifest)?;
     let out = output_within(
-        Command::new(BIN)
-            .arg("--cache-dir")
-            .arg(notifyhub_testkit::daemon::shared_cache_dir())
-            .arg("try")
-            .arg(dir.path().join(format!("{plugin}.wasm")))
-            .args(args)
-            .arg("--json")
-            .envs(env.iter().copied()),
+        notifyhub_testkit::daemon::try_command(
+            BIN.as_ref(),
+            &dir.path().join(format!("{plugin}.wasm")),
+        )
+        .args(args)
+        .arg("--json")
+        .envs(env.iter().copied()),
         CLI_EXITS_WITHIN,
     )?;
     let report = serde_json::from_slice(&out.stdout).map_err(|e| {

@@ -419,12 +419,8 @@ async fn every_platform_tries_without_a_daemon() -> anyhow::Result<()> {
         let manifest = p.manifest.replace("{base}", "http://127.0.0.1:9");
         std::fs::write(dir.path().join(format!("{}.toml", p.name)), manifest)?;
         let ok = (p.ok)();
-        let mut command = std::process::Command::new(BIN);
+        let mut command = notifyhub_testkit::daemon::try_command(BIN.as_ref(), &plugin);
         command
-            .arg("--cache-dir")
-            .arg(notifyhub_testkit::daemon::shared_cache_dir())
-            .arg("try")
-            .arg(&plugin)
             .args([
                 "--target",
                 &(p.target)(&receiver),

@@ -262,12 +262,8 @@ async fn try_shows_the_smtp_dialogue_without_sending() -> anyhow::Result<()> {
         manifest(&relay, "starttls", "TEST_SMTP_PASSWORD", ""),
     )?;
     let run = |extra: &[&str]| {
-        let mut command = std::process::Command::new(BIN);
+        let mut command = notifyhub_testkit::daemon::try_command(BIN.as_ref(), &plugin);
         command
-            .arg("--cache-dir")
-            .arg(notifyhub_testkit::daemon::shared_cache_dir())
-            .arg("try")
-            .arg(&plugin)
             .args([
                 "--target",
                 "ops@example.org",
@@ -277,8 +273,7 @@ async fn try_shows_the_smtp_dialogue_without_sending() -> anyhow::Result<()> {
                 "x",
             ])
             .args(extra)
-            .env("TEST_SMTP_PASSWORD", PASSWORD)
-            .env("NO_COLOR", "1");
+            .env("TEST_SMTP_PASSWORD", PASSWORD);
         notifyhub_testkit::process::output_within(&mut command, Duration::from_secs(120))
     };
     let out = run(&[])?;

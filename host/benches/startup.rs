@@ -28,7 +28,9 @@ fn manifest(plugin: &str) -> &'static str {
         "twilio" => "[config]\naccount_sid = \"AC1\"\nauth_token = \"t\"\n",
         "line" => "[config]\nchannel_access_token = \"t\"\n",
         "opsgenie" => "[config]\napi_key = \"k\"\n",
-        "zulip" => "[config]\nsite = \"https://z.example\"\nemail = \"b@z.example\"\napi_key = \"k\"\n",
+        "zulip" => {
+            "[config]\nsite = \"https://z.example\"\nemail = \"b@z.example\"\napi_key = \"k\"\n"
+        }
         _ => "",
     }
 }

@@ -166,6 +166,19 @@ pub fn shared_cache_dir() -> PathBuf {
     crate::repo_root().join("target/notifyhub-test-cache")
 }
 
+/// `BIN try PLUGIN` with the suite's compile cache: add the message and
+/// answer options, then run it (under a deadline).
+pub fn try_command(bin: &Path, plugin: &Path) -> Command {
+    let mut command = Command::new(bin);
+    command
+        .arg("--cache-dir")
+        .arg(shared_cache_dir())
+        .arg("try")
+        .arg(plugin)
+        .env("NO_COLOR", "1");
+    command
+}
+
 /// A running daemon; killed when dropped.
 pub struct Daemon {
     dir: tempfile::TempDir,
