@@ -1,7 +1,7 @@
 //! The core's promises, each checked against the real daemon where an
 //! outside test found it broken: values from platforms are bounded, plugin
 //! names cannot leave the plugin directory, a task's history only grows,
-//! a submit is acknowledged only if its own write committed, the socket
+//! a submit (and a retry) is acknowledged only if its own write committed, the socket
 //! answers before plugins have compiled, and the CLI takes what users type.
 
 use std::path::Path;
@@ -194,38 +194,14 @@ async fn a_full_disk_refuses_submits_and_loses_no_acknowledged_task() -> anyhow:
         .data_dir(&data)
         .start()
         .await?;
-    let body = "x".repeat(60_000);
-    let mut acknowledged = Vec::new();
-    let mut refused = None;
-    for _ in 0..200 {
-        let tasks: Vec<Value> = (0..4)
-            .map(|_| json!({"platform": "noop", "target": "t", "body": body, "delay": "1h"}))
-            .collect();
-        let r = daemon
-            .request(json!({"op": "submit", "tasks": tasks}))
-            .await?;
-        if r["ok"] == true {
-            acknowledged.extend(
-                r["result"]["task_ids"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|id| id.as_str().unwrap().to_string()),
-            );
-        } else {
-            refused = Some(r);
-            break;
-        }
-    }
-    let refused = refused.ok_or_else(|| anyhow::anyhow!("the disk never filled up"))?;
-    anyhow::ensure!(refused["error"]["code"] == "unavailable", "{refused}");
+    let mut acknowledged = fill_the_disk(&daemon).await?;
     anyhow::ensure!(
         !acknowledged.is_empty(),
         "nothing was accepted before the disk filled"
     );
     // While the disk is full, new submits are refused with the same code.
     let again = daemon
-        .request(json!({"op": "submit", "task": {"platform": "noop", "target": "t", "body": body}}))
+        .request(json!({"op": "submit", "task": {"platform": "noop", "target": "t", "body": "x".repeat(60_000)}}))
         .await?;
     anyhow::ensure!(again["error"]["code"] == "unavailable", "{again}");
 
@@ -387,5 +363,98 @@ async fn serve_keeps_systemd_s_watchdog_fed() -> anyhow::Result<()> {
             })??;
         keep_alives += usize::from(String::from_utf8_lossy(&buf[..n]).contains("WATCHDOG=1"));
     }
+    Ok(())
+}
+
+/// Fills the disk under `daemon`'s store with tasks due in an hour until a
+/// submit is refused; returns the ids that were acknowledged.
+async fn fill_the_disk(daemon: &Daemon) -> anyhow::Result<Vec<String>> {
+    let body = "x".repeat(60_000);
+    let mut acknowledged = Vec::new();
+    for _ in 0..200 {
+        let tasks: Vec<Value> = (0..4)
+            .map(|_| json!({"platform": "noop", "target": "t", "body": body, "delay": "1h"}))
+            .collect();
+        let r = daemon
+            .request(json!({"op": "submit", "tasks": tasks}))
+            .await?;
+        if r["ok"] != true {
+            anyhow::ensure!(r["error"]["code"] == "unavailable", "{r}");
+            return Ok(acknowledged);
+        }
+        acknowledged.extend(
+            r["result"]["task_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|id| id.as_str().unwrap().to_string()),
+        );
+    }
+    anyhow::bail!("the disk never filled up")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_that_cannot_be_written_is_refused_and_the_task_stays_dead() -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        anyhow::bail!("this test mounts a tmpfs and must run as root");
+    }
+    let receiver = Receiver::start(|_| Reply::new(410, "gone")).await;
+    let base = tempfile::Builder::new().prefix("nh-full-").tempdir()?;
+    let data = base.path().join("data");
+    let _tmpfs = Tmpfs::mount(&data, "3m")?;
+    let mut daemon = Daemon::builder(BIN)
+        .plugin("noop", None)
+        .plugin("webhook", Some(&allow(&receiver)))
+        .data_dir(&data)
+        .start()
+        .await?;
+    let task = daemon
+        .deliver(json!({"platform": "webhook", "target": receiver.url("/"), "body": "b"}))
+        .await?;
+    anyhow::ensure!(task["state"] == "dead", "{task}");
+    let id = task["id"].as_str().unwrap().to_string();
+
+    fill_the_disk(&daemon).await?;
+    let refused = daemon
+        .request(json!({"op": "retry", "task_id": id}))
+        .await?;
+    anyhow::ensure!(refused["error"]["code"] == "unavailable", "{refused}");
+    let after = daemon.request(json!({"op": "task", "task_id": id})).await?;
+    anyhow::ensure!(
+        after["result"]["state"] == "dead" && attempt_numbers(&after["result"]) == [1],
+        "a refused retry changed the task: {after}"
+    );
+
+    // With room again, the same retry is taken and runs; a restart keeps
+    // the attempt it made.
+    let status = Command::new("mount")
+        .args(["-o", "remount,size=64m"])
+        .arg(&data)
+        .status()?;
+    anyhow::ensure!(status.success(), "remount failed");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = daemon
+            .request(json!({"op": "retry", "task_id": id}))
+            .await?;
+        if r["ok"] == true {
+            break;
+        }
+        anyhow::ensure!(r["error"]["code"] == "unavailable", "{r}");
+        anyhow::ensure!(Instant::now() < deadline, "the store never recovered: {r}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    task_until(&daemon, &id, Duration::from_secs(20), |t| {
+        t["state"] == "dead" && attempt_numbers(t).len() == 2
+    })
+    .await?;
+    daemon.kill()?;
+    daemon.restart().await?;
+    let kept = daemon.request(json!({"op": "task", "task_id": id})).await?;
+    anyhow::ensure!(
+        attempt_numbers(&kept["result"]) == [1, 2],
+        "after a restart: {kept}"
+    );
     Ok(())
 }
