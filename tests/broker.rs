@@ -1014,3 +1014,90 @@ async fn a_message_whose_record_was_taken_back_is_not_run() -> anyhow::Result<()
     anyhow::ensure!(!seen.contains_key("refused"), "delivered: {seen:?}");
     Ok(())
 }
+
+/// A submit whose publish landed but whose acknowledgement was lost is
+/// answered `unavailable`; the client retries with its idempotency key
+/// through the outage that follows, and the notification is delivered
+/// once: the retry is a new task, and the landed message finds its record
+/// taken back and is not run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_publish_ack_and_a_keyed_retry_deliver_once() -> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let cutter = notifyhub_testkit::ack_cutter::AckCutter::start(nats.url()).await?;
+    let receiver = Receiver::start(|_| Reply::new(200, "ok")).await;
+    let daemon = Daemon::builder(BIN)
+        .plugin(
+            "webhook",
+            Some(&format!("allowed_hosts = [\"{}\"]\n", receiver.authority())),
+        )
+        .config(&format!("[broker]\nurl = \"{}\"\n", cutter.url()))
+        .start()
+        .await?;
+    let mut keyed = task(&receiver, "exactly once");
+    keyed["idempotency_key"] = json!("order 7");
+
+    // The broker then looks down for a while: retries meanwhile are
+    // refused at once.
+    cutter
+        .lose_next_ack_on("notifyhub.tasks.webhook", Duration::from_secs(2))
+        .await;
+    let first = daemon
+        .request(json!({"op": "submit", "task": keyed}))
+        .await?;
+    anyhow::ensure!(
+        first["error"]["code"] == "unavailable" && cutter.cuts() == 1,
+        "the lost acknowledgement was not reported: {first} (cuts: {})",
+        cutter.cuts()
+    );
+
+    // The client retries until the submit is taken.
+    let deadline = Instant::now() + WAIT;
+    let id = loop {
+        let r = daemon
+            .request(json!({"op": "submit", "task": keyed}))
+            .await?;
+        if r["ok"] == true {
+            break r["result"]["task_ids"][0].as_str().unwrap().to_string();
+        }
+        anyhow::ensure!(r["error"]["code"] == "unavailable", "{r}");
+        anyhow::ensure!(Instant::now() < deadline, "never taken: {r}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let r = call(&daemon, json!({"op": "task", "task_id": id})).await?;
+        if r["state"] == "succeeded" {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the retried task was not delivered: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The landed message waits out its settling time, then is refused.
+    let deadline = Instant::now() + WAIT;
+    while !daemon
+        .logs()
+        .contains("a refused submit's message landed after all; not running it")
+    {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the landed message was never refused; requests: {}",
+            receiver.requests().len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let bodies: Vec<String> = receiver
+        .requests()
+        .iter()
+        .map(|r| {
+            r.json()["data"]["body"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    anyhow::ensure!(bodies == ["exactly once"], "delivered {bodies:?}");
+    Ok(())
+}

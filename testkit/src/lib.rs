@@ -11,6 +11,8 @@
 //! - [`receiver`]: an HTTP server on 127.0.0.1 that records what plugins send
 //!   and answers like the platform would;
 //! - [`nats`]: a real nats-server with JetStream on a free loopback port;
+//!   [`ack_cutter`]: a relay in front of it that loses one publish
+//!   acknowledgement on purpose;
 //! - [`smtp`]: a real SMTP relay (aiosmtpd) on loopback, with STARTTLS or
 //!   implicit TLS, AUTH, and answers chosen per recipient;
 //! - [`otlp`]: an OpenTelemetry collector on 127.0.0.1 that decodes the
@@ -21,6 +23,7 @@
 //! Nothing here imports the host crate: tests drive notifyhub only through
 //! its public interfaces, the socket and the command line.
 
+pub mod ack_cutter;
 pub mod daemon;
 pub mod deadline;
 pub mod nats;
