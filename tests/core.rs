@@ -173,6 +173,18 @@ impl Tmpfs {
     }
 }
 
+impl Tmpfs {
+    /// Frees space: the tmpfs grows to `size`.
+    fn grow(&self, size: &str) -> anyhow::Result<()> {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()?;
+        anyhow::ensure!(status.success(), "remount failed");
+        Ok(())
+    }
+}
+
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
@@ -188,7 +200,7 @@ async fn a_full_disk_refuses_submits_and_loses_no_acknowledged_task() -> anyhow:
     }
     let base = tempfile::Builder::new().prefix("nh-full-").tempdir()?;
     let data = base.path().join("data");
-    let _tmpfs = Tmpfs::mount(&data, "3m")?;
+    let tmpfs = Tmpfs::mount(&data, "3m")?;
     let mut daemon = Daemon::builder(BIN)
         .plugin("noop", None)
         .data_dir(&data)
@@ -206,11 +218,7 @@ async fn a_full_disk_refuses_submits_and_loses_no_acknowledged_task() -> anyhow:
     anyhow::ensure!(again["error"]["code"] == "unavailable", "{again}");
 
     // Free the space (grow the tmpfs), then the store takes tasks again.
-    let status = Command::new("mount")
-        .args(["-o", "remount,size=64m"])
-        .arg(&data)
-        .status()?;
-    anyhow::ensure!(status.success(), "remount failed");
+    tmpfs.grow("64m")?;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let r = daemon
@@ -402,7 +410,7 @@ async fn a_retry_that_cannot_be_written_is_refused_and_the_task_stays_dead() -> 
     let receiver = Receiver::start(|_| Reply::new(410, "gone")).await;
     let base = tempfile::Builder::new().prefix("nh-full-").tempdir()?;
     let data = base.path().join("data");
-    let _tmpfs = Tmpfs::mount(&data, "3m")?;
+    let tmpfs = Tmpfs::mount(&data, "3m")?;
     let mut daemon = Daemon::builder(BIN)
         .plugin("noop", None)
         .plugin("webhook", Some(&allow(&receiver)))
@@ -428,11 +436,7 @@ async fn a_retry_that_cannot_be_written_is_refused_and_the_task_stays_dead() -> 
 
     // With room again, the same retry is taken and runs; a restart keeps
     // the attempt it made.
-    let status = Command::new("mount")
-        .args(["-o", "remount,size=64m"])
-        .arg(&data)
-        .status()?;
-    anyhow::ensure!(status.success(), "remount failed");
+    tmpfs.grow("64m")?;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let r = daemon

@@ -190,13 +190,14 @@ fn redact(text: &str, secrets: &[String]) -> String {
 }
 
 fn show_mail(mail: RecordedMail, secrets: &[String], allow: &AllowList) -> ShownMail {
-    let uri = format!("smtp://{}/", mail.relay).parse::<http::Uri>().ok();
-    let denied_in_daemon = uri.filter(|uri| allow.reach(uri).is_none()).map(|_| {
-        format!(
-            "the manifest's allowed_hosts does not name {}: the daemon would refuse this relay",
-            mail.relay
-        )
-    });
+    let relay = format!("{}:{}", mail.host, mail.port);
+    let denied_in_daemon = crate::sandbox::smtp::relay_uri(&mail.host, mail.port)
+        .filter(|uri| allow.reach(uri).is_none())
+        .map(|_| {
+            format!(
+                "the manifest's allowed_hosts does not name {relay}: the daemon would refuse this relay"
+            )
+        });
     ShownMail {
         security: mail.security.to_string(),
         username: mail.username.map(|u| redact(&u, secrets)),
@@ -204,7 +205,7 @@ fn show_mail(mail: RecordedMail, secrets: &[String], allow: &AllowList) -> Shown
         recipients: mail.recipients,
         message: redact(&String::from_utf8_lossy(&mail.message), secrets),
         message_bytes: mail.message.len(),
-        relay: mail.relay,
+        relay,
         denied_in_daemon,
     }
 }

@@ -33,8 +33,9 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 
 class Handler:
-    def __init__(self, out):
+    def __init__(self, out, implicit):
         self.out = out
+        self.implicit = implicit
         self.seen = set()
         self.queued = 0
 
@@ -99,8 +100,7 @@ async def main():
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("localhost", "127.0.0.1").configure_cert(context)
 
-    handler = Handler(os.path.join(args.dir, "messages.jsonl"))
-    handler.implicit = args.tls == "implicit"
+    handler = Handler(os.path.join(args.dir, "messages.jsonl"), args.tls == "implicit")
     options = {}
     if args.user:
         options.update(

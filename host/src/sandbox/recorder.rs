@@ -61,7 +61,8 @@ impl CannedAnswer {
 /// One SMTP message as the plugin handed it to the host.
 #[derive(Debug, Clone)]
 pub struct RecordedMail {
-    pub relay: String,
+    pub host: String,
+    pub port: u16,
     pub security: &'static str,
     /// The AUTH user; the password is never kept.
     pub username: Option<String>,
@@ -113,7 +114,8 @@ impl Recorder {
             .lock()
             .expect("never poisoned")
             .push(RecordedMail {
-                relay: format!("{}:{}", relay.host, relay.port),
+                host: relay.host.clone(),
+                port: relay.port,
                 security: match relay.security {
                     Security::ImplicitTls => "TLS",
                     Security::Starttls => "STARTTLS",

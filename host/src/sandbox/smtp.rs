@@ -310,7 +310,7 @@ impl OutboundSmtp {
         let envelope = Envelope::new(sender, recipients)
             .map_err(|e| SmtpError::Invalid(format!("envelope: {e}")))?;
 
-        let reach = relay_uri(relay).and_then(|uri| self.allow.reach(&uri));
+        let reach = relay_uri(&relay.host, relay.port).and_then(|uri| self.allow.reach(&uri));
         if matches!(relay.security, Security::None) && !self.policy.allow_plaintext {
             return Err(self.deny(
                 relay,
@@ -341,14 +341,14 @@ struct Checked {
     envelope: Envelope,
 }
 
-/// The relay as the allowlist sees it: `smtp://host:port/`.
-pub fn relay_uri(relay: &Relay) -> Option<http::Uri> {
-    let host = if relay.host.contains(':') {
-        format!("[{}]", relay.host)
+/// A relay as the allowlist sees it: `smtp://host:port/`.
+pub fn relay_uri(host: &str, port: u16) -> Option<http::Uri> {
+    let host = if host.contains(':') {
+        format!("[{host}]")
     } else {
-        relay.host.clone()
+        host.to_string()
     };
-    format!("smtp://{host}:{}/", relay.port).parse().ok()
+    format!("smtp://{host}:{port}/").parse().ok()
 }
 
 /// A public address of the relay, for a relay allowed only by a wildcard.
@@ -517,7 +517,10 @@ mod tests {
         ));
         let mails = recorder.mails();
         assert_eq!(mails.len(), 1);
-        assert_eq!(mails[0].relay, "smtp.example.org:587");
+        assert_eq!(
+            (mails[0].host.as_str(), mails[0].port),
+            ("smtp.example.org", 587)
+        );
         assert_eq!(mails[0].recipients, ["b@example.org"]);
     }
 }
