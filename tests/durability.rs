@@ -85,8 +85,10 @@ async fn kill_9_mid_load_loses_no_acknowledged_task() -> anyhow::Result<()> {
     }
     let seen = counts(&receiver.requests());
     let duplicates: usize = seen.values().map(|n| n - 1).sum();
-    // In flight at the kill: up to 64 running, plus finishes not yet
-    // committed (group commit takes milliseconds): bounded by twice the pool.
+    // Delivered again after the kill: at most the 64 running, plus the
+    // outcomes not yet committed, which the journal bounds by `max_workers`
+    // however slow its fsync is (a worker waits for room before recording).
+    // CI once saw 274 here, before that bound: the disk was busy with builds.
     assert!(
         duplicates <= 2 * in_flight_bound,
         "{duplicates} duplicate deliveries"

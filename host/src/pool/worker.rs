@@ -245,6 +245,10 @@ async fn deliver(
     metrics.record(started.elapsed().as_micros() as u64, outcome.is_success());
     *metrics.current.lock().expect("never poisoned") = None;
     *metrics.last_activity.lock().expect("never poisoned") = Some(SystemTime::now());
+    // Held across the write: when commits fall behind, the worker waits
+    // here (its task still running) rather than piling up outcomes that a
+    // crash would lose and deliver again.
+    let _room = context.lifecycle.store().room_for_outcome().await;
     context.lifecycle.finish(
         task,
         attempt,

@@ -15,7 +15,13 @@
 //! answer: the acknowledgement says whether *that* transaction committed,
 //! and a failed commit fails every submit in it. An attempt's outcome does
 //! not wait: losing one in a crash (or a failed commit) means the task is
-//! delivered again (at least once). An attempt is written when it ends, with
+//! delivered again (at least once). How many can be lost is bounded, not
+//! left to the disk's speed: a worker takes an [`OutcomeRoom`] before it
+//! records an outcome, and the room is given back only once the commit
+//! holding that outcome is done, so at most `unsynced_outcomes` (the pool's
+//! `max_workers`) outcomes are ever uncommitted. A slow fsync slows the
+//! workers down instead of growing what a crash delivers twice: at most the
+//! running tasks plus that many. An attempt is written when it ends, with
 //! its start time; a running task is `queued` on disk, so an attempt cut off
 //! by a crash is simply run again and leaves no record.
 //!
@@ -35,7 +41,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, params};
-use tokio::sync::oneshot;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use super::time::DueTime;
 use super::{Attempt, TaskRecord};
@@ -104,6 +110,29 @@ enum Op {
     },
     /// Answered once everything sent before it is committed.
     Sync(oneshot::Sender<Result<(), String>>),
+    /// An [`OutcomeRoom`]'s permit, given back once everything sent before
+    /// it (its outcome) is committed.
+    Release(OwnedSemaphorePermit),
+}
+
+/// Room for one outcome not yet committed (see the module's guide): taken
+/// before the outcome is written, and given back when dropped, but only
+/// once everything written before the drop has committed (or failed).
+#[must_use = "the room bounds uncommitted outcomes only while it is held across the write"]
+pub struct OutcomeRoom {
+    permit: Option<OwnedSemaphorePermit>,
+    writes: mpsc::Sender<Op>,
+}
+
+impl Drop for OutcomeRoom {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            // The writer's channel is first in, first out: the permit comes
+            // back in the commit of the outcome written before it, or a
+            // later one. A stopped writer drops it at once.
+            let _ = self.writes.send(Op::Release(permit));
+        }
+    }
 }
 
 /// Whether the last commit succeeded, shared by the writer and the store.
@@ -134,6 +163,8 @@ pub struct Journal {
     writes: mpsc::Sender<Op>,
     reader: Mutex<Connection>,
     health: Arc<Health>,
+    /// Permits for outcomes not yet committed ([`OutcomeRoom`]).
+    unsynced: Arc<Semaphore>,
 }
 
 const SCHEMA: &str = "
@@ -259,8 +290,13 @@ fn json<T: serde::Serialize>(value: &T) -> String {
 }
 
 impl Journal {
-    /// Opens (or creates) the store at `path` and starts its writer.
-    pub fn open(path: &Path, observer: Option<CommitObserver>) -> Result<Journal, JournalError> {
+    /// Opens (or creates) the store at `path` and starts its writer; at most
+    /// `unsynced_outcomes` outcomes (at least one) are ever uncommitted.
+    pub fn open(
+        path: &Path,
+        observer: Option<CommitObserver>,
+        unsynced_outcomes: usize,
+    ) -> Result<Journal, JournalError> {
         let writer = open(path)?;
         let reader = open(path)?;
         let (tx, rx) = mpsc::channel();
@@ -274,7 +310,24 @@ impl Journal {
             writes: tx,
             reader: Mutex::new(reader),
             health,
+            unsynced: Arc::new(Semaphore::new(
+                unsynced_outcomes.clamp(1, Semaphore::MAX_PERMITS),
+            )),
         })
+    }
+
+    /// Waits for room to write one more outcome (see [`OutcomeRoom`]).
+    pub async fn room_for_outcome(&self) -> OutcomeRoom {
+        let permit = self
+            .unsynced
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        OutcomeRoom {
+            permit: Some(permit),
+            writes: self.writes.clone(),
+        }
     }
 
     pub(super) fn write(&self, write: Write) {
@@ -523,6 +576,8 @@ fn write_loop(
                 Op::Submit { ack, .. } | Op::Sync(ack) => {
                     let _ = ack.send(result.clone());
                 }
+                // Committed or failed: either way no longer uncommitted.
+                Op::Release(permit) => drop(permit),
                 Op::Write(_) => {}
             }
         }
@@ -579,7 +634,7 @@ fn commit(conn: &mut Connection, batch: &[Op]) -> rusqlite::Result<()> {
                     }
                     continue;
                 }
-                Op::Sync(_) => continue,
+                Op::Sync(_) | Op::Release(_) => continue,
             };
             match write {
                 Write::Finish {
@@ -634,6 +689,38 @@ fn commit(conn: &mut Connection, batch: &[Op]) -> rusqlite::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An outcome's room comes back with the commit that holds the outcome,
+    /// not when the worker lets go of it: while the writer cannot commit,
+    /// no more outcomes are taken than the bound.
+    #[tokio::test]
+    async fn outcome_room_comes_back_only_after_its_commit() {
+        use futures_util::FutureExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tasks.db");
+        let journal = Journal::open(&path, None, 1).unwrap();
+        let room = journal.room_for_outcome().await;
+        assert!(journal.room_for_outcome().now_or_never().is_none());
+
+        // Another connection holds the write lock: the writer waits on it
+        // (up to its busy timeout, then fails the commit).
+        let blocker = Connection::open(&path).unwrap();
+        blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        journal.write(Write::Prune { before: UNIX_EPOCH });
+        drop(room);
+        let early = journal.room_for_outcome().now_or_never();
+        // Given back before the commit, it would be free at once; a failed
+        // commit (the busy timeout ran out) gives it back too, and says so.
+        assert!(
+            early.is_none() || journal.health().is_err(),
+            "the room came back before its commit"
+        );
+        drop(early);
+        blocker.execute_batch("COMMIT").unwrap();
+        let _back = tokio::time::timeout(Duration::from_secs(30), journal.room_for_outcome())
+            .await
+            .expect("the room comes back once the commit is done");
+    }
 
     /// How SQLite would answer `sql` on a store with this schema.
     fn plan(conn: &Connection, sql: &str) -> Vec<String> {

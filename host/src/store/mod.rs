@@ -55,7 +55,7 @@ pub use self::config::{StoreConfig, StoreMode};
 use self::events::Events;
 pub use self::events::TaskEvent;
 pub use self::journal::{CommitObserver, JournalError};
-use self::journal::{Insert, Journal, Write};
+use self::journal::{Insert, Journal, OutcomeRoom, Write};
 pub use self::record::{Attempt, AttemptCount, TaskRecord};
 use self::time::DueTime;
 use crate::task::{Task, TaskId, TaskState};
@@ -199,17 +199,19 @@ impl TaskStore {
         }
     }
 
-    /// Opens the store `config` asks for; a durable one lives at `path`
-    /// and tells `observer` about each commit.
+    /// Opens the store `config` asks for; a durable one lives at `path`,
+    /// tells `observer` about each commit, and holds at most
+    /// `unsynced_outcomes` outcomes uncommitted ([`TaskStore::room_for_outcome`]).
     pub fn open(
         path: &Path,
         config: StoreConfig,
         observer: Option<CommitObserver>,
+        unsynced_outcomes: usize,
     ) -> Result<Self, StoreError> {
         match config.mode {
             StoreMode::Memory => Ok(Self::in_memory(config)),
             StoreMode::Durable => {
-                let journal = Journal::open(path, observer)?;
+                let journal = Journal::open(path, observer, unsynced_outcomes)?;
                 let store = TaskStore {
                     inner: Mutex::new(Inner::new(SystemTime::now() + config.memory_horizon)),
                     journal: Some(Arc::new(journal)),
@@ -236,6 +238,17 @@ impl TaskStore {
     fn write(&self, write: Write) {
         if let Some(journal) = &self.journal {
             journal.write(write);
+        }
+    }
+
+    /// Waits until one more outcome may be written without exceeding the
+    /// uncommitted bound: hold the answer across [`TaskStore::finish`]. A
+    /// crash then delivers again at most the running tasks plus that bound
+    /// (see `journal`). `None` for the memory store, which loses all anyway.
+    pub async fn room_for_outcome(&self) -> Option<OutcomeRoom> {
+        match &self.journal {
+            Some(journal) => Some(journal.room_for_outcome().await),
+            None => None,
         }
     }
 
