@@ -38,7 +38,7 @@ async fn kill_9_mid_load_loses_no_acknowledged_task() -> anyhow::Result<()> {
         Receiver::start(|_| Reply::new(200, "ok").after(Duration::from_millis(20))).await;
     let mut daemon = Daemon::builder(BIN)
         .plugin("webhook", Some(&allow(&receiver)))
-        .config("[pool]\nmin_workers = 64\nmax_workers = 64\n")
+        .config("[pool]\nmin_workers = 64\nmax_workers = 64\n[store]\nmax_unsynced_outcomes = 64\n")
         .start()
         .await?;
     let mut acknowledged = Vec::new();
@@ -86,9 +86,9 @@ async fn kill_9_mid_load_loses_no_acknowledged_task() -> anyhow::Result<()> {
     let seen = counts(&receiver.requests());
     let duplicates: usize = seen.values().map(|n| n - 1).sum();
     // Delivered again after the kill: at most the 64 running, plus the
-    // outcomes not yet committed, which the journal bounds by `max_workers`
-    // however slow its fsync is (a worker waits for room before recording).
-    // CI once saw 274 here, before that bound: the disk was busy with builds.
+    // outcomes not yet committed, which `max_unsynced_outcomes` bounds
+    // however slow the fsync is (a worker waits for room before recording).
+    // Without that bound, CI once saw 274 here while builds loaded the disk.
     assert!(
         duplicates <= 2 * in_flight_bound,
         "{duplicates} duplicate deliveries"

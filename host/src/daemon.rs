@@ -126,18 +126,14 @@ impl Daemon {
         let observer = metrics.clone().map(|m| {
             Arc::new(move |took, writes| m.commit(took, writes)) as crate::store::CommitObserver
         });
-        // As many outcomes uncommitted as workers can run at once: what a
-        // crash delivers twice stays within twice the pool's bound.
-        let unsynced = config.pool.max_workers;
-        let store = tokio::task::spawn_blocking(move || {
-            TaskStore::open(&path, store_config, observer, unsynced)
-        })
-        .await
-        .map_err(|e| {
-            StoreError::Journal(crate::store::JournalError::Write(format!(
-                "opening the store failed: {e}"
-            )))
-        })??;
+        let store =
+            tokio::task::spawn_blocking(move || TaskStore::open(&path, store_config, observer))
+                .await
+                .map_err(|e| {
+                    StoreError::Journal(crate::store::JournalError::Write(format!(
+                        "opening the store failed: {e}"
+                    )))
+                })??;
         let store = Arc::new(store);
         let settings = Arc::new(LiveSettings::new(Settings {
             destinations: Destinations::resolve(&config.destinations)?,

@@ -90,6 +90,8 @@ fn bench() -> anyhow::Result<()> {
         "broker",
         "--bench",
         "backlog",
+        "--bench",
+        "soak",
     ]))
 }
 

@@ -1,5 +1,6 @@
-//! `[store]`: how tasks are kept (durable or in memory), for how long, and
-//! how far ahead memory holds scheduled tasks. Checked once at start; the
+//! `[store]`: how tasks are kept (durable or in memory), for how long, how
+//! far ahead memory holds scheduled tasks, and how many outcomes may wait
+//! for the disk. Checked once at start; the
 //! store never sees a value outside these bounds.
 
 use std::time::Duration;
@@ -29,6 +30,12 @@ pub struct StoreConfig {
     /// memory does not grow with the backlog of scheduled tasks.
     #[serde(with = "humantime_serde")]
     pub memory_horizon: Duration,
+    /// Most attempt outcomes written but not yet committed: after a crash,
+    /// at most this many finished deliveries (plus the running ones) are
+    /// made again. A worker whose outcome would exceed it waits for the
+    /// disk, so a slow fsync slows delivery instead of widening that window.
+    /// Fast tasks need room for what finishes during one commit.
+    pub max_unsynced_outcomes: usize,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +54,7 @@ impl Default for StoreConfig {
             idempotency_window: Duration::from_secs(24 * 3600),
             max_finished_in_memory: 10_000,
             memory_horizon: Duration::from_secs(60),
+            max_unsynced_outcomes: 1024,
         }
     }
 }
@@ -65,6 +73,9 @@ impl StoreConfig {
         }
         if self.memory_horizon < Duration::from_secs(1) || self.memory_horizon > DAY {
             return Err("[store] memory_horizon: 1s to 1 day".into());
+        }
+        if !(1..=1_000_000).contains(&self.max_unsynced_outcomes) {
+            return Err("[store] max_unsynced_outcomes: 1 to 1,000,000".into());
         }
         Ok(())
     }
@@ -88,6 +99,10 @@ mod tests {
             },
             StoreConfig {
                 max_finished_in_memory: 0,
+                ..Default::default()
+            },
+            StoreConfig {
+                max_unsynced_outcomes: 0,
                 ..Default::default()
             },
         ];

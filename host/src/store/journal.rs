@@ -18,8 +18,8 @@
 //! delivered again (at least once). How many can be lost is bounded, not
 //! left to the disk's speed: a worker takes an [`OutcomeRoom`] before it
 //! records an outcome, and the room is given back only once the commit
-//! holding that outcome is done, so at most `unsynced_outcomes` (the pool's
-//! `max_workers`) outcomes are ever uncommitted. A slow fsync slows the
+//! holding that outcome is done, so at most `[store] max_unsynced_outcomes`
+//! outcomes are ever uncommitted. A slow fsync slows the
 //! workers down instead of growing what a crash delivers twice: at most the
 //! running tasks plus that many. An attempt is written when it ends, with
 //! its start time; a running task is `queued` on disk, so an attempt cut off

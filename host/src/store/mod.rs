@@ -199,19 +199,17 @@ impl TaskStore {
         }
     }
 
-    /// Opens the store `config` asks for; a durable one lives at `path`,
-    /// tells `observer` about each commit, and holds at most
-    /// `unsynced_outcomes` outcomes uncommitted ([`TaskStore::room_for_outcome`]).
+    /// Opens the store `config` asks for; a durable one lives at `path`
+    /// and tells `observer` about each commit.
     pub fn open(
         path: &Path,
         config: StoreConfig,
         observer: Option<CommitObserver>,
-        unsynced_outcomes: usize,
     ) -> Result<Self, StoreError> {
         match config.mode {
             StoreMode::Memory => Ok(Self::in_memory(config)),
             StoreMode::Durable => {
-                let journal = Journal::open(path, observer, unsynced_outcomes)?;
+                let journal = Journal::open(path, observer, config.max_unsynced_outcomes)?;
                 let store = TaskStore {
                     inner: Mutex::new(Inner::new(SystemTime::now() + config.memory_horizon)),
                     journal: Some(Arc::new(journal)),
@@ -241,10 +239,10 @@ impl TaskStore {
         }
     }
 
-    /// Waits until one more outcome may be written without exceeding the
-    /// uncommitted bound: hold the answer across [`TaskStore::finish`]. A
-    /// crash then delivers again at most the running tasks plus that bound
-    /// (see `journal`). `None` for the memory store, which loses all anyway.
+    /// Waits until one more outcome may be written without exceeding
+    /// `[store] max_unsynced_outcomes`: hold the answer across
+    /// [`TaskStore::finish`]. A crash then delivers again at most the
+    /// running tasks plus that many (see `journal`). `None` for the memory store, which loses all anyway.
     pub async fn room_for_outcome(&self) -> Option<OutcomeRoom> {
         match &self.journal {
             Some(journal) => Some(journal.room_for_outcome().await),

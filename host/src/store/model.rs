@@ -57,7 +57,7 @@ fn config() -> StoreConfig {
 }
 
 fn open(path: &std::path::Path) -> TaskStore {
-    TaskStore::open(path, config(), None, 64).expect("the journal opens")
+    TaskStore::open(path, config(), None).expect("the journal opens")
 }
 
 /// What the scheduler was handed in this run of the store, per task.
