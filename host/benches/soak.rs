@@ -66,8 +66,11 @@ struct Figures {
 async fn soak(max_workers: Option<usize>, secs: u64) -> anyhow::Result<Figures> {
     let receiver = Receiver::start(|r| {
         // The webhook plugin sends the task id; one task in ten (by its
-        // last hex digit) is refused on every attempt until it is dead.
-        let flaky = r.header("webhook-id").is_some_and(|id| id.ends_with('a'));
+        // last two hex digits) is refused on every attempt until it is dead.
+        let flaky = r
+            .header("webhook-id")
+            .and_then(|id| u8::from_str_radix(id.get(id.len().saturating_sub(2)..)?, 16).ok())
+            .is_some_and(|n| n % 10 == 0);
         if flaky {
             Reply::new(503, "busy").after(Duration::from_millis(20))
         } else {
@@ -141,7 +144,7 @@ async fn soak(max_workers: Option<usize>, secs: u64) -> anyhow::Result<Figures> 
     let mut conn = daemon.connect().await?;
     for _ in 0..100 {
         let at = Instant::now();
-        conn.send(&json!({"op": "task", "id": id})).await?;
+        conn.send(&json!({"op": "task", "task_id": id})).await?;
         let r = conn.recv().await?;
         took.push(at.elapsed().as_secs_f64() * 1e6);
         anyhow::ensure!(r["ok"] == true, "{r}");
