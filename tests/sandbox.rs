@@ -1,8 +1,13 @@
 //! Hostile and broken plugins: each failure is classified and explained,
 //! and neither the daemon nor other tasks suffer.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use notifyhub::executor::Executor;
+use notifyhub::registry::Registry;
+use notifyhub::sandbox::{Limits, Sandbox, SandboxSettings};
+use notifyhub::task::Task;
 use notifyhub_testkit::daemon::Daemon;
 use serde_json::{Value, json};
 
@@ -213,5 +218,42 @@ async fn instance_and_table_caps_come_from_the_manifest() -> anyhow::Result<()> 
         plugins["result"]["plugins"][0]["name"], "discord",
         "{plugins}"
     );
+    Ok(())
+}
+
+/// Every instance the engine's slots allow can be alive at once having made
+/// a call: a store keeps the call stack of its last call, so the engine
+/// needs a stack per slot. With wasmtime's default of 1,000 stacks, the
+/// daemon's default pool (1,056 slots: one instance in use and one warm per
+/// worker) failed deliveries as "crashed" under a burst.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_instance_slot_can_hold_a_call_stack() -> anyhow::Result<()> {
+    const SLOTS: u32 = 1_056;
+    let dir = tempfile::tempdir()?;
+    std::fs::copy(
+        notifyhub_testkit::plugins::path("noop")?,
+        dir.path().join("noop.wasm"),
+    )?;
+    let executor = Arc::new(Executor::new(Arc::new(Sandbox::new(&SandboxSettings {
+        max_instances: SLOTS,
+        ..SandboxSettings::default()
+    })?)));
+    let registry = Arc::new(Registry::new(dir.path(), None));
+    notifyhub::reload::load_all(registry.clone(), executor.clone(), Limits::default()).await;
+    let plugin = registry
+        .lookup("noop")
+        .ok_or_else(|| anyhow::anyhow!("noop did not load"))?;
+    let task = Task::text("noop", "-", "b");
+    let mut alive = Vec::new();
+    // Two slots stay free: loading the plugin used one for describe().
+    for n in 0..SLOTS - 2 {
+        let mut instance = executor
+            .instantiate(plugin.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("instance {n}: {}", e.message))?;
+        let (outcome, _) = executor.call(&mut instance, &task, None).await;
+        anyhow::ensure!(outcome.is_success(), "instance {n}: {outcome:?}");
+        alive.push(instance);
+    }
     Ok(())
 }

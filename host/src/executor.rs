@@ -236,6 +236,17 @@ fn classify(error: &wasmtime::Error, store: &Store<HostState>, timeout: Duration
                 "the plugin overflowed its stack".to_string(),
             ),
             Some(trap) => (FailureClass::Crashed, format!("the plugin trapped: {trap}")),
+            // The host's own instance slots, memories or stacks ran out: the
+            // plugin did nothing wrong, and the task runs when one is free.
+            None if error
+                .chain()
+                .any(|e| e.is::<wasmtime::PoolConcurrencyLimitError>()) =>
+            {
+                (
+                    FailureClass::Retryable,
+                    format!("the host is at its instance limit: {}", root_cause(error)),
+                )
+            }
             None if root_cause(error).contains("fuel allocated for hostcalls") => (
                 FailureClass::Crashed,
                 format!(

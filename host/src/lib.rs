@@ -23,7 +23,7 @@
 //! | [`task`] | the vocabulary: tasks, states, outcomes, platform names |
 //! | [`metrics`] | Prometheus metrics on a loopback listener |
 //! | [`telemetry`] | the log subscriber; attempt spans exported over OTLP |
-//! | [`daemon`] | wiring, start-up and shutdown; [`activation`]: a socket systemd passes |
+//! | [`daemon`] | wiring, start-up and shutdown; [`activation`]: a socket systemd passes; [`open_files`]: the limit raised to what the pool needs |
 //! | [`config`], [`cli`], [`client`] | the operator's side |
 //! | [`check`], [`scaffold`], [`trial`] | `notifyhub check`, `notifyhub new` and `notifyhub try`, for plugin authors |
 //! | [`bindings`], [`redact`], [`text`] | the WIT bindings; redaction of targets in output; cutting outside text to a bound |
@@ -45,6 +45,7 @@ pub mod executor;
 pub mod loader;
 pub mod manifest;
 pub mod metrics;
+pub mod open_files;
 pub mod plugin;
 pub mod pool;
 pub mod protocol;

@@ -11,6 +11,7 @@ use super::{Cli, Command, OutputArgs, SendArgs, ServeArgs, render};
 use crate::client::Client;
 use crate::config::{Config, Overrides};
 use crate::daemon::Daemon;
+use crate::open_files;
 use crate::protocol::{Change, PluginsView, ReloadResult, StatusView, TaskView, WatchLine};
 use crate::reconfigure::ConfigSource;
 use crate::task::{Format, Priority, TaskState};
@@ -243,6 +244,10 @@ async fn serve(config: Config, args: ServeArgs, overrides: Overrides) -> anyhow:
             .map(|c| with_serve_flags(c, &args))
             .map_err(|e| e.to_string())
     });
+    open_files::raise_for(open_files::needed(
+        config.pool.max_workers,
+        config.server.max_connections,
+    ));
     let daemon = Daemon::start(&config, source)
         .await
         .context("notifyhub could not start")?;

@@ -133,6 +133,11 @@ impl Sandbox {
             .total_core_instances(slots.saturating_mul(4))
             .total_memories(slots.saturating_mul(2))
             .total_tables(slots.saturating_mul(4))
+            // A store keeps the fiber stack of its last call for the next
+            // one, so every live instance, warm ones included, may hold a
+            // stack: the default of 1,000 stacks failed calls once the pool
+            // held more instances than that.
+            .total_stacks(slots)
             .max_memories_per_component(8)
             .max_memory_size((settings.max_memory_mib as usize).saturating_mul(1 << 20));
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
