@@ -212,12 +212,23 @@ async fn slow_receiver_with(max_workers: Option<usize>) -> anyhow::Result<()> {
     );
     let pool = daemon.request(json!({"op": "status"})).await?["result"]["pool"].clone();
     let label = max_workers.map_or("default".to_string(), |m| format!("max_workers {m}"));
+    // When the requests reached the receiver, per 100 ms since the submit:
+    // where the wall time went (starting workers, connecting, the rounds).
+    let mut arrivals = Vec::<usize>::new();
+    for r in receiver.requests() {
+        let slot = (r.at.saturating_duration_since(started).as_millis() / 100) as usize;
+        if arrivals.len() <= slot {
+            arrivals.resize(slot + 1, 0);
+        }
+        arrivals[slot] += 1;
+    }
     println!(
-        "  {label:<17} all delivered in {:.3} s (goal <= 0.3 s); pool grew to {} of {} workers, peak RSS {} MiB",
+        "  {label:<17} all delivered in {:.3} s (goal <= 0.3 s); pool grew to {} of {} workers, peak RSS {} MiB, {} connections; arrivals per 100 ms {arrivals:?}",
         elapsed.as_secs_f64(),
         pool["workers"],
         pool["max_workers"],
         daemon.memory_kib("VmHWM")? / 1024,
+        receiver.connections(),
     );
     if max_workers.is_none() {
         for event in pool["recent_scale_events"].as_array().into_iter().flatten() {
