@@ -1,7 +1,8 @@
 //! A steady, bursty load: does the pool stay near the size the load needs,
 //! and memory flat? `cargo bench -p notifyhub --bench soak` (release
 //! build; `NOTIFYHUB_SOAK_SECS`, default 45 per config, sets the length:
-//! the soak in the speed issue ran 480).
+//! the soak in the speed issue ran 480, which needs
+//! `NOTIFYHUB_BENCH_LIMIT_SECS=1400` too).
 //!
 //! Every second, in ten ticks: 400 webhooks to a receiver that answers
 //! after 20 ms (1 in 10 answered 503, so retried), 200 no-op tasks due in
