@@ -17,7 +17,6 @@ const DURATIONS_KEPT: usize = 512;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WorkerState {
-    Starting,
     Idle,
     Processing,
     ShuttingDown,

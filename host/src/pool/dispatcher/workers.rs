@@ -33,15 +33,6 @@ impl Dispatcher {
                 .into_iter()
                 .for_each(|t| self.queue.push(t));
         }
-        // Workers become idle once spawned: mark the ones started last tick.
-        for w in self
-            .workers
-            .values_mut()
-            .filter(|w| w.state == WorkerState::Starting)
-        {
-            w.state = WorkerState::Idle;
-            w.idle_since = Some(now);
-        }
         let sample = Sample {
             at: now,
             queued: self.queue.len(),
@@ -52,18 +43,12 @@ impl Dispatcher {
             busy_for: self.busy_for(now),
         };
         if let Some(m) = self.lifecycle.metrics() {
-            let mut by_state = [
-                ("starting", 0),
-                ("idle", 0),
-                ("processing", 0),
-                ("shutting_down", 0),
-            ];
+            let mut by_state = [("idle", 0), ("processing", 0), ("shutting_down", 0)];
             for w in self.workers.values() {
                 let i = match w.state {
-                    WorkerState::Starting => 0,
-                    WorkerState::Idle => 1,
-                    WorkerState::Processing => 2,
-                    WorkerState::ShuttingDown | WorkerState::Stopped => 3,
+                    WorkerState::Idle => 0,
+                    WorkerState::Processing => 1,
+                    WorkerState::ShuttingDown | WorkerState::Stopped => 2,
                 };
                 by_state[i].1 += 1;
             }
@@ -258,10 +243,13 @@ impl Dispatcher {
                 inbox: Some(inbox),
                 handle,
                 metrics,
-                state: WorkerState::Starting,
+                // Idle at once: its inbox holds an assignment until the
+                // task runs, so the dispatch that follows a grow uses it
+                // (a burst used to wait a tick for new workers).
+                state: WorkerState::Idle,
                 assigned: Vec::new(),
                 busy_since: None,
-                idle_since: None,
+                idle_since: Some(Instant::now()),
                 deadline: Duration::ZERO,
                 warm: HashSet::new(),
                 weight,
