@@ -171,9 +171,7 @@ impl Tmpfs {
         );
         Ok(Tmpfs(dir.to_path_buf()))
     }
-}
 
-impl Tmpfs {
     /// Frees space: the tmpfs grows to `size`.
     fn grow(&self, size: &str) -> anyhow::Result<()> {
         let status = Command::new("mount")
@@ -219,19 +217,12 @@ async fn a_full_disk_refuses_submits_and_loses_no_acknowledged_task() -> anyhow:
 
     // Free the space (grow the tmpfs), then the store takes tasks again.
     tmpfs.grow("64m")?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let r = daemon
-            .request(json!({"op": "submit", "task": {"platform": "noop", "target": "t", "body": "small", "delay": "1h"}}))
-            .await?;
-        if r["ok"] == true {
-            acknowledged.push(r["result"]["task_ids"][0].as_str().unwrap().to_string());
-            break;
-        }
-        anyhow::ensure!(r["error"]["code"] == "unavailable", "{r}");
-        anyhow::ensure!(Instant::now() < deadline, "the store never recovered: {r}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let r = until_taken(
+        &daemon,
+        json!({"op": "submit", "task": {"platform": "noop", "target": "t", "body": "small", "delay": "1h"}}),
+    )
+    .await?;
+    acknowledged.push(r["result"]["task_ids"][0].as_str().unwrap().to_string());
 
     daemon.kill()?;
     daemon.restart().await?;
@@ -374,6 +365,21 @@ async fn serve_keeps_systemd_s_watchdog_fed() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Sends `request` until the store, writable again, takes it (anything
+/// else must be `unavailable`); its answer.
+async fn until_taken(daemon: &Daemon, request: Value) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = daemon.request(request.clone()).await?;
+        if r["ok"] == true {
+            return Ok(r);
+        }
+        anyhow::ensure!(r["error"]["code"] == "unavailable", "{r}");
+        anyhow::ensure!(Instant::now() < deadline, "the store never recovered: {r}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Fills the disk under `daemon`'s store with tasks due in an hour until a
 /// submit is refused; returns the ids that were acknowledged.
 async fn fill_the_disk(daemon: &Daemon) -> anyhow::Result<Vec<String>> {
@@ -437,18 +443,7 @@ async fn a_retry_that_cannot_be_written_is_refused_and_the_task_stays_dead() -> 
     // With room again, the same retry is taken and runs; a restart keeps
     // the attempt it made.
     tmpfs.grow("64m")?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let r = daemon
-            .request(json!({"op": "retry", "task_id": id}))
-            .await?;
-        if r["ok"] == true {
-            break;
-        }
-        anyhow::ensure!(r["error"]["code"] == "unavailable", "{r}");
-        anyhow::ensure!(Instant::now() < deadline, "the store never recovered: {r}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_taken(&daemon, json!({"op": "retry", "task_id": id})).await?;
     task_until(&daemon, &id, Duration::from_secs(20), |t| {
         t["state"] == "dead" && attempt_numbers(t).len() == 2
     })

@@ -38,6 +38,17 @@ fn with_relay(builder: DaemonBuilder, relay: &SmtpRelay, security: &str) -> Daem
         .env("TEST_SMTP_WRONG", "not-the-password")
 }
 
+/// `builder` with the smtp plugin once more, serving `platform` under
+/// `manifest`.
+fn smtp_as(builder: DaemonBuilder, smtp: &[u8], platform: &str, manifest: &str) -> DaemonBuilder {
+    builder
+        .file(&format!("{platform}.wasm"), smtp.to_vec())
+        .file(
+            &format!("{platform}.toml"),
+            format!("platforms = [\"{platform}\"]\n{manifest}"),
+        )
+}
+
 fn parse(message: &Received) -> mail_parser::Message<'_> {
     mail_parser::MessageParser::default()
         .parse(message.data.as_bytes())
@@ -128,37 +139,36 @@ async fn send_reaches_a_relay_through_starttls_with_auth() -> anyhow::Result<()>
 async fn implicit_tls_delivers_and_each_relay_answer_gets_its_class() -> anyhow::Result<()> {
     let relay = SmtpRelay::start(RelayTls::Implicit, Some((USER, PASSWORD))).await?;
     let plain = SmtpRelay::start(RelayTls::None, None).await?;
-    let smtp = notifyhub_testkit::plugins::path("smtp")?;
-    let daemon = with_relay(Daemon::builder(BIN), &relay, "tls")
-        // The same plugin as three more platforms: a wrong password, a
-        // relay the allowlist does not name, and a plaintext relay the
-        // manifest does not allow.
-        .file("badauth.wasm", std::fs::read(&smtp)?)
-        .file(
-            "badauth.toml",
-            format!(
-                "platforms = [\"badauth\"]\n{}",
-                manifest(&relay, "tls", "TEST_SMTP_WRONG", "")
-            ),
-        )
-        .file("elsewhere.wasm", std::fs::read(&smtp)?)
-        .file(
-            "elsewhere.toml",
-            format!(
-                "platforms = [\"elsewhere\"]\n{}",
-                manifest(&relay, "tls", "TEST_SMTP_PASSWORD", "")
-                    .replace(&format!("allowed_hosts = [\"localhost:{}\"]", relay.port()), "allowed_hosts = [\"localhost:1\"]")
-            ),
-        )
-        .file("cleartext.wasm", std::fs::read(&smtp)?)
-        .file(
-            "cleartext.toml",
-            format!(
-                "platforms = [\"cleartext\"]\nallowed_hosts = [\"localhost:{port}\"]\n\
-                 [config]\nrelay = \"localhost:{port}\"\nsecurity = \"none\"\nfrom = \"a@example.org\"\n",
-                port = plain.port()
-            ),
-        )
+    let smtp = std::fs::read(notifyhub_testkit::plugins::path("smtp")?)?;
+    // The same plugin as three more platforms: a wrong password, a relay the
+    // allowlist does not name, and a plaintext relay the manifest does not
+    // allow.
+    let builder = with_relay(Daemon::builder(BIN), &relay, "tls");
+    let builder = smtp_as(
+        builder,
+        &smtp,
+        "badauth",
+        &manifest(&relay, "tls", "TEST_SMTP_WRONG", ""),
+    );
+    let builder = smtp_as(
+        builder,
+        &smtp,
+        "elsewhere",
+        &manifest(&relay, "tls", "TEST_SMTP_PASSWORD", "").replace(
+            &format!("allowed_hosts = [\"localhost:{}\"]", relay.port()),
+            "allowed_hosts = [\"localhost:1\"]",
+        ),
+    );
+    let daemon = smtp_as(
+        builder,
+        &smtp,
+        "cleartext",
+        &format!(
+            "allowed_hosts = [\"localhost:{port}\"]\n\
+             [config]\nrelay = \"localhost:{port}\"\nsecurity = \"none\"\nfrom = \"a@example.org\"\n",
+            port = plain.port()
+        ),
+    )
         .start()
         .await?;
 

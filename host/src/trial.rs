@@ -21,6 +21,7 @@ use crate::executor::Executor;
 use crate::loader::{self, PluginFile};
 use crate::manifest::Manifest;
 use crate::sandbox::recorder::{CannedAnswer, RecordedMail, RecordedRequest, Recorder};
+use crate::sandbox::smtp::relay_uri;
 use crate::sandbox::{AllowList, Sandbox, SandboxSettings, Transport};
 use crate::task::{Format, Outcome, Priority, Task, TaskId};
 
@@ -191,7 +192,7 @@ fn redact(text: &str, secrets: &[String]) -> String {
 
 fn show_mail(mail: RecordedMail, secrets: &[String], allow: &AllowList) -> ShownMail {
     let relay = format!("{}:{}", mail.host, mail.port);
-    let denied_in_daemon = crate::sandbox::smtp::relay_uri(&mail.host, mail.port)
+    let denied_in_daemon = relay_uri(&mail.host, mail.port)
         .filter(|uri| allow.reach(uri).is_none())
         .map(|_| {
             format!(

@@ -35,6 +35,7 @@ use lettre::{Address, AsyncTransport, Tokio1Executor, address::Envelope};
 use super::allowlist::{AllowList, Reach, is_internal_ip};
 use super::http::Transport;
 use crate::bindings::smtp::{Relay, Reply, Security, SmtpError};
+use crate::text::cap;
 
 /// The largest message a plugin may hand over, in bytes. Notifications are
 /// small; the bound keeps one call's copy across the guest boundary small
@@ -391,7 +392,7 @@ fn classify(error: &lettre::transport::smtp::Error, relay: &Relay) -> SmtpError 
 
 /// `text` cut to [`MAX_TEXT_BYTES`].
 fn bounded(text: String) -> String {
-    crate::text::cap(text, MAX_TEXT_BYTES)
+    cap(text, MAX_TEXT_BYTES)
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use super::output::{LogBudget, MAX_LOG_LINE_BYTES, PluginOutput, Stream};
 use super::policy::PluginConfig;
 use super::smtp::{OutboundSmtp, SmtpPools};
 use crate::bindings::{Level, notifyhub, smtp};
+use crate::text::cap;
 
 /// What one store knows about the plugin and task it runs.
 pub struct HostState {
@@ -133,7 +134,7 @@ impl notifyhub::plugin::host::Host for HostState {
             return;
         };
         let task = task.as_str();
-        let message = crate::text::cap(message, MAX_LOG_LINE_BYTES);
+        let message = cap(message, MAX_LOG_LINE_BYTES);
         let plugin = &*self.policy.name;
         match level {
             Level::Trace => {

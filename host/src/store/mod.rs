@@ -242,12 +242,10 @@ impl TaskStore {
     /// Waits until one more outcome may be written without exceeding
     /// `[store] max_unsynced_outcomes`: hold the answer across
     /// [`TaskStore::finish`]. A crash then delivers again at most the
-    /// running tasks plus that many (see `journal`). `None` for the memory store, which loses all anyway.
+    /// running tasks plus that many (see `journal`). `None` for the memory
+    /// store, which loses everything in a crash anyway.
     pub async fn room_for_outcome(&self) -> Option<OutcomeRoom> {
-        match &self.journal {
-            Some(journal) => Some(journal.room_for_outcome().await),
-            None => None,
-        }
+        Some(self.journal.as_ref()?.room_for_outcome().await)
     }
 
     fn load_keys(&self) -> Result<(), StoreError> {

@@ -87,7 +87,8 @@ impl Plugin for DingTalk {
 
 /// The request body.
 fn payload(message: &Message) -> String {
-    let mentions: Vec<&str> = metadata(message, "at_mobiles")
+    let mentions: Vec<&str> = message
+        .meta("at_mobiles")
         .map(|m| {
             m.split(',')
                 .map(str::trim)
@@ -97,7 +98,7 @@ fn payload(message: &Message) -> String {
         .unwrap_or_default();
     let at = json!({
         "atMobiles": mentions,
-        "isAtAll": metadata(message, "at_all") == Some("true"),
+        "isAtAll": message.meta("at_all") == Some("true"),
     });
     // A mention only notifies when the text names the number.
     let tail: String = mentions.iter().map(|m| format!(" @{m}")).collect();
@@ -127,14 +128,6 @@ fn payload(message: &Message) -> String {
         document.to_string()
     });
     request
-}
-
-fn metadata<'a>(message: &'a Message, key: &str) -> Option<&'a str> {
-    message
-        .metadata
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.as_str())
 }
 
 notifyhub_plugin_sdk::export_plugin!(DingTalk);

@@ -18,6 +18,7 @@
 use notifyhub_plugin_sdk::format::plain_body;
 use notifyhub_plugin_sdk::{
     Message, Plugin, PluginInfo, Receipt, SendError, config, config_key, http, mail,
+    required_config,
 };
 use serde_json::{Value, json};
 
@@ -49,11 +50,8 @@ impl Plugin for Email {
     }
 
     fn send(message: Message) -> Result<Receipt, SendError> {
-        let key = config("api_key").ok_or_else(|| {
-            SendError::invalid("config key `api_key` is not set (a secret in the manifest)")
-        })?;
-        let from = config("from")
-            .ok_or_else(|| SendError::invalid("config key `from` (sender address) is not set"))?;
+        let key = required_config("api_key")?;
+        let from = required_config("from")?;
         let recipients =
             mail::recipients(&message.target, MAX_RECIPIENTS).map_err(SendError::invalid)?;
         let url = config("api_url").unwrap_or_else(|| DEFAULT_API.into());

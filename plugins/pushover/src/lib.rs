@@ -17,7 +17,7 @@ use notifyhub_plugin_sdk::fit::Units;
 use notifyhub_plugin_sdk::format::{markdown_to_html, or_placeholder, truncate};
 use notifyhub_plugin_sdk::{
     Format, Message, Plugin, PluginInfo, Priority, Receipt, SendError, config, config_key, form,
-    html, http,
+    html, http, required_config,
 };
 use serde_json::Value;
 
@@ -50,9 +50,7 @@ impl Plugin for Pushover {
     }
 
     fn send(message: Message) -> Result<Receipt, SendError> {
-        let token = config("app_token").ok_or_else(|| {
-            SendError::invalid("config key `app_token` is not set (a secret in the manifest)")
-        })?;
+        let token = required_config("app_token")?;
         if message.target.trim().is_empty() {
             return Err(SendError::invalid(
                 "the target must be a Pushover user or group key",

@@ -25,7 +25,7 @@ use notifyhub_plugin_sdk::fit::Units;
 use notifyhub_plugin_sdk::format::{EMPTY_BODY, markdown_to_html, truncate};
 use notifyhub_plugin_sdk::{
     Format, Message, Plugin, PluginInfo, Priority, RateLimitRule, Receipt, SendError, config,
-    config_key, html, http,
+    config_key, html, http, required_config,
 };
 use serde_json::{Value, json};
 
@@ -58,9 +58,7 @@ impl Plugin for Telegram {
     }
 
     fn send(message: Message) -> Result<Receipt, SendError> {
-        let token = config("bot_token").ok_or_else(|| {
-            SendError::invalid("config key `bot_token` is not set (a secret in the manifest)")
-        })?;
+        let token = required_config("bot_token")?;
         let base = config("api_base").unwrap_or_else(|| DEFAULT_API.into());
         let url = format!("{}/bot{token}/sendMessage", base.trim_end_matches('/'));
         let response = http::Request::post(&url)
