@@ -1022,6 +1022,122 @@ async fn a_message_whose_record_was_taken_back_is_not_run() -> anyhow::Result<()
     Ok(())
 }
 
+/// The same lost acknowledgement, with a second host that holds the
+/// platform warm and so pulls the landed message at once — before the
+/// first host, cut off from the broker, can take the record back. The
+/// record is still pending then: the second host holds the message until
+/// the record goes, and drops it. It used to find the record `queued` and
+/// deliver a task its client was told was refused, so the keyed retry
+/// delivered twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_pulls_a_refused_submit_before_its_undo_does_not_run_it() -> anyhow::Result<()>
+{
+    let nats = NatsServer::start().await?;
+    let receiver = Receiver::start(|_| Reply::new(200, "ok")).await;
+    let warm = host_with(&nats, &receiver, "").await?;
+    let first = call(
+        &warm,
+        json!({"op": "submit", "wait": true, "task": task(&receiver, "warm-up")}),
+    )
+    .await?;
+    anyhow::ensure!(first["tasks"][0]["state"] == "succeeded", "{first}");
+    let cutter = notifyhub_testkit::ack_cutter::AckCutter::start(nats.url()).await?;
+    let cut = Daemon::builder(BIN)
+        .plugin(
+            "webhook",
+            Some(&format!("allowed_hosts = [\"{}\"]\n", receiver.authority())),
+        )
+        .config(&format!("[broker]\nurl = \"{}\"\n", cutter.url()))
+        .start()
+        .await?;
+    cut.wait_plugins_ready(WAIT).await?;
+    let mut keyed = task(&receiver, "exactly once");
+    keyed["idempotency_key"] = json!("order 8");
+
+    cutter
+        .lose_next_ack_on("notifyhub.tasks.webhook", Duration::from_secs(2))
+        .await;
+    let refused = cut.request(json!({"op": "submit", "task": keyed})).await?;
+    anyhow::ensure!(
+        refused["error"]["code"] == "unavailable" && cutter.cuts() == 1,
+        "the lost acknowledgement was not reported: {refused} (cuts: {})",
+        cutter.cuts()
+    );
+    wait_logged(
+        &warm,
+        &receiver,
+        "a refused submit's message landed after all; not running it",
+    )
+    .await?;
+    let retried = call(&cut, json!({"op": "submit", "wait": true, "task": keyed})).await?;
+    anyhow::ensure!(retried["tasks"][0]["state"] == "succeeded", "{retried}");
+    let seen = bodies(&receiver);
+    anyhow::ensure!(
+        seen.get("exactly once") == Some(&1) && seen.len() == 2,
+        "delivered {seen:?}"
+    );
+    Ok(())
+}
+
+/// A client gives up on a submit that hangs — its host lost the publish
+/// acknowledgement and then the broker — and submits again with its
+/// idempotency key on another host at once. The first submit goes on
+/// without its client until it is refused and taken back; the key is held
+/// meanwhile by that task, whose record is pending, so the second host
+/// waits for it to settle and then claims the key for the retry, which is
+/// delivered, once. The first submit used to stop with its client, leaving
+/// the key claimed by a task that never runs, and the retry was answered
+/// `duplicate` naming it: never delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_retry_on_another_host_waits_for_the_abandoned_submit_to_settle()
+-> anyhow::Result<()> {
+    let nats = NatsServer::start().await?;
+    let receiver = Receiver::start(|_| Reply::new(200, "ok")).await;
+    let other = host_with(&nats, &receiver, "").await?;
+    let cutter = notifyhub_testkit::ack_cutter::AckCutter::start(nats.url()).await?;
+    let cut = Daemon::builder(BIN)
+        .plugin(
+            "webhook",
+            Some(&format!("allowed_hosts = [\"{}\"]\n", receiver.authority())),
+        )
+        .config(&format!("[broker]\nurl = \"{}\"\n", cutter.url()))
+        .start()
+        .await?;
+    cut.wait_plugins_ready(WAIT).await?;
+    let mut keyed = task(&receiver, "delivered");
+    keyed["idempotency_key"] = json!("order 9");
+
+    cutter
+        .lose_next_ack_on("notifyhub.tasks.webhook", Duration::from_secs(3))
+        .await;
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(500),
+        cut.request(json!({"op": "submit", "task": keyed})),
+    )
+    .await;
+    anyhow::ensure!(
+        gave_up.is_err() && cutter.cuts() == 1,
+        "the submit did not hang on the lost acknowledgement: {gave_up:?} (cuts: {})",
+        cutter.cuts()
+    );
+    let retried = other
+        .request(json!({"op": "submit", "wait": true, "task": keyed}))
+        .await?;
+    anyhow::ensure!(
+        retried["ok"] == true && retried["result"]["tasks"][0]["state"] == "succeeded",
+        "the retry was not delivered: {retried}\n{}",
+        other.logs()
+    );
+    anyhow::ensure!(
+        other.logs().contains("held by a task not settled yet"),
+        "the retry did not meet the refused task holding its key:\n{}",
+        other.logs()
+    );
+    let seen = bodies(&receiver);
+    anyhow::ensure!(seen.get("delivered") == Some(&1), "delivered {seen:?}");
+    Ok(())
+}
+
 /// A submit whose publish landed but whose acknowledgement was lost is
 /// answered `unavailable`; the client retries with its idempotency key
 /// through the outage that follows, and the notification is delivered

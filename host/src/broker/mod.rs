@@ -3,11 +3,14 @@
 //! With `[broker] url` set (or `serve --broker URL`), tasks no longer live in
 //! this host's embedded store but in JetStream, where every host sees them:
 //!
-//! - **Submit** ([`Broker::submit`]): the task's record goes into the
-//!   records bucket, then the task is published to the work-queue stream on
-//!   `notifyhub.tasks.<platform>` with `Nats-Msg-Id` = the task id, so a
-//!   repeated publish is de-duplicated by the server. The client is answered
-//!   only after the stream's publish acknowledgement. An idempotency key is
+//! - **Submit** ([`Broker::submit`], [`submit`]): the task's record goes
+//!   into the records bucket, pending, then the task is published to the
+//!   work-queue stream on `notifyhub.tasks.<platform>` with `Nats-Msg-Id` =
+//!   the task id, so a repeated publish is de-duplicated by the server, and
+//!   after the stream's publish acknowledgement the record is confirmed and
+//!   the client answered. A submit that fails on the way is taken back, and
+//!   no host runs a task whose record is still pending, so `unavailable`
+//!   means the task will not run. An idempotency key is
 //!   claimed with a create-if-absent in the keys bucket (`[store]
 //!   idempotency_window`, 24 h by default, the bucket's
 //!   age limit), so a resubmission on any host returns the first task.
@@ -51,6 +54,7 @@ pub mod budget;
 pub mod hosts;
 pub mod pull;
 pub mod records;
+mod submit;
 pub mod tasks;
 pub mod work;
 
@@ -62,9 +66,10 @@ use serde::{Deserialize, Serialize};
 
 pub use self::records::Records;
 use self::records::Shared;
+pub use self::submit::RetryRefused;
 use crate::protocol::{BrokerView, ConsumerView};
-use crate::store::{Accepted, StoreConfig, Submission};
-use crate::task::{TaskId, TaskState};
+use crate::store::StoreConfig;
+use crate::task::TaskId;
 
 /// The oldest server notifyhub works with, and why: see the module docs.
 pub const MIN_SERVER: (u64, u64) = (2, 12);
@@ -167,6 +172,10 @@ pub enum BrokerError {
     Records(String),
     #[error("not connected to the broker at {url} (reconnecting); nothing was taken")]
     Disconnected { url: String },
+    #[error(
+        "an earlier submit with this idempotency key is not settled yet (its host may be cut off from the broker); nothing was taken, try again"
+    )]
+    KeyUnsettled,
 }
 
 /// A connection to the broker and the streams and buckets notifyhub uses.
@@ -413,77 +422,6 @@ impl Broker {
         Ok(())
     }
 
-    /// Accepts `submissions`: each is recorded and published, and the
-    /// answer comes after every publish acknowledgement. A task whose
-    /// idempotency key another task holds is answered with that task.
-    ///
-    /// All or nothing per task: a task whose record or publish fails is
-    /// undone (its record removed, its key given back; if the broker cannot
-    /// take that now, in the background until it can), so a client that
-    /// submits again is not told `duplicate` of a task that never runs, and
-    /// no record says `queued` with nothing to run it. A publish whose
-    /// acknowledgement was lost may still have landed: that message finds
-    /// no record and is not run ([`records::Orphan::Refused`]), so the answer
-    /// `unavailable` always means "not taken" and a retried submit, keyed or
-    /// not, delivers once. While the connection is down, submits are
-    /// refused at once, before anything is written.
-    pub async fn submit(&self, submissions: Vec<Submission>) -> Result<Vec<Accepted>, BrokerError> {
-        self.connected()?;
-        let outcomes =
-            futures_util::future::join_all(submissions.into_iter().map(|s| async move {
-                if let Some(key) = &s.idempotency_key
-                    && let Some(holder) = self.records.claim(key, s.task.id).await?
-                {
-                    return Ok(Accepted::Duplicate(holder));
-                }
-                let mut record = Shared::new(s.task.clone(), s.not_before);
-                let done = match self.records.put(&mut record).await {
-                    Ok(()) => self.send(&record).await,
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = done {
-                    self.undo(&s).await;
-                    return Err(e);
-                }
-                Ok::<_, BrokerError>(Accepted::New(s.task.id))
-            }))
-            .await;
-        outcomes.into_iter().collect()
-    }
-
-    /// Refuses at once while the connection is down: a request would wait
-    /// for the client library's timeout, then fail anyway, and one that
-    /// fails there may leave half its writes behind.
-    fn connected(&self) -> Result<(), BrokerError> {
-        match self.js.client().connection_state() {
-            async_nats::connection::State::Connected => Ok(()),
-            _ => Err(BrokerError::Disconnected {
-                url: crate::redact::target(&self.url),
-            }),
-        }
-    }
-
-    /// Takes back what a failed submit of `s` wrote: its record (a message
-    /// that landed anyway then finds none and is not run) and its key.
-    async fn undo(&self, s: &Submission) {
-        let records = self.records.clone();
-        let (id, key) = (s.task.id, s.idempotency_key.clone());
-        settle(
-            format!("taking back the refused submit of task {id}"),
-            move || {
-                let (records, key) = (records.clone(), key.clone());
-                async move {
-                    records.forget(id).await?;
-                    if let Some(key) = &key {
-                        records.release(key, id).await?;
-                    }
-                    Ok(())
-                }
-            },
-        )
-        .await;
-    }
-
     /// Publishes `record`'s task to the work stream: at once, or, when it
     /// is not due yet, as a schedule that the broker publishes when it is.
     async fn send(&self, record: &Shared) -> Result<(), BrokerError> {
@@ -548,29 +486,6 @@ impl Broker {
         Ok(())
     }
 
-    /// Brings a dead task back: queued again on every host, published once;
-    /// dead again if the publish fails, so nothing is left queued that
-    /// nothing will run.
-    pub async fn retry(&self, id: TaskId) -> Result<Result<(), RetryRefused>, BrokerError> {
-        self.connected()?;
-        match self.records.revive(id).await? {
-            None => Ok(Err(RetryRefused::NotFound)),
-            Some(Err(state)) => Ok(Err(RetryRefused::NotDead(state))),
-            Some(Ok((dead, record))) => match self.send(&record).await {
-                Ok(()) => Ok(Ok(())),
-                Err(e) => {
-                    let records = self.records.clone();
-                    settle(format!("putting back dead task {id}"), move || {
-                        let (records, dead) = (records.clone(), dead.clone());
-                        async move { records.unrevive(dead).await }
-                    })
-                    .await;
-                    Err(e)
-                }
-            },
-        }
-    }
-
     /// What `status` shows about the broker and this host's share.
     pub async fn view(&self, here: &work::WorkStats) -> BrokerView {
         use std::sync::atomic::Ordering::Relaxed;
@@ -605,46 +520,8 @@ impl Broker {
     }
 }
 
-/// Why `retry` did not revive a task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RetryRefused {
-    NotFound,
-    NotDead(TaskState),
-}
-
 /// The longest wait between attempts to reach a broker that went away.
 const RECONNECT_EVERY: Duration = Duration::from_millis(500);
-
-/// How long [`settle`] keeps trying.
-const SETTLE_FOR: Duration = Duration::from_secs(3600);
-
-/// Runs `undo` (taking back a refused operation's writes) now, and when the
-/// broker cannot take it now — it is usually the broker that failed — again
-/// every second in the background until it lands: a record left `queued`
-/// with nothing to run it, or a revival left standing, would outlive the
-/// outage otherwise.
-async fn settle<F, Fut>(what: String, mut undo: F)
-where
-    F: FnMut() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<(), BrokerError>> + Send,
-{
-    let Err(e) = undo().await else { return };
-    tracing::warn!("{what} failed ({e}); trying again every second");
-    tokio::spawn(async move {
-        let until = tokio::time::Instant::now() + SETTLE_FOR;
-        while tokio::time::Instant::now() < until {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            match undo().await {
-                Ok(()) => {
-                    tracing::info!("{what}: done");
-                    return;
-                }
-                Err(e) => tracing::debug!("{what} failed again: {e}"),
-            }
-        }
-        tracing::error!("{what}: gave up after {SETTLE_FOR:?}");
-    });
-}
 
 /// Creates a key-value bucket's stream the way the client would, which
 /// also works on 2.9 servers (see the module docs).

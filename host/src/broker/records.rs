@@ -5,7 +5,9 @@
 //! its view as clients see it (so any host answers `task` the same). The
 //! host that finishes a task writes its final record before acknowledging
 //! the message; `retry` uses compare-and-set on the record's revision, so
-//! two hosts reviving the same task at once publish it once.
+//! two hosts reviving the same task at once publish it once. A record
+//! written by a submit or `retry` is pending until its publish is
+//! acknowledged, and no host runs it meanwhile (see [`super::submit`]).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -34,6 +36,11 @@ pub struct Shared {
     pub submitted_ms: u64,
     /// When this record was last written (ms since the epoch).
     pub changed_ms: u64,
+    /// Written by a submit or `retry` whose publish is not acknowledged
+    /// yet: the task may still be refused, so no host runs it (see
+    /// [`Records::confirm`]). Absent from every other record.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending: bool,
     pub view: TaskView,
 }
 
@@ -55,8 +62,17 @@ impl Shared {
             revived_at: 0,
             submitted_ms: millis(now),
             changed_ms: millis(now),
+            pending: false,
             view,
         }
+    }
+
+    /// Whether this record is pending and old enough that whoever wrote it
+    /// must have stopped between its publish and the confirm: the client
+    /// had no answer, so the task may have been accepted, and is run. A
+    /// refused submit takes its pending record back long before this.
+    pub fn abandoned(&self, now: SystemTime) -> bool {
+        self.pending && now >= time(self.changed_ms) + SETTLE
     }
 
     /// The record this host's store runs the next attempt from: the
@@ -100,6 +116,27 @@ impl Shared {
 /// before its record is visible: the record is written before the message
 /// is published, but a replica may lag. Longer than any submit takes.
 pub const SETTLE: Duration = Duration::from_secs(30);
+
+/// A dead task's record revived by `retry`: pending until its publish is
+/// acknowledged.
+pub struct Revived {
+    /// The record as it was, put back if the publish fails.
+    pub dead: Shared,
+    /// The revived record, written pending at `revision`.
+    pub record: Shared,
+    pub revision: u64,
+}
+
+/// What became of a pending record ([`Records::settled`]).
+#[derive(Debug)]
+pub enum Settled {
+    /// Confirmed (or [`Shared::abandoned`]): the record as it is now.
+    Stands(Box<Shared>),
+    /// Taken back: its submit was refused, its client told so.
+    TakenBack,
+    /// Still pending when the wait ran out.
+    Pending,
+}
 
 /// What a work message whose task has no record is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,15 +233,34 @@ impl Records {
             .map_err(records_error)
     }
 
-    /// Writes `record`, stamping when.
-    pub async fn put(&self, record: &mut Shared) -> Result<(), BrokerError> {
+    /// Writes `record`, stamping when; the revision it was written at.
+    pub async fn put(&self, record: &mut Shared) -> Result<u64, BrokerError> {
         record.changed_ms = millis(SystemTime::now());
         let bytes = serde_json::to_vec(record).map_err(records_error)?;
         self.tasks
             .put(record.task.id.to_string(), bytes.into())
             .await
-            .map(|_| ())
             .map_err(records_error)
+    }
+
+    /// Marks `record`, written pending at `revision`, as taken: its publish
+    /// was acknowledged, so hosts may run it now. Only over that revision:
+    /// if anything wrote the record since (a host that ran it as
+    /// [`Shared::abandoned`] while this confirm was held up), that record
+    /// stands.
+    pub async fn confirm(&self, mut record: Shared, revision: u64) -> Result<(), BrokerError> {
+        record.pending = false;
+        record.changed_ms = millis(SystemTime::now());
+        let bytes = serde_json::to_vec(&record).map_err(records_error)?;
+        match self
+            .tasks
+            .update(record.task.id.to_string(), bytes.into(), revision)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(()),
+            Err(e) => Err(records_error(e)),
+        }
     }
 
     /// What the message `work` is, when its task has no record at `now`.
@@ -219,6 +275,41 @@ impl Records {
             Orphan::Refused
         } else {
             Orphan::Expired
+        }
+    }
+
+    /// Waits while `record` is pending — its submit (or `retry`) is
+    /// waiting for the publish acknowledgement, see [`super::submit`] —
+    /// until it is confirmed or taken back, for at most `hold`.
+    ///
+    /// A host with a pull request waiting gets a new task's message before
+    /// its submitter gets the acknowledgement, so this is the usual path for
+    /// a runner, and a short one: the record is read again after 1 ms, then
+    /// at doubling intervals up to 100 ms.
+    pub async fn settled(
+        &self,
+        mut record: Shared,
+        hold: Duration,
+    ) -> Result<Settled, BrokerError> {
+        let until = tokio::time::Instant::now() + hold;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            if record.abandoned(SystemTime::now()) {
+                tracing::warn!(task = %record.task.id, "its submit never confirmed it (the host stopped?); taking it as accepted");
+                record.pending = false;
+            }
+            if !record.pending {
+                return Ok(Settled::Stands(Box::new(record)));
+            }
+            if tokio::time::Instant::now() + pause > until {
+                return Ok(Settled::Pending);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+            match self.get(record.task.id).await? {
+                Some(now) => record = now,
+                None => return Ok(Settled::TakenBack),
+            }
         }
     }
 
@@ -295,14 +386,16 @@ impl Records {
         Ok(found)
     }
 
-    /// Marks a dead task queued again, once even if hosts race: the record
-    /// that was written, or `Ok(None)` when the task is not dead.
+    /// Marks a dead task queued again, pending until its publish is
+    /// acknowledged ([`Records::confirm`]), once even if hosts race: the
+    /// record that was written and its revision, or `Ok(None)` when the
+    /// task is not dead.
     ///
     /// The record as it was comes back too, for [`Records::unrevive`].
     pub async fn revive(
         &self,
         id: TaskId,
-    ) -> Result<Option<Result<(Shared, Shared), TaskState>>, BrokerError> {
+    ) -> Result<Option<Result<Revived, TaskState>>, BrokerError> {
         for _ in 0..8 {
             let Some((mut record, revision)) = self.entry(id).await? else {
                 return Ok(None);
@@ -316,6 +409,7 @@ impl Records {
             record.view.state = TaskState::Queued;
             record.view.finished_at = None;
             record.not_before_ms = None;
+            record.pending = true;
             record.changed_ms = millis(SystemTime::now());
             let bytes = serde_json::to_vec(&record).map_err(records_error)?;
             match self
@@ -323,7 +417,13 @@ impl Records {
                 .update(id.to_string(), bytes.into(), revision)
                 .await
             {
-                Ok(_) => return Ok(Some(Ok((dead, record)))),
+                Ok(revision) => {
+                    return Ok(Some(Ok(Revived {
+                        dead,
+                        record,
+                        revision,
+                    })));
+                }
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
                 Err(e) => return Err(records_error(e)),
             }
@@ -335,9 +435,10 @@ impl Records {
 
     /// Puts back the record `dead` of a task whose revival could not be
     /// published, so it is dead again (and `retry` can be asked again)
-    /// rather than queued with nothing that will ever run it.
+    /// rather than queued with nothing that will ever run it; a host
+    /// holding the revival's message finds it dead and drops it.
     pub async fn unrevive(&self, mut dead: Shared) -> Result<(), BrokerError> {
-        self.put(&mut dead).await
+        self.put(&mut dead).await.map(|_| ())
     }
 
     /// Waits until the record of `id` is finished.

@@ -12,6 +12,11 @@
 //! instances thus holds across hosts, and no task waits for a warm host
 //! that is not coming.
 //!
+//! **Nothing before it is taken.** A task whose record is still pending —
+//! its submit has not had the publish acknowledgement yet — is held until
+//! the record is confirmed, and dropped if it is taken back instead (see
+//! [`super::submit`]).
+//!
 //! **One attempt per delivery.** A pulled task is run by this host's pool
 //! like a local one, for one attempt, counted after those the records
 //! bucket holds from every host. The host holds the message meanwhile,
@@ -37,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Broker;
 use super::pull::{Pulled, Puller, give_back};
-use super::records::{Orphan, Shared, Work};
+use super::records::{Orphan, Settled, Shared, Work};
 use crate::pool::Pool;
 use crate::pool::settings::LiveSettings;
 use crate::protocol::HostView;
@@ -355,6 +360,29 @@ async fn handle(host: &Host, message: Message) {
     let broker = &host.broker;
     let id = work.task.id;
     let mut shared = match broker.records.get(id).await {
+        Ok(Some(shared)) if shared.pending => {
+            match broker
+                .records
+                .settled(shared, broker.config.ack_wait / 3)
+                .await
+            {
+                Ok(Settled::Stands(shared)) => *shared,
+                Ok(Settled::TakenBack) => {
+                    tracing::info!(task = %id, "a refused submit's message landed after all; not running it");
+                    answer(&message, AckKind::Term).await;
+                    return;
+                }
+                Ok(Settled::Pending) => {
+                    answer(&message, AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(task = %id, "cannot read the task's record: {e}; again in 1 s");
+                    answer(&message, AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                    return;
+                }
+            }
+        }
         Ok(Some(shared)) => shared,
         Ok(None) => match broker.records.orphan(&work, SystemTime::now()) {
             Orphan::Expired => Shared::new(Arc::new(work.task.clone()), None),
