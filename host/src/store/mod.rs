@@ -39,6 +39,8 @@ mod config;
 pub mod events;
 pub mod journal;
 #[cfg(test)]
+mod keys_model;
+#[cfg(test)]
 mod model;
 mod record;
 mod time;
@@ -294,7 +296,8 @@ impl TaskStore {
             (Some(_), true) => Some(self.parking.read().await),
             _ => None,
         };
-        let now = SystemTime::now();
+        // At the journal's precision: a key's claim is compared with it.
+        let now = time::recorded(SystemTime::now());
         let mut accepted = Vec::with_capacity(submissions.len());
         let mut added = Vec::new();
         let mut inserts = Vec::new();
@@ -601,7 +604,7 @@ impl TaskStore {
     /// Deletes finished tasks older than the retention, and forgets
     /// idempotency keys older than their window.
     pub fn prune(&self) {
-        let now = SystemTime::now();
+        let now = time::recorded(SystemTime::now());
         let window = self.config.idempotency_window;
         self.lock()
             .keys

@@ -46,6 +46,14 @@ pub fn stored(t: SystemTime) -> SystemTime {
     DueTime::at_or_after(t).to_system()
 }
 
+/// An instant that has happened (a submit, an idempotency key's claim) as
+/// the journal records it: the whole millisecond it falls in. Kept so in
+/// memory too, so a key's window ends at the same moment before and
+/// after a restart.
+pub fn recorded(t: SystemTime) -> SystemTime {
+    DueTime::floor(t).to_system()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
