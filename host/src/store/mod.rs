@@ -43,6 +43,8 @@ mod keys_model;
 #[cfg(test)]
 mod model;
 mod record;
+#[cfg(test)]
+mod retry_model;
 mod time;
 
 use std::collections::{HashMap, VecDeque};
