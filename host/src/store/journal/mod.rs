@@ -35,6 +35,9 @@
 //! by task and number, and numbers only go up, across restarts and revivals
 //! by `retry` too).
 
+mod schema;
+mod writer;
+
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -43,6 +46,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
+use self::schema::{DUE_BETWEEN, KEYS_SINCE, SCHEMA, UNTIMED, list_statement};
+use self::writer::write_loop;
 use super::time::DueTime;
 use super::{Attempt, TaskRecord};
 use crate::plugin::PluginRef;
@@ -165,101 +170,6 @@ pub struct Journal {
     health: Arc<Health>,
     /// Permits for outcomes not yet committed ([`OutcomeRoom`]).
     unsynced: Arc<Semaphore>,
-}
-
-const SCHEMA: &str = "
-    PRAGMA journal_mode = WAL;
-    CREATE TABLE IF NOT EXISTS tasks (
-        id TEXT PRIMARY KEY,
-        platform TEXT NOT NULL,
-        state TEXT NOT NULL,
-        attempts INTEGER NOT NULL,
-        submitted_at INTEGER NOT NULL,
-        not_before INTEGER,
-        finished_at INTEGER,
-        idempotency_key TEXT,
-        task TEXT NOT NULL,
-        outcome TEXT,
-        plugin TEXT,
-        revived_at INTEGER NOT NULL DEFAULT 0
-    );
-    CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, platform, submitted_at);
-    CREATE INDEX IF NOT EXISTS tasks_by_state_time ON tasks (state, submitted_at);
-    CREATE INDEX IF NOT EXISTS tasks_by_time ON tasks (submitted_at);
-    CREATE INDEX IF NOT EXISTS tasks_by_platform_time ON tasks (platform, submitted_at);
-    -- Only tasks with a time enter the due index: most tasks have none and
-    -- finish within milliseconds, and keeping them out of it halves the cost
-    -- of a task's writes. (`tasks_by_due` indexed them all; stores made
-    -- before this drop it.)
-    --
-    -- Unfinished is `state NOT IN ('succeeded', 'dead')`: SQLite checks an
-    -- IN list of three or more through a temporary table, built for every
-    -- row a statement writes (four per outcome, two per submit); two values
-    -- are compared one by one. (`tasks_by_due_time` and `tasks_untimed`
-    -- said `IN ('queued', 'running', 'retrying')`; stores made before this
-    -- drop them and build these once.)
-    DROP INDEX IF EXISTS tasks_by_due;
-    DROP INDEX IF EXISTS tasks_by_due_time;
-    DROP INDEX IF EXISTS tasks_untimed;
-    CREATE INDEX IF NOT EXISTS tasks_due ON tasks (not_before)
-        WHERE not_before IS NOT NULL AND state NOT IN ('succeeded', 'dead');
-    CREATE INDEX IF NOT EXISTS tasks_by_key ON tasks (idempotency_key) WHERE idempotency_key IS NOT NULL;
-    -- What a start resumes besides what comes due: unfinished tasks without
-    -- a time. Through the state index, that read walked every task parked
-    -- for later too (all `queued`): a restart on ten million scheduled
-    -- tasks took seconds before the socket answered.
-    CREATE INDEX IF NOT EXISTS tasks_unfinished_untimed ON tasks (submitted_at)
-        WHERE not_before IS NULL AND state NOT IN ('succeeded', 'dead');
-    CREATE TABLE IF NOT EXISTS attempts (
-        task_id TEXT NOT NULL,
-        n INTEGER NOT NULL,
-        started_at INTEGER NOT NULL,
-        ended_at INTEGER,
-        outcome TEXT,
-        plugin TEXT,
-        PRIMARY KEY (task_id, n)
-    );
-    CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
-";
-
-/// Unfinished tasks due in `(?1, ?2]`, in time order: a range read of
-/// `tasks_due`, named because the planner would otherwise pick
-/// `tasks_by_state_time` and sort the lot.
-const DUE_BETWEEN: &str =
-    "SELECT task, state, attempts, submitted_at, not_before, idempotency_key, revived_at
-    FROM tasks INDEXED BY tasks_due
-    WHERE not_before IS NOT NULL AND state NOT IN ('succeeded', 'dead')
-      AND not_before > ?1 AND not_before <= ?2 ORDER BY not_before";
-
-/// Unfinished tasks without a time, through their own partial index (an
-/// OR with [`DUE_BETWEEN`] would scan the table, and the state index walks
-/// the tasks parked for later too).
-const UNTIMED: &str =
-    "SELECT task, state, attempts, submitted_at, not_before, idempotency_key, revived_at
-    FROM tasks INDEXED BY tasks_unfinished_untimed
-    WHERE not_before IS NULL AND state NOT IN ('succeeded', 'dead')";
-
-/// Idempotency keys used since `?1`, read at start: through the keys'
-/// partial index, which holds only keyed tasks. Left to itself the planner
-/// takes the time index for the range and walks every task of the window
-/// (a restart on millions of tasks without keys spent its time there).
-const KEYS_SINCE: &str =
-    "SELECT idempotency_key, id, submitted_at FROM tasks INDEXED BY tasks_by_key
-    WHERE idempotency_key IS NOT NULL AND submitted_at >= ?1";
-
-/// The statement [`Journal::list`] runs for a filter: one per filter, so
-/// each is answered from an index in `LIMIT` steps.
-fn list_statement(state: bool, platform: bool) -> String {
-    let filter = match (state, platform) {
-        (true, true) => "WHERE state = ?1 AND platform = ?2",
-        (true, false) => "WHERE state = ?1 AND ?2 IS NULL",
-        (false, true) => "WHERE ?1 IS NULL AND platform = ?2",
-        (false, false) => "WHERE ?1 IS NULL AND ?2 IS NULL",
-    };
-    format!(
-        "SELECT task, state, attempts, submitted_at, not_before, finished_at, outcome, plugin, revived_at
-         FROM tasks {filter} ORDER BY submitted_at DESC LIMIT ?3"
-    )
 }
 
 fn open(path: &Path) -> Result<Connection, JournalError> {
@@ -534,174 +444,6 @@ fn record_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Option<TaskRecor
     Ok(Some(record))
 }
 
-fn write_loop(
-    mut conn: Connection,
-    ops: mpsc::Receiver<Op>,
-    health: &Health,
-    observer: Option<CommitObserver>,
-) {
-    loop {
-        let unavailable = health.failure.lock().expect("never poisoned").is_some();
-        let first = if unavailable {
-            match ops.recv_timeout(PROBE_EVERY) {
-                Ok(op) => op,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    health.set(&probe(&mut conn).map_err(|e| e.to_string()));
-                    continue;
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => return,
-            }
-        } else {
-            match ops.recv() {
-                Ok(op) => op,
-                Err(_) => return,
-            }
-        };
-        let mut batch = vec![first];
-        while batch.len() < MAX_GROUP {
-            match ops.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
-        }
-        let started = std::time::Instant::now();
-        let result = commit(&mut conn, &batch).map_err(|e| e.to_string());
-        if let Some(observe) = &observer {
-            observe(started.elapsed(), batch.len());
-        }
-        if let Err(e) = &result {
-            let submits = batch
-                .iter()
-                .filter(|op| matches!(op, Op::Submit { .. }))
-                .count();
-            tracing::error!(
-                failed_submits = submits,
-                "task store write failed: {e}; refusing new tasks until a write succeeds"
-            );
-        }
-        health.set(&result);
-        for op in batch {
-            match op {
-                Op::Submit { ack, .. } | Op::Sync(ack) => {
-                    let _ = ack.send(result.clone());
-                }
-                // Committed or failed: either way no longer uncommitted.
-                Op::Release(permit) => drop(permit),
-                Op::Write(_) => {}
-            }
-        }
-    }
-}
-
-/// A one-row write: does the store take writes again?
-fn probe(conn: &mut Connection) -> rusqlite::Result<()> {
-    conn.execute(
-        "INSERT INTO meta (k, v) VALUES ('probe', 1) ON CONFLICT(k) DO UPDATE SET v = v + 1",
-        [],
-    )
-    .map(|_| ())
-}
-
-const INSERT_TASK: &str = "INSERT INTO tasks
-    (id, platform, state, attempts, submitted_at, not_before, idempotency_key, task)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
-
-const FINISH_TASK: &str = "UPDATE tasks SET state = ?2, not_before = ?3, finished_at = ?4,
-    outcome = ?5, plugin = ?6, attempts = MAX(attempts, ?7) WHERE id = ?1";
-
-const FINISH_ATTEMPT: &str = "INSERT OR IGNORE INTO attempts
-    (task_id, n, started_at, ended_at, outcome, plugin) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
-
-const REQUEUE: &str =
-    "UPDATE tasks SET state = 'queued', not_before = ?2, finished_at = NULL WHERE id = ?1";
-
-const REVIVE: &str = "UPDATE tasks SET state = 'queued', not_before = NULL, finished_at = NULL,
-    revived_at = ?2 WHERE id = ?1";
-
-fn commit(conn: &mut Connection, batch: &[Op]) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
-    {
-        let mut insert = tx.prepare_cached(INSERT_TASK)?;
-        let mut finish_task = tx.prepare_cached(FINISH_TASK)?;
-        // History is only ever added to.
-        let mut finish_attempt = tx.prepare_cached(FINISH_ATTEMPT)?;
-        let mut requeue = tx.prepare_cached(REQUEUE)?;
-        let mut revive = tx.prepare_cached(REVIVE)?;
-        for op in batch {
-            let write = match op {
-                Op::Write(write) => write.as_ref(),
-                Op::Submit { inserts, .. } => {
-                    for Insert { record, key } in inserts {
-                        insert.execute(params![
-                            record.task.id.to_string(),
-                            record.task.platform,
-                            record.state.as_str(),
-                            record.attempts,
-                            millis(record.submitted_at),
-                            record.not_before.map(millis),
-                            key,
-                            json(&*record.task),
-                        ])?;
-                    }
-                    continue;
-                }
-                Op::Sync(_) | Op::Release(_) => continue,
-            };
-            match write {
-                Write::Finish {
-                    id,
-                    state,
-                    attempt,
-                    not_before,
-                } => {
-                    let finished = state
-                        .is_finished()
-                        .then(|| attempt.ended_at.map(millis))
-                        .flatten();
-                    // The task's row keeps its last attempt's outcome and
-                    // plugin too: encoded once for both rows.
-                    let id = id.to_string();
-                    let outcome = attempt.outcome.as_ref().map(json);
-                    let plugin = attempt.plugin.as_ref().map(json);
-                    finish_task.execute(params![
-                        id,
-                        state.as_str(),
-                        not_before.map(millis),
-                        finished,
-                        outcome,
-                        plugin,
-                        attempt.number,
-                    ])?;
-                    finish_attempt.execute(params![
-                        id,
-                        attempt.number,
-                        millis(attempt.started_at),
-                        attempt.ended_at.map(millis),
-                        outcome,
-                        plugin,
-                    ])?;
-                }
-                Write::Requeue { id, not_before } => {
-                    requeue.execute(params![id.to_string(), not_before.map(millis)])?;
-                }
-                Write::Revive { id, revived_at } => {
-                    revive.execute(params![id.to_string(), revived_at])?;
-                }
-                Write::Prune { before } => {
-                    let before = millis(*before);
-                    tx.execute(
-                        "DELETE FROM attempts WHERE task_id IN (SELECT id FROM tasks
-                         WHERE state IN ('succeeded', 'dead') AND finished_at < ?1)",
-                        [before],
-                    )?;
-                    tx.execute("DELETE FROM tasks WHERE state IN ('succeeded', 'dead') AND finished_at < ?1", [before])?;
-                }
-            }
-        }
-    }
-    tx.commit()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -736,85 +478,5 @@ mod tests {
         let _back = tokio::time::timeout(Duration::from_secs(30), journal.room_for_outcome())
             .await
             .expect("the room comes back once the commit is done");
-    }
-
-    /// How SQLite would answer `sql` on a store with this schema.
-    fn plan(conn: &Connection, sql: &str) -> Vec<String> {
-        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
-        // Parameters stay unbound: the plan does not depend on them.
-        let mut rows = stmt.raw_query();
-        let mut steps = Vec::new();
-        while let Some(row) = rows.next().unwrap() {
-            steps.push(row.get::<_, String>(3).unwrap());
-        }
-        steps
-    }
-
-    /// A task's writes (its submit, its outcome and attempt, a requeue and
-    /// a revival) build no temporary table: SQLite makes one for every IN
-    /// list of three or more values it checks, per row written, and the
-    /// partial indexes' conditions are checked on every write.
-    #[test]
-    fn no_write_builds_a_temporary_table() {
-        let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(SCHEMA).unwrap();
-        for sql in [INSERT_TASK, FINISH_TASK, FINISH_ATTEMPT, REQUEUE, REVIVE] {
-            let mut stmt = conn.prepare(&format!("EXPLAIN {sql}")).unwrap();
-            let mut rows = stmt.raw_query();
-            while let Some(row) = rows.next().unwrap() {
-                let opcode: String = row.get(1).unwrap();
-                assert_ne!(opcode, "OpenEphemeral", "{sql}");
-            }
-        }
-    }
-
-    /// The reads a large backlog makes (unparking what comes due, `task`,
-    /// `tasks` with each filter) walk an index; none scans the table or
-    /// sorts it.
-    #[test]
-    fn every_read_is_answered_from_an_index() {
-        let conn = Connection::open_in_memory().unwrap();
-        conn.execute_batch(SCHEMA).unwrap();
-        let mut statements = vec![
-            DUE_BETWEEN.to_owned(),
-            UNTIMED.to_owned(),
-            KEYS_SINCE.to_owned(),
-            "SELECT task FROM tasks WHERE id = ?1".to_owned(),
-            "SELECT n FROM attempts WHERE task_id = ?1 ORDER BY n".to_owned(),
-        ];
-        for state in [false, true] {
-            for platform in [false, true] {
-                statements.push(list_statement(state, platform));
-            }
-        }
-        // Listing every task walks the time index newest first, and stops
-        // at the limit; a start walks the partial indexes that hold only
-        // what it reads (unfinished untimed tasks, keyed tasks); every
-        // other read seeks.
-        let unfiltered = list_statement(false, false);
-        for sql in statements {
-            let plan = plan(&conn, &sql);
-            assert!(!plan.is_empty(), "{sql}");
-            for step in &plan {
-                let seeks = step.starts_with("SEARCH")
-                    || (sql == unfiltered && step == "SCAN tasks USING INDEX tasks_by_time")
-                    || (sql == UNTIMED
-                        && step == "SCAN tasks USING INDEX tasks_unfinished_untimed")
-                    || (sql == KEYS_SINCE && step == "SCAN tasks USING INDEX tasks_by_key");
-                assert!(seeks && !step.contains("TEMP B-TREE"), "{sql}\n{plan:?}");
-            }
-        }
-        assert!(
-            plan(&conn, DUE_BETWEEN)
-                .iter()
-                .any(|s| s.contains("tasks_due")),
-            "unparking reads the due index"
-        );
-        assert!(
-            plan(&conn, UNTIMED)
-                .iter()
-                .all(|s| s.contains("tasks_unfinished_untimed")),
-            "a start reads the untimed index, not every queued task"
-        );
     }
 }

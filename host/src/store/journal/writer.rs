@@ -1,0 +1,166 @@
+//! The journal's writer thread: takes every write that is waiting and
+//! commits them in one transaction (group commit, see the journal's guide),
+//! answers each submit with its transaction's result, gives back outcome
+//! rooms once their commit is done, and while the store is unavailable
+//! probes until a write commits again. It must never answer a submit before
+//! the transaction holding it has committed.
+
+use std::sync::mpsc;
+
+use rusqlite::{Connection, params};
+
+use super::schema::{FINISH_ATTEMPT, FINISH_TASK, INSERT_TASK, REQUEUE, REVIVE};
+use super::{CommitObserver, Health, Insert, MAX_GROUP, Op, PROBE_EVERY, Write, json, millis};
+
+/// Runs until every sender of `ops` is gone (the journal was dropped).
+pub(super) fn write_loop(
+    mut conn: Connection,
+    ops: mpsc::Receiver<Op>,
+    health: &Health,
+    observer: Option<CommitObserver>,
+) {
+    loop {
+        let unavailable = health.failure.lock().expect("never poisoned").is_some();
+        let first = if unavailable {
+            match ops.recv_timeout(PROBE_EVERY) {
+                Ok(op) => op,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    health.set(&probe(&mut conn).map_err(|e| e.to_string()));
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        } else {
+            match ops.recv() {
+                Ok(op) => op,
+                Err(_) => return,
+            }
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_GROUP {
+            match ops.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let started = std::time::Instant::now();
+        let result = commit(&mut conn, &batch).map_err(|e| e.to_string());
+        if let Some(observe) = &observer {
+            observe(started.elapsed(), batch.len());
+        }
+        if let Err(e) = &result {
+            let submits = batch
+                .iter()
+                .filter(|op| matches!(op, Op::Submit { .. }))
+                .count();
+            tracing::error!(
+                failed_submits = submits,
+                "task store write failed: {e}; refusing new tasks until a write succeeds"
+            );
+        }
+        health.set(&result);
+        for op in batch {
+            match op {
+                Op::Submit { ack, .. } | Op::Sync(ack) => {
+                    let _ = ack.send(result.clone());
+                }
+                // Committed or failed: either way no longer uncommitted.
+                Op::Release(permit) => drop(permit),
+                Op::Write(_) => {}
+            }
+        }
+    }
+}
+
+/// A one-row write: does the store take writes again?
+fn probe(conn: &mut Connection) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO meta (k, v) VALUES ('probe', 1) ON CONFLICT(k) DO UPDATE SET v = v + 1",
+        [],
+    )
+    .map(|_| ())
+}
+
+fn commit(conn: &mut Connection, batch: &[Op]) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut insert = tx.prepare_cached(INSERT_TASK)?;
+        let mut finish_task = tx.prepare_cached(FINISH_TASK)?;
+        // History is only ever added to.
+        let mut finish_attempt = tx.prepare_cached(FINISH_ATTEMPT)?;
+        let mut requeue = tx.prepare_cached(REQUEUE)?;
+        let mut revive = tx.prepare_cached(REVIVE)?;
+        for op in batch {
+            let write = match op {
+                Op::Write(write) => write.as_ref(),
+                Op::Submit { inserts, .. } => {
+                    for Insert { record, key } in inserts {
+                        insert.execute(params![
+                            record.task.id.to_string(),
+                            record.task.platform,
+                            record.state.as_str(),
+                            record.attempts,
+                            millis(record.submitted_at),
+                            record.not_before.map(millis),
+                            key,
+                            json(&*record.task),
+                        ])?;
+                    }
+                    continue;
+                }
+                Op::Sync(_) | Op::Release(_) => continue,
+            };
+            match write {
+                Write::Finish {
+                    id,
+                    state,
+                    attempt,
+                    not_before,
+                } => {
+                    let finished = state
+                        .is_finished()
+                        .then(|| attempt.ended_at.map(millis))
+                        .flatten();
+                    // The task's row keeps its last attempt's outcome and
+                    // plugin too: encoded once for both rows.
+                    let id = id.to_string();
+                    let outcome = attempt.outcome.as_ref().map(json);
+                    let plugin = attempt.plugin.as_ref().map(json);
+                    finish_task.execute(params![
+                        id,
+                        state.as_str(),
+                        not_before.map(millis),
+                        finished,
+                        outcome,
+                        plugin,
+                        attempt.number,
+                    ])?;
+                    finish_attempt.execute(params![
+                        id,
+                        attempt.number,
+                        millis(attempt.started_at),
+                        attempt.ended_at.map(millis),
+                        outcome,
+                        plugin,
+                    ])?;
+                }
+                Write::Requeue { id, not_before } => {
+                    requeue.execute(params![id.to_string(), not_before.map(millis)])?;
+                }
+                Write::Revive { id, revived_at } => {
+                    revive.execute(params![id.to_string(), revived_at])?;
+                }
+                Write::Prune { before } => {
+                    let before = millis(*before);
+                    tx.execute(
+                        "DELETE FROM attempts WHERE task_id IN (SELECT id FROM tasks
+                         WHERE state IN ('succeeded', 'dead') AND finished_at < ?1)",
+                        [before],
+                    )?;
+                    tx.execute("DELETE FROM tasks WHERE state IN ('succeeded', 'dead') AND finished_at < ?1", [before])?;
+                }
+            }
+        }
+    }
+    tx.commit()
+}
