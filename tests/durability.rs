@@ -327,3 +327,45 @@ async fn a_store_that_cannot_be_opened_stops_the_start_with_a_clear_error() -> a
     std::fs::remove_dir_all(dir)?;
     Ok(())
 }
+
+/// A client that gives up on a submit before it is durable (the disk is
+/// slow: here another connection holds the store's write lock) leaves
+/// nothing stranded: the submit goes on without it, and once it commits
+/// the task is handed to the pool and delivered. The submit used to stop
+/// with its client, after recording the task and before handing it to the
+/// pool: it stayed `queued`, with nothing to run it, until a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submit_whose_client_gives_up_is_still_delivered() -> anyhow::Result<()> {
+    let receiver = Receiver::start(|_| Reply::new(200, "ok")).await;
+    let data = tempfile::tempdir()?;
+    let daemon = Daemon::builder(BIN)
+        .plugin("webhook", Some(&allow(&receiver)))
+        .data_dir(data.path())
+        .start()
+        .await?;
+    daemon.deliver(task(&receiver, "/warm-up")).await?;
+
+    let blocker = rusqlite::Connection::open(data.path().join("tasks.db"))?;
+    blocker.execute_batch("BEGIN EXCLUSIVE")?;
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(500),
+        daemon.request(json!({"op": "submit", "task": task(&receiver, "/abandoned")})),
+    )
+    .await;
+    anyhow::ensure!(
+        gave_up.is_err(),
+        "answered while the store was locked: {gave_up:?}"
+    );
+    blocker.execute_batch("COMMIT")?;
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !receiver.requests().iter().any(|r| r.path == "/abandoned") {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the abandoned submit was never delivered; tasks: {}",
+            daemon.request(json!({"op": "tasks"})).await?
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}

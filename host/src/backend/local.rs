@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use futures_util::FutureExt;
 use tokio::sync::broadcast;
 
-use super::{BackendError, Submitted, TaskBackend};
+use super::{BackendError, Submitted, TaskBackend, to_the_end};
 use crate::pool::Pool;
 use crate::protocol::{BrokerView, TaskView};
 use crate::store::{Accepted, StoreError, Submission, TaskEvent, TaskStore};
@@ -49,46 +49,8 @@ impl TaskBackend for LocalTasks {
         if !self.pool.has_room(submissions.len()) {
             return Err(BackendError::Busy);
         }
-        let tasks: Vec<_> = submissions
-            .iter()
-            .map(|s| (s.task.clone(), s.not_before))
-            .collect();
-        // Tasks waited on stay in memory; others due later may be parked in
-        // the journal, and the scheduler loads them back when due.
-        let accepted = if wait {
-            self.store.submit_and_keep(submissions).await?
-        } else {
-            self.store.submit(submissions).await?
-        };
-        // Subscribe before queueing so a fast delivery cannot be missed.
-        let finished = if wait {
-            accepted
-                .iter()
-                .filter_map(|a| self.store.wait(a.id()))
-                .map(|waiter| {
-                    waiter
-                        .map(|r| {
-                            r.map(TaskView::from)
-                                .map_err(|_| BackendError::ShuttingDown)
-                        })
-                        .boxed()
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let mut ready = Vec::new();
-        for (a, (task, not_before)) in accepted.iter().zip(tasks) {
-            // Parked tasks are the scheduler's once `unpark` reads them back;
-            // duplicates were scheduled when first accepted.
-            let Accepted::New(id) = a else { continue };
-            match not_before {
-                Some(at) => self.pool.schedule(*id, at),
-                None => ready.push(task),
-            }
-        }
-        self.pool.enqueue(&ready);
-        Ok(Submitted { accepted, finished })
+        let (store, pool) = (self.store.clone(), self.pool.clone());
+        to_the_end(async move { take_in(&store, &pool, submissions, wait).await }).await
     }
 
     async fn get(&self, id: TaskId) -> Result<Option<TaskView>, BackendError> {
@@ -113,9 +75,13 @@ impl TaskBackend for LocalTasks {
     }
 
     async fn retry(&self, id: TaskId) -> Result<(), BackendError> {
-        self.store.retry(id).await?;
-        self.pool.schedule(id, SystemTime::now());
-        Ok(())
+        let (store, pool) = (self.store.clone(), self.pool.clone());
+        to_the_end(async move {
+            store.retry(id).await?;
+            pool.schedule(id, SystemTime::now());
+            Ok(())
+        })
+        .await
     }
 
     fn subscribe(&self) -> broadcast::Receiver<TaskEvent> {
@@ -129,4 +95,55 @@ impl TaskBackend for LocalTasks {
     async fn broker(&self) -> Option<BrokerView> {
         None
     }
+}
+
+/// Records `submissions` in the store, then hands them to the pool: due
+/// tasks are queued at once, scheduled ones given to the scheduler. Both
+/// or neither: see [`to_the_end`].
+async fn take_in(
+    store: &TaskStore,
+    pool: &Pool,
+    submissions: Vec<Submission>,
+    wait: bool,
+) -> Result<Submitted, BackendError> {
+    let tasks: Vec<_> = submissions
+        .iter()
+        .map(|s| (s.task.clone(), s.not_before))
+        .collect();
+    // Tasks waited on stay in memory; others due later may be parked in
+    // the journal, and the scheduler loads them back when due.
+    let accepted = if wait {
+        store.submit_and_keep(submissions).await?
+    } else {
+        store.submit(submissions).await?
+    };
+    // Subscribe before queueing so a fast delivery cannot be missed.
+    let finished = if wait {
+        accepted
+            .iter()
+            .filter_map(|a| store.wait(a.id()))
+            .map(|waiter| {
+                waiter
+                    .map(|r| {
+                        r.map(TaskView::from)
+                            .map_err(|_| BackendError::ShuttingDown)
+                    })
+                    .boxed()
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut ready = Vec::new();
+    for (a, (task, not_before)) in accepted.iter().zip(tasks) {
+        // Parked tasks are the scheduler's once `unpark` reads them back;
+        // duplicates were scheduled when first accepted.
+        let Accepted::New(id) = a else { continue };
+        match not_before {
+            Some(at) => pool.schedule(*id, at),
+            None => ready.push(task),
+        }
+    }
+    pool.enqueue(&ready);
+    Ok(Submitted { accepted, finished })
 }

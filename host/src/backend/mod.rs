@@ -44,6 +44,22 @@ pub enum BackendError {
     ShuttingDown,
 }
 
+/// Runs `change` — a change to the tasks (a submit, a retry) and what must
+/// follow it — on its own task, to its end.
+///
+/// A request ends when its client goes (the server drops its future), but
+/// a change dropped halfway leaves half of it done: a submit recorded and
+/// never handed to the pool sits `queued` until a restart; one in the
+/// broker leaves a key claimed or a record pending. Run here, the change
+/// ends as it would have; only its answer goes unheard.
+pub async fn to_the_end<T: Send + 'static>(
+    change: impl Future<Output = Result<T, BackendError>> + Send + 'static,
+) -> Result<T, BackendError> {
+    tokio::spawn(change)
+        .await
+        .unwrap_or_else(|e| Err(BackendError::Internal(format!("the change failed: {e}"))))
+}
+
 /// A task's final view, once it has finished.
 pub type Finished = BoxFuture<'static, Result<TaskView, BackendError>>;
 

@@ -33,7 +33,6 @@
 //! may have been taken; hosts run it once the record is older than
 //! `SETTLE` ([`Shared::abandoned`]).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::records::{Revived, Settled, Shared};
@@ -64,23 +63,15 @@ impl Broker {
     /// answered with that task. While the connection is down, submits are
     /// refused at once, before anything is written.
     ///
-    /// A submit runs to its end even if its client goes: dropped halfway, it
-    /// would leave a key claimed or a record pending with nothing to
-    /// confirm or take it back.
-    pub async fn submit(
-        self: &Arc<Self>,
-        submissions: Vec<Submission>,
-    ) -> Result<Vec<Accepted>, BrokerError> {
+    /// Dropped halfway, a submit would leave a key claimed or a record
+    /// pending with nothing to confirm or take it back: the API runs it to
+    /// its end whether or not its client stays (`backend::to_the_end`).
+    pub async fn submit(&self, submissions: Vec<Submission>) -> Result<Vec<Accepted>, BrokerError> {
         self.connected()?;
-        let broker = self.clone();
-        to_the_end(async move {
-            let outcomes = futures_util::future::join_all(
-                submissions.into_iter().map(|s| broker.submit_one(s)),
-            )
-            .await;
-            outcomes.into_iter().collect()
-        })
-        .await
+        let outcomes =
+            futures_util::future::join_all(submissions.into_iter().map(|s| self.submit_one(s)))
+                .await;
+        outcomes.into_iter().collect()
     }
 
     async fn submit_one(&self, s: Submission) -> Result<Accepted, BrokerError> {
@@ -145,17 +136,9 @@ impl Broker {
     /// dead again if the publish fails, so nothing is left queued that
     /// nothing will run, and a revival's message that landed anyway finds
     /// the task dead and is dropped.
-    /// Like a submit, it runs to its end even if its client goes.
-    pub async fn retry(
-        self: &Arc<Self>,
-        id: TaskId,
-    ) -> Result<Result<(), RetryRefused>, BrokerError> {
+    /// Like a submit, it must run to its end.
+    pub async fn retry(&self, id: TaskId) -> Result<Result<(), RetryRefused>, BrokerError> {
         self.connected()?;
-        let broker = self.clone();
-        to_the_end(async move { broker.revive(id).await }).await
-    }
-
-    async fn revive(&self, id: TaskId) -> Result<Result<(), RetryRefused>, BrokerError> {
         let Revived {
             dead,
             record,
@@ -227,16 +210,6 @@ impl Broker {
         )
         .await;
     }
-}
-
-/// Runs `operation` on its own task, so that it is not dropped halfway
-/// when the request that started it ends (its client went away).
-async fn to_the_end<T: Send + 'static>(
-    operation: impl Future<Output = Result<T, BrokerError>> + Send + 'static,
-) -> Result<T, BrokerError> {
-    tokio::spawn(operation)
-        .await
-        .unwrap_or_else(|e| Err(BrokerError::Publish(format!("the operation failed: {e}"))))
 }
 
 /// Runs `write` (finishing or taking back an operation) now, and when the

@@ -21,7 +21,7 @@ use tokio::sync::broadcast;
 use super::records::Shared;
 use super::work::Host;
 use super::{Broker, BrokerError, RetryRefused};
-use crate::backend::{BackendError, Submitted, TaskBackend};
+use crate::backend::{BackendError, Submitted, TaskBackend, to_the_end};
 use crate::protocol::{BrokerView, TaskView};
 use crate::store::events::EVENTS_BUFFERED;
 use crate::store::{Submission, TaskEvent};
@@ -150,7 +150,8 @@ impl TaskBackend for SharedTasks {
         submissions: Vec<Submission>,
         wait: bool,
     ) -> Result<Submitted, BackendError> {
-        let accepted = self.shared().submit(submissions).await?;
+        let broker = self.shared().clone();
+        let accepted = to_the_end(async move { Ok(broker.submit(submissions).await?) }).await?;
         // The records are in the bucket already and `wait_finished` reads
         // the latest one first, so a task finished meanwhile is not missed.
         let finished = if wait {
@@ -191,7 +192,8 @@ impl TaskBackend for SharedTasks {
     }
 
     async fn retry(&self, id: TaskId) -> Result<(), BackendError> {
-        match self.shared().retry(id).await? {
+        let broker = self.shared().clone();
+        match to_the_end(async move { Ok(broker.retry(id).await?) }).await? {
             Ok(()) => Ok(()),
             Err(RetryRefused::NotFound) => Err(BackendError::NotFound(id)),
             Err(RetryRefused::NotDead(state)) => Err(BackendError::NotDead {
