@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use notifyhub_testkit::ack_cutter::AckCutter;
 use notifyhub_testkit::daemon::Daemon;
 use notifyhub_testkit::nats::NatsServer;
 use notifyhub_testkit::receiver::{Receiver, Reply};
@@ -41,6 +42,21 @@ async fn host_with(nats: &NatsServer, receiver: &Receiver, extra: &str) -> anyho
         .config(&format!("{extra}\n[broker]\nurl = \"{}\"\n", nats.url()))
         .start()
         .await
+}
+
+/// A host with the default broker settings that reaches the broker
+/// through `cutter`, once its plugins are loaded.
+async fn host_through(cutter: &AckCutter, receiver: &Receiver) -> anyhow::Result<Daemon> {
+    let daemon = Daemon::builder(BIN)
+        .plugin(
+            "webhook",
+            Some(&format!("allowed_hosts = [\"{}\"]\n", receiver.authority())),
+        )
+        .config(&format!("[broker]\nurl = \"{}\"\n", cutter.url()))
+        .start()
+        .await?;
+    daemon.wait_plugins_ready(WAIT).await?;
+    Ok(daemon)
 }
 
 /// The result of `request` on `daemon`; an error if it was refused.
@@ -1041,16 +1057,8 @@ async fn a_host_that_pulls_a_refused_submit_before_its_undo_does_not_run_it() ->
     )
     .await?;
     anyhow::ensure!(first["tasks"][0]["state"] == "succeeded", "{first}");
-    let cutter = notifyhub_testkit::ack_cutter::AckCutter::start(nats.url()).await?;
-    let cut = Daemon::builder(BIN)
-        .plugin(
-            "webhook",
-            Some(&format!("allowed_hosts = [\"{}\"]\n", receiver.authority())),
-        )
-        .config(&format!("[broker]\nurl = \"{}\"\n", cutter.url()))
-        .start()
-        .await?;
-    cut.wait_plugins_ready(WAIT).await?;
+    let cutter = AckCutter::start(nats.url()).await?;
+    let cut = host_through(&cutter, &receiver).await?;
     let mut keyed = task(&receiver, "exactly once");
     keyed["idempotency_key"] = json!("order 8");
 
@@ -1094,16 +1102,8 @@ async fn a_keyed_retry_on_another_host_waits_for_the_abandoned_submit_to_settle(
     let nats = NatsServer::start().await?;
     let receiver = Receiver::start(|_| Reply::new(200, "ok")).await;
     let other = host_with(&nats, &receiver, "").await?;
-    let cutter = notifyhub_testkit::ack_cutter::AckCutter::start(nats.url()).await?;
-    let cut = Daemon::builder(BIN)
-        .plugin(
-            "webhook",
-            Some(&format!("allowed_hosts = [\"{}\"]\n", receiver.authority())),
-        )
-        .config(&format!("[broker]\nurl = \"{}\"\n", cutter.url()))
-        .start()
-        .await?;
-    cut.wait_plugins_ready(WAIT).await?;
+    let cutter = AckCutter::start(nats.url()).await?;
+    let cut = host_through(&cutter, &receiver).await?;
     let mut keyed = task(&receiver, "delivered");
     keyed["idempotency_key"] = json!("order 9");
 
@@ -1146,16 +1146,9 @@ async fn a_keyed_retry_on_another_host_waits_for_the_abandoned_submit_to_settle(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_publish_ack_and_a_keyed_retry_deliver_once() -> anyhow::Result<()> {
     let nats = NatsServer::start().await?;
-    let cutter = notifyhub_testkit::ack_cutter::AckCutter::start(nats.url()).await?;
+    let cutter = AckCutter::start(nats.url()).await?;
     let receiver = Receiver::start(|_| Reply::new(200, "ok")).await;
-    let daemon = Daemon::builder(BIN)
-        .plugin(
-            "webhook",
-            Some(&format!("allowed_hosts = [\"{}\"]\n", receiver.authority())),
-        )
-        .config(&format!("[broker]\nurl = \"{}\"\n", cutter.url()))
-        .start()
-        .await?;
+    let daemon = host_through(&cutter, &receiver).await?;
     let mut keyed = task(&receiver, "exactly once");
     keyed["idempotency_key"] = json!("order 7");
 

@@ -18,6 +18,8 @@ use std::time::{Duration, SystemTime};
 
 use proptest::prelude::*;
 
+use super::model::{block_on, cases};
+
 use super::time::DueTime;
 use super::{Accepted, StoreConfig, Submission, TaskStore};
 use crate::task::{Task, TaskId};
@@ -144,20 +146,12 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: if std::env::var_os("NOTIFYHUB_TEST_FULL").is_some() { 200 } else { 12 },
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(cases(12, 200))]
 
     #[test]
     fn a_key_answers_its_first_task_for_its_window_and_only_then(
         ops in prop::collection::vec(op(), 1..40)
     ) {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("a runtime");
-        runtime.block_on(run(ops))?;
+        block_on(run(ops))?;
     }
 }

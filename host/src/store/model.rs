@@ -167,19 +167,33 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: if std::env::var_os("NOTIFYHUB_TEST_FULL").is_some() { 200 } else { 12 },
+/// A model test's cases: `everyday` in the suite, `full` under `cargo xtask
+/// test --full` (which sets `NOTIFYHUB_TEST_FULL`). Shared by the store's
+/// model tests.
+pub(super) fn cases(everyday: u32, full: u32) -> ProptestConfig {
+    let full_run = std::env::var_os("NOTIFYHUB_TEST_FULL").is_some();
+    ProptestConfig {
+        cases: if full_run { full } else { everyday },
         ..ProptestConfig::default()
-    })]
+    }
+}
+
+/// Runs one case on a two-thread runtime, like the daemon's on this
+/// machine.
+pub(super) fn block_on<F: std::future::Future>(case: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(case)
+}
+
+proptest! {
+    #![proptest_config(cases(12, 200))]
 
     #[test]
     fn every_accepted_task_is_handed_over_once_per_run(ops in prop::collection::vec(op(), 1..14)) {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("a runtime");
-        runtime.block_on(run(ops))?;
+        block_on(run(ops))?;
     }
 }

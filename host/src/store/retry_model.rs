@@ -18,6 +18,8 @@ use std::time::{Duration, SystemTime};
 
 use proptest::prelude::*;
 
+use super::model::{block_on, cases};
+
 use super::{StoreConfig, StoreError, Submission, TaskStore};
 use crate::pool::retry::RetryConfig;
 use crate::task::{FailureClass, Outcome, Task, TaskId, TaskState, Verdict};
@@ -234,20 +236,12 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: if std::env::var_os("NOTIFYHUB_TEST_FULL").is_some() { 500 } else { 24 },
-        ..ProptestConfig::default()
-    })]
+    #![proptest_config(cases(24, 500))]
 
     #[test]
     fn attempts_are_counted_and_retried_as_the_policy_says(
         ops in prop::collection::vec(op(), 1..40)
     ) {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("a runtime");
-        runtime.block_on(run(ops))?;
+        block_on(run(ops))?;
     }
 }
