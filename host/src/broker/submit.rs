@@ -135,8 +135,8 @@ impl Broker {
     /// Brings a dead task back: queued again on every host, published once;
     /// dead again if the publish fails, so nothing is left queued that
     /// nothing will run, and a revival's message that landed anyway finds
-    /// the task dead and is dropped.
-    /// Like a submit, it must run to its end.
+    /// the task dead and is dropped. Like a submit, it must run to its end
+    /// (`backend::to_the_end`).
     pub async fn retry(&self, id: TaskId) -> Result<Result<(), RetryRefused>, BrokerError> {
         self.connected()?;
         let Revived {
@@ -154,12 +154,7 @@ impl Broker {
                 Ok(Ok(()))
             }
             Err(e) => {
-                let records = self.records.clone();
-                settle(format!("putting back dead task {id}"), move || {
-                    let (records, dead) = (records.clone(), dead.clone());
-                    async move { records.unrevive(dead).await }
-                })
-                .await;
+                self.unrevive(dead).await;
                 Err(e)
             }
         }
@@ -168,7 +163,7 @@ impl Broker {
     /// Refuses at once while the connection is down: a request would wait
     /// for the client library's timeout, then fail anyway, and one that
     /// fails there may leave half its writes behind.
-    pub(super) fn connected(&self) -> Result<(), BrokerError> {
+    fn connected(&self) -> Result<(), BrokerError> {
         match self.js.client().connection_state() {
             async_nats::connection::State::Connected => Ok(()),
             _ => Err(BrokerError::Disconnected {
@@ -185,6 +180,18 @@ impl Broker {
         settle(format!("confirming task {id}"), move || {
             let (records, record) = (records.clone(), record.clone());
             async move { records.confirm(record, revision).await }
+        })
+        .await;
+    }
+
+    /// Puts back `dead`, the record of a task whose revival was refused; in
+    /// the background if the broker cannot take it now.
+    async fn unrevive(&self, dead: Shared) {
+        let records = self.records.clone();
+        let id = dead.task.id;
+        settle(format!("putting back dead task {id}"), move || {
+            let (records, dead) = (records.clone(), dead.clone());
+            async move { records.unrevive(dead).await }
         })
         .await;
     }

@@ -347,6 +347,38 @@ async fn wait_in_broker(broker: &Broker, message: &Message, work: &Work, due_ms:
     }
 }
 
+/// What a pulled message's record says to do with it.
+enum Record {
+    /// Run it, from this record.
+    Run(Box<Shared>),
+    /// Not yet: its record is pending, or not visible yet. The message
+    /// comes back in a second.
+    Later,
+    /// Never: its submit was refused and taken back.
+    Refused,
+}
+
+/// Reads the record of `work`'s task, holding the message while that record
+/// is pending (see [`Records::settled`](super::records::Records::settled)).
+async fn record_of(broker: &Broker, work: &Work) -> Result<Record, super::BrokerError> {
+    let hold = broker.config.ack_wait / 3;
+    Ok(match broker.records.get(work.task.id).await? {
+        Some(pending) if pending.pending => match broker.records.settled(pending, hold).await? {
+            Settled::Stands(record) => Record::Run(record),
+            Settled::TakenBack => Record::Refused,
+            Settled::Pending => Record::Later,
+        },
+        Some(record) => Record::Run(Box::new(record)),
+        None => match broker.records.orphan(work, SystemTime::now()) {
+            Orphan::Expired => {
+                Record::Run(Box::new(Shared::new(Arc::new(work.task.clone()), None)))
+            }
+            Orphan::Settling => Record::Later,
+            Orphan::Refused => Record::Refused,
+        },
+    })
+}
+
 async fn handle(host: &Host, message: Message) {
     let work: Work = match serde_json::from_slice(&message.payload) {
         Ok(work) => work,
@@ -359,43 +391,17 @@ async fn handle(host: &Host, message: Message) {
     };
     let broker = &host.broker;
     let id = work.task.id;
-    let mut shared = match broker.records.get(id).await {
-        Ok(Some(shared)) if shared.pending => {
-            match broker
-                .records
-                .settled(shared, broker.config.ack_wait / 3)
-                .await
-            {
-                Ok(Settled::Stands(shared)) => *shared,
-                Ok(Settled::TakenBack) => {
-                    tracing::info!(task = %id, "a refused submit's message landed after all; not running it");
-                    answer(&message, AckKind::Term).await;
-                    return;
-                }
-                Ok(Settled::Pending) => {
-                    answer(&message, AckKind::Nak(Some(Duration::from_secs(1)))).await;
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(task = %id, "cannot read the task's record: {e}; again in 1 s");
-                    answer(&message, AckKind::Nak(Some(Duration::from_secs(1)))).await;
-                    return;
-                }
-            }
+    let mut shared = match record_of(broker, &work).await {
+        Ok(Record::Run(shared)) => *shared,
+        Ok(Record::Later) => {
+            answer(&message, AckKind::Nak(Some(Duration::from_secs(1)))).await;
+            return;
         }
-        Ok(Some(shared)) => shared,
-        Ok(None) => match broker.records.orphan(&work, SystemTime::now()) {
-            Orphan::Expired => Shared::new(Arc::new(work.task.clone()), None),
-            Orphan::Settling => {
-                answer(&message, AckKind::Nak(Some(Duration::from_secs(1)))).await;
-                return;
-            }
-            Orphan::Refused => {
-                tracing::info!(task = %id, "a refused submit's message landed after all; not running it");
-                answer(&message, AckKind::Term).await;
-                return;
-            }
-        },
+        Ok(Record::Refused) => {
+            tracing::info!(task = %id, "a refused submit's message landed after all; not running it");
+            answer(&message, AckKind::Term).await;
+            return;
+        }
         Err(e) => {
             tracing::warn!(task = %id, "cannot read the task's record: {e}; again in 1 s");
             answer(&message, AckKind::Nak(Some(Duration::from_secs(1)))).await;

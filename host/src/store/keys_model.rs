@@ -20,7 +20,7 @@ use proptest::prelude::*;
 
 use super::model::{block_on, cases};
 
-use super::time::DueTime;
+use super::time::recorded;
 use super::{Accepted, StoreConfig, Submission, TaskStore};
 use crate::task::{Task, TaskId};
 
@@ -88,19 +88,18 @@ async fn submit(
         // Within the window for the whole call, past it for the whole call,
         // or on its edge (either answer, and the reference follows).
         let held = claims.get(&key).copied();
-        let expected = held.and_then(|(first, at)| {
-            let age = |t: SystemTime| t.duration_since(at).unwrap_or_default();
-            if age(after) < WINDOW {
-                Some(Accepted::Duplicate(first))
-            } else if age(before) >= WINDOW {
-                Some(Accepted::New(id))
-            } else {
-                None
+        let expected = match held {
+            None => Some(Accepted::New(id)),
+            Some((first, at)) => {
+                let age = |t: SystemTime| t.duration_since(at).unwrap_or_default();
+                if age(after) < WINDOW {
+                    Some(Accepted::Duplicate(first))
+                } else if age(before) >= WINDOW {
+                    Some(Accepted::New(id))
+                } else {
+                    None
+                }
             }
-        });
-        let expected = match (held, expected) {
-            (None, _) => Some(Accepted::New(id)),
-            (Some(_), e) => e,
         };
         if let Some(expected) = expected {
             prop_assert_eq!(answer, expected, "key {} (held: {:?})", key, held);
@@ -109,7 +108,7 @@ async fn submit(
             Accepted::New(new) => {
                 prop_assert_eq!(new, id);
                 let record = store.get(id).await.expect("readable").expect("recorded");
-                claims.insert(key, (id, DueTime::floor(record.submitted_at).to_system()));
+                claims.insert(key, (id, recorded(record.submitted_at)));
             }
             Accepted::Duplicate(first) => {
                 prop_assert_eq!(Some(first), held.map(|(first, _)| first));
