@@ -6,7 +6,9 @@
 //!   costs microseconds, not a fresh `mmap` per task), epoch interruption (a
 //!   background thread ticks every [`EPOCH_TICK`]; each call gets a deadline
 //!   in ticks), and wasmtime's on-disk compilation cache keyed by content and
-//!   engine settings, so a restart does not recompile.
+//!   engine settings, so a restart does not recompile. Each component's
+//!   copy-on-write memory image is made when it loads ([`image`]), where a
+//!   passing refusal from the kernel can be retried.
 //! - **Linker.** All of WASI 0.2 is linked, because language runtimes import
 //!   more of it than they use, but the [`HostState`] behind it grants nothing:
 //!   no preopened directories, no environment, no sockets. On top come
@@ -23,6 +25,7 @@
 
 pub mod allowlist;
 pub mod http;
+mod image;
 pub mod limits;
 mod output;
 pub mod policy;
@@ -206,10 +209,14 @@ impl Sandbox {
         &self.engine
     }
 
-    /// Compiles a component (or loads it from the cache). CPU-heavy: call it
-    /// from a blocking thread.
+    /// Compiles a component (or loads it from the cache) and makes the memory
+    /// image its instances start from. CPU-heavy: call it from a blocking
+    /// thread.
     pub fn compile(&self, bytes: &[u8]) -> wasmtime::Result<Component> {
-        Component::new(&self.engine, bytes)
+        let component = Component::new(&self.engine, bytes)?;
+        image::make(&component)
+            .map_err(|e| e.context("cannot make the memory image its instances start from"))?;
+        Ok(component)
     }
 
     /// Resolves a component's imports against what the host grants and
