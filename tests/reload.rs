@@ -341,3 +341,63 @@ async fn reload_by_hand_reports_what_it_did() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The `code` the `plugins` view shows for the `swap` plugin.
+fn code(view: &Value) -> Option<String> {
+    view["plugins"]
+        .as_array()?
+        .iter()
+        .find(|p| p["platforms"][0] == "swap")?["code"]
+        .as_str()
+        .map(str::to_string)
+}
+
+#[tokio::test]
+async fn a_plugin_without_cached_code_serves_at_once_and_settles_on_optimized_code()
+-> anyhow::Result<()> {
+    let cache = tempfile::tempdir()?;
+    let mut daemon = Daemon::builder(BIN)
+        .cache_dir(cache.path())
+        .file("swap.wasm", std::fs::read(plugins::path("noop")?)?)
+        .file("swap.toml", "platforms = [\"swap\"]\n")
+        .start()
+        .await?;
+    // The empty cache had no code: the baseline compiler made some first.
+    let baseline: Vec<_> = std::fs::read_dir(cache.path())?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("baseline-"))
+        .flat_map(|e| std::fs::read_dir(e.path()).into_iter().flatten())
+        .collect();
+    assert_eq!(
+        baseline.len(),
+        1,
+        "baseline code in the cache: {baseline:?}"
+    );
+    assert_eq!(deliver(&daemon).await?["state"], "succeeded");
+
+    // Cranelift's code follows in the background and is swapped in.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let view = plugins_view(&daemon).await?;
+        if code(&view).as_deref() == Some("optimized") {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "still not optimized: {view}\n{}",
+            daemon.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(daemon.logs().contains("optimized code swapped in"));
+    assert_eq!(deliver(&daemon).await?["state"], "succeeded");
+
+    // A restart finds the optimized code and serves it from the start.
+    daemon.terminate()?;
+    daemon.restart().await?;
+    let view = plugins_view(&daemon).await?;
+    assert_eq!(code(&view).as_deref(), Some("optimized"), "{view}");
+    assert!(!daemon.logs().contains("swapped in"), "{}", daemon.logs());
+    assert_eq!(deliver(&daemon).await?["state"], "succeeded");
+    Ok(())
+}

@@ -1,5 +1,5 @@
 //! Cranelift vs Winch for a plugin's first use: run with `cargo bench -p
-//! notifyhub --features winch --bench compile`.
+//! notifyhub --bench compile`.
 //!
 //! Winch, wasmtime's baseline compiler, compiles in one pass without
 //! optimizing; the question is whether first use would be fast enough with
@@ -18,10 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use notifyhub::executor::Executor;
-use notifyhub::sandbox::{Limits, Sandbox, SandboxSettings};
+use notifyhub::loader::PluginFile;
+use notifyhub::sandbox::{Limits, Sandbox, SandboxSettings, Tier};
 use notifyhub::task::Task;
 use notifyhub_testkit::receiver::{Receiver, Reply};
-use wasmtime::Strategy;
 
 /// (language, plugin, path it posts to on the receiver)
 const SUBJECTS: &[(&str, &str, &str)] = &[
@@ -55,8 +55,8 @@ fn main() -> anyhow::Result<()> {
             "language", "compile ms (C / W / ×)", "cold → delivery ms (C / W / ×)", "warm call µs (C / W / ×)"
         );
         for (language, plugin, path) in SUBJECTS {
-            let cranelift = measure(Strategy::Cranelift, plugin, &receiver.url(path), &receiver).await?;
-            let winch = measure(Strategy::Winch, plugin, &receiver.url(path), &receiver).await?;
+            let cranelift = measure(Tier::Optimized, plugin, &receiver.url(path), &receiver).await?;
+            let winch = measure(Tier::Baseline, plugin, &receiver.url(path), &receiver).await?;
             println!(
                 "{language:<11} {:>8.0} / {:>5.0} / {:>5.1} {:>12.0} / {:>5.0} / {:>5.1} {:>10.1} / {:>5.1} / {:>5.2}",
                 cranelift.compile_ms,
@@ -77,7 +77,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn measure(
-    strategy: Strategy,
+    tier: Tier,
     plugin: &str,
     target: &str,
     receiver: &Receiver,
@@ -92,18 +92,17 @@ async fn measure(
             receiver.authority()
         ),
     )?;
-    let settings = SandboxSettings {
-        strategy,
-        ..SandboxSettings::default()
-    };
-    let bytes = std::fs::read(&wasm)?;
+    // No cache: each figure is a compile.
+    let settings = SandboxSettings::default();
+    let file = PluginFile::read(&wasm)?;
     let started = Instant::now();
-    Sandbox::new(&settings)?.compile(&bytes)?;
+    Sandbox::new(&settings)?.compile(&file.digest, &file.bytes, tier)?;
     let compile_ms = ms(started.elapsed());
 
     let executor = Executor::new(Arc::new(Sandbox::new(&settings)?));
     let started = Instant::now();
-    let loaded = Arc::new(notifyhub::loader::load(&wasm, &executor, Limits::default()).await?);
+    let loaded =
+        Arc::new(notifyhub::loader::load(&wasm, &executor, Limits::default(), tier).await?);
     let mut instance = executor.instantiate(loaded.clone()).await?;
     let (outcome, _) = executor
         .call(&mut instance, &task(plugin, target), None)

@@ -23,8 +23,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use notifyhub::executor::Executor;
+use notifyhub::loader::PluginFile;
 use notifyhub::plugin::LoadedPlugin;
-use notifyhub::sandbox::{Limits, Sandbox, SandboxSettings};
+use notifyhub::sandbox::{Limits, Sandbox, SandboxSettings, Tier};
 use notifyhub::task::{Format, Priority, Task, TaskId};
 use notifyhub_testkit::receiver::{Receiver, Reply};
 
@@ -152,27 +153,30 @@ async fn measure(subject: &Subject, receiver: &Receiver) -> anyhow::Result<Row> 
             receiver.authority()
         ),
     )?;
-    let bytes = std::fs::read(&wasm)?;
+    let file = PluginFile::read(&wasm)?;
+    let (digest, bytes) = (&file.digest, &file.bytes);
 
     // Cold: a sandbox without a cache. Cached: the second sandbox that
     // shares a cache directory with a first one that compiled the file.
     let cold = Sandbox::new(&SandboxSettings::default())?;
     let started = Instant::now();
-    cold.compile(&bytes)?;
+    cold.compile(digest, bytes, Tier::Optimized)?;
     let cold_ms = ms(started.elapsed());
     let cache = dir.path().join("cache");
     let settings = SandboxSettings {
         cache_dir: Some(cache),
         ..SandboxSettings::default()
     };
-    Sandbox::new(&settings)?.compile(&bytes)?;
+    Sandbox::new(&settings)?.compile(digest, bytes, Tier::Optimized)?;
     let sandbox = Arc::new(Sandbox::new(&settings)?);
     let started = Instant::now();
-    sandbox.compile(&bytes)?;
+    sandbox.compile(digest, bytes, Tier::Optimized)?;
     let cached_ms = ms(started.elapsed());
 
     let executor = Arc::new(Executor::new(sandbox));
-    let plugin = Arc::new(notifyhub::loader::load(&wasm, &executor, Limits::default()).await?);
+    let plugin = Arc::new(
+        notifyhub::loader::load(&wasm, &executor, Limits::default(), Tier::Optimized).await?,
+    );
     let instantiate_us = median(20, || async {
         let started = Instant::now();
         let instance = executor

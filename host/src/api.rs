@@ -394,6 +394,7 @@ impl Api {
                     name: p.name.clone(),
                     version: p.version.clone(),
                     digest: p.digest.clone(),
+                    code: p.compiled.tier,
                     path: p.path.display().to_string(),
                     platforms: p.platforms.iter().map(|p| p.to_string()).collect(),
                     allowed_hosts: p.policy.allow.len(),

@@ -21,7 +21,7 @@ use crate::executor::Executor;
 use crate::loader::{self, CONTRACT, CONTRACT_MAJOR_MINOR, PluginFile};
 use crate::manifest::Manifest;
 use crate::plugin::PluginInfo;
-use crate::sandbox::{AllowList, HostState, PluginPolicy, Sandbox, SandboxSettings};
+use crate::sandbox::{AllowList, HostState, PluginPolicy, Sandbox, SandboxSettings, Tier};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -136,10 +136,14 @@ pub async fn check(path: &Path, cache_dir: Option<PathBuf>) -> Report {
         }
     };
     let started = Instant::now();
-    let bytes = file.bytes.clone();
+    let (digest, bytes) = (file.digest.clone(), file.bytes.clone());
     let compiler = sandbox.clone();
-    let component = match tokio::task::spawn_blocking(move || compiler.compile(&bytes)).await {
-        Ok(Ok(component)) => component,
+    // Optimized code, as the daemon settles on, so that a check fills the
+    // cache the daemon then loads from.
+    let compiled =
+        tokio::task::spawn_blocking(move || compiler.compile(&digest, &bytes, Tier::Optimized));
+    let code = match compiled.await {
+        Ok(Ok(code)) => code,
         Ok(Err(e)) => {
             report.error(format!("the component does not compile: {e:#}"));
             return report;
@@ -150,10 +154,10 @@ pub async fn check(path: &Path, cache_dir: Option<PathBuf>) -> Report {
         }
     };
     report.compile_ms = Some(ms(started.elapsed()));
-    if !contract(&mut report, &component, sandbox.engine()) {
+    if !contract(&mut report, &code.component) {
         return report;
     }
-    let pre = match sandbox.prepare(&component) {
+    let pre = match sandbox.prepare(&code) {
         Ok(pre) => pre,
         Err(e) => {
             report.error(format!(
@@ -180,7 +184,8 @@ fn kind(bytes: &[u8]) -> &'static str {
 
 /// Records imports and exports and checks them against the contract.
 /// `false` when the component cannot be a plugin at all.
-fn contract(report: &mut Report, component: &Component, engine: &wasmtime::Engine) -> bool {
+fn contract(report: &mut Report, component: &Component) -> bool {
+    let engine = component.engine();
     let ty = component.component_type();
     report.imports = ty
         .imports(engine)

@@ -95,7 +95,9 @@ impl Executor {
     /// Instantiates `plugin` in a new store.
     pub async fn instantiate(&self, plugin: Arc<LoadedPlugin>) -> Result<Instance, CallFailure> {
         let timeout = plugin.policy.limits.timeout;
-        let mut store = self.sandbox.store(plugin.policy.clone());
+        let mut store = self
+            .sandbox
+            .store(plugin.pre().engine(), plugin.policy.clone());
         arm_deadline(&mut store, timeout);
         let result = tokio::time::timeout(
             timeout + OUTER_GRACE,
@@ -180,7 +182,7 @@ impl Executor {
         policy: Arc<PluginPolicy>,
     ) -> Result<wit::PluginInfo, CallFailure> {
         let timeout = policy.limits.timeout.min(DESCRIBE_TIMEOUT);
-        let mut store = self.sandbox.store(policy);
+        let mut store = self.sandbox.store(pre.engine(), policy);
         arm_deadline(&mut store, timeout);
         let result = {
             let store = &mut store;

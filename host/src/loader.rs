@@ -24,7 +24,7 @@ use crate::executor::{CallFailure, Executor};
 use crate::manifest::{Manifest, ManifestError};
 use crate::plugin::{Compiled, InfoError, LoadedPlugin, PluginInfo};
 use crate::sandbox::allowlist::AllowListError;
-use crate::sandbox::{AllowList, Limits, PluginPolicy, SmtpPolicy};
+use crate::sandbox::{AllowList, Limits, PluginPolicy, SmtpPolicy, Tier};
 use crate::task::PlatformName;
 
 /// The contract this host speaks.
@@ -160,16 +160,21 @@ pub fn plugin_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 }
 
 /// Compiles (or takes from the cache) and links a plugin file, off the
-/// async threads.
-pub async fn compile(file: PluginFile, executor: &Executor) -> Result<Compiled, LoadError> {
+/// async threads: optimized code when the cache has it, else `wanted`'s
+/// (see [`Sandbox::compile`](crate::sandbox::Sandbox::compile)).
+pub async fn compile(
+    file: PluginFile,
+    executor: &Executor,
+    wanted: Tier,
+) -> Result<Compiled, LoadError> {
     let sandbox = executor.sandbox().clone();
-    let bytes = file.bytes;
-    let component = tokio::task::spawn_blocking(move || sandbox.compile(&bytes))
+    let (digest, bytes) = (file.digest.clone(), file.bytes);
+    let code = tokio::task::spawn_blocking(move || sandbox.compile(&digest, &bytes, wanted))
         .await
         .map_err(|e| LoadError::Compile(format!("the compiler failed: {e}")))?
         .map_err(|e| LoadError::Compile(chain(&e)))?;
-    let pre = executor.sandbox().prepare(&component).map_err(|e| {
-        match other_contract_version(&component, executor.sandbox().engine()) {
+    let pre = executor.sandbox().prepare(&code).map_err(|e| {
+        match other_contract_version(&code.component) {
             Some(version) => LoadError::Contract(format!(
                 "it was built against notifyhub:plugin@{version}; rebuild it with this host's \
                  wit/ (notifyhub:plugin@{}.x)",
@@ -182,6 +187,7 @@ pub async fn compile(file: PluginFile, executor: &Executor) -> Result<Compiled, 
         path: file.path,
         digest: file.digest,
         pre,
+        tier: code.tier,
     })
 }
 
@@ -257,24 +263,26 @@ pub async fn configure(
 /// The contract version `component` was built against, when it exports a
 /// handler of another version than this host's: the explanation for a
 /// plugin that does not link.
-pub fn other_contract_version(component: &Component, engine: &wasmtime::Engine) -> Option<String> {
+pub fn other_contract_version(component: &Component) -> Option<String> {
     let ty = component.component_type();
-    let version = ty.exports(engine).find_map(|(name, _)| {
+    let version = ty.exports(component.engine()).find_map(|(name, _)| {
         name.strip_prefix(&format!("{CONTRACT}/handler@"))
             .map(str::to_string)
     })?;
     (!version.starts_with(&format!("{CONTRACT_MAJOR_MINOR}."))).then_some(version)
 }
 
-/// Loads the plugin at `path` with its manifest.
+/// Loads the plugin at `path` with its manifest, compiled by `wanted`'s
+/// compiler unless the cache has optimized code.
 pub async fn load(
     path: &Path,
     executor: &Executor,
     default_limits: Limits,
+    wanted: Tier,
 ) -> Result<LoadedPlugin, LoadError> {
     let file = PluginFile::read_async(path).await?;
     let manifest = Manifest::load_async(&manifest_path(path)).await?;
-    let compiled = compile(file, executor).await?;
+    let compiled = compile(file, executor, wanted).await?;
     configure(&compiled, manifest, executor, default_limits).await
 }
 

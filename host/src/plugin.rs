@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::bindings::{PluginPre, wit};
 use crate::destination::{MAX_RULE_REQUESTS, MAX_RULE_WINDOW};
 use crate::manifest::Manifest;
-use crate::sandbox::{HostState, PluginPolicy};
+use crate::sandbox::{HostState, PluginPolicy, Tier};
 use crate::task::PlatformName;
 
 /// Most platforms one plugin may serve.
@@ -90,6 +90,9 @@ pub struct Compiled {
     pub path: PathBuf,
     pub digest: String,
     pub pre: PluginPre<HostState>,
+    /// The compiler that made the code: baseline code is swapped for
+    /// optimized code once that is ready.
+    pub tier: Tier,
 }
 
 /// A compiled, validated plugin version.

@@ -16,6 +16,10 @@
 //!   the on-disk cache when it has been seen before), validated (a component
 //!   of our world, it instantiates, `describe()` answers) and swapped into
 //!   the [`Registry`] atomically;
+//! - a plugin with no optimized code in the cache serves from the baseline
+//!   compiler's code at once, and its optimized code is made in the
+//!   background (see `sandbox::tier`); when it is ready it comes back here
+//!   as a change of the file, and is swapped in like a new version;
 //! - a manifest change alone reuses the compiled component: the new
 //!   allowlist, config and limits apply from the next task, no recompiling;
 //! - a deleted `.wasm` is unloaded: tasks running on it finish, new submits
@@ -46,7 +50,7 @@ use crate::manifest::Manifest;
 use crate::plugin::PluginName;
 use crate::protocol::{Change, ReloadResult};
 use crate::registry::Registry;
-use crate::sandbox::Limits;
+use crate::sandbox::{Limits, Tier};
 
 /// How long a file must be quiet before it is loaded.
 pub const DEBOUNCE: Duration = Duration::from_millis(30);
@@ -73,9 +77,12 @@ enum Request {
 /// Loads every plugin file in the registry's directory, as `serve` does at
 /// start, and returns when all have been tried; without a watcher (for
 /// embedding and benchmarks).
+/// Plugins without cached code are compiled by Cranelift (as `check` does):
+/// with no watcher to swap optimized code in later, baseline code would
+/// serve for good.
 pub async fn load_all(registry: Arc<Registry>, executor: Arc<Executor>, default_limits: Limits) {
     let paths = list_loading(&registry).await;
-    Watch::new(registry, executor, default_limits)
+    Watch::new(registry, executor, default_limits, None)
         .initial_load(paths)
         .await
 }
@@ -115,6 +122,7 @@ impl Reloader {
     ) -> Result<Reloader, WatchError> {
         let dir = registry.dir().to_path_buf();
         let (events_tx, events) = mpsc::unbounded_channel::<PathBuf>();
+        let optimized = events_tx.clone();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
                 Ok(event) if is_change(&event.kind) => event.paths.into_iter().for_each(|p| {
@@ -135,7 +143,7 @@ impl Reloader {
             })?;
         let (requests, request_rx) = mpsc::unbounded_channel();
         let paths = list_loading(&registry).await;
-        let worker = Watch::new(registry, executor, default_limits);
+        let worker = Watch::new(registry, executor, default_limits, Some(optimized));
         tokio::spawn(async move {
             let mut worker = worker;
             worker.initial_load(paths).await;
@@ -198,6 +206,9 @@ struct Watch {
     registry: Arc<Registry>,
     executor: Arc<Executor>,
     default_limits: Limits,
+    /// Where a plugin whose optimized code is ready is reported, as a
+    /// change of its file; `None`: load optimized code only.
+    optimized: Option<mpsc::UnboundedSender<PathBuf>>,
     /// Plugin files (`.wasm` paths) with unsettled changes.
     pending: HashMap<PathBuf, Pending>,
     backoff: HashMap<PathBuf, Backoff>,
@@ -205,11 +216,17 @@ struct Watch {
 }
 
 impl Watch {
-    fn new(registry: Arc<Registry>, executor: Arc<Executor>, default_limits: Limits) -> Self {
+    fn new(
+        registry: Arc<Registry>,
+        executor: Arc<Executor>,
+        default_limits: Limits,
+        optimized: Option<mpsc::UnboundedSender<PathBuf>>,
+    ) -> Self {
         Watch {
             registry,
             executor,
             default_limits,
+            optimized,
             pending: HashMap::new(),
             backoff: HashMap::new(),
             refused: HashMap::new(),
@@ -224,6 +241,7 @@ impl Watch {
         let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
         let permits = Arc::new(tokio::sync::Semaphore::new(parallel));
         let mut loads = tokio::task::JoinSet::new();
+        let wanted = self.wanted();
         for path in paths {
             let (executor, limits, permits) =
                 (self.executor.clone(), self.default_limits, permits.clone());
@@ -237,7 +255,7 @@ impl Watch {
                         let digest = file.digest.clone();
                         let result = registry
                             .count_compile(async {
-                                let compiled = loader::compile(file, &executor).await?;
+                                let compiled = loader::compile(file, &executor, wanted).await?;
                                 loader::configure(&compiled, manifest.clone(), &executor, limits)
                                     .await
                             })
@@ -254,10 +272,16 @@ impl Watch {
         while let Some(joined) = loads.join_next().await {
             let Ok((path, result)) = joined else { continue };
             match result {
-                Ok((digest, manifest, Ok(plugin))) => match self.registry.install(plugin) {
-                    Ok(()) => loaded += 1,
-                    Err(error) => self.refuse(&path, digest, manifest, error),
-                },
+                Ok((digest, manifest, Ok(plugin))) => {
+                    let tier = plugin.compiled.tier;
+                    match self.registry.install(plugin) {
+                        Ok(()) => {
+                            loaded += 1;
+                            self.optimize_later(&path, tier, digest);
+                        }
+                        Err(error) => self.refuse(&path, digest, manifest, error),
+                    }
+                }
                 Ok((digest, manifest, Err(e))) => {
                     self.registry.record_failure(&path, e.to_string());
                     self.refuse(&path, digest, manifest, e.to_string());
@@ -407,6 +431,9 @@ impl Watch {
 
     async fn change(&mut self, path: &Path) -> Change {
         let current = self.registry.catalog().loaded(path).cloned();
+        let was_baseline = current
+            .as_ref()
+            .is_some_and(|c| c.compiled.tier == Tier::Baseline);
         if tokio::fs::symlink_metadata(path).await.is_err() {
             self.refused.remove(path);
             self.backoff.remove(path);
@@ -445,8 +472,27 @@ impl Watch {
         let limits = self.default_limits;
         let digest = file.digest.clone();
         let started = Instant::now();
+        let sandbox = self.executor.sandbox();
         let configured = match current.filter(|c| c.digest == file.digest) {
-            Some(current) if current.manifest == manifest => return Change::Unchanged,
+            // Baseline code stays until the optimized code is there to
+            // replace it.
+            Some(current)
+                if current.manifest == manifest
+                    && (current.compiled.tier == Tier::Optimized
+                        || !sandbox.has_optimized(&file.digest)) =>
+            {
+                return Change::Unchanged;
+            }
+            Some(current) if current.manifest == manifest => {
+                let executor = self.executor.clone();
+                self.registry
+                    .count_compile(async {
+                        let compiled = loader::compile(file, &executor, Tier::Optimized).await?;
+                        loader::configure(&compiled, manifest.clone(), &executor, limits).await
+                    })
+                    .await
+                    .map(|plugin| (plugin, false))
+            }
             Some(current) => {
                 loader::configure(&current.compiled, manifest.clone(), &self.executor, limits)
                     .await
@@ -455,9 +501,10 @@ impl Watch {
             None => {
                 let executor = self.executor.clone();
                 let manifest = manifest.clone();
+                let wanted = self.wanted();
                 self.registry
                     .count_compile(async {
-                        let compiled = loader::compile(file, &executor).await?;
+                        let compiled = loader::compile(file, &executor, wanted).await?;
                         loader::configure(&compiled, manifest, &executor, limits).await
                     })
                     .await
@@ -484,14 +531,18 @@ impl Watch {
                 digest: plugin.digest.clone(),
             }
         };
+        let tier = plugin.compiled.tier;
         match self.registry.install(plugin) {
             Ok(()) => {
                 if reconfigured {
                     tracing::info!(path = %path.display(), "manifest change applied without recompiling");
+                } else if was_baseline && tier == Tier::Optimized {
+                    tracing::info!(path = %path.display(), "optimized code swapped in");
                 } else {
-                    tracing::info!(path = %path.display(), took = ?started.elapsed(), "new plugin version validated and swapped in");
+                    tracing::info!(path = %path.display(), took = ?started.elapsed(), code = tier.as_str(), "new plugin version validated and swapped in");
                 }
                 self.refused.remove(path);
+                self.optimize_later(path, tier, digest);
                 change
             }
             Err(error) => {
@@ -499,6 +550,42 @@ impl Watch {
                 Change::Failed { error }
             }
         }
+    }
+
+    /// The code to compile when the cache has no optimized code: baseline
+    /// when there is a way to swap optimized code in later.
+    fn wanted(&self) -> Tier {
+        match self.optimized {
+            Some(_) => Tier::Baseline,
+            None => Tier::Optimized,
+        }
+    }
+
+    /// For a plugin installed with baseline code: has its optimized code
+    /// made in the background, then reports the file as changed, which
+    /// swaps that code in. The file is read again: if its bytes are no
+    /// longer `digest`'s, its own change event loads the new ones.
+    fn optimize_later(&self, path: &Path, tier: Tier, digest: String) {
+        let Some(events) = self.optimized.clone().filter(|_| tier == Tier::Baseline) else {
+            return;
+        };
+        let sandbox = self.executor.sandbox().clone();
+        let path = path.to_path_buf();
+        tokio::spawn(async move {
+            let file = match PluginFile::read_async(&path).await {
+                Ok(file) if file.digest == digest => file,
+                _ => return,
+            };
+            match sandbox.optimize(digest, file.bytes.into()).await {
+                Ok(()) => {
+                    let _ = events.send(path);
+                }
+                Err(error) => tracing::warn!(
+                    path = %path.display(),
+                    "no optimized code; the plugin keeps serving baseline code: {error}"
+                ),
+            }
+        });
     }
 
     /// Remembers that these bytes and this manifest were refused.

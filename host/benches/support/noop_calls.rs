@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use notifyhub::executor::Executor;
-use notifyhub::sandbox::{Limits, Sandbox, SandboxSettings};
+use notifyhub::sandbox::{Limits, Sandbox, SandboxSettings, Tier};
 use notifyhub::task::Task;
 
 /// Calls made with fresh instances, then with one warm instance.
@@ -24,7 +24,9 @@ pub struct NoopCalls {
 pub async fn measure() -> anyhow::Result<NoopCalls> {
     let executor = Executor::new(Arc::new(Sandbox::new(&SandboxSettings::default())?));
     let path = notifyhub_testkit::plugins::path("noop")?;
-    let plugin = Arc::new(notifyhub::loader::load(&path, &executor, Limits::default()).await?);
+    let plugin = Arc::new(
+        notifyhub::loader::load(&path, &executor, Limits::default(), Tier::Optimized).await?,
+    );
     let task = Task::text("noop", "-", "benchmark");
 
     let started = Instant::now();

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::plugin::{PluginInfo, PluginRef};
 use crate::pool::PoolStats;
+use crate::sandbox::Tier;
 use crate::task::{Format, Outcome, Priority, TaskState};
 
 /// A task as clients see it: the target is redacted.
@@ -57,6 +58,10 @@ pub struct PluginView {
     pub name: String,
     pub version: String,
     pub digest: String,
+    /// The compiler whose code serves: `baseline` until the optimized code
+    /// is ready, then `optimized`.
+    #[serde(default)]
+    pub code: Tier,
     pub path: String,
     pub platforms: Vec<String>,
     pub allowed_hosts: usize,

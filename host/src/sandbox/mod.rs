@@ -2,13 +2,14 @@
 //!
 //! One [`Sandbox`] per daemon owns the wasmtime `Engine` and `Linker`:
 //!
-//! - **Engine.** Cranelift with the pooling instance allocator (instantiation
-//!   costs microseconds, not a fresh `mmap` per task), epoch interruption (a
-//!   background thread ticks every [`EPOCH_TICK`]; each call gets a deadline
-//!   in ticks), and wasmtime's on-disk compilation cache keyed by content and
-//!   engine settings, so a restart does not recompile. Each component's
-//!   copy-on-write memory image is made when it loads ([`image`]), where a
-//!   passing refusal from the kernel can be retried.
+//! - **Engines.** Cranelift with the pooling instance allocator
+//!   (instantiation costs microseconds, not a fresh `mmap` per task) serves
+//!   optimized code; Winch serves baseline code while Cranelift's is made
+//!   ([`tier`]). Both use epoch interruption (a background thread ticks
+//!   every [`EPOCH_TICK`]; each call gets a deadline in ticks). Compiled code
+//!   is kept on disk per tier ([`cache`]), so a restart does not recompile.
+//!   Each component's copy-on-write memory image is made when it loads
+//!   ([`image`]), where a passing refusal from the kernel can be retried.
 //! - **Linker.** All of WASI 0.2 is linked, because language runtimes import
 //!   more of it than they use, but the [`HostState`] behind it grants nothing:
 //!   no preopened directories, no environment, no sockets. On top come
@@ -24,6 +25,7 @@
 //! [`PluginPre`]s.
 
 pub mod allowlist;
+mod cache;
 pub mod http;
 mod image;
 pub mod limits;
@@ -32,6 +34,7 @@ pub mod policy;
 pub mod recorder;
 pub mod smtp;
 mod state;
+mod tier;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,6 +47,8 @@ use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
 };
 
+use self::cache::CodeCache;
+
 pub use self::allowlist::AllowList;
 pub use self::http::{HttpClient, Transport};
 pub use self::limits::{Limits, MemoryBudget};
@@ -51,6 +56,8 @@ pub use self::policy::{PluginConfig, PluginPolicy, Secret};
 pub use self::smtp::SmtpPolicy;
 use self::smtp::SmtpPools;
 pub use self::state::HostState;
+use self::tier::Optimizer;
+pub use self::tier::Tier;
 use crate::bindings::{PluginPre, notifyhub};
 
 /// The most a guest may hand the host in one call (a returned receipt or
@@ -78,10 +85,6 @@ pub struct SandboxSettings {
     pub max_total_memory_mib: u64,
     /// Where plugins' requests go; `None` is the network.
     pub transport: Option<Transport>,
-    /// The compiler. Cranelift (what `Auto` picks) everywhere but the
-    /// `compile` benchmark, which tries wasmtime's baseline compiler, Winch
-    /// (built only with the crate's `winch` feature).
-    pub strategy: wasmtime::Strategy,
 }
 
 impl Default for SandboxSettings {
@@ -92,7 +95,6 @@ impl Default for SandboxSettings {
             max_memory_mib: 1024,
             max_total_memory_mib: 4096,
             transport: None,
-            strategy: wasmtime::Strategy::Auto,
         }
     }
 }
@@ -101,35 +103,235 @@ impl Default for SandboxSettings {
 pub enum SandboxError {
     #[error("cannot configure the wasm engine: {0}")]
     Engine(wasmtime::Error),
-    #[error("cannot set up the compilation cache in {dir}: {error}")]
-    Cache {
-        dir: PathBuf,
-        error: wasmtime::Error,
-    },
+    #[error("cannot set up the compile cache in {dir}: {error}")]
+    Cache { dir: PathBuf, error: std::io::Error },
+    #[error("cannot start the optimizer's thread: {0}")]
+    Optimizer(std::io::Error),
     #[error("cannot link host interfaces: {0}")]
     Link(wasmtime::Error),
 }
 
-/// The engine, linker and shared HTTP client and SMTP pools.
+/// The engines and linkers, the code cache, and the shared HTTP client and
+/// SMTP pools.
 pub struct Sandbox {
-    engine: Engine,
-    linker: Linker<HostState>,
+    optimized: Compiler,
+    baseline: Compiler,
+    cache: Option<Caches>,
     http: Transport,
     smtp: Arc<SmtpPools>,
     memory: Arc<MemoryBudget>,
-    cache: Option<wasmtime::Cache>,
     max_instances: u32,
     /// Held for its `Drop`, which stops the epoch thread.
     _ticker: EpochTicker,
 }
 
+/// One compiler's engine and the linker for components it made.
+struct Compiler {
+    engine: Engine,
+    linker: Linker<HostState>,
+}
+
+/// The code cache of each tier, and what fills the optimized one.
+struct Caches {
+    optimized: Arc<CodeCache>,
+    baseline: CodeCache,
+    optimizer: Optimizer,
+}
+
+/// A plugin's compiled code and the compiler that made it.
+pub struct Code {
+    pub component: Component,
+    pub tier: Tier,
+}
+
 impl Sandbox {
     pub fn new(settings: &SandboxSettings) -> Result<Self, SandboxError> {
-        let mut config = Config::new();
-        config.epoch_interruption(true);
-        config.wasm_component_model(true);
-        config.strategy(settings.strategy);
+        let slots = settings.max_instances;
+        let optimized = Compiler::new(&config(settings, Tier::Optimized, true))?;
+        // Baseline code serves only until the optimized code is ready: its
+        // instances are allocated on demand instead of reserving a second
+        // pool as large as the first.
+        let baseline = Compiler::new(&config(settings, Tier::Baseline, true))?;
+        let cache = match &settings.cache_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|error| SandboxError::Cache {
+                    dir: dir.clone(),
+                    error,
+                })?;
+                forget_wasmtime_cache(dir);
+                let optimized = Arc::new(CodeCache::new(
+                    dir,
+                    Tier::Optimized.as_str(),
+                    &optimized.engine,
+                ));
+                // Never instantiates: no pool.
+                let mut background = config(settings, Tier::Optimized, false);
+                background.parallel_compilation(false);
+                let background = Engine::new(&background).map_err(SandboxError::Engine)?;
+                Some(Caches {
+                    optimizer: Optimizer::start(background, optimized.clone())
+                        .map_err(SandboxError::Optimizer)?,
+                    baseline: CodeCache::new(dir, Tier::Baseline.as_str(), &baseline.engine),
+                    optimized,
+                })
+            }
+            None => None,
+        };
+        let ticker = EpochTicker::start(vec![optimized.engine.clone(), baseline.engine.clone()]);
+        Ok(Sandbox {
+            optimized,
+            baseline,
+            cache,
+            http: settings
+                .transport
+                .clone()
+                .unwrap_or_else(|| Transport::Network(Box::default())),
+            smtp: Arc::default(),
+            memory: Arc::new(MemoryBudget::new(
+                (settings.max_total_memory_mib as usize).saturating_mul(1 << 20),
+            )),
+            max_instances: slots,
+            _ticker: ticker,
+        })
+    }
 
+    /// Compile-cache hits and misses so far, both tiers; `None` without a
+    /// cache.
+    pub fn compile_cache(&self) -> Option<(usize, usize)> {
+        self.cache.as_ref().map(|c| {
+            let (hits, misses) = c.optimized.lookups();
+            let (more_hits, more_misses) = c.baseline.lookups();
+            (hits + more_hits, misses + more_misses)
+        })
+    }
+
+    /// Instances that may exist at once.
+    pub fn max_instances(&self) -> u32 {
+        self.max_instances
+    }
+
+    /// The host-wide guest memory budget.
+    pub fn memory(&self) -> &MemoryBudget {
+        &self.memory
+    }
+
+    /// The code of the plugin whose bytes are `bytes` (SHA-256 `digest`):
+    /// optimized code from the cache when it is there, else code from
+    /// `wanted`'s compiler (from the cache, or compiled and cached), with the
+    /// memory image its instances start from. CPU-heavy: call it from a
+    /// blocking thread.
+    pub fn compile(&self, digest: &str, bytes: &[u8], wanted: Tier) -> wasmtime::Result<Code> {
+        let code = self.code(digest, bytes, wanted)?;
+        image::make(&code.component)
+            .map_err(|e| e.context("cannot make the memory image its instances start from"))?;
+        Ok(code)
+    }
+
+    fn code(&self, digest: &str, bytes: &[u8], wanted: Tier) -> wasmtime::Result<Code> {
+        let Some(caches) = &self.cache else {
+            let component = Component::new(&self.compiler(wanted).engine, bytes)?;
+            return Ok(Code {
+                component,
+                tier: wanted,
+            });
+        };
+        let cache = |tier| match tier {
+            Tier::Optimized => &*caches.optimized,
+            Tier::Baseline => &caches.baseline,
+        };
+        let mut tiers = vec![Tier::Optimized];
+        if wanted != Tier::Optimized {
+            tiers.push(wanted);
+        }
+        for tier in tiers {
+            if let Some(component) = cache(tier).load(&self.compiler(tier).engine, digest) {
+                return Ok(Code { component, tier });
+            }
+        }
+        let engine = &self.compiler(wanted).engine;
+        let precompiled = engine.precompile_component(bytes)?;
+        let component = match cache(wanted).store(digest, &precompiled) {
+            Ok(()) => cache(wanted).open(engine, digest)?,
+            Err(error) => {
+                tracing::warn!("cannot keep compiled code in the cache: {error}");
+                // SAFETY: the code was just made by this engine.
+                unsafe { Component::deserialize(engine, &precompiled)? }
+            }
+        };
+        Ok(Code {
+            component,
+            tier: wanted,
+        })
+    }
+
+    /// Puts the optimized code of `bytes` (SHA-256 `digest`) in the cache, in
+    /// the background; the answer says when it is there. Without a cache
+    /// there is nowhere to put it: refused at once.
+    pub fn optimize(
+        &self,
+        digest: String,
+        bytes: Arc<[u8]>,
+    ) -> impl Future<Output = Result<(), String>> + use<> {
+        let queued = self
+            .cache
+            .as_ref()
+            .map(|c| c.optimizer.optimize(digest, bytes));
+        async move {
+            match queued {
+                Some(optimized) => optimized.await,
+                None => Err("there is no compile cache to keep optimized code in".into()),
+            }
+        }
+    }
+
+    /// Whether the cache holds optimized code for `digest`. Blocking (one
+    /// `stat`).
+    pub fn has_optimized(&self, digest: &str) -> bool {
+        self.cache
+            .as_ref()
+            .is_some_and(|c| c.optimized.contains(digest))
+    }
+
+    fn compiler(&self, tier: Tier) -> &Compiler {
+        match tier {
+            Tier::Optimized => &self.optimized,
+            Tier::Baseline => &self.baseline,
+        }
+    }
+
+    /// Resolves a component's imports against what the host grants and
+    /// checks that it exports the handler interface.
+    pub fn prepare(&self, code: &Code) -> wasmtime::Result<PluginPre<HostState>> {
+        let linker = &self.compiler(code.tier).linker;
+        PluginPre::new(linker.instantiate_pre(&code.component)?)
+    }
+
+    /// A fresh store, in `engine`, for an instance of the plugin governed by
+    /// `policy`. Arm its deadline ([`arm_deadline`]) before each call.
+    pub(crate) fn store(&self, engine: &Engine, policy: Arc<PluginPolicy>) -> Store<HostState> {
+        let mut store = Store::new(
+            engine,
+            HostState::new(
+                policy,
+                self.http.clone(),
+                self.smtp.clone(),
+                self.memory.clone(),
+            ),
+        );
+        store.limiter(|state| &mut state.limiter);
+        store.set_hostcall_fuel(MAX_GUEST_TRANSFER_BYTES);
+        store
+    }
+}
+
+/// The engine settings of `tier`'s compiler; `serving`: its instances come
+/// from the pool (the optimized tier's serving engine).
+fn config(settings: &SandboxSettings, tier: Tier, serving: bool) -> Config {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    config.wasm_component_model(true);
+    config.strategy(tier.strategy());
+    if serving && tier == Tier::Optimized {
         let mut pool = PoolingAllocationConfig::default();
         let slots = settings.max_instances;
         pool.total_component_instances(slots)
@@ -144,21 +346,13 @@ impl Sandbox {
             .max_memories_per_component(8)
             .max_memory_size((settings.max_memory_mib as usize).saturating_mul(1 << 20));
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    config
+}
 
-        let mut cache = None;
-        if let Some(dir) = &settings.cache_dir {
-            let cache_err = |error| SandboxError::Cache {
-                dir: dir.clone(),
-                error,
-            };
-            let mut cache_config = wasmtime::CacheConfig::new();
-            cache_config.with_directory(dir);
-            let opened = wasmtime::Cache::new(cache_config).map_err(cache_err)?;
-            config.cache(Some(opened.clone()));
-            cache = Some(opened);
-        }
-
-        let engine = Engine::new(&config).map_err(SandboxError::Engine)?;
+impl Compiler {
+    fn new(config: &Config) -> Result<Self, SandboxError> {
+        let engine = Engine::new(config).map_err(SandboxError::Engine)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(SandboxError::Link)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
@@ -169,77 +363,21 @@ impl Sandbox {
             .map_err(SandboxError::Link)?;
         notifyhub::smtp::client::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(SandboxError::Link)?;
-
-        let ticker = EpochTicker::start(engine.clone());
-        Ok(Sandbox {
-            engine,
-            linker,
-            http: settings
-                .transport
-                .clone()
-                .unwrap_or_else(|| Transport::Network(Box::default())),
-            smtp: Arc::default(),
-            memory: Arc::new(MemoryBudget::new(
-                (settings.max_total_memory_mib as usize).saturating_mul(1 << 20),
-            )),
-            cache,
-            max_instances: slots,
-            _ticker: ticker,
-        })
+        Ok(Compiler { engine, linker })
     }
+}
 
-    /// Compile-cache hits and misses so far; `None` without a cache.
-    pub fn compile_cache(&self) -> Option<(usize, usize)> {
-        self.cache
-            .as_ref()
-            .map(|c| (c.cache_hits(), c.cache_misses()))
-    }
-
-    /// Instances that may exist at once.
-    pub fn max_instances(&self) -> u32 {
-        self.max_instances
-    }
-
-    /// The host-wide guest memory budget.
-    pub fn memory(&self) -> &MemoryBudget {
-        &self.memory
-    }
-
-    pub fn engine(&self) -> &Engine {
-        &self.engine
-    }
-
-    /// Compiles a component (or loads it from the cache) and makes the memory
-    /// image its instances start from. CPU-heavy: call it from a blocking
-    /// thread.
-    pub fn compile(&self, bytes: &[u8]) -> wasmtime::Result<Component> {
-        let component = Component::new(&self.engine, bytes)?;
-        image::make(&component)
-            .map_err(|e| e.context("cannot make the memory image its instances start from"))?;
-        Ok(component)
-    }
-
-    /// Resolves a component's imports against what the host grants and
-    /// checks that it exports the handler interface.
-    pub fn prepare(&self, component: &Component) -> wasmtime::Result<PluginPre<HostState>> {
-        PluginPre::new(self.linker.instantiate_pre(component)?)
-    }
-
-    /// A fresh store for an instance of the plugin governed by `policy`.
-    /// Arm its deadline ([`arm_deadline`]) before each call.
-    pub(crate) fn store(&self, policy: Arc<PluginPolicy>) -> Store<HostState> {
-        let mut store = Store::new(
-            &self.engine,
-            HostState::new(
-                policy,
-                self.http.clone(),
-                self.smtp.clone(),
-                self.memory.clone(),
-            ),
-        );
-        store.limiter(|state| &mut state.limiter);
-        store.set_hostcall_fuel(MAX_GUEST_TRANSFER_BYTES);
-        store
+/// Removes what wasmtime's own cache kept in `dir` (before the code cache
+/// was per tier), which nothing reads any more.
+fn forget_wasmtime_cache(dir: &std::path::Path) {
+    let old = dir.join("modules");
+    if old.is_dir() {
+        match std::fs::remove_dir_all(&old) {
+            Ok(()) => tracing::info!(dir = %old.display(), "removed the old compile cache"),
+            Err(e) => {
+                tracing::warn!(dir = %old.display(), "cannot remove the old compile cache: {e}")
+            }
+        }
     }
 }
 
@@ -261,14 +399,14 @@ pub(crate) fn arm_deadline(store: &mut Store<HostState>, timeout: Duration) {
     store.set_epoch_deadline(1);
 }
 
-/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
+/// Advances the engines' epochs every [`EPOCH_TICK`] until dropped.
 struct EpochTicker {
     stop: Arc<AtomicBool>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
 impl EpochTicker {
-    fn start(engine: Engine) -> Self {
+    fn start(engines: Vec<Engine>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = thread::Builder::new()
@@ -276,7 +414,7 @@ impl EpochTicker {
             .spawn(move || {
                 while !flag.load(Ordering::Relaxed) {
                     thread::sleep(EPOCH_TICK);
-                    engine.increment_epoch();
+                    engines.iter().for_each(Engine::increment_epoch);
                 }
             })
             .expect("spawning the epoch thread");

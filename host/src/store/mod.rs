@@ -524,6 +524,10 @@ impl TaskStore {
     }
 
     /// Tasks by state and platform, newest first.
+    ///
+    /// With a journal, the list is read from it once every write sent so
+    /// far has landed: an outcome already answered to a client (outcomes
+    /// are answered before their commit) is listed in its new state.
     pub async fn list(
         &self,
         state: Option<TaskState>,
@@ -531,6 +535,9 @@ impl TaskStore {
         limit: usize,
     ) -> Result<Vec<TaskRecord>, StoreError> {
         if let Some(journal) = &self.journal {
+            // A failed commit is for `health` to report; the list shows what
+            // the journal holds.
+            let _ = journal.sync().await;
             return read(journal, move |j| j.list(state, platform.as_deref(), limit)).await;
         }
         let inner = self.lock();

@@ -1,0 +1,178 @@
+//! The on-disk cache of compiled plugin code, one file per plugin and tier.
+//!
+//! A plugin's code is kept as `DIR/<tier>-<engine>/<digest>.cwasm`: `tier`
+//! names the compiler (`baseline` for Winch, `optimized` for Cranelift),
+//! `engine` a hash of every engine setting the code depends on, `digest` the
+//! SHA-256 of the plugin file. Knowing *which* tier is cached, without
+//! compiling, is what lets the loader serve optimized code at once when it
+//! has it and start from the baseline compiler only when it does not.
+//!
+//! Files are loaded with [`Component::deserialize_file`], which maps them
+//! rather than copying them: the instances' memory images come straight
+//! from the page cache (no memfd to write and seal per plugin), and every
+//! daemon on the machine shares one copy.
+//!
+//! It must never change a file in place (a mapped file that changes under
+//! a running instance changes its code): a file is written beside its place
+//! and renamed over it. A file that does not load (a different wasmtime, a
+//! truncated write from a crash) is a miss, and the next store replaces it.
+//! Files nobody has loaded for the longest are removed once the directory
+//! holds more than [`MAX_BYTES`].
+
+use std::fs::{self, File};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::SystemTime;
+
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+/// Past this, the least recently used files of a tier's directory go.
+pub const MAX_BYTES: u64 = 1 << 30;
+
+/// Compiled code on disk for one engine.
+pub struct CodeCache {
+    dir: PathBuf,
+    hits: AtomicUsize,
+    misses: AtomicUsize,
+}
+
+/// Distinguishes the temporary files of concurrent stores.
+static WRITES: AtomicU64 = AtomicU64::new(0);
+
+impl CodeCache {
+    /// The cache for `engine`'s code, under `root`, named after its `tier`.
+    pub fn new(root: &Path, tier: &str, engine: &Engine) -> CodeCache {
+        let mut hasher = DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        CodeCache {
+            dir: root.join(format!("{tier}-{:016x}", hasher.finish())),
+            hits: AtomicUsize::new(0),
+            misses: AtomicUsize::new(0),
+        }
+    }
+
+    fn path(&self, digest: &str) -> PathBuf {
+        self.dir.join(format!("{digest}.cwasm"))
+    }
+
+    /// Whether code for `digest` is on disk (it may still not load).
+    pub fn contains(&self, digest: &str) -> bool {
+        self.path(digest).is_file()
+    }
+
+    /// The cached code of the plugin whose bytes hash to `digest`, if any:
+    /// a lookup, counted. Blocking.
+    pub fn load(&self, engine: &Engine, digest: &str) -> Option<Component> {
+        let path = self.path(digest);
+        let loaded = self.open(engine, digest);
+        match loaded {
+            Ok(component) => {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                // The last use, for pruning; a failure only ages the file.
+                let _ = File::options()
+                    .append(true)
+                    .open(&path)
+                    .and_then(|f| f.set_modified(SystemTime::now()));
+                Some(component)
+            }
+            Err(error) => {
+                self.misses.fetch_add(1, Ordering::Relaxed);
+                if path.exists() {
+                    tracing::warn!(path = %path.display(), "cached code does not load; compiling again: {error:#}");
+                }
+                None
+            }
+        }
+    }
+
+    /// Maps the code of `digest`, uncounted (right after storing it).
+    pub fn open(&self, engine: &Engine, digest: &str) -> wasmtime::Result<Component> {
+        // SAFETY: files in this directory are written only by `store`, from
+        // `Engine::precompile_component`, and replaced by rename, never
+        // changed in place; wasmtime checks that the file is code for this
+        // engine and version before it maps it.
+        unsafe { Component::deserialize_file(engine, self.path(digest)) }
+    }
+
+    /// Keeps `code` (from `Engine::precompile_component`) as the code of
+    /// `digest`, then prunes. Blocking.
+    pub fn store(&self, digest: &str, code: &[u8]) -> io::Result<()> {
+        fs::create_dir_all(&self.dir)?;
+        let path = self.path(digest);
+        let temporary = self.dir.join(format!(
+            ".{digest}.{}.{}",
+            std::process::id(),
+            WRITES.fetch_add(1, Ordering::Relaxed)
+        ));
+        let written = (|| {
+            let mut file = File::create(&temporary)?;
+            file.write_all(code)?;
+            file.sync_all()?;
+            fs::rename(&temporary, &path)
+        })();
+        if written.is_err() {
+            let _ = fs::remove_file(&temporary);
+        }
+        written?;
+        self.prune(MAX_BYTES)
+    }
+
+    /// Removes the least recently used files until the directory holds at
+    /// most `limit` bytes.
+    fn prune(&self, limit: u64) -> io::Result<()> {
+        let mut files = Vec::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let metadata = entry.metadata()?;
+            if metadata.is_file() && entry.path().extension().is_some_and(|e| e == "cwasm") {
+                files.push((metadata.modified()?, metadata.len(), entry.path()));
+            }
+        }
+        let mut total: u64 = files.iter().map(|(_, len, _)| len).sum();
+        files.sort();
+        for (_, len, path) in files {
+            if total <= limit {
+                break;
+            }
+            fs::remove_file(&path)?;
+            total -= len;
+        }
+        Ok(())
+    }
+
+    /// Lookups that found code, and lookups that did not.
+    pub fn lookups(&self) -> (usize, usize) {
+        (
+            self.hits.load(Ordering::Relaxed),
+            self.misses.load(Ordering::Relaxed),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pruning_removes_the_least_recently_used_first() -> anyhow::Result<()> {
+        let root = tempfile::tempdir()?;
+        let cache = CodeCache::new(root.path(), "optimized", &Engine::default());
+        fs::create_dir_all(&cache.dir)?;
+        let epoch = SystemTime::UNIX_EPOCH;
+        for (name, age) in [("old", 1), ("new", 3), ("middle", 2)] {
+            let file = File::create(cache.path(name))?;
+            file.set_len(10)?;
+            file.set_modified(epoch + std::time::Duration::from_secs(age))?;
+        }
+        cache.prune(20)?;
+        let mut left: Vec<_> = fs::read_dir(&cache.dir)?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_, _>>()?;
+        left.sort();
+        assert_eq!(left, ["middle.cwasm", "new.cwasm"]);
+        Ok(())
+    }
+}

@@ -1,0 +1,166 @@
+//! Tiered compilation: serve from the baseline compiler's code at once,
+//! swap in optimized code when it is ready.
+//!
+//! Cranelift's code runs fastest but takes seconds to make for the large
+//! components of Python and JavaScript plugins (5–6 s each on 2 cores),
+//! which left a daemon with an empty compile cache unable to serve those
+//! platforms for half a minute. Winch, wasmtime's baseline compiler,
+//! compiles in one pass, 3–5 times sooner, into code that runs 1.2–1.6
+//! times slower (`cargo bench -p notifyhub --bench compile`). So a plugin
+//! with no cached optimized code is compiled by Winch and serves; the
+//! [`Optimizer`] compiles Cranelift's code into the cache behind it, and the
+//! reload watcher swaps the optimized version in as it swaps any new
+//! version: atomically, tasks under way finishing on the code they started
+//! on.
+//!
+//! The optimizer compiles one plugin at a time, on one thread of its own at
+//! a lower CPU priority, with wasmtime's parallel compilation off: it must
+//! never take the cores from the deliveries the baseline code is making.
+
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+use wasmtime::Engine;
+
+use super::cache::CodeCache;
+
+/// Which compiler made a plugin's code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    /// Winch: made fast, runs slower; served until optimized code is ready.
+    Baseline,
+    /// Cranelift: the code a plugin settles on.
+    #[default]
+    Optimized,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Baseline => "baseline",
+            Tier::Optimized => "optimized",
+        }
+    }
+
+    pub(super) fn strategy(self) -> wasmtime::Strategy {
+        match self {
+            Tier::Baseline => wasmtime::Strategy::Winch,
+            Tier::Optimized => wasmtime::Strategy::Cranelift,
+        }
+    }
+}
+
+/// How much nicer than the daemon the optimizer's thread runs.
+const NICENESS: libc::c_int = 10;
+
+/// A request to put a plugin's optimized code in the cache.
+struct Job {
+    digest: String,
+    bytes: Arc<[u8]>,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// Compiles optimized code into the cache in the background.
+pub struct Optimizer {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Optimizer {
+    /// Starts the optimizer's thread. `engine` must make code the serving
+    /// engine loads: the same settings, parallel compilation off.
+    pub fn start(engine: Engine, cache: Arc<CodeCache>) -> std::io::Result<Optimizer> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        thread::Builder::new()
+            .name("notifyhub-optimize".into())
+            .spawn(move || {
+                // SAFETY: setpriority with this thread's id changes only this
+                // thread's niceness (on Linux it is per thread).
+                let tid = unsafe { libc::gettid() } as libc::id_t;
+                if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, NICENESS) } != 0 {
+                    tracing::debug!(
+                        "optimizer runs at normal priority: {}",
+                        std::io::Error::last_os_error()
+                    );
+                }
+                for job in queue {
+                    let result = optimize(&engine, &cache, &job.digest, &job.bytes);
+                    let _ = job.done.send(result);
+                }
+            })?;
+        Ok(Optimizer { jobs })
+    }
+
+    /// Queues `bytes` (whose SHA-256 is `digest`); the answer says when its
+    /// optimized code is in the cache, or why it is not.
+    pub fn optimize(
+        &self,
+        digest: String,
+        bytes: Arc<[u8]>,
+    ) -> impl Future<Output = Result<(), String>> + use<> {
+        let (done, answer) = oneshot::channel();
+        let queued = self.jobs.send(Job {
+            digest,
+            bytes,
+            done,
+        });
+        async move {
+            queued.map_err(|_| "the optimizer has stopped".to_string())?;
+            answer
+                .await
+                .map_err(|_| "the optimizer has stopped".to_string())?
+        }
+    }
+}
+
+fn optimize(engine: &Engine, cache: &CodeCache, digest: &str, bytes: &[u8]) -> Result<(), String> {
+    if cache.contains(digest) {
+        return Ok(());
+    }
+    let code = engine
+        .precompile_component(bytes)
+        .map_err(|e| format!("Cranelift cannot compile it: {e:#}"))?;
+    cache
+        .store(digest, &code)
+        .map_err(|e| format!("cannot write its code to the cache: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+
+    use super::super::{SandboxSettings, config};
+    use super::*;
+
+    fn compatibility(engine: &Engine) -> u64 {
+        let mut hasher = DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        hasher.finish()
+    }
+
+    /// The optimizer's engine differs from the serving one in compiling on
+    /// one thread and having no instance pool: its code must be what the
+    /// serving engine loads, and filed under the same cache directory.
+    #[test]
+    fn the_optimizers_code_is_the_serving_engines() -> anyhow::Result<()> {
+        let settings = SandboxSettings {
+            max_instances: 4,
+            ..SandboxSettings::default()
+        };
+        let serving = Engine::new(&config(&settings, Tier::Optimized, true))?;
+        let mut background = config(&settings, Tier::Optimized, false);
+        background.parallel_compilation(false);
+        let background = Engine::new(&background)?;
+        assert_eq!(compatibility(&serving), compatibility(&background));
+        let baseline = Engine::new(&config(&settings, Tier::Baseline, true))?;
+        assert_ne!(compatibility(&serving), compatibility(&baseline));
+
+        let code = background.precompile_component(b"\0asm\x0d\0\x01\0")?;
+        // SAFETY: made just above by an engine of the same settings.
+        unsafe { wasmtime::component::Component::deserialize(&serving, &code) }?;
+        Ok(())
+    }
+}
