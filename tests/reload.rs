@@ -44,13 +44,18 @@ async fn until(daemon: &Daemon, check: impl Fn(&Value) -> bool) -> anyhow::Resul
     }
 }
 
-fn loaded_name(view: &Value) -> Option<String> {
+/// A field of the plugin serving the `swap` platform in a `plugins` view.
+fn swap_plugin(view: &Value, field: &str) -> Option<String> {
     view["plugins"]
         .as_array()?
         .iter()
-        .find(|p| p["platforms"][0] == "swap")?["name"]
+        .find(|p| p["platforms"][0] == "swap")?[field]
         .as_str()
         .map(str::to_string)
+}
+
+fn loaded_name(view: &Value) -> Option<String> {
+    swap_plugin(view, "name")
 }
 
 fn error_for(view: &Value, file: &str) -> Option<String> {
@@ -342,16 +347,6 @@ async fn reload_by_hand_reports_what_it_did() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The `code` the `plugins` view shows for the `swap` plugin.
-fn code(view: &Value) -> Option<String> {
-    view["plugins"]
-        .as_array()?
-        .iter()
-        .find(|p| p["platforms"][0] == "swap")?["code"]
-        .as_str()
-        .map(str::to_string)
-}
-
 #[tokio::test]
 async fn a_plugin_without_cached_code_serves_at_once_and_settles_on_optimized_code()
 -> anyhow::Result<()> {
@@ -379,7 +374,7 @@ async fn a_plugin_without_cached_code_serves_at_once_and_settles_on_optimized_co
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let view = plugins_view(&daemon).await?;
-        if code(&view).as_deref() == Some("optimized") {
+        if swap_plugin(&view, "code").as_deref() == Some("optimized") {
             break;
         }
         anyhow::ensure!(
@@ -396,7 +391,11 @@ async fn a_plugin_without_cached_code_serves_at_once_and_settles_on_optimized_co
     daemon.terminate()?;
     daemon.restart().await?;
     let view = plugins_view(&daemon).await?;
-    assert_eq!(code(&view).as_deref(), Some("optimized"), "{view}");
+    assert_eq!(
+        swap_plugin(&view, "code").as_deref(),
+        Some("optimized"),
+        "{view}"
+    );
     assert!(!daemon.logs().contains("swapped in"), "{}", daemon.logs());
     assert_eq!(deliver(&daemon).await?["state"], "succeeded");
     Ok(())

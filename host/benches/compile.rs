@@ -2,11 +2,10 @@
 //! notifyhub --bench compile`.
 //!
 //! Winch, wasmtime's baseline compiler, compiles in one pass without
-//! optimizing; the question is whether first use would be fast enough with
-//! it (and Cranelift compiling in the background, swapped in by the reload
-//! machinery) to be worth that machinery: worth it if it cuts cold time at
-//! least five times. For one plugin per language it measures, with each
-//! compiler and no compile cache:
+//! optimizing. The daemon serves a plugin with no cached code from Winch's
+//! code first while Cranelift compiles in the background
+//! (`sandbox::tier`); this measures what that buys and costs. For one
+//! plugin per language, with each compiler and no compile cache:
 //!
 //! - compile time;
 //! - cold → first delivery: compile, `describe()`, instantiate and one real

@@ -169,10 +169,12 @@ pub async fn compile(
 ) -> Result<Compiled, LoadError> {
     let sandbox = executor.sandbox().clone();
     let (digest, bytes) = (file.digest.clone(), file.bytes);
+    let started = std::time::Instant::now();
     let code = tokio::task::spawn_blocking(move || sandbox.compile(&digest, &bytes, wanted))
         .await
         .map_err(|e| LoadError::Compile(format!("the compiler failed: {e}")))?
         .map_err(|e| LoadError::Compile(chain(&e)))?;
+    tracing::debug!(path = %file.path.display(), code = code.tier.as_str(), took = ?started.elapsed(), "compiled");
     let pre = executor.sandbox().prepare(&code).map_err(|e| {
         match other_contract_version(&code.component) {
             Some(version) => LoadError::Contract(format!(

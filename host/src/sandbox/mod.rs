@@ -164,10 +164,9 @@ impl Sandbox {
                     Tier::Optimized.as_str(),
                     &optimized.engine,
                 ));
-                // Never instantiates: no pool.
-                let mut background = config(settings, Tier::Optimized, false);
-                background.parallel_compilation(false);
-                let background = Engine::new(&background).map_err(SandboxError::Engine)?;
+                // Never instantiates: no instance pool.
+                let background = Engine::new(&config(settings, Tier::Optimized, false))
+                    .map_err(SandboxError::Engine)?;
                 Some(Caches {
                     optimizer: Optimizer::start(background, optimized.clone())
                         .map_err(SandboxError::Optimizer)?,

@@ -13,9 +13,11 @@
 //! version: atomically, tasks under way finishing on the code they started
 //! on.
 //!
-//! The optimizer compiles one plugin at a time, on one thread of its own at
-//! a lower CPU priority, with wasmtime's parallel compilation off: it must
-//! never take the cores from the deliveries the baseline code is making.
+//! The optimizer compiles one plugin at a time, on threads of its own (a
+//! rayon pool, one per core, which wasmtime's parallel compilation runs
+//! on) at a lower CPU priority: it uses the cores the deliveries leave idle
+//! and must never take them from the deliveries the baseline code is
+//! making.
 
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -70,24 +72,23 @@ pub struct Optimizer {
 }
 
 impl Optimizer {
-    /// Starts the optimizer's thread. `engine` must make code the serving
-    /// engine loads: the same settings, parallel compilation off.
+    /// Starts the optimizer's threads. `engine` must make code the serving
+    /// engine loads: the same settings.
     pub fn start(engine: Engine, cache: Arc<CodeCache>) -> std::io::Result<Optimizer> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .thread_name(|i| format!("notifyhub-optimize-{i}"))
+            .start_handler(|_| lower_priority())
+            .build()
+            .map_err(std::io::Error::other)?;
         let (jobs, queue) = mpsc::channel::<Job>();
         thread::Builder::new()
             .name("notifyhub-optimize".into())
             .spawn(move || {
-                // SAFETY: setpriority with this thread's id changes only this
-                // thread's niceness (on Linux it is per thread).
-                let tid = unsafe { libc::gettid() } as libc::id_t;
-                if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, NICENESS) } != 0 {
-                    tracing::debug!(
-                        "optimizer runs at normal priority: {}",
-                        std::io::Error::last_os_error()
-                    );
-                }
                 for job in queue {
-                    let result = optimize(&engine, &cache, &job.digest, &job.bytes);
+                    // Inside the pool, wasmtime's parallel compilation runs
+                    // on the pool's threads.
+                    let result =
+                        pool.install(|| optimize(&engine, &cache, &job.digest, &job.bytes));
                     let _ = job.done.send(result);
                 }
             })?;
@@ -116,6 +117,19 @@ impl Optimizer {
     }
 }
 
+/// Makes the calling thread [`NICENESS`] nicer.
+fn lower_priority() {
+    // SAFETY: setpriority with this thread's id changes only this thread's
+    // niceness (on Linux it is per thread).
+    let tid = unsafe { libc::gettid() } as libc::id_t;
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, NICENESS) } != 0 {
+        tracing::debug!(
+            "an optimizer thread runs at normal priority: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 fn optimize(engine: &Engine, cache: &CodeCache, digest: &str, bytes: &[u8]) -> Result<(), String> {
     if cache.contains(digest) {
         return Ok(());
@@ -141,9 +155,9 @@ mod tests {
         hasher.finish()
     }
 
-    /// The optimizer's engine differs from the serving one in compiling on
-    /// one thread and having no instance pool: its code must be what the
-    /// serving engine loads, and filed under the same cache directory.
+    /// The optimizer's engine differs from the serving one in having no
+    /// instance pool: its code must be what the serving engine loads, and
+    /// filed under the same cache directory.
     #[test]
     fn the_optimizers_code_is_the_serving_engines() -> anyhow::Result<()> {
         let settings = SandboxSettings {
@@ -151,9 +165,7 @@ mod tests {
             ..SandboxSettings::default()
         };
         let serving = Engine::new(&config(&settings, Tier::Optimized, true))?;
-        let mut background = config(&settings, Tier::Optimized, false);
-        background.parallel_compilation(false);
-        let background = Engine::new(&background)?;
+        let background = Engine::new(&config(&settings, Tier::Optimized, false))?;
         assert_eq!(compatibility(&serving), compatibility(&background));
         let baseline = Engine::new(&config(&settings, Tier::Baseline, true))?;
         assert_ne!(compatibility(&serving), compatibility(&baseline));
