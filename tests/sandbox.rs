@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use notifyhub::executor::Executor;
 use notifyhub::registry::Registry;
-use notifyhub::sandbox::{Limits, Sandbox, SandboxSettings};
+use notifyhub::sandbox::{Limits, Sandbox, SandboxSettings, Tier};
 use notifyhub::task::Task;
 use notifyhub_testkit::daemon::Daemon;
 use serde_json::{Value, json};
@@ -53,6 +53,41 @@ async fn each_misbehaviour_fails_its_task_with_a_clear_reason() -> anyhow::Resul
     }
     // Each failed instance was thrown away: the plugin still works.
     assert_eq!(run(&daemon, "hostile", "fine").await?["state"], "succeeded");
+    Ok(())
+}
+
+/// A plugin with no cached code serves from Winch's code until Cranelift's
+/// is ready: a runaway loop, a trap or a memory bomb ends there exactly as
+/// it does on Cranelift's code.
+#[tokio::test]
+async fn baseline_code_is_held_to_the_same_limits() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let wasm = dir.path().join("hostile.wasm");
+    std::fs::copy(notifyhub_testkit::plugins::path("hostile")?, &wasm)?;
+    std::fs::write(dir.path().join("hostile.toml"), HOSTILE_MANIFEST)?;
+    let executor = Executor::new(Arc::new(Sandbox::new(&SandboxSettings::default())?));
+    let plugin = Arc::new(
+        notifyhub::loader::load(&wasm, &executor, Limits::default(), Tier::Baseline).await?,
+    );
+    assert_eq!(plugin.compiled.tier, Tier::Baseline);
+    for (body, class, reason) in [
+        ("loop", "timed_out", "deadline"),
+        ("trap", "crashed", "trapped"),
+        ("grow-memory", "crashed", "memory limit"),
+        ("recurse", "crashed", "trapped"),
+    ] {
+        let outcome = executor
+            .send(&plugin, &Task::text("hostile", "t", body), None)
+            .await;
+        let outcome = serde_json::to_value(&outcome)?;
+        assert_eq!(outcome["class"], class, "{body}: {outcome}");
+        let message = outcome["message"].as_str().unwrap_or_default();
+        assert!(message.contains(reason), "{body}: {message}");
+    }
+    let fine = executor
+        .send(&plugin, &Task::text("hostile", "t", "fine"), None)
+        .await;
+    assert!(fine.is_success(), "{fine:?}");
     Ok(())
 }
 

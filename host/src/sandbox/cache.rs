@@ -17,20 +17,24 @@
 //! and renamed over it. A file that does not load (a different wasmtime, a
 //! truncated write from a crash) is a miss, and the next store replaces it.
 //! Files nobody has loaded for the longest are removed once the directory
-//! holds more than [`MAX_BYTES`].
+//! holds more than [`MAX_BYTES`], and so are temporary files a crash left
+//! behind (older than [`STALE_WRITE`]: another daemon sharing the directory
+//! may be writing one now).
 
 use std::fs::{self, File};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
 /// Past this, the least recently used files of a tier's directory go.
 pub const MAX_BYTES: u64 = 1 << 30;
+/// A temporary file this old was left by a writer that stopped.
+pub const STALE_WRITE: Duration = Duration::from_secs(3600);
 
 /// Compiled code on disk for one engine.
 pub struct CodeCache {
@@ -120,15 +124,23 @@ impl CodeCache {
         self.prune(MAX_BYTES)
     }
 
-    /// Removes the least recently used files until the directory holds at
-    /// most `limit` bytes.
+    /// Removes stale temporary files, and the least recently used files
+    /// until the directory holds at most `limit` bytes.
     fn prune(&self, limit: u64) -> io::Result<()> {
         let mut files = Vec::new();
         for entry in fs::read_dir(&self.dir)? {
             let entry = entry?;
             let metadata = entry.metadata()?;
-            if metadata.is_file() && entry.path().extension().is_some_and(|e| e == "cwasm") {
-                files.push((metadata.modified()?, metadata.len(), entry.path()));
+            let modified = metadata.modified()?;
+            if !metadata.is_file() {
+                continue;
+            }
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                if modified.elapsed().is_ok_and(|age| age > STALE_WRITE) {
+                    fs::remove_file(entry.path())?;
+                }
+            } else if entry.path().extension().is_some_and(|e| e == "cwasm") {
+                files.push((modified, metadata.len(), entry.path()));
             }
         }
         let mut total: u64 = files.iter().map(|(_, len, _)| len).sum();
@@ -157,7 +169,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pruning_removes_the_least_recently_used_first() -> anyhow::Result<()> {
+    fn pruning_removes_the_least_recently_used_first_and_stale_writes() -> anyhow::Result<()> {
         let root = tempfile::tempdir()?;
         let cache = CodeCache::new(root.path(), "optimized", &Engine::default());
         fs::create_dir_all(&cache.dir)?;
@@ -165,14 +177,17 @@ mod tests {
         for (name, age) in [("old", 1), ("new", 3), ("middle", 2)] {
             let file = File::create(cache.path(name))?;
             file.set_len(10)?;
-            file.set_modified(epoch + std::time::Duration::from_secs(age))?;
+            file.set_modified(epoch + Duration::from_secs(age))?;
         }
+        // A crash's leftover goes; a write under way stays.
+        File::create(cache.dir.join(".left.1.0"))?.set_modified(epoch)?;
+        File::create(cache.dir.join(".writing.2.0"))?;
         cache.prune(20)?;
         let mut left: Vec<_> = fs::read_dir(&cache.dir)?
             .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
             .collect::<Result<_, _>>()?;
         left.sort();
-        assert_eq!(left, ["middle.cwasm", "new.cwasm"]);
+        assert_eq!(left, [".writing.2.0", "middle.cwasm", "new.cwasm"]);
         Ok(())
     }
 }
