@@ -45,9 +45,9 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::executor::Executor;
-use crate::loader::{self, PluginFile};
+use crate::loader::{self, LoadError, PluginFile};
 use crate::manifest::Manifest;
-use crate::plugin::PluginName;
+use crate::plugin::{LoadedPlugin, PluginName};
 use crate::protocol::{Change, ReloadResult};
 use crate::registry::Registry;
 use crate::sandbox::{Limits, Tier};
@@ -77,6 +77,7 @@ enum Request {
 /// Loads every plugin file in the registry's directory, as `serve` does at
 /// start, and returns when all have been tried; without a watcher (for
 /// embedding and benchmarks).
+///
 /// Plugins without cached code are compiled by Cranelift (as `check` does):
 /// with no watcher to swap optimized code in later, baseline code would
 /// serve for good.
@@ -112,6 +113,35 @@ async fn list_loading(registry: &Registry) -> Vec<PathBuf> {
     };
     registry.begin_loading(&paths);
     paths
+}
+
+/// What loading a file at start gave: the digest and manifest read (to
+/// remember a refusal by) and the plugin or why not; `Err` when the file
+/// or its manifest could not be read.
+type FirstLoad = Result<(String, Manifest, Result<LoadedPlugin, LoadError>), String>;
+
+/// Reads, compiles and configures the file at `path`, at start.
+async fn first_load(
+    path: &Path,
+    executor: &Executor,
+    registry: &Registry,
+    limits: Limits,
+    wanted: Tier,
+) -> FirstLoad {
+    let file = PluginFile::read_async(path)
+        .await
+        .map_err(|e| e.to_string())?;
+    let manifest = Manifest::load_async(&loader::manifest_path(path))
+        .await
+        .map_err(|e| e.to_string())?;
+    let digest = file.digest.clone();
+    let result = registry
+        .count_compile(async {
+            let compiled = loader::compile(file, executor, wanted).await?;
+            loader::configure(&compiled, manifest.clone(), executor, limits).await
+        })
+        .await;
+    Ok((digest, manifest, result))
 }
 
 /// A handle to the running watcher.
@@ -264,28 +294,7 @@ impl Watch {
                     let Some(path) = queue.lock().expect("never poisoned").next() else {
                         return;
                     };
-                    let file = PluginFile::read_async(&path).await;
-                    let manifest = Manifest::load_async(&loader::manifest_path(&path)).await;
-                    let loaded = match (file, manifest) {
-                        (Ok(file), Ok(manifest)) => {
-                            let digest = file.digest.clone();
-                            let result = registry
-                                .count_compile(async {
-                                    let compiled = loader::compile(file, &executor, wanted).await?;
-                                    loader::configure(
-                                        &compiled,
-                                        manifest.clone(),
-                                        &executor,
-                                        limits,
-                                    )
-                                    .await
-                                })
-                                .await;
-                            Ok((digest, manifest, result))
-                        }
-                        (Err(e), _) => Err(e.to_string()),
-                        (_, Err(e)) => Err(e.to_string()),
-                    };
+                    let loaded = first_load(&path, &executor, &registry, limits, wanted).await;
                     if done.send((path, loaded)).is_err() {
                         return;
                     }

@@ -3,6 +3,7 @@
 use std::fmt::Write;
 
 use crate::protocol::{Change, PluginsView, ReloadResult, StatusView, TaskView};
+use crate::sandbox::Tier;
 use crate::task::Outcome;
 
 pub fn task(t: &TaskView) -> String {
@@ -221,12 +222,16 @@ pub fn plugins(p: &PluginsView) -> String {
         let _ = writeln!(out, "no plugins loaded");
     }
     for plugin in &p.plugins {
+        let digest = plugin.digest.get(..12).unwrap_or(&plugin.digest);
+        let code = match plugin.code {
+            Tier::Baseline => "  (baseline code until the optimized code is ready)",
+            Tier::Optimized => "",
+        };
         let _ = writeln!(
             out,
-            "{:<12} {:<8} {}  platforms: {}  {}",
+            "{:<12} {:<8} {digest}  platforms: {}  {}{code}",
             plugin.name,
             plugin.version,
-            &plugin.digest[..12],
             plugin.platforms.join(","),
             plugin.info.description
         );

@@ -17,8 +17,14 @@
 //!   not swing the pool from a few dozen workers to hundreds and back;
 //! - **CPU saturated**: it climbs — from four workers per core, doubling
 //!   each window — for as long as each step raises completed tasks per
-//!   second by at least [`GAIN`]. The first step that does not is undone,
-//!   and the limit settles there for [`SETTLE`] before it probes again.
+//!   second by at least [`GAIN`]. The first step that does not ends the
+//!   climb: undone if it lowered throughput by as much, kept if it is
+//!   within that of the step before (past the knee the curve is flat, more
+//!   workers there cost little, and a window's noise made a climb that
+//!   undid ties settle one step short: 8 workers where 16 and 64 ran 10 %
+//!   and 15 % more). The limit holds for [`SETTLE`] before it probes again;
+//!   a probe's step is kept only if it clearly gains, or probes would walk
+//!   the limit up a flat curve.
 //!   Steps double because a step's gain must stand out of the noise of a
 //!   150 ms window on a busy machine: measured here, steps of half again
 //!   from two per core settled at 4 workers where 64 ran 1.7× faster.
@@ -63,7 +69,13 @@ enum State {
     /// Bounded by demand and `max_workers` only.
     Open,
     /// Raising the limit step by step; the last step's size and rate.
-    Climbing { previous: Option<(usize, f64)> },
+    /// `probing`: from a settled limit, which a step must clearly beat (a
+    /// tie kept there would ratchet the limit up a flat curve, probe after
+    /// probe).
+    Climbing {
+        previous: Option<(usize, f64)>,
+        probing: bool,
+    },
     /// Found; probing again after `until`.
     Settled { until: Instant },
 }
@@ -164,7 +176,10 @@ impl ConcurrencyLimit {
         self.unsaturated = 0;
         match self.state {
             State::Open => {
-                self.state = State::Climbing { previous: None };
+                self.state = State::Climbing {
+                    previous: None,
+                    probing: false,
+                };
                 let start = (self.cores * 4).clamp(self.min, self.max);
                 self.change(
                     start,
@@ -174,6 +189,7 @@ impl ConcurrencyLimit {
             State::Settled { until } if now.at >= until => {
                 self.state = State::Climbing {
                     previous: Some((self.limit, rate)),
+                    probing: true,
                 };
                 let up = self.step_up(self.limit);
                 self.change(
@@ -189,8 +205,10 @@ impl ConcurrencyLimit {
             State::Climbing { .. } if now.workers != self.limit || start.workers != self.limit => {
                 None
             }
-            State::Climbing { previous } => match previous {
-                Some((size, before)) if rate < before * GAIN => {
+            State::Climbing { previous, probing } => match previous {
+                Some((size, before))
+                    if rate * GAIN < before || (probing && rate < before * GAIN) =>
+                {
                     self.state = State::Settled {
                         until: now.at + SETTLE,
                     };
@@ -202,10 +220,23 @@ impl ConcurrencyLimit {
                         ),
                     )
                 }
+                Some((size, before)) if rate < before * GAIN => {
+                    self.state = State::Settled {
+                        until: now.at + SETTLE,
+                    };
+                    Some(Change {
+                        limit: self.limit,
+                        reason: format!(
+                            "{} workers ran {rate:.0} tasks/s, about what {size} did ({before:.0}/s): settling at {}",
+                            self.limit, self.limit
+                        ),
+                    })
+                }
                 _ if self.limit >= self.max => None,
                 _ => {
                     self.state = State::Climbing {
                         previous: Some((self.limit, rate)),
+                        probing,
                     };
                     let up = self.step_up(self.limit);
                     self.change(
@@ -303,10 +334,40 @@ mod tests {
         }
         assert_eq!(
             limit.get(),
-            16,
-            "the first size that runs everything it can"
+            32,
+            "the step after the first size that runs everything it can, which ran as much"
         );
         assert!(limit.is_adaptive());
+    }
+
+    /// Past 16 workers, each added one costs throughput.
+    fn contended(workers: usize) -> f64 {
+        let w = workers as f64;
+        if workers <= 16 {
+            w * 1000.0
+        } else {
+            16_000.0 - (w - 16.0) * 300.0
+        }
+    }
+
+    #[test]
+    fn a_step_that_costs_throughput_is_undone() {
+        let mut limit = ConcurrencyLimit::new(4, 512, 2);
+        let mut run = Run::new();
+        limit.observe(run.reading(64, 3000.0, 0.99, true));
+        limit.observe(run.reading(64, 3000.0, 0.99, true));
+        let mut workers = limit.get();
+        let mut tried = Vec::new();
+        for _ in 0..20 {
+            if let Some(change) =
+                limit.observe(run.reading(workers, contended(workers), 0.99, true))
+            {
+                tried.push(change.limit);
+            }
+            workers = limit.get();
+        }
+        assert_eq!(tried, [16, 32, 16], "{tried:?}");
+        assert_eq!(limit.get(), 16);
     }
 
     #[test]
@@ -367,15 +428,18 @@ mod tests {
             workers = limit.get();
         }
         let settled = limit.get();
-        let mut probed = false;
-        for _ in 0..(SETTLE.as_millis() / WINDOW.as_millis() + 2) {
+        let mut probed = 0;
+        // Three rounds of settling and probing on a flat curve: each probe
+        // goes back, none ratchets the limit up.
+        for _ in 0..3 * (SETTLE.as_millis() / WINDOW.as_millis() + 4) {
             if let Some(change) =
                 limit.observe(run.reading(workers, cpu_bound(workers), 0.99, true))
             {
-                probed |= change.limit > settled;
+                probed += usize::from(change.limit > settled);
             }
             workers = limit.get();
         }
-        assert!(probed, "never probed above {settled}");
+        assert!(probed >= 2, "probed above {settled} {probed} times");
+        assert_eq!(limit.get(), settled, "a probe that gained nothing was kept");
     }
 }

@@ -151,7 +151,7 @@ impl Sandbox {
         // Baseline code serves only until the optimized code is ready: its
         // instances are allocated on demand instead of reserving a second
         // pool as large as the first.
-        let baseline = Compiler::new(&config(settings, Tier::Baseline, true))?;
+        let baseline = Compiler::new(&config(settings, Tier::Baseline, false))?;
         let cache = match &settings.cache_dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir).map_err(|error| SandboxError::Cache {
@@ -323,14 +323,16 @@ impl Sandbox {
     }
 }
 
-/// The engine settings of `tier`'s compiler; `serving`: its instances come
-/// from the pool (the optimized tier's serving engine).
-fn config(settings: &SandboxSettings, tier: Tier, serving: bool) -> Config {
+/// The engine settings of `tier`'s compiler; `pooled`: instances come from
+/// a pool of `max_instances` slots (only the engine serving optimized code
+/// has one: the pool's settings do not change the code, so the optimizer's
+/// engine can do without).
+fn config(settings: &SandboxSettings, tier: Tier, pooled: bool) -> Config {
     let mut config = Config::new();
     config.epoch_interruption(true);
     config.wasm_component_model(true);
     config.strategy(tier.strategy());
-    if serving && tier == Tier::Optimized {
+    if pooled {
         let mut pool = PoolingAllocationConfig::default();
         let slots = settings.max_instances;
         pool.total_component_instances(slots)

@@ -167,7 +167,7 @@ mod tests {
         let serving = Engine::new(&config(&settings, Tier::Optimized, true))?;
         let background = Engine::new(&config(&settings, Tier::Optimized, false))?;
         assert_eq!(compatibility(&serving), compatibility(&background));
-        let baseline = Engine::new(&config(&settings, Tier::Baseline, true))?;
+        let baseline = Engine::new(&config(&settings, Tier::Baseline, false))?;
         assert_ne!(compatibility(&serving), compatibility(&baseline));
 
         let code = background.precompile_component(b"\0asm\x0d\0\x01\0")?;
