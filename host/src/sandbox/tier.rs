@@ -19,6 +19,7 @@
 //! and must never take them from the deliveries the baseline code is
 //! making.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::thread;
@@ -86,9 +87,13 @@ impl Optimizer {
             .spawn(move || {
                 for job in queue {
                     // Inside the pool, wasmtime's parallel compilation runs
-                    // on the pool's threads.
-                    let result =
-                        pool.install(|| optimize(&engine, &cache, &job.digest, &job.bytes));
+                    // on the pool's threads. A panic fails this job only:
+                    // one plugin that crashes the compiler must not leave
+                    // every later one on baseline code.
+                    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        pool.install(|| optimize(&engine, &cache, &job.digest, &job.bytes))
+                    }))
+                    .unwrap_or_else(|_| Err("Cranelift panicked compiling it".into()));
                     let _ = job.done.send(result);
                 }
             })?;
