@@ -128,12 +128,7 @@ async fn first_load(
     limits: Limits,
     wanted: Tier,
 ) -> FirstLoad {
-    let file = PluginFile::read_async(path)
-        .await
-        .map_err(|e| e.to_string())?;
-    let manifest = Manifest::load_async(&loader::manifest_path(path))
-        .await
-        .map_err(|e| e.to_string())?;
+    let (file, manifest) = read(path).await?;
     let digest = file.digest.clone();
     let result = registry
         .count_compile(async {
@@ -142,6 +137,18 @@ async fn first_load(
         })
         .await;
     Ok((digest, manifest, result))
+}
+
+/// The plugin file at `path` and its manifest, or why either could not be
+/// read.
+async fn read(path: &Path) -> Result<(PluginFile, Manifest), String> {
+    let file = PluginFile::read_async(path)
+        .await
+        .map_err(|e| e.to_string())?;
+    let manifest = Manifest::load_async(&loader::manifest_path(path))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((file, manifest))
 }
 
 /// A handle to the running watcher.
@@ -475,16 +482,7 @@ impl Watch {
                 None => Change::Unchanged,
             };
         }
-        let read = async {
-            let file = PluginFile::read_async(path)
-                .await
-                .map_err(|e| e.to_string())?;
-            let manifest = Manifest::load_async(&loader::manifest_path(path))
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>((file, manifest))
-        };
-        let (file, manifest) = match read.await {
+        let (file, manifest) = match read(path).await {
             Ok(read) => read,
             Err(error) => {
                 self.registry.record_failure(path, error.clone());

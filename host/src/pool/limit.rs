@@ -299,6 +299,34 @@ mod tests {
         }
     }
 
+    /// A limit that has just seen its first saturated window, from a pool
+    /// of 64 workers.
+    fn saturated() -> (ConcurrencyLimit, Run) {
+        let mut limit = ConcurrencyLimit::new(4, 512, 2);
+        let mut run = Run::new();
+        limit.observe(run.reading(64, 3000.0, 0.99, true));
+        limit.observe(run.reading(64, 3000.0, 0.99, true));
+        (limit, run)
+    }
+
+    /// `windows` saturated windows, the pool at the limit each time and
+    /// running `curve(workers)` tasks/s; the limits changed to, in order.
+    fn follow(
+        limit: &mut ConcurrencyLimit,
+        run: &mut Run,
+        curve: fn(usize) -> f64,
+        windows: u128,
+    ) -> Vec<usize> {
+        let mut changes = Vec::new();
+        for _ in 0..windows {
+            let workers = limit.get();
+            if let Some(change) = limit.observe(run.reading(workers, curve(workers), 0.99, true)) {
+                changes.push(change.limit);
+            }
+        }
+        changes
+    }
+
     /// CPU-bound: throughput rises to 12 workers, then stays flat.
     fn cpu_bound(workers: usize) -> f64 {
         (workers.min(12) * 1000) as f64
@@ -327,11 +355,8 @@ mod tests {
             .expect("saturated");
         assert_eq!(first.limit, 8, "four per core: {}", first.reason);
         // The pool follows the limit; each window runs at it.
-        let mut workers = limit.get();
-        for _ in 0..20 {
-            limit.observe(run.reading(workers, cpu_bound(workers), 0.99, true));
-            workers = limit.get();
-        }
+        let tried = follow(&mut limit, &mut run, cpu_bound, 20);
+        assert_eq!(tried, [16, 32, 32], "{tried:?}");
         assert_eq!(
             limit.get(),
             32,
@@ -352,20 +377,8 @@ mod tests {
 
     #[test]
     fn a_step_that_costs_throughput_is_undone() {
-        let mut limit = ConcurrencyLimit::new(4, 512, 2);
-        let mut run = Run::new();
-        limit.observe(run.reading(64, 3000.0, 0.99, true));
-        limit.observe(run.reading(64, 3000.0, 0.99, true));
-        let mut workers = limit.get();
-        let mut tried = Vec::new();
-        for _ in 0..20 {
-            if let Some(change) =
-                limit.observe(run.reading(workers, contended(workers), 0.99, true))
-            {
-                tried.push(change.limit);
-            }
-            workers = limit.get();
-        }
+        let (mut limit, mut run) = saturated();
+        let tried = follow(&mut limit, &mut run, contended, 20);
         assert_eq!(tried, [16, 32, 16], "{tried:?}");
         assert_eq!(limit.get(), 16);
     }
@@ -418,28 +431,18 @@ mod tests {
 
     #[test]
     fn probes_again_after_settling() {
-        let mut limit = ConcurrencyLimit::new(4, 512, 2);
-        let mut run = Run::new();
-        limit.observe(run.reading(64, 3000.0, 0.99, true));
-        limit.observe(run.reading(64, 3000.0, 0.99, true));
-        let mut workers = limit.get();
-        for _ in 0..20 {
-            limit.observe(run.reading(workers, cpu_bound(workers), 0.99, true));
-            workers = limit.get();
-        }
+        let (mut limit, mut run) = saturated();
+        follow(&mut limit, &mut run, cpu_bound, 20);
         let settled = limit.get();
-        let mut probed = 0;
         // Three rounds of settling and probing on a flat curve: each probe
         // goes back, none ratchets the limit up.
-        for _ in 0..3 * (SETTLE.as_millis() / WINDOW.as_millis() + 4) {
-            if let Some(change) =
-                limit.observe(run.reading(workers, cpu_bound(workers), 0.99, true))
-            {
-                probed += usize::from(change.limit > settled);
-            }
-            workers = limit.get();
-        }
-        assert!(probed >= 2, "probed above {settled} {probed} times");
+        let windows = 3 * (SETTLE.as_millis() / WINDOW.as_millis() + 4);
+        let changes = follow(&mut limit, &mut run, cpu_bound, windows);
+        let probed = changes.iter().filter(|&&l| l > settled).count();
+        assert!(
+            probed >= 2,
+            "probed above {settled} {probed} times: {changes:?}"
+        );
         assert_eq!(limit.get(), settled, "a probe that gained nothing was kept");
     }
 }
