@@ -249,10 +249,15 @@ impl Sandbox {
         }
         let engine = &self.compiler(wanted).engine;
         let precompiled = engine.precompile_component(bytes)?;
-        let component = match cache(wanted).store(digest, &precompiled) {
-            Ok(()) => cache(wanted).open(engine, digest)?,
+        // Mapped from the cache; from memory when it cannot be kept there.
+        let mapped = cache(wanted)
+            .store(digest, &precompiled)
+            .map_err(wasmtime::Error::from)
+            .and_then(|()| cache(wanted).open(engine, digest));
+        let component = match mapped {
+            Ok(component) => component,
             Err(error) => {
-                tracing::warn!("cannot keep compiled code in the cache: {error}");
+                tracing::warn!("cannot keep compiled code in the cache: {error:#}");
                 // SAFETY: the code was just made by this engine.
                 unsafe { Component::deserialize(engine, &precompiled)? }
             }
