@@ -19,7 +19,9 @@
 //! - a plugin with no optimized code in the cache serves from the baseline
 //!   compiler's code at once, and its optimized code is made in the
 //!   background (see `sandbox::tier`); when it is ready it comes back here
-//!   as a change of the file, and is swapped in like a new version;
+//!   as a change of the file, and is swapped in like a new version. At
+//!   start, optimizing waits until every plugin serves, so the first loads
+//!   have the whole machine;
 //! - a manifest change alone reuses the compiled component: the new
 //!   allowlist, config and limits apply from the next task, no recompiling;
 //! - a deleted `.wasm` is unloaded: tasks running on it finish, new submits
@@ -310,6 +312,9 @@ impl Watch {
         }
         drop(done);
         let mut loaded = 0;
+        // Optimized code is asked for once every plugin serves: until then
+        // the optimizer's compiles would only take CPU from the loads.
+        let mut to_optimize = Vec::new();
         while let Some((path, result)) = results.recv().await {
             match result {
                 Ok((digest, manifest, Ok(plugin))) => {
@@ -317,7 +322,7 @@ impl Watch {
                     match self.registry.install(plugin) {
                         Ok(()) => {
                             loaded += 1;
-                            self.optimize_later(&path, tier, digest);
+                            to_optimize.push((path, tier, digest));
                         }
                         Err(error) => self.refuse(&path, digest, manifest, error),
                     }
@@ -342,6 +347,9 @@ impl Watch {
             "plugins loaded"
         );
         self.registry.mark_ready();
+        for (path, tier, digest) in to_optimize {
+            self.optimize_later(&path, tier, digest);
+        }
     }
 
     async fn run(
