@@ -61,6 +61,10 @@ fn main() -> anyhow::Result<()> {
                 ms(times.optimized)
             );
         }
+        println!(
+            "goals: cold, every plugin serves <= 2000 ms; warm, socket answers <= 100 ms \
+             and every plugin serves <= 300 ms"
+        );
         anyhow::Ok(())
     }))
 }

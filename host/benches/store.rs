@@ -27,6 +27,10 @@ fn main() -> anyhow::Result<()> {
         // The default bound on outcomes waiting for their commit, against
         // one no run reaches: what bounding a crash's repeats costs.
         let unbounded = run("durable", "unbounded", "max_unsynced_outcomes = 1000000\n").await?;
+        println!(
+            "durable delivered {:>20.0}/s   (goal >= 100000/s)",
+            durable.1
+        );
         println!("durable / memory {:>21.2}", durable.1 / memory.1);
         println!(
             "durable / unbounded {:>18.2}   (the cost of max_unsynced_outcomes = 1024)",

@@ -121,23 +121,31 @@ impl CodeCache {
             let _ = fs::remove_file(&temporary);
         }
         written?;
-        self.prune(MAX_BYTES)
+        // The code is kept; a cache that cannot be trimmed only grows.
+        if let Err(error) = self.prune(MAX_BYTES) {
+            tracing::warn!(dir = %self.dir.display(), "cannot prune the code cache: {error}");
+        }
+        Ok(())
     }
 
     /// Removes stale temporary files, and the least recently used files
-    /// until the directory holds at most `limit` bytes.
+    /// until the directory holds at most `limit` bytes. Other daemons may
+    /// share the directory: a file that goes while this looks (renamed into
+    /// place, pruned by them) is simply not counted.
     fn prune(&self, limit: u64) -> io::Result<()> {
         let mut files = Vec::new();
         for entry in fs::read_dir(&self.dir)? {
             let entry = entry?;
-            let metadata = entry.metadata()?;
-            let modified = metadata.modified()?;
+            let Some(metadata) = unless_gone(entry.metadata())? else {
+                continue;
+            };
             if !metadata.is_file() {
                 continue;
             }
+            let modified = metadata.modified()?;
             if entry.file_name().to_string_lossy().starts_with('.') {
                 if modified.elapsed().is_ok_and(|age| age > STALE_WRITE) {
-                    fs::remove_file(entry.path())?;
+                    unless_gone(fs::remove_file(entry.path()))?;
                 }
             } else if entry.path().extension().is_some_and(|e| e == "cwasm") {
                 files.push((modified, metadata.len(), entry.path()));
@@ -149,7 +157,7 @@ impl CodeCache {
             if total <= limit {
                 break;
             }
-            fs::remove_file(&path)?;
+            unless_gone(fs::remove_file(&path))?;
             total -= len;
         }
         Ok(())
@@ -161,6 +169,15 @@ impl CodeCache {
             self.hits.load(Ordering::Relaxed),
             self.misses.load(Ordering::Relaxed),
         )
+    }
+}
+
+/// `result`, with a file that is no longer there as `None`.
+fn unless_gone<T>(result: io::Result<T>) -> io::Result<Option<T>> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error),
     }
 }
 
@@ -188,6 +205,16 @@ mod tests {
             .collect::<Result<_, _>>()?;
         left.sort();
         assert_eq!(left, [".writing.2.0", "middle.cwasm", "new.cwasm"]);
+        Ok(())
+    }
+
+    /// Another daemon sharing the directory may remove or rename a file
+    /// between the listing and the look: not an error; anything else is.
+    #[test]
+    fn a_file_gone_meanwhile_is_not_an_error() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        assert!(unless_gone(fs::remove_file(dir.path().join("gone")))?.is_none());
+        assert!(unless_gone(fs::remove_file(dir.path())).is_err());
         Ok(())
     }
 }
