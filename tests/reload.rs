@@ -29,7 +29,17 @@ async fn plugins_view(daemon: &Daemon) -> anyhow::Result<Value> {
 
 /// Waits until `check` holds for the `plugins` view (5 s at most).
 async fn until(daemon: &Daemon, check: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    until_within(daemon, Duration::from_secs(5), check).await
+}
+
+/// Waits until `check` holds for the `plugins` view, `within` at most;
+/// fails with the last view and the daemon's log.
+async fn until_within(
+    daemon: &Daemon,
+    within: Duration,
+    check: impl Fn(&Value) -> bool,
+) -> anyhow::Result<Value> {
+    let deadline = Instant::now() + within;
     loop {
         let view = plugins_view(daemon).await?;
         if check(&view) {
@@ -371,19 +381,10 @@ async fn a_plugin_without_cached_code_serves_at_once_and_settles_on_optimized_co
     assert_eq!(deliver(&daemon).await?["state"], "succeeded");
 
     // Cranelift's code follows in the background and is swapped in.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let view = plugins_view(&daemon).await?;
-        if swap_plugin(&view, "code").as_deref() == Some("optimized") {
-            break;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "still not optimized: {view}\n{}",
-            daemon.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_within(&daemon, Duration::from_secs(60), |v| {
+        swap_plugin(v, "code").as_deref() == Some("optimized")
+    })
+    .await?;
     assert!(daemon.logs().contains("optimized code swapped in"));
     assert_eq!(deliver(&daemon).await?["state"], "succeeded");
 

@@ -132,13 +132,26 @@ async fn first_load(
 ) -> FirstLoad {
     let (file, manifest) = read(path).await?;
     let digest = file.digest.clone();
-    let result = registry
+    let result = build(registry, executor, file, manifest.clone(), limits, wanted).await;
+    Ok((digest, manifest, result))
+}
+
+/// Compiles `file` (optimized code from the cache when it is there, else
+/// `wanted`'s) and configures it with `manifest`; counted as a compile.
+async fn build(
+    registry: &Registry,
+    executor: &Executor,
+    file: PluginFile,
+    manifest: Manifest,
+    limits: Limits,
+    wanted: Tier,
+) -> Result<LoadedPlugin, LoadError> {
+    registry
         .count_compile(async {
             let compiled = loader::compile(file, executor, wanted).await?;
-            loader::configure(&compiled, manifest.clone(), executor, limits).await
+            loader::configure(&compiled, manifest, executor, limits).await
         })
-        .await;
-    Ok((digest, manifest, result))
+        .await
 }
 
 /// The plugin file at `path` and its manifest, or why either could not be
@@ -513,39 +526,27 @@ impl Watch {
         let started = Instant::now();
         let sandbox = self.executor.sandbox();
         let configured = match current.filter(|c| c.digest == file.digest) {
-            // Baseline code stays until the optimized code is there to
-            // replace it.
-            Some(current)
-                if current.manifest == manifest
-                    && (current.compiled.tier == Tier::Optimized
-                        || !sandbox.has_optimized(&file.digest)) =>
-            {
-                return Change::Unchanged;
-            }
-            Some(current) if current.manifest == manifest => {
-                let executor = self.executor.clone();
-                self.registry
-                    .count_compile(async {
-                        let compiled = loader::compile(file, &executor, Tier::Optimized).await?;
-                        loader::configure(&compiled, manifest.clone(), &executor, limits).await
-                    })
-                    .await
-                    .map(|plugin| (plugin, false))
-            }
-            Some(current) => {
+            Some(current) if current.manifest != manifest => {
                 loader::configure(&current.compiled, manifest.clone(), &self.executor, limits)
                     .await
                     .map(|plugin| (plugin, true))
             }
-            None => {
-                let executor = self.executor.clone();
-                let manifest = manifest.clone();
-                let wanted = self.wanted();
-                self.registry
-                    .count_compile(async {
-                        let compiled = loader::compile(file, &executor, wanted).await?;
-                        loader::configure(&compiled, manifest, &executor, limits).await
-                    })
+            // Baseline code stays until the optimized code is there to
+            // replace it.
+            Some(current)
+                if current.compiled.tier == Tier::Optimized
+                    || !sandbox.has_optimized(&file.digest) =>
+            {
+                return Change::Unchanged;
+            }
+            // The same bytes, whose optimized code is ready; or new bytes.
+            same => {
+                let wanted = match same {
+                    Some(_) => Tier::Optimized,
+                    None => self.wanted(),
+                };
+                let (registry, executor) = (&self.registry, &self.executor);
+                build(registry, executor, file, manifest.clone(), limits, wanted)
                     .await
                     .map(|plugin| (plugin, false))
             }
