@@ -85,6 +85,9 @@ async fn webhook_delivers_a_signed_standard_webhook() -> anyhow::Result<()> {
     let daemon = Daemon::builder(BIN)
         .plugin("webhook", Some(&manifest))
         .env("TEST_WEBHOOK_SECRET", SECRET)
+        // Every line the daemon writes, the delivery's own included, is
+        // checked for the secret below.
+        .env("RUST_LOG", "debug")
         .start()
         .await?;
 
@@ -111,6 +114,10 @@ async fn webhook_delivers_a_signed_standard_webhook() -> anyhow::Result<()> {
 
     // The secret and the target path never show in the daemon's output.
     let logs = daemon.logs();
+    assert!(
+        logs.contains("delivered plugin=webhook"),
+        "the delivery is logged at debug:\n{logs}"
+    );
     assert!(!logs.contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"));
     assert!(
         !logs.contains("/hooks/notify"),

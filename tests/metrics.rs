@@ -219,6 +219,8 @@ async fn json_logs_carry_each_attempt_s_span() -> anyhow::Result<()> {
     let daemon = Daemon::builder(BIN)
         .plugin("noop", None)
         .env("NOTIFYHUB_LOG_FORMAT", "json")
+        // A delivery that succeeds is logged at debug.
+        .env("RUST_LOG", "debug")
         .start()
         .await?;
     let task = daemon

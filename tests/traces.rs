@@ -63,11 +63,9 @@ async fn each_attempt_is_a_span_with_the_plugin_s_lines_inside() -> anyhow::Resu
             .is_some_and(|v| !v.is_empty()),
         "{delivered:?}"
     );
+    // The outcome is the span's attribute (checked above); the daemon's own
+    // `delivered` line is at debug, below the default level.
     anyhow::ensure!(delivered.status != 2, "{delivered:?}");
-    anyhow::ensure!(
-        delivered.events.iter().any(|(name, _)| name == "delivered"),
-        "{delivered:?}"
-    );
 
     let logged = attempt_of(&spans, &ids[1]).expect("waited for");
     anyhow::ensure!(

@@ -14,6 +14,8 @@
 //! drops spans beyond it and says so in its own log). Off unless configured;
 //! the SDK's `OTEL_BSP_*` variables tune the batching.
 
+use std::io::IsTerminal;
+
 use serde::{Deserialize, Serialize};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -105,7 +107,10 @@ pub fn init(
 ) -> Result<Telemetry, TelemetryError> {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colour only for a terminal: a log file or journald gets plain text.
+    let logs = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let logs = match format {
         LogFormat::Json => logs.json().with_current_span(true).boxed(),
         LogFormat::Text => logs.boxed(),
