@@ -17,6 +17,8 @@ use notifyhub_testkit::daemon::{Conn, Daemon};
 use notifyhub_testkit::receiver::{Receiver, Reply};
 use serde_json::{Value, json};
 
+#[path = "support/cpu.rs"]
+mod cpu;
 #[path = "support/noop_calls.rs"]
 mod noop_calls;
 
@@ -151,29 +153,6 @@ async fn end_to_end(bin: &str, label: &str) -> anyhow::Result<[Load; 2]> {
     Ok([noop, webhook])
 }
 
-/// CPU time (user and system) the process `pid` has used so far: what a
-/// delivery costs the daemon, whatever else shares the machine.
-fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    let ticks = |i: usize| -> anyhow::Result<u64> {
-        Ok(fields
-            .get(i)
-            .ok_or_else(|| anyhow::anyhow!("short /proc/{pid}/stat"))?
-            .parse()?)
-    };
-    // utime and stime are fields 14 and 15 of the line; 12 and 13 here.
-    // SAFETY: sysconf has no preconditions.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Ok(Duration::from_micros(
-        (ticks(11)? + ticks(12)?) * 1_000_000 / per_second,
-    ))
-}
-
 /// Prints batched throughput, the daemon's CPU time a task, and
 /// single-task latency; returns the batched figures.
 async fn run_load(
@@ -186,7 +165,7 @@ async fn run_load(
 ) -> anyhow::Result<Load> {
     const BATCH: usize = 500;
     const CONNECTIONS: usize = 4;
-    let cpu_before = cpu_time(daemon.pid())?;
+    let cpu_before = cpu::process(daemon.pid())?;
     let started = Instant::now();
     let mut handles = Vec::new();
     for _ in 0..CONNECTIONS {
@@ -217,7 +196,7 @@ async fn run_load(
         handle.await??;
     }
     let throughput = total as f64 / started.elapsed().as_secs_f64();
-    let cpu_per_task = (cpu_time(daemon.pid())? - cpu_before) / total as u32;
+    let cpu_per_task = (cpu::process(daemon.pid())? - cpu_before) / total as u32;
 
     let mut handles = Vec::new();
     for _ in 0..clients {

@@ -5,17 +5,25 @@
 //! only once its batch is durable), then waited for until every task has
 //! been delivered. The same run with `[store] mode = "memory"` is the
 //! baseline; a third run lifts `max_unsynced_outcomes` out of reach, to
-//! show what bounding the outcomes that wait for their commit costs.
+//! show what bounding the outcomes that wait for their commit costs. Each
+//! run also prints the daemon's CPU time a task and its journal writer's
+//! (the thread every commit goes through): steadier than tasks/s on a noisy
+//! machine, and the writer's is what a change to the journal moves.
 
 use std::time::{Duration, Instant};
 
 use notifyhub_testkit::daemon::{Conn, Daemon};
 use serde_json::{Value, json};
 
+#[path = "support/cpu.rs"]
+mod cpu;
+
 const BIN: &str = env!("CARGO_BIN_EXE_notifyhub");
 const TASKS: usize = 100_000;
 const BATCH: usize = 1_000;
 const CONNECTIONS: usize = 4;
+/// The journal's writer thread, by the name the daemon gives it.
+const WRITER: &str = "notifyhub-store";
 
 fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -48,6 +56,8 @@ async fn run(mode: &str, label: &str, store: &str) -> anyhow::Result<(f64, f64)>
         .config(&format!("[store]\nmode = \"{mode}\"\n{store}[pool]\nmin_workers = 8\nmax_workers = 64\nqueue_capacity = 200000\n"))
         .start()
         .await?;
+    let pid = daemon.pid();
+    let (daemon_before, writer_before) = (cpu::process(pid)?, cpu::threads(pid, WRITER)?);
     let started = Instant::now();
     let mut clients = Vec::new();
     for _ in 0..CONNECTIONS {
@@ -82,8 +92,13 @@ async fn run(mode: &str, label: &str, store: &str) -> anyhow::Result<(f64, f64)>
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let delivered = TASKS as f64 / started.elapsed().as_secs_f64();
+    // Every outcome committed, so the writer's CPU holds all of them.
+    daemon.request(json!({"op": "tasks", "limit": 1})).await?;
+    let per_task = |spent: Duration| spent.as_secs_f64() * 1e6 / TASKS as f64;
+    let daemon_cpu = per_task(cpu::process(pid)? - daemon_before);
+    let writer_cpu = per_task(cpu::threads(pid, WRITER)? - writer_before);
     println!(
-        "{label:<9} store: {acknowledged:>9.0} tasks/s acknowledged, {delivered:>9.0} tasks/s delivered ({TASKS} tasks)"
+        "{label:<9} store: {acknowledged:>9.0} tasks/s acknowledged, {delivered:>9.0} tasks/s delivered ({TASKS} tasks); CPU a task: daemon {daemon_cpu:.1} µs, journal writer {writer_cpu:.1} µs"
     );
     Ok((acknowledged, delivered))
 }

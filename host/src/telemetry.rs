@@ -107,10 +107,13 @@ pub fn init(
 ) -> Result<Telemetry, TelemetryError> {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    // Colour only for a terminal: a log file or journald gets plain text.
+    // Colour only for a terminal, and not when `NO_COLOR` asks for none: a
+    // log file or journald gets plain text.
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+        .with_ansi(colour);
     let logs = match format {
         LogFormat::Json => logs.json().with_current_span(true).boxed(),
         LogFormat::Text => logs.boxed(),

@@ -35,6 +35,8 @@
 //! by task and number, and numbers only go up, across restarts and revivals
 //! by `retry` too).
 
+#[cfg(test)]
+mod list_model;
 mod schema;
 mod writer;
 
@@ -46,7 +48,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
-use self::schema::{DUE_BETWEEN, KEYS_SINCE, SCHEMA, UNTIMED, list_statement};
+use self::schema::{DUE_BETWEEN, KEYS_SINCE, ListBy, PLATFORMS_IN_STATE, SCHEMA, UNTIMED};
 use self::writer::write_loop;
 use super::time::DueTime;
 use super::{Attempt, TaskRecord};
@@ -419,7 +421,7 @@ impl Journal {
         Ok(Some(record))
     }
 
-    /// Tasks by state and platform, newest first (see [`list_statement`]).
+    /// Tasks by state and platform, newest first (see [`ListBy`]).
     pub(super) fn list(
         &self,
         state: Option<TaskState>,
@@ -427,11 +429,15 @@ impl Journal {
         limit: usize,
     ) -> Result<Vec<TaskRecord>, JournalError> {
         let conn = self.reader();
-        let mut stmt = conn.prepare_cached(&list_statement(state.is_some(), platform.is_some()))?;
-        let rows = stmt.query_map(
-            params![state.map(TaskState::as_str), platform, limit as i64],
-            record_from_row,
-        )?;
+        let state = state.map(TaskState::as_str);
+        let by = match (state, platform) {
+            (None, None) => ListBy::Time,
+            (None, Some(_)) => ListBy::Platform,
+            (Some(_), Some(_)) => ListBy::StateAndPlatform,
+            (Some(state), None) => return list_in_state(&conn, state, limit),
+        };
+        let mut stmt = conn.prepare_cached(by.statement())?;
+        let rows = stmt.query_map(params![state, platform, limit as i64], record_from_row)?;
         Ok(rows.filter_map(|r| r.ok().flatten()).collect())
     }
 
@@ -442,6 +448,29 @@ impl Journal {
         let ids = stmt.query_map([], |row| row.get::<_, String>(0))?;
         Ok(ids.filter_map(|id| id.ok()?.parse().ok()).collect())
     }
+}
+
+/// The newest `limit` tasks in `state`: the newest `limit` of each platform
+/// with tasks in that state, merged (the journal keeps no index on the
+/// state alone; see the schema's guide).
+fn list_in_state(
+    conn: &Connection,
+    state: &str,
+    limit: usize,
+) -> Result<Vec<TaskRecord>, JournalError> {
+    let platforms = conn
+        .prepare_cached(PLATFORMS_IN_STATE)?
+        .query_map([state], |row| row.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut stmt = conn.prepare_cached(ListBy::StateAndPlatform.statement())?;
+    let mut records = Vec::new();
+    for platform in platforms {
+        let rows = stmt.query_map(params![state, platform, limit as i64], record_from_row)?;
+        records.extend(rows.filter_map(|r| r.ok().flatten()));
+    }
+    records.sort_by_key(|r| std::cmp::Reverse(r.submitted_at));
+    records.truncate(limit);
+    Ok(records)
 }
 
 fn record_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Option<TaskRecord>> {
