@@ -22,8 +22,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_notifyhub");
 const TASKS: usize = 100_000;
 const BATCH: usize = 1_000;
 const CONNECTIONS: usize = 4;
-/// The journal's writer thread, by the name the daemon gives it.
-const WRITER: &str = "notifyhub-store";
 
 fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -57,7 +55,8 @@ async fn run(mode: &str, label: &str, store: &str) -> anyhow::Result<(f64, f64)>
         .start()
         .await?;
     let pid = daemon.pid();
-    let (daemon_before, writer_before) = (cpu::process(pid)?, cpu::threads(pid, WRITER)?);
+    let (daemon_before, writer_before) =
+        (cpu::process(pid)?, cpu::threads(pid, cpu::JOURNAL_WRITER)?);
     let started = Instant::now();
     let mut clients = Vec::new();
     for _ in 0..CONNECTIONS {
@@ -96,7 +95,7 @@ async fn run(mode: &str, label: &str, store: &str) -> anyhow::Result<(f64, f64)>
     daemon.request(json!({"op": "tasks", "limit": 1})).await?;
     let per_task = |spent: Duration| spent.as_secs_f64() * 1e6 / TASKS as f64;
     let daemon_cpu = per_task(cpu::process(pid)? - daemon_before);
-    let writer_cpu = per_task(cpu::threads(pid, WRITER)? - writer_before);
+    let writer_cpu = per_task(cpu::threads(pid, cpu::JOURNAL_WRITER)? - writer_before);
     println!(
         "{label:<9} store: {acknowledged:>9.0} tasks/s acknowledged, {delivered:>9.0} tasks/s delivered ({TASKS} tasks); CPU a task: daemon {daemon_cpu:.1} µs, journal writer {writer_cpu:.1} µs"
     );

@@ -5,6 +5,10 @@
 
 use std::time::Duration;
 
+/// The daemon's journal writer thread, by the name it gives it
+/// (`store/journal`): every commit goes through it.
+pub const JOURNAL_WRITER: &str = "notifyhub-store";
+
 /// CPU time (user and system) the process `pid` has used so far.
 pub fn process(pid: u32) -> anyhow::Result<Duration> {
     from_stat(&format!("/proc/{pid}/stat"))

@@ -10,7 +10,8 @@
 //! All writes go to one writer thread. It takes every write that is waiting
 //! (up to [`MAX_GROUP`]) and commits them in one transaction, so concurrent
 //! and batched submits share one fsync and durability does not cap
-//! throughput. A submit's rows travel in one [`Op::Submit`] with its
+//! throughput; a few outcomes alone wait a moment for more (see the
+//! writer). A submit's rows travel in one [`Op::Submit`] with its
 //! acknowledgement, so they are always in the same transaction as the
 //! answer: the acknowledgement says whether *that* transaction committed,
 //! and a failed commit fails every submit in it. An attempt's outcome does
