@@ -8,12 +8,13 @@
 //! A small batch of outcomes alone waits up to [`LINGER`] for more before
 //! it commits: at a few thousand deliveries a second, each commit held a
 //! handful of outcomes, and its fixed costs (the pages it rewrites whole,
-//! the fsync) were most of the journal's CPU a webhook — 31 → 17–20 µs
+//! the fsync) were most of the journal's CPU a webhook — 31–47 → 17–23 µs
 //! with the wait (`--bench e2e`, which prints the writer's CPU a task).
 //! Nothing anyone waits on is held: a submit or a sync ends the wait within
 //! [`LINGER_STEP`].
 
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, params};
 
@@ -21,10 +22,11 @@ use super::schema::{FINISH_ATTEMPT, FINISH_TASK, INSERT_TASK, REQUEUE, REVIVE};
 use super::{CommitObserver, Health, Insert, MAX_GROUP, Op, PROBE_EVERY, Write, json, millis};
 
 /// How long a small batch of outcomes waits for more.
-const LINGER: std::time::Duration = std::time::Duration::from_millis(2);
+const LINGER: Duration = Duration::from_millis(2);
 /// How long a write someone waits on may wait behind a lingering batch.
-const LINGER_STEP: std::time::Duration = std::time::Duration::from_micros(250);
-/// A batch of outcomes this large commits at once.
+const LINGER_STEP: Duration = Duration::from_micros(250);
+/// A batch this large commits at once (an outcome is two writes: its rows
+/// and its room's release).
 const LINGER_BELOW: usize = 256;
 
 /// Runs until every sender of `ops` is gone (the journal was dropped).
@@ -69,8 +71,8 @@ pub(super) fn write_loop(
                     .iter()
                     .all(|op| matches!(op, Op::Write(_) | Op::Release(_)))
         };
-        let until = std::time::Instant::now() + LINGER;
-        while lingers(&batch) && std::time::Instant::now() < until {
+        let until = Instant::now() + LINGER;
+        while lingers(&batch) && Instant::now() < until {
             std::thread::sleep(LINGER_STEP);
             while batch.len() < MAX_GROUP
                 && let Ok(op) = ops.try_recv()
@@ -78,7 +80,7 @@ pub(super) fn write_loop(
                 batch.push(op);
             }
         }
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let result = commit(&mut conn, &batch).map_err(|e| e.to_string());
         if let Some(observe) = &observer {
             observe(started.elapsed(), batch.len());
