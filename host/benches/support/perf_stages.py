@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Splits a `perf record --call-graph dwarf` profile of the daemon into the
-stages of a delivery, by the innermost frame that names one.
+stages of a delivery, by the innermost frame that names one (the journal
+also by its thread's name).
 
 Usage: perf_stages.py PERF_DATA [DAEMON_CPU_US_PER_TASK]
 With the daemon's CPU time a task (the e2e bench prints it), each stage's
@@ -15,7 +16,9 @@ import sys
 # Innermost match wins: the list's order only matters for frames that
 # match two patterns.
 STAGES = [
-    ("journal: commit (SQLite, fsync)", r"store::journal::write_loop"),
+    # By thread as well as by frame: with inlined frames left out (below),
+    # the writer's loop may not show by name.
+    ("journal: commit (SQLite, fsync)", r"store::journal::write_loop|^notifyhub-store\b"),
     ("socket: decode request", r"protocol::decode|protocol::json::parse"),
     ("socket: reply (views, JSON)", r"protocol::reply|views::.*Serialize|From<notifyhub::store::record::TaskRecord>"),
     ("socket: submit into the store", r"TaskBackend>::submit|TaskStore::submit_with"),
@@ -34,7 +37,10 @@ def main():
     data = sys.argv[1]
     per_task = float(sys.argv[2]) if len(sys.argv) > 2 else None
     script = subprocess.run(
-        ["perf", "script", "-i", data, "-F", "ip,sym"],
+        # Without inlined frames: resolving them runs addr2line on every
+        # mapped file, and on the compile cache's `.cwasm` files it never
+        # answered (the script hung). The stages' patterns match real frames.
+        ["perf", "script", "-i", data, "-F", "comm,ip,sym", "--no-inline"],
         capture_output=True, text=True, check=True,
     ).stdout
     counts = collections.Counter()
