@@ -121,9 +121,10 @@ async fn send_wait_task_status_and_plugins() -> anyhow::Result<()> {
 
 #[test]
 fn a_client_without_a_daemon_says_so() {
-    let dir = tempfile_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("missing.sock");
     let out = output_within(
-        Command::new(BIN).args(["--socket", &format!("{dir}/missing.sock"), "status"]),
+        Command::new(BIN).args(["--socket", &socket.display().to_string(), "status"]),
         CLI_EXITS_WITHIN,
     )
     .unwrap();
@@ -185,12 +186,6 @@ async fn a_second_daemon_on_the_same_socket_is_refused() -> anyhow::Result<()> {
         "{err}"
     );
     Ok(())
-}
-
-fn tempfile_dir() -> String {
-    let dir = std::env::temp_dir().join(format!("nh-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.display().to_string()
 }
 
 /// `notifyhub try` on a copy of a first-party plugin with a manifest.

@@ -257,8 +257,8 @@ async fn a_100_mb_file_is_refused_and_the_daemon_stays_up() -> anyhow::Result<()
 async fn secrets_never_appear_in_logs_or_answers() -> anyhow::Result<()> {
     const SECRET: &str = "whsec_c2VjcmV0LXRoYXQtbXVzdC1uZXZlci1sZWFrLTEyMzQ1";
     let receiver = Receiver::start(|_| Reply::new(500, "server error echoing nothing")).await;
-    let dir = tempfile_dir();
-    let secret_file = format!("{dir}/secret");
+    let dir = tempfile::tempdir()?;
+    let secret_file = dir.path().join("secret").display().to_string();
     std::fs::write(&secret_file, format!("{SECRET}\n"))?;
     let daemon = Daemon::builder(BIN)
         .plugin(
@@ -296,12 +296,6 @@ async fn secrets_never_appear_in_logs_or_answers() -> anyhow::Result<()> {
         "the webhook token leaked"
     );
     Ok(())
-}
-
-fn tempfile_dir() -> String {
-    let dir = std::env::temp_dir().join(format!("nh-secrets-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.display().to_string()
 }
 
 /// The machine's host name, which `/etc/hosts` maps to a loopback or

@@ -55,13 +55,18 @@ fn submission(task: &Arc<Task>) -> Submission {
 struct Harness {
     pool: Pool,
     store: Arc<TaskStore>,
+    /// The plugin directory, removed when the harness goes.
+    _plugins: tempfile::TempDir,
 }
 
 async fn harness(
     plugin: &str,
     config: PoolConfig,
 ) -> anyhow::Result<(Harness, Arc<Executor>, Arc<Registry>)> {
-    let dir = tempdir(plugin)?;
+    let plugins = tempfile::Builder::new()
+        .prefix(&format!("nh-bench-{plugin}-"))
+        .tempdir()?;
+    let dir = plugins.path();
     std::fs::copy(
         notifyhub_testkit::plugins::path(plugin)?,
         dir.join(format!("{plugin}.wasm")),
@@ -69,7 +74,7 @@ async fn harness(
     let executor = Arc::new(Executor::new(Arc::new(Sandbox::new(
         &SandboxSettings::default(),
     )?)));
-    let registry = Arc::new(Registry::new(&dir, None));
+    let registry = Arc::new(Registry::new(dir, None));
     notifyhub::reload::load_all(registry.clone(), executor.clone(), Limits::default()).await;
     let store = Arc::new(TaskStore::default());
     let deps = PoolDeps {
@@ -83,13 +88,15 @@ async fn harness(
     let pool = Pool::start(config, deps);
     // Let the staged start bring up min_workers.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    Ok((Harness { pool, store }, executor, registry))
-}
-
-fn tempdir(name: &str) -> anyhow::Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("nh-bench-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
+    Ok((
+        Harness {
+            pool,
+            store,
+            _plugins: plugins,
+        },
+        executor,
+        registry,
+    ))
 }
 
 /// A task's outcome; an error after a minute (a guard, not a measurement).
