@@ -247,18 +247,19 @@ impl Journal {
         let reader = open(path)?;
         let (tx, rx) = mpsc::channel();
         let health = Arc::new(Health::default());
-        let writer_health = health.clone();
+        let unsynced = Arc::new(Semaphore::new(
+            unsynced_outcomes.clamp(1, Semaphore::MAX_PERMITS),
+        ));
+        let (writer_health, rooms) = (health.clone(), unsynced.clone());
         std::thread::Builder::new()
             .name("notifyhub-store".into())
-            .spawn(move || write_loop(writer, rx, &writer_health, observer))
+            .spawn(move || write_loop(writer, rx, &writer_health, &rooms, observer))
             .map_err(|e| JournalError::Write(e.to_string()))?;
         Ok(Journal {
             writes: tx,
             reader: Mutex::new(reader),
             health,
-            unsynced: Arc::new(Semaphore::new(
-                unsynced_outcomes.clamp(1, Semaphore::MAX_PERMITS),
-            )),
+            unsynced,
         })
     }
 

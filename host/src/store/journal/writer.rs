@@ -10,13 +10,15 @@
 //! handful of outcomes, and its fixed costs (the pages it rewrites whole,
 //! the fsync) were most of the journal's CPU a webhook — 31–47 → 17–23 µs
 //! with the wait (`--bench e2e`, which prints the writer's CPU a task).
-//! Nothing anyone waits on is held: a submit or a sync ends the wait within
+//! Nothing anyone waits on is held: a submit or a sync, or a worker waiting
+//! for an outcome's room (every room taken), ends the wait within
 //! [`LINGER_STEP`].
 
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, params};
+use tokio::sync::Semaphore;
 
 use super::schema::{FINISH_ATTEMPT, FINISH_TASK, INSERT_TASK, REQUEUE, REVIVE};
 use super::{CommitObserver, Health, Insert, MAX_GROUP, Op, PROBE_EVERY, Write, json, millis};
@@ -34,6 +36,7 @@ pub(super) fn write_loop(
     mut conn: Connection,
     ops: mpsc::Receiver<Op>,
     health: &Health,
+    rooms: &Semaphore,
     observer: Option<CommitObserver>,
 ) {
     loop {
@@ -60,13 +63,16 @@ pub(super) fn write_loop(
                 Err(_) => break,
             }
         }
-        // Nobody waits on outcomes: a small batch of them waits a moment
-        // for more, so one commit (and one fsync) holds several workers'.
-        // It sleeps in short steps rather than waking for every write sent
-        // (a wake-up each cost more than it saved), and a write someone
-        // waits on (a submit, a sync) ends the wait at the next step.
+        // While no one waits on them, a small batch of outcomes waits a
+        // moment for more, so one commit (and one fsync) holds several
+        // workers'. It sleeps in short steps rather than waking for every
+        // write sent (a wake-up each cost more than it saved); a write
+        // someone waits on (a submit, a sync), or a worker waiting for a
+        // room (none left: with a small `max_unsynced_outcomes` the wait
+        // would pace the workers), ends the wait at the next step.
         let lingers = |batch: &[Op]| {
             batch.len() < LINGER_BELOW
+                && rooms.available_permits() > 0
                 && batch
                     .iter()
                     .all(|op| matches!(op, Op::Write(_) | Op::Release(_)))
