@@ -112,21 +112,24 @@ pub(super) enum ListBy {
     StateAndPlatform,
 }
 
+/// A listing's statement: a record's columns, `filter`, newest first.
+macro_rules! listing {
+    ($filter:literal) => {
+        concat!(
+            "SELECT task, state, attempts, submitted_at, not_before, finished_at, outcome, plugin, revived_at",
+            " FROM tasks ",
+            $filter,
+            " ORDER BY submitted_at DESC LIMIT ?3"
+        )
+    };
+}
+
 impl ListBy {
     pub(super) fn statement(self) -> &'static str {
         match self {
-            ListBy::Time => concat!(
-                "SELECT task, state, attempts, submitted_at, not_before, finished_at, outcome, plugin, revived_at",
-                " FROM tasks WHERE ?1 IS NULL AND ?2 IS NULL ORDER BY submitted_at DESC LIMIT ?3"
-            ),
-            ListBy::Platform => concat!(
-                "SELECT task, state, attempts, submitted_at, not_before, finished_at, outcome, plugin, revived_at",
-                " FROM tasks WHERE ?1 IS NULL AND platform = ?2 ORDER BY submitted_at DESC LIMIT ?3"
-            ),
-            ListBy::StateAndPlatform => concat!(
-                "SELECT task, state, attempts, submitted_at, not_before, finished_at, outcome, plugin, revived_at",
-                " FROM tasks WHERE state = ?1 AND platform = ?2 ORDER BY submitted_at DESC LIMIT ?3"
-            ),
+            ListBy::Time => listing!("WHERE ?1 IS NULL AND ?2 IS NULL"),
+            ListBy::Platform => listing!("WHERE ?1 IS NULL AND platform = ?2"),
+            ListBy::StateAndPlatform => listing!("WHERE state = ?1 AND platform = ?2"),
         }
     }
 }
