@@ -15,7 +15,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 /// One request as received.
@@ -96,12 +95,23 @@ pub struct Receiver {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// Connections waiting to be accepted (the kernel caps it at
+/// `net.core.somaxconn`).
+const LISTEN_BACKLOG: u32 = 4096;
+
 impl Receiver {
     /// Starts a receiver on 127.0.0.1 that answers every request with `handler`.
     pub async fn start(handler: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
+        // A platform's servers queue thousands of connections; tokio's
+        // default backlog (1,024) dropped the connects of a pool opening
+        // more at once, which then waited a second for the SYN's retry.
+        let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+        socket
+            .bind("127.0.0.1:0".parse().unwrap())
             .expect("binding 127.0.0.1");
+        let listener = socket
+            .listen(LISTEN_BACKLOG)
+            .expect("listening on 127.0.0.1");
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let arrived = Arc::new(Notify::new());
