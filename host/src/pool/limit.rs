@@ -29,6 +29,17 @@
 //!   150 ms window on a busy machine: measured here, steps of half again
 //!   from two per core settled at 4 workers where 64 ran 1.7× faster.
 //!
+//! A window in which a quarter or more of the pool was on its first task
+//! ([`STARTING_SHARE`]) gives no verdict: it measures the pool's growth
+//! (instances made, connections opened), not the work. Growing from 4 to
+//! 1,024 workers for deliveries to a platform that answers in 100 ms kept
+//! both cores busy for a third of a second while the new workers started;
+//! taken for CPU-bound work, that window cut the pool to 8 workers, and
+//! the rest of the burst waited most of a second to be let back in
+//! (`cargo bench -p notifyhub --bench pool`). CPU-bound work is still
+//! seen: its first tasks end within milliseconds, so the windows after a
+//! growth judge it.
+//!
 //! This is hill climbing on throughput gated by a saturation signal, the
 //! way TCP Vegas and Netflix's gradient limiter grow while the measured
 //! rate (or latency) says the extra concurrency is used, and back off when
@@ -51,6 +62,9 @@ pub const GAIN: f64 = 1.05;
 pub const SETTLE: Duration = Duration::from_secs(10);
 /// Windows in a row with CPU to spare before a found limit opens again.
 pub const REOPEN_AFTER: u32 = 4;
+/// The share of the pool on its first task from which a window measures
+/// start-up, not the work.
+pub const STARTING_SHARE: f64 = 0.25;
 
 /// What the pool looked like when a window closed or opened.
 #[derive(Debug, Clone, Copy)]
@@ -60,8 +74,18 @@ pub struct Reading {
     pub completed: u64,
     pub cpu: Option<CpuTimes>,
     pub workers: usize,
+    /// Workers on their first task.
+    pub starting: usize,
     /// Whether tasks were waiting for a worker.
     pub backlog: bool,
+}
+
+impl Reading {
+    /// Whether so much of the pool was starting that the CPU measured its
+    /// start-up.
+    fn starting_up(&self) -> bool {
+        self.starting > 0 && self.starting as f64 >= self.workers as f64 * STARTING_SHARE
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -149,6 +173,9 @@ impl ConcurrencyLimit {
         self.window = Some(now);
         // With nothing waiting, throughput measures demand, not capacity.
         if !backlogged {
+            return None;
+        }
+        if start.starting_up() || now.starting_up() {
             return None;
         }
         let elapsed = now.at.duration_since(start.at).as_secs_f64();
@@ -281,6 +308,19 @@ mod tests {
         }
 
         fn reading(&mut self, workers: usize, rate: f64, busy: f64, backlog: bool) -> Reading {
+            self.starting_reading(workers, 0, rate, busy)
+                .with_backlog(backlog)
+        }
+
+        /// A window with a backlog, ending with `starting` of `workers` on
+        /// their first task.
+        fn starting_reading(
+            &mut self,
+            workers: usize,
+            starting: usize,
+            rate: f64,
+            busy: f64,
+        ) -> Reading {
             self.at += WINDOW;
             self.completed += (rate * WINDOW.as_secs_f64()) as u64;
             self.total += 1000;
@@ -294,8 +334,15 @@ mod tests {
                     quota: None,
                 }),
                 workers,
-                backlog,
+                starting,
+                backlog: true,
             }
+        }
+    }
+
+    impl Reading {
+        fn with_backlog(self, backlog: bool) -> Reading {
+            Reading { backlog, ..self }
         }
     }
 
@@ -417,6 +464,34 @@ mod tests {
             }
         }
         assert!(limit.is_adaptive());
+    }
+
+    /// Deliveries to a platform that answers in 100 ms, and the pool has
+    /// just grown from 4 to 1,024 workers for them: while most of them
+    /// make their instance and open their connection, both cores are busy.
+    /// That is the growth's cost, not CPU-bound work: the limit stays open.
+    /// Once the workers are warm, a saturated CPU still starts the climb.
+    #[test]
+    fn a_pool_starting_up_is_not_taken_for_cpu_bound_work() {
+        let mut limit = ConcurrencyLimit::new(4, 1024, 2);
+        let mut run = Run::new();
+        limit.observe(run.starting_reading(4, 0, 40.0, 0.1));
+        for starting in [1020, 900, 400, 256] {
+            let change = limit.observe(run.starting_reading(1024, starting, 2000.0, 0.99));
+            assert_eq!(change, None, "{starting} of 1,024 starting");
+        }
+        assert_eq!(limit.get(), 1024);
+        assert!(!limit.is_adaptive());
+        // Past start-up: the window that opened with a quarter starting
+        // gives no verdict either; the next one does.
+        assert_eq!(
+            limit.observe(run.starting_reading(1024, 10, 9000.0, 0.99)),
+            None
+        );
+        let change = limit
+            .observe(run.starting_reading(1024, 10, 9000.0, 0.99))
+            .expect("saturated once warm");
+        assert_eq!(change.limit, 8, "{}", change.reason);
     }
 
     #[test]

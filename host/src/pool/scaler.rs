@@ -73,6 +73,9 @@ pub struct Sample {
     /// With no worker idle, how long the most recently assigned task has
     /// been running: a lower bound on how long tasks take now.
     pub busy_for: Option<Duration>,
+    /// Workers on their first task: making their instance, opening their
+    /// connection.
+    pub starting: usize,
 }
 
 impl Sample {
@@ -189,6 +192,7 @@ impl Scaler {
             completed: sample.completed,
             cpu: sample.cpu,
             workers: sample.workers,
+            starting: sample.starting,
             backlog: sample.queued > 0,
         });
         let limit = self.limit.get();
@@ -300,6 +304,7 @@ mod tests {
             completed: 0,
             cpu: None,
             busy_for: None,
+            starting: 0,
         }
     }
 
@@ -336,6 +341,7 @@ mod tests {
                 quota: None,
             }),
             busy_for: Some(busy_for),
+            starting: 0,
             ..sample(at, 2000, 4, 4)
         }
     }

@@ -41,6 +41,7 @@ impl Dispatcher {
             completed: self.completed,
             cpu: CpuTimes::now(),
             busy_for: self.busy_for(now),
+            starting: self.starting(),
         };
         if let Some(m) = self.lifecycle.metrics() {
             let mut by_state = [("idle", 0), ("processing", 0), ("shutting_down", 0)];
@@ -97,6 +98,17 @@ impl Dispatcher {
             .filter_map(|w| w.busy_since)
             .map(|since| now.duration_since(since))
             .min()
+    }
+
+    /// Live workers on their first task.
+    fn starting(&self) -> usize {
+        self.workers
+            .values()
+            .filter(|w| {
+                w.state == WorkerState::Processing
+                    && w.metrics.processed.load(Ordering::Relaxed) == 0
+            })
+            .count()
     }
 
     /// Takes a worker out of the pool and the router, keeping its counts
