@@ -5,14 +5,15 @@
 //! and after each one gives waiting tasks to idle workers. Owning
 //! everything in one task means scheduling needs no locks; the price is
 //! that nothing here may block (it reads the store's memory, never its
-//! disk). Dispatching lives here; the workers' lifecycle in [`workers`],
-//! the `status` snapshot in [`report`].
+//! disk). Dispatching lives here (a round's idle workers in [`idle`]); the
+//! workers' lifecycle in [`workers`], the `status` snapshot in [`report`].
 //!
 //! A task for a platform that no plugin serves *while the plugins present
 //! at start are still loading* is parked, not failed: once the registry is
 //! ready it is queued again and either finds its plugin or fails as having
 //! none.
 
+mod idle;
 mod report;
 mod workers;
 
@@ -24,6 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use self::idle::IdleRound;
 use super::lifecycle::Lifecycle;
 use super::pacer::{Pacer, pace_key};
 use super::queue::WaitQueue;
@@ -227,24 +229,25 @@ impl Dispatcher {
     /// Gives waiting tasks to idle workers: first paced tasks whose turn has
     /// come (they have waited longest), then the queue.
     fn dispatch(&mut self) {
-        let mut idle: Vec<u64> = self
-            .workers
-            .iter()
-            .filter(|(_, w)| w.state == WorkerState::Idle)
-            .map(|(id, _)| *id)
-            .collect();
+        let mut idle = IdleRound::new(
+            self.workers
+                .iter()
+                .filter(|(_, w)| w.state == WorkerState::Idle)
+                .map(|(id, _)| *id)
+                .collect(),
+        );
         let now = Instant::now();
         while !idle.is_empty() {
             let Some(task) = self.pacer.pop_ready(now) else {
                 break;
             };
             if let Some(plugin) = self.plugin_for(&task) {
-                let candidates = self.candidates(&idle, &plugin);
+                let candidates = idle.candidates(&plugin.key, |ids| self.candidates(ids, &plugin));
                 let chosen = self
                     .router
-                    .pick(&candidates)
+                    .pick(candidates)
                     .expect("candidates are not empty");
-                idle.retain(|id| *id != chosen);
+                idle.take(chosen);
                 self.assign(chosen, plugin, vec![task]);
             }
         }
@@ -258,7 +261,7 @@ impl Dispatcher {
             let Some(plugin) = self.plugin_for(&task) else {
                 continue;
             };
-            let candidates = self.candidates(&idle, &plugin);
+            let candidates = idle.candidates(&plugin.key, |ids| self.candidates(ids, &plugin));
             // A fast plugin whose warm instances are all busy, and which may
             // not have more, waits for one of them: it will be free in
             // microseconds, while a one-shot instance costs its whole
@@ -285,9 +288,9 @@ impl Dispatcher {
             }
             let chosen = self
                 .router
-                .pick(&candidates)
+                .pick(candidates)
                 .expect("candidates are not empty");
-            idle.retain(|id| *id != chosen);
+            idle.take(chosen);
 
             // Batch only fast plugins, and only what the other idle workers
             // could not take anyway.
@@ -324,7 +327,14 @@ impl Dispatcher {
                     warm: w.warm.contains(&plugin.key),
                     warm_count: w.warm.len(),
                     processed: w.metrics.processed.load(Ordering::Relaxed),
-                    weight: w.weight.unwrap_or_else(|| w.metrics.throughput().max(1.0)),
+                    // Read only where it counts: the default weight is a
+                    // clock read, once per idle worker per plugin a round.
+                    weight: match self.router.strategy() {
+                        Strategy::Weighted => {
+                            w.weight.unwrap_or_else(|| w.metrics.throughput().max(1.0))
+                        }
+                        _ => 1.0,
+                    },
                 }
             })
             .collect()
