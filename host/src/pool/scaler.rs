@@ -101,6 +101,12 @@ pub struct Scaler {
     limit: ConcurrencyLimit,
     /// The CPU counters of the previous sample.
     last_cpu: Option<CpuTimes>,
+    /// Whether the pool last grew to demand because its tasks wait on I/O:
+    /// its new workers' start-up then busies the CPU for a while, and the
+    /// limit must not read that as work (see [`super::limit`]). Staged
+    /// growth clears it: CPU-bound work grows that way, and its start-up
+    /// is part of what the limit measures.
+    grown_for_io: bool,
 }
 
 impl Scaler {
@@ -112,6 +118,7 @@ impl Scaler {
             below_since: None,
             limit: ConcurrencyLimit::new(config.min_workers, config.max_workers, cores),
             last_cpu: None,
+            grown_for_io: false,
         }
     }
 
@@ -192,7 +199,11 @@ impl Scaler {
             completed: sample.completed,
             cpu: sample.cpu,
             workers: sample.workers,
-            starting: sample.starting,
+            starting: if self.grown_for_io {
+                sample.starting
+            } else {
+                0
+            },
             backlog: sample.queued > 0,
         });
         let limit = self.limit.get();
@@ -214,9 +225,11 @@ impl Scaler {
             if wanted > sample.workers
                 && let Some(reason) = self.waiting_on_io(sample, previous_cpu)
             {
+                self.grown_for_io = true;
                 return Decision::Grow { to: wanted, reason };
             }
             if sample.at.duration_since(since) >= c.scale_up_delay && wanted > sample.workers {
+                self.grown_for_io = false;
                 let step = c.start_batch.min(sample.workers.max(1));
                 let to = wanted.min(sample.workers + step);
                 return Decision::Grow {
@@ -361,6 +374,50 @@ mod tests {
             "demand, within max_workers, with no delay or stages"
         );
         assert!(reason.contains("wait on I/O"), "{reason}");
+    }
+
+    /// After growing to demand for tasks that wait on I/O, the new workers'
+    /// start-up (both cores busy, most workers on their first task) leaves
+    /// the pool as it is; the same readings after staged growth (CPU-bound
+    /// work) start the limit's climb.
+    #[test]
+    fn the_start_up_of_a_growth_for_io_is_not_taken_for_work() {
+        let t0 = Instant::now();
+        let starting = |at, busy, total| Sample {
+            starting: 90,
+            ..loaded(at, ms(40), busy, total)
+        };
+        let mut s = Scaler::new(config());
+        s.decide(&loaded(t0, ms(5), 0, 0));
+        let grown = s.decide(&loaded(t0 + ms(50), ms(50), 100, 1000));
+        assert!(matches!(grown, Decision::Grow { to: 100, .. }), "{grown:?}");
+        for i in 1..=8u32 {
+            let at = t0 + ms(50) + ms(100) * i;
+            let decision = s.decide(&Sample {
+                workers: 100,
+                in_flight: 100,
+                ..starting(at, 100 + 990 * u64::from(i), 1000 + 1000 * u64::from(i))
+            });
+            assert!(
+                !matches!(decision, Decision::Shrink { .. }),
+                "shrank while starting: {decision:?}"
+            );
+        }
+        assert_eq!(s.adaptive_limit(), None);
+
+        // Staged growth, then the same readings: the limit climbs from 8.
+        let mut s = Scaler::new(config());
+        let mut shrank = false;
+        for i in 0..=8u32 {
+            let at = t0 + ms(100) * i;
+            let decision = s.decide(&Sample {
+                workers: 100,
+                in_flight: 100,
+                ..starting(at, 990 * u64::from(i), 1000 * u64::from(i))
+            });
+            shrank |= matches!(decision, Decision::Shrink { to: 8, .. });
+        }
+        assert!(shrank, "CPU-bound work is still measured");
     }
 
     #[test]
