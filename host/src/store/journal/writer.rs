@@ -1,5 +1,6 @@
-//! The journal's writer thread: takes every write that is waiting and
-//! commits them in one transaction (group commit, see the journal's guide),
+//! The journal's writer thread: takes the writes that are waiting (up to
+//! [`MAX_GROUP_ROWS`] rows) and commits them in one transaction (group
+//! commit, see the journal's guide),
 //! answers each submit with its transaction's result, gives back outcome
 //! rooms once their commit is done, and while the store is unavailable
 //! probes until a write commits again. It must never answer a submit before
@@ -21,7 +22,7 @@ use rusqlite::{Connection, params};
 use tokio::sync::Semaphore;
 
 use super::schema::{FINISH_ATTEMPT, FINISH_TASK, INSERT_TASK, REQUEUE, REVIVE};
-use super::{CommitObserver, Health, Insert, MAX_GROUP, Op, PROBE_EVERY, Write, json, millis};
+use super::{CommitObserver, Health, Insert, MAX_GROUP_ROWS, Op, PROBE_EVERY, Write, json, millis};
 
 /// How long a small batch of outcomes waits for more.
 const LINGER: Duration = Duration::from_millis(2);
@@ -56,10 +57,14 @@ pub(super) fn write_loop(
                 Err(_) => return,
             }
         };
+        let mut rows = first.rows();
         let mut batch = vec![first];
-        while batch.len() < MAX_GROUP {
+        while rows < MAX_GROUP_ROWS {
             match ops.try_recv() {
-                Ok(op) => batch.push(op),
+                Ok(op) => {
+                    rows += op.rows();
+                    batch.push(op);
+                }
                 Err(_) => break,
             }
         }
@@ -80,9 +85,10 @@ pub(super) fn write_loop(
         let until = Instant::now() + LINGER;
         while lingers(&batch) && Instant::now() < until {
             std::thread::sleep(LINGER_STEP);
-            while batch.len() < MAX_GROUP
+            while rows < MAX_GROUP_ROWS
                 && let Ok(op) = ops.try_recv()
             {
+                rows += op.rows();
                 batch.push(op);
             }
         }
