@@ -37,7 +37,8 @@ pub(super) const SCHEMA: &str = "
         task TEXT NOT NULL,
         outcome TEXT,
         plugin TEXT,
-        revived_at INTEGER NOT NULL DEFAULT 0
+        revived_at INTEGER NOT NULL DEFAULT 0,
+        first_started_at INTEGER
     );
     CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, platform, submitted_at);
     DROP INDEX IF EXISTS tasks_by_state_time;
@@ -128,9 +129,13 @@ pub(super) const INSERT_TASK: &str = "INSERT INTO tasks
     (id, platform, state, attempts, submitted_at, not_before, idempotency_key, task)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
 
+/// `?8`: when the attempt started, if it is the task's first and finished
+/// it ([`FINISH_ATTEMPT`] is then not run: see the journal's guide), else
+/// NULL.
 pub(super) const FINISH_TASK: &str =
     "UPDATE tasks SET state = ?2, not_before = ?3, finished_at = ?4,
-    outcome = ?5, plugin = ?6, attempts = MAX(attempts, ?7) WHERE id = ?1";
+    outcome = ?5, plugin = ?6, attempts = MAX(attempts, ?7), first_started_at = ?8
+    WHERE id = ?1";
 
 pub(super) const FINISH_ATTEMPT: &str = "INSERT OR IGNORE INTO attempts
     (task_id, n, started_at, ended_at, outcome, plugin) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
@@ -138,9 +143,16 @@ pub(super) const FINISH_ATTEMPT: &str = "INSERT OR IGNORE INTO attempts
 pub(super) const REQUEUE: &str =
     "UPDATE tasks SET state = 'queued', not_before = ?2, finished_at = NULL WHERE id = ?1";
 
+/// A task's first attempt, kept in its row because it finished the task,
+/// into `attempts`: run before [`REVIVE`] clears what it is read from.
+pub(super) const KEEP_FIRST_ATTEMPT: &str = "INSERT OR IGNORE INTO attempts
+    (task_id, n, started_at, ended_at, outcome, plugin)
+    SELECT id, 1, first_started_at, finished_at, outcome, plugin FROM tasks
+    WHERE id = ?1 AND first_started_at IS NOT NULL";
+
 pub(super) const REVIVE: &str =
     "UPDATE tasks SET state = 'queued', not_before = NULL, finished_at = NULL,
-    revived_at = ?2 WHERE id = ?1";
+    revived_at = ?2, first_started_at = NULL WHERE id = ?1";
 
 #[cfg(test)]
 mod tests {
@@ -168,7 +180,14 @@ mod tests {
     fn no_write_builds_a_temporary_table() {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(SCHEMA).unwrap();
-        for sql in [INSERT_TASK, FINISH_TASK, FINISH_ATTEMPT, REQUEUE, REVIVE] {
+        for sql in [
+            INSERT_TASK,
+            FINISH_TASK,
+            FINISH_ATTEMPT,
+            REQUEUE,
+            KEEP_FIRST_ATTEMPT,
+            REVIVE,
+        ] {
             let mut stmt = conn.prepare(&format!("EXPLAIN {sql}")).unwrap();
             let mut rows = stmt.raw_query();
             while let Some(row) = rows.next().unwrap() {

@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, params};
 use tokio::sync::Semaphore;
 
-use super::schema::{FINISH_ATTEMPT, FINISH_TASK, INSERT_TASK, REQUEUE, REVIVE};
+use super::schema::{
+    FINISH_ATTEMPT, FINISH_TASK, INSERT_TASK, KEEP_FIRST_ATTEMPT, REQUEUE, REVIVE,
+};
 use super::{CommitObserver, Health, Insert, MAX_GROUP_ROWS, Op, PROBE_EVERY, Write, json, millis};
 
 /// How long a small batch of outcomes waits for more.
@@ -138,6 +140,7 @@ fn commit(conn: &mut Connection, batch: &[Op]) -> rusqlite::Result<()> {
         // History is only ever added to.
         let mut finish_attempt = tx.prepare_cached(FINISH_ATTEMPT)?;
         let mut requeue = tx.prepare_cached(REQUEUE)?;
+        let mut keep_first = tx.prepare_cached(KEEP_FIRST_ATTEMPT)?;
         let mut revive = tx.prepare_cached(REVIVE)?;
         for op in batch {
             let write = match op {
@@ -171,10 +174,13 @@ fn commit(conn: &mut Connection, batch: &[Op]) -> rusqlite::Result<()> {
                         .then(|| attempt.ended_at.map(millis))
                         .flatten();
                     // The task's row keeps its last attempt's outcome and
-                    // plugin too: encoded once for both rows.
+                    // plugin too: encoded once for both rows. A first
+                    // attempt that finishes the task is all in that row
+                    // (the journal's guide says why).
                     let id = id.to_string();
                     let outcome = attempt.outcome.as_ref().map(json);
                     let plugin = attempt.plugin.as_ref().map(json);
+                    let only = attempt.number == 1 && finished.is_some();
                     finish_task.execute(params![
                         id,
                         state.as_str(),
@@ -183,21 +189,26 @@ fn commit(conn: &mut Connection, batch: &[Op]) -> rusqlite::Result<()> {
                         outcome,
                         plugin,
                         attempt.number,
+                        only.then(|| millis(attempt.started_at)),
                     ])?;
-                    finish_attempt.execute(params![
-                        id,
-                        attempt.number,
-                        millis(attempt.started_at),
-                        attempt.ended_at.map(millis),
-                        outcome,
-                        plugin,
-                    ])?;
+                    if !only {
+                        finish_attempt.execute(params![
+                            id,
+                            attempt.number,
+                            millis(attempt.started_at),
+                            attempt.ended_at.map(millis),
+                            outcome,
+                            plugin,
+                        ])?;
+                    }
                 }
                 Write::Requeue { id, not_before } => {
                     requeue.execute(params![id.to_string(), not_before.map(millis)])?;
                 }
                 Write::Revive { id, revived_at } => {
-                    revive.execute(params![id.to_string(), revived_at])?;
+                    let id = id.to_string();
+                    keep_first.execute([&id])?;
+                    revive.execute(params![id, revived_at])?;
                 }
                 Write::Prune { before } => {
                     let before = millis(*before);
