@@ -224,6 +224,32 @@ async fn a_component_of_another_world_is_refused() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The host is built without the component model's async ABI (every call
+/// paid for it): a component that lifts a function with it is refused at
+/// load with wasmtime's reason, and the plugin beside it serves.
+#[tokio::test]
+async fn a_component_built_with_the_async_abi_is_refused() -> anyhow::Result<()> {
+    let wat = r#"(component
+        (core module $m
+            (func (export "f") (result i32) i32.const 0)
+            (func (export "cb") (param i32 i32 i32) (result i32) i32.const 0))
+        (core instance $i (instantiate $m))
+        (func (export "f") (canon lift (core func $i "f") async (callback (func $i "cb")))))"#;
+    let daemon = Daemon::builder(BIN)
+        .plugin("noop", None)
+        .file("asynchronous.wasm", wat.as_bytes().to_vec())
+        .start()
+        .await?;
+    let plugins = daemon.request(json!({"op": "plugins"})).await?["result"].clone();
+    let error = plugins["errors"][0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("async"), "{plugins}");
+    let task = daemon
+        .deliver(json!({"platform": "noop", "target": "-", "body": "b"}))
+        .await?;
+    assert_eq!(task["state"], "succeeded", "{task}");
+    Ok(())
+}
+
 /// The manifest's caps on core instances and table size hold: a plugin that
 /// needs more than its manifest grants is refused at load with the reason,
 /// and the same plugin under the default caps serves.
