@@ -15,13 +15,15 @@
 //! insert per task: the state is in one index only, `tasks_by_state
 //! (state, platform, submitted_at)`. It answers every listing: one by state
 //! and platform directly, every other one as a merge of such listings, one
-//! per state and platform that has tasks (see [`NEWEST_IN`]) — a few more
-//! seeks per listing instead of index changes per task. (A second state
-//! index, `tasks_by_state_time (state, submitted_at)`, was a sixth of
-//! SQLite's work for a no-op task; the time indexes `tasks_by_time` and
-//! `tasks_by_platform_time`, for the listings without a state, were
-//! another ~1.5 µs of the writer's ~8 µs a durable no-op. Stores made
-//! before drop them.)
+//! per state and platform that has tasks (see [`NEWEST_IN`]): a listing of
+//! `limit` tasks reads up to `limit` entries of that index per state and
+//! platform, no rows, then the `limit` rows it keeps. Work per listing
+//! instead of index changes per task. (A second state index,
+//! `tasks_by_state_time (state, submitted_at)`, was a sixth of SQLite's
+//! work for a no-op task; the time indexes `tasks_by_time` and
+//! `tasks_by_platform_time`, for the listings without a state, were ~0.6
+//! µs of the writer's ~8 µs a durable no-op, `cargo bench -p notifyhub
+//! --bench store`. Stores made before drop them.)
 
 pub(super) const SCHEMA: &str = "
     PRAGMA journal_mode = WAL;
