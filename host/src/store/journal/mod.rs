@@ -153,7 +153,10 @@ enum Op {
 }
 
 impl Op {
-    /// The rows this op writes.
+    /// The rows this op writes, as [`MAX_GROUP_ROWS`] counts them: an
+    /// attempt's end as two (the task's row and the attempt's, the count
+    /// the bound was measured with), though a first attempt that finishes
+    /// its task writes the task's row only.
     fn rows(&self) -> usize {
         match self {
             Op::Write(write) => match **write {
