@@ -126,7 +126,7 @@ impl Metrics {
             pacing_waits: Family::default(),
             paced: Gauge::default(),
             commit_seconds: seconds_histogram(),
-            // One write to past the journal's group (a transaction takes
+            // From one write to past the journal's group (a transaction takes
             // writes until it holds 2,048 rows; a submit comes whole).
             commit_batch: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
             registry: Registry::default(),
