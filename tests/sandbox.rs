@@ -210,13 +210,7 @@ async fn a_component_of_another_world_is_refused() -> anyhow::Result<()> {
     // exports nothing notifyhub knows is built from WAT at test time.
     let wat =
         r#"(component (core module $m (func (export "f"))) (core instance (instantiate $m)))"#;
-    let daemon = Daemon::builder(BIN)
-        .plugin("noop", None)
-        .file("other.wasm", wat.as_bytes().to_vec())
-        .start()
-        .await?;
-    let plugins = daemon.request(json!({"op": "plugins"})).await?["result"].clone();
-    let error = plugins["errors"][0]["error"].as_str().unwrap();
+    let (_daemon, error) = beside_noop("other.wasm", wat).await?;
     assert!(
         error.contains("does not fit the notifyhub:plugin@0.1 contract"),
         "{error}"
@@ -235,19 +229,26 @@ async fn a_component_built_with_the_async_abi_is_refused() -> anyhow::Result<()>
             (func (export "cb") (param i32 i32 i32) (result i32) i32.const 0))
         (core instance $i (instantiate $m))
         (func (export "f") (canon lift (core func $i "f") async (callback (func $i "cb")))))"#;
-    let daemon = Daemon::builder(BIN)
-        .plugin("noop", None)
-        .file("asynchronous.wasm", wat.as_bytes().to_vec())
-        .start()
-        .await?;
-    let plugins = daemon.request(json!({"op": "plugins"})).await?["result"].clone();
-    let error = plugins["errors"][0]["error"].as_str().unwrap_or_default();
-    assert!(error.contains("async"), "{plugins}");
+    let (daemon, error) = beside_noop("asynchronous.wasm", wat).await?;
+    assert!(error.contains("async"), "{error}");
     let task = daemon
         .deliver(json!({"platform": "noop", "target": "-", "body": "b"}))
         .await?;
     assert_eq!(task["state"], "succeeded", "{task}");
     Ok(())
+}
+
+/// A daemon serving `noop` with `wat` beside it as `file`, and the first
+/// load error it reports (empty if none).
+async fn beside_noop(file: &str, wat: &str) -> anyhow::Result<(Daemon, String)> {
+    let daemon = Daemon::builder(BIN)
+        .plugin("noop", None)
+        .file(file, wat.as_bytes().to_vec())
+        .start()
+        .await?;
+    let plugins = daemon.request(json!({"op": "plugins"})).await?["result"].clone();
+    let error = plugins["errors"][0]["error"].as_str().unwrap_or_default();
+    Ok((daemon, error.to_string()))
 }
 
 /// The manifest's caps on core instances and table size hold: a plugin that
