@@ -59,7 +59,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use self::schema::{
-    DUE_BETWEEN, KEYS_SINCE, NEWEST_IN, PLATFORMS_IN_STATE, RECORD, SCHEMA, UNTIMED,
+    DUE_BETWEEN, KEYS_SINCE, NEWEST_IN, PLATFORMS_IN_STATE, RECORD, RECORD_BY_ID, SCHEMA, UNTIMED,
 };
 use self::writer::write_loop;
 use super::time::DueTime;
@@ -436,13 +436,9 @@ impl Journal {
     pub(super) fn get(&self, id: TaskId) -> Result<Option<TaskRecord>, JournalError> {
         let conn = self.reader();
         let found = conn
-            .query_row(
-                "SELECT task, state, attempts, submitted_at, not_before, finished_at, outcome, plugin, revived_at,
-                    first_started_at
-                 FROM tasks WHERE id = ?1",
-                [id.to_string()],
-                |row| Ok((record_from_row(row)?, row.get::<_, Option<i64>>(9)?)),
-            )
+            .query_row(RECORD_BY_ID, [id.to_string()], |row| {
+                Ok((record_from_row(row)?, row.get::<_, Option<i64>>(9)?))
+            })
             .optional()?;
         let Some((Some(mut record), first_started_at)) = found else {
             return Ok(None);
@@ -538,6 +534,8 @@ impl Journal {
     }
 }
 
+/// A task's record from a row of [`RECORD`] or [`RECORD_BY_ID`] (their
+/// first columns); `None` for a task that no longer decodes.
 fn record_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Option<TaskRecord>> {
     let task: String = row.get(0)?;
     let Ok(task) = serde_json::from_str::<Task>(&task) else {

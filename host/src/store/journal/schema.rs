@@ -113,9 +113,23 @@ pub(super) const KEYS_SINCE: &str =
 pub(super) const NEWEST_IN: &str = "SELECT submitted_at, rowid FROM tasks
     WHERE state = ?1 AND platform = ?2 ORDER BY submitted_at DESC LIMIT ?3";
 
+/// A statement reading a task's record: the columns the journal's
+/// `record_from_row` reads, in its order, then `rest`.
+macro_rules! record {
+    ($rest:literal) => {
+        concat!(
+            "SELECT task, state, attempts, submitted_at, not_before, finished_at, outcome, plugin, revived_at",
+            $rest
+        )
+    };
+}
+
 /// A listed task's record, by row id.
-pub(super) const RECORD: &str = "SELECT task, state, attempts, submitted_at, not_before,
-    finished_at, outcome, plugin, revived_at FROM tasks WHERE rowid = ?1";
+pub(super) const RECORD: &str = record!(" FROM tasks WHERE rowid = ?1");
+
+/// A task's record and, after it, the start of a first attempt kept in its
+/// row (see the journal's guide), by id.
+pub(super) const RECORD_BY_ID: &str = record!(", first_started_at FROM tasks WHERE id = ?1");
 
 /// The platforms with tasks in state `?1`, one seek of `tasks_by_state`
 /// each: the next platform after the last one found, until there is none
@@ -213,7 +227,7 @@ mod tests {
             "SELECT task FROM tasks WHERE id = ?1".to_owned(),
             "SELECT n FROM attempts WHERE task_id = ?1 ORDER BY n".to_owned(),
         ];
-        statements.extend([NEWEST_IN, RECORD, PLATFORMS_IN_STATE].map(str::to_owned));
+        statements.extend([NEWEST_IN, RECORD, RECORD_BY_ID, PLATFORMS_IN_STATE].map(str::to_owned));
         // A start walks the partial indexes that hold only what it reads
         // (unfinished untimed tasks, keyed tasks); every other read seeks.
         // The platforms' recursion has steps of its own (its rows, not the

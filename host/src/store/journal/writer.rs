@@ -61,15 +61,7 @@ pub(super) fn write_loop(
         };
         let mut rows = first.rows();
         let mut batch = vec![first];
-        while rows < MAX_GROUP_ROWS {
-            match ops.try_recv() {
-                Ok(op) => {
-                    rows += op.rows();
-                    batch.push(op);
-                }
-                Err(_) => break,
-            }
-        }
+        rows = take_waiting(&ops, &mut batch, rows);
         // While no one waits on them, a small batch of outcomes waits a
         // moment for more, so one commit (and one fsync) holds several
         // workers'. It sleeps in short steps rather than waking for every
@@ -87,12 +79,7 @@ pub(super) fn write_loop(
         let until = Instant::now() + LINGER;
         while lingers(&batch) && Instant::now() < until {
             std::thread::sleep(LINGER_STEP);
-            while rows < MAX_GROUP_ROWS
-                && let Ok(op) = ops.try_recv()
-            {
-                rows += op.rows();
-                batch.push(op);
-            }
+            rows = take_waiting(&ops, &mut batch, rows);
         }
         let started = Instant::now();
         let result = commit(&mut conn, &batch).map_err(|e| e.to_string());
@@ -121,6 +108,18 @@ pub(super) fn write_loop(
             }
         }
     }
+}
+
+/// Adds the writes waiting in `ops` to `batch`, which holds `rows` rows,
+/// until it holds [`MAX_GROUP_ROWS`]; returns the rows it then holds.
+fn take_waiting(ops: &mpsc::Receiver<Op>, batch: &mut Vec<Op>, mut rows: usize) -> usize {
+    while rows < MAX_GROUP_ROWS
+        && let Ok(op) = ops.try_recv()
+    {
+        rows += op.rows();
+        batch.push(op);
+    }
+    rows
 }
 
 /// A one-row write: does the store take writes again?
