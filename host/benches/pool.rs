@@ -12,6 +12,9 @@
 //!    pool on a warm instance, minus the p50 of a direct warm call, and the
 //!    same amortized under load (target ≤ 10 µs). The store is the in-memory
 //!    one here: durability is measured by the `store` benchmark.
+//!
+//! `NOTIFYHUB_POOL_PARTS=burst` runs the second part alone (also `heavy`,
+//! `overhead`; comma-separated): to profile one part.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,10 +36,21 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    // `NOTIFYHUB_POOL_PARTS=burst` (or `heavy`, `overhead`, comma-separated)
+    // runs only those parts: to profile one of them.
+    let parts = std::env::var("NOTIFYHUB_POOL_PARTS").unwrap_or_default();
+    let runs = |part: &str| parts.is_empty() || parts.split(',').any(|p| p.trim() == part);
     runtime.block_on(notifyhub_testkit::deadline::bench(async {
-        heavy_plugin().await?;
-        slow_receiver().await?;
-        overhead().await
+        if runs("heavy") {
+            heavy_plugin().await?;
+        }
+        if runs("burst") {
+            slow_receiver().await?;
+        }
+        if runs("overhead") {
+            overhead().await?;
+        }
+        Ok(())
     }))
 }
 
