@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::journal::Write;
+use super::journal::{EncodedOutcome, EndedAttempt, Write};
 use super::{AttemptCount, Entry, StoreError, TaskRecord, TaskStore, event, read, time};
 use crate::plugin::PluginRef;
 use crate::task::{Outcome, Task, TaskId, TaskState, Verdict};
@@ -70,6 +70,11 @@ impl TaskStore {
         plugin: Option<PluginRef>,
         verdict: Verdict,
     ) -> bool {
+        // Before the lock: see `EncodedOutcome`.
+        let encoded = self
+            .journal
+            .is_some()
+            .then(|| EncodedOutcome::new(&outcome, plugin.as_ref()));
         let mut inner = self.lock();
         let now = SystemTime::now();
         let Some(entry) = inner.entries.get_mut(&id) else {
@@ -96,12 +101,19 @@ impl TaskStore {
         attempt.ended_at = Some(now);
         attempt.outcome = Some(outcome);
         attempt.plugin = plugin;
-        self.write(Write::Finish {
-            id,
-            state,
-            attempt: attempt.clone(),
-            not_before,
-        });
+        if let Some(outcome) = encoded {
+            self.write(Write::Finish {
+                id,
+                state,
+                attempt: EndedAttempt {
+                    number: attempt.number,
+                    started_at: attempt.started_at,
+                    ended_at: now,
+                    outcome,
+                },
+                not_before,
+            });
+        }
         self.events.publish(|| event(&entry.record, now));
         if entry.one_attempt && !state.is_finished() {
             // The broker runs the retry, on whichever host.

@@ -67,11 +67,17 @@ async fn every_attempt_is_read_back_wherever_it_was_written() {
         .map(|record| Insert { record, key: None })
         .collect();
     journal.submit(inserts).await.unwrap();
-    let finish = |id, state, attempt| {
+    let finish = |id, state, attempt: Attempt| {
+        let outcome = attempt.outcome.as_ref().expect("an ended attempt");
         journal.write(Write::Finish {
             id,
             state,
-            attempt,
+            attempt: EndedAttempt {
+                number: attempt.number,
+                started_at: attempt.started_at,
+                ended_at: attempt.ended_at.expect("an ended attempt"),
+                outcome: EncodedOutcome::new(outcome, attempt.plugin.as_ref()),
+            },
             not_before: None,
         })
     };

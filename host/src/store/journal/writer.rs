@@ -24,7 +24,9 @@ use tokio::sync::Semaphore;
 use super::schema::{
     FINISH_ATTEMPT, FINISH_TASK, INSERT_TASK, KEEP_FIRST_ATTEMPT, REQUEUE, REVIVE,
 };
-use super::{CommitObserver, Health, Insert, MAX_GROUP_ROWS, Op, PROBE_EVERY, Write, json, millis};
+use super::{
+    CommitObserver, EncodedOutcome, Health, MAX_GROUP_ROWS, Op, PROBE_EVERY, Write, millis,
+};
 
 /// How long a small batch of outcomes waits for more.
 const LINGER: Duration = Duration::from_millis(2);
@@ -144,17 +146,17 @@ fn commit(conn: &mut Connection, batch: &[Op]) -> rusqlite::Result<()> {
         for op in batch {
             let write = match op {
                 Op::Write(write) => write.as_ref(),
-                Op::Submit { inserts, .. } => {
-                    for Insert { record, key } in inserts {
+                Op::Submit { rows, .. } => {
+                    for row in rows {
                         insert.execute(params![
-                            record.task.id.to_string(),
-                            record.task.platform,
-                            record.state.as_str(),
-                            record.attempts,
-                            millis(record.submitted_at),
-                            record.not_before.map(millis),
-                            key,
-                            json(&*record.task),
+                            row.id,
+                            row.platform,
+                            row.state,
+                            row.attempts,
+                            row.submitted_at,
+                            row.not_before,
+                            row.key,
+                            row.task,
                         ])?;
                     }
                     continue;
@@ -168,17 +170,12 @@ fn commit(conn: &mut Connection, batch: &[Op]) -> rusqlite::Result<()> {
                     attempt,
                     not_before,
                 } => {
-                    let finished = state
-                        .is_finished()
-                        .then(|| attempt.ended_at.map(millis))
-                        .flatten();
+                    let finished = state.is_finished().then(|| millis(attempt.ended_at));
                     // The task's row keeps its last attempt's outcome and
-                    // plugin too: encoded once for both rows. A first
-                    // attempt that finishes the task is all in that row
-                    // (the journal's guide says why).
+                    // plugin too. A first attempt that finishes the task is
+                    // all in that row (the journal's guide says why).
                     let id = id.to_string();
-                    let outcome = attempt.outcome.as_ref().map(json);
-                    let plugin = attempt.plugin.as_ref().map(json);
+                    let EncodedOutcome { outcome, plugin } = &attempt.outcome;
                     let only = attempt.number == 1 && finished.is_some();
                     finish_task.execute(params![
                         id,
@@ -195,7 +192,7 @@ fn commit(conn: &mut Connection, batch: &[Op]) -> rusqlite::Result<()> {
                             id,
                             attempt.number,
                             millis(attempt.started_at),
-                            attempt.ended_at.map(millis),
+                            millis(attempt.ended_at),
                             outcome,
                             plugin,
                         ])?;
