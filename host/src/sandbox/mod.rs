@@ -342,8 +342,9 @@ fn config(settings: &SandboxSettings, tier: Tier, pooled: bool) -> Config {
         // host call them (one for every function a table or export holds:
         // thousands in an interpreter) are Cranelift's, optimized by
         // default. Unoptimized, Winch's compile of a Python or JavaScript
-        // plugin takes 0.9× the time (`--bench compile`), and its code runs
-        // no slower: the trampolines only move arguments.
+        // plugin takes 0.93× the time (`--bench compile`, medians of four
+        // alternating runs), and its code runs no slower: the trampolines
+        // only move arguments.
         config.cranelift_opt_level(wasmtime::OptLevel::None);
     }
     if pooled {
