@@ -119,8 +119,8 @@ pub(super) struct Insert {
 
 /// An [`Insert`] as the writer binds it, encoded by [`Journal::submit`] on
 /// the submitter's thread: every commit goes through the one writer thread,
-/// so what can be done before it reaches that thread is (the JSON was 5 %
-/// of its time for durable no-ops).
+/// so work that need not happen there is done before (the JSON was 5 % of
+/// its time for durable no-ops).
 struct Row {
     id: String,
     platform: String,
