@@ -547,6 +547,7 @@ impl Journal {
             None => TaskState::ALL.to_vec(),
         };
         let mut newest = conn.prepare_cached(NEWEST_IN)?;
+        let mut platforms_in = conn.prepare_cached(PLATFORMS_IN_STATE)?;
         // (submitted_at, rowid): a batch's tasks share their millisecond,
         // and the later row is the later task.
         let mut found: Vec<(i64, i64)> = Vec::new();
@@ -554,8 +555,7 @@ impl Journal {
             let state = state.as_str();
             let platforms = match platform {
                 Some(platform) => vec![platform.to_owned()],
-                None => conn
-                    .prepare_cached(PLATFORMS_IN_STATE)?
+                None => platforms_in
                     .query_map([state], |row| row.get::<_, String>(0))?
                     .collect::<Result<_, _>>()?,
             };
