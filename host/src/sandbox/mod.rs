@@ -5,7 +5,10 @@
 //! - **Engines.** Cranelift with the pooling instance allocator
 //!   (instantiation costs microseconds, not a fresh `mmap` per task) serves
 //!   optimized code; Winch serves baseline code while Cranelift's is made
-//!   ([`tier`]). Both use epoch interruption (a background thread ticks
+//!   ([`tier`]). The baseline engine and the optimizer reuse what Cranelift
+//!   compiled before for equal functions ([`functions`]): one interpreter
+//!   embedded in two plugins is not compiled twice. Both engines use epoch
+//!   interruption (a background thread ticks
 //!   every [`EPOCH_TICK`]; each call gets a deadline in ticks). Compiled code
 //!   is kept on disk per tier ([`cache`]), so a restart does not recompile.
 //!   Each component's copy-on-write memory image is made when it loads
@@ -26,6 +29,7 @@
 
 pub mod allowlist;
 mod cache;
+mod functions;
 pub mod http;
 mod image;
 pub mod limits;
@@ -48,6 +52,7 @@ use wasmtime::{
 };
 
 use self::cache::CodeCache;
+use self::functions::FunctionCache;
 
 pub use self::allowlist::AllowList;
 pub use self::http::{HttpClient, Transport};
@@ -147,11 +152,14 @@ pub struct Code {
 impl Sandbox {
     pub fn new(settings: &SandboxSettings) -> Result<Self, SandboxError> {
         let slots = settings.max_instances;
-        let optimized = Compiler::new(&config(settings, Tier::Optimized, true))?;
+        // Without a function cache: it compiles only without a code cache,
+        // and its functions would be kept for the daemon's life.
+        let optimized = Compiler::new(config(settings, Tier::Optimized, true, None))?;
         // Baseline code serves only until the optimized code is ready: its
         // instances are allocated on demand instead of reserving a second
         // pool as large as the first.
-        let baseline = Compiler::new(&config(settings, Tier::Baseline, false))?;
+        let functions = Arc::new(FunctionCache::new(functions::BASELINE_BUDGET));
+        let baseline = Compiler::new(config(settings, Tier::Baseline, false, Some(functions)))?;
         let cache = match &settings.cache_dir {
             Some(dir) => {
                 std::fs::create_dir_all(dir).map_err(|error| SandboxError::Cache {
@@ -165,10 +173,12 @@ impl Sandbox {
                     &optimized.engine,
                 ));
                 // Never instantiates: no instance pool.
-                let background = Engine::new(&config(settings, Tier::Optimized, false))
+                let functions = Arc::new(FunctionCache::new(functions::OPTIMIZER_BUDGET));
+                let background = config(settings, Tier::Optimized, false, Some(functions.clone()))
+                    .and_then(|config| Engine::new(&config))
                     .map_err(SandboxError::Engine)?;
                 Some(Caches {
-                    optimizer: Optimizer::start(background, optimized.clone())
+                    optimizer: Optimizer::start(background, optimized.clone(), functions)
                         .map_err(SandboxError::Optimizer)?,
                     baseline: CodeCache::new(dir, Tier::Baseline.as_str(), &baseline.engine),
                     optimized,
@@ -331,8 +341,14 @@ impl Sandbox {
 /// The engine settings of `tier`'s compiler; `pooled`: instances come from
 /// a pool of `max_instances` slots (only the engine serving optimized code
 /// has one: the pool's settings do not change the code, so the optimizer's
-/// engine can do without).
-fn config(settings: &SandboxSettings, tier: Tier, pooled: bool) -> Config {
+/// engine can do without); `functions`: where it keeps the functions it
+/// compiles, to reuse them.
+fn config(
+    settings: &SandboxSettings,
+    tier: Tier,
+    pooled: bool,
+    functions: Option<Arc<FunctionCache>>,
+) -> wasmtime::Result<Config> {
     let mut config = Config::new();
     config.epoch_interruption(true);
     config.wasm_component_model(true);
@@ -346,6 +362,11 @@ fn config(settings: &SandboxSettings, tier: Tier, pooled: bool) -> Config {
         // alternating runs), and its code runs no slower: the trampolines
         // only move arguments.
         config.cranelift_opt_level(wasmtime::OptLevel::None);
+    }
+    if let Some(functions) = functions {
+        // A compiler that cannot take the cache fails `Engine::new`: Winch
+        // as published does; as patched in `vendor/`, it takes it.
+        config.enable_incremental_compilation(functions)?;
     }
     if pooled {
         let mut pool = PoolingAllocationConfig::default();
@@ -363,12 +384,14 @@ fn config(settings: &SandboxSettings, tier: Tier, pooled: bool) -> Config {
             .max_memory_size((settings.max_memory_mib as usize).saturating_mul(1 << 20));
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
-    config
+    Ok(config)
 }
 
 impl Compiler {
-    fn new(config: &Config) -> Result<Self, SandboxError> {
-        let engine = Engine::new(config).map_err(SandboxError::Engine)?;
+    fn new(config: wasmtime::Result<Config>) -> Result<Self, SandboxError> {
+        let engine = config
+            .and_then(|config| Engine::new(&config))
+            .map_err(SandboxError::Engine)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(SandboxError::Link)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)

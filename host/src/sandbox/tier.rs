@@ -17,7 +17,9 @@
 //! rayon pool, one per core, which wasmtime's parallel compilation runs
 //! on) at a lower CPU priority: it uses the cores the deliveries leave idle
 //! and must never take them from the deliveries the baseline code is
-//! making.
+//! making. The functions it compiles are kept in its [`FunctionCache`] until
+//! its queue runs dry, so that plugins queued together that embed the same
+//! interpreter compile it once.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -29,6 +31,7 @@ use tokio::sync::oneshot;
 use wasmtime::Engine;
 
 use super::cache::CodeCache;
+use super::functions::FunctionCache;
 
 /// Which compiler made a plugin's code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -74,8 +77,13 @@ pub struct Optimizer {
 
 impl Optimizer {
     /// Starts the optimizer's threads. `engine` must make code the serving
-    /// engine loads: the same settings.
-    pub fn start(engine: Engine, cache: Arc<CodeCache>) -> std::io::Result<Optimizer> {
+    /// engine loads: the same settings; `functions` is where it keeps the
+    /// functions it compiles.
+    pub(super) fn start(
+        engine: Engine,
+        cache: Arc<CodeCache>,
+        functions: Arc<FunctionCache>,
+    ) -> std::io::Result<Optimizer> {
         let pool = rayon::ThreadPoolBuilder::new()
             .thread_name(|i| format!("notifyhub-optimize-{i}"))
             .start_handler(|_| lower_priority())
@@ -85,7 +93,7 @@ impl Optimizer {
         thread::Builder::new()
             .name("notifyhub-optimize".into())
             .spawn(move || {
-                for job in queue {
+                while let Some(job) = next(&queue, &functions) {
                     // Inside the pool, wasmtime's parallel compilation runs
                     // on the pool's threads. A panic fails this job only:
                     // one plugin that crashes the compiler must not leave
@@ -120,6 +128,27 @@ impl Optimizer {
                 .map_err(|_| "the optimizer has stopped".to_string())?
         }
     }
+}
+
+/// The next job, waiting for one if need be; `None` once the optimizer is
+/// dropped. Before waiting, `functions` is emptied: the wave of compiles
+/// that could share them is over, and they are large.
+fn next(queue: &mpsc::Receiver<Job>, functions: &FunctionCache) -> Option<Job> {
+    match queue.try_recv() {
+        Ok(job) => return Some(job),
+        Err(mpsc::TryRecvError::Disconnected) => return None,
+        Err(mpsc::TryRecvError::Empty) => {}
+    }
+    let held = functions.clear();
+    if held.entries > 0 {
+        tracing::debug!(
+            reused = held.hits,
+            kept = held.entries,
+            bytes = held.bytes,
+            "optimizer idle: forgot the functions it compiled"
+        );
+    }
+    queue.recv().ok()
 }
 
 /// Makes the calling thread [`NICENESS`] nicer.
@@ -169,10 +198,11 @@ mod tests {
             max_instances: 4,
             ..SandboxSettings::default()
         };
-        let serving = Engine::new(&config(&settings, Tier::Optimized, true))?;
-        let background = Engine::new(&config(&settings, Tier::Optimized, false))?;
+        let serving = Engine::new(&config(&settings, Tier::Optimized, true, None)?)?;
+        let functions = Arc::new(FunctionCache::new(1 << 20));
+        let background = Engine::new(&config(&settings, Tier::Optimized, false, Some(functions))?)?;
         assert_eq!(compatibility(&serving), compatibility(&background));
-        let baseline = Engine::new(&config(&settings, Tier::Baseline, false))?;
+        let baseline = Engine::new(&config(&settings, Tier::Baseline, false, None)?)?;
         assert_ne!(compatibility(&serving), compatibility(&baseline));
 
         let code = background.precompile_component(b"\0asm\x0d\0\x01\0")?;

@@ -1,0 +1,211 @@
+//! Cranelift's incremental compilation cache, kept in memory: a function an
+//! engine has compiled once, it does not compile again.
+//!
+//! Plugins written in one language embed the same interpreter: both Python
+//! plugins carry CPython, both JavaScript plugins StarlingMonkey, byte for
+//! byte, and wasmtime compiles every component from scratch. Cranelift can
+//! key each function it compiles by a SHA-256 of its IR and the target's
+//! flags, with the functions it calls kept out of the key (two functions
+//! that differ only in their callee share an entry), and reuse the machine
+//! code of an equal function made before. Two compilers profit:
+//!
+//! - **Baseline (Winch).** Winch compiles the functions itself, uncached,
+//!   but Cranelift compiles the trampolines the host calls them through: one
+//!   for every function a table or export holds, thousands in an
+//!   interpreter, and they differ only in their signature. Cached, a Python
+//!   or JavaScript plugin compiles in 0.7–0.8 of the time, and the cache holds
+//!   under 1 MiB (`cargo bench -p notifyhub --bench compile`). wasmtime's
+//!   Winch refuses a cache; `vendor/wasmtime-internal-winch` passes it on to
+//!   the Cranelift that compiles Winch's trampolines (see `vendor/README.md`).
+//! - **The optimizer (Cranelift).** The second plugin of a language reuses
+//!   nearly every function of the first: it compiles in 0.4 of the time.
+//!   These entries are large (73 MB for the two Python and two JavaScript
+//!   plugins), so the optimizer empties its cache whenever its queue runs
+//!   dry: they are kept while a wave of compiles lasts.
+//!
+//! What it must never do: grow without bound. An entry that would take the
+//! cache past its budget is not kept; that costs a later compile, nothing
+//! more. What it holds is only machine code this process made.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use wasmtime::CacheStore;
+
+/// What the baseline engine's cache may hold, in bytes. It keeps its entries
+/// for the daemon's life: Cranelift compiles only trampolines for it, whose
+/// entries for every shipped plugin take 0.75 MB.
+pub(super) const BASELINE_BUDGET: usize = 16 << 20;
+
+/// What the optimizer's cache may hold during a wave of compiles, in bytes:
+/// two interpreters' worth (the two Python and two JavaScript plugins' take
+/// 73 MB).
+pub(super) const OPTIMIZER_BUDGET: usize = 128 << 20;
+
+/// An in-memory [`CacheStore`] of at most `budget` bytes of keys and code.
+#[derive(Debug)]
+pub(super) struct FunctionCache {
+    budget: usize,
+    entries: Mutex<Entries>,
+    hits: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Entries {
+    code: HashMap<Box<[u8]>, Box<[u8]>>,
+    /// Keys and code together.
+    bytes: usize,
+}
+
+/// How much a cache holds and has served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Usage {
+    pub entries: usize,
+    pub bytes: usize,
+    /// Functions served from the cache instead of compiled.
+    pub hits: u64,
+}
+
+impl FunctionCache {
+    pub(super) fn new(budget: usize) -> Self {
+        FunctionCache {
+            budget,
+            entries: Mutex::default(),
+            hits: AtomicU64::new(0),
+        }
+    }
+
+    /// Forgets every entry and the count of hits; returns what the cache
+    /// held and had served.
+    pub(super) fn clear(&self) -> Usage {
+        let mut entries = self.lock();
+        let usage = Usage {
+            entries: entries.code.len(),
+            bytes: entries.bytes,
+            hits: self.hits.swap(0, Ordering::Relaxed),
+        };
+        *entries = Entries::default();
+        usage
+    }
+
+    #[cfg(test)]
+    fn usage(&self) -> Usage {
+        let entries = self.lock();
+        Usage {
+            entries: entries.code.len(),
+            bytes: entries.bytes,
+            hits: self.hits.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The entries; a panic elsewhere while they were locked cannot have
+    /// left them inconsistent (no code here panics while holding them).
+    fn lock(&self) -> MutexGuard<'_, Entries> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl CacheStore for FunctionCache {
+    fn get(&self, key: &[u8]) -> Option<Cow<'_, [u8]>> {
+        // Copied out: the entry cannot be lent past the lock. A copy of a
+        // function's code costs far less than compiling it.
+        let code = self.lock().code.get(key).map(|code| code.to_vec())?;
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        Some(Cow::Owned(code))
+    }
+
+    fn insert(&self, key: &[u8], value: Vec<u8>) -> bool {
+        let size = key.len() + value.len();
+        let mut entries = self.lock();
+        let replaced = entries.code.get(key).map_or(0, |old| key.len() + old.len());
+        let after = entries.bytes - replaced + size;
+        if after > self.budget {
+            return false;
+        }
+        entries.code.insert(key.into(), value.into_boxed_slice());
+        entries.bytes = after;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use wasmtime::Engine;
+    use wasmtime::component::Component;
+
+    use super::super::{SandboxSettings, Tier, config};
+    use super::*;
+
+    /// A component whose core module exports `functions` functions of one
+    /// signature, each returning a different constant: every one escapes,
+    /// so each gets a trampoline, and they differ only in the callee.
+    fn component(functions: usize) -> String {
+        let funcs: String = (0..functions)
+            .map(|i| format!("(func (export \"f{i}\") (param i32) (result i32) i32.const {i})"))
+            .collect();
+        format!("(component (core module {funcs}))")
+    }
+
+    /// Winch (as patched in `vendor/`) takes the cache and passes it to the
+    /// Cranelift that compiles its trampolines: a second component with the
+    /// same signatures compiles none of them again.
+    #[test]
+    fn the_baseline_compiler_reuses_trampolines_across_components() -> anyhow::Result<()> {
+        let functions = Arc::new(FunctionCache::new(BASELINE_BUDGET));
+        let settings = SandboxSettings::default();
+        let config = config(&settings, Tier::Baseline, false, Some(functions.clone()))?;
+        let engine = Engine::new(&config)?;
+
+        Component::new(&engine, component(2))?;
+        let first = functions.usage();
+        assert!(first.entries > 0, "nothing was cached: {first:?}");
+
+        Component::new(&engine, component(3))?;
+        let second = functions.usage();
+        assert_eq!(second.entries, first.entries, "{first:?} then {second:?}");
+        assert!(second.hits >= first.hits + 3, "{first:?} then {second:?}");
+        Ok(())
+    }
+
+    #[test]
+    fn keeps_entries_within_its_budget() {
+        let cache = FunctionCache::new(10);
+        assert!(cache.insert(b"ab", vec![0; 4]));
+        assert!(!cache.insert(b"cd", vec![0; 5]), "6 + 7 bytes exceed 10");
+        assert!(cache.get(b"cd").is_none());
+        // Replacing an entry counts its new size, not both.
+        assert!(cache.insert(b"ab", vec![1; 8]));
+        assert_eq!(cache.get(b"ab").as_deref(), Some(&[1; 8][..]));
+        assert_eq!(
+            cache.usage(),
+            Usage {
+                entries: 1,
+                bytes: 10,
+                hits: 1
+            }
+        );
+    }
+
+    #[test]
+    fn clearing_frees_the_budget_and_restarts_the_count_of_hits() {
+        let cache = FunctionCache::new(10);
+        assert!(cache.insert(b"ab", vec![0; 8]));
+        assert!(cache.get(b"ab").is_some());
+        let held = cache.clear();
+        assert_eq!((held.entries, held.bytes, held.hits), (1, 10, 1));
+        assert!(cache.get(b"ab").is_none());
+        assert!(cache.insert(b"cd", vec![0; 8]));
+        assert_eq!(
+            cache.usage(),
+            Usage {
+                entries: 1,
+                bytes: 10,
+                hits: 0
+            }
+        );
+    }
+}
