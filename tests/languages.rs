@@ -260,3 +260,75 @@ async fn python_javascript_and_c_plugins_deliver_and_classify() -> anyhow::Resul
     }
     Ok(())
 }
+
+/// Two plugins that embed one interpreter, compiled by the baseline
+/// compiler in one sandbox: the second reuses the trampolines Cranelift made
+/// for the first (`sandbox::functions`), and both still deliver what their
+/// platforms expect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_sharing_an_interpreter_both_deliver_from_baseline_code() -> anyhow::Result<()> {
+    use std::sync::Arc;
+
+    use notifyhub::executor::Executor;
+    use notifyhub::sandbox::{Limits, Sandbox, SandboxSettings, Tier};
+    use notifyhub::task::Task;
+
+    let receiver = Receiver::start(|req| match req.path.as_str() {
+        "/" => Reply::json(200, json!({"id": "sPs71M8A2T", "event": "message"})),
+        "/push" => Reply::json(200, json!({"code": 200, "message": "success"})),
+        _ => Reply::new(404, "no such endpoint"),
+    })
+    .await;
+    let dir = tempfile::tempdir()?;
+    let allow = format!("allowed_hosts = [\"{}\"]\n", receiver.authority());
+    let base = receiver.url("");
+    let manifests = [
+        ("ntfy", allow.clone()),
+        (
+            "bark",
+            format!(
+                "{allow}[config]\nserver = \"{}\"\n",
+                base.trim_end_matches('/')
+            ),
+        ),
+    ];
+    // No code cache: each plugin is compiled here, the second after the first.
+    let executor = Executor::new(Arc::new(Sandbox::new(&SandboxSettings::default())?));
+    let mut plugins = Vec::new();
+    for (name, manifest) in &manifests {
+        let wasm = dir.path().join(format!("{name}.wasm"));
+        std::fs::copy(notifyhub_testkit::plugins::path(name)?, &wasm)?;
+        std::fs::write(dir.path().join(format!("{name}.toml")), manifest)?;
+        let plugin =
+            notifyhub::loader::load(&wasm, &executor, Limits::default(), Tier::Baseline).await?;
+        assert_eq!(plugin.compiled.tier, Tier::Baseline, "{name}");
+        plugins.push(Arc::new(plugin));
+    }
+    for ((name, _), (plugin, target)) in manifests.iter().zip(
+        plugins
+            .iter()
+            .zip([receiver.url("/alerts"), "devicekey".to_string()]),
+    ) {
+        let task = Task::text(name, &target, "disk full on db1");
+        let outcome = executor.send(plugin, &task, None).await;
+        assert!(outcome.is_success(), "{name}: {outcome:?}");
+    }
+    let requests = receiver.requests();
+    let ntfy = requests.iter().find(|r| r.path == "/").map(|r| r.json());
+    let bark = requests
+        .iter()
+        .find(|r| r.path == "/push")
+        .map(|r| r.json());
+    let (Some(ntfy), Some(bark)) = (ntfy, bark) else {
+        anyhow::bail!("not both plugins' requests arrived: {requests:?}");
+    };
+    assert_eq!(
+        (&ntfy["topic"], &ntfy["message"]),
+        (&json!("alerts"), &json!("disk full on db1"))
+    );
+    assert_eq!(
+        (&bark["device_key"], &bark["body"]),
+        (&json!("devicekey"), &json!("disk full on db1"))
+    );
+    Ok(())
+}
