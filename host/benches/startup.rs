@@ -7,8 +7,10 @@
 //! until every plugin serves (`status` says `plugins_ready`), and
 //! until every plugin serves optimized code (`plugins` shows `code:
 //! optimized` for each: on a cold cache they serve from the baseline
-//! compiler's code first). Goals: cold, every plugin serving ≤ 2 s; warm,
-//! ≤ 100 ms to answering and ≤ 300 ms until every plugin serves.
+//! compiler's code first), and the daemon's resident memory [`SETTLE`]
+//! after that (what compiling left behind). Goals: cold, every plugin
+//! serving ≤ 2 s; warm, ≤ 100 ms to answering and ≤ 300 ms until every
+//! plugin serves.
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +20,8 @@ use serde_json::json;
 const BIN: &str = env!("CARGO_BIN_EXE_notifyhub");
 /// Every plugin operators deploy.
 const PLUGINS: &[&str] = notifyhub_testkit::plugins::DEPLOYABLE;
+/// How long after the last plugin is optimized the resident memory is read.
+const SETTLE: Duration = Duration::from_secs(5);
 /// Required keys, so every plugin loads.
 fn manifest(plugin: &str) -> &'static str {
     match plugin {
@@ -54,11 +58,14 @@ fn main() -> anyhow::Result<()> {
             let times = start(cache.path()).await?;
             println!(
                 "  {run:<11} socket answers after {:>8.1} ms   half serve after {:>8.1} ms   \
-                 every plugin serves after {:>8.1} ms   all optimized after {:>8.1} ms",
+                 every plugin serves after {:>8.1} ms   all optimized after {:>8.1} ms   \
+                 then resident {:>4} MiB ({} MiB anonymous)",
                 ms(times.answering),
                 ms(times.half),
                 ms(times.serving),
-                ms(times.optimized)
+                ms(times.optimized),
+                times.resident_kib / 1024,
+                times.anonymous_kib / 1024,
             );
         }
         println!(
@@ -75,6 +82,8 @@ struct Times {
     half: Duration,
     serving: Duration,
     optimized: Duration,
+    resident_kib: u64,
+    anonymous_kib: u64,
 }
 
 async fn start(cache: &std::path::Path) -> anyhow::Result<Times> {
@@ -120,11 +129,16 @@ async fn start(cache: &std::path::Path) -> anyhow::Result<Times> {
             plugins["result"]["errors"]
         );
         if loaded.iter().all(|p| p["code"] == "optimized") {
+            let optimized = started.elapsed();
+            tokio::time::sleep(SETTLE).await;
+            let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid()))?;
             return Ok(Times {
                 answering,
                 half: half.unwrap_or(serving),
                 serving,
-                optimized: started.elapsed(),
+                optimized,
+                resident_kib: kib(&status, "VmRSS:")?,
+                anonymous_kib: kib(&status, "RssAnon:")?,
             });
         }
         anyhow::ensure!(
@@ -133,6 +147,15 @@ async fn start(cache: &std::path::Path) -> anyhow::Result<Times> {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The figure in kB on `field`'s line of `/proc/PID/status`.
+fn kib(status: &str, field: &str) -> anyhow::Result<u64> {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no {field} in /proc/PID/status:\n{status}"))
 }
 
 fn ms(d: Duration) -> f64 {

@@ -5,13 +5,6 @@ use std::process::ExitCode;
 use clap::Parser;
 use notifyhub::cli::Cli;
 
-/// mimalloc, not glibc's malloc: every delivery allocates and frees many
-/// small buffers on whichever worker thread runs it, and glibc's arenas
-/// spent about a sixth of the daemon's CPU doing so (`perf record` of the
-/// daemon under `NOTIFYHUB_E2E_SCALE=10 cargo bench --bench e2e`).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     without_huge_pages();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

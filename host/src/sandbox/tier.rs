@@ -32,6 +32,7 @@ use wasmtime::Engine;
 
 use super::cache::CodeCache;
 use super::functions::FunctionCache;
+use crate::allocator::release_free_memory;
 
 /// Which compiler made a plugin's code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -93,7 +94,7 @@ impl Optimizer {
         thread::Builder::new()
             .name("notifyhub-optimize".into())
             .spawn(move || {
-                while let Some(job) = next(&queue, &functions) {
+                while let Some(job) = next(&queue, &functions, &pool) {
                     // Inside the pool, wasmtime's parallel compilation runs
                     // on the pool's threads. A panic fails this job only:
                     // one plugin that crashes the compiler must not leave
@@ -131,15 +132,25 @@ impl Optimizer {
 }
 
 /// The next job, waiting for one if need be; `None` once the optimizer is
-/// dropped. Before waiting, `functions` is emptied: the wave of compiles
-/// that could share them is over, and they are large.
-fn next(queue: &mpsc::Receiver<Job>, functions: &FunctionCache) -> Option<Job> {
+/// dropped. Before waiting, `functions` is emptied (the wave of compiles
+/// that could share them is over, and they are large) and the compilers'
+/// threads return their free memory.
+fn next(
+    queue: &mpsc::Receiver<Job>,
+    functions: &FunctionCache,
+    pool: &rayon::ThreadPool,
+) -> Option<Job> {
     match queue.try_recv() {
         Ok(job) => return Some(job),
         Err(mpsc::TryRecvError::Disconnected) => return None,
         Err(mpsc::TryRecvError::Empty) => {}
     }
     let held = functions.clear();
+    // The compiler's threads now idle, holding what they freed: the
+    // optimizer's, and rayon's global pool, where the baseline compiles ran.
+    pool.broadcast(|_| release_free_memory());
+    rayon::broadcast(|_| release_free_memory());
+    release_free_memory();
     if held.entries > 0 {
         tracing::debug!(
             reused = held.hits,
