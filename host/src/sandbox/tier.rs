@@ -146,12 +146,14 @@ fn next(
         Err(mpsc::TryRecvError::Empty) => {}
     }
     let held = functions.clear();
-    // The compiler's threads now idle, holding what they freed: the
-    // optimizer's, and rayon's global pool, where the baseline compiles ran.
-    pool.broadcast(|_| release_free_memory());
-    rayon::broadcast(|_| release_free_memory());
-    release_free_memory();
+    // Nothing kept: nothing was compiled since the last wait.
     if held.entries > 0 {
+        // The compilers' threads now idle, holding what they freed: the
+        // optimizer's, and rayon's global pool, where the baseline
+        // compiles ran.
+        pool.broadcast(|_| release_free_memory());
+        rayon::broadcast(|_| release_free_memory());
+        release_free_memory();
         tracing::debug!(
             reused = held.hits,
             kept = held.entries,
