@@ -54,6 +54,22 @@ async fn until_within(
     }
 }
 
+/// Waits until `daemon` has logged `line`: a change shows in the registry
+/// before its log line is written, and the line reaches the test through a
+/// pipe.
+async fn logged_within(daemon: &Daemon, within: Duration, line: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    while !daemon.logs().contains(line) {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "never logged {line:?}:\n{}",
+            daemon.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
 /// A field of the plugin serving the `swap` platform in a `plugins` view.
 fn swap_plugin(view: &Value, field: &str) -> Option<String> {
     view["plugins"]
@@ -325,11 +341,12 @@ async fn a_manifest_change_applies_to_the_next_task_without_recompiling() -> any
         after["plugins"][0]["digest"],
         before["plugins"][0]["digest"]
     );
-    assert!(
-        daemon
-            .logs()
-            .contains("manifest change applied without recompiling")
-    );
+    logged_within(
+        &daemon,
+        Duration::from_secs(10),
+        "manifest change applied without recompiling",
+    )
+    .await?;
     Ok(())
 }
 
@@ -385,7 +402,12 @@ async fn a_plugin_without_cached_code_serves_at_once_and_settles_on_optimized_co
         swap_plugin(v, "code").as_deref() == Some("optimized")
     })
     .await?;
-    assert!(daemon.logs().contains("optimized code swapped in"));
+    logged_within(
+        &daemon,
+        Duration::from_secs(10),
+        "optimized code swapped in",
+    )
+    .await?;
     assert_eq!(deliver(&daemon).await?["state"], "succeeded");
 
     // A restart finds the optimized code and serves it from the start.
