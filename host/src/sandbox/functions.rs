@@ -29,7 +29,6 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use wasmtime::CacheStore;
@@ -49,7 +48,6 @@ pub(super) const OPTIMIZER_BUDGET: usize = 128 << 20;
 pub(super) struct FunctionCache {
     budget: usize,
     entries: Mutex<Entries>,
-    hits: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -57,6 +55,8 @@ struct Entries {
     code: HashMap<Box<[u8]>, Box<[u8]>>,
     /// Keys and code together.
     bytes: usize,
+    /// Functions served from the cache since it was last cleared.
+    hits: u64,
 }
 
 /// How much a cache holds and has served.
@@ -73,7 +73,6 @@ impl FunctionCache {
         FunctionCache {
             budget,
             entries: Mutex::default(),
-            hits: AtomicU64::new(0),
         }
     }
 
@@ -81,23 +80,14 @@ impl FunctionCache {
     /// held and had served.
     pub(super) fn clear(&self) -> Usage {
         let mut entries = self.lock();
-        let usage = Usage {
-            entries: entries.code.len(),
-            bytes: entries.bytes,
-            hits: self.hits.swap(0, Ordering::Relaxed),
-        };
+        let usage = entries.usage();
         *entries = Entries::default();
         usage
     }
 
     #[cfg(test)]
     fn usage(&self) -> Usage {
-        let entries = self.lock();
-        Usage {
-            entries: entries.code.len(),
-            bytes: entries.bytes,
-            hits: self.hits.load(Ordering::Relaxed),
-        }
+        self.lock().usage()
     }
 
     /// The entries; a panic elsewhere while they were locked cannot have
@@ -107,12 +97,23 @@ impl FunctionCache {
     }
 }
 
+impl Entries {
+    fn usage(&self) -> Usage {
+        Usage {
+            entries: self.code.len(),
+            bytes: self.bytes,
+            hits: self.hits,
+        }
+    }
+}
+
 impl CacheStore for FunctionCache {
     fn get(&self, key: &[u8]) -> Option<Cow<'_, [u8]>> {
         // Copied out: the entry cannot be lent past the lock. A copy of a
         // function's code costs far less than compiling it.
-        let code = self.lock().code.get(key).map(|code| code.to_vec())?;
-        self.hits.fetch_add(1, Ordering::Relaxed);
+        let mut entries = self.lock();
+        let code = entries.code.get(key).map(|code| code.to_vec())?;
+        entries.hits += 1;
         Some(Cow::Owned(code))
     }
 
