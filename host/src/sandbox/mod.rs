@@ -77,6 +77,10 @@ pub const MAX_GUEST_TRANSFER_BYTES: usize = 1 << 20;
 
 /// How often the epoch advances; the granularity of call deadlines.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// How much of a freed instance slot's memory, and of its tables, stays
+/// resident to be reset in place (see [`config`]). A Rust plugin's instance
+/// writes ~100 KiB; what a larger one wrote past this is handed back.
+const KEEP_RESIDENT: usize = 256 << 10;
 
 /// Engine-wide settings.
 #[derive(Clone)]
@@ -399,7 +403,15 @@ fn config(
             // held more instances than that.
             .total_stacks(slots)
             .max_memories_per_component(8)
-            .max_memory_size((settings.max_memory_mib as usize).saturating_mul(1 << 20));
+            .max_memory_size((settings.max_memory_mib as usize).saturating_mul(1 << 20))
+            // A freed slot's pages are reset where they are, not handed back:
+            // the kernel's PAGEMAP_SCAN finds the pages the guest wrote, up
+            // to `KEEP_RESIDENT`, and they are copied back to the image.
+            // Handing them back (`madvise`) made every CPU flush its TLB,
+            // and the slot's next instance fault them in again.
+            .pagemap_scan(wasmtime::Enabled::Auto)
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(KEEP_RESIDENT);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     Ok(config)
