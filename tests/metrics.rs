@@ -214,6 +214,53 @@ async fn metrics_listen_only_on_loopback() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// At the default level a delivery that succeeds logs nothing, and its
+/// span is not even made; the lines an attempt does log (the plugin's own,
+/// a failure) still carry its span, the outcome on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_logged_during_an_attempt_carry_its_span_at_the_default_level() -> anyhow::Result<()>
+{
+    let daemon = Daemon::builder(BIN)
+        .plugin("hostile", None)
+        .env("NOTIFYHUB_LOG_FORMAT", "json")
+        .retry("max_attempts = 1\n")
+        .start()
+        .await?;
+    let mut ids = Vec::new();
+    for body in ["log-once", "trap"] {
+        let task = daemon
+            .deliver(json!({"platform": "hostile", "target": "t", "body": body}))
+            .await?;
+        ids.push(task["id"].as_str().unwrap_or_default().to_string());
+    }
+    let logs = daemon.logs();
+    let entries: Vec<serde_json::Value> = logs
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let in_span = |id: &str, message: &str| {
+        entries.iter().find(|e| {
+            e["span"]["name"] == "attempt"
+                && e["span"]["task"] == id
+                && e["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(message))
+        })
+    };
+    let line = in_span(&ids[0], "a line from inside the plugin").ok_or_else(|| {
+        anyhow::anyhow!("the plugin's line is not in its attempt's span:\n{logs}")
+    })?;
+    anyhow::ensure!(
+        line["span"]["platform"] == "hostile" && line["span"]["attempt"] == 1,
+        "{line}"
+    );
+    let failed = in_span(&ids[1], "delivery failed")
+        .ok_or_else(|| anyhow::anyhow!("the failure is not in its attempt's span:\n{logs}"))?;
+    anyhow::ensure!(failed["span"]["outcome"] == "crashed", "{failed}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_carry_each_attempt_s_span() -> anyhow::Result<()> {
     let daemon = Daemon::builder(BIN)

@@ -30,6 +30,7 @@ use crate::plugin::PluginRef;
 use crate::store::{AttemptCount, TaskStore};
 use crate::task::{FailureClass, Outcome, Task};
 use crate::task::{MAX_RETRY_AFTER, clamp_retry_after};
+use crate::telemetry::attempt::in_attempt;
 
 /// How long a destination pauses after "slow down" without a retry-after.
 pub const DEFAULT_PAUSE: Duration = Duration::from_secs(1);
@@ -113,14 +114,16 @@ impl Lifecycle {
         let retry_here = self.store.finish(task.id, outcome, plugin, verdict);
         match verdict {
             Verdict::Retry { after } => {
-                tracing::info!(task = %task.id, attempt = attempt.number, retry_in = ?after, "will retry");
+                in_attempt(
+                    || tracing::info!(task = %task.id, attempt = attempt.number, retry_in = ?after, "will retry"),
+                );
                 if retry_here {
                     self.scheduler.schedule(task.id, SystemTime::now() + after);
                 }
             }
-            Verdict::Dead if attempt.in_round > 1 => {
-                tracing::warn!(task = %task.id, attempt = attempt.number, "task is dead after its last attempt")
-            }
+            Verdict::Dead if attempt.in_round > 1 => in_attempt(
+                || tracing::warn!(task = %task.id, attempt = attempt.number, "task is dead after its last attempt"),
+            ),
             _ => {}
         }
         verdict

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
-use tracing::Instrument;
+use tracing::field::Empty;
 
 use super::lifecycle::{self, Lifecycle};
 use super::settings::LiveSettings;
@@ -17,6 +17,7 @@ use crate::executor::Executor;
 use crate::plugin::LoadedPlugin;
 use crate::registry::Registry;
 use crate::task::{FailureClass, Outcome, Task};
+use crate::telemetry::attempt::{AttemptSpan, in_attempt};
 
 /// Tasks for one plugin version, given to one worker.
 pub(super) struct Assignment {
@@ -73,30 +74,15 @@ pub(super) async fn run(
         warm.evict_stale(&context.registry, Instant::now());
         let started = Instant::now();
         for task in &assignment.tasks {
-            // One span per attempt: the plugin's own log lines and every
-            // line about the delivery carry these fields.
-            let span = tracing::info_span!(
-                "attempt",
-                task = %task.id,
-                platform = %task.platform,
-                plugin = %assignment.plugin.name,
-                version = %assignment.plugin.version,
-                destination = task.destination.as_deref().unwrap_or("-"),
-                worker = id,
-                attempt = tracing::field::Empty,
-                outcome = tracing::field::Empty,
-                // Read by the OTLP export: a failed attempt is an error span.
-                otel.status_code = tracing::field::Empty,
-            );
             deliver(
                 &assignment.plugin,
                 task,
+                id,
                 &mut warm,
                 &context,
                 &metrics,
                 &events,
             )
-            .instrument(span)
             .await;
         }
         *metrics.warm_plugins.lock().expect("never poisoned") = warm.names();
@@ -133,7 +119,7 @@ async fn take_shared(
     match shared.take(&super::pacer::pace_key(task), &rules).await {
         Ok(wait) => wait,
         Err(e) => {
-            tracing::warn!("cannot take from the shared rate budget: {e}; waiting 1 s");
+            tracing::warn!(task = %task.id, "cannot take from the shared rate budget: {e}; waiting 1 s");
             Some(Duration::from_secs(1))
         }
     }
@@ -142,6 +128,7 @@ async fn take_shared(
 async fn deliver(
     plugin: &Arc<LoadedPlugin>,
     task: &Arc<Task>,
+    worker: u64,
     warm: &mut WarmCache,
     context: &WorkerContext,
     metrics: &WorkerMetrics,
@@ -159,8 +146,73 @@ async fn deliver(
     let started = Instant::now();
     *metrics.current.lock().expect("never poisoned") = Some((task.id, task.platform.clone()));
     let attempt = context.lifecycle.store().start(task.id);
-    tracing::Span::current().record("attempt", attempt.number);
+    let span = {
+        let (task, plugin, number) = (task.clone(), plugin.clone(), attempt.number);
+        // The plugin's own lines and every line about the delivery carry
+        // these fields.
+        AttemptSpan::new(move || {
+            tracing::info_span!(
+                "attempt",
+                task = %task.id,
+                platform = %task.platform,
+                plugin = %plugin.name,
+                version = %plugin.version,
+                destination = task.destination.as_deref().unwrap_or("-"),
+                worker,
+                attempt = number,
+                outcome = Empty,
+                // Read by the OTLP export: a failed attempt is an error span.
+                otel.status_code = Empty,
+            )
+        })
+    };
+    let outcome = span
+        .clone()
+        .run(call(plugin, task, warm, context, &span))
+        .await;
+    // The pause goes to the dispatcher before the outcome is recorded (and
+    // waiters answered), so no one can see the outcome and beat the pause.
+    if let Some(retry_after) = lifecycle::pause(&outcome) {
+        if let Some(m) = context.lifecycle.metrics() {
+            m.pause(&task.platform);
+        }
+        let key = super::pacer::pace_key(task);
+        if let Some(shared) = &context.shared_pace
+            && let Err(e) = shared.pause(&key, retry_after).await
+        {
+            tracing::warn!(task = %task.id, "cannot tell the other hosts to pause: {e}");
+        }
+        let _ = events.send(Event::RateLimited { key, retry_after });
+    }
+    // Counted before the outcome is recorded: whoever sees the task
+    // finished also sees it counted in `status`.
+    metrics.record(started.elapsed().as_micros() as u64, outcome.is_success());
+    *metrics.current.lock().expect("never poisoned") = None;
+    *metrics.last_activity.lock().expect("never poisoned") = Some(SystemTime::now());
+    // Held across the write: when commits fall behind, the worker waits
+    // here (its task still running) rather than piling up outcomes that a
+    // crash would lose and deliver again.
+    let _room = context.lifecycle.store().room_for_outcome().await;
+    span.enter(|| {
+        context.lifecycle.finish(
+            task,
+            attempt,
+            outcome,
+            Some(plugin.version_ref()),
+            Some(started.elapsed()),
+        )
+    });
+}
 
+/// Runs `task` on a warm instance of `plugin` (or a new one) and logs what
+/// came of it, in the attempt's span.
+async fn call(
+    plugin: &Arc<LoadedPlugin>,
+    task: &Arc<Task>,
+    warm: &mut WarmCache,
+    context: &WorkerContext,
+    span: &AttemptSpan,
+) -> Outcome {
     let (instance, unit) = match warm.take(&plugin.key) {
         Some((instance, unit)) => (Ok(instance), Some(unit)),
         None => (context.executor.instantiate(plugin.clone()).await, None),
@@ -207,55 +259,30 @@ async fn deliver(
         (Err(failure), _) => Outcome::failed(failure.class, failure.message),
     };
 
-    let span = tracing::Span::current();
-    span.record(
-        "outcome",
-        match &outcome {
-            Outcome::Delivered { .. } => "delivered",
-            Outcome::Failed { class, .. } => class.as_str(),
-        },
-    );
-    if !outcome.is_success() {
-        span.record("otel.status_code", "error");
+    // A failure is logged, and so is a delivery at debug (at info, a busy
+    // host would write a line per delivery; the journal and the metrics
+    // keep every outcome anyway). The span is made before the outcome is
+    // recorded on it, so the line carries it; a quiet delivery's span is
+    // not made at all.
+    let (name, logged) = match &outcome {
+        Outcome::Delivered { .. } => ("delivered", tracing::enabled!(tracing::Level::DEBUG)),
+        Outcome::Failed { class, .. } => (class.as_str(), true),
+    };
+    if logged {
+        span.make();
     }
+    span.record("outcome", name);
     match &outcome {
-        Outcome::Delivered { status, .. } => {
-            // At debug: at info, a busy host writes a line per delivery
-            // (the journal and the metrics keep every outcome anyway).
-            tracing::debug!(plugin = %plugin.name, status = %status, "delivered")
+        Outcome::Delivered { status, .. } if logged => {
+            in_attempt(|| tracing::debug!(plugin = %plugin.name, status = %status, "delivered"))
         }
+        Outcome::Delivered { .. } => {}
         Outcome::Failed { class, message, .. } => {
-            tracing::warn!(plugin = %plugin.name, ?class, "delivery failed: {message}")
+            span.record("otel.status_code", "error");
+            in_attempt(
+                || tracing::warn!(plugin = %plugin.name, ?class, "delivery failed: {message}"),
+            )
         }
     }
-    // The pause goes to the dispatcher before the outcome is recorded (and
-    // waiters answered), so no one can see the outcome and beat the pause.
-    if let Some(retry_after) = lifecycle::pause(&outcome) {
-        if let Some(m) = context.lifecycle.metrics() {
-            m.pause(&task.platform);
-        }
-        let key = super::pacer::pace_key(task);
-        if let Some(shared) = &context.shared_pace
-            && let Err(e) = shared.pause(&key, retry_after).await
-        {
-            tracing::warn!("cannot tell the other hosts to pause: {e}");
-        }
-        let _ = events.send(Event::RateLimited { key, retry_after });
-    }
-    // Counted before the outcome is recorded: whoever sees the task
-    // finished also sees it counted in `status`.
-    metrics.record(started.elapsed().as_micros() as u64, outcome.is_success());
-    *metrics.current.lock().expect("never poisoned") = None;
-    *metrics.last_activity.lock().expect("never poisoned") = Some(SystemTime::now());
-    // Held across the write: when commits fall behind, the worker waits
-    // here (its task still running) rather than piling up outcomes that a
-    // crash would lose and deliver again.
-    let _room = context.lifecycle.store().room_for_outcome().await;
-    context.lifecycle.finish(
-        task,
-        attempt,
-        outcome,
-        Some(plugin.version_ref()),
-        Some(started.elapsed()),
-    );
+    outcome
 }

@@ -33,6 +33,7 @@ use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpH
 use super::allowlist::{AllowList, Reach, is_internal_ip};
 use super::recorder::Recorder;
 use crate::redact;
+use crate::telemetry::attempt::in_attempt;
 
 /// The largest request body a [`Recorder`] keeps.
 const MAX_RECORDED_BODY: usize = 16 << 20;
@@ -187,12 +188,14 @@ impl OutboundHttp {
     }
 
     fn deny(&self, uri: &http::Uri, reason: &str) -> HttpError {
-        tracing::warn!(
-            plugin = %self.plugin,
-            task = self.task.as_deref().unwrap_or("-"),
-            url = %redact::target(&uri.to_string()),
-            "outbound request denied: {reason}"
-        );
+        in_attempt(|| {
+            tracing::warn!(
+                plugin = %self.plugin,
+                task = self.task.as_deref().unwrap_or("-"),
+                url = %redact::target(&uri.to_string()),
+                "outbound request denied: {reason}"
+            )
+        });
         HttpError::HttpRequestDenied
     }
 }

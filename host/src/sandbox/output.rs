@@ -14,6 +14,8 @@ use bytes::Bytes;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
+use crate::telemetry::attempt::in_attempt;
+
 /// Log lines a plugin may write per call (through `host.log`, stdout and
 /// stderr together); the rest are dropped with a marker.
 const MAX_LOG_LINES: u32 = 1000;
@@ -42,11 +44,13 @@ impl LogBudget {
             return Some(task);
         }
         if current.1 == MAX_LOG_LINES + 1 {
-            tracing::warn!(
-                plugin,
-                task,
-                "plugin log limit of {MAX_LOG_LINES} lines reached; further lines dropped"
-            );
+            in_attempt(|| {
+                tracing::warn!(
+                    plugin,
+                    task,
+                    "plugin log limit of {MAX_LOG_LINES} lines reached; further lines dropped"
+                )
+            });
         }
         None
     }
@@ -135,14 +139,14 @@ impl Lines {
         let line = String::from_utf8_lossy(&line[..line.len().min(MAX_LOG_LINE_BYTES)]);
         let line = line.trim_end_matches('\r');
         let plugin = &*self.plugin;
-        match stream {
+        in_attempt(|| match stream {
             Stream::Stdout => {
                 tracing::info!(target: "plugin", plugin = %plugin, task = %task, stream = "stdout", "{line}")
             }
             Stream::Stderr => {
                 tracing::warn!(target: "plugin", plugin = %plugin, task = %task, stream = "stderr", "{line}")
             }
-        }
+        })
     }
 }
 

@@ -35,6 +35,7 @@ use lettre::{Address, AsyncTransport, Tokio1Executor, address::Envelope};
 use super::allowlist::{AllowList, Reach, is_internal_ip};
 use super::http::Transport;
 use crate::bindings::smtp::{Relay, Reply, Security, SmtpError};
+use crate::telemetry::attempt::in_attempt;
 use crate::text::cap;
 
 /// The largest message a plugin may hand over, in bytes. Notifications are
@@ -326,12 +327,14 @@ impl OutboundSmtp {
     }
 
     fn deny(&self, relay: &Relay, reason: &str) -> SmtpError {
-        tracing::warn!(
-            plugin = %self.plugin,
-            task = self.task.as_deref().unwrap_or("-"),
-            relay = %format!("{}:{}", relay.host, relay.port),
-            "outbound SMTP denied: {reason}"
-        );
+        in_attempt(|| {
+            tracing::warn!(
+                plugin = %self.plugin,
+                task = self.task.as_deref().unwrap_or("-"),
+                relay = %format!("{}:{}", relay.host, relay.port),
+                "outbound SMTP denied: {reason}"
+            )
+        });
         SmtpError::Denied(reason.to_string())
     }
 }

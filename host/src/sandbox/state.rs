@@ -15,6 +15,7 @@ use super::output::{LogBudget, MAX_LOG_LINE_BYTES, PluginOutput, Stream};
 use super::policy::PluginConfig;
 use super::smtp::{OutboundSmtp, SmtpPools};
 use crate::bindings::{Level, notifyhub, smtp};
+use crate::telemetry::attempt::in_attempt;
 use crate::text::cap;
 
 /// What one store knows about the plugin and task it runs.
@@ -136,7 +137,7 @@ impl notifyhub::plugin::host::Host for HostState {
         let task = task.as_str();
         let message = cap(message, MAX_LOG_LINE_BYTES);
         let plugin = &*self.policy.name;
-        match level {
+        in_attempt(|| match level {
             Level::Trace => {
                 tracing::trace!(target: "plugin", plugin = %plugin, task = %task, "{message}")
             }
@@ -152,7 +153,7 @@ impl notifyhub::plugin::host::Host for HostState {
             Level::Error => {
                 tracing::error!(target: "plugin", plugin = %plugin, task = %task, "{message}")
             }
-        }
+        })
     }
 
     fn get_config(&mut self, key: String) -> Option<String> {

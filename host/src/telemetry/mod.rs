@@ -4,7 +4,8 @@
 //! with the fields of the span it was logged in) for log collectors. Every
 //! delivery attempt is a span (`attempt`: task, platform, plugin, version,
 //! destination, worker, attempt number, outcome), and the plugin's own log
-//! lines are events inside it.
+//! lines are events inside it; the span is made only when a line is logged
+//! in it or spans are exported ([`attempt`]).
 //!
 //! With `[traces] otlp_endpoint` set, `serve` also exports those spans over
 //! OTLP/HTTP (protobuf) to an OpenTelemetry collector, through
@@ -14,7 +15,10 @@
 //! drops spans beyond it and says so in its own log). Off unless configured;
 //! the SDK's `OTEL_BSP_*` variables tune the batching.
 
+pub mod attempt;
+
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 use tracing_subscriber::layer::SubscriberExt;
@@ -83,6 +87,14 @@ pub enum TelemetryError {
     Install(String),
 }
 
+/// Whether the installed subscriber exports spans: then every attempt's span
+/// is made when the attempt starts ([`attempt::AttemptSpan`]).
+static EXPORTS_SPANS: AtomicBool = AtomicBool::new(false);
+
+fn exports_spans() -> bool {
+    EXPORTS_SPANS.load(Ordering::Relaxed)
+}
+
 /// Holds the trace exporter; dropping it sends the spans still queued.
 pub struct Telemetry {
     provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
@@ -139,6 +151,7 @@ pub fn init(
         .with(spans)
         .try_init()
         .map_err(|e| TelemetryError::Install(e.to_string()))?;
+    EXPORTS_SPANS.store(provider.is_some(), Ordering::Relaxed);
     if let Some(url) = traces.and_then(|t| t.otlp_endpoint.as_ref()) {
         tracing::info!(endpoint = %url, "exporting attempt spans over OTLP/HTTP");
     }
