@@ -244,14 +244,18 @@ impl WasiHttpHooks for OutboundHttp {
             .map_or(self.timeout, |t| t.min(self.timeout));
         Box::new(async move {
             verdict?;
-            let sent = match reach {
-                Some(Reach::Any) => {
-                    tokio::time::timeout(timeout, client.any.request(request)).await
-                }
-                _ => tokio::time::timeout(timeout, client.public.request(request)).await,
+            let send = async {
+                let (head, body) = request.into_parts();
+                let request =
+                    http::Request::from_parts(head, Primed::new(body).await?.boxed_unsync());
+                Ok::<_, HttpError>(match reach {
+                    Some(Reach::Any) => client.any.request(request).await,
+                    _ => client.public.request(request).await,
+                })
             };
-            let response = sent
-                .map_err(|_| HttpError::ConnectionReadTimeout)?
+            let response = tokio::time::timeout(timeout, send)
+                .await
+                .map_err(|_| HttpError::ConnectionReadTimeout)??
                 .map_err(|e| {
                     let url = redact::target(&uri.to_string());
                     if is_internal_address(&e) {
@@ -274,6 +278,72 @@ impl WasiHttpHooks for OutboundHttp {
             let response = response.map(|body| CappedBody::new(body, max_bytes).boxed_unsync());
             Ok((response, Box::new(async { Ok(()) }) as IoFuture))
         })
+    }
+}
+
+/// A request body whose first frame has arrived. The guest writes the body
+/// after `handle` returns; handed over before it, hyper wrote the request's
+/// head at once and the body in a second write, so the platform's side got
+/// two segments and woke twice. Waiting for the first frame, a small body
+/// (a webhook's JSON) goes out with the head in one write.
+struct Primed {
+    first: Option<Frame<Bytes>>,
+    /// `None` once the body ended.
+    rest: Option<WasiBody>,
+}
+
+impl Primed {
+    async fn new(mut body: WasiBody) -> Result<Self, HttpError> {
+        Ok(match body.frame().await.transpose()? {
+            Some(first) => Primed {
+                first: Some(first),
+                rest: Some(body),
+            },
+            None => Primed {
+                first: None,
+                rest: None,
+            },
+        })
+    }
+}
+
+impl Body for Primed {
+    type Data = Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
+        if let Some(first) = self.first.take() {
+            return Poll::Ready(Some(Ok(first)));
+        }
+        match &mut self.rest {
+            Some(rest) => Pin::new(rest).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let first = self
+            .first
+            .as_ref()
+            .and_then(Frame::data_ref)
+            .map_or(0, |d| d.len() as u64);
+        let rest = self
+            .rest
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint);
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower().saturating_add(first));
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper.saturating_add(first));
+        }
+        hint
     }
 }
 
