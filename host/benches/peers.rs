@@ -215,7 +215,19 @@ async fn notifyhub(receiver: &Receiver) -> anyhow::Result<f64> {
     receiver
         .wait_for(before + NOTIFYHUB_COUNT, Duration::from_secs(120))
         .await?;
-    Ok(NOTIFYHUB_COUNT as f64 / started.elapsed().as_secs_f64())
+    let rate = NOTIFYHUB_COUNT as f64 / started.elapsed().as_secs_f64();
+    // How the default pool got there: its growth is most of a short run.
+    let pool = daemon.request(json!({"op": "status"})).await?["result"]["pool"].clone();
+    for event in pool["recent_scale_events"].as_array().into_iter().flatten() {
+        println!(
+            "  notifyhub's pool: {} {} -> {}: {}",
+            event["at"].as_str().unwrap_or("?"),
+            event["from"],
+            event["to"],
+            event["reason"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(rate)
 }
 
 /// A plain keep-alive HTTP client's rate to the same receiver, posting

@@ -17,7 +17,8 @@
 //!   not swing the pool from a few dozen workers to hundreds and back;
 //! - **CPU saturated**: it climbs — from four workers per core, doubling
 //!   each window — for as long as each step raises completed tasks per
-//!   second by at least [`GAIN`]. The first step that does not ends the
+//!   second by at least [`GAIN`], or leaves CPU to spare with tasks
+//!   waiting (the step's workers do not use the machine up yet). The first step that does not ends the
 //!   climb: undone if it lowered throughput by as much, kept if it is
 //!   within that of the step before (past the knee the curve is flat, more
 //!   workers there cost little, and a window's noise made a climb that
@@ -189,21 +190,51 @@ impl ConcurrencyLimit {
         let saturated = busy.is_some_and(|b| b >= SATURATED);
         let percent = busy.map_or("?".to_string(), |b| format!("{:.0}%", b * 100.0));
         if !saturated {
-            if self.state == State::Open {
-                return None;
+            match self.state {
+                State::Open => return None,
+                // Not at its step yet (workers starting or draining): no
+                // verdict.
+                State::Climbing { .. }
+                    if now.workers != self.limit || start.workers != self.limit =>
+                {
+                    return None;
+                }
+                _ => {}
             }
             self.unsaturated += 1;
-            if self.unsaturated < REOPEN_AFTER {
-                return None;
+            if self.unsaturated >= REOPEN_AFTER || self.limit >= self.max {
+                self.unsaturated = 0;
+                self.state = State::Open;
+                return self.change(
+                    self.max,
+                    format!(
+                        "CPU {percent} busy with tasks waiting, {REOPEN_AFTER} windows in a row: the work waits on I/O, so concurrency follows demand"
+                    ),
+                );
             }
-            self.unsaturated = 0;
-            self.state = State::Open;
-            return self.change(
-                self.max,
-                format!(
-                    "CPU {percent} busy with tasks waiting, {REOPEN_AFTER} windows in a row: the work waits on I/O, so concurrency follows demand"
-                ),
-            );
+            return match self.state {
+                // This step's workers leave CPU to spare while tasks wait:
+                // the next step may use it. Waiting for a saturated window
+                // here stalled the climb at its first step, which on a
+                // machine shared with the platform's side left the CPU at
+                // 83 %, until the limit reopened and the pool grew to
+                // hundreds, saturated, and started over from 8.
+                State::Climbing { probing, .. } => {
+                    self.state = State::Climbing {
+                        previous: Some((self.limit, rate)),
+                        probing,
+                    };
+                    let up = self.step_up(self.limit);
+                    self.change(
+                        up,
+                        format!(
+                            "{} workers ran {rate:.0} tasks/s with CPU {percent} busy and tasks waiting; trying {up}",
+                            self.limit
+                        ),
+                    )
+                }
+                _ => None,
+            };
         }
         self.unsaturated = 0;
         match self.state {
@@ -442,14 +473,42 @@ mod tests {
         limit.observe(run.reading(64, 3000.0, 0.99, true));
         limit.observe(run.reading(64, 3000.0, 0.99, true));
         assert_eq!(limit.get(), 8);
-        for _ in 1..REOPEN_AFTER {
-            assert_eq!(limit.observe(run.reading(8, 40.0, 0.1, true)), None);
+        // CPU idle with tasks waiting: each window climbs a step, and after
+        // `REOPEN_AFTER` of them the limit opens.
+        // (A step's first window opened before it: no verdict.)
+        let mut tried = Vec::new();
+        for _ in 0..2 * REOPEN_AFTER {
+            let workers = limit.get();
+            if let Some(change) = limit.observe(run.reading(workers, 40.0, 0.1, true)) {
+                tried.push(change.limit);
+            }
         }
-        let change = limit
-            .observe(run.reading(8, 40.0, 0.1, true))
-            .expect("opens");
-        assert_eq!(change.limit, 512, "{}", change.reason);
+        assert_eq!(tried, [16, 32, 64, 512], "{tried:?}");
         assert!(!limit.is_adaptive());
+    }
+
+    /// On a machine shared with the platform's side, the climb's first
+    /// step may leave CPU to spare: the climb goes on from there instead
+    /// of stalling until the limit reopens, and settles where the curve
+    /// flattens.
+    #[test]
+    fn a_step_that_leaves_cpu_to_spare_climbs_on() {
+        let (mut limit, mut run) = saturated();
+        assert_eq!(limit.get(), 8);
+        // The window that opened at 64 workers gives no verdict; the next
+        // one, at 8 all through, does.
+        assert_eq!(
+            limit.observe(run.reading(8, cpu_bound(8), 0.83, true)),
+            None
+        );
+        let change = limit
+            .observe(run.reading(8, cpu_bound(8), 0.83, true))
+            .expect("climbs");
+        assert_eq!(change.limit, 16, "{}", change.reason);
+        let tried = follow(&mut limit, &mut run, cpu_bound, 10);
+        assert_eq!(tried, [32, 32], "{tried:?}");
+        assert_eq!(limit.get(), 32);
+        assert!(limit.is_adaptive());
     }
 
     /// A quiet window now and then on a saturated machine (under a CPU
