@@ -219,20 +219,11 @@ impl ConcurrencyLimit {
                 // machine shared with the platform's side left the CPU at
                 // 83 %, until the limit reopened and the pool grew to
                 // hundreds, saturated, and started over from 8.
-                State::Climbing { probing, .. } => {
-                    self.state = State::Climbing {
-                        previous: Some((self.limit, rate)),
-                        probing,
-                    };
-                    let up = self.step_up(self.limit);
-                    self.change(
-                        up,
-                        format!(
-                            "{} workers ran {rate:.0} tasks/s with CPU {percent} busy and tasks waiting; trying {up}",
-                            self.limit
-                        ),
-                    )
-                }
+                State::Climbing { probing, .. } => self.climb_on(
+                    rate,
+                    probing,
+                    &format!(" with CPU {percent} busy and tasks waiting"),
+                ),
                 _ => None,
             };
         }
@@ -296,19 +287,26 @@ impl ConcurrencyLimit {
                     })
                 }
                 _ if self.limit >= self.max => None,
-                _ => {
-                    self.state = State::Climbing {
-                        previous: Some((self.limit, rate)),
-                        probing,
-                    };
-                    let up = self.step_up(self.limit);
-                    self.change(
-                        up,
-                        format!("{} workers ran {rate:.0} tasks/s; trying {up}", self.limit),
-                    )
-                }
+                _ => self.climb_on(rate, probing, ""),
             },
         }
+    }
+
+    /// The climb's next step from the current limit, which ran `rate`
+    /// tasks/s (`detail` says more of that step).
+    fn climb_on(&mut self, rate: f64, probing: bool, detail: &str) -> Option<Change> {
+        self.state = State::Climbing {
+            previous: Some((self.limit, rate)),
+            probing,
+        };
+        let up = self.step_up(self.limit);
+        self.change(
+            up,
+            format!(
+                "{} workers ran {rate:.0} tasks/s{detail}; trying {up}",
+                self.limit
+            ),
+        )
     }
 
     fn change(&mut self, limit: usize, reason: String) -> Option<Change> {
