@@ -78,8 +78,10 @@ pub const MAX_GUEST_TRANSFER_BYTES: usize = 1 << 20;
 /// How often the epoch advances; the granularity of call deadlines.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// How much of a freed instance slot's memory, and of its tables, stays
-/// resident to be reset in place (see [`config`]). A Rust plugin's instance
-/// writes ~100 KiB; what a larger one wrote past this is handed back.
+/// resident to be reset in place (see [`config`]): enough for a Rust
+/// plugin's instance (a worker of the `webhook` plugin adds ~120 KiB to the
+/// daemon's resident memory, connection included: `--bench pool`, 512 more
+/// workers, 107 → 168 MiB). What a larger one wrote past it is handed back.
 const KEEP_RESIDENT: usize = 256 << 10;
 
 /// Engine-wide settings.
