@@ -259,24 +259,22 @@ async fn call(
         (Err(failure), _) => Outcome::failed(failure.class, failure.message),
     };
 
-    // A failure is logged, and so is a delivery at debug (at info, a busy
-    // host would write a line per delivery; the journal and the metrics
-    // keep every outcome anyway). The span is made before the outcome is
-    // recorded on it, so the line carries it; a quiet delivery's span is
-    // not made at all.
-    let (name, logged) = match &outcome {
-        Outcome::Delivered { .. } => ("delivered", tracing::enabled!(tracing::Level::DEBUG)),
-        Outcome::Failed { class, .. } => (class.as_str(), true),
-    };
-    if logged {
-        span.make();
-    }
-    span.record("outcome", name);
+    span.record(
+        "outcome",
+        match &outcome {
+            Outcome::Delivered { .. } => "delivered",
+            Outcome::Failed { class, .. } => class.as_str(),
+        },
+    );
     match &outcome {
-        Outcome::Delivered { status, .. } if logged => {
-            in_attempt(|| tracing::debug!(plugin = %plugin.name, status = %status, "delivered"))
+        Outcome::Delivered { status, .. } => {
+            // At debug: at info, a busy host writes a line per delivery
+            // (the journal and the metrics keep every outcome anyway), and
+            // a quiet delivery's span is never made.
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                in_attempt(|| tracing::debug!(plugin = %plugin.name, status = %status, "delivered"))
+            }
         }
-        Outcome::Delivered { .. } => {}
         Outcome::Failed { class, message, .. } => {
             span.record("otel.status_code", "error");
             in_attempt(

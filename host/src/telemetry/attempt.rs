@@ -23,7 +23,7 @@
 //! attempt's span. Every `tracing` event on the attempt's path goes through
 //! [`in_attempt`]; a plain event there would lose the span's fields.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tracing::Span;
 
@@ -35,6 +35,9 @@ tokio::task_local! {
 pub struct AttemptSpan {
     make: Box<dyn Fn() -> Span + Send + Sync>,
     span: OnceLock<Span>,
+    /// Fields recorded while the span was not made, given to it when it is:
+    /// a line logged after the outcome is known carries the outcome.
+    recorded: Mutex<Vec<(&'static str, &'static str)>>,
 }
 
 impl AttemptSpan {
@@ -44,6 +47,7 @@ impl AttemptSpan {
         let attempt = Arc::new(AttemptSpan {
             make: Box::new(make),
             span: OnceLock::new(),
+            recorded: Mutex::new(Vec::new()),
         });
         if super::exports_spans() {
             attempt.make();
@@ -51,21 +55,30 @@ impl AttemptSpan {
         attempt
     }
 
-    /// Makes the span now, if it was not: before recording a field that a
-    /// line about to be logged should carry.
-    pub fn make(&self) {
+    /// Makes the span now, if it was not.
+    fn make(&self) {
         self.span();
     }
 
     fn span(&self) -> &Span {
-        self.span.get_or_init(|| (self.make)())
+        self.span.get_or_init(|| {
+            let span = (self.make)();
+            let recorded = self.recorded.lock().expect("never poisoned");
+            for (field, value) in recorded.iter() {
+                span.record(*field, *value);
+            }
+            span
+        })
     }
 
-    /// Records `value` on the span, if it was made: if it was not, nothing
-    /// has seen the attempt, and nothing will.
-    pub fn record(&self, field: &str, value: &str) {
-        if let Some(span) = self.span.get() {
-            span.record(field, value);
+    /// Records `value` on the span; if it is not made yet, when it is.
+    pub fn record(&self, field: &'static str, value: &'static str) {
+        let mut recorded = self.recorded.lock().expect("never poisoned");
+        match self.span.get() {
+            Some(span) => {
+                span.record(field, value);
+            }
+            None => recorded.push((field, value)),
         }
     }
 
@@ -121,6 +134,64 @@ mod tests {
             1,
             "made once, by the first line"
         );
+    }
+
+    /// A field recorded before the span is made is on it once it is.
+    #[test]
+    fn fields_recorded_before_the_span_is_made_reach_it() {
+        use tracing_subscriber::layer::SubscriberExt;
+
+        let (writer, lines) = Lines::new();
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(writer)
+                .with_ansi(false),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            let attempt = AttemptSpan::new(|| {
+                tracing::info_span!("attempt", outcome = tracing::field::Empty)
+            });
+            attempt.record("outcome", "crashed");
+            attempt.enter(|| in_attempt(|| tracing::warn!("after the outcome")));
+        });
+        let logged = lines.lock().expect("never poisoned").clone();
+        assert!(
+            logged.contains("attempt{outcome=\"crashed\"}") && logged.contains("after the outcome"),
+            "{logged}"
+        );
+    }
+
+    /// A writer the test reads back.
+    #[derive(Clone)]
+    struct Lines(Arc<Mutex<String>>);
+
+    impl Lines {
+        fn new() -> (Self, Arc<Mutex<String>>) {
+            let lines = Arc::new(Mutex::new(String::new()));
+            (Lines(lines.clone()), lines)
+        }
+    }
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0
+                .lock()
+                .expect("never poisoned")
+                .push_str(&String::from_utf8_lossy(buf));
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Lines {
+        type Writer = Lines;
+
+        fn make_writer(&'a self) -> Lines {
+            self.clone()
+        }
     }
 
     #[test]
