@@ -166,42 +166,44 @@ async fn deliver(
             )
         })
     };
-    let outcome = span
-        .clone()
-        .run(call(plugin, task, warm, context, &span))
+    // The attempt, from the call to the recorded outcome, in its scope: the
+    // lines logged anywhere on the way carry its span.
+    span.clone()
+        .run(async {
+            let outcome = call(plugin, task, warm, context, &span).await;
+            // The pause goes to the dispatcher before the outcome is
+            // recorded (and waiters answered), so no one can see the
+            // outcome and beat the pause.
+            if let Some(retry_after) = lifecycle::pause(&outcome) {
+                if let Some(m) = context.lifecycle.metrics() {
+                    m.pause(&task.platform);
+                }
+                let key = super::pacer::pace_key(task);
+                if let Some(shared) = &context.shared_pace
+                    && let Err(e) = shared.pause(&key, retry_after).await
+                {
+                    in_attempt(|| tracing::warn!("cannot tell the other hosts to pause: {e}"));
+                }
+                let _ = events.send(Event::RateLimited { key, retry_after });
+            }
+            // Counted before the outcome is recorded: whoever sees the task
+            // finished also sees it counted in `status`.
+            metrics.record(started.elapsed().as_micros() as u64, outcome.is_success());
+            *metrics.current.lock().expect("never poisoned") = None;
+            *metrics.last_activity.lock().expect("never poisoned") = Some(SystemTime::now());
+            // Held across the write: when commits fall behind, the worker
+            // waits here (its task still running) rather than piling up
+            // outcomes that a crash would lose and deliver again.
+            let _room = context.lifecycle.store().room_for_outcome().await;
+            context.lifecycle.finish(
+                task,
+                attempt,
+                outcome,
+                Some(plugin.version_ref()),
+                Some(started.elapsed()),
+            );
+        })
         .await;
-    // The pause goes to the dispatcher before the outcome is recorded (and
-    // waiters answered), so no one can see the outcome and beat the pause.
-    if let Some(retry_after) = lifecycle::pause(&outcome) {
-        if let Some(m) = context.lifecycle.metrics() {
-            m.pause(&task.platform);
-        }
-        let key = super::pacer::pace_key(task);
-        if let Some(shared) = &context.shared_pace
-            && let Err(e) = shared.pause(&key, retry_after).await
-        {
-            tracing::warn!(task = %task.id, "cannot tell the other hosts to pause: {e}");
-        }
-        let _ = events.send(Event::RateLimited { key, retry_after });
-    }
-    // Counted before the outcome is recorded: whoever sees the task
-    // finished also sees it counted in `status`.
-    metrics.record(started.elapsed().as_micros() as u64, outcome.is_success());
-    *metrics.current.lock().expect("never poisoned") = None;
-    *metrics.last_activity.lock().expect("never poisoned") = Some(SystemTime::now());
-    // Held across the write: when commits fall behind, the worker waits
-    // here (its task still running) rather than piling up outcomes that a
-    // crash would lose and deliver again.
-    let _room = context.lifecycle.store().room_for_outcome().await;
-    span.enter(|| {
-        context.lifecycle.finish(
-            task,
-            attempt,
-            outcome,
-            Some(plugin.version_ref()),
-            Some(started.elapsed()),
-        )
-    });
 }
 
 /// Runs `task` on a warm instance of `plugin` (or a new one) and logs what

@@ -86,11 +86,6 @@ impl AttemptSpan {
     pub async fn run<F: Future>(self: Arc<Self>, attempt: F) -> F::Output {
         CURRENT.scope(self, attempt).await
     }
-
-    /// Runs `f`, which does not wait, with this as the current attempt.
-    pub fn enter<R>(self: &Arc<Self>, f: impl FnOnce() -> R) -> R {
-        CURRENT.sync_scope(self.clone(), f)
-    }
 }
 
 /// Runs `log` inside the current attempt's span, making the span if it is
@@ -152,7 +147,9 @@ mod tests {
                 tracing::info_span!("attempt", outcome = tracing::field::Empty)
             });
             attempt.record("outcome", "crashed");
-            attempt.enter(|| in_attempt(|| tracing::warn!("after the outcome")));
+            CURRENT.sync_scope(attempt, || {
+                in_attempt(|| tracing::warn!("after the outcome"))
+            });
         });
         let logged = lines.lock().expect("never poisoned").clone();
         assert!(
