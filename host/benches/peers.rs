@@ -32,6 +32,9 @@ use serde_json::{Value, json};
 #[path = "support/noop_calls.rs"]
 mod noop_calls;
 
+#[path = "support/scale_events.rs"]
+mod scale_events;
+
 const BIN: &str = env!("CARGO_BIN_EXE_notifyhub");
 const APPRISE_COUNT: usize = 2_000;
 const NOTIFYHUB_COUNT: usize = 20_000;
@@ -218,15 +221,7 @@ async fn notifyhub(receiver: &Receiver) -> anyhow::Result<f64> {
     let rate = NOTIFYHUB_COUNT as f64 / started.elapsed().as_secs_f64();
     // How the default pool got there: its growth is most of a short run.
     let pool = daemon.request(json!({"op": "status"})).await?["result"]["pool"].clone();
-    for event in pool["recent_scale_events"].as_array().into_iter().flatten() {
-        println!(
-            "  notifyhub's pool: {} {} -> {}: {}",
-            event["at"].as_str().unwrap_or("?"),
-            event["from"],
-            event["to"],
-            event["reason"].as_str().unwrap_or("?")
-        );
-    }
+    scale_events::print(&pool, "  notifyhub's pool: ");
     Ok(rate)
 }
 

@@ -30,6 +30,9 @@ use notifyhub_testkit::deadline::within;
 use notifyhub_testkit::receiver::{Receiver, Reply};
 use serde_json::{Value, json};
 
+#[path = "support/scale_events.rs"]
+mod scale_events;
+
 const BIN: &str = env!("CARGO_BIN_EXE_notifyhub");
 
 fn main() -> anyhow::Result<()> {
@@ -252,15 +255,7 @@ async fn slow_receiver_with(max_workers: Option<usize>) -> anyhow::Result<()> {
         receiver.connections(),
     );
     if max_workers.is_none() {
-        for event in pool["recent_scale_events"].as_array().into_iter().flatten() {
-            println!(
-                "    {} {} -> {}: {}",
-                event["at"].as_str().unwrap_or("?"),
-                event["from"],
-                event["to"],
-                event["reason"].as_str().unwrap_or("?")
-            );
-        }
+        scale_events::print(&pool, "    ");
     }
     Ok(())
 }
