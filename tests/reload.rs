@@ -384,18 +384,35 @@ async fn a_plugin_without_cached_code_serves_at_once_and_settles_on_optimized_co
         .file("swap.toml", "platforms = [\"swap\"]\n")
         .start()
         .await?;
-    // The empty cache had no code: the baseline compiler made some first.
-    let baseline: Vec<_> = std::fs::read_dir(cache.path())?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with("baseline-"))
-        .flat_map(|e| std::fs::read_dir(e.path()).into_iter().flatten())
-        .collect();
-    assert_eq!(
-        baseline.len(),
-        1,
-        "baseline code in the cache: {baseline:?}"
-    );
+    // The empty cache had no code: the baseline compiler made some first,
+    // which serves while its copy is written to the cache.
     assert_eq!(deliver(&daemon).await?["state"], "succeeded");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let baseline: Vec<_> = std::fs::read_dir(cache.path())?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("baseline-"))
+            .flat_map(|e| std::fs::read_dir(e.path()).into_iter().flatten())
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .collect();
+        if baseline
+            .iter()
+            .any(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        {
+            assert_eq!(
+                baseline.len(),
+                1,
+                "baseline code in the cache: {baseline:?}"
+            );
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no baseline code in the cache after 30 s: {baseline:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 
     // Cranelift's code follows in the background and is swapped in.
     until_within(&daemon, Duration::from_secs(60), |v| {

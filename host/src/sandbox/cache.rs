@@ -12,6 +12,12 @@
 //! from the page cache (no memfd to write and seal per plugin), and every
 //! daemon on the machine shares one copy.
 //!
+//! Baseline code is the exception on the way in: it serves from memory as
+//! soon as Winch has made it, and its copy is written on a thread that runs
+//! only on CPU the compiles leave idle ([`CodeCache::store_in_background`]).
+//! A cold start is bound by the CPU its compiles take, and that code serves
+//! only until the optimizer's replaces it.
+//!
 //! It must never change a file in place (a mapped file that changes under
 //! a running instance changes its code): a file is written beside its place
 //! and renamed over it. A file that does not load (a different wasmtime, a
@@ -25,11 +31,15 @@ use std::fs::{self, File};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::thread;
 use std::time::{Duration, SystemTime};
 
 use wasmtime::Engine;
 use wasmtime::component::Component;
+
+use crate::allocator::release_free_memory;
 
 /// Past this, the least recently used files of a tier's directory go.
 pub const MAX_BYTES: u64 = 1 << 30;
@@ -128,6 +138,37 @@ impl CodeCache {
         Ok(())
     }
 
+    /// Keeps `component`'s code as the code of `digest`, on a thread of its
+    /// own: the component serves at once, and its copy reaches the disk
+    /// while other plugins compile. A copy that fails to be kept is logged;
+    /// one the process exits before finishing is a temporary file the next
+    /// prune removes. Either costs only a later compile.
+    pub fn store_in_background(self: &Arc<Self>, digest: &str, component: &Component) {
+        let (cache, digest, component) = (self.clone(), digest.to_owned(), component.clone());
+        let spawned = thread::Builder::new()
+            .name("notifyhub-cache".into())
+            .spawn(move || {
+                // At a cold start every core compiles plugins that do not
+                // serve yet; this copy can wait for a core they leave idle.
+                idle_priority();
+                let kept = component
+                    .serialize()
+                    .map_err(io::Error::other)
+                    .and_then(|code| cache.store(&digest, &code));
+                if let Err(error) = kept {
+                    tracing::warn!(dir = %cache.dir.display(), "cannot keep compiled code in the cache: {error}");
+                }
+                // The copy was as large as the code; this thread's freed
+                // pages go back before it exits.
+                release_free_memory();
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(
+                "cannot keep compiled code in the cache: no thread to write it: {error}"
+            );
+        }
+    }
+
     /// Removes stale temporary files, and the least recently used files
     /// until the directory holds at most `limit` bytes. Other daemons may
     /// share the directory: a file that goes while this looks (renamed into
@@ -169,6 +210,20 @@ impl CodeCache {
             self.hits.load(Ordering::Relaxed),
             self.misses.load(Ordering::Relaxed),
         )
+    }
+}
+
+/// Runs the calling thread only on CPU no other thread wants (Linux's
+/// `SCHED_IDLE`, which still gives it a sliver of a busy machine). Failing
+/// leaves it at its priority.
+fn idle_priority() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param; pid 0 is the calling thread.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
+        tracing::debug!(
+            "cannot lower the cache writer's priority: {}",
+            io::Error::last_os_error()
+        );
     }
 }
 
