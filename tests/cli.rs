@@ -221,6 +221,42 @@ fn try_plugin(
     Ok((out.status, report))
 }
 
+/// `try` compiles with the baseline compiler and exits: its code is in the
+/// cache when it does, so the next `try` of the same build finds it.
+#[test]
+fn try_leaves_its_code_in_the_cache() -> anyhow::Result<()> {
+    let cache = tempfile::Builder::new().prefix("nh-try-cache-").tempdir()?;
+    let plugin = notifyhub_testkit::plugins::path("webhook")?;
+    let out = output_within(
+        Command::new(BIN)
+            .arg("--cache-dir")
+            .arg(cache.path())
+            .arg("try")
+            .arg(&plugin)
+            .args(["-t", "https://hooks.example.com/x", "-b", "hi", "--json"])
+            .env("NO_COLOR", "1"),
+        CLI_EXITS_WITHIN,
+    )?;
+    assert!(
+        out.status.success(),
+        "{}{}",
+        stdout(&out),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let baseline: Vec<_> = std::fs::read_dir(cache.path())?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("baseline-"))
+        .flat_map(|e| std::fs::read_dir(e.path()).into_iter().flatten())
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .collect();
+    assert!(
+        baseline.len() == 1 && baseline[0].extension().is_some_and(|e| e == "cwasm"),
+        "baseline code in the cache after `try`: {baseline:?}"
+    );
+    Ok(())
+}
+
 #[test]
 fn try_shows_the_request_and_classifies_a_canned_answer() -> anyhow::Result<()> {
     let secret = "SECsecret-that-must-not-show";

@@ -99,6 +99,7 @@ impl Daemon {
             max_total_memory_mib: config.sandbox.max_guest_memory_mib,
             max_instances: crate::pool::instance_slots(&config.pool)
                 .max(SandboxSettings::default().max_instances),
+            baseline_written_behind: true,
             ..Default::default()
         };
         let sandbox = Arc::new(Sandbox::new(&settings)?);

@@ -12,11 +12,12 @@
 //! from the page cache (no memfd to write and seal per plugin), and every
 //! daemon on the machine shares one copy.
 //!
-//! Baseline code is the exception on the way in: it serves from memory as
-//! soon as Winch has made it, and its copy is written on a thread that runs
-//! only on CPU the compiles leave idle ([`CodeCache::store_in_background`]).
-//! A cold start is bound by the CPU its compiles take, and that code serves
-//! only until the optimizer's replaces it.
+//! In a daemon, baseline code is the exception on the way in: it serves from
+//! memory as soon as Winch has made it, and its copy is written on a thread
+//! that runs only on CPU the compiles leave idle
+//! ([`CodeCache::store_in_background`]). A cold start is bound by the CPU
+//! its compiles take, and that code serves only until the optimizer's
+//! replaces it.
 //!
 //! It must never change a file in place (a mapped file that changes under
 //! a running instance changes its code): a file is written beside its place
@@ -141,7 +142,7 @@ impl CodeCache {
     /// Keeps `component`'s code as the code of `digest`, on a thread of its
     /// own: the component serves at once, and its copy reaches the disk
     /// while other plugins compile. A copy that fails to be kept is logged;
-    /// one the process exits before finishing is a temporary file the next
+    /// one the process exits before finishing is a temporary file a later
     /// prune removes. Either costs only a later compile.
     pub fn store_in_background(self: &Arc<Self>, digest: &str, component: &Component) {
         let (cache, digest, component) = (self.clone(), digest.to_owned(), component.clone());

@@ -97,6 +97,12 @@ pub struct SandboxSettings {
     pub max_total_memory_mib: u64,
     /// Where plugins' requests go; `None` is the network.
     pub transport: Option<Transport>,
+    /// Baseline code the cache does not hold serves from memory while its
+    /// copy is written on idle CPU, not after it is written: for a daemon,
+    /// whose cold start is bound by the CPU its compiles take. A process
+    /// that compiles once and exits (`notifyhub try`) writes first, so that
+    /// the next run finds the code.
+    pub baseline_written_behind: bool,
 }
 
 impl Default for SandboxSettings {
@@ -107,6 +113,7 @@ impl Default for SandboxSettings {
             max_memory_mib: 1024,
             max_total_memory_mib: 4096,
             transport: None,
+            baseline_written_behind: false,
         }
     }
 }
@@ -147,6 +154,8 @@ struct Compiler {
 struct Caches {
     optimized: Arc<CodeCache>,
     baseline: Arc<CodeCache>,
+    /// [`SandboxSettings::baseline_written_behind`].
+    baseline_written_behind: bool,
     optimizer: Optimizer,
 }
 
@@ -201,6 +210,7 @@ impl Sandbox {
                         Tier::Baseline.as_str(),
                         &baseline.engine,
                     )),
+                    baseline_written_behind: settings.baseline_written_behind,
                     optimized,
                 })
             }
@@ -289,7 +299,7 @@ impl Sandbox {
         let Some(caches) = &self.cache else {
             return Component::new(engine, bytes);
         };
-        if tier == Tier::Baseline {
+        if tier == Tier::Baseline && caches.baseline_written_behind {
             // Baseline code serves until the optimizer's replaces it, some
             // seconds later: it serves from memory while its copy is
             // written on idle CPU. Written first (a Python or JavaScript
