@@ -243,13 +243,7 @@ fn try_leaves_its_code_in_the_cache() -> anyhow::Result<()> {
         stdout(&out),
         String::from_utf8_lossy(&out.stderr)
     );
-    let baseline: Vec<_> = std::fs::read_dir(cache.path())?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with("baseline-"))
-        .flat_map(|e| std::fs::read_dir(e.path()).into_iter().flatten())
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .collect();
+    let baseline = notifyhub_testkit::daemon::cache_files(cache.path(), "baseline")?;
     assert!(
         baseline.len() == 1 && baseline[0].extension().is_some_and(|e| e == "cwasm"),
         "baseline code in the cache after `try`: {baseline:?}"

@@ -389,13 +389,7 @@ async fn a_plugin_without_cached_code_serves_at_once_and_settles_on_optimized_co
     assert_eq!(deliver(&daemon).await?["state"], "succeeded");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let baseline: Vec<_> = std::fs::read_dir(cache.path())?
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().starts_with("baseline-"))
-            .flat_map(|e| std::fs::read_dir(e.path()).into_iter().flatten())
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .collect();
+        let baseline = notifyhub_testkit::daemon::cache_files(cache.path(), "baseline")?;
         if baseline
             .iter()
             .any(|p| p.extension().is_some_and(|e| e == "cwasm"))

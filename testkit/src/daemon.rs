@@ -166,6 +166,23 @@ pub fn shared_cache_dir() -> PathBuf {
     crate::repo_root().join("target/notifyhub-test-cache")
 }
 
+/// The files under a compile cache `dir` for one compiler's code (`tier`:
+/// `baseline` or `optimized`): the code of each plugin (`*.cwasm`) and any
+/// copy still being written.
+pub fn cache_files(dir: &Path, tier: &str) -> std::io::Result<Vec<PathBuf>> {
+    let prefix = format!("{tier}-");
+    let mut files = Vec::new();
+    for engine in std::fs::read_dir(dir)? {
+        let engine = engine?;
+        if engine.file_name().to_string_lossy().starts_with(&prefix) {
+            for file in std::fs::read_dir(engine.path())? {
+                files.push(file?.path());
+            }
+        }
+    }
+    Ok(files)
+}
+
 /// `BIN try PLUGIN` with the suite's compile cache: add the message and
 /// answer options, then run it (under a deadline).
 pub fn try_command(bin: &Path, plugin: &Path) -> Command {
