@@ -50,16 +50,12 @@ impl AttemptSpan {
             recorded: Mutex::new(Vec::new()),
         });
         if super::exports_spans() {
-            attempt.make();
+            attempt.span();
         }
         attempt
     }
 
-    /// Makes the span now, if it was not.
-    fn make(&self) {
-        self.span();
-    }
-
+    /// The span, made now if it was not.
     fn span(&self) -> &Span {
         self.span.get_or_init(|| {
             let span = (self.make)();
