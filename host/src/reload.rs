@@ -54,6 +54,10 @@ use crate::protocol::{Change, ReloadResult};
 use crate::registry::Registry;
 use crate::sandbox::{Limits, Tier};
 
+mod order;
+
+use self::order::StartQueue;
+
 /// How long a file must be quiet before it is loaded.
 pub const DEBOUNCE: Duration = Duration::from_millis(30);
 /// The longest a changing file waits before it is loaded anyway.
@@ -84,37 +88,33 @@ enum Request {
 /// with no watcher to swap optimized code in later, baseline code would
 /// serve for good.
 pub async fn load_all(registry: Arc<Registry>, executor: Arc<Executor>, default_limits: Limits) {
-    let paths = list_loading(&registry).await;
+    let queue = list_loading(&registry).await;
     Watch::new(registry, executor, default_limits, None)
-        .initial_load(paths)
+        .initial_load(queue)
         .await
 }
 
 /// The plugin files present now, shown as loading in the registry before
 /// anyone can ask: `status` never says "not ready" with nothing loading.
-/// Smallest first: on an empty compile cache the many small plugins then
-/// serve within a second, while the few large ones (an interpreter inside:
-/// Python, JavaScript) take their seconds after them.
-async fn list_loading(registry: &Registry) -> Vec<PathBuf> {
+/// In the order they load in ([`order`]).
+async fn list_loading(registry: &Registry) -> StartQueue {
     let dir = registry.dir().to_path_buf();
-    let listed = tokio::task::spawn_blocking(move || {
-        let mut paths = loader::plugin_files(&dir)?;
-        paths.sort_by_cached_key(|p| std::fs::metadata(p).map_or(u64::MAX, |m| m.len()));
-        Ok::<_, std::io::Error>(paths)
-    });
-    let paths = match listed.await {
-        Ok(Ok(paths)) => paths,
+    // Reads the files' section headers too: off the async threads.
+    let listed =
+        tokio::task::spawn_blocking(move || loader::plugin_files(&dir).map(order::at_start));
+    let queue = match listed.await {
+        Ok(Ok(queue)) => queue,
         Ok(Err(e)) => {
             tracing::error!(dir = %registry.dir().display(), "cannot list the plugin directory: {e}");
-            Vec::new()
+            order::at_start(Vec::new())
         }
         Err(e) => {
             tracing::error!("listing the plugin directory failed: {e}");
-            Vec::new()
+            order::at_start(Vec::new())
         }
     };
-    registry.begin_loading(&paths);
-    paths
+    registry.begin_loading(&queue.paths());
+    queue
 }
 
 /// What loading a file at start gave: the digest and manifest read (to
@@ -296,14 +296,19 @@ impl Watch {
     /// Loads every plugin file present at start, in the order given, as many
     /// at once as there are cores, each installed as soon as it is ready;
     /// then marks the registry ready.
-    async fn initial_load(&mut self, paths: Vec<PathBuf>) {
+    async fn initial_load(&mut self, queue: StartQueue) {
         let started = Instant::now();
         let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
-        // Each loader takes the next path in turn, so files load in the
-        // order given (tasks spawned one per file start in no set order).
-        let queue = Arc::new(std::sync::Mutex::new(paths.into_iter()));
+        // Each loader takes the next file the queue hands out, so files load
+        // in its order (tasks spawned one per file start in no set order).
+        let queue = Arc::new(queue);
         let (done, mut results) = mpsc::unbounded_channel();
         let wanted = self.wanted();
+        // The second plugin of a language reuses the first's functions.
+        let reuse = self
+            .executor
+            .sandbox()
+            .hold_baseline_functions(queue.shared_kinds());
         for _ in 0..parallel {
             let (executor, limits, registry) = (
                 self.executor.clone(),
@@ -312,11 +317,9 @@ impl Watch {
             );
             let (queue, done) = (queue.clone(), done.clone());
             tokio::spawn(async move {
-                loop {
-                    let Some(path) = queue.lock().expect("never poisoned").next() else {
-                        return;
-                    };
+                while let Some((path, loading)) = queue.next().await {
                     let loaded = first_load(&path, &executor, &registry, limits, wanted).await;
+                    drop(loading);
                     if done.send((path, loaded)).is_err() {
                         return;
                     }
@@ -360,6 +363,7 @@ impl Watch {
             "plugins loaded"
         );
         self.registry.mark_ready();
+        drop(reuse);
         for (path, tier, digest) in to_optimize {
             self.optimize_later(&path, tier, digest);
         }

@@ -32,10 +32,12 @@ mod cache;
 mod functions;
 pub mod http;
 mod image;
+pub(crate) mod kind;
 pub mod limits;
 mod output;
 pub mod policy;
 pub mod recorder;
+mod reuse;
 pub mod smtp;
 mod state;
 mod tier;
@@ -57,8 +59,10 @@ use crate::allocator::release_free_memory;
 
 pub use self::allowlist::AllowList;
 pub use self::http::{HttpClient, Transport};
+pub use self::kind::Kind;
 pub use self::limits::{Limits, MemoryBudget};
 pub use self::policy::{PluginConfig, PluginPolicy, Secret};
+pub use self::reuse::{Hold, Reuse};
 pub use self::smtp::SmtpPolicy;
 use self::smtp::SmtpPools;
 pub use self::state::HostState;
@@ -135,6 +139,8 @@ pub enum SandboxError {
 pub struct Sandbox {
     optimized: Compiler,
     baseline: Compiler,
+    /// Winch's functions, shared by baseline compiles that overlap.
+    reuse: Arc<Reuse>,
     cache: Option<Caches>,
     http: Transport,
     smtp: Arc<SmtpPools>,
@@ -220,6 +226,7 @@ impl Sandbox {
         Ok(Sandbox {
             optimized,
             baseline,
+            reuse: Reuse::new(),
             cache,
             http: settings
                 .transport
@@ -296,6 +303,9 @@ impl Sandbox {
     /// when there is one.
     fn compile_anew(&self, digest: &str, bytes: &[u8], tier: Tier) -> wasmtime::Result<Component> {
         let engine = &self.compiler(tier).engine;
+        let _reuse = (tier == Tier::Baseline)
+            .then(|| self.reuse.scope(bytes))
+            .flatten();
         let Some(caches) = &self.cache else {
             return Component::new(engine, bytes);
         };
@@ -326,6 +336,14 @@ impl Sandbox {
                 unsafe { Component::deserialize(engine, &precompiled) }
             }
         }
+    }
+
+    /// Keeps the functions Winch compiles until the hold is dropped, for
+    /// the compiles of `coming` (a kind for each component to come): the
+    /// second plugin of a language then reuses its interpreter's
+    /// ([`reuse`]).
+    pub fn hold_baseline_functions(&self, coming: impl IntoIterator<Item = Kind>) -> Hold {
+        self.reuse.hold(coming)
     }
 
     /// Puts the optimized code of `bytes` (SHA-256 `digest`) in the cache, in

@@ -13,6 +13,8 @@ use wasmtime_environ::{
 };
 use winch_codegen::{BuiltinFunctions, CallingConvention, TargetIsa};
 
+use crate::reuse;
+
 /// Function compilation context.
 /// This struct holds information that can be shared globally across
 /// all function compilations.
@@ -28,6 +30,8 @@ pub(crate) struct Compiler {
     trampolines: NoInlineCompiler,
     contexts: Mutex<Vec<CompilationContext>>,
     tunables: Tunables,
+    /// The compiler's part of the keys of reused functions (`reuse`).
+    settings: [u8; 32],
 }
 
 impl Compiler {
@@ -36,11 +40,22 @@ impl Compiler {
         trampolines: Box<dyn wasmtime_environ::Compiler>,
         tunables: Tunables,
     ) -> Self {
+        let settings = reuse::compiler_key(&format!(
+            "{:?} {} {} {:?}",
+            tunables,
+            isa.triple(),
+            isa.flags(),
+            isa.isa_flags()
+                .iter()
+                .map(|flag| flag.to_string())
+                .collect::<Vec<_>>()
+        ));
         Self {
             isa,
             trampolines: NoInlineCompiler(trampolines),
             contexts: Mutex::new(Vec::new()),
             tunables,
+            settings,
         }
     }
 
@@ -131,6 +146,38 @@ impl wasmtime_environ::Compiler for Compiler {
         let FunctionBodyData {
             body, validator, ..
         } = data;
+        let (start, len) = {
+            let reader = body.get_binary_reader();
+            (
+                reader.original_position() as u32,
+                reader.bytes_remaining() as u32,
+            )
+        };
+        // notifyhub's patch (see vendor/README.md): inside a `reuse::Scope`,
+        // a function compiled before from the same inputs is not compiled again.
+        let reuse =
+            reuse::for_module(translation, &self.settings, validator.features).map(|reuse| {
+                let key = reuse.key(def_func_index, body.as_bytes());
+                (reuse, key)
+            });
+        if let Some((mut func, compiled_at)) =
+            reuse.as_ref().and_then(|(reuse, key)| reuse.take(key))
+        {
+            // Its instructions' wasm offsets hold only where it was compiled.
+            let at_its_offsets = compiled_at == start;
+            func.set_address_map(
+                start,
+                len,
+                self.tunables.generate_address_map && at_its_offsets,
+            );
+            if self.isa.flags().unwind_info() {
+                self.emit_unwind_info(&mut func)?;
+            }
+            return Ok(CompiledFunctionBody {
+                code: box_dyn_any_compiled_function(func),
+                needs_gc_heap: false,
+            });
+        }
         let mut context = self.get_context(translation);
         let mut validator = validator.into_validator(mem::take(&mut context.allocations));
         let func = self
@@ -148,15 +195,13 @@ impl wasmtime_environ::Compiler for Compiler {
         self.save_context(context, validator.into_allocations());
         let mut func = func?;
 
-        let reader = body.get_binary_reader();
-        func.set_address_map(
-            reader.original_position() as u32,
-            reader.bytes_remaining() as u32,
-            self.tunables.generate_address_map,
-        );
+        func.set_address_map(start, len, self.tunables.generate_address_map);
 
         if self.isa.flags().unwind_info() {
             self.emit_unwind_info(&mut func)?;
+        }
+        if let Some((reuse, key)) = reuse {
+            reuse.keep(key, &func, start);
         }
 
         Ok(CompiledFunctionBody {

@@ -6,6 +6,8 @@
 //! > be aware that your usage of this crate is not supported.
 
 pub use builder::builder;
+pub use reuse::{FunctionStore, Scope, Usage};
 
 mod builder;
 mod compiler;
+mod reuse;
