@@ -133,6 +133,40 @@ async fn a_platform_conflict_is_refused_truthfully_and_not_retried() -> anyhow::
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_refused_for_its_config_is_not_retried_when_another_loads() -> anyhow::Result<()> {
+    let daemon = Daemon::builder(BIN).plugin("noop", None).start().await?;
+    let dir = daemon.plugin_dir();
+    std::fs::copy(
+        notifyhub_testkit::plugins::path("telegram")?,
+        dir.join("telegram.wasm"),
+    )?;
+    let r = reload(&daemon, "telegram").await?;
+    let change = &r["result"]["results"][0];
+    anyhow::ensure!(change["change"] == "failed", "{r}");
+    let refusals = |logs: &str| logs.matches("`bot_token`").count();
+    let before = refusals(&daemon.logs());
+    anyhow::ensure!(before > 0, "the refusal was not logged: {r}");
+
+    // Another plugin's load can lift a conflict, not a missing config key:
+    // the refused file is not compiled again.
+    std::fs::copy(
+        notifyhub_testkit::plugins::path("webhook")?,
+        dir.join("webhook.wasm"),
+    )?;
+    let r = reload(&daemon, "webhook").await?;
+    anyhow::ensure!(r["result"]["results"][0]["change"] == "loaded", "{r}");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let after = refusals(&daemon.logs());
+    anyhow::ensure!(
+        after == before,
+        "the refusal was retried {} times",
+        after - before
+    );
+    noop_delivers(&daemon).await?;
+    no_panics(&daemon)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_out_of_bounds_get_a_clear_error() -> anyhow::Result<()> {
     let daemon = Daemon::builder(BIN).plugin("noop", None).start().await?;
     let cases = [

@@ -32,8 +32,9 @@
 //!   doubling to 30 s between attempts). A file that was read and refused
 //!   (it does not compile, describe() is out of bounds, it claims a platform
 //!   another file serves) is not tried again until its bytes or manifest
-//!   change, another plugin is unloaded or replaced (a conflict may be
-//!   gone), or an operator asks with `reload`.
+//!   change or an operator asks with `reload`; one refused for a conflict
+//!   also when another plugin is loaded, unloaded or replaced (the conflict
+//!   may be gone).
 //!
 //! All changes to the registry go through this one task, so loads never
 //! race each other; `reload` requests from the socket are queued here too.
@@ -248,6 +249,9 @@ struct Refusal {
     digest: String,
     manifest: Manifest,
     error: String,
+    /// Refused because another file serves a platform it claims: the only
+    /// refusal another file's change can lift.
+    conflict: bool,
 }
 
 /// A file's change waiting to settle.
@@ -340,12 +344,12 @@ impl Watch {
                             loaded += 1;
                             to_optimize.push((path, tier, digest));
                         }
-                        Err(error) => self.refuse(&path, digest, manifest, error),
+                        Err(error) => self.refuse(&path, digest, manifest, error, true),
                     }
                 }
                 Ok((digest, manifest, Err(e))) => {
                     self.registry.record_failure(&path, e.to_string());
-                    self.refuse(&path, digest, manifest, e.to_string());
+                    self.refuse(&path, digest, manifest, e.to_string(), false);
                 }
                 Err(error) => {
                     self.registry.record_failure(&path, error.clone());
@@ -481,8 +485,14 @@ impl Watch {
             Change::Loaded { .. } | Change::Reconfigured { .. } | Change::Unloaded
         ) {
             // The platforms served changed: a file refused for a conflict
-            // may fit now. Each gets one more try.
-            for (refused, _) in std::mem::take(&mut self.refused) {
+            // may fit now. Each gets one more try. Other refusals stand: a
+            // file refused for a missing config key was compiled again, at
+            // start, each time another plugin's optimized code came in.
+            let (conflicts, others) = std::mem::take(&mut self.refused)
+                .into_iter()
+                .partition(|(_, refusal)| refusal.conflict);
+            self.refused = others;
+            for (refused, _) in conflicts {
                 if refused.as_path() != path {
                     self.note(refused);
                 }
@@ -560,7 +570,7 @@ impl Watch {
             Err(e) => {
                 let error = e.to_string();
                 self.registry.record_failure(path, error.clone());
-                self.refuse(path, digest, manifest, error.clone());
+                self.refuse(path, digest, manifest, error.clone(), false);
                 return Change::Failed { error };
             }
         };
@@ -590,7 +600,7 @@ impl Watch {
                 change
             }
             Err(error) => {
-                self.refuse(path, digest, manifest, error.clone());
+                self.refuse(path, digest, manifest, error.clone(), true);
                 Change::Failed { error }
             }
         }
@@ -633,7 +643,14 @@ impl Watch {
     }
 
     /// Remembers that these bytes and this manifest were refused.
-    fn refuse(&mut self, path: &Path, digest: String, manifest: Manifest, error: String) {
+    fn refuse(
+        &mut self,
+        path: &Path,
+        digest: String,
+        manifest: Manifest,
+        error: String,
+        conflict: bool,
+    ) {
         let kept = self.registry.catalog().loaded(path).is_some();
         tracing::warn!(
             path = %path.display(),
@@ -646,6 +663,7 @@ impl Watch {
                 digest,
                 manifest,
                 error,
+                conflict,
             },
         );
     }
