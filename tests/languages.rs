@@ -265,12 +265,15 @@ async fn python_javascript_and_c_plugins_deliver_and_classify() -> anyhow::Resul
 /// compiler in one sandbox: the second reuses the trampolines Cranelift made
 /// for the first (`sandbox::functions`), and both still deliver what their
 /// platforms expect.
+/// The two Python plugins embed one CPython: in a wave of compiles (as at
+/// start), the second reuses the first's functions compiled by Winch, though
+/// its interpreter sits at other offsets, and both deliver from that code.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugins_sharing_an_interpreter_both_deliver_from_baseline_code() -> anyhow::Result<()> {
     use std::sync::Arc;
 
     use notifyhub::executor::Executor;
-    use notifyhub::sandbox::{Limits, Sandbox, SandboxSettings, Tier};
+    use notifyhub::sandbox::{Kind, Limits, Sandbox, SandboxSettings, Tier};
     use notifyhub::task::Task;
 
     let receiver = Receiver::start(|req| match req.path.as_str() {
@@ -294,6 +297,17 @@ async fn plugins_sharing_an_interpreter_both_deliver_from_baseline_code() -> any
     ];
     // No code cache: each plugin is compiled here, the second after the first.
     let executor = Executor::new(Arc::new(Sandbox::new(&SandboxSettings::default())?));
+    let mut kinds = Vec::new();
+    for (name, _) in &manifests {
+        kinds.push(Kind::of_file(&notifyhub_testkit::plugins::path(name)?)?);
+    }
+    anyhow::ensure!(
+        kinds[0].is_some() && kinds[0] == kinds[1],
+        "not one kind: {kinds:?}"
+    );
+    let wave = executor
+        .sandbox()
+        .hold_baseline_functions(kinds.into_iter().flatten());
     let mut plugins = Vec::new();
     for (name, manifest) in &manifests {
         let wasm = dir.path().join(format!("{name}.wasm"));
@@ -304,6 +318,13 @@ async fn plugins_sharing_an_interpreter_both_deliver_from_baseline_code() -> any
         assert_eq!(plugin.compiled.tier, Tier::Baseline, "{name}");
         plugins.push(Arc::new(plugin));
     }
+    // CPython's modules hold ~13,000 functions.
+    anyhow::ensure!(
+        wave.reused() > 10_000,
+        "bark reused {} of ntfy's functions",
+        wave.reused()
+    );
+    drop(wave);
     for ((name, _), (plugin, target)) in manifests.iter().zip(
         plugins
             .iter()

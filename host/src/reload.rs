@@ -57,8 +57,6 @@ use crate::sandbox::{Limits, Tier};
 
 mod order;
 
-use self::order::StartQueue;
-
 /// How long a file must be quiet before it is loaded.
 pub const DEBOUNCE: Duration = Duration::from_millis(30);
 /// The longest a changing file waits before it is loaded anyway.
@@ -89,33 +87,30 @@ enum Request {
 /// with no watcher to swap optimized code in later, baseline code would
 /// serve for good.
 pub async fn load_all(registry: Arc<Registry>, executor: Arc<Executor>, default_limits: Limits) {
-    let queue = list_loading(&registry).await;
+    let paths = list_loading(&registry).await;
     Watch::new(registry, executor, default_limits, None)
-        .initial_load(queue)
+        .initial_load(paths)
         .await
 }
 
 /// The plugin files present now, shown as loading in the registry before
 /// anyone can ask: `status` never says "not ready" with nothing loading.
-/// In the order they load in ([`order`]).
-async fn list_loading(registry: &Registry) -> StartQueue {
+async fn list_loading(registry: &Registry) -> Vec<PathBuf> {
     let dir = registry.dir().to_path_buf();
-    // Reads the files' section headers too: off the async threads.
-    let listed =
-        tokio::task::spawn_blocking(move || loader::plugin_files(&dir).map(order::at_start));
-    let queue = match listed.await {
-        Ok(Ok(queue)) => queue,
+    let listed = tokio::task::spawn_blocking(move || loader::plugin_files(&dir));
+    let paths = match listed.await {
+        Ok(Ok(paths)) => paths,
         Ok(Err(e)) => {
             tracing::error!(dir = %registry.dir().display(), "cannot list the plugin directory: {e}");
-            order::at_start(Vec::new())
+            Vec::new()
         }
         Err(e) => {
             tracing::error!("listing the plugin directory failed: {e}");
-            order::at_start(Vec::new())
+            Vec::new()
         }
     };
-    registry.begin_loading(&queue.paths());
-    queue
+    registry.begin_loading(&paths);
+    paths
 }
 
 /// What loading a file at start gave: the digest and manifest read (to
@@ -300,8 +295,17 @@ impl Watch {
     /// Loads every plugin file present at start, in the order given, as many
     /// at once as there are cores, each installed as soon as it is ready;
     /// then marks the registry ready.
-    async fn initial_load(&mut self, queue: StartQueue) {
+    async fn initial_load(&mut self, paths: Vec<PathBuf>) {
         let started = Instant::now();
+        // In the order they load in ([`order`]); reading the files' section
+        // headers is blocking, and done after the socket answers.
+        let ordered = paths.clone();
+        let queue = tokio::task::spawn_blocking(move || order::at_start(ordered))
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!("ordering the plugin files failed, loading them as listed: {e}");
+                order::as_listed(paths)
+            });
         let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
         // Each loader takes the next file the queue hands out, so files load
         // in its order (tasks spawned one per file start in no set order).

@@ -82,35 +82,39 @@ impl Kind {
 }
 
 /// The sections between `from` and `to`: id, where the contents start, and
-/// their length.
+/// their length. Skipped with relative seeks: a buffered reader keeps its
+/// buffer across small sections instead of reading again.
 fn sections(wasm: &mut (impl Read + Seek), from: u64, to: u64) -> io::Result<Vec<(u8, u64, u64)>> {
     let mut found = Vec::new();
+    wasm.seek(SeekFrom::Start(from))?;
     let mut at = from;
     while at < to {
-        wasm.seek(SeekFrom::Start(at))?;
         let mut id = [0];
         wasm.read_exact(&mut id)?;
-        let len = leb128(wasm)?;
-        let start = wasm.stream_position()?;
+        let (len, len_bytes) = leb128(wasm)?;
+        let start = at + 1 + len_bytes;
         let end = start
             .checked_add(len)
             .filter(|end| *end <= to)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "section past its end"))?;
         found.push((id[0], start, len));
+        // At most 35 bits (`leb128`): no wrap.
+        wasm.seek_relative(len as i64)?;
         at = end;
     }
     Ok(found)
 }
 
-/// An unsigned LEB128 of at most 32 bits, as wasm sizes are.
-fn leb128(wasm: &mut impl Read) -> io::Result<u64> {
+/// An unsigned LEB128 of at most 32 bits, as wasm sizes are, and how many
+/// bytes it took.
+fn leb128(wasm: &mut impl Read) -> io::Result<(u64, u64)> {
     let mut value = 0u64;
-    for shift in (0..35).step_by(7) {
+    for (i, shift) in (0..35).step_by(7).enumerate() {
         let mut byte = [0];
         wasm.read_exact(&mut byte)?;
         value |= u64::from(byte[0] & 0x7f) << shift;
         if byte[0] & 0x80 == 0 {
-            return Ok(value);
+            return Ok((value, i as u64 + 1));
         }
     }
     Err(io::Error::new(

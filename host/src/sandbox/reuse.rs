@@ -105,6 +105,13 @@ impl Reuse {
     }
 }
 
+impl Hold {
+    /// Functions reused in the wave so far.
+    pub fn reused(&self) -> u64 {
+        self.reuse.store.usage().hits
+    }
+}
+
 impl Drop for Hold {
     fn drop(&mut self) {
         let mut wave = self.reuse.wave();
