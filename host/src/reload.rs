@@ -312,7 +312,8 @@ impl Watch {
         let queue = Arc::new(queue);
         let (done, mut results) = mpsc::unbounded_channel();
         let wanted = self.wanted();
-        // The second plugin of a language reuses the first's functions.
+        // The second plugin of a language reuses the first's functions, and
+        // each compile the memory the ones before it freed.
         let reuse = self
             .executor
             .sandbox()
@@ -371,7 +372,8 @@ impl Watch {
             "plugins loaded"
         );
         self.registry.mark_ready();
-        drop(reuse);
+        // Handing back what the loads freed takes a moment: not on this task.
+        tokio::task::spawn_blocking(move || drop(reuse));
         for (path, tier, digest) in to_optimize {
             self.optimize_later(&path, tier, digest);
         }

@@ -16,6 +16,10 @@
 //! are coming holds the wave open (the loads at start, [`Reuse::hold`]).
 //! Then they are dropped.
 //!
+//! While a wave lasts, each compile also leaves the memory it freed
+//! committed for the next one (`Sandbox::code`); the wave's end hands it
+//! back.
+//!
 //! What it must never do: keep the functions once no compile is coming, or
 //! hold more than [`BUDGET`].
 
@@ -25,6 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use wasmtime_internal_winch::{FunctionStore, Scope};
 
 use super::Kind;
+use crate::allocator::release_free_memory;
 
 /// What the functions kept during a wave may take, in bytes: one Python and
 /// one JavaScript interpreter's.
@@ -99,6 +104,11 @@ impl Reuse {
         Some((hold, Scope::enter(self.store.clone(), component, keep)))
     }
 
+    /// Whether a wave of compiles is under way.
+    pub(super) fn wave_open(&self) -> bool {
+        self.wave().holders > 0
+    }
+
     fn wave(&self) -> MutexGuard<'_, Wave> {
         // Only counts are changed under it: never left half-done.
         self.wave.lock().unwrap_or_else(PoisonError::into_inner)
@@ -119,6 +129,9 @@ impl Drop for Hold {
         if wave.holders == 0 {
             wave.coming.clear();
             let usage = self.reuse.store.clear();
+            // What the wave's compiles freed and shared (`Sandbox::code`),
+            // handed back.
+            release_free_memory();
             tracing::debug!(
                 reused = usage.hits,
                 left = usage.entries,
