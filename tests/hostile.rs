@@ -117,19 +117,28 @@ async fn a_platform_conflict_is_refused_truthfully_and_not_retried() -> anyhow::
             .contains("already served"),
         "{r}"
     );
-    // Left alone, the watcher does not try it again and again: count the
-    // refusals logged over a few debounce periods after the last one.
-    let refusals = |logs: &str| logs.matches("already served").count();
-    let before = refusals(&daemon.logs());
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let after = refusals(&daemon.logs());
-    anyhow::ensure!(
-        after == before,
-        "the conflict was retried {} times",
-        after - before
-    );
+    // Left alone, the watcher does not try it again and again.
+    not_logged_again(&daemon, "already served", logged(&daemon, "already served")).await?;
     noop_delivers(&daemon).await?;
     no_panics(&daemon)
+}
+
+/// How many times the daemon has logged `line`.
+fn logged(daemon: &Daemon, line: &str) -> usize {
+    daemon.logs().matches(line).count()
+}
+
+/// Fails if `line` is logged more than `before` times over a few debounce
+/// periods from now: a refused file was tried again.
+async fn not_logged_again(daemon: &Daemon, line: &str, before: usize) -> anyhow::Result<()> {
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let after = logged(daemon, line);
+    anyhow::ensure!(
+        after == before,
+        "the refusal was retried: `{line}` logged {} more times",
+        after - before
+    );
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,8 +152,7 @@ async fn a_plugin_refused_for_its_config_is_not_retried_when_another_loads() -> 
     let r = reload(&daemon, "telegram").await?;
     let change = &r["result"]["results"][0];
     anyhow::ensure!(change["change"] == "failed", "{r}");
-    let refusals = |logs: &str| logs.matches("`bot_token`").count();
-    let before = refusals(&daemon.logs());
+    let before = logged(&daemon, "`bot_token`");
     anyhow::ensure!(before > 0, "the refusal was not logged: {r}");
 
     // Another plugin's load can lift a conflict, not a missing config key:
@@ -155,13 +163,7 @@ async fn a_plugin_refused_for_its_config_is_not_retried_when_another_loads() -> 
     )?;
     let r = reload(&daemon, "webhook").await?;
     anyhow::ensure!(r["result"]["results"][0]["change"] == "loaded", "{r}");
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let after = refusals(&daemon.logs());
-    anyhow::ensure!(
-        after == before,
-        "the refusal was retried {} times",
-        after - before
-    );
+    not_logged_again(&daemon, "`bot_token`", before).await?;
     noop_delivers(&daemon).await?;
     no_panics(&daemon)
 }

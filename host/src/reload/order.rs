@@ -182,15 +182,17 @@ mod tests {
     use super::*;
     use crate::sandbox::kind::component;
 
+    fn write(dir: &std::path::Path, name: &str, bytes: Vec<u8>) -> anyhow::Result<PathBuf> {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes)?;
+        Ok(path)
+    }
+
     #[test]
     fn a_file_that_shares_its_code_with_an_earlier_one_loads_after_the_first_of_each_kind()
     -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let write = |name: &str, bytes: Vec<u8>| -> anyhow::Result<PathBuf> {
-            let path = dir.path().join(name);
-            std::fs::write(&path, bytes)?;
-            Ok(path)
-        };
+        let write = |name: &str, bytes: Vec<u8>| write(dir.path(), name, bytes);
         // By size: small, a1, a2 (a1's code, more data), b1, b2 (b1's code).
         let small = write("small.wasm", component(1, 7, ""))?;
         let a1 = write("a1.wasm", component(40, 1, "x"))?;
@@ -214,11 +216,7 @@ mod tests {
     #[tokio::test]
     async fn a_file_waits_while_another_of_its_kind_loads() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let write = |name: &str, bytes: Vec<u8>| -> anyhow::Result<PathBuf> {
-            let path = dir.path().join(name);
-            std::fs::write(&path, bytes)?;
-            Ok(path)
-        };
+        let write = |name: &str, bytes: Vec<u8>| write(dir.path(), name, bytes);
         let a1 = write("a1.wasm", component(40, 1, "x"))?;
         let b1 = write("b1.wasm", component(80, 2, ""))?;
         let b2 = write("b2.wasm", component(80, 2, "y"))?;
