@@ -244,9 +244,18 @@ struct Refusal {
     digest: String,
     manifest: Manifest,
     error: String,
-    /// Refused because another file serves a platform it claims: the only
-    /// refusal another file's change can lift.
-    conflict: bool,
+    cause: Cause,
+}
+
+/// Why a file was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    /// Another file serves a platform it claims: the only refusal another
+    /// file's change can lift.
+    Conflict,
+    /// The file itself: it does not compile, its manifest lacks a key, its
+    /// describe() is out of bounds.
+    Itself,
 }
 
 /// A file's change waiting to settle.
@@ -349,12 +358,12 @@ impl Watch {
                             loaded += 1;
                             to_optimize.push((path, tier, digest));
                         }
-                        Err(error) => self.refuse(&path, digest, manifest, error, true),
+                        Err(error) => self.refuse(&path, digest, manifest, error, Cause::Conflict),
                     }
                 }
                 Ok((digest, manifest, Err(e))) => {
                     self.registry.record_failure(&path, e.to_string());
-                    self.refuse(&path, digest, manifest, e.to_string(), false);
+                    self.refuse(&path, digest, manifest, e.to_string(), Cause::Itself);
                 }
                 Err(error) => {
                     self.registry.record_failure(&path, error.clone());
@@ -496,7 +505,7 @@ impl Watch {
             // start, each time another plugin's optimized code came in.
             let (conflicts, others) = std::mem::take(&mut self.refused)
                 .into_iter()
-                .partition(|(_, refusal)| refusal.conflict);
+                .partition(|(_, refusal)| refusal.cause == Cause::Conflict);
             self.refused = others;
             for (refused, _) in conflicts {
                 if refused.as_path() != path {
@@ -576,7 +585,7 @@ impl Watch {
             Err(e) => {
                 let error = e.to_string();
                 self.registry.record_failure(path, error.clone());
-                self.refuse(path, digest, manifest, error.clone(), false);
+                self.refuse(path, digest, manifest, error.clone(), Cause::Itself);
                 return Change::Failed { error };
             }
         };
@@ -606,7 +615,7 @@ impl Watch {
                 change
             }
             Err(error) => {
-                self.refuse(path, digest, manifest, error.clone(), true);
+                self.refuse(path, digest, manifest, error.clone(), Cause::Conflict);
                 Change::Failed { error }
             }
         }
@@ -655,7 +664,7 @@ impl Watch {
         digest: String,
         manifest: Manifest,
         error: String,
-        conflict: bool,
+        cause: Cause,
     ) {
         let kept = self.registry.catalog().loaded(path).is_some();
         tracing::warn!(
@@ -669,7 +678,7 @@ impl Watch {
                 digest,
                 manifest,
                 error,
-                conflict,
+                cause,
             },
         );
     }
