@@ -292,10 +292,10 @@ impl Sandbox {
         // 20 s after a cold start with the Python, JavaScript and webhook
         // plugins had settled: 214–265 MB instead of 271–356 (alternating
         // runs, 5 and 4). While more compiles are coming (a wave, as at
-        // start), they take it, still committed: handed back, each faulted
-        // its pages in again, and the cold window with the 24 shipped
-        // plugins took a median 2.64 s instead of 2.41; the wave's end
-        // hands it back.
+        // start), it is left committed for them: handed back, each of them
+        // faulted its pages in again, and the cold window with the 24
+        // shipped plugins took a median 2.70 s instead of 2.52 (eight
+        // alternating runs). The wave's end hands it back.
         if self.reuse.wave_open() {
             share_free_memory();
         } else {
