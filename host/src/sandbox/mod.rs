@@ -139,7 +139,7 @@ pub enum SandboxError {
 pub struct Sandbox {
     optimized: Compiler,
     baseline: Compiler,
-    /// Winch's functions, shared by baseline compiles that overlap.
+    /// Winch's functions, shared by the baseline compiles of a wave.
     reuse: Arc<Reuse>,
     cache: Option<Caches>,
     http: Transport,

@@ -1,20 +1,21 @@
-//! Winch's compiled functions, shared by the baseline compiles that overlap
-//! in time: the second plugin of a language does not compile its
-//! interpreter again.
+//! Winch's compiled functions, shared by the baseline compiles of a wave:
+//! the second plugin of a language does not compile its interpreter again.
 //!
 //! Both Python plugins embed CPython's modules, both JavaScript plugins
 //! StarlingMonkey's, with equal code and different data. Winch, as patched
 //! in `vendor/wasmtime-internal-winch` (`reuse.rs` there says when two
 //! functions are equal), keeps the functions it compiles for a component
 //! inside a scope and reuses them in another. With the 24 shipped plugins
-//! and an empty compile cache, that is 1.3 s of CPU of a cold start's
-//! 5.5 s.
+//! and an empty compile cache, compiling them again was 1.3 s of a 3.1 s
+//! cold start.
 //!
-//! An interpreter's functions are ~50 MB of machine code, so they are kept
-//! only while they may serve: from the first baseline compile of a wave
-//! until the last one ends, or while something that knows more compiles
-//! are coming holds the wave open (the loads at start, [`Reuse::hold`]).
-//! Then they are dropped.
+//! An interpreter's functions take ~130 MB in memory, so they are kept only
+//! within a wave, and only for what will reuse them. Whoever knows that
+//! compiles are coming opens the wave with their kinds (the loads at start,
+//! [`Reuse::hold`]); each compile in it holds it until the compile ends.
+//! A compile keeps its functions only while others of its kind are still to
+//! come, and the last of a kind takes them out of the store. The wave's end
+//! drops whatever is left.
 //!
 //! While a wave lasts, each compile also leaves the memory it freed
 //! committed for the next one (`Sandbox::code`); the wave's end hands it
