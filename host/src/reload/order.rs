@@ -22,7 +22,7 @@
 //! A file whose headers cannot be read is of no kind, and its load reports
 //! what is wrong with it.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -42,22 +42,16 @@ pub(super) fn at_start(paths: Vec<PathBuf>) -> StartQueue {
         })
         .collect();
     sized.sort_by_key(|(size, ..)| *size);
-    let mut seen: Vec<(Kind, usize)> = Vec::new();
+    // A file's rank: how many of its kind come before it.
+    let mut seen: HashMap<Kind, usize> = HashMap::new();
     let mut ranked: Vec<(usize, Option<Kind>, PathBuf)> = sized
         .into_iter()
         .map(|(_, kind, path)| {
-            let rank =
-                kind.as_ref()
-                    .map_or(0, |kind| match seen.iter_mut().find(|(k, _)| k == kind) {
-                        Some((_, count)) => {
-                            *count += 1;
-                            *count - 1
-                        }
-                        None => {
-                            seen.push((kind.clone(), 1));
-                            0
-                        }
-                    });
+            let rank = kind.as_ref().map_or(0, |kind| {
+                let before = seen.entry(kind.clone()).or_default();
+                *before += 1;
+                *before - 1
+            });
             (rank, kind, path)
         })
         .collect();
@@ -123,12 +117,15 @@ impl StartQueue {
 
     /// The kind of every file that shares its kind with another.
     pub(super) fn shared_kinds(&self) -> Vec<Kind> {
+        let mut files: HashMap<&Kind, usize> = HashMap::new();
         let state = self.state();
-        let kinds: Vec<&Kind> = state.files.iter().filter_map(|(_, k)| k.as_ref()).collect();
-        kinds
-            .iter()
-            .filter(|kind| kinds.iter().filter(|k| k == kind).count() > 1)
-            .map(|kind| (*kind).clone())
+        for kind in state.files.iter().filter_map(|(_, kind)| kind.as_ref()) {
+            *files.entry(kind).or_default() += 1;
+        }
+        files
+            .into_iter()
+            .filter(|(_, files)| *files > 1)
+            .flat_map(|(kind, files)| std::iter::repeat_n(kind.clone(), files))
             .collect()
     }
 
@@ -209,7 +206,11 @@ mod tests {
             small.clone(),
             a1.clone(),
         ]);
-        assert_eq!(queue.paths(), vec![not_wasm, small, a1, b1, a2, b2]);
+        assert_eq!(queue.paths(), vec![not_wasm, small, a1.clone(), b1, a2, b2]);
+        // Two kinds of two files each; `small` shares its kind with none.
+        let shared = queue.shared_kinds();
+        assert_eq!(shared.len(), 4, "{shared:?}");
+        assert!(shared.contains(&Kind::of_file(&a1)?.expect("a kind")));
         Ok(())
     }
 
