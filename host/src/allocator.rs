@@ -10,10 +10,15 @@
 //! [`release_free_memory`] speaks to the allocator actually in use: tests and
 //! benchmarks that link the library run on it too.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Returns the calling thread's free memory to the system.
+/// Returns the calling thread's free memory to the system; while memory is
+/// kept for work to come ([`KeepFreedMemory`]), hands it to the allocator's
+/// shared arenas instead, still committed, where the next allocation on any
+/// thread takes it.
 ///
 /// mimalloc returns a thread's freed pages lazily, when that thread next
 /// allocates or frees. A thread that goes idle after heavy work keeps them
@@ -21,22 +26,39 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// compiler's threads held about 100 MB that way. Call this on a thread
 /// about to idle for long; it is too slow for a hot path.
 pub(crate) fn release_free_memory() {
+    let force = KEEPERS.load(Ordering::Acquire) == 0;
     // SAFETY: mi_collect takes no pointers; it frees only memory that no
     // allocation holds.
-    unsafe { libmimalloc_sys::mi_collect(true) }
+    unsafe { libmimalloc_sys::mi_collect(force) }
 }
 
-/// Hands the calling thread's free memory to the allocator's shared arenas,
-/// where the next allocation on any thread takes it, still committed.
-/// mimalloc hands it back to the system after its purge delay (1 s), or at
-/// the next [`release_free_memory`] on any thread.
+/// How many [`KeepFreedMemory`] are alive.
+static KEEPERS: AtomicUsize = AtomicUsize::new(0);
+
+/// While alive, [`release_free_memory`] leaves freed memory committed for
+/// the work to come; the last one dropped hands it back.
 ///
-/// For compiles with more coming, in place of [`release_free_memory`]: each
-/// Python or JavaScript plugin's compile allocates and frees hundreds of
-/// megabytes, and handed back as each compile ended, the next one faulted
-/// every page in again, zeroed by the kernel (`clear_page_erms` was a third
-/// of the CPU of the second Python and JavaScript plugins' compiles).
-pub(crate) fn share_free_memory() {
-    // SAFETY: as in `release_free_memory`.
-    unsafe { libmimalloc_sys::mi_collect(false) }
+/// For a wave of compiles: each Python or JavaScript plugin's compile
+/// allocates and frees hundreds of megabytes, and handed back as each
+/// compile (or its cache copy) ended, the next one faulted every page in
+/// again, zeroed by the kernel (`clear_page_erms` was a third of the CPU
+/// of the second Python and JavaScript plugins' compiles). Left to
+/// mimalloc, free memory still goes back after its purge delay (1 s).
+#[must_use = "freed memory is handed back when the last one is dropped"]
+#[derive(Debug)]
+pub(crate) struct KeepFreedMemory(());
+
+impl KeepFreedMemory {
+    pub(crate) fn new() -> KeepFreedMemory {
+        KEEPERS.fetch_add(1, Ordering::AcqRel);
+        KeepFreedMemory(())
+    }
+}
+
+impl Drop for KeepFreedMemory {
+    fn drop(&mut self) {
+        if KEEPERS.fetch_sub(1, Ordering::AcqRel) == 1 {
+            release_free_memory();
+        }
+    }
 }

@@ -55,7 +55,7 @@ use wasmtime::{
 
 use self::cache::CodeCache;
 use self::functions::FunctionCache;
-use crate::allocator::{release_free_memory, share_free_memory};
+use crate::allocator::release_free_memory;
 
 pub use self::allowlist::AllowList;
 pub use self::http::{HttpClient, Transport};
@@ -292,15 +292,11 @@ impl Sandbox {
         // 20 s after a cold start with the Python, JavaScript and webhook
         // plugins had settled: 214–265 MB instead of 271–356 (alternating
         // runs, 5 and 4). While more compiles are coming (a wave, as at
-        // start), it is left committed for them: handed back, each of them
-        // faulted its pages in again, and the cold window with the 24
-        // shipped plugins took a median 2.70 s instead of 2.52 (eight
-        // alternating runs). The wave's end hands it back.
-        if self.reuse.wave_open() {
-            share_free_memory();
-        } else {
-            release_free_memory();
-        }
+        // start), it is left committed for them (`KeepFreedMemory`): handed
+        // back, each of them faulted its pages in again, and the cold
+        // window with the 24 shipped plugins took a median 2.70 s instead
+        // of 2.52 (eight alternating runs).
+        release_free_memory();
         Ok(Code {
             component: component?,
             tier: wanted,

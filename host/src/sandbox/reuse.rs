@@ -18,7 +18,7 @@
 //! drops whatever is left.
 //!
 //! While a wave lasts, each compile also leaves the memory it freed
-//! committed for the next one (`Sandbox::code`); the wave's end hands it
+//! committed for the next one (`KeepFreedMemory`); the wave's end hands it
 //! back.
 //!
 //! What it must never do: keep the functions once no compile is coming, or
@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use wasmtime_internal_winch::{FunctionStore, Scope};
 
 use super::Kind;
-use crate::allocator::release_free_memory;
+use crate::allocator::KeepFreedMemory;
 
 /// What the functions kept during a wave may take, in bytes: one Python and
 /// one JavaScript interpreter's.
@@ -50,6 +50,9 @@ struct Wave {
     /// The compiles still to come in the wave, by kind: the only ones
     /// whose functions are worth keeping or looking up.
     coming: HashMap<Kind, usize>,
+    /// While the wave lasts, what a compile frees stays committed for the
+    /// next; handed back when it ends.
+    memory: Option<KeepFreedMemory>,
 }
 
 /// Keeps the wave open while it lives; the last one dropped empties the
@@ -74,6 +77,7 @@ impl Reuse {
     pub fn hold(self: &Arc<Self>, coming: impl IntoIterator<Item = Kind>) -> Hold {
         let mut wave = self.wave();
         wave.holders += 1;
+        wave.memory.get_or_insert_with(KeepFreedMemory::new);
         for kind in coming {
             *wave.coming.entry(kind).or_default() += 1;
         }
@@ -105,11 +109,6 @@ impl Reuse {
         Some((hold, Scope::enter(self.store.clone(), component, keep)))
     }
 
-    /// Whether a wave of compiles is under way.
-    pub(super) fn wave_open(&self) -> bool {
-        self.wave().holders > 0
-    }
-
     fn wave(&self) -> MutexGuard<'_, Wave> {
         // Only counts are changed under it: never left half-done.
         self.wave.lock().unwrap_or_else(PoisonError::into_inner)
@@ -130,9 +129,8 @@ impl Drop for Hold {
         if wave.holders == 0 {
             wave.coming.clear();
             let usage = self.reuse.store.clear();
-            // What the wave's compiles freed and shared (`Sandbox::code`),
-            // handed back.
-            release_free_memory();
+            // What the wave's compiles freed and left committed, handed back.
+            wave.memory = None;
             tracing::debug!(
                 reused = usage.hits,
                 left = usage.entries,
