@@ -12,13 +12,18 @@
 //!   delivery to a local receiver;
 //! - a warm call without I/O (`send` with a target the plugin rejects), to
 //!   show what running on Winch's code would cost until the swap.
+//!
+//! Then, for Python and JavaScript, the second plugin of the language
+//! compiled by Winch right after the first, as at a cold start, when it
+//! reuses the interpreter's functions (`sandbox::reuse`), against the same
+//! compile alone.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use notifyhub::executor::Executor;
 use notifyhub::loader::PluginFile;
-use notifyhub::sandbox::{Limits, Sandbox, SandboxSettings, Tier};
+use notifyhub::sandbox::{Kind, Limits, Sandbox, SandboxSettings, Tier};
 use notifyhub::task::Task;
 use notifyhub_testkit::receiver::{Receiver, Reply};
 
@@ -30,6 +35,12 @@ const SUBJECTS: &[(&str, &str, &str)] = &[
     ("C", "mattermost", "/hooks/bench"),
 ];
 
+/// (language, first plugin, second plugin embedding the same interpreter)
+const PAIRS: &[(&str, &str, &str)] = &[
+    ("Python", "ntfy", "bark"),
+    ("JavaScript", "gotify", "rocketchat"),
+];
+
 #[derive(Debug, Clone, Copy)]
 struct Figures {
     compile_ms: f64,
@@ -38,6 +49,12 @@ struct Figures {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As the daemon runs (`main.rs`): without transparent huge pages, which
+    // otherwise turn a quarter of a compile's CPU into zeroing 2 MiB pages.
+    // SAFETY: plain integers; changes only this process's memory policy.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -71,6 +88,22 @@ fn main() -> anyhow::Result<()> {
         }
         println!("\n× for compile and cold → delivery: Cranelift / Winch (goal ≥ 5 to adopt);");
         println!("× for the warm call: Winch / Cranelift (how much slower Winch's code runs)");
+        println!("\nthe second plugin of a language, compiled by Winch after the first\n");
+        println!(
+            "{:<11} {:>18} {:>16} {:>18} {:>8}",
+            "language", "first plugin ms", "second ms", "second alone ms", "×"
+        );
+        for (language, first, second) in PAIRS {
+            let wave = second_of_a_language(first, second)?;
+            println!(
+                "{language:<11} {:>18.0} {:>16.0} {:>18.0} {:>8.2}",
+                wave.first_ms,
+                wave.second_ms,
+                wave.alone_ms,
+                wave.alone_ms / wave.second_ms,
+            );
+        }
+        println!("\n× second alone / second after the first (what reusing the interpreter's functions buys)");
         Ok(())
     }))
 }
@@ -122,6 +155,44 @@ async fn measure(
         compile_ms,
         first_delivery_ms,
         call_us: samples[samples.len() / 2].as_secs_f64() * 1e6,
+    })
+}
+
+struct Wave {
+    first_ms: f64,
+    second_ms: f64,
+    alone_ms: f64,
+}
+
+/// Winch's compiles of `first` then `second` in one wave, as at a cold
+/// start, and of `second` alone.
+fn second_of_a_language(first: &str, second: &str) -> anyhow::Result<Wave> {
+    let settings = SandboxSettings::default();
+    let [first, second] = [first, second].map(|name| {
+        notifyhub_testkit::plugins::path(name).and_then(|path| Ok(PluginFile::read(&path)?))
+    });
+    let (first, second) = (first?, second?);
+    let compile = |sandbox: &Sandbox, file: &PluginFile| -> anyhow::Result<f64> {
+        let started = Instant::now();
+        sandbox.compile(&file.digest, &file.bytes, Tier::Baseline)?;
+        Ok(ms(started.elapsed()))
+    };
+    let sandbox = Sandbox::new(&settings)?;
+    let kinds = [&first, &second].map(|file| Kind::of_bytes(&file.bytes));
+    anyhow::ensure!(
+        kinds[0].is_some() && kinds[0] == kinds[1],
+        "not one kind: {kinds:?}"
+    );
+    let wave = sandbox.hold_baseline_functions(kinds.into_iter().flatten());
+    let first_ms = compile(&sandbox, &first)?;
+    let second_ms = compile(&sandbox, &second)?;
+    anyhow::ensure!(wave.reused() > 0, "the second reused nothing");
+    drop(wave);
+    let alone_ms = compile(&Sandbox::new(&settings)?, &second)?;
+    Ok(Wave {
+        first_ms,
+        second_ms,
+        alone_ms,
     })
 }
 

@@ -434,6 +434,14 @@ fn config(
         // alternating runs), and its code runs no slower: the trampolines
         // only move arguments.
         config.cranelift_opt_level(wasmtime::OptLevel::None);
+        // The address map gives each instruction's wasm offset, for the
+        // backtrace of a trap; the daemon reports a trap by its kind, never
+        // with a backtrace, and the optimizer's code replaces Winch's within
+        // seconds. Without it, Winch's compile of a Python or JavaScript
+        // plugin takes ~6 % less, a reused one (`reuse`) ~12 % less, and
+        // the cold window with the 24 shipped plugins a median 2.28 s
+        // instead of 2.42 (eight alternating runs, `docs/profiling.md`).
+        config.generate_address_map(false);
     }
     if let Some(functions) = functions {
         // A compiler that cannot take the cache fails `Engine::new`: Winch
