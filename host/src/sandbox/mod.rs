@@ -442,6 +442,17 @@ fn config(
         // the cold window with the 24 shipped plugins a median 2.28 s
         // instead of 2.42 (eight alternating runs, `docs/profiling.md`).
         config.generate_address_map(false);
+        // What Cranelift compiles for Winch also includes each module's
+        // start-up function (globals, tables, element segments): for
+        // CPython's main module, one function Cranelift's default register
+        // allocator took 116–145 ms over, alone on one core, at every
+        // compile of a Python plugin (the incremental cache misses it: it
+        // differs between plugins). The single-pass allocator is linear in
+        // the code's size: Winch's compile of the Python plugin 714–736 →
+        // 630–637 ms, the cold window with the 24 shipped plugins a median
+        // 2.32, 2.38 s → 2.12, 2.20 s (two sets of eight alternating runs),
+        // and a baseline instance of it starts no slower.
+        config.cranelift_regalloc_algorithm(wasmtime::RegallocAlgorithm::SinglePass);
     }
     if let Some(functions) = functions {
         // A compiler that cannot take the cache fails `Engine::new`: Winch
