@@ -142,12 +142,14 @@ impl DaemonBuilder {
         for (k, v) in &self.env {
             command.env(k, v);
         }
+        let spawned = Instant::now();
         let child = command
             .spawn()
             .with_context(|| format!("starting {}", self.bin.display()))?;
         let mut daemon = Daemon {
             dir,
             child,
+            spawned,
             socket,
             log,
             bin: self.bin,
@@ -200,6 +202,9 @@ pub fn try_command(bin: &Path, plugin: &Path) -> Command {
 pub struct Daemon {
     dir: tempfile::TempDir,
     child: Child,
+    /// When the process was last spawned: after its directory was filled,
+    /// so that benchmarks time the daemon, not the copying of its plugins.
+    spawned: Instant,
     socket: PathBuf,
     log: PathBuf,
     bin: PathBuf,
@@ -314,6 +319,11 @@ impl Daemon {
         self.child.id()
     }
 
+    /// When the process was last spawned (by the builder or [`Self::restart`]).
+    pub fn spawned(&self) -> Instant {
+        self.spawned
+    }
+
     /// Everything the daemon has logged so far.
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -389,6 +399,7 @@ impl Daemon {
         self.command.stdout(std::fs::File::create(
             self.dir.path().join(format!("daemon.{}.out", self.runs)),
         )?);
+        self.spawned = Instant::now();
         self.child = self.command.spawn()?;
         self.wait_ready(Duration::from_secs(120)).await?;
         self.wait_plugins_ready(PLUGINS_LOADED_WITHIN).await
