@@ -14,6 +14,7 @@ use wasmtime_environ::{
 use winch_codegen::{BuiltinFunctions, CallingConvention, TargetIsa};
 
 use crate::reuse;
+use crate::trampolines::Trampolines;
 
 /// Function compilation context.
 /// This struct holds information that can be shared globally across
@@ -52,7 +53,7 @@ impl Compiler {
         ));
         Self {
             isa,
-            trampolines: NoInlineCompiler(trampolines),
+            trampolines: NoInlineCompiler(trampolines, Trampolines::default()),
             contexts: Mutex::new(Vec::new()),
             tunables,
             settings,
@@ -279,7 +280,10 @@ impl wasmtime_environ::Compiler for Compiler {
 
 /// A wrapper around another `Compiler` implementation that may or may not be an
 /// inlining compiler and turns it into a non-inlining compiler.
-struct NoInlineCompiler(Box<dyn wasmtime_environ::Compiler>);
+///
+/// notifyhub's patch (see vendor/README.md): the second field keeps the
+/// array-to-wasm trampolines made, one a signature (`trampolines`).
+struct NoInlineCompiler(Box<dyn wasmtime_environ::Compiler>, Trampolines);
 
 impl wasmtime_environ::Compiler for NoInlineCompiler {
     fn inlining_compiler(&self) -> Option<&dyn wasmtime_environ::InliningCompiler> {
@@ -312,10 +316,37 @@ impl wasmtime_environ::Compiler for NoInlineCompiler {
         types: &ModuleTypesBuilder,
         symbol: &str,
     ) -> Result<CompiledFunctionBody, CompileError> {
+        // notifyhub's patch (see vendor/README.md): an array-to-wasm
+        // trampoline of a signature made before is that code, calling its
+        // own callee.
+        let array_to_wasm = match (key, translation) {
+            (FuncKey::ArrayToWasmTrampoline(module, def_func_index), Some(translation)) => {
+                let index = translation.module.func_index(def_func_index);
+                let sig = translation.module.functions[index]
+                    .signature
+                    .unwrap_module_type_index();
+                let callee = FuncKey::DefinedWasmFunction(module, def_func_index);
+                Some((types[sig].unwrap_func(), callee))
+            }
+            _ => None,
+        };
+        if let Some(func) = array_to_wasm.and_then(|(ty, callee)| self.1.get(ty, callee)) {
+            return Ok(CompiledFunctionBody {
+                code: box_dyn_any_compiled_function(func),
+                needs_gc_heap: false,
+            });
+        }
         let mut body = self.0.compile_trampoline(translation, key, types, symbol)?;
         if let Some(c) = self.0.inlining_compiler() {
             c.finish_compiling(&mut body, None, symbol)
                 .map_err(|e| CompileError::Codegen(e.to_string()))?;
+        }
+        if let Some((ty, callee)) = array_to_wasm {
+            // A trampoline that needs a GC heap is left out: a shape does
+            // not say so.
+            if let (Some(func), false) = (body.code.downcast_ref(), body.needs_gc_heap) {
+                self.1.keep(ty, callee, func);
+            }
         }
         Ok(body)
     }

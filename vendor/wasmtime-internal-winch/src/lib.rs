@@ -11,3 +11,4 @@ pub use reuse::{FunctionStore, Scope, Usage};
 mod builder;
 mod compiler;
 mod reuse;
+mod trampolines;
