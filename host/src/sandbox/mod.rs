@@ -453,6 +453,14 @@ fn config(
         // 2.32, 2.38 s → 2.12, 2.20 s (two sets of eight alternating runs),
         // and a baseline instance of it starts no slower.
         config.cranelift_regalloc_algorithm(wasmtime::RegallocAlgorithm::SinglePass);
+        // Native unwind information (`.eh_frame`) serves only unwinders
+        // outside wasmtime (a debugger, `perf --call-graph dwarf`): wasmtime
+        // walks wasm frames by their frame pointers, which Winch's code
+        // always keeps, and catches a host call's panic before it reaches
+        // them. Making it for every function Winch compiles, then
+        // registering it with the system's unwinder, is work the cold start
+        // waits for, for code the optimizer replaces within seconds.
+        config.native_unwind_info(false);
     }
     if let Some(functions) = functions {
         // A compiler that cannot take the cache fails `Engine::new`: Winch
