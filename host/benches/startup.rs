@@ -1,8 +1,9 @@
 //! Start-up with every shipped plugin: `cargo bench -p notifyhub --bench startup`.
 //!
 //! Starts the real daemon (release build) with every first-party platform
-//! plugin (`DEPLOYABLE`), first on an empty compile cache (cold), then twice on the cache
-//! the first run filled (warm), and prints the time until the socket
+//! plugin (`DEPLOYABLE`), first on an empty compile cache (cold) three times
+//! (`NOTIFYHUB_STARTUP_COLD_RUNS`), each on a cache of its own, then twice on
+//! the cache the last cold run filled (warm), and prints the time until the socket
 //! answers, until half the plugins serve (the small ones load first),
 //! until every plugin serves (`status` says `plugins_ready`), and
 //! until every plugin serves optimized code (`plugins` shows `code:
@@ -10,7 +11,9 @@
 //! compiler's code first), and the daemon's resident memory [`SETTLE`]
 //! after that (what compiling left behind). Goals: cold, every plugin
 //! serving ≤ 2 s; warm, ≤ 100 ms to answering and ≤ 300 ms until every
-//! plugin serves.
+//! plugin serves. A cold start on this 2-core machine varies by a few
+//! hundred milliseconds from one run to the next, so the goal is judged on
+//! the cold runs' median.
 
 use std::time::{Duration, Instant};
 
@@ -47,33 +50,66 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(notifyhub_testkit::deadline::bench(async {
-        let cache = tempfile::Builder::new()
-            .prefix("nh-startup-cache-")
-            .tempdir()?;
+        let cold_runs = cold_runs()?;
         println!(
             "start-up with {} plugins (daemon: release build)",
             PLUGINS.len()
         );
-        for run in ["cold cache", "warm cache", "warm cache"] {
-            let times = start(cache.path()).await?;
-            println!(
-                "  {run:<11} socket answers after {:>8.1} ms   half serve after {:>8.1} ms   \
-                 every plugin serves after {:>8.1} ms   all optimized after {:>8.1} ms   \
-                 then resident {:>4} MiB ({} MiB anonymous)",
-                ms(times.answering),
-                ms(times.half),
-                ms(times.serving),
-                ms(times.optimized),
-                times.resident_kib / 1024,
-                times.anonymous_kib / 1024,
-            );
+        let mut cold = Vec::new();
+        let mut cache = None;
+        for _ in 0..cold_runs {
+            let empty = tempfile::Builder::new()
+                .prefix("nh-startup-cache-")
+                .tempdir()?;
+            let times = start(empty.path()).await?;
+            print("cold cache", &times);
+            cold.push(times.serving);
+            cache = Some(empty);
         }
+        let cache = cache.expect("at least one cold run");
+        for _ in 0..2 {
+            print("warm cache", &start(cache.path()).await?);
+        }
+        cold.sort();
         println!(
-            "goals: cold, every plugin serves <= 2000 ms; warm, socket answers <= 100 ms \
-             and every plugin serves <= 300 ms"
+            "cold cache, every plugin serves: median {:.1} ms of {} runs ({:.1}–{:.1} ms)",
+            ms(cold[cold.len() / 2]),
+            cold.len(),
+            ms(cold[0]),
+            ms(cold[cold.len() - 1]),
+        );
+        println!(
+            "goals: cold, every plugin serves <= 2000 ms (the median); warm, socket answers \
+             <= 100 ms and every plugin serves <= 300 ms"
         );
         anyhow::Ok(())
     }))
+}
+
+/// How many cold starts to run: `NOTIFYHUB_STARTUP_COLD_RUNS`, 3 unless set.
+fn cold_runs() -> anyhow::Result<usize> {
+    match std::env::var("NOTIFYHUB_STARTUP_COLD_RUNS") {
+        Err(std::env::VarError::NotPresent) => Ok(3),
+        Err(e) => anyhow::bail!("NOTIFYHUB_STARTUP_COLD_RUNS: {e}"),
+        Ok(value) => match value.parse::<usize>() {
+            Ok(n @ 1..=20) => Ok(n),
+            _ => anyhow::bail!("NOTIFYHUB_STARTUP_COLD_RUNS must be 1 to 20, not {value:?}"),
+        },
+    }
+}
+
+fn print(run: &str, times: &Times) {
+    println!(
+        "  {run:<11} socket answers after {:>8.1} ms   half serve after {:>8.1} ms   \
+         every plugin serves after {:>8.1} ms   all optimized after {:>8.1} ms   \
+         then resident {:>4} MiB ({} MiB anonymous)",
+        ms(times.answering),
+        ms(times.half),
+        ms(times.serving),
+        ms(times.optimized),
+        times.resident_kib / 1024,
+        times.anonymous_kib / 1024,
+    );
 }
 
 /// Times from spawning the daemon.
