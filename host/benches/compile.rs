@@ -49,12 +49,9 @@ struct Figures {
 }
 
 fn main() -> anyhow::Result<()> {
-    // As the daemon runs (`main.rs`): without transparent huge pages, which
-    // otherwise turn a quarter of a compile's CPU into zeroing 2 MiB pages.
-    // SAFETY: plain integers; changes only this process's memory policy.
-    unsafe {
-        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
-    }
+    // As the daemon runs: without transparent huge pages, which otherwise
+    // turn a quarter of a compile's CPU into zeroing 2 MiB pages.
+    notifyhub::without_huge_pages();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

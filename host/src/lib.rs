@@ -27,12 +27,13 @@
 //! | [`config`], [`cli`], [`client`] | the operator's side |
 //! | [`check`], [`scaffold`], [`trial`] | `notifyhub check`, `notifyhub new` and `notifyhub try`, for plugin authors |
 //! | [`bindings`], [`redact`], [`text`] | the WIT bindings; redaction of targets in output; cutting outside text to a bound |
-//! | `allocator` | the process's allocator (mimalloc), declared here so the library can ask it to return memory |
+//! | `allocator` | the process's allocator (mimalloc), declared here so the library can ask it to return memory; [`without_huge_pages`] for `main` |
 //!
 //! `docs/architecture.md` has the picture.
 
 pub mod activation;
 mod allocator;
+pub use allocator::without_huge_pages;
 pub mod api;
 pub mod backend;
 pub mod bindings;
