@@ -43,7 +43,7 @@ fn main() -> anyhow::Result<()> {
             "100 ms receiver, 2,000 deliveries",
             Duration::from_millis(100),
             2_000,
-            &[64, 512, 1024],
+            &[64, 512, 1024, 2048],
         )
         .await
     }))

@@ -7,7 +7,7 @@
 //! socket = "/run/notifyhub/notifyhub.sock"
 //!
 //! [pool]
-//! max_workers = 512
+//! max_workers = 1024
 //!
 //! [server]
 //! max_line_bytes = 1048576

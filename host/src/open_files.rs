@@ -3,7 +3,7 @@
 //! Every delivery in flight holds a connection, every client a socket, and
 //! the store, the plugin directory's watch and the listeners a few more. The
 //! soft `RLIMIT_NOFILE` most shells and systemd hand a service is 1,024,
-//! below what a pool of `max_workers` (512 by default, up to 4,096) and
+//! below what a pool of `max_workers` (1,024 by default, up to 4,096) and
 //! `max_connections` clients can use at once; past it, connects and accepts
 //! fail with `EMFILE` under exactly the load the pool grew for. So the
 //! daemon raises its soft limit to the hard one at start, as Go's runtime

@@ -197,7 +197,7 @@ pub struct ServeArgs {
     /// Fewest workers kept running. Overrides [pool] min_workers (default 4).
     #[arg(long, value_name = "N")]
     pub min_workers: Option<usize>,
-    /// Most workers, i.e. deliveries in flight. Overrides [pool] max_workers (default 512).
+    /// Most workers, i.e. deliveries in flight. Overrides [pool] max_workers (default 1024).
     #[arg(long, value_name = "N")]
     pub max_workers: Option<usize>,
     /// How tasks are routed to workers: affinity (default), round-robin, least-loaded, weighted.

@@ -11,8 +11,10 @@
 //! a quota the daemon runs out of CPU while the machine looks idle. The
 //! busier of the two answers.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 /// Cumulative CPU time counters: the machine's in clock ticks, and the
 /// cgroup's when it has a quota.
@@ -49,6 +51,49 @@ impl CpuTimes {
                 (allowed > 0).then(|| u.saturating_sub(u0) as f64 / allowed as f64)
             });
         Some(quota.map_or(machine, |q| q.max(machine)))
+    }
+}
+
+/// The shortest span the scaler reads the CPU's busy fraction over.
+/// `/proc/stat` counts in clock ticks of 10 ms per CPU: over one tick of
+/// a 2-core machine the fraction can only read 0 or 100 %, while 30 ms
+/// gives it six ticks. The pool samples every 50 ms and, when a burst's
+/// first tasks are about to count as waiting on I/O, once more in between
+/// (see `dispatcher`): that extra sample measures from the one before.
+pub const MIN_CPU_WINDOW: Duration = Duration::from_millis(30);
+
+/// The recent readings a new one is compared with: the newest that is at
+/// least [`MIN_CPU_WINDOW`] older than it (else the oldest kept).
+#[derive(Debug, Clone, Default)]
+pub struct CpuHistory {
+    readings: VecDeque<(Instant, CpuTimes)>,
+}
+
+impl CpuHistory {
+    /// What a reading at `at` is compared with, if any reading came before.
+    pub fn baseline(&self, at: Instant) -> Option<CpuTimes> {
+        let old_enough =
+            |r: &&(Instant, CpuTimes)| at.saturating_duration_since(r.0) >= MIN_CPU_WINDOW;
+        self.readings
+            .iter()
+            .rev()
+            .find(old_enough)
+            .or_else(|| self.readings.front())
+            .map(|(_, times)| *times)
+    }
+
+    /// Keeps `times`, read at `at`, and drops the readings no later one
+    /// can need: those older than the newest reading already
+    /// [`MIN_CPU_WINDOW`] old.
+    pub fn push(&mut self, at: Instant, times: CpuTimes) {
+        self.readings.push_back((at, times));
+        while self
+            .readings
+            .get(1)
+            .is_some_and(|r| at.saturating_duration_since(r.0) >= MIN_CPU_WINDOW)
+        {
+            self.readings.pop_front();
+        }
     }
 }
 
@@ -183,6 +228,36 @@ fn monotonic_us() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reading_is_compared_with_one_at_least_the_minimum_window_old() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let times = |busy| CpuTimes {
+            busy,
+            total: 1000 + busy,
+            quota: None,
+        };
+        let mut history = CpuHistory::default();
+        assert_eq!(history.baseline(t0), None, "nothing to compare with");
+        history.push(t0, times(1));
+        history.push(t0 + ms(50), times(2));
+        // 7 ms after the last tick: the tick before it.
+        assert_eq!(history.baseline(t0 + ms(57)), Some(times(1)));
+        history.push(t0 + ms(57), times(3));
+        // The next tick: the extra reading, 43 ms before it.
+        assert_eq!(history.baseline(t0 + ms(100)), Some(times(3)));
+        history.push(t0 + ms(100), times(4));
+        assert_eq!(
+            history.readings.len(),
+            2,
+            "kept: the newest reading old enough for the next, and those after it"
+        );
+        // Right after the first reading: the oldest there is.
+        let mut history = CpuHistory::default();
+        history.push(t0, times(1));
+        assert_eq!(history.baseline(t0 + ms(5)), Some(times(1)));
+    }
 
     #[test]
     fn reads_the_aggregate_line() {

@@ -19,7 +19,8 @@
 //!
 //! One case skips the stages: every worker has been on its task for
 //! [`WAITING_TASK`] or longer while the CPU was mostly idle (below
-//! [`IDLE_CPU`] busy) over the last sample. Such tasks wait on the network
+//! [`IDLE_CPU`] busy) since a sample at least
+//! [`MIN_CPU_WINDOW`](super::cpu::MIN_CPU_WINDOW) before. Such tasks wait on the network
 //! (a platform answering in 100 ms), so each extra worker finishes one more
 //! of them per round trip, and doubling from four would spend most of a
 //! short burst growing. The pool
@@ -35,7 +36,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::cpu::CpuTimes;
+use super::cpu::{CpuHistory, CpuTimes};
 use super::limit::{ConcurrencyLimit, Reading};
 
 /// How long every worker must have been on its task, with the CPU idle,
@@ -99,8 +100,9 @@ pub struct Scaler {
     above_since: Option<Instant>,
     below_since: Option<Instant>,
     limit: ConcurrencyLimit,
-    /// The CPU counters of the previous sample.
-    last_cpu: Option<CpuTimes>,
+    /// The CPU counters of recent samples, to measure the CPU over a span
+    /// long enough to read.
+    cpu: CpuHistory,
     /// Whether the pool last grew to demand because its tasks wait on I/O:
     /// its new workers' start-up then busies the CPU for a while, and the
     /// limit must not read that as work (see [`super::limit`]). Staged
@@ -117,7 +119,7 @@ impl Scaler {
             above_since: None,
             below_since: None,
             limit: ConcurrencyLimit::new(config.min_workers, config.max_workers, cores),
-            last_cpu: None,
+            cpu: CpuHistory::default(),
             grown_for_io: false,
         }
     }
@@ -150,7 +152,8 @@ impl Scaler {
 
     /// Why the tasks of `sample` wait on I/O, if they do (see the module
     /// comment): every worker busy for [`WAITING_TASK`] or longer, the CPU
-    /// mostly idle since the previous sample, and the adaptive limit open
+    /// mostly idle since a sample long enough ago to read it, and the
+    /// adaptive limit open
     /// (it found the work CPU-bound otherwise).
     fn waiting_on_io(&self, sample: &Sample, previous: Option<CpuTimes>) -> Option<String> {
         let busy_for = sample.busy_for.filter(|b| *b >= WAITING_TASK)?;
@@ -178,7 +181,10 @@ impl Scaler {
 
     pub fn decide(&mut self, sample: &Sample) -> Decision {
         let c = self.config;
-        let previous_cpu = std::mem::replace(&mut self.last_cpu, sample.cpu);
+        let previous_cpu = self.cpu.baseline(sample.at);
+        if let Some(cpu) = sample.cpu {
+            self.cpu.push(sample.at, cpu);
+        }
         // Bounds first: a change of bounds takes effect at once.
         if sample.workers < c.min_workers {
             let to = (sample.workers + c.start_batch).min(c.min_workers);
@@ -374,6 +380,27 @@ mod tests {
             "demand, within max_workers, with no delay or stages"
         );
         assert!(reason.contains("wait on I/O"), "{reason}");
+    }
+
+    /// The dispatcher's extra sample, 15 ms after a tick, reads the CPU from
+    /// the tick before: over 15 ms the counters moved by one clock tick,
+    /// which reads as 100 % busy; over 65 ms they read 30 %.
+    #[test]
+    fn a_sample_between_ticks_reads_the_cpu_over_a_readable_span() {
+        let t0 = Instant::now();
+        let mut s = Scaler::new(config());
+        s.decide(&loaded(t0, ms(0), 0, 0));
+        assert_eq!(
+            s.decide(&loaded(t0 + ms(50), ms(5), 300, 1000)),
+            Decision::Hold,
+            "not waiting long enough yet"
+        );
+        let Decision::Grow { to, reason } = s.decide(&loaded(t0 + ms(65), ms(20), 301, 1001))
+        else {
+            panic!("expected growth")
+        };
+        assert_eq!(to, 100);
+        assert!(reason.contains("CPU 30% busy"), "{reason}");
     }
 
     /// After growing to demand for tasks that wait on I/O, the new workers'

@@ -60,6 +60,13 @@ impl Dispatcher {
             m.pool(&by_state, sample.queued, limit);
             m.paced_backlog(self.pacer.backlog_len());
         }
+        // Tasks waiting and every worker busy, not long enough yet for the
+        // scaler to tell whether they wait on the network: look again the
+        // moment they have been.
+        self.io_check = sample
+            .busy_for
+            .filter(|busy| sample.queued > 0 && *busy < scaler::WAITING_TASK)
+            .map(|busy| now + (scaler::WAITING_TASK - busy));
         match self.scaler.decide(&sample) {
             Decision::Hold => {}
             Decision::Grow { to, reason } => {
