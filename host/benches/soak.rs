@@ -22,6 +22,9 @@ use notifyhub_testkit::daemon::{Conn, Daemon};
 use notifyhub_testkit::receiver::{Receiver, Reply};
 use serde_json::{Value, json};
 
+#[path = "support/scale_events.rs"]
+mod scale_events;
+
 const BIN: &str = env!("CARGO_BIN_EXE_notifyhub");
 const TICK: Duration = Duration::from_millis(100);
 const TUNED: usize = 32;
@@ -62,7 +65,13 @@ struct Figures {
     peak_queued: u64,
     rss_mib: u64,
     lookup_us: f64,
+    /// The pool's recent scaling decisions when its size peaked: what
+    /// grew it there.
+    peak_events: Value,
 }
+
+/// Scaling decisions printed for the default pool's peak.
+const SCALE_EVENTS_SHOWN: usize = 6;
 
 async fn soak(max_workers: Option<usize>, secs: u64) -> anyhow::Result<Figures> {
     let receiver = Receiver::start(|r| {
@@ -100,6 +109,7 @@ async fn soak(max_workers: Option<usize>, secs: u64) -> anyhow::Result<Figures> 
         peak_queued: 0,
         rss_mib: 0,
         lookup_us: 0.0,
+        peak_events: Value::Null,
     };
     let started = Instant::now();
     let mut tick = tokio::time::interval(TICK);
@@ -133,7 +143,11 @@ async fn soak(max_workers: Option<usize>, secs: u64) -> anyhow::Result<Figures> 
         if n.is_multiple_of(10) {
             let status = daemon.request(json!({"op": "status"})).await?;
             let pool = &status["result"]["pool"];
-            fig.peak_workers = fig.peak_workers.max(pool["workers"].as_u64().unwrap_or(0));
+            let workers = pool["workers"].as_u64().unwrap_or(0);
+            if workers > fig.peak_workers {
+                fig.peak_workers = workers;
+                fig.peak_events = pool.clone();
+            }
             fig.peak_queued = fig.peak_queued.max(pool["queued"].as_u64().unwrap_or(0));
             let fds = std::fs::read_dir(format!("/proc/{}/fd", daemon.pid()))?.count() as u64;
             fig.peak_fds = fig.peak_fds.max(fds);
@@ -160,5 +174,14 @@ async fn soak(max_workers: Option<usize>, secs: u64) -> anyhow::Result<Figures> 
         fig.rss_mib,
         receiver.count(),
     );
+    if max_workers.is_none() {
+        println!("    the decisions that grew it to its peak (the last {SCALE_EVENTS_SHOWN}):");
+        let mut pool = fig.peak_events.clone();
+        if let Some(events) = pool["recent_scale_events"].as_array_mut() {
+            let skip = events.len().saturating_sub(SCALE_EVENTS_SHOWN);
+            events.drain(..skip);
+        }
+        scale_events::print(&pool, "      ");
+    }
     Ok(fig)
 }

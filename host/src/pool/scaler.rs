@@ -7,7 +7,9 @@
 //! back to the target, in steps of at most `start_batch` per decision
 //! (staged start). It scales down slowly: only after load has stayed below
 //! `scale_down_load` for `scale_down_delay`, and then only as far as the
-//! current demand needs. Idle workers are reaped separately, by the pool,
+//! busiest moment of that window needs, counting the peaks between
+//! samples (the dispatcher tracks them): a load of short bursts looks idle
+//! to a sample that falls between two of them. Idle workers are reaped separately, by the pool,
 //! after `max_idle`. Decisions never leave `[min_workers, max_workers]`.
 //!
 //! Above both sits the adaptive [`ConcurrencyLimit`](super::limit): growth
@@ -20,11 +22,12 @@
 //! One case skips the stages: every worker has been on its task for
 //! [`WAITING_TASK`] or longer while the CPU was mostly idle (below
 //! [`IDLE_CPU`] busy) since a sample at least
-//! [`MIN_CPU_WINDOW`](super::cpu::MIN_CPU_WINDOW) before. Such tasks wait on the network
-//! (a platform answering in 100 ms), so each extra worker finishes one more
-//! of them per round trip, and doubling from four would spend most of a
-//! short burst growing. The pool
-//! then grows to what demand asks for in one decision. CPU-bound work never
+//! [`MIN_CPU_WINDOW`](super::cpu::MIN_CPU_WINDOW) before. Such tasks wait
+//! on the network (a platform answering in 100 ms), so each extra worker
+//! finishes one more of them per round trip, and doubling from four would
+//! spend most of a short burst growing. The pool then grows in one
+//! decision to a worker for every task queued or in flight; the headroom
+//! of `target_load` follows by the staged path if the load lasts. CPU-bound work never
 //! takes this path: its tasks are short (a delivery to a fast receiver
 //! takes about 0.1 ms) and it keeps the CPU busy, and either is enough.
 //! Both are needed: a CPU-bound burst's first tasks also run long (each
@@ -77,11 +80,27 @@ pub struct Sample {
     /// Workers on their first task: making their instance, opening their
     /// connection.
     pub starting: usize,
+    /// The most tasks queued and in flight at once since the previous
+    /// sample, this one's included. Short bursts (a submit every 100 ms
+    /// that workers finish in 20) fall between samples; scaling down by
+    /// what samples alone saw shrank such a pool to `min_workers`, and the
+    /// next burst grew it back.
+    pub peak_demand: usize,
 }
 
 impl Sample {
+    /// Tasks queued and in flight now.
+    pub fn demand(&self) -> usize {
+        self.queued + self.in_flight
+    }
+
     pub fn load(&self) -> f64 {
-        (self.queued + self.in_flight) as f64 / self.workers.max(1) as f64
+        self.demand() as f64 / self.workers.max(1) as f64
+    }
+
+    /// The load at the busiest moment since the previous sample.
+    pub fn peak_load(&self) -> f64 {
+        self.peak_demand.max(self.demand()) as f64 / self.workers.max(1) as f64
     }
 }
 
@@ -99,6 +118,9 @@ pub struct Scaler {
     config: ScalerConfig,
     above_since: Option<Instant>,
     below_since: Option<Instant>,
+    /// The most tasks queued and in flight at once in the samples since
+    /// `below_since`: how far a step down may go.
+    below_peak: usize,
     limit: ConcurrencyLimit,
     /// The CPU counters of recent samples, to measure the CPU over a span
     /// long enough to read.
@@ -118,6 +140,7 @@ impl Scaler {
             config,
             above_since: None,
             below_since: None,
+            below_peak: 0,
             limit: ConcurrencyLimit::new(config.min_workers, config.max_workers, cores),
             cpu: CpuHistory::default(),
             grown_for_io: false,
@@ -140,10 +163,10 @@ impl Scaler {
         self.limit.set_bounds(min, max);
     }
 
-    /// The worker count demand calls for, within bounds.
-    fn wanted(&self, sample: &Sample) -> usize {
-        let demand = (sample.queued + sample.in_flight) as f64;
-        let wanted = (demand / self.config.target_load).ceil() as usize;
+    /// The worker count `demand` (tasks queued and in flight) calls for at
+    /// `load` tasks a worker, within bounds.
+    fn wanted(&self, demand: usize, load: f64) -> usize {
+        let wanted = (demand as f64 / load).ceil() as usize;
         wanted.min(self.limit.get()).clamp(
             self.config.min_workers.max(1),
             self.config.max_workers.max(1),
@@ -177,6 +200,40 @@ impl Scaler {
             sample.queued,
             sample.in_flight
         ))
+    }
+
+    /// To a worker for every task queued or in flight, if the tasks wait
+    /// on I/O (see the module comment).
+    fn grow_for_io(&mut self, sample: &Sample, previous_cpu: Option<CpuTimes>) -> Option<Decision> {
+        // A worker for every task there is, no more: the headroom
+        // `target_load` leaves is for a load that lasts, and the staged
+        // path adds it if this one does.
+        let to = self.wanted(sample.demand(), 1.0);
+        if to <= sample.workers {
+            return None;
+        }
+        let reason = self.waiting_on_io(sample, previous_cpu)?;
+        self.grown_for_io = true;
+        // Headroom on top waits for the load to stay above target for
+        // `scale_up_delay` from here.
+        self.above_since = None;
+        Some(Decision::Grow { to, reason })
+    }
+
+    /// A sample between ticks, taken the moment a burst's tasks may count
+    /// as waiting on I/O: that growth or nothing. Every other decision
+    /// keeps the ticks' pace (a staged step must be measured before the
+    /// next), and the CPU reading is not kept as a baseline.
+    pub fn decide_between_ticks(&mut self, sample: &Sample) -> Decision {
+        let c = self.config;
+        let in_bounds =
+            (c.min_workers..=c.max_workers.min(self.limit.get())).contains(&sample.workers);
+        if !in_bounds || sample.load() <= c.target_load {
+            return Decision::Hold;
+        }
+        let previous_cpu = self.cpu.baseline(sample.at);
+        self.grow_for_io(sample, previous_cpu)
+            .unwrap_or(Decision::Hold)
     }
 
     pub fn decide(&mut self, sample: &Sample) -> Decision {
@@ -227,13 +284,10 @@ impl Scaler {
         if load > c.target_load {
             self.below_since = None;
             let since = *self.above_since.get_or_insert(sample.at);
-            let wanted = self.wanted(sample);
-            if wanted > sample.workers
-                && let Some(reason) = self.waiting_on_io(sample, previous_cpu)
-            {
-                self.grown_for_io = true;
-                return Decision::Grow { to: wanted, reason };
+            if let Some(grow) = self.grow_for_io(sample, previous_cpu) {
+                return grow;
             }
+            let wanted = self.wanted(sample.demand(), c.target_load);
             if sample.at.duration_since(since) >= c.scale_up_delay && wanted > sample.workers {
                 self.grown_for_io = false;
                 let step = c.start_batch.min(sample.workers.max(1));
@@ -252,13 +306,21 @@ impl Scaler {
                     },
                 };
             }
-        } else if load < c.scale_down_load {
+        } else if sample.peak_load() < c.scale_down_load {
+            // Down only when even the busiest moment since the last sample
+            // was light, and as far as the busiest of the window needs.
             self.above_since = None;
-            let since = *self.below_since.get_or_insert(sample.at);
-            let wanted = self.wanted(sample);
+            let peak = sample.peak_demand.max(sample.demand());
+            let since = *self.below_since.get_or_insert_with(|| {
+                self.below_peak = 0;
+                sample.at
+            });
+            self.below_peak = self.below_peak.max(peak);
+            let wanted = self.wanted(self.below_peak, c.target_load);
             if sample.at.duration_since(since) >= c.scale_down_delay && wanted < sample.workers {
                 // Start a new window: the next step down waits again.
                 self.below_since = Some(sample.at);
+                self.below_peak = peak;
                 return Decision::Shrink {
                     to: wanted,
                     reason: format!(
@@ -324,6 +386,7 @@ mod tests {
             cpu: None,
             busy_for: None,
             starting: 0,
+            peak_demand: 0,
         }
     }
 
@@ -401,6 +464,102 @@ mod tests {
         };
         assert_eq!(to, 100);
         assert!(reason.contains("CPU 30% busy"), "{reason}");
+    }
+
+    /// Grown because its tasks wait on I/O, the pool gets a worker a task:
+    /// 34, not the 49 that would bring the load to the target. Headroom
+    /// follows only if the load stays above the target for the delay.
+    #[test]
+    fn grows_for_io_to_demand_without_headroom() {
+        let t0 = Instant::now();
+        let mut s = Scaler::new(config());
+        let waiting = |at, busy, total| Sample {
+            queued: 30,
+            ..loaded(at, ms(50), busy, total)
+        };
+        s.decide(&waiting(t0, 0, 0));
+        let grown = s.decide(&waiting(t0 + ms(50), 100, 1000));
+        assert!(matches!(grown, Decision::Grow { to: 34, .. }), "{grown:?}");
+        // The load stays above target on 34 workers: the delay first, then
+        // a staged step.
+        // (Short tasks now: the staged path alone.)
+        let busy = |at| Sample {
+            workers: 34,
+            in_flight: 34,
+            queued: 10,
+            ..loaded(at, ms(1), 200, 2000)
+        };
+        assert_eq!(s.decide(&busy(t0 + ms(100))), Decision::Hold);
+        assert_eq!(s.decide(&busy(t0 + ms(250))), Decision::Hold);
+        let Decision::Grow { to, .. } = s.decide(&busy(t0 + ms(300))) else {
+            panic!("expected a staged step")
+        };
+        assert_eq!(to, 50, "16 more, start_batch");
+    }
+
+    /// Between ticks only the growth for I/O is decided: a staged step due
+    /// by the load waits for the tick.
+    #[test]
+    fn between_ticks_only_io_grows() {
+        let t0 = Instant::now();
+        let mut s = Scaler::new(config());
+        // Short tasks, loaded for longer than the delay: a staged step,
+        // but not between ticks.
+        s.decide(&loaded(t0, ms(1), 0, 0));
+        assert_eq!(
+            s.decide_between_ticks(&loaded(t0 + ms(300), ms(1), 100, 1000)),
+            Decision::Hold
+        );
+        assert!(matches!(
+            s.decide(&loaded(t0 + ms(300), ms(1), 100, 1000)),
+            Decision::Grow { to: 8, .. }
+        ));
+        // Tasks 20 ms on their worker, the CPU idle: growth to demand.
+        let mut s = Scaler::new(config());
+        s.decide(&loaded(t0, ms(5), 0, 0));
+        assert!(matches!(
+            s.decide_between_ticks(&loaded(t0 + ms(35), ms(20), 50, 700)),
+            Decision::Grow { to: 100, .. }
+        ));
+    }
+
+    /// A submit every 100 ms that workers finish in 20: the samples fall
+    /// between the bursts and see almost nothing in flight, but the bursts'
+    /// peaks keep the pool, however long it lasts.
+    #[test]
+    fn short_bursts_between_samples_keep_the_pool() {
+        let t0 = Instant::now();
+        let mut s = Scaler::new(config());
+        for i in 0..=700u32 {
+            let quiet = Sample {
+                peak_demand: 36,
+                ..sample(t0 + ms(50) * i, 0, 1, 40)
+            };
+            assert_eq!(s.decide(&quiet), Decision::Hold, "sample {i}");
+        }
+    }
+
+    /// Scaling down goes as far as the busiest moment of the window needs.
+    #[test]
+    fn steps_down_to_the_busiest_moment_of_the_window() {
+        let t0 = Instant::now();
+        let mut s = Scaler::new(config());
+        let mut last = Decision::Hold;
+        for i in 0..=620u32 {
+            // 2 in flight at every sample; once, 10 at once between two.
+            let peak_demand = if i == 300 { 10 } else { 0 };
+            last = s.decide(&Sample {
+                peak_demand,
+                ..sample(t0 + ms(50) * i, 0, 2, 50)
+            });
+            if last != Decision::Hold {
+                break;
+            }
+        }
+        let Decision::Shrink { to, .. } = last else {
+            panic!("expected shrinking, got {last:?}")
+        };
+        assert_eq!(to, 15, "10 at once at target 0.7 need 15 workers, not 3");
     }
 
     /// After growing to demand for tasks that wait on I/O, the new workers'

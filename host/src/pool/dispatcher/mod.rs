@@ -109,6 +109,15 @@ pub(super) struct Dispatcher {
     /// at the first tick past that, up to 50 ms later (a tenth of a burst of
     /// 2,000 deliveries to a platform answering in 100 ms).
     io_check: Option<Instant>,
+    /// Tasks assigned to workers and not reported done: the sum of every
+    /// worker's `assigned`, kept as it changes.
+    in_flight: usize,
+    /// The most tasks queued and in flight at once since the last sample.
+    /// Demand peaks right after a submit, before workers take the tasks:
+    /// a burst that workers finish between two samples never shows in
+    /// either, and the scaler must not read the quiet between bursts as
+    /// the load (see [`Sample::peak_demand`](super::scaler::Sample)).
+    demand_peak: usize,
 }
 
 impl Dispatcher {
@@ -144,6 +153,8 @@ impl Dispatcher {
             pacer: Pacer::default(),
             settings,
             io_check: None,
+            in_flight: 0,
+            demand_peak: 0,
         }
     }
 
@@ -173,7 +184,10 @@ impl Dispatcher {
                 biased;
                 Some(event) = events.recv() => self.on_event(event),
                 command = commands.recv() => match command {
-                    Some(Command::Submit(tasks)) => tasks.into_iter().for_each(|t| self.queue.push(t)),
+                    Some(Command::Submit(tasks)) => {
+                        tasks.into_iter().for_each(|t| self.queue.push(t));
+                        self.demand_peak = self.demand_peak.max(self.queue.len() + self.in_flight);
+                    }
                     Some(Command::Stats(reply)) => { let _ = reply.send(self.stats()); }
                     Some(Command::Scale { min, max, reply }) => { let _ = reply.send(self.scale(min, max)); }
                     Some(Command::Shutdown(reply)) => {
@@ -184,7 +198,7 @@ impl Dispatcher {
                     None => return,
                 },
                 _ = tick.tick() => self.on_tick(),
-                _ = tokio::time::sleep_until(io_check.unwrap_or_else(tokio::time::Instant::now)), if io_check.is_some() => self.on_tick(),
+                _ = tokio::time::sleep_until(io_check.unwrap_or_else(tokio::time::Instant::now)), if io_check.is_some() => self.on_io_check(),
                 _ = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => {}
             }
             self.dispatch();
@@ -199,7 +213,15 @@ impl Dispatcher {
     }
 
     fn in_flight(&self) -> usize {
-        self.workers.values().map(|w| w.assigned.len()).sum()
+        debug_assert_eq!(
+            self.in_flight,
+            self.workers
+                .values()
+                .map(|w| w.assigned.len())
+                .sum::<usize>(),
+            "the count of tasks in flight drifted from the workers' assignments"
+        );
+        self.in_flight
     }
 
     /// Whether `task` may go now; if not, it joins its destination's backlog.
@@ -365,6 +387,7 @@ impl Dispatcher {
             * tasks.len() as u32
             + Duration::from_secs(5);
         let inbox = worker.inbox.as_ref().expect("idle workers have an inbox");
+        let count = tasks.len();
         if let Err(e) = inbox.try_send(Assignment { plugin, tasks }) {
             // The worker is gone; its tasks go back to the front.
             let assignment = match e {
@@ -379,6 +402,8 @@ impl Dispatcher {
                 .into_iter()
                 .rev()
                 .for_each(|t| self.queue.push_front(t));
+        } else {
+            self.in_flight += count;
         }
     }
 
@@ -394,6 +419,7 @@ impl Dispatcher {
                 *mean = (*mean * 7 + mean_task) / 8;
                 if let Some(w) = self.workers.get_mut(&worker) {
                     self.completed += w.assigned.len() as u64;
+                    self.in_flight -= w.assigned.len();
                     w.assigned.clear();
                     w.busy_since = None;
                     w.warm = warm.into_iter().collect();
@@ -416,6 +442,7 @@ impl Dispatcher {
                     .find(|w| w.assigned.contains(&task.id))
                 {
                     w.assigned.retain(|id| *id != task.id);
+                    self.in_flight -= 1;
                 }
                 self.waiting.fetch_add(1, Ordering::AcqRel);
                 if let Some(m) = self.lifecycle.metrics() {
