@@ -76,6 +76,8 @@ struct Row {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As the daemon runs: without transparent huge pages (see `--bench pool`).
+    notifyhub::without_huge_pages();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

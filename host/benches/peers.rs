@@ -44,6 +44,8 @@ const CEILING_COUNT: usize = 50_000;
 const CEILING_CONNECTIONS: usize = 64;
 
 fn main() -> anyhow::Result<()> {
+    // As the daemon runs: without transparent huge pages (see `--bench pool`).
+    notifyhub::without_huge_pages();
     let python = from_env("NOTIFYHUB_APPRISE_PYTHON")?;
     let extism_runner = from_env("NOTIFYHUB_EXTISM_RUNNER")?;
     let extism_plugin = from_env("NOTIFYHUB_EXTISM_PLUGIN")?;
