@@ -110,7 +110,10 @@ pub(super) struct Dispatcher {
     /// 2,000 deliveries to a platform answering in 100 ms).
     io_check: Option<Instant>,
     /// Tasks assigned to workers and not reported done: the sum of every
-    /// worker's `assigned`, kept as it changes.
+    /// worker's `assigned`, kept as it changes. It is lowered with
+    /// saturating subtraction: a drift, which `in_flight()`'s debug
+    /// assertion reports in tests, must never wrap around in a release
+    /// build into a demand that grows the pool to its maximum.
     in_flight: usize,
     /// The most tasks queued and in flight at once since the last sample.
     /// Demand peaks right after a submit, before workers take the tasks:
@@ -419,7 +422,7 @@ impl Dispatcher {
                 *mean = (*mean * 7 + mean_task) / 8;
                 if let Some(w) = self.workers.get_mut(&worker) {
                     self.completed += w.assigned.len() as u64;
-                    self.in_flight -= w.assigned.len();
+                    self.in_flight = self.in_flight.saturating_sub(w.assigned.len());
                     w.assigned.clear();
                     w.busy_since = None;
                     w.warm = warm.into_iter().collect();
@@ -442,7 +445,7 @@ impl Dispatcher {
                     .find(|w| w.assigned.contains(&task.id))
                 {
                     w.assigned.retain(|id| *id != task.id);
-                    self.in_flight -= 1;
+                    self.in_flight = self.in_flight.saturating_sub(1);
                 }
                 self.waiting.fetch_add(1, Ordering::AcqRel);
                 if let Some(m) = self.lifecycle.metrics() {

@@ -150,7 +150,7 @@ impl Dispatcher {
     /// in the pool's totals.
     pub(super) fn remove_worker(&mut self, id: u64) -> Option<WorkerEntry> {
         let worker = self.workers.remove(&id)?;
-        self.in_flight -= worker.assigned.len();
+        self.in_flight = self.in_flight.saturating_sub(worker.assigned.len());
         self.router.forget(id);
         self.retired.processed += worker.metrics.processed.load(Ordering::Relaxed);
         self.retired.errors += worker.metrics.errors.load(Ordering::Relaxed);
