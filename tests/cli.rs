@@ -354,3 +354,29 @@ fn completions_and_man_pages_come_from_the_cli_definition() -> anyhow::Result<()
     }
     Ok(())
 }
+
+/// Under a limit on its address space below what the engine reserves for
+/// its instance slots (17.6 TB with the default 1,024 workers), `serve`
+/// stops at once, naming the setting to lower and the limit to raise.
+#[test]
+fn an_address_space_limit_below_the_slots_is_a_clear_error() -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new().prefix("nh-as-").tempdir()?;
+    // 10 TB, in KiB.
+    let script = r#"ulimit -v 10000000000 && exec "$0" serve --data-dir "$1" --plugins "$1""#;
+    let out = output_within(
+        Command::new("sh")
+            .args(["-c", script])
+            .arg(BIN)
+            .arg(dir.path()),
+        CLI_EXITS_WITHIN,
+    )?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "serve started: {stderr}");
+    assert!(
+        stderr.contains("instance slots")
+            && stderr.contains("[pool] max_workers")
+            && stderr.contains("ulimit -v"),
+        "{stderr}"
+    );
+    Ok(())
+}

@@ -126,6 +126,16 @@ impl Default for SandboxSettings {
 pub enum SandboxError {
     #[error("cannot configure the wasm engine: {0}")]
     Engine(wasmtime::Error),
+    /// The engine that serves optimized code reserves address space for
+    /// all its instance slots at once (about 8.5 GB of it a slot, none of
+    /// it resident): 17.6 TB with the default 1,024 workers. A limit on
+    /// the address space below that fails here.
+    #[error(
+        "cannot reserve address space for {slots} instance slots (twice [pool] max_workers, plus 32): {error}; \
+         if the process's address space is limited (ulimit -v, systemd's LimitAS=), \
+         lower [pool] max_workers or raise the limit"
+    )]
+    Slots { slots: u32, error: wasmtime::Error },
     #[error("cannot set up the compile cache in {dir}: {error}")]
     Cache { dir: PathBuf, error: std::io::Error },
     #[error("cannot start the optimizer's thread: {0}")]
@@ -185,7 +195,11 @@ impl Sandbox {
         let slots = settings.max_instances;
         // Without a function cache: it compiles only without a code cache,
         // and its functions would be kept for the daemon's life.
-        let optimized = Compiler::new(config(settings, Tier::Optimized, true, None))?;
+        let optimized =
+            Compiler::new(config(settings, Tier::Optimized, true, None)).map_err(|e| match e {
+                SandboxError::Engine(error) => SandboxError::Slots { slots, error },
+                other => other,
+            })?;
         // Baseline code serves only until the optimized code is ready: its
         // instances are allocated on demand instead of reserving a second
         // pool as large as the first.
