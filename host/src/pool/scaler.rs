@@ -9,8 +9,9 @@
 //! `scale_down_load` for `scale_down_delay`, and then only as far as the
 //! busiest moment of that window needs, counting the peaks between
 //! samples (the dispatcher tracks them): a load of short bursts looks idle
-//! to a sample that falls between two of them. Idle workers are reaped separately, by the pool,
-//! after `max_idle`. Decisions never leave `[min_workers, max_workers]`.
+//! to a sample that falls between two of them. Idle workers are reaped
+//! separately, by the pool, after `max_idle`. Decisions never leave
+//! `[min_workers, max_workers]`.
 //!
 //! Above both sits the adaptive [`ConcurrencyLimit`](super::limit): growth
 //! never passes it, and when it falls below the pool's size the scaler
@@ -27,9 +28,10 @@
 //! finishes one more of them per round trip, and doubling from four would
 //! spend most of a short burst growing. The pool then grows in one
 //! decision to a worker for every task queued or in flight; the headroom
-//! of `target_load` follows by the staged path if the load lasts. CPU-bound work never
-//! takes this path: its tasks are short (a delivery to a fast receiver
-//! takes about 0.1 ms) and it keeps the CPU busy, and either is enough.
+//! of `target_load` follows by the staged path if the load lasts.
+//! CPU-bound work never takes this path: its tasks are short (a delivery
+//! to a fast receiver takes about 0.1 ms) and it keeps the CPU busy, and
+//! either is enough.
 //! Both are needed: a CPU-bound burst's first tasks also run long (each
 //! worker's first instance is new), with the CPU over 80 % busy (measured),
 //! while deliveries waiting on a 100 ms platform left it 0–22 % busy.
@@ -98,9 +100,15 @@ impl Sample {
         self.demand() as f64 / self.workers.max(1) as f64
     }
 
+    /// Tasks queued and in flight at the busiest moment since the
+    /// previous sample, this one's included.
+    pub fn peak(&self) -> usize {
+        self.peak_demand.max(self.demand())
+    }
+
     /// The load at the busiest moment since the previous sample.
     pub fn peak_load(&self) -> f64 {
-        self.peak_demand.max(self.demand()) as f64 / self.workers.max(1) as f64
+        self.peak() as f64 / self.workers.max(1) as f64
     }
 }
 
@@ -176,8 +184,7 @@ impl Scaler {
     /// Why the tasks of `sample` wait on I/O, if they do (see the module
     /// comment): every worker busy for [`WAITING_TASK`] or longer, the CPU
     /// mostly idle since a sample long enough ago to read it, and the
-    /// adaptive limit open
-    /// (it found the work CPU-bound otherwise).
+    /// adaptive limit open (it found the work CPU-bound otherwise).
     fn waiting_on_io(&self, sample: &Sample, previous: Option<CpuTimes>) -> Option<String> {
         let busy_for = sample.busy_for.filter(|b| *b >= WAITING_TASK)?;
         let cpu = match sample.cpu {
@@ -310,7 +317,7 @@ impl Scaler {
             // Down only when even the busiest moment since the last sample
             // was light, and as far as the busiest of the window needs.
             self.above_since = None;
-            let peak = sample.peak_demand.max(sample.demand());
+            let peak = sample.peak();
             let since = *self.below_since.get_or_insert_with(|| {
                 self.below_peak = 0;
                 sample.at

@@ -126,12 +126,13 @@ impl Default for SandboxSettings {
 pub enum SandboxError {
     #[error("cannot configure the wasm engine: {0}")]
     Engine(wasmtime::Error),
-    /// The engine that serves optimized code reserves address space for
-    /// all its instance slots at once (about 8.5 GB of it a slot, none of
-    /// it resident): 17.6 TB with the default 1,024 workers. A limit on
-    /// the address space below that fails here.
+    /// The engine that serves optimized code could not be made. It
+    /// reserves address space for all its instance slots at once (about
+    /// 8.5 GB of it a slot, none of it resident): 17.6 TB with the default
+    /// 1,024 workers, so a limit on the address space below that fails
+    /// here, which the message says without claiming it is the cause.
     #[error(
-        "cannot reserve address space for {slots} instance slots (twice [pool] max_workers, plus 32): {error}; \
+        "cannot create the wasm engine with {slots} instance slots (twice [pool] max_workers, plus 32): {error}; \
          if the process's address space is limited (ulimit -v, systemd's LimitAS=), \
          lower [pool] max_workers or raise the limit"
     )]
