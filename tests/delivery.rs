@@ -202,6 +202,66 @@ async fn requests_outside_the_allowlist_are_denied_and_logged() -> anyhow::Resul
     Ok(())
 }
 
+/// The SDK sends a body that fits in one call (`notifyhub:http/client`)
+/// whole and streams a larger one through `wasi:http`; the receiver gets
+/// the same request either way, and the allowlist holds on both paths.
+#[tokio::test]
+async fn large_bodies_stream_and_small_ones_go_in_one_call() -> anyhow::Result<()> {
+    let receiver = Receiver::start(|req| {
+        let doc = req.json();
+        let complete = doc["type"] == "notification.sent"
+            && req.header("content-length") == Some(&req.body.len().to_string());
+        if complete {
+            Reply::new(200, "ok")
+        } else {
+            Reply::new(400, "incomplete")
+        }
+    })
+    .await;
+    let forbidden = Receiver::start(|_| Reply::new(200, "ok")).await;
+    let daemon = Daemon::builder(BIN)
+        .plugin("webhook", Some(&allow(&receiver)))
+        .start()
+        .await?;
+    // The webhook plugin caps the message's body, not its metadata: a
+    // 600 KB value makes the document larger than one call takes (512 KiB).
+    let blob = "x".repeat(600_000);
+    for (size, metadata) in [("small", json!({})), ("large", json!({"blob": blob}))] {
+        for (to, expect) in [(&receiver, "succeeded"), (&forbidden, "dead")] {
+            let task = daemon
+                .deliver(json!({"platform": "webhook", "target": to.url("/hook"),
+                                "body": size, "metadata": metadata}))
+                .await?;
+            assert_eq!(task["state"], expect, "{size}: {task}");
+        }
+    }
+    let sizes: Vec<usize> = receiver.requests().iter().map(|r| r.body.len()).collect();
+    assert!(
+        sizes.len() == 2 && sizes[0] < 4096 && sizes[1] > 600_000,
+        "one small and one large request arrive whole: {sizes:?}"
+    );
+    assert_eq!(
+        receiver.requests()[1].json()["data"]["metadata"]["blob"],
+        blob
+    );
+    assert!(
+        forbidden.requests().is_empty(),
+        "the allowlist was bypassed"
+    );
+
+    // Both paths are the plugin's: it imports the one-call interface and
+    // `wasi:http`'s handler.
+    let check = std::process::Command::new(BIN)
+        .arg("check")
+        .arg(notifyhub_testkit::plugins::path("webhook")?)
+        .output()?;
+    let imports = String::from_utf8_lossy(&check.stdout);
+    for import in ["notifyhub:http/client@", "wasi:http/outgoing-handler@"] {
+        assert!(imports.contains(import), "no {import} in:\n{imports}");
+    }
+    Ok(())
+}
+
 /// What Slack checks on an incoming webhook.
 fn check_slack(req: &Recorded) -> Reply {
     if req.method != "POST" || !req.path.starts_with("/services/T000/B000/") {

@@ -75,7 +75,7 @@ impl Report {
 fn grant(interface: &str) -> Result<Option<&'static str>, ()> {
     let package = interface.split('/').next().unwrap_or_default();
     Ok(match package {
-        "notifyhub:plugin" => None,
+        "notifyhub:plugin" | "notifyhub:http" => None,
         "notifyhub:smtp" => Some(
             "e-mail through a relay in allowed_hosts, TLS required unless [smtp] allow_plaintext",
         ),
@@ -213,7 +213,8 @@ fn contract(report: &mut Report, component: &Component) -> bool {
                 fatal = true;
                 report.error(format!(
                     "imports {import}, which this host does not provide. A plugin may import \
-                     {CONTRACT}/host, notifyhub:smtp/client, wasi:http, wasi:clocks, wasi:random \
+                     {CONTRACT}/host, notifyhub:http/client, notifyhub:smtp/client, wasi:http, \
+                     wasi:clocks, wasi:random \
                      and wasi:io (WASI cli, filesystem and sockets are linked but grant \
                      nothing); remove the \
                      dependency that pulls this import in"

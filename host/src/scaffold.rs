@@ -54,6 +54,10 @@ const WIT: Files = &[
     ("wit/deps/http.wit", include_str!("../../wit/deps/http.wit")),
     ("wit/deps/io.wit", include_str!("../../wit/deps/io.wit")),
     (
+        "wit/deps/notifyhub-http/http.wit",
+        include_str!("../../wit/deps/notifyhub-http/http.wit"),
+    ),
+    (
         "wit/deps/notifyhub-smtp/smtp.wit",
         include_str!("../../wit/deps/notifyhub-smtp/smtp.wit"),
     ),

@@ -17,7 +17,9 @@
 //!   more of it than they use, but the [`HostState`] behind it grants nothing:
 //!   no preopened directories, no environment, no sockets. On top come
 //!   `wasi:http` (through [`http::OutboundHttp`], which enforces the plugin's
-//!   allowlist), notifyhub's own `host` interface, and SMTP
+//!   allowlist), the same requests made in one call (`notifyhub:http/client`,
+//!   [`exchange`], through the same policy), notifyhub's own `host`
+//!   interface, and SMTP
 //!   (`notifyhub:smtp/client`, through [`smtp::OutboundSmtp`], held to the
 //!   same allowlist).
 //! - **Limits.** Memory growth past a plugin's cap fails
@@ -29,6 +31,7 @@
 
 pub mod allowlist;
 mod cache;
+mod exchange;
 mod functions;
 pub mod http;
 mod image;
@@ -523,6 +526,8 @@ impl Compiler {
         notifyhub::plugin::types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(SandboxError::Link)?;
         notifyhub::smtp::client::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(SandboxError::Link)?;
+        notifyhub::http::client::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(SandboxError::Link)?;
         Ok(Compiler { engine, linker })
     }

@@ -1,5 +1,5 @@
 //! The data each wasmtime store carries: WASI contexts that grant nothing,
-//! the plugin's HTTP and SMTP policies, its memory limiter, and the `host`
+//! the plugin's HTTP (both `wasi:http` and one-call) and SMTP policies, its memory limiter, and the `host`
 //! interface (logging and configuration) that plugins import.
 
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use super::limits::{MemoryBudget, MemoryLimiter};
 use super::output::{LogBudget, MAX_LOG_LINE_BYTES, PluginOutput, Stream};
 use super::policy::PluginConfig;
 use super::smtp::{OutboundSmtp, SmtpPools};
-use crate::bindings::{Level, notifyhub, smtp};
+use crate::bindings::{Level, exchange, notifyhub, smtp};
 use crate::telemetry::attempt::in_attempt;
 use crate::text::cap;
 
@@ -117,6 +117,15 @@ impl WasiHttpView for HostState {
 }
 
 impl notifyhub::plugin::types::Host for HostState {}
+
+impl exchange::Host for HostState {
+    async fn send(
+        &mut self,
+        request: exchange::Request,
+    ) -> Result<exchange::Response, exchange::HttpError> {
+        super::exchange::send(&mut self.http, request).await
+    }
+}
 
 impl smtp::Host for HostState {
     async fn send(

@@ -1,8 +1,9 @@
 //! The notifyhub plugin SDK for Rust.
 //!
 //! A notifyhub plugin is a WebAssembly component that targets the
-//! `notifyhub:plugin/plugin` world (`wit/plugin.wit`), or `mailer` when it
-//! sends e-mail over SMTP. This crate wraps the
+//! `notifyhub:plugin/plugin` world (`wit/plugin.wit`), or `full` when it
+//! makes requests in one call or sends e-mail over SMTP (this crate's HTTP
+//! client does the former). This crate wraps the
 //! generated bindings so that a handler is a few dozen lines:
 //!
 //! ```ignore
@@ -22,8 +23,10 @@
 //! ```
 //!
 //! What is here:
-//! - [`http`]: a small blocking client over `wasi:http` that maps transport
-//!   failures and HTTP status codes onto [`SendError`] classes;
+//! - [`http`]: a small blocking client over `notifyhub:http/client` (one
+//!   call a request) and `wasi:http` (bodies too large for one call) that
+//!   maps transport failures and HTTP status codes onto [`SendError`]
+//!   classes;
 //! - [`format`]: truncation with a visible marker and markdown dialects;
 //! - [`sign`]: HMAC signing schemes used by webhook platforms;
 //! - [`form`]: `application/x-www-form-urlencoded` bodies and query values;
@@ -50,9 +53,10 @@ pub mod time;
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../../wit",
-        // `mailer` is `plugin` plus SMTP; a component imports only what it
-        // calls, so plugins that never send mail keep `plugin`'s imports.
-        world: "notifyhub:plugin/mailer",
+        // `full` is `plugin` plus SMTP and one-call HTTP; a component
+        // imports only what it calls, so a plugin that never sends mail
+        // does not import SMTP.
+        world: "notifyhub:plugin/full",
         generate_all,
         pub_export_macro: true,
         export_macro_name: "export_handler",
