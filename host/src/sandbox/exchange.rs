@@ -30,6 +30,10 @@ use crate::bindings::exchange::{HttpError as Refusal, Request, Response};
 /// the boundary well inside `MAX_GUEST_TRANSFER_BYTES`.
 pub const MAX_REQUEST_BODY: usize = 512 * 1024;
 
+/// The most a request's header names and values may take together, as
+/// `wasi:http` bounds its fields (wasmtime-wasi-http's default).
+pub const MAX_HEADER_BYTES: usize = 128 * 1024;
+
 /// Sends `request` under `policy` and reads the whole response.
 pub async fn send(policy: &mut OutboundHttp, request: Request) -> Result<Response, Refusal> {
     let request = decode(request).map_err(Refusal::Invalid)?;
@@ -47,6 +51,16 @@ fn decode(request: Request) -> Result<http::Request<WasiBody>, String> {
             "the body is {} bytes, over the {MAX_REQUEST_BODY} one call takes: \
              stream it through wasi:http",
             request.body.len()
+        ));
+    }
+    let header_bytes: usize = request
+        .headers
+        .iter()
+        .map(|(name, value)| name.len() + value.len())
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return Err(format!(
+            "the headers take {header_bytes} bytes, over the {MAX_HEADER_BYTES} a request may have"
         ));
     }
     let uri: http::Uri = request
@@ -192,6 +206,13 @@ mod tests {
         assert!(e.contains("not a valid header name"), "{e}");
         let e = refused(request("http://a.example/", &[("x-a", b"line\nbreak")], 0));
         assert!(e.contains("not a valid header value"), "{e}");
+        let big = vec![b'v'; MAX_HEADER_BYTES / 2];
+        let e = refused(request(
+            "http://a.example/",
+            &[("x-a", &big), ("x-b", &big)],
+            0,
+        ));
+        assert!(e.contains("over the 131072 a request may have"), "{e}");
         let mut bad_method = request("http://a.example/", &[], 0);
         bad_method.method = Method::Other("GE T".into());
         assert!(refused(bad_method).contains("not a valid HTTP method"));
