@@ -143,7 +143,96 @@ fn error_code(error: HttpError) -> ErrorCode {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
     use super::*;
+    use crate::sandbox::allowlist::AllowList;
+    use crate::sandbox::http::Transport;
+    use crate::sandbox::recorder::{CannedAnswer, Recorder};
+
+    fn policy(transport: Transport, allow: &[&str], budget: u32) -> OutboundHttp {
+        OutboundHttp::new(
+            transport,
+            Arc::new(AllowList::parse(allow).unwrap()),
+            "test".into(),
+            Duration::from_secs(5),
+            1 << 20,
+            budget,
+        )
+    }
+
+    #[tokio::test]
+    async fn one_call_goes_through_the_policy_and_comes_back_whole() {
+        let recorder = Arc::new(Recorder::new(CannedAnswer {
+            status: 429,
+            headers: vec![("Retry-After".into(), "3".into())],
+            body: "slow down".into(),
+            ..CannedAnswer::default()
+        }));
+        let mut http = policy(Transport::Recorder(recorder.clone()), &["a.example"], 1);
+        let to = |host: &str| {
+            request(
+                &format!("https://{host}/hook?k=v"),
+                &[("content-type", b"application/json")],
+                2,
+            )
+        };
+        let response = send(&mut http, to("a.example")).await.unwrap();
+        assert_eq!(response.status, 429);
+        assert_eq!(
+            response.headers,
+            [("retry-after".to_string(), b"3".to_vec())]
+        );
+        assert_eq!(response.body, b"slow down");
+        let sent = recorder.requests();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(
+            (sent[0].method.as_str(), sent[0].url.as_str()),
+            ("POST", "https://a.example/hook?k=v")
+        );
+        assert_eq!(sent[0].body, "xx");
+        assert!(
+            sent[0]
+                .headers
+                .contains(&("content-type".into(), "application/json".into())),
+            "{:?}",
+            sent[0].headers
+        );
+
+        // The task's budget of one request is spent: the next is refused
+        // before it is recorded, as a `wasi:http` request would be.
+        let refused = send(&mut http, to("a.example")).await;
+        assert!(
+            matches!(
+                refused,
+                Err(Refusal::Transport(ErrorCode::HttpRequestDenied))
+            ),
+            "{refused:?}"
+        );
+        assert_eq!(recorder.requests().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_host_outside_the_allowlist_is_denied_without_a_connection() {
+        // Nothing listens on this port: reaching it would be a connection
+        // error, not a denial.
+        let mut http = policy(Transport::Network(Arc::default()), &["a.example"], 8);
+        let denied = send(&mut http, request("http://127.0.0.1:9/", &[], 0)).await;
+        assert!(
+            matches!(
+                denied,
+                Err(Refusal::Transport(ErrorCode::HttpRequestDenied))
+            ),
+            "{denied:?}"
+        );
+        let invalid = send(
+            &mut http,
+            request("http://a.example/", &[("host", b"b")], 0),
+        )
+        .await;
+        assert!(matches!(invalid, Err(Refusal::Invalid(_))), "{invalid:?}");
+    }
 
     fn request(url: &str, headers: &[(&str, &[u8])], body: usize) -> Request {
         Request {

@@ -143,8 +143,9 @@ impl Default for HttpClient {
 /// Where plugins' requests go.
 #[derive(Clone)]
 pub enum Transport {
-    /// Out to the network, through the pooled clients.
-    Network(Box<HttpClient>),
+    /// Out to the network, through the pooled clients (shared: every
+    /// store and every request holds the same two).
+    Network(Arc<HttpClient>),
     /// Nowhere: recorded and answered with a canned response (`notifyhub try`).
     Recorder(Arc<Recorder>),
 }
@@ -241,7 +242,7 @@ impl WasiHttpHooks for OutboundHttp {
             }
         };
         let client = match &self.transport {
-            Transport::Network(client) => HttpClient::clone(client),
+            Transport::Network(client) => Arc::clone(client),
             Transport::Recorder(recorder) => {
                 let recorder = recorder.clone();
                 return Box::new(async move {

@@ -249,7 +249,7 @@ impl Sandbox {
             http: settings
                 .transport
                 .clone()
-                .unwrap_or_else(|| Transport::Network(Box::default())),
+                .unwrap_or_else(|| Transport::Network(Arc::default())),
             smtp: Arc::default(),
             memory: Arc::new(MemoryBudget::new(
                 (settings.max_total_memory_mib as usize).saturating_mul(1 << 20),

@@ -406,7 +406,7 @@ mod tests {
 
     fn outbound(allow: &[&str], plaintext: bool, budget: u32) -> OutboundSmtp {
         OutboundSmtp::new(
-            Transport::Network(Box::default()),
+            Transport::Network(Arc::default()),
             Arc::default(),
             Arc::new(AllowList::parse(allow).unwrap()),
             SmtpPolicy {
