@@ -59,10 +59,11 @@ async fn run(hosts: &[Daemon], receiver: &Receiver) -> anyhow::Result<Figures> {
             submitted_at.insert(format!("{round}-{i}"), at);
         }
     }
-    let requests = receiver
-        .wait_for(before + TASKS, Duration::from_secs(120))
+    receiver
+        .wait_for_count(before + TASKS, Duration::from_secs(120))
         .await?;
     let took = started.elapsed();
+    let requests = receiver.requests();
     let mut latencies: Vec<Duration> = requests[before..]
         .iter()
         .filter_map(|r| {

@@ -218,7 +218,7 @@ async fn notifyhub(receiver: &Receiver) -> anyhow::Result<f64> {
         c.await??;
     }
     receiver
-        .wait_for(before + NOTIFYHUB_COUNT, Duration::from_secs(120))
+        .wait_for_count(before + NOTIFYHUB_COUNT, Duration::from_secs(120))
         .await?;
     let rate = NOTIFYHUB_COUNT as f64 / started.elapsed().as_secs_f64();
     // How the default pool got there: its growth is most of a short run.
