@@ -139,8 +139,8 @@ pub fn build_c(source: &Path, wit: &Path, out: &Path) -> anyhow::Result<()> {
                 .context("plugins/c")?,
         )
         .arg(source)
-        .arg(work.join("plugin.c"))
-        .arg(work.join("plugin_component_type.o"))
+        .arg(work.join("full.c"))
+        .arg(work.join("full_component_type.o"))
         .arg("-o")
         .arg(&core))?;
     let module = std::fs::read(&core)?;
@@ -157,11 +157,13 @@ pub fn build_c(source: &Path, wit: &Path, out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `wit-bindgen c WIT --world notifyhub:plugin/plugin --out-dir WORK`.
+/// `wit-bindgen c WIT --world notifyhub:plugin/full --out-dir WORK`: the
+/// helper sends requests in one call (`notifyhub:http/client`); the
+/// component imports only what the plugin calls.
 fn c_bindings(wit: &Path, work: &Path) -> anyhow::Result<()> {
     let mut resolve = wit_parser::Resolve::default();
     let (package, _) = resolve.push_path(wit)?;
-    let world = resolve.select_world(&[package], Some("notifyhub:plugin/plugin"))?;
+    let world = resolve.select_world(&[package], Some("notifyhub:plugin/full"))?;
     let mut files = wit_bindgen_core::Files::default();
     wit_bindgen_c::Opts::default()
         .build()

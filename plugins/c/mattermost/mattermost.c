@@ -18,20 +18,20 @@
 #define MAX_TEXT_BYTES 16000
 
 void exports_notifyhub_plugin_handler_describe(exports_notifyhub_plugin_handler_plugin_info_t *ret) {
-    plugin_string_dup(&ret->name, "mattermost");
-    plugin_string_dup(&ret->version, "0.1.0");
+    full_string_dup(&ret->name, "mattermost");
+    full_string_dup(&ret->version, "0.1.0");
     ret->platforms.len = 1;
-    ret->platforms.ptr = malloc(sizeof(plugin_string_t));
-    plugin_string_dup(&ret->platforms.ptr[0], "mattermost");
+    ret->platforms.ptr = malloc(sizeof(full_string_t));
+    full_string_dup(&ret->platforms.ptr[0], "mattermost");
     ret->config_keys.len = 1;
     ret->config_keys.ptr = malloc(sizeof(notifyhub_plugin_types_config_key_t));
-    plugin_string_dup(&ret->config_keys.ptr[0].name, "username");
+    full_string_dup(&ret->config_keys.ptr[0].name, "username");
     ret->config_keys.ptr[0].required = false;
     ret->config_keys.ptr[0].secret = false;
-    plugin_string_dup(&ret->config_keys.ptr[0].description, "name to post as (if the webhook allows overriding it)");
+    full_string_dup(&ret->config_keys.ptr[0].description, "name to post as (if the webhook allows overriding it)");
     ret->rate_limits.len = 0;
     ret->rate_limits.ptr = NULL;
-    plugin_string_dup(&ret->description, "Mattermost incoming webhooks (C plugin)");
+    full_string_dup(&ret->description, "Mattermost incoming webhooks (C plugin)");
 }
 
 /* Appends user text, breaking @channel, @all and @here with a zero-width
@@ -109,7 +109,7 @@ bool exports_notifyhub_plugin_handler_send(exports_notifyhub_plugin_handler_mess
     bool ok = nh_classify(&response, err);
     if (ok && response.status == 200) {
         ret->provider_id.is_some = false;
-        plugin_string_dup(&ret->status, "ok");
+        full_string_dup(&ret->status, "ok");
     } else if (ok) {
         ok = nh_retryable(err, nh_format("unexpected answer from Mattermost: HTTP %u", response.status));
     }
