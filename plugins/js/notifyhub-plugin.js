@@ -1,16 +1,16 @@
 // Helpers for notifyhub plugins written in JavaScript (componentize-js).
 //
-// `request(method, url, headers, body)` sends a blocking HTTP request
-// through the host's wasi:http (the host enforces the plugin's allowlist,
-// timeouts and size caps) and returns { status, headers, body, text(),
-// json() }. `retryable`, `rateLimited`, `permanent` and `invalid` throw the
-// four delivery error classes; `classify(response)` throws the usual class
-// for an unsuccessful status. `console.log` works too: the host logs each
-// line with the plugin and task.
+// `request(method, url, headers, body)` sends a blocking HTTP request and
+// reads its answer in one call to the host (`notifyhub:http/client`, bodies
+// up to 512 KiB; the host enforces the plugin's allowlist, timeouts and
+// size caps), and returns { status, headers, body, text(), json() }.
+// `retryable`, `rateLimited`, `permanent` and `invalid` throw the four
+// delivery error classes; `classify(response)` throws the usual class for
+// an unsuccessful status. `console.log` works too: the host logs each line
+// with the plugin and task.
 
-import { handle } from 'wasi:http/outgoing-handler@0.2.12';
-import { Fields, OutgoingRequest, OutgoingBody } from 'wasi:http/types@0.2.12';
 import { getConfig, log as hostLog } from 'notifyhub:plugin/host@0.1.0';
+import { send } from 'notifyhub:http/client@0.1.0';
 
 const MAX_RESPONSE_BYTES = 1 << 20;
 export const DEFAULT_RETRY_AFTER_MS = 1000;
@@ -32,12 +32,9 @@ export function invalid(message) {
   throw { tag: 'invalid', val: message };
 }
 
-function split(url) {
-  const match = /^(https?):\/\/([^/?]+)(.*)$/.exec(url);
-  if (!match) invalid('the target must be an http:// or https:// URL');
-  let path = match[3] || '/';
-  if (path.startsWith('?')) path = '/' + path;
-  return { scheme: match[1], authority: match[2], path };
+// Refuses what is not an absolute http(s) URL, before the host sees it.
+function checkUrl(url) {
+  if (!/^https?:\/\/[^/?]+/.test(url)) invalid('the target must be an http:// or https:// URL');
 }
 
 const redacted = (url) => url.replace(/^(https?:\/\/[^/?]+).*$/, '$1');
@@ -50,65 +47,31 @@ function transport(code, url) {
 }
 
 export function request(method, url, headers, body = new Uint8Array()) {
-  const { scheme, authority, path } = split(url);
+  checkUrl(url);
   const encoder = new TextEncoder();
-  // A known length spares servers a chunked body.
-  const all = method === 'GET' ? headers : [...headers, ['content-length', String(body.length)]];
-  const fields = Fields.fromList(all.map(([k, v]) => [k.toLowerCase(), encoder.encode(v)]));
-  const outgoing = new OutgoingRequest(fields);
-  outgoing.setMethod({ tag: method.toLowerCase() });
-  outgoing.setScheme({ tag: scheme === 'https' ? 'HTTPS' : 'HTTP' });
-  outgoing.setAuthority(authority);
-  outgoing.setPathWithQuery(path);
-  const outgoingBody = outgoing.body();
-  let future;
+  let answer;
   try {
-    future = handle(outgoing, undefined);
+    answer = send({
+      method: { tag: method.toLowerCase() },
+      url,
+      headers: headers.map(([k, v]) => [k.toLowerCase(), encoder.encode(v)]),
+      body,
+    });
   } catch (e) {
-    transport(e.payload ?? e, url);
-  }
-  try {
-    const stream = outgoingBody.write();
-    for (let i = 0; i < body.length; i += 4096) {
-      stream.blockingWriteAndFlush(body.subarray(i, i + 4096));
+    const error = e.payload ?? e;
+    if (error && error.tag === 'invalid') {
+      invalid(`the request to ${redacted(url)} cannot be sent: ${error.val}`);
     }
-    stream[Symbol.dispose]?.();
-    OutgoingBody.finish(outgoingBody, undefined);
-  } catch (_) {
-    // A denied or failed request closes the body; the response says why.
+    transport(error && error.val, url);
   }
-  future.subscribe().block();
-  const result = future.get();
-  if (!result || result.tag === 'err') retryable('the HTTP response was lost');
-  if (result.val.tag === 'err') transport(result.val.val, url);
-  const incoming = result.val.val;
-  const status = incoming.status();
+  const decoder = new TextDecoder();
   const responseHeaders = {};
-  for (const [k, v] of incoming.headers().entries()) {
-    responseHeaders[k.toLowerCase()] = new TextDecoder().decode(v);
-  }
-  const incomingBody = incoming.consume();
-  const input = incomingBody.stream();
-  const chunks = [];
-  let size = 0;
-  while (size < MAX_RESPONSE_BYTES) {
-    let chunk;
-    try {
-      chunk = input.blockingRead(65536n);
-    } catch (e) {
-      const error = e.payload ?? e;
-      if (error && error.tag === 'closed') break;
-      retryable(`reading the response from ${redacted(url)} failed`);
-    }
-    chunks.push(chunk);
-    size += chunk.length;
-  }
-  const bytes = new Uint8Array(size);
-  let offset = 0;
-  for (const chunk of chunks) {
-    bytes.set(chunk, offset);
-    offset += chunk.length;
-  }
+  for (const [k, v] of answer.headers) responseHeaders[k] = decoder.decode(v);
+  return response(answer.status, responseHeaders, answer.body.subarray(0, MAX_RESPONSE_BYTES));
+}
+
+// What `request` returns.
+function response(status, responseHeaders, bytes) {
   const text = () => new TextDecoder().decode(bytes);
   return {
     status,

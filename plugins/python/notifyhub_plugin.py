@@ -1,12 +1,13 @@
 """Helpers for notifyhub plugins written in Python (componentize-py).
 
-The generated bindings (`wit_world`) are low-level: resources for requests,
-bodies and streams. This module gives a plugin what it needs in a few
-calls:
+The generated bindings (`wit_world`) are low-level: records and variants
+as the contract spells them. This module gives a plugin what it needs in a
+few calls:
 
 - `request(method, url, headers, body)` -> `Response`: a blocking HTTP
-  request through the host's `wasi:http` (the host enforces the plugin's
-  allowlist, timeouts and size caps);
+  request, sent and answered in one call to the host
+  (`notifyhub:http/client`, bodies up to 512 KiB); the host enforces the
+  plugin's allowlist, timeouts and size caps;
 - `retryable(...)`, `rate_limited(...)`, `permanent(...)`, `invalid(...)`:
   raise the four delivery error classes;
 - `Response.classify()`: the usual meaning of an HTTP status;
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from componentize_py_types import Err
-from wit_world.imports import host, outgoing_handler, streams
+from wit_world.imports import client, host
 from wit_world.imports import notifyhub_plugin_types as t
 from wit_world.imports import wasi_http_types as h
 
@@ -85,20 +86,12 @@ class Response:
         invalid(detail)
 
 
-def _split(url: str) -> Tuple[h.Scheme, str, str]:
-    if url.startswith("https://"):
-        scheme, rest = h.Scheme_Https(), url[8:]
-    elif url.startswith("http://"):
-        scheme, rest = h.Scheme_Http(), url[7:]
-    else:
+def _check_url(url: str) -> None:
+    """Refuses what is not an absolute http(s) URL, before the host sees it."""
+    if not url.startswith(("https://", "http://")):
         invalid("the target must be an http:// or https:// URL")
-    cut = min([i for i in (rest.find("/"), rest.find("?")) if i >= 0] or [len(rest)])
-    authority, path = rest[:cut], rest[cut:] or "/"
-    if not authority:
+    if not url.split("://", 1)[1].split("/", 1)[0].split("?", 1)[0]:
         invalid("the target URL has no host")
-    if path.startswith("?"):
-        path = "/" + path
-    return scheme, authority, path
 
 
 def _redacted(url: str) -> str:
@@ -106,55 +99,21 @@ def _redacted(url: str) -> str:
     return f"{scheme}://{rest.split('/')[0].split('?')[0]}"
 
 
+_METHODS = {"GET": h.Method_Get(), "POST": h.Method_Post(), "PUT": h.Method_Put()}
+
+
 def request(method: str, url: str, headers: List[Tuple[str, str]], body: bytes = b"") -> Response:
     """Sends a request and reads the whole response (up to 1 MiB)."""
-    scheme, authority, path = _split(url)
-    # A known length spares servers a chunked body.
-    headers = list(headers) + ([("content-length", str(len(body)))] if method != "GET" else [])
-    fields = h.Fields.from_list([(k.lower(), v.encode()) for k, v in headers])
-    outgoing = h.OutgoingRequest(fields)
-    methods = {"GET": h.Method_Get(), "POST": h.Method_Post(), "PUT": h.Method_Put()}
-    outgoing.set_method(methods[method])
-    outgoing.set_scheme(scheme)
-    outgoing.set_authority(authority)
-    outgoing.set_path_with_query(path)
-    outgoing_body = outgoing.body()
+    _check_url(url)
+    one = client.Request(_METHODS[method], url, [(k.lower(), v.encode()) for k, v in headers], body)
     try:
-        future = outgoing_handler.handle(outgoing, None)
+        answer = client.send(one)
     except Err as e:
-        _transport(e.value, url)
-    try:
-        stream = outgoing_body.write()
-        for start in range(0, len(body), 4096):
-            stream.blocking_write_and_flush(body[start:start + 4096])
-        stream.__exit__(None, None, None)
-        h.OutgoingBody.finish(outgoing_body, None)
-    except Err:
-        # A denied or failed request closes the body; the response carries
-        # the real reason.
-        pass
-    future.subscribe().block()
-    result = future.get()
-    if result is None or isinstance(result.value, Err):
-        retryable("the HTTP response was lost")
-    inner = result.value
-    if isinstance(inner, Err):
-        _transport(inner.value, url)
-    incoming = inner.value
-    status = incoming.status()
-    response_headers = {k.lower(): v.decode("utf-8", "replace") for k, v in incoming.headers().entries()}
-    incoming_body = incoming.consume()
-    data = bytearray()
-    input_stream = incoming_body.stream()
-    while len(data) < MAX_RESPONSE_BYTES:
-        try:
-            data += input_stream.blocking_read(65536)
-        except Err as e:
-            if isinstance(e.value, streams.StreamError_Closed):
-                break
-            retryable(f"reading the response from {_redacted(url)} failed")
-    input_stream.__exit__(None, None, None)
-    return Response(status, response_headers, bytes(data))
+        if isinstance(e.value, client.HttpError_Invalid):
+            invalid(f"the request to {_redacted(url)} cannot be sent: {e.value.value}")
+        _transport(e.value.value, url)
+    response_headers = {k: v.decode("utf-8", "replace") for k, v in answer.headers}
+    return Response(answer.status, response_headers, bytes(answer.body[:MAX_RESPONSE_BYTES]))
 
 
 def _transport(code, url: str):

@@ -202,7 +202,7 @@ pub fn build_one(name: &str, language: Language, out: &Path) -> anyhow::Result<(
                 Command::new(toolchains::componentize_py()?)
                     .arg("-d")
                     .arg(&wit)
-                    .args(["-w", "notifyhub:plugin/plugin", "componentize", "app", "-p"])
+                    .args(["-w", "notifyhub:plugin/fetcher", "componentize", "app", "-p"])
                     .arg(&dir)
                     .arg("-p")
                     .arg(&helpers)
@@ -220,7 +220,7 @@ pub fn build_one(name: &str, language: Language, out: &Path) -> anyhow::Result<(
                 .arg(dir.join(format!("{name}.js")))
                 .arg("--wit")
                 .arg(&wit)
-                .args(["-n", "notifyhub:plugin/plugin", "-o"])
+                .args(["-n", "notifyhub:plugin/fetcher", "-o"])
                 .arg(out),
         ),
         Language::C => toolchains::build_c(&dir.join(format!("{name}.c")), &wit, out),

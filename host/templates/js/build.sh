@@ -3,5 +3,5 @@
 # COMPONENTIZE_JS to the command that runs it).
 set -eu
 cd "$(dirname "$0")"
-${COMPONENTIZE_JS:-npx --no-install componentize-js} plugin.js --wit wit -n notifyhub:plugin/plugin -o {{name}}.wasm
+${COMPONENTIZE_JS:-npx --no-install componentize-js} plugin.js --wit wit -n notifyhub:plugin/fetcher -o {{name}}.wasm
 echo "built {{name}}.wasm"

@@ -2,5 +2,5 @@
 # Builds {{name}}.wasm with componentize-py (`pip install -r requirements.txt`).
 set -eu
 cd "$(dirname "$0")"
-${COMPONENTIZE_PY:-componentize-py} -d wit -w notifyhub:plugin/plugin componentize app -o {{name}}.wasm
+${COMPONENTIZE_PY:-componentize-py} -d wit -w notifyhub:plugin/fetcher componentize app -o {{name}}.wasm
 echo "built {{name}}.wasm"
