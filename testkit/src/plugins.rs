@@ -202,7 +202,13 @@ pub fn build_one(name: &str, language: Language, out: &Path) -> anyhow::Result<(
                 Command::new(toolchains::componentize_py()?)
                     .arg("-d")
                     .arg(&wit)
-                    .args(["-w", "notifyhub:plugin/fetcher", "componentize", "app", "-p"])
+                    .args([
+                        "-w",
+                        "notifyhub:plugin/fetcher",
+                        "componentize",
+                        "app",
+                        "-p",
+                    ])
                     .arg(&dir)
                     .arg("-p")
                     .arg(&helpers)

@@ -1,6 +1,7 @@
 //! The data each wasmtime store carries: WASI contexts that grant nothing,
-//! the plugin's HTTP (both `wasi:http` and one-call) and SMTP policies, its memory limiter, and the `host`
-//! interface (logging and configuration) that plugins import.
+//! the plugin's HTTP policy (for `wasi:http` and one-call requests alike)
+//! and SMTP policy, its memory limiter, and the `host` interface (logging
+//! and configuration) that plugins import.
 
 use std::sync::Arc;
 

@@ -7,10 +7,10 @@
 //! stream), which measured as more of the host's CPU than the plugin's own
 //! code. Larger bodies stream through `wasi:http`. Either way the request
 //! goes through the host, which enforces the plugin's allowlist, timeouts
-//! and response size cap. Transport failures come back
-//! as [`SendError`]s already classified, and [`Response::classify`] maps HTTP
-//! status codes the way most platforms use them, so a plugin only handles
-//! what is special about its platform.
+//! and response size cap. Transport failures come back as [`SendError`]s
+//! already classified, and [`Response::classify`] maps HTTP status codes
+//! the way most platforms use them, so a plugin only handles what is
+//! special about its platform.
 
 use crate::SendError;
 use crate::bindings::notifyhub::http::client as exchange;
@@ -112,15 +112,19 @@ impl Request {
             body,
         };
         match exchange::send(&request) {
-            Ok(response) => Ok(Response {
-                status: response.status,
-                headers: response
-                    .headers
-                    .into_iter()
-                    .map(|(name, value)| (name, String::from_utf8_lossy(&value).into_owned()))
-                    .collect(),
-                body: response.body,
-            }),
+            Ok(response) => {
+                let mut body = response.body;
+                body.truncate(MAX_RESPONSE_BYTES);
+                Ok(Response {
+                    status: response.status,
+                    headers: response
+                        .headers
+                        .into_iter()
+                        .map(|(name, value)| (name, String::from_utf8_lossy(&value).into_owned()))
+                        .collect(),
+                    body,
+                })
+            }
             Err(exchange::HttpError::Invalid(reason)) => Err(SendError::invalid(format!(
                 "the request to {} cannot be sent: {reason}",
                 url.redacted()
