@@ -43,6 +43,10 @@ async fn each_misbehaviour_fails_its_task_with_a_clear_reason() -> anyhow::Resul
         ("grow-memory", "crashed", "memory limit"),
         ("recurse", "crashed", "trapped"),
         ("read-file", "permanent", "/etc/passwd"),
+        // A request in one call: past 512 KiB the host refuses it, past
+        // the 1 MiB it copies from a call at all the call traps.
+        ("one-call-big", "invalid", "stream it through wasi:http"),
+        ("one-call-huge", "crashed", "more than 1024 KiB"),
     ];
     for (body, class, reason) in cases {
         let task = run(&daemon, "hostile", body).await?;

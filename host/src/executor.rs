@@ -253,7 +253,8 @@ fn classify(error: &wasmtime::Error, store: &Store<HostState>, timeout: Duration
                 FailureClass::Crashed,
                 format!(
                     "the plugin handed the host more than {} KiB in one call (a receipt, an error, \
-                     a description or a log line that large); the host copies at most that much",
+                     a description, a log line or a request that large); the host copies at most \
+                     that much",
                     MAX_GUEST_TRANSFER_BYTES >> 10
                 ),
             ),

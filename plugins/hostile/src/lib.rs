@@ -56,6 +56,8 @@ impl Plugin for Hostile {
             },
             "huge-receipt" => Ok(Receipt::status("x".repeat(100 << 20))),
             "big-receipt" => Ok(Receipt::status("x".repeat(512 << 10))),
+            "one-call-big" => one_call(600 << 10),
+            "one-call-huge" => one_call(2 << 20),
             "read-file" => match std::fs::read("/etc/passwd") {
                 Ok(_) => Err(SendError::invalid("read /etc/passwd")),
                 Err(e) => Err(SendError::permanent(format!(
@@ -86,6 +88,24 @@ fn get_following_redirects(url: &str) -> Result<Receipt, SendError> {
 }
 
 #[inline(never)]
+/// A request handed to the host in one call (`notifyhub:http/client`) with
+/// a body of `size` bytes, past the 512 KiB one call takes.
+fn one_call(size: usize) -> Result<Receipt, SendError> {
+    use notifyhub_plugin_sdk::bindings::notifyhub::http::client::{self, HttpError, Request};
+    use notifyhub_plugin_sdk::bindings::wasi::http::types::Method;
+    let request = Request {
+        method: Method::Post,
+        url: "http://127.0.0.1:9/".into(),
+        headers: Vec::new(),
+        body: vec![0; size],
+    };
+    match client::send(&request) {
+        Ok(response) => Ok(Receipt::status(format!("HTTP {}", response.status))),
+        Err(HttpError::Invalid(reason)) => Err(SendError::invalid(reason)),
+        Err(HttpError::Transport(code)) => Err(SendError::retryable(format!("{code:?}"), None)),
+    }
+}
+
 #[allow(unconditional_recursion, reason = "overflowing the stack is the point")]
 fn recurse(depth: u64) -> u64 {
     let frame = [depth; 64];
