@@ -83,7 +83,7 @@ pub struct Sample {
     /// connection.
     pub starting: usize,
     /// The most tasks queued and in flight at once since the previous
-    /// sample, this one's included. Short bursts (a submit every 100 ms
+    /// sample ([`Sample::peak`] counts this one's too). Short bursts (a submit every 100 ms
     /// that workers finish in 20) fall between samples; scaling down by
     /// what samples alone saw shrank such a pool to `min_workers`, and the
     /// next burst grew it back.

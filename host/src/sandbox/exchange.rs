@@ -38,11 +38,9 @@ pub const MAX_HEADER_BYTES: usize = 128 * 1024;
 /// Sends `request` under `policy` and reads the whole response.
 pub async fn send(policy: &mut OutboundHttp, request: Request) -> Result<Response, Refusal> {
     let request = decode(request).map_err(Refusal::Invalid)?;
-    let response = match policy.exchange(request).await {
-        Ok(head) => read(head).await,
-        Err(e) => Err(e),
-    };
-    response.map_err(|e| Refusal::Transport(error_code(e)))
+    let transport = |e| Refusal::Transport(error_code(e));
+    let head = policy.exchange(request).await.map_err(transport)?;
+    read(head).await.map_err(transport)
 }
 
 /// The guest's request as hyper's, or what is wrong with it.

@@ -3,7 +3,8 @@
 //! Every request a plugin makes through `wasi:http/outgoing-handler` reaches
 //! [`OutboundHttp::send_request`] (wasmtime-wasi-http's `WasiHttpHooks`), as
 //! does every one made in one call through `notifyhub:http/client`
-//! ([`OutboundHttp::exchange`]), which checks the plugin's [`AllowList`] and per-task request budget, then
+//! ([`OutboundHttp::exchange`]). It checks the plugin's [`AllowList`] and
+//! per-task request budget, then
 //! sends through one pooled client shared by all plugins, so deliveries to the
 //! same platform reuse TCP (and TLS) connections instead of opening one per
 //! request. Redirects are not followed by the host; a plugin that follows one
@@ -200,9 +201,7 @@ impl OutboundHttp {
         });
         HttpError::HttpRequestDenied
     }
-}
 
-impl OutboundHttp {
     /// A request made in one call (`notifyhub:http/client`, see
     /// `sandbox::exchange`): the same checks and clients as a `wasi:http`
     /// request's. Answers once the response's head has arrived.

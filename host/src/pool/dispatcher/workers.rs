@@ -86,17 +86,16 @@ impl Dispatcher {
     }
 
     fn sample(&self, now: Instant) -> Sample {
-        let (queued, in_flight) = (self.queue.len(), self.in_flight());
         Sample {
             at: now,
-            queued,
-            in_flight,
+            queued: self.queue.len(),
+            in_flight: self.in_flight(),
             workers: self.live_workers(),
             completed: self.completed,
             cpu: CpuTimes::now(),
             busy_for: self.busy_for(now),
             starting: self.starting(),
-            peak_demand: self.demand_peak.max(queued + in_flight),
+            peak_demand: self.demand_peak,
         }
     }
 
