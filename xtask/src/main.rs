@@ -26,6 +26,19 @@ use anyhow::Context;
 use notifyhub_testkit::repo_root;
 pub(crate) use notifyhub_testkit::toolchains::run;
 
+const USAGE: &str = "usage: cargo xtask <plugins|test [--help]|demo|cluster|bench [--help]>";
+
+const BENCH_USAGE: &str = "usage: cargo xtask bench [--peers]
+
+  (no flag)  build the plugins and run every benchmark (e2e, pool, reload,
+             store, languages, scaling, startup, broker, backlog, soak);
+             each prints its figures against the speed goals
+  --peers    Apprise (from PyPI, into target/peers/venv) and Extism against
+             notifyhub, with a plain keep-alive client as the ceiling
+
+One benchmark alone: cargo bench -p notifyhub --bench NAME. Sizes grow with
+the environment variables each benchmark's `//!` lists (docs/benchmarks.md).";
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let task = args.first().cloned().unwrap_or_default();
@@ -34,10 +47,24 @@ fn main() -> ExitCode {
         "test" => test::main(&args[1..]),
         "demo" => demo::run(),
         "cluster" => cluster::run(),
-        "bench" if std::env::args().nth(2).as_deref() == Some("--peers") => peers(),
-        "bench" => bench(),
+        "bench" => match args.get(1).map(String::as_str) {
+            None => bench(),
+            Some("--peers") if args.len() == 2 => peers(),
+            Some("-h" | "--help") => {
+                println!("{BENCH_USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            Some(_) => {
+                eprintln!("{BENCH_USAGE}");
+                return ExitCode::from(2);
+            }
+        },
+        "-h" | "--help" | "help" => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
         _ => {
-            eprintln!("usage: cargo xtask <plugins|test [--help]|demo|cluster|bench [--peers]>");
+            eprintln!("{USAGE}");
             return ExitCode::from(2);
         }
     };
