@@ -48,7 +48,7 @@ async fn a_burst_grows_the_pool_and_it_shrinks_back_after() -> anyhow::Result<()
     assert_eq!(receiver.requests().len(), 600);
     // On an idle machine the pool follows demand toward max_workers; on one
     // busy with other tests the adaptive limit sees the CPU saturated and
-    // climbs from four workers per core, doubling while each step pays.
+    // climbs from eight workers per core, doubling while each step pays.
     // Either way a burst of slow tasks takes it well past min_workers.
     assert!(
         peak >= 16,

@@ -144,6 +144,12 @@ pub struct Scaler {
 impl Scaler {
     pub fn new(config: ScalerConfig) -> Self {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Scaler::with_cores(config, cores)
+    }
+
+    /// For a machine with `cores` cores (the adaptive limit's climb
+    /// starts from a number per core).
+    fn with_cores(config: ScalerConfig, cores: usize) -> Self {
         Scaler {
             config,
             above_since: None,
@@ -404,7 +410,7 @@ mod tests {
     #[test]
     fn steps_up_after_the_delay_in_staged_batches() {
         let t0 = Instant::now();
-        let mut s = Scaler::new(config());
+        let mut s = Scaler::with_cores(config(), 2);
         // Load 50 on 4 workers: above target, but not for long enough yet.
         assert_eq!(s.decide(&sample(t0, 46, 4, 4)), Decision::Hold);
         assert_eq!(s.decide(&sample(t0 + ms(100), 46, 4, 4)), Decision::Hold);
@@ -438,7 +444,7 @@ mod tests {
     #[test]
     fn grows_to_demand_at_once_when_tasks_wait_on_io() {
         let t0 = Instant::now();
-        let mut s = Scaler::new(config());
+        let mut s = Scaler::with_cores(config(), 2);
         s.decide(&loaded(t0, ms(5), 0, 0));
         // 10 % busy since.
         let Decision::Grow { to, reason } = s.decide(&loaded(t0 + ms(50), ms(50), 100, 1000))
@@ -458,7 +464,7 @@ mod tests {
     #[test]
     fn a_sample_between_ticks_reads_the_cpu_over_a_readable_span() {
         let t0 = Instant::now();
-        let mut s = Scaler::new(config());
+        let mut s = Scaler::with_cores(config(), 2);
         s.decide(&loaded(t0, ms(0), 0, 0));
         assert_eq!(
             s.decide(&loaded(t0 + ms(50), ms(5), 300, 1000)),
@@ -479,7 +485,7 @@ mod tests {
     #[test]
     fn grows_for_io_to_demand_without_headroom() {
         let t0 = Instant::now();
-        let mut s = Scaler::new(config());
+        let mut s = Scaler::with_cores(config(), 2);
         let waiting = |at, busy, total| Sample {
             queued: 30,
             ..loaded(at, ms(50), busy, total)
@@ -509,7 +515,7 @@ mod tests {
     #[test]
     fn between_ticks_only_io_grows() {
         let t0 = Instant::now();
-        let mut s = Scaler::new(config());
+        let mut s = Scaler::with_cores(config(), 2);
         // Short tasks, loaded for longer than the delay: a staged step,
         // but not between ticks.
         s.decide(&loaded(t0, ms(1), 0, 0));
@@ -522,7 +528,7 @@ mod tests {
             Decision::Grow { to: 8, .. }
         ));
         // Tasks 20 ms on their worker, the CPU idle: growth to demand.
-        let mut s = Scaler::new(config());
+        let mut s = Scaler::with_cores(config(), 2);
         s.decide(&loaded(t0, ms(5), 0, 0));
         assert!(matches!(
             s.decide_between_ticks(&loaded(t0 + ms(35), ms(20), 50, 700)),
@@ -536,7 +542,7 @@ mod tests {
     #[test]
     fn short_bursts_between_samples_keep_the_pool() {
         let t0 = Instant::now();
-        let mut s = Scaler::new(config());
+        let mut s = Scaler::with_cores(config(), 2);
         for i in 0..=700u32 {
             let quiet = Sample {
                 peak_demand: 36,
@@ -550,7 +556,7 @@ mod tests {
     #[test]
     fn steps_down_to_the_busiest_moment_of_the_window() {
         let t0 = Instant::now();
-        let mut s = Scaler::new(config());
+        let mut s = Scaler::with_cores(config(), 2);
         let mut last = Decision::Hold;
         for i in 0..=620u32 {
             // 2 in flight at every sample; once, 10 at once between two.
@@ -580,7 +586,7 @@ mod tests {
             starting: 90,
             ..loaded(at, ms(40), busy, total)
         };
-        let mut s = Scaler::new(config());
+        let mut s = Scaler::with_cores(config(), 2);
         s.decide(&loaded(t0, ms(5), 0, 0));
         let grown = s.decide(&loaded(t0 + ms(50), ms(50), 100, 1000));
         assert!(matches!(grown, Decision::Grow { to: 100, .. }), "{grown:?}");
@@ -598,8 +604,8 @@ mod tests {
         }
         assert_eq!(s.adaptive_limit(), None);
 
-        // Staged growth, then the same readings: the limit climbs from 8.
-        let mut s = Scaler::new(config());
+        // Staged growth, then the same readings: the limit climbs from 16.
+        let mut s = Scaler::with_cores(config(), 2);
         let mut shrank = false;
         for i in 0..=8u32 {
             let at = t0 + ms(100) * i;
@@ -608,7 +614,7 @@ mod tests {
                 in_flight: 100,
                 ..starting(at, 990 * u64::from(i), 1000 * u64::from(i))
             });
-            shrank |= matches!(decision, Decision::Shrink { to: 8, .. });
+            shrank |= matches!(decision, Decision::Shrink { to: 16, .. });
         }
         assert!(shrank, "CPU-bound work is still measured");
     }
@@ -617,21 +623,21 @@ mod tests {
     fn short_tasks_or_a_busy_cpu_keep_the_stages() {
         let t0 = Instant::now();
         // Short tasks, idle CPU: the delay first.
-        let mut s = Scaler::new(config());
+        let mut s = Scaler::with_cores(config(), 2);
         s.decide(&loaded(t0, ms(1), 0, 0));
         assert_eq!(
             s.decide(&loaded(t0 + ms(50), ms(1), 100, 1000)),
             Decision::Hold
         );
         // Long tasks, CPU 80 % busy: the delay first.
-        let mut s = Scaler::new(config());
+        let mut s = Scaler::with_cores(config(), 2);
         s.decide(&loaded(t0, ms(50), 0, 0));
         assert_eq!(
             s.decide(&loaded(t0 + ms(50), ms(50), 800, 1000)),
             Decision::Hold
         );
         // Long tasks, CPU 95 % then 99 % busy: the delay, then one stage.
-        let mut s = Scaler::new(config());
+        let mut s = Scaler::with_cores(config(), 2);
         s.decide(&loaded(t0, ms(50), 0, 0));
         assert_eq!(
             s.decide(&loaded(t0 + ms(50), ms(50), 950, 1000)),
@@ -646,7 +652,7 @@ mod tests {
     #[test]
     fn grows_only_as_far_as_demand_needs() {
         let t0 = Instant::now();
-        let mut s = Scaler::new(config());
+        let mut s = Scaler::with_cores(config(), 2);
         s.decide(&sample(t0, 6, 4, 12));
         let Decision::Grow { to, .. } = s.decide(&sample(t0 + ms(300), 6, 4, 12)) else {
             panic!("expected growth")
@@ -657,7 +663,7 @@ mod tests {
     #[test]
     fn a_short_spike_does_not_scale() {
         let t0 = Instant::now();
-        let mut s = Scaler::new(config());
+        let mut s = Scaler::with_cores(config(), 2);
         assert_eq!(s.decide(&sample(t0, 20, 4, 4)), Decision::Hold);
         // Load drops back between target and scale-down: the window resets.
         assert_eq!(s.decide(&sample(t0 + ms(100), 0, 2, 4)), Decision::Hold);
@@ -667,7 +673,7 @@ mod tests {
     #[test]
     fn steps_down_slowly_with_hysteresis() {
         let t0 = Instant::now();
-        let mut s = Scaler::new(config());
+        let mut s = Scaler::with_cores(config(), 2);
         // Load 0.1 on 50 workers.
         assert_eq!(s.decide(&sample(t0, 0, 5, 50)), Decision::Hold);
         assert_eq!(
@@ -691,7 +697,7 @@ mod tests {
     #[test]
     fn never_leaves_the_bounds() {
         let t0 = Instant::now();
-        let mut s = Scaler::new(config());
+        let mut s = Scaler::with_cores(config(), 2);
         // Idle: shrinks to min, never below.
         s.decide(&sample(t0, 0, 0, 10));
         let Decision::Shrink { to, .. } = s.decide(&sample(t0 + Duration::from_secs(31), 0, 0, 10))
