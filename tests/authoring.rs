@@ -7,7 +7,9 @@ use std::time::Duration;
 use notifyhub_testkit::daemon::{CLI_EXITS_WITHIN, Daemon, shared_cache_dir};
 use notifyhub_testkit::plugins::{self, DEPLOYABLE};
 use notifyhub_testkit::process::output_within;
+use notifyhub_testkit::receiver::{Receiver, Reply};
 use notifyhub_testkit::{repo_root, toolchains};
+use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_notifyhub");
 
@@ -144,7 +146,8 @@ fn run(command: &mut Command) -> Output {
 
 /// `new` for each language: the project builds with its one command, passes
 /// `check`, and its own test delivers through a real daemon to a local
-/// receiver.
+/// receiver. Then each plugin delivers a message larger than one call to
+/// the host takes (see [`a_large_body_arrives_whole`]).
 #[test]
 fn scaffolded_plugins_build_check_and_deliver() -> anyhow::Result<()> {
     plugins::build()?;
@@ -181,5 +184,39 @@ fn scaffolded_plugins_build_check_and_deliver() -> anyhow::Result<()> {
             "{lang}:\n{stdout}"
         );
     }
+    let runtime = tokio::runtime::Runtime::new()?;
+    for lang in ["rust", "python", "js"] {
+        let name = format!("hello-{lang}");
+        let wasm = dir.path().join(&name).join(format!("{name}.wasm"));
+        runtime.block_on(a_large_body_arrives_whole(&name, &wasm))?;
+    }
+    Ok(())
+}
+
+/// A message whose request is over the 512 KiB a single call to the host
+/// takes (`notifyhub:http/client`): each language's helper streams it
+/// through `wasi:http` instead, and the receiver gets all of it.
+async fn a_large_body_arrives_whole(name: &str, wasm: &Path) -> anyhow::Result<()> {
+    let receiver = Receiver::start(|_| Reply::new(200, "ok")).await;
+    let daemon = Daemon::builder(BIN)
+        .file(&format!("{name}.wasm"), std::fs::read(wasm)?)
+        .file(
+            &format!("{name}.toml"),
+            format!("allowed_hosts = [\"{}\"]\n", receiver.authority()),
+        )
+        .start()
+        .await?;
+    let text = "x".repeat(600_000);
+    let task = daemon
+        .deliver(json!({"platform": name, "target": receiver.url("/hook"), "body": text}))
+        .await?;
+    assert_eq!(task["state"], "succeeded", "{name}: {task}");
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 1, "{name}");
+    assert_eq!(
+        requests[0].json()["text"],
+        text,
+        "{name}: the body arrives whole"
+    );
     Ok(())
 }

@@ -1,18 +1,24 @@
 // Helpers for notifyhub plugins written in JavaScript (componentize-js).
 //
 // `request(method, url, headers, body)` sends a blocking HTTP request and
-// reads its answer in one call to the host (`notifyhub:http/client`, bodies
-// up to 512 KiB; the host enforces the plugin's allowlist, timeouts and
-// size caps), and returns { status, headers, body, text(), json() }.
+// returns { status, headers, body, text(), json() }. A body of up to 512
+// KiB goes to the host with the request, and the answer comes back, in one
+// call (`notifyhub:http/client`); a larger one is streamed through
+// `wasi:http`. Either way the host enforces the plugin's allowlist,
+// timeouts and size caps.
 // `retryable`, `rateLimited`, `permanent` and `invalid` throw the four
 // delivery error classes; `classify(response)` throws the usual class for
 // an unsuccessful status. `console.log` works too: the host logs each line
 // with the plugin and task.
 
+import { handle } from 'wasi:http/outgoing-handler@0.2.12';
+import { Fields, OutgoingRequest, OutgoingBody } from 'wasi:http/types@0.2.12';
 import { getConfig, log as hostLog } from 'notifyhub:plugin/host@0.1.0';
 import { send } from 'notifyhub:http/client@0.1.0';
 
 const MAX_RESPONSE_BYTES = 1 << 20;
+// The largest body `notifyhub:http/client` takes in one call.
+const ONE_CALL_MAX_BODY = 512 * 1024;
 export const DEFAULT_RETRY_AFTER_MS = 1000;
 
 export const config = (key) => getConfig(key);
@@ -48,6 +54,7 @@ function transport(code, url) {
 
 export function request(method, url, headers, body = new Uint8Array()) {
   checkUrl(url);
+  if (body.length > ONE_CALL_MAX_BODY) return streamed(method, url, headers, body);
   const encoder = new TextEncoder();
   let answer;
   try {
@@ -68,6 +75,72 @@ export function request(method, url, headers, body = new Uint8Array()) {
   const responseHeaders = {};
   for (const [k, v] of answer.headers) responseHeaders[k] = decoder.decode(v);
   return response(answer.status, responseHeaders, answer.body.subarray(0, MAX_RESPONSE_BYTES));
+}
+
+// `request` through `wasi:http`, the body written 4 KiB at a time.
+function streamed(method, url, headers, body) {
+  const [, scheme, authority, rest] = /^(https?):\/\/([^/?]+)(.*)$/.exec(url);
+  const path = rest.startsWith('?') ? '/' + rest : rest || '/';
+  const encoder = new TextEncoder();
+  // A known length spares servers a chunked body.
+  const all = [...headers, ['content-length', String(body.length)]];
+  const outgoing = new OutgoingRequest(
+    Fields.fromList(all.map(([k, v]) => [k.toLowerCase(), encoder.encode(v)])),
+  );
+  outgoing.setMethod({ tag: method.toLowerCase() });
+  outgoing.setScheme({ tag: scheme === 'https' ? 'HTTPS' : 'HTTP' });
+  outgoing.setAuthority(authority);
+  outgoing.setPathWithQuery(path);
+  const outgoingBody = outgoing.body();
+  let future;
+  try {
+    future = handle(outgoing, undefined);
+  } catch (e) {
+    transport(e.payload ?? e, url);
+  }
+  try {
+    const stream = outgoingBody.write();
+    for (let i = 0; i < body.length; i += 4096) {
+      stream.blockingWriteAndFlush(body.subarray(i, i + 4096));
+    }
+    stream[Symbol.dispose]?.();
+    OutgoingBody.finish(outgoingBody, undefined);
+  } catch (_) {
+    // A denied or failed request closes the body; the response says why.
+  }
+  future.subscribe().block();
+  const result = future.get();
+  if (!result || result.tag === 'err') retryable('the HTTP response was lost');
+  if (result.val.tag === 'err') transport(result.val.val, url);
+  const incoming = result.val.val;
+  const status = incoming.status();
+  const decoder = new TextDecoder();
+  const responseHeaders = {};
+  for (const [k, v] of incoming.headers().entries()) responseHeaders[k.toLowerCase()] = decoder.decode(v);
+  // The body outlives its stream (a stream's parent dropped first traps).
+  const incomingBody = incoming.consume();
+  const input = incomingBody.stream();
+  const chunks = [];
+  let size = 0;
+  while (size < MAX_RESPONSE_BYTES) {
+    let chunk;
+    try {
+      chunk = input.blockingRead(65536n);
+    } catch (e) {
+      const error = e.payload ?? e;
+      if (error && error.tag === 'closed') break;
+      retryable(`reading the response from ${redacted(url)} failed`);
+    }
+    chunks.push(chunk);
+    size += chunk.length;
+  }
+  const bytes = new Uint8Array(size);
+  let offset = 0;
+  for (const chunk of chunks) {
+    bytes.set(chunk, offset);
+    offset += chunk.length;
+  }
+  return response(status, responseHeaders, bytes.subarray(0, MAX_RESPONSE_BYTES));
 }
 
 // What `request` returns.

@@ -5,8 +5,9 @@ as the contract spells them. This module gives a plugin what it needs in a
 few calls:
 
 - `request(method, url, headers, body)` -> `Response`: a blocking HTTP
-  request, sent and answered in one call to the host
-  (`notifyhub:http/client`, bodies up to 512 KiB); the host enforces the
+  request. A body of up to 512 KiB goes to the host with the request, and
+  the answer comes back, in one call (`notifyhub:http/client`); a larger
+  one is streamed through `wasi:http`. Either way the host enforces the
   plugin's allowlist, timeouts and size caps;
 - `retryable(...)`, `rate_limited(...)`, `permanent(...)`, `invalid(...)`:
   raise the four delivery error classes;
@@ -20,11 +21,13 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 from componentize_py_types import Err
-from wit_world.imports import client, host
+from wit_world.imports import client, host, outgoing_handler, streams
 from wit_world.imports import notifyhub_plugin_types as t
 from wit_world.imports import wasi_http_types as h
 
 MAX_RESPONSE_BYTES = 1 << 20
+# The largest body `notifyhub:http/client` takes in one call.
+ONE_CALL_MAX_BODY = 512 * 1024
 DEFAULT_RETRY_AFTER_MS = 1000
 
 
@@ -105,6 +108,8 @@ _METHODS = {"GET": h.Method_Get(), "POST": h.Method_Post(), "PUT": h.Method_Put(
 def request(method: str, url: str, headers: List[Tuple[str, str]], body: bytes = b"") -> Response:
     """Sends a request and reads the whole response (up to 1 MiB)."""
     _check_url(url)
+    if len(body) > ONE_CALL_MAX_BODY:
+        return _streamed(method, url, headers, body)
     one = client.Request(_METHODS[method], url, [(k.lower(), v.encode()) for k, v in headers], body)
     try:
         answer = client.send(one)
@@ -114,6 +119,59 @@ def request(method: str, url: str, headers: List[Tuple[str, str]], body: bytes =
         _transport(e.value.value, url)
     response_headers = {k: v.decode("utf-8", "replace") for k, v in answer.headers}
     return Response(answer.status, response_headers, bytes(answer.body[:MAX_RESPONSE_BYTES]))
+
+
+def _streamed(method: str, url: str, headers: List[Tuple[str, str]], body: bytes) -> Response:
+    """`request` through `wasi:http`, the body written 4 KiB at a time."""
+    scheme, rest = (h.Scheme_Https(), url[8:]) if url.startswith("https://") else (h.Scheme_Http(), url[7:])
+    cut = min([i for i in (rest.find("/"), rest.find("?")) if i >= 0] or [len(rest)])
+    authority, path = rest[:cut], rest[cut:] or "/"
+    if path.startswith("?"):
+        path = "/" + path
+    # A known length spares servers a chunked body.
+    headers = list(headers) + [("content-length", str(len(body)))]
+    outgoing = h.OutgoingRequest(h.Fields.from_list([(k.lower(), v.encode()) for k, v in headers]))
+    outgoing.set_method(_METHODS[method])
+    outgoing.set_scheme(scheme)
+    outgoing.set_authority(authority)
+    outgoing.set_path_with_query(path)
+    outgoing_body = outgoing.body()
+    try:
+        future = outgoing_handler.handle(outgoing, None)
+    except Err as e:
+        _transport(e.value, url)
+    try:
+        stream = outgoing_body.write()
+        for start in range(0, len(body), 4096):
+            stream.blocking_write_and_flush(body[start:start + 4096])
+        stream.__exit__(None, None, None)
+        h.OutgoingBody.finish(outgoing_body, None)
+    except Err:
+        # A denied or failed request closes the body; the response carries
+        # the real reason.
+        pass
+    future.subscribe().block()
+    result = future.get()
+    if result is None or isinstance(result.value, Err):
+        retryable("the HTTP response was lost")
+    inner = result.value
+    if isinstance(inner, Err):
+        _transport(inner.value, url)
+    incoming = inner.value
+    status = incoming.status()
+    response_headers = {k.lower(): v.decode("utf-8", "replace") for k, v in incoming.headers().entries()}
+    incoming_body = incoming.consume()
+    data = bytearray()
+    input_stream = incoming_body.stream()
+    while len(data) < MAX_RESPONSE_BYTES:
+        try:
+            data += input_stream.blocking_read(65536)
+        except Err as e:
+            if isinstance(e.value, streams.StreamError_Closed):
+                break
+            retryable(f"reading the response from {_redacted(url)} failed")
+    input_stream.__exit__(None, None, None)
+    return Response(status, response_headers, bytes(data[:MAX_RESPONSE_BYTES]))
 
 
 def _transport(code, url: str):
