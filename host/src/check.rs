@@ -21,7 +21,9 @@ use crate::executor::Executor;
 use crate::loader::{self, CONTRACT, CONTRACT_MAJOR_MINOR, PluginFile};
 use crate::manifest::Manifest;
 use crate::plugin::PluginInfo;
-use crate::sandbox::{AllowList, HostState, PluginPolicy, Sandbox, SandboxSettings, Tier};
+use crate::sandbox::{
+    AllowList, HostState, PluginPolicy, Sandbox, SandboxSettings, SmtpPolicy, Tier,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -290,7 +292,7 @@ async fn describe(
         allow: Arc::new(AllowList::default()),
         limits: manifest.limits.unwrap_or_default(),
         config: config.clone(),
-        smtp: crate::sandbox::SmtpPolicy::default(),
+        smtp: SmtpPolicy::default(),
     });
     let started = Instant::now();
     let info = match executor.describe(pre, policy).await {

@@ -14,24 +14,26 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::activation::{self, ActivationError};
 use crate::api::Api;
 use crate::backend::TaskBackend;
 use crate::backend::local::LocalTasks;
-use crate::broker::Broker;
 use crate::broker::tasks::SharedTasks;
+use crate::broker::work;
+use crate::broker::{Broker, BrokerError};
 use crate::config::Config;
 use crate::destination::{DestinationError, Destinations};
 use crate::executor::Executor;
-use crate::metrics::Metrics;
+use crate::metrics::{self, Metrics};
 use crate::pool::settings::{LiveSettings, Settings};
 use crate::pool::shared_pace::SharedPace;
-use crate::pool::{Pool, PoolDeps, ShutdownReport};
+use crate::pool::{self, Pool, PoolDeps, ShutdownReport};
 use crate::reconfigure::{ConfigSource, Reloader as ConfigReloader};
 use crate::registry::Registry;
 use crate::reload::{Reloader, WatchError};
 use crate::sandbox::{Sandbox, SandboxError, SandboxSettings};
 use crate::server::{BindError, Server};
-use crate::store::{StoreError, TaskStore};
+use crate::store::{CommitObserver, JournalError, StoreError, StoreMode, TaskStore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -44,7 +46,7 @@ pub enum StartError {
     #[error(transparent)]
     Bind(#[from] BindError),
     #[error(transparent)]
-    Activation(#[from] crate::activation::ActivationError),
+    Activation(#[from] ActivationError),
     #[error(transparent)]
     Watch(#[from] WatchError),
     #[error(transparent)]
@@ -52,7 +54,7 @@ pub enum StartError {
     #[error(transparent)]
     Destination(#[from] DestinationError),
     #[error(transparent)]
-    Broker(#[from] crate::broker::BrokerError),
+    Broker(#[from] BrokerError),
 }
 
 /// A started daemon, listening but not yet serving.
@@ -65,7 +67,7 @@ pub struct Daemon {
     /// Where to serve `/metrics`, when they are on.
     metrics: Option<(std::net::SocketAddr, Arc<Metrics>)>,
     /// Where tasks come from when several hosts share them.
-    broker: Option<crate::broker::work::Host>,
+    broker: Option<work::Host>,
 }
 
 /// How often finished tasks past their retention are pruned.
@@ -97,7 +99,7 @@ impl Daemon {
         let settings = SandboxSettings {
             cache_dir: Some(config.cache_dir()),
             max_total_memory_mib: config.sandbox.max_guest_memory_mib,
-            max_instances: crate::pool::instance_slots(&config.pool)
+            max_instances: pool::instance_slots(&config.pool)
                 .max(SandboxSettings::default().max_instances),
             baseline_written_behind: true,
             ..Default::default()
@@ -121,17 +123,17 @@ impl Daemon {
         };
         let mut store_config = config.store.clone();
         if broker.is_some() {
-            store_config.mode = crate::store::StoreMode::Memory;
+            store_config.mode = StoreMode::Memory;
         }
         let path = config.store_path();
-        let observer = metrics.clone().map(|m| {
-            Arc::new(move |took, writes| m.commit(took, writes)) as crate::store::CommitObserver
-        });
+        let observer = metrics
+            .clone()
+            .map(|m| Arc::new(move |took, writes| m.commit(took, writes)) as CommitObserver);
         let store =
             tokio::task::spawn_blocking(move || TaskStore::open(&path, store_config, observer))
                 .await
                 .map_err(|e| {
-                    StoreError::Journal(crate::store::JournalError::Write(format!(
+                    StoreError::Journal(JournalError::Write(format!(
                         "opening the store failed: {e}"
                     )))
                 })??;
@@ -171,7 +173,7 @@ impl Daemon {
         } else {
             tracing::warn!("task store in memory: tasks do not survive a restart");
         }
-        let server = match crate::activation::listener()? {
+        let server = match activation::listener()? {
             Some(listener) => {
                 let server = Server::activated(listener, config.server.clone())?;
                 tracing::info!(socket = %server.path().display(), "listening on the socket systemd passed");
@@ -186,7 +188,7 @@ impl Daemon {
         // The watcher starts before the plugins are listed, so no change made
         // during start-up is missed; it then loads them in the background.
         let reloader = Reloader::start(registry.clone(), executor.clone(), config.limits).await?;
-        let broker = broker.map(|broker| crate::broker::work::Host {
+        let broker = broker.map(|broker| work::Host {
             broker,
             store: store.clone(),
             pool: pool.clone(),
@@ -241,13 +243,13 @@ impl Daemon {
         if let Some((addr, metrics)) = self.metrics.clone() {
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
-                if let Err(e) = crate::metrics::serve(addr, metrics, shutdown).await {
+                if let Err(e) = metrics::serve(addr, metrics, shutdown).await {
                     tracing::error!(%addr, "cannot serve metrics: {e}");
                 }
             });
         }
         if let Some(host) = self.broker.clone() {
-            tokio::spawn(crate::broker::work::run(host, shutdown.clone()));
+            tokio::spawn(work::run(host, shutdown.clone()));
         }
         let watchdog = sd_notify::watchdog_enabled().map(|every| {
             let pool = self.pool.clone();

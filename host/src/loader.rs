@@ -22,7 +22,7 @@ use wasmtime::component::Component;
 
 use crate::executor::{CallFailure, Executor};
 use crate::manifest::{Manifest, ManifestError};
-use crate::plugin::{Compiled, InfoError, LoadedPlugin, PluginInfo};
+use crate::plugin::{Compiled, InfoError, LoadedPlugin, PluginInfo, platform_list};
 use crate::sandbox::allowlist::AllowListError;
 use crate::sandbox::{AllowList, Limits, PluginPolicy, SmtpPolicy, Tier};
 use crate::task::PlatformName;
@@ -231,9 +231,7 @@ pub async fn configure(
         return Err(LoadError::MissingConfig(missing.name.clone()));
     }
     let platforms: Vec<PlatformName> = match &manifest.platforms {
-        Some(names) => {
-            crate::plugin::platform_list(names.clone()).map_err(LoadError::ManifestPlatforms)?
-        }
+        Some(names) => platform_list(names.clone()).map_err(LoadError::ManifestPlatforms)?,
         None => info.platforms.clone(),
     };
     if platforms.is_empty() {

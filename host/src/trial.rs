@@ -17,12 +17,12 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::executor::Executor;
+use crate::executor::{CallFailure, Executor};
 use crate::loader::{self, PluginFile};
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, ManifestError};
 use crate::sandbox::recorder::{CannedAnswer, RecordedMail, RecordedRequest, Recorder};
 use crate::sandbox::smtp::relay_uri;
-use crate::sandbox::{AllowList, Sandbox, SandboxSettings, Tier, Transport};
+use crate::sandbox::{AllowList, Sandbox, SandboxError, SandboxSettings, Tier, Transport};
 use crate::task::{Format, Outcome, Priority, Task, TaskId};
 
 /// The message to try.
@@ -92,13 +92,13 @@ pub enum TrialError {
     #[error("{0}")]
     Load(#[from] loader::LoadError),
     #[error(transparent)]
-    Manifest(#[from] crate::manifest::ManifestError),
+    Manifest(#[from] ManifestError),
     #[error("cannot start the sandbox: {0}")]
-    Sandbox(#[from] crate::sandbox::SandboxError),
+    Sandbox(#[from] SandboxError),
     #[error("the plugin does not serve platform `{0}` (it serves: {1})")]
     Platform(String, String),
     #[error("the plugin could not be instantiated: {0}")]
-    Instantiate(crate::executor::CallFailure),
+    Instantiate(CallFailure),
 }
 
 /// Runs `message` through the plugin at `path` once, answering every

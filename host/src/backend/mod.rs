@@ -19,7 +19,7 @@ pub mod local;
 use futures_util::future::BoxFuture;
 use tokio::sync::broadcast;
 
-use crate::protocol::{BrokerView, TaskView, format_time};
+use crate::protocol::{AttemptView, BrokerView, TaskView, format_time};
 use crate::redact;
 use crate::store::{Accepted, Submission, TaskEvent, TaskRecord};
 use crate::task::{TaskId, TaskState};
@@ -134,7 +134,7 @@ impl From<TaskRecord> for TaskView {
             history: r
                 .history
                 .into_iter()
-                .map(|a| crate::protocol::AttemptView {
+                .map(|a| AttemptView {
                     number: a.number,
                     started_at: format_time(a.started_at),
                     ended_at: a.ended_at.map(format_time),

@@ -12,7 +12,7 @@ use async_nats::jetstream::kv;
 use futures_util::StreamExt;
 
 use super::{BrokerError, bucket, records_error};
-use crate::protocol::HostView;
+use crate::protocol::{HostView, format_time};
 
 /// How often a host announces itself.
 pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
@@ -94,7 +94,7 @@ impl Hosts {
 
 /// Now, as announcements show it.
 pub fn now() -> String {
-    crate::protocol::format_time(SystemTime::now())
+    format_time(SystemTime::now())
 }
 
 #[cfg(test)]

@@ -68,6 +68,7 @@ pub use self::records::Records;
 use self::records::Shared;
 pub use self::submit::RetryRefused;
 use crate::protocol::{BrokerView, ConsumerView};
+use crate::redact;
 use crate::store::StoreConfig;
 use crate::task::TaskId;
 
@@ -266,7 +267,7 @@ impl Broker {
             url: url.clone(),
             error,
         };
-        let logged_url = crate::redact::target(&url);
+        let logged_url = redact::target(&url);
         let reconnects = tokio::sync::watch::Sender::new(0u64);
         let counted = reconnects.clone();
         let mut options = async_nats::ConnectOptions::new()
@@ -490,7 +491,7 @@ impl Broker {
     pub async fn view(&self, here: &work::WorkStats) -> BrokerView {
         use std::sync::atomic::Ordering::Relaxed;
         let mut view = BrokerView {
-            url: crate::redact::target(&self.url),
+            url: redact::target(&self.url),
             server_version: self.version.clone(),
             stream: self.config.stream.clone(),
             messages: None,

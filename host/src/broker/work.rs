@@ -44,6 +44,7 @@ use super::Broker;
 use super::pull::{Pulled, Puller, give_back};
 use super::records::{Orphan, Settled, Shared, Work};
 use crate::pool::Pool;
+use crate::pool::pacer::pace_key;
 use crate::pool::settings::LiveSettings;
 use crate::protocol::HostView;
 use crate::registry::Registry;
@@ -436,7 +437,7 @@ async fn handle(host: &Host, message: Message) {
         None => Vec::new(),
     };
     if !rules.is_empty() {
-        let key = crate::pool::pacer::pace_key(&work.task);
+        let key = pace_key(&work.task);
         match broker.budgets.wait(&key, &rules).await {
             Ok(None) => {}
             Ok(Some(wait)) => {

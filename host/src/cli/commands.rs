@@ -14,7 +14,10 @@ use crate::daemon::Daemon;
 use crate::open_files;
 use crate::protocol::{Change, PluginsView, ReloadResult, StatusView, TaskView, WatchLine};
 use crate::reconfigure::ConfigSource;
+use crate::sandbox::recorder::CannedAnswer;
 use crate::task::{Format, Priority, TaskState};
+use crate::trial::{self, TrialMessage};
+use crate::{check, scaffold, telemetry};
 
 /// Runs the parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -53,7 +56,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     } else {
         "warn"
     };
-    let _telemetry = crate::telemetry::init(
+    let _telemetry = telemetry::init(
         cli.common.log_format,
         level,
         serving.then_some(&config.traces),
@@ -62,7 +65,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
         Command::Serve(args) => serve(config, args, cli.common.overrides()).await,
         Command::Check(args) => {
-            let report = crate::check::check(&args.file, Some(config.cache_dir())).await;
+            let report = check::check(&args.file, Some(config.cache_dir())).await;
             print(args.output, &report, render::check)?;
             Ok(if report.ok() {
                 ExitCode::SUCCESS
@@ -72,14 +75,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::New(args) => {
             let dir = args.dir.unwrap_or_else(|| args.name.clone().into());
-            let created = crate::scaffold::create(&args.name, args.lang, &dir)?;
+            let created = scaffold::create(&args.name, args.lang, &dir)?;
             println!("created {} ({} files)", dir.display(), created.len());
-            println!("{}", crate::scaffold::next_steps(args.lang, &dir));
+            println!("{}", scaffold::next_steps(args.lang, &dir));
             Ok(ExitCode::SUCCESS)
         }
         Command::Try(args) => {
             let m = args.message;
-            let message = crate::trial::TrialMessage {
+            let message = TrialMessage {
                 platform: args.platform,
                 target: args.target,
                 title: m.title,
@@ -88,13 +91,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 priority: m.priority.into(),
                 metadata: m.metadata.into_iter().collect(),
             };
-            let answer = crate::sandbox::recorder::CannedAnswer {
+            let answer = CannedAnswer {
                 status: args.answer,
                 headers: args.answer_header,
                 body: args.answer_body.into_bytes().into(),
                 smtp_code: args.smtp_reply,
             };
-            let report = crate::trial::run(&args.file, message, answer, Some(config.cache_dir()))
+            let report = trial::run(&args.file, message, answer, Some(config.cache_dir()))
                 .await
                 .with_context(|| format!("trying {}", args.file.display()))?;
             print(args.output, &report, render::trial)?;

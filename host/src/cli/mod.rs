@@ -12,6 +12,7 @@ pub use commands::run;
 
 use crate::config::Overrides;
 use crate::pool::Strategy;
+use crate::scaffold::Language;
 use crate::task::{Format, Priority};
 pub use crate::telemetry::LogFormat;
 
@@ -178,7 +179,7 @@ pub struct NewArgs {
     pub name: String,
     /// The language to write it in.
     #[arg(long, value_enum, default_value = "rust")]
-    pub lang: crate::scaffold::Language,
+    pub lang: Language,
     /// Where to create the project. Default: ./NAME.
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,

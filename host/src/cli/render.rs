@@ -2,9 +2,11 @@
 
 use std::fmt::Write;
 
-use crate::protocol::{Change, PluginsView, ReloadResult, StatusView, TaskView};
+use crate::check::Report;
+use crate::protocol::{Change, PluginsView, ReloadResult, StatusView, TaskView, WatchLine};
 use crate::sandbox::Tier;
 use crate::task::Outcome;
+use crate::trial::TrialReport;
 
 pub fn task(t: &TaskView) -> String {
     let mut out = String::new();
@@ -294,7 +296,7 @@ fn json_name<T: serde::Serialize>(value: &T) -> String {
         .unwrap_or_default()
 }
 
-pub fn check(r: &crate::check::Report) -> String {
+pub fn check(r: &Report) -> String {
     use crate::check::Severity;
     let mut out = String::new();
     let _ = writeln!(out, "{}: {} ({} bytes)", r.file, r.kind, r.size_bytes);
@@ -355,7 +357,7 @@ pub fn check(r: &crate::check::Report) -> String {
     out
 }
 
-pub fn trial(r: &crate::trial::TrialReport) -> String {
+pub fn trial(r: &TrialReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -423,9 +425,9 @@ pub fn trial(r: &crate::trial::TrialReport) -> String {
     out
 }
 
-pub fn watch_line(line: &crate::protocol::WatchLine) -> String {
+pub fn watch_line(line: &WatchLine) -> String {
     match line {
-        crate::protocol::WatchLine::Event(e) => {
+        WatchLine::Event(e) => {
             let outcome = e.outcome.as_ref().map(outcome_text).unwrap_or_default();
             format!(
                 "{}  {:<9} {}  {:<10} #{:<3} {outcome}\n",
@@ -436,7 +438,7 @@ pub fn watch_line(line: &crate::protocol::WatchLine) -> String {
                 e.attempt
             )
         }
-        crate::protocol::WatchLine::Dropped(n) => {
+        WatchLine::Dropped(n) => {
             format!("… {n} events dropped: this watcher read too slowly\n")
         }
     }

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::destination::RateRule;
+use crate::redact;
 use crate::task::Task;
 
 /// How much longer than the platform's window we wait, as a fraction.
@@ -45,7 +46,7 @@ pub fn pace_key(task: &Task) -> String {
     format!(
         "{}:{}#{:08x}",
         task.platform,
-        crate::redact::target(&task.target),
+        redact::target(&task.target),
         hasher.finish() as u32
     )
 }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::router::Strategy;
 use crate::task::TaskId;
+use crate::time::format_time;
 
 /// Task durations kept per worker for mean and p99.
 const DURATIONS_KEPT: usize = 512;
@@ -98,7 +99,7 @@ impl WorkerMetrics {
                 .last_activity
                 .lock()
                 .expect("never poisoned")
-                .map(crate::time::format_time),
+                .map(format_time),
             current_task: current.as_ref().map(|(id, _)| id.to_string()),
             current_platform: current.map(|(_, p)| p),
             warm_plugins: self.warm_plugins.lock().expect("never poisoned").clone(),

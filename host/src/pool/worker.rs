@@ -13,7 +13,7 @@ use super::settings::LiveSettings;
 use super::shared_pace::SharedPace;
 use super::stats::WorkerMetrics;
 use super::warm::{WarmBudget, WarmCache, WarmLimits};
-use crate::executor::Executor;
+use crate::executor::{Executor, Health};
 use crate::plugin::LoadedPlugin;
 use crate::registry::Registry;
 use crate::task::{FailureClass, Outcome, Task};
@@ -255,7 +255,7 @@ async fn call(
             outcome
         }
         (Ok(instance), Err(outcome)) => {
-            warm.put_back(instance, unit, crate::executor::Health::Reusable);
+            warm.put_back(instance, unit, Health::Reusable);
             outcome
         }
         (Err(failure), _) => Outcome::failed(failure.class, failure.message),
