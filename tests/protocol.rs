@@ -209,6 +209,73 @@ async fn clients_that_give_up_a_wait_free_their_slots() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A client waiting on a `submit` sends nothing for longer than
+/// `idle_timeout`: that is not idle. The connection still takes requests,
+/// and once the client gives up its slot is free at once, not when the
+/// abandoned task runs an hour later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_longer_than_the_idle_timeout_keeps_its_connection_until_the_client_goes()
+-> anyhow::Result<()> {
+    let daemon = Daemon::builder(BIN)
+        .plugin("noop", None)
+        .config("[server]\nmax_connections = 2\nidle_timeout = \"1s\"\n")
+        .start()
+        .await?;
+    let mut waiting = daemon.connect().await?;
+    waiting
+        .send(&json!({"op": "submit", "wait": true, "id": 1, "task": {
+            "platform": "noop", "target": "t", "body": "b", "delay": "1h"}}))
+        .await?;
+    // Accepted: the connection's reader had read the line, and its idle
+    // clock started, before the task could be listed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let listed = daemon.request(json!({"op": "tasks"})).await?;
+        if listed["result"]["tasks"]
+            .as_array()
+            .is_some_and(|t| t.len() == 1)
+        {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the submit was not accepted: {listed}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Twice the idle timeout, the wait still in flight.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    waiting.send(&json!({"op": "ping", "id": 2})).await?;
+    let answer = waiting.recv().await?;
+    anyhow::ensure!(answer["id"] == 2 && answer["ok"] == true, "{answer}");
+    // The client gives up: both slots are free again.
+    drop(waiting);
+    served(&daemon, 2).await?;
+    Ok(())
+}
+
+/// A client that fills its connection's request slots with waits, sends
+/// one more request and goes: the reader, stopped for lack of a slot,
+/// still sees it go, and the connection's slot is free at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_while_its_requests_wait_for_a_slot_frees_its_connection()
+-> anyhow::Result<()> {
+    let daemon = Daemon::builder(BIN)
+        .plugin("noop", None)
+        .config("[server]\nmax_connections = 1\nmax_in_flight = 2\n")
+        .start()
+        .await?;
+    let mut conn = served(&daemon, 1).await?.remove(0);
+    for id in 0..3 {
+        conn.send(&json!({"op": "submit", "wait": true, "id": id, "task": {
+            "platform": "noop", "target": "t", "body": "b", "delay": "1h"}}))
+            .await?;
+    }
+    drop(conn);
+    served(&daemon, 1).await?;
+    Ok(())
+}
+
 /// `n` connections at once, each served (it answers a ping); tries again
 /// while the daemon has fewer free slots, failing after a while with what
 /// the last refused client was told.

@@ -13,10 +13,17 @@
 //! - connections: at most `max_connections` are served; one more is
 //!   answered `busy` and closed at once (it never waits unanswered);
 //! - requests per connection: at most `max_in_flight` run; the reader stops
-//!   reading until one finishes (back-pressure through the socket);
+//!   reading until one finishes (back-pressure through the socket), and
+//!   meanwhile probes for the client closing the connection, which it
+//!   could no longer read;
 //! - answers per connection: at most [`ANSWERS_BUFFERED`] wait for a slow
 //!   reader; requests then wait for room;
-//! - a connection with no complete line for `idle_timeout` is closed;
+//! - a connection with no complete line for `idle_timeout`, and nothing in
+//!   flight (no request being answered, no `watch` streaming), is closed.
+//!   A client waiting on a long `submit` sends nothing and is not idle: had
+//!   its reader stopped, a later request on that connection would go
+//!   unanswered, and no one would notice the client leave, so an abandoned
+//!   wait would hold its slot until its task ran (an hour later, say);
 //! - a request belongs to its connection: once the client has gone (closed
 //!   its socket, or the connection broke), what it left in flight ends, a
 //!   `submit` waiting for delivery included (its tasks stay accepted), and
@@ -57,8 +64,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Requests in progress per connection.
     pub max_in_flight: usize,
-    /// A connection with no complete request for this long is closed, so a
-    /// client that trickles a byte at a time cannot hold a connection.
+    /// A connection with no complete request for this long, and nothing in
+    /// flight, is closed, so a client that trickles a byte at a time cannot
+    /// hold a connection.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
     /// Users besides the daemon's own that may connect (checked with
@@ -207,7 +215,7 @@ impl Server {
             }
             let Ok(permit) = connections.clone().try_acquire_owned() else {
                 let busy = format!(
-                    "the daemon serves at most {} connections at once ([server] max_connections); try again later",
+                    "every connection slot is taken ([server] max_connections = {}); try again later",
                     self.config.max_connections
                 );
                 tasks.spawn(refuse(stream, ErrorBody::new(ErrorCode::Busy, busy)));
@@ -285,23 +293,31 @@ async fn serve_connection(
         }
     });
 
-    let in_flight = Arc::new(Semaphore::new(config.max_in_flight.max(1)));
+    let max_in_flight = config.max_in_flight.max(1);
+    let in_flight = Arc::new(Semaphore::new(max_in_flight));
     let mut lines = FramedRead::new(read, RequestLines::new(config.max_line_bytes));
-    // Streams of `watch` on this connection: while one runs, a client that
-    // sends nothing is not idle, and when the connection ends, they end.
+    // Streams of `watch` on this connection: while one runs, as while a
+    // request is answered, a client that sends nothing is not idle, and
+    // when the connection ends, they end.
     let watching = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let closed = CancellationToken::new();
     // Cancelled once the client has gone: the requests it left in flight
     // (a `submit` waiting an hour for its task) end with it, and give back
     // the connection's slot.
     let gone = CancellationToken::new();
+    let fd = lines.get_ref().as_ref().as_raw_fd();
     let ended = loop {
         let next = tokio::select! {
             _ = shutdown.cancelled() => break Ok(End::Shutdown),
             next = tokio::time::timeout(config.idle_timeout, lines.next()) => next,
         };
         let line = match next {
-            Err(_) if watching.load(std::sync::atomic::Ordering::Acquire) > 0 => continue,
+            Err(_)
+                if watching.load(std::sync::atomic::Ordering::Acquire) > 0
+                    || in_flight.available_permits() < max_in_flight =>
+            {
+                continue;
+            }
             Err(_) => break Ok(End::Idle),
             Ok(None) => break Ok(End::Eof),
             Ok(Some(Err(e))) => break Err(e),
@@ -340,11 +356,13 @@ async fn serve_connection(
             }
             continue;
         }
-        let permit = in_flight
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed");
+        // With every request slot taken the reader stops reading, so it
+        // would not see the client go: while it waits, a probe does.
+        let permit = tokio::select! {
+            permit = in_flight.clone().acquire_owned() => permit.expect("never closed"),
+            () = hung_up(fd) => break Ok(End::Gone),
+            _ = shutdown.cancelled() => break Ok(End::Shutdown),
+        };
         let (api, tx, gone, drained) = (api.clone(), tx.clone(), gone.clone(), drained.clone());
         tokio::spawn(async move {
             gone.run_until_cancelled(async {
@@ -365,16 +383,16 @@ async fn serve_connection(
         // The client shut down its writing half, or closed the connection:
         // answer what is in flight unless it has hung up entirely.
         Ok(End::Eof) => {
-            let fd = lines.get_ref().as_ref().as_raw_fd();
             tokio::select! {
                 _ = &mut writer => true,
                 () = hung_up(fd) => false,
             }
         }
-        // The connection broke: nobody is left to answer.
-        Err(_) => false,
-        // Idle or shutting down: what is in flight is still answered (at
-        // shutdown, waits end as the pool stops).
+        // The connection broke, or the client closed it: nobody is left to
+        // answer.
+        Err(_) | Ok(End::Gone) => false,
+        // Idle: nothing was in flight. Shutting down: what is in flight is
+        // still answered (waits end as the pool stops).
         Ok(End::Idle | End::Shutdown) => {
             let _ = (&mut writer).await;
             true
@@ -401,6 +419,8 @@ fn stopped() -> ErrorBody {
 enum End {
     /// The client will send nothing more (it may still read answers).
     Eof,
+    /// The client closed the connection while requests waited for a slot.
+    Gone,
     Idle,
     Shutdown,
 }
