@@ -558,6 +558,11 @@ impl TaskStore {
 
     /// A receiver that yields the record once the task has finished (at once
     /// if it already has). `None` for an unknown task.
+    ///
+    /// The waiters whose receivers are gone are dropped here: a client
+    /// that submits a keyed task with `wait` again and again, giving up
+    /// each time, must not pile up a waiter per try on a task due in an
+    /// hour.
     pub fn wait(&self, id: TaskId) -> Option<oneshot::Receiver<TaskRecord>> {
         let mut inner = self.lock();
         let entry = inner.entries.get_mut(&id)?;
@@ -565,6 +570,7 @@ impl TaskStore {
         if entry.record.state.is_finished() {
             let _ = tx.send(entry.record.clone());
         } else {
+            entry.waiters.retain(|waiter| !waiter.is_closed());
             entry.waiters.push(tx);
         }
         Some(rx)
@@ -682,5 +688,38 @@ mod tests {
         // Its attempt ended (to be retried by the broker): the next delivery
         // is taken.
         assert!(store.take_over(record()).is_some());
+    }
+
+    /// Waits given up on (their receivers dropped) leave nothing behind on
+    /// a task that has not finished; the one still waiting is answered.
+    #[tokio::test]
+    async fn abandoned_waits_do_not_pile_up() -> anyhow::Result<()> {
+        let store = TaskStore::in_memory(StoreConfig::default());
+        let task = Arc::new(Task::text("webhook", "t", "b"));
+        let id = task.id;
+        store
+            .submit_and_keep(vec![Submission {
+                task,
+                not_before: None,
+                idempotency_key: Some("k".into()),
+            }])
+            .await?;
+        for _ in 0..1_000 {
+            drop(store.wait(id).expect("known task"));
+        }
+        let kept = store.wait(id).expect("known task");
+        let waiters = store.lock().entries[&id].waiters.len();
+        assert_eq!(
+            waiters, 1,
+            "waiters kept for 1,000 abandoned waits and one live"
+        );
+        store.start(id);
+        let delivered = Outcome::Delivered {
+            provider_id: None,
+            status: "ok".into(),
+        };
+        let _ = store.finish(id, delivered, None, Verdict::Succeeded);
+        assert_eq!(kept.await?.state, TaskState::Succeeded);
+        Ok(())
     }
 }
