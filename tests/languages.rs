@@ -1,5 +1,5 @@
 //! Plugins written in Python (ntfy), JavaScript (Gotify) and C
-//! (Mattermost), through the real daemon, against local servers that check
+//! (Mattermost; `echo`, its helper's requests of any size), through the real daemon, against local servers that check
 //! their requests the way the platforms do. Their errors must be classified
 //! like the Rust plugins', and what they print must reach the daemon's log
 //! tagged with the plugin and task — not its stdout.
@@ -350,6 +350,39 @@ async fn plugins_sharing_an_interpreter_both_deliver_from_baseline_code() -> any
     assert_eq!(
         (&bark["device_key"], &bark["body"]),
         (&json!("devicekey"), &json!("disk full on db1"))
+    );
+    Ok(())
+}
+
+/// The C helper's `nh_post` sends a body of up to 512 KiB in one call to
+/// the host and streams a larger one through `wasi:http` (as the Rust SDK
+/// and the Python and JavaScript helpers do): both arrive whole, and the
+/// allowlist holds on each path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_c_helper_sends_bodies_of_any_size() -> anyhow::Result<()> {
+    let receiver = Receiver::start(|_| Reply::new(200, "ok")).await;
+    let forbidden = Receiver::start(|_| Reply::new(200, "ok")).await;
+    let daemon = Daemon::builder(BIN)
+        .plugin(
+            "echo",
+            Some(&format!("allowed_hosts = [\"{}\"]\n", receiver.authority())),
+        )
+        .start()
+        .await?;
+    for size in [1_000, 600_000] {
+        let body = "x".repeat(size);
+        for (to, expect) in [(&receiver, "succeeded"), (&forbidden, "dead")] {
+            let task = daemon
+                .deliver(json!({"platform": "echo", "target": to.url("/echo"), "body": body}))
+                .await?;
+            anyhow::ensure!(task["state"] == expect, "{size} bytes: {task}");
+        }
+    }
+    let sizes: Vec<usize> = receiver.requests().iter().map(|r| r.body.len()).collect();
+    anyhow::ensure!(sizes == [1_000, 600_000], "{sizes:?}");
+    anyhow::ensure!(
+        forbidden.requests().is_empty(),
+        "the allowlist was bypassed"
     );
     Ok(())
 }

@@ -51,7 +51,7 @@ pub const DEPLOYABLE: &[&str] = &[
     "rocketchat",
 ];
 /// Plugins that exist for tests and benchmarks.
-pub const TEST_ONLY: &[&str] = &["noop", "hostile", "heavy"];
+pub const TEST_ONLY: &[&str] = &["noop", "hostile", "heavy", "echo"];
 
 /// The language a plugin is written in, and so how it is built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +69,8 @@ pub const OTHER_LANGUAGES: &[(&str, Language)] = &[
     ("mattermost", Language::C),
     ("bark", Language::Python),
     ("rocketchat", Language::JavaScript),
+    // Tests only: the C helper's requests of any size.
+    ("echo", Language::C),
 ];
 
 /// Where `cargo xtask plugins` and [`build`] put the components.
