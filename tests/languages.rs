@@ -1,6 +1,7 @@
 //! Plugins written in Python (ntfy), JavaScript (Gotify) and C
-//! (Mattermost; `echo`, its helper's requests of any size), through the real daemon, against local servers that check
-//! their requests the way the platforms do. Their errors must be classified
+//! (Mattermost; `echo`, for its helper's requests of any size), through
+//! the real daemon, against local servers that check their requests the
+//! way the platforms do. Their errors must be classified
 //! like the Rust plugins', and what they print must reach the daemon's log
 //! tagged with the plugin and task — not its stdout.
 
