@@ -105,3 +105,70 @@ async fn a_backlog_of_scheduled_tasks_does_not_grow_memory() -> anyhow::Result<(
     anyhow::ensure!(status["pool"]["queued"] == 0, "{status}");
     Ok(())
 }
+
+/// A keyed `submit` with `wait` that names a task accepted before waits for
+/// that task wherever it is: parked on disk beyond the memory horizon (the
+/// answer comes once it has run), or finished and pushed out of memory by
+/// newer tasks (its record at once). Neither runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_keyed_wait_answers_for_the_first_task_wherever_it_is() -> anyhow::Result<()> {
+    let receiver = Receiver::start(|_| Reply::new(200, "ok")).await;
+    let daemon = Daemon::builder(BIN)
+        .plugin(
+            "webhook",
+            Some(&format!("allowed_hosts = [\"{}\"]\n", receiver.authority())),
+        )
+        .config("[store]\nmemory_horizon = \"1s\"\nmax_finished_in_memory = 1\n")
+        .start()
+        .await?;
+    let mut parked = later(&receiver, "parked", "3s");
+    parked["idempotency_key"] = json!("parked");
+    let first = call(&daemon, json!({"op": "submit", "tasks": [parked]})).await?;
+    let id = first["task_ids"][0].clone();
+    let waited = call(
+        &daemon,
+        json!({"op": "submit", "wait": true, "tasks": [parked]}),
+    )
+    .await?;
+    anyhow::ensure!(
+        waited["tasks"][0]["id"] == id && waited["tasks"][0]["state"] == "succeeded",
+        "the wait on the parked task answered: {waited}"
+    );
+
+    let now = json!({"platform": "webhook", "target": receiver.url("/hook"), "body": "now",
+                     "idempotency_key": "now"});
+    let first = call(
+        &daemon,
+        json!({"op": "submit", "wait": true, "tasks": [now]}),
+    )
+    .await?;
+    let id = first["tasks"][0]["id"].clone();
+    // Another finished task pushes the first out of memory (at most 1 kept).
+    let other = json!({"platform": "webhook", "target": receiver.url("/hook"), "body": "other"});
+    call(
+        &daemon,
+        json!({"op": "submit", "wait": true, "tasks": [other]}),
+    )
+    .await?;
+    let again = call(
+        &daemon,
+        json!({"op": "submit", "wait": true, "tasks": [now]}),
+    )
+    .await?;
+    anyhow::ensure!(
+        again["tasks"][0]["id"] == id && again["tasks"][0]["state"] == "succeeded",
+        "the wait on the finished task answered: {again}"
+    );
+    let bodies: Vec<String> = receiver
+        .requests()
+        .iter()
+        .map(|r| {
+            r.json()["data"]["body"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    anyhow::ensure!(bodies == ["parked", "now", "other"], "{bodies:?}");
+    Ok(())
+}

@@ -117,23 +117,25 @@ async fn take_in(
     } else {
         store.submit(submissions).await?
     };
-    // Subscribe before queueing so a fast delivery cannot be missed.
-    let finished = if wait {
-        accepted
-            .iter()
-            .filter_map(|a| store.wait(a.id()))
-            .map(|waiter| {
+    // Subscribe before queueing so a fast delivery cannot be missed. A
+    // duplicate may name a task no longer in memory: finished and pushed
+    // out, or parked until it comes due; it is waited for all the same.
+    let mut finished = Vec::new();
+    if wait {
+        for a in &accepted {
+            let Some(waiter) = store.wait_anywhere(a.id()).await? else {
+                continue;
+            };
+            finished.push(
                 waiter
                     .map(|r| {
                         r.map(TaskView::from)
                             .map_err(|_| BackendError::ShuttingDown)
                     })
-                    .boxed()
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
+                    .boxed(),
+            );
+        }
+    }
     let mut ready = Vec::new();
     for (a, (task, not_before)) in accepted.iter().zip(tasks) {
         // Parked tasks are the scheduler's once `unpark` reads them back;

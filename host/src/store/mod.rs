@@ -46,6 +46,7 @@ mod record;
 #[cfg(test)]
 mod retry_model;
 mod time;
+mod waits;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
@@ -135,6 +136,9 @@ struct Inner {
     /// Which unfinished tasks are in `entries` and which are parked in the
     /// journal (see `backlog` and [`TaskStore::unpark`]).
     backlog: Backlog,
+    /// Waiters for parked tasks, handed to each task's entry when `unpark`
+    /// brings it into memory (see `waits`).
+    parked_waiters: HashMap<TaskId, Vec<oneshot::Sender<TaskRecord>>>,
 }
 
 impl Inner {
@@ -145,6 +149,7 @@ impl Inner {
             finished: VecDeque::new(),
             keys: HashMap::new(),
             backlog: Backlog::new(DueTime::floor(watermark)),
+            parked_waiters: HashMap::new(),
         }
     }
 }
@@ -405,6 +410,11 @@ impl TaskStore {
             }
         };
         let mut inner = self.lock();
+        // Waits given up on while their tasks were parked leave nothing.
+        inner.parked_waiters.retain(|_, waiters| {
+            waiters.retain(|waiter| !waiter.is_closed());
+            !waiters.is_empty()
+        });
         let mut due = Vec::with_capacity(loaded.len());
         for (mut record, _) in loaded {
             let id = record.task.id;
@@ -416,7 +426,14 @@ impl TaskStore {
                 record.task.clone(),
                 record.not_before.unwrap_or(window.until.to_system()),
             ));
-            inner.entries.insert(id, Entry::new(record));
+            let waiters = inner.parked_waiters.remove(&id).unwrap_or_default();
+            inner.entries.insert(
+                id,
+                Entry {
+                    waiters,
+                    ..Entry::new(record)
+                },
+            );
         }
         Ok(due)
     }
@@ -556,26 +573,6 @@ impl TaskStore {
         Ok(records)
     }
 
-    /// A receiver that yields the record once the task has finished (at once
-    /// if it already has). `None` for an unknown task.
-    ///
-    /// The waiters whose receivers are gone are dropped here: a client
-    /// that submits a keyed task with `wait` again and again, giving up
-    /// each time, must not pile up a waiter per try on a task due in an
-    /// hour.
-    pub fn wait(&self, id: TaskId) -> Option<oneshot::Receiver<TaskRecord>> {
-        let mut inner = self.lock();
-        let entry = inner.entries.get_mut(&id)?;
-        let (tx, rx) = oneshot::channel();
-        if entry.record.state.is_finished() {
-            let _ = tx.send(entry.record.clone());
-        } else {
-            entry.waiters.retain(|waiter| !waiter.is_closed());
-            entry.waiters.push(tx);
-        }
-        Some(rx)
-    }
-
     /// Loads the tasks that were not finished when the daemon last stopped
     /// and are due within the memory horizon (interrupted attempts go back
     /// to `queued`) and returns them with the time each may run.
@@ -632,9 +629,11 @@ impl TaskStore {
     /// Drops every waiter, so clients waiting on tasks that will not finish
     /// in this process get an answer instead of hanging (at shutdown).
     pub fn abandon_waiters(&self) {
-        for entry in self.lock().entries.values_mut() {
+        let mut inner = self.lock();
+        for entry in inner.entries.values_mut() {
             entry.waiters.clear();
         }
+        inner.parked_waiters.clear();
     }
 
     /// Waits until every change so far is durable (at shutdown).
