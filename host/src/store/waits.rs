@@ -26,6 +26,9 @@ use crate::task::TaskId;
 /// How long a wait for a task that `unpark` is reading back lets it
 /// finish before it looks again.
 const UNPARKING: Duration = Duration::from_millis(10);
+/// How many times it looks before it gives up on that task (a minute: a
+/// window read back from a very large backlog takes seconds).
+const UNPARKING_LOOKS: u32 = 6_000;
 
 impl TaskStore {
     /// A receiver that yields the record once the task has finished (at once
@@ -41,12 +44,13 @@ impl TaskStore {
 
     /// [`TaskStore::wait`] for a task wherever it is: in memory, finished
     /// on disk, or parked on disk until it comes due. `None` for a task
-    /// the store does not know.
+    /// the store does not know (or, logged, one that stayed between disk
+    /// and memory for [`UNPARKING_LOOKS`] looks).
     pub async fn wait_anywhere(
         &self,
         id: TaskId,
     ) -> Result<Option<oneshot::Receiver<TaskRecord>>, StoreError> {
-        loop {
+        for _ in 0..UNPARKING_LOOKS {
             if let Some(waiter) = self.wait(id) {
                 return Ok(Some(waiter));
             }
@@ -64,6 +68,8 @@ impl TaskStore {
             // read. Either way, look again.
             tokio::time::sleep(UNPARKING).await;
         }
+        tracing::warn!(task = %id, "not waiting for a task that stayed between disk and memory");
+        Ok(None)
     }
 
     /// A waiter for the task `stored` (as the journal had it a moment ago)
