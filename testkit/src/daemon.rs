@@ -255,7 +255,14 @@ impl Daemon {
     pub async fn wait_plugins_ready(&self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            let status = self.request(serde_json::json!({"op": "status"})).await?;
+            // With a small `[server] max_connections` the previous probe's
+            // slot may not be given back yet: the daemon answers `busy` and
+            // closes, which the request may see as a broken pipe. Not an
+            // answer yet, either way.
+            let status = match self.request(serde_json::json!({"op": "status"})).await {
+                Ok(status) => status,
+                Err(e) => serde_json::json!({ "request failed": e.to_string() }),
+            };
             if status["result"]["plugins_ready"] == Value::Bool(true) {
                 return Ok(());
             }
