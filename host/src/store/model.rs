@@ -4,7 +4,9 @@
 //! task in memory. The promise it checks: in each run of the store, every
 //! accepted task is handed to the scheduler exactly once (held at submit,
 //! read back by `unpark`, or recovered at start), none stranded on disk
-//! and none twice.
+//! and none twice. And every wait on a task (`wait_anywhere`, made while
+//! it was held, parked, or being read back) is answered once the task
+//! finishes: none left where nothing answers it.
 //!
 //! Time is real: the horizon is 40 ms, so a case takes a fraction of a
 //! second. Cases: 12 in the everyday suite, 200 under `cargo xtask test
@@ -16,8 +18,10 @@ use std::time::{Duration, SystemTime};
 
 use proptest::prelude::*;
 
-use super::{Accepted, StoreConfig, Submission, TaskStore};
-use crate::task::{Task, TaskId};
+use tokio::sync::oneshot;
+
+use super::{Accepted, StoreConfig, Submission, TaskRecord, TaskStore};
+use crate::task::{Outcome, Task, TaskId, Verdict};
 
 const HORIZON: Duration = Duration::from_millis(40);
 
@@ -28,6 +32,10 @@ enum Op {
     /// The same, while an `unpark` runs.
     SubmitDuringUnpark(Vec<i64>),
     Unpark,
+    /// A wait on one of the tasks submitted so far (by index, modulo).
+    Wait(usize),
+    /// The same, while an `unpark` runs.
+    WaitDuringUnpark(usize),
     Sleep(u64),
     /// Stop the store (everything acknowledged is durable) and open it again.
     Restart,
@@ -44,6 +52,8 @@ fn op() -> impl Strategy<Value = Op> {
         4 => offsets().prop_map(Op::Submit),
         2 => offsets().prop_map(Op::SubmitDuringUnpark),
         2 => Just(Op::Unpark),
+        2 => any::<usize>().prop_map(Op::Wait),
+        1 => any::<usize>().prop_map(Op::WaitDuringUnpark),
         2 => (0u64..15).prop_map(Op::Sleep),
         1 => Just(Op::Restart),
     ]
@@ -116,12 +126,29 @@ async fn unpark(store: &TaskStore, handed: &mut Handed) {
     }
 }
 
+/// Waits made in this run of the store, with the task each is for.
+type Waits = Vec<(TaskId, oneshot::Receiver<TaskRecord>)>;
+
+async fn wait(
+    store: &TaskStore,
+    index: usize,
+    due: &BTreeMap<TaskId, SystemTime>,
+    waits: &mut Waits,
+) {
+    let Some(&id) = due.keys().nth(index % due.len().max(1)) else {
+        return;
+    };
+    let waiter = store.wait_anywhere(id).await.expect("the journal reads");
+    waits.push((id, waiter.expect("a submitted task is known")));
+}
+
 async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let path = dir.path().join("tasks.db");
     let mut store = open(&path);
     let mut due = BTreeMap::new();
     let mut handed = Handed::default();
+    let mut waits = Waits::new();
     for op in ops {
         match op {
             Op::Submit(offsets) => submit(&store, &offsets, &mut due, &mut handed).await,
@@ -136,12 +163,25 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
             }
             Op::Unpark => unpark(&store, &mut handed).await,
+            Op::Wait(index) => wait(&store, index, &due, &mut waits).await,
+            Op::WaitDuringUnpark(index) => {
+                let mut unparked = Handed::default();
+                tokio::join!(
+                    wait(&store, index, &due, &mut waits),
+                    unpark(&store, &mut unparked)
+                );
+                for id in unparked.0.keys() {
+                    handed.add(*id);
+                }
+            }
             Op::Sleep(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
             Op::Restart => {
                 store.flush().await.expect("flushed");
                 drop(store);
                 store = open(&path);
                 handed = Handed::default();
+                // Waits end with the store that took them.
+                waits.clear();
                 for (task, _) in store.recover().await.expect("recovered") {
                     handed.add(task.id);
                 }
@@ -162,6 +202,22 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             "task due at {:?} was handed to the scheduler {} times in this run",
             at,
             times
+        );
+    }
+    for id in due.keys() {
+        let delivered = Outcome::Delivered {
+            provider_id: None,
+            status: "ok".into(),
+        };
+        let _ = store.finish(*id, delivered, None, Verdict::Succeeded);
+    }
+    for (id, mut waiter) in waits {
+        let answered = waiter.try_recv();
+        prop_assert!(
+            answered.as_ref().is_ok_and(|r| r.task.id == id),
+            "a wait on task {} was not answered once it finished: {:?}",
+            id,
+            answered.map(|r| r.state)
         );
     }
     Ok(())
