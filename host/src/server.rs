@@ -357,11 +357,16 @@ async fn serve_connection(
             continue;
         }
         // With every request slot taken the reader stops reading, so it
-        // would not see the client go: while it waits, a probe does.
-        let permit = tokio::select! {
-            permit = in_flight.clone().acquire_owned() => permit.expect("never closed"),
-            () = hung_up(fd) => break Ok(End::Gone),
-            _ = shutdown.cancelled() => break Ok(End::Shutdown),
+        // would not see the client go: while it waits, a probe does. (Only
+        // then: a free slot is taken without a probe's system call.)
+        let permit = match in_flight.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => tokio::select! {
+                biased;
+                permit = in_flight.clone().acquire_owned() => permit.expect("never closed"),
+                _ = shutdown.cancelled() => break Ok(End::Shutdown),
+                () = hung_up(fd) => break Ok(End::Gone),
+            },
         };
         let (api, tx, gone, drained) = (api.clone(), tx.clone(), gone.clone(), drained.clone());
         tokio::spawn(async move {
