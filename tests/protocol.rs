@@ -228,27 +228,21 @@ async fn a_wait_longer_than_the_idle_timeout_keeps_its_connection_until_the_clie
         .await?;
     // Accepted: the connection's reader had read the line, and its idle
     // clock started, before the task could be listed.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        // A request may meet a full daemon (the previous one's slot not
-        // given back yet): `busy`, or a connection closed under it.
-        let listed = match daemon.request(json!({"op": "tasks"})).await {
-            Ok(listed) => listed,
-            Err(e) => json!({ "request failed": e.to_string() }),
-        };
-        if listed["result"]["tasks"]
+    let listed = |answer: &serde_json::Value| {
+        answer["result"]["tasks"]
             .as_array()
             .is_some_and(|t| t.len() == 1)
-        {
-            break;
-        }
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "the submit was not accepted: {listed}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    // Twice the idle timeout, the wait still in flight.
+    };
+    daemon
+        .wait_for(
+            "the submit accepted",
+            json!({"op": "tasks"}),
+            std::time::Duration::from_secs(20),
+            listed,
+        )
+        .await?;
+    // Twice the idle timeout, the wait still in flight: the passing of time
+    // is the condition here, and nothing the daemon does shows it.
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     waiting.send(&json!({"op": "ping", "id": 2})).await?;
     let answer = waiting.recv().await?;

@@ -250,30 +250,48 @@ impl Daemon {
         }
     }
 
-    /// Waits until `status` says every plugin present at start has loaded
-    /// or been refused.
-    pub async fn wait_plugins_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+    /// Asks `request` on a new connection until `done` accepts the answer,
+    /// and returns that answer; fails after `timeout` naming `what` and the
+    /// last answer. With a small `[server] max_connections` the previous
+    /// request's slot may not be given back yet: the daemon answers `busy`
+    /// and closes, which the request may see as a broken pipe. Not an
+    /// answer yet, either way.
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        request: Value,
+        timeout: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Value> {
         let deadline = Instant::now() + timeout;
         loop {
-            // With a small `[server] max_connections` the previous probe's
-            // slot may not be given back yet: the daemon answers `busy` and
-            // closes, which the request may see as a broken pipe. Not an
-            // answer yet, either way.
-            let status = match self.request(serde_json::json!({"op": "status"})).await {
-                Ok(status) => status,
+            let answer = match self.request(request.clone()).await {
+                Ok(answer) => answer,
                 Err(e) => serde_json::json!({ "request failed": e.to_string() }),
             };
-            if status["result"]["plugins_ready"] == Value::Bool(true) {
-                return Ok(());
+            if done(&answer) {
+                return Ok(answer);
             }
             if Instant::now() > deadline {
-                bail!(
-                    "the daemon's plugins were not ready in {timeout:?}: {status}\n{}",
-                    self.logs()
-                );
+                bail!("{what}: not within {timeout:?}; the last answer: {answer}");
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// Waits until `status` says every plugin present at start has loaded
+    /// or been refused.
+    pub async fn wait_plugins_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let ready = |status: &Value| status["result"]["plugins_ready"] == Value::Bool(true);
+        self.wait_for(
+            "the daemon's plugins ready",
+            serde_json::json!({"op": "status"}),
+            timeout,
+            ready,
+        )
+        .await
+        .map(drop)
+        .map_err(|e| anyhow::anyhow!("{e}\n{}", self.logs()))
     }
 
     /// Waits until `task` answers with task `id` in `state`; an error
@@ -284,19 +302,18 @@ impl Daemon {
         state: &str,
         timeout: Duration,
     ) -> anyhow::Result<Value> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let answer = self
-                .request(serde_json::json!({"op": "task", "task_id": id}))
-                .await?;
-            if answer["ok"] == Value::Bool(true) && answer["result"]["state"] == state {
-                return Ok(answer["result"].clone());
-            }
-            if Instant::now() > deadline {
-                bail!("task {id} was not {state} within {timeout:?}: {answer}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let reached = |answer: &Value| {
+            answer["ok"] == Value::Bool(true) && answer["result"]["state"] == state
+        };
+        let answer = self
+            .wait_for(
+                &format!("task {id} {state}"),
+                serde_json::json!({"op": "task", "task_id": id}),
+                timeout,
+                reached,
+            )
+            .await?;
+        Ok(answer["result"].clone())
     }
 
     pub fn socket(&self) -> &Path {
